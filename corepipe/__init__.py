@@ -1,0 +1,44 @@
+"""corepipe: compile one ONNX model into a pipeline across many cores, and run it.
+
+    >>> import corepipe
+    >>> cm = corepipe.compile("model.onnx", "model_compiled/", num_cores="auto")  # doctest: +SKIP
+    >>> with corepipe.load("model_compiled/") as pipe:                           # doctest: +SKIP
+    ...     outputs = pipe.run(feeds)
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .compiler import CompiledModel, compile
+from .errors import (
+    ArtifactError,
+    CompileError,
+    CorepipeError,
+    DoesNotFitError,
+    InputError,
+    PipelineClosedError,
+    StageError,
+)
+from .plan import Plan, StagePlan, TensorSpec
+from .runtime import Pipeline, PipelineStats, load
+from .target import Target
+
+__all__ = [
+    "__version__",
+    "compile",
+    "load",
+    "CompiledModel",
+    "Pipeline",
+    "PipelineStats",
+    "Plan",
+    "StagePlan",
+    "TensorSpec",
+    "Target",
+    "CorepipeError",
+    "CompileError",
+    "DoesNotFitError",
+    "ArtifactError",
+    "InputError",
+    "StageError",
+    "PipelineClosedError",
+]

@@ -1,0 +1,3 @@
+"""The corepipe version."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""The compiled artifact on disk: write it, and verify it before anything loads it.
+
+Layout (see design.md): ``manifest.json`` plus ``stage_NNN.onnx`` with its weights in
+``stage_NNN.weights`` beside it. Loading trusts nothing: the manifest must parse and match its
+schema, every path must be a plain file name inside the directory (no ``..``, no absolute path,
+no symlink), every file must match its sha256, and each stage graph may refer to no external
+data but its own weights file. onnxruntime is then handed verified bytes, never a path, so it
+cannot be made to open a file we did not check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ._version import __version__
+from .errors import ArtifactError
+from .plan import Plan, StagePlan
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact"]
+
+FORMAT = "corepipe-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_MAX_MANIFEST_BYTES = 64 * 2**20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(
+    out_dir: str | os.PathLike[str],
+    plan: Plan,
+    stage_models: Iterable[onnx.ModelProto],
+    *,
+    source_sha256: str,
+    on_stage: Callable[[int], None] | None = None,
+) -> Plan:
+    """Write the artifact atomically and return the plan with file names and hashes filled in.
+
+    Stage models are consumed one at a time, so only one stage's weights are copied in memory
+    at once. An existing artifact at ``out_dir`` is replaced; any other non-empty directory is
+    refused rather than overwritten.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ArtifactError(
+            f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
+        )
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        stages = []
+        for k, (st, model) in enumerate(zip(plan.stages, stage_models, strict=True)):
+            file = f"stage_{k:03d}.onnx"
+            weights = f"stage_{k:03d}.weights"
+            onnx.save_model(
+                model, str(tmp / file), save_as_external_data=True,
+                all_tensors_to_one_file=True, location=weights, size_threshold=1024,
+                convert_attribute=False,
+            )
+            has_weights = (tmp / weights).is_file()
+            stages.append(replace(
+                st, file=file, sha256=_sha256_file(tmp / file),
+                weights_file=weights if has_weights else None,
+                weights_sha256=_sha256_file(tmp / weights) if has_weights else None,
+            ))
+            if on_stage is not None:
+                on_stage(k)
+        final = replace(plan, stages=tuple(stages))
+        final.validate()
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "corepipe_version": __version__,
+            "source_sha256": source_sha256,
+            "plan": final.to_dict(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _plain_file(root: Path, name: Any, what: str) -> Path:
+    """``root / name`` after checking that ``name`` is a plain file name of a regular file."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ArtifactError(
+            f"{what} path {name!r} is not a plain file name inside the artifact directory "
+            "(no '/', '..', absolute paths or hidden files are allowed)"
+        )
+    path = root / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} {name!r} is missing from {str(root)!r}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ArtifactError(f"{what} {name!r} is a symlink; artifacts may not contain symlinks")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"{what} {name!r} is not a regular file")
+    return path
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and schema-check ``manifest.json``; raise `ArtifactError` on any defect."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"{str(root)!r} is not a directory: pass the directory `corepipe compile` wrote")
+    path = _plain_file(root, MANIFEST, "manifest")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"manifest is {path.stat().st_size} bytes, over the {_MAX_MANIFEST_BYTES} limit")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"manifest.json is not valid JSON ({exc}); recompile the model") from None
+    if not isinstance(data, dict):
+        raise ArtifactError("manifest.json must hold a JSON object")
+    if data.get("format") != FORMAT:
+        raise ArtifactError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"artifact format version {version!r} is not supported by corepipe {__version__} "
+            f"(it reads version {FORMAT_VERSION}); recompile the model with this corepipe"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact: its directory and plan. Build one with `open_artifact`."""
+
+    root: Path
+    plan: Plan
+    source_sha256: str
+    corepipe_version: str
+
+    def stage_bytes(self, index: int) -> bytes:
+        """The stage's ONNX model with its weights inlined, re-verified against the manifest."""
+        return load_stage_bytes(self.root, self.plan.stages[index])
+
+
+def open_artifact(root: str | os.PathLike[str], *, verify_hashes: bool = True) -> Artifact:
+    """Read, schema-check and verify an artifact directory.
+
+    Raises:
+        ArtifactError: anything is missing, malformed, outside the directory, or tampered with.
+    """
+    root = Path(root)
+    data = read_manifest(root)
+    try:
+        plan = Plan.from_dict(data["plan"])
+        plan.validate()
+    except ArtifactError:
+        raise
+    except Exception as exc:  # KeyError, TypeError, ValueError from malformed fields
+        raise ArtifactError(
+            f"manifest.json does not match the artifact schema: {type(exc).__name__}: {exc}"
+        ) from None
+    for st in plan.stages:
+        _check_stage_files(root, st, verify_hashes)
+    return Artifact(
+        root=root, plan=plan, source_sha256=str(data.get("source_sha256", "")),
+        corepipe_version=str(data.get("corepipe_version", "")),
+    )
+
+
+def _check_stage_files(root: Path, st: StagePlan, verify_hashes: bool) -> None:
+    files = [(st.file, st.sha256, "stage file")]
+    if st.weights_file is not None:
+        files.append((st.weights_file, st.weights_sha256 or "", "weights file"))
+    for name, digest, what in files:
+        path = _plain_file(root, name, f"stage {st.index} {what}")
+        if verify_hashes and _sha256_file(path) != digest:
+            raise ArtifactError(
+                f"stage {st.index} {what} {name!r} does not match its sha256 in the manifest: "
+                "the artifact was modified or corrupted; recompile it"
+            )
+
+
+def load_stage_bytes(root: Path, st: StagePlan) -> bytes:
+    """Read one stage, verify it, inline its external weights, and return model bytes.
+
+    Only the stage's own weights file may be referenced, and only within its length.
+    """
+    path = _plain_file(root, st.file, f"stage {st.index} file")
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != st.sha256:
+        raise ArtifactError(f"stage {st.index} file {st.file!r} does not match its sha256")
+    try:
+        model = onnx.load_model_from_string(raw)
+    except Exception as exc:
+        raise ArtifactError(f"stage {st.index} file {st.file!r} is not an ONNX model: {exc}") from None
+    weights = b""
+    if st.weights_file is not None:
+        wpath = _plain_file(root, st.weights_file, f"stage {st.index} weights file")
+        weights = wpath.read_bytes()
+        if hashlib.sha256(weights).hexdigest() != st.weights_sha256:
+            raise ArtifactError(f"stage {st.index} weights {st.weights_file!r} do not match their sha256")
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        if info.get("location") != st.weights_file:
+            raise ArtifactError(
+                f"stage {st.index} tensor {tensor.name!r} points at external data "
+                f"{info.get('location')!r}; only {st.weights_file!r} is allowed"
+            )
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else len(weights) - offset
+        except ValueError:
+            raise ArtifactError(f"stage {st.index} tensor {tensor.name!r} has a bad offset/length") from None
+        if offset < 0 or length < 0 or offset + length > len(weights):
+            raise ArtifactError(
+                f"stage {st.index} tensor {tensor.name!r} reads bytes {offset}..{offset + length} "
+                f"of a {len(weights)}-byte weights file"
+            )
+        tensor.raw_data = weights[offset : offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model.SerializeToString()
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)

@@ -1,0 +1,270 @@
+"""`compile`: model in, artifact directory out. Orchestrates graph -> cost -> solver -> files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from . import solver
+from .artifact import open_artifact, write_artifact
+from .cost import estimate_node_seconds
+from .errors import CompileError, DoesNotFitError
+from .graph import ModelGraph, analyze
+from .partition import build_stage_model, links_for, make_problem, stage_plans
+from .plan import Plan, StagePlan, TensorSpec
+from .sizes import format_bytes
+from .target import Target, resolve_target
+
+if TYPE_CHECKING:
+    from .runtime import Pipeline
+
+__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress"]
+
+#: ``progress(step, done, total)``: called as long steps advance (the CLI draws a bar).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """What `compile` decided, as plain data, and where it was written.
+
+    >>> cm = corepipe.compile("model.onnx", "out/", num_cores=2)   # doctest: +SKIP
+    >>> cm.num_cores, cm.stages[0].resident_bytes, cm.path         # doctest: +SKIP
+    """
+
+    path: Path
+    plan: Plan
+
+    @property
+    def num_cores(self) -> int:
+        return self.plan.num_cores
+
+    @property
+    def stages(self) -> tuple[StagePlan, ...]:
+        return self.plan.stages
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.plan.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.plan.outputs
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> CompiledModel:
+        """Read and verify an artifact directory written by `compile`."""
+        return cls(Path(path), open_artifact(path).plan)
+
+    def load(self, backend: str = "local", **kwargs: Any) -> Pipeline:
+        """Start a pipeline on this artifact; see `corepipe.load`."""
+        from .runtime import load
+
+        return load(self.path, backend=backend, **kwargs)
+
+
+def parse_compiler_args(args: Sequence[str]) -> dict[str, Any]:
+    """Read Neuron-style flags: ``--static-weights``, ``--num-neuroncores N``,
+    ``--neuroncore-pipeline-cores N``. Unknown flags are an error, never ignored."""
+    out: dict[str, Any] = {}
+    items = list(args)
+    i = 0
+    while i < len(items):
+        flag = items[i]
+        name, eq, inline_value = flag.partition("=")
+        if name == "--static-weights":
+            out["static_weights"] = True
+            i += 1
+            continue
+        if name in ("--num-neuroncores", "--neuroncore-pipeline-cores"):
+            value = inline_value if eq else (items[i + 1] if i + 1 < len(items) else None)
+            i += 1 if eq else 2
+            if value is None or not value.isdigit() or int(value) < 1:
+                raise CompileError(f"{name} needs a positive core count, got {value!r}")
+            out["num_cores"] = int(value)
+            continue
+        raise CompileError(
+            f"unknown compiler argument {flag!r}: corepipe understands --static-weights, "
+            "--num-neuroncores N and --neuroncore-pipeline-cores N"
+        )
+    return out
+
+
+def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | None:
+    if num_cores == "auto":
+        return None
+    if isinstance(num_cores, str) and num_cores.isdigit():
+        num_cores = int(num_cores)
+    if not isinstance(num_cores, int) or isinstance(num_cores, bool) or num_cores < 1:
+        raise CompileError(f"num_cores must be a positive int or 'auto', got {num_cores!r}")
+    if num_cores > n_nodes:
+        raise CompileError(
+            f"more cores than the graph can use: {num_cores} cores for {n_nodes} nodes "
+            f"(a stage holds at least one node); use num_cores <= {n_nodes}"
+        )
+    if target.name != "cpu" and num_cores > target.total_cores:
+        raise CompileError(
+            f"target {target.name!r} has {target.total_cores} cores "
+            f"({target.devices} devices x {target.cores_per_device}); asked for {num_cores}"
+        )
+    return num_cores
+
+
+def _not_fit(graph: ModelGraph, problem: solver.Problem, k: int | None, target: Target) -> DoesNotFitError:
+    cap = target.core_memory
+    try:
+        need = solver.min_stages(problem)
+    except solver.Infeasible as exc:
+        node = graph.nodes[exc.node or 0]
+        return DoesNotFitError(
+            f"no core count fits: node {node.name!r} ({node.op_type}) alone holds "
+            f"{format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}; "
+            "raise core_memory or split that weight",
+            min_cores=None, capacity=cap, needed=exc.needed,
+        )
+    # Name the heaviest stage of a memory-blind cut into k stages.
+    relaxed = solver.Problem(problem.compute, problem.node_weights, problem.weight_bytes,
+                             problem.boundary_bytes, float("inf"))
+    bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
+    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
+    worst = int(np.argmax(sizes))
+    heavy = max(range(bounds[worst], bounds[worst + 1]),
+                key=lambda i: sum(graph.weight_bytes[w] for w in graph.nodes[i].weights))
+    heavy_bytes = sum(graph.weight_bytes[w] for w in graph.nodes[heavy].weights)
+    return DoesNotFitError(
+        f"model does not fit in {k} cores of {format_bytes(cap)}: stage {worst} needs "
+        f"{format_bytes(sizes[worst])} (node {graph.nodes[heavy].name!r} alone holds "
+        f"{format_bytes(heavy_bytes)}); the smallest core count that fits is {need}",
+        min_cores=need, capacity=cap, needed=sizes[worst],
+    )
+
+
+def compile(  # noqa: A001 - the verb users expect, as in torch.neuron.trace/compile
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    output_dir: str | os.PathLike[str],
+    *,
+    example_inputs: Mapping[str, np.ndarray] | None = None,
+    num_cores: int | str = "auto",
+    core_memory: int | str | None = None,
+    target: str | Target = "cpu",
+    compiler_args: Sequence[str] | None = None,
+    balance: str = "estimate",
+    cuts: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> CompiledModel:
+    """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
+
+    Args:
+        model: path to an ``.onnx`` file (external-data weights beside it are fine) or a
+            ``ModelProto`` (copied, never modified).
+        output_dir: artifact directory to write; an existing artifact there is replaced.
+        example_inputs: name -> array; fixes symbolic dims (like Neuron's ``model_feed_dict``)
+            and is used when a tensor's shape can only be learnt by running the model.
+        num_cores: stage count, or ``"auto"``: the smallest count whose stages each fit
+            ``core_memory``, then balanced within that count.
+        core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
+        target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
+        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``.
+        balance: ``"estimate"`` (analytic cost) or ``"measure"`` (time stages on one core and
+            move boundaries until the measured stages balance).
+        cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
+            in place of the solver: for experiments and for reproducing a cut by hand.
+        progress: optional ``progress(step, done, total)`` callback.
+
+    Returns:
+        A `CompiledModel` with the plan and the artifact path.
+
+    Raises:
+        CompileError: invalid model or options, missing example input, too many cores.
+        DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
+
+    Example:
+        >>> cm = corepipe.compile("bert.onnx", "bert_compiled/", num_cores="auto",
+        ...                       core_memory="64MiB", example_inputs=feeds)  # doctest: +SKIP
+    """
+    if compiler_args:
+        flags = parse_compiler_args(compiler_args)
+        if "num_cores" in flags:
+            num_cores = flags["num_cores"]
+    if balance not in ("estimate", "measure"):
+        raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
+    tgt = resolve_target(target, core_memory)
+    report = progress or (lambda step, done, total: None)
+    report("analyse graph", 0, 1)
+    graph = analyze(model, example_inputs)
+    report("analyse graph", 1, 1)
+    if cuts is not None:
+        num_cores = len(_check_cuts(cuts, graph.n)) - 1
+    k = _resolve_cores(num_cores, graph.n, tgt)
+    compute = estimate_node_seconds(graph, tgt)
+    problem = make_problem(graph, compute, tgt.core_memory)
+    try:
+        need = solver.min_stages(problem)
+    except solver.Infeasible:
+        raise _not_fit(graph, problem, k, tgt) from None
+    if k is None:
+        k = need
+        if tgt.name != "cpu" and k > tgt.total_cores:
+            raise DoesNotFitError(
+                f"model needs {k} cores of {format_bytes(tgt.core_memory)} but target "
+                f"{tgt.name!r} has {tgt.total_cores}", min_cores=k, capacity=tgt.core_memory,
+                needed=problem_bytes(problem),
+            )
+    elif need > k:
+        raise _not_fit(graph, problem, k, tgt)
+    report("partition", 0, 1)
+    if cuts is not None:
+        bounds = _check_cuts(cuts, graph.n)
+        sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
+        if max(sizes) > tgt.core_memory:
+            raise _not_fit(graph, problem, k, tgt)
+    else:
+        bounds = solver.solve(problem, k, links_for(tgt, k))
+    measured = None
+    if balance == "measure":
+        from .measure import measured_balance
+
+        bounds, compute, measured = measured_balance(graph, problem, tgt, bounds, example_inputs, report)
+        problem = make_problem(graph, compute, tgt.core_memory)
+    report("partition", 1, 1)
+    seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
+    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
+    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured)
+    plan = Plan(
+        target=tgt,
+        inputs=tuple(graph.inputs),
+        outputs=tuple(graph.outputs),
+        boundaries=tuple(tuple(graph.boundary(b)) for b in bounds[:-1]) + (tuple(graph.outputs),),
+        stages=tuple(stages),
+        num_nodes=graph.n,
+        balance=balance,
+    )
+    report("write stages", 0, k)
+    models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
+    final = write_artifact(
+        output_dir, plan, models, source_sha256=graph.source_sha256,
+        on_stage=lambda s: report("write stages", s + 1, k),
+    )
+    return CompiledModel(Path(output_dir), final)
+
+
+def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
+    bounds = [int(c) for c in cuts]
+    if not bounds or bounds[0] != 0:
+        bounds = [0] + bounds
+    bounds.append(n)
+    if any(b >= a for a, b in zip(bounds[1:], bounds)) or bounds[-2] >= n:
+        raise CompileError(
+            f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}"
+        )
+    return bounds
+
+
+def problem_bytes(problem: solver.Problem) -> int:
+    return int(sum(problem.weight_bytes))

@@ -1,0 +1,76 @@
+"""Analytic cost of each node: FLOPs and bytes moved, turned into seconds on a target.
+
+Only the ratios between nodes steer the partitioner; `--balance measure` replaces these
+estimates with times measured on one core (see `corepipe.measure`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import ModelGraph
+from .target import Target
+
+__all__ = ["node_flops", "estimate_node_seconds"]
+
+_ELEMENTWISE_HEAVY = {"Erf": 8, "Exp": 4, "Tanh": 8, "Sigmoid": 4, "Softmax": 6, "Gelu": 10,
+                      "LayerNormalization": 8, "BatchNormalization": 2, "Pow": 4, "Sqrt": 2,
+                      "Log": 4, "LogSoftmax": 6, "ReduceMean": 1, "InstanceNormalization": 8}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def node_flops(graph: ModelGraph, index: int) -> float:
+    """Floating-point operations of one node, from its static shapes (0 when unknown)."""
+    info = graph.nodes[index]
+    node = graph.model.graph.node[index]
+    specs = graph.tensors
+    ins = [specs.get(n) for n in node.input]
+    outs = [specs.get(n) for n in node.output if n]
+    out_elems = sum(_numel(o.shape) for o in outs if o is not None)
+    op = info.op_type
+    if op in ("MatMul", "Gemm", "MatMulInteger", "FusedMatMul") and len(ins) >= 2 and ins[0] and ins[1]:
+        a = ins[0].shape
+        k = a[-1] if a else 1
+        if op == "Gemm" and _attr(node, "transA", 0):
+            k = a[0]
+        return 2.0 * k * out_elems
+    if op in ("Conv", "ConvTranspose") and len(ins) >= 2 and ins[1] is not None:
+        w = ins[1].shape  # [M, C/group, kh, kw...]
+        per_out = _numel(w[1:]) if op == "Conv" else _numel(w[2:]) * (w[0] if w else 1)
+        return 2.0 * per_out * out_elems
+    if op in ("MaxPool", "AveragePool"):
+        kernel = _attr(node, "kernel_shape", [1])
+        return float(out_elems * _numel(tuple(kernel)))  # type: ignore[arg-type]
+    if op == "Einsum":
+        return 2.0 * sum(_numel(i.shape) for i in ins if i is not None)
+    if op in ("If", "Loop", "Scan"):
+        return float(out_elems) * 10.0
+    return float(out_elems * _ELEMENTWISE_HEAVY.get(op, 1))
+
+
+def estimate_node_seconds(graph: ModelGraph, target: Target) -> list[float]:
+    """Seconds per node on one core of ``target``: a roofline of FLOPs and bytes, plus dispatch."""
+    seconds = []
+    for info in graph.nodes:
+        flops = node_flops(graph, info.index)
+        moved = 0
+        for name in info.reads + info.writes:
+            spec = graph.tensors.get(name)
+            if spec is not None:
+                moved += spec.nbytes
+        seconds.append(
+            max(flops / target.flops_per_s, moved / target.mem_bytes_per_s)
+            + target.node_overhead_s
+        )
+    return seconds

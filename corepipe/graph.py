@@ -1,0 +1,392 @@
+"""The model as the partitioner sees it: nodes in order, what each reads and writes, weights,
+static tensor types, and the tensors alive across every possible cut.
+
+`analyze` loads and checks the model, fixes symbolic dims from example inputs, turns top-level
+Constant nodes into initializers (so each stage holds its own copy instead of shipping them
+across boundaries), and infers every tensor's static type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import CompileError
+from .plan import TensorSpec
+
+__all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    index: int
+    name: str
+    op_type: str
+    reads: tuple[str, ...]  # non-empty names read, outer-scope reads of subgraphs included
+    writes: tuple[str, ...]  # non-empty names written
+    weights: tuple[str, ...]  # initializers among `reads`
+
+
+@dataclass
+class ModelGraph:
+    """A checked model with static types and the facts a partitioner needs."""
+
+    model: onnx.ModelProto
+    nodes: list[NodeInfo]
+    weight_bytes: dict[str, int]
+    tensors: dict[str, TensorSpec]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    const_outputs: list[str]  # model outputs that are initializers: the last stage emits them
+    source_sha256: str
+    live: list[list[str]]  # live[p]: tensors crossing a cut before node p (len = n + 1)
+
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    def boundary(self, p: int) -> list[TensorSpec]:
+        return [self.tensors[name] for name in self.live[p]]
+
+    def boundary_bytes(self) -> list[int]:
+        return [sum(self.tensors[t].nbytes for t in names) for names in self.live]
+
+
+def _dtype_of(elem_type: int) -> str:
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:
+        raise CompileError(
+            f"unsupported tensor element type {onnx.TensorProto.DataType.Name(elem_type)}"
+        ) from None
+
+
+def _spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec | None:
+    if not vi.type.HasField("tensor_type"):
+        return None
+    tt = vi.type.tensor_type
+    if tt.elem_type == 0 or not tt.HasField("shape"):
+        return None
+    dims = []
+    for d in tt.shape.dim:
+        if not d.HasField("dim_value"):
+            return None
+        dims.append(int(d.dim_value))
+    return TensorSpec(vi.name, _dtype_of(tt.elem_type), tuple(dims))
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names that ``node``'s subgraphs (If/Loop/Scan bodies) read, recursively."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs = list(attr.graphs)
+        else:
+            continue
+        for g in graphs:
+            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+            defined |= {t.values.name for t in g.sparse_initializer}
+            for inner in g.node:
+                for name in list(inner.input) + sorted(subgraph_reads(inner)):
+                    if name and name not in defined:
+                        reads.add(name)
+                defined.update(o for o in inner.output if o)
+    return reads
+
+
+def _constant_to_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The value of a top-level Constant node as an initializer, or None to leave it a node."""
+    if len(node.attribute) != 1:
+        return None
+    attr = node.attribute[0]
+    name = node.output[0]
+    if attr.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(attr.t)
+    elif attr.name == "value_float":
+        tensor = numpy_helper.from_array(np.array(attr.f, dtype=np.float32))
+    elif attr.name == "value_floats":
+        tensor = numpy_helper.from_array(np.array(list(attr.floats), dtype=np.float32))
+    elif attr.name == "value_int":
+        tensor = numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
+    elif attr.name == "value_ints":
+        tensor = numpy_helper.from_array(np.array(list(attr.ints), dtype=np.int64))
+    else:  # sparse_value, strings: keep the node
+        return None
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    tensor.name = name
+    return tensor
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    count = int(np.prod(list(t.dims), dtype=np.int64)) if t.dims else 1
+    if t.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in t.string_data) or count
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def _fold_constants(graph: onnx.GraphProto, outputs: set[str]) -> None:
+    """Turn top-level Constant nodes into initializers (model outputs stay nodes)."""
+    keep = []
+    for node in graph.node:
+        tensor = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            if node.output[0] not in outputs:
+                tensor = _constant_to_tensor(node)
+        if tensor is None:
+            keep.append(node)
+        else:
+            graph.initializer.append(tensor)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy fit for shape inference: large initializers become typed inputs, without data."""
+    g = model.graph
+    sk = onnx.GraphProto(name=g.name)
+    sk.node.extend(g.node)
+    sk.input.extend(g.input)
+    sk.output.extend(g.output)
+    sk.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    for t in g.initializer:
+        if _tensor_nbytes(t) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
+            sk.initializer.append(t)
+        elif t.name not in declared:
+            sk.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    sk.sparse_initializer.extend(g.sparse_initializer)
+    out = helper.make_model(
+        sk, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    out.functions.extend(model.functions)
+    return out
+
+
+def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, str]:
+    """(model we may modify, sha256 of the source, path for the checker or '')."""
+    if isinstance(model, onnx.ModelProto):
+        owned = onnx.ModelProto()
+        owned.CopyFrom(model)
+        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+        return owned, digest, ""
+    path = Path(model)
+    if not path.is_file():
+        raise CompileError(f"model file {str(path)!r} does not exist: pass an .onnx path or a ModelProto")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    try:
+        loaded = onnx.load(str(path))
+    except Exception as exc:
+        raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
+    return loaded, h.hexdigest(), str(path)
+
+
+def _check(model: onnx.ModelProto, path: str) -> None:
+    try:
+        if path and os.path.getsize(path) > 2**31 - 1:
+            onnx.checker.check_model(path)
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise CompileError(f"the model fails the ONNX checker: {first}") from None
+
+
+def _fix_inputs(
+    graph: onnx.GraphProto, inits: set[str], example_inputs: Mapping[str, np.ndarray] | None
+) -> list[TensorSpec]:
+    """Give every model input a static shape, from its declaration or from an example input."""
+    examples = dict(example_inputs or {})
+    real_inputs = [i for i in graph.input if i.name not in inits]
+    names = [i.name for i in real_inputs]
+    unknown = sorted(set(examples) - set(names))
+    if unknown:
+        raise CompileError(
+            f"example_inputs names {unknown}, which are not model inputs; the inputs are {names}"
+        )
+    specs = []
+    for vi in real_inputs:
+        if not vi.type.HasField("tensor_type"):
+            raise CompileError(f"input {vi.name!r} is not a tensor: only tensor inputs are supported")
+        tt = vi.type.tensor_type
+        dtype = _dtype_of(tt.elem_type)
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if vi.name in examples:
+            ex = np.asarray(examples[vi.name])
+            if str(ex.dtype) != dtype:
+                raise CompileError(
+                    f"example input {vi.name!r} is {ex.dtype}, the model declares {dtype}"
+                )
+            if tt.HasField("shape") and (
+                len(declared) != ex.ndim
+                or any(d is not None and d != s for d, s in zip(declared, ex.shape))
+            ):
+                want = ",".join("?" if d is None else str(d) for d in declared)
+                raise CompileError(
+                    f"example input {vi.name!r} has shape {list(ex.shape)}, the model declares [{want}]"
+                )
+            shape = tuple(int(s) for s in ex.shape)
+        elif tt.HasField("shape") and all(d is not None for d in declared):
+            shape = tuple(int(d) for d in declared)  # type: ignore[arg-type]
+        else:
+            want = ",".join("?" if d is None else str(d) for d in declared)
+            raise CompileError(
+                f"input {vi.name!r} has symbolic dims [{want}]: pass example_inputs="
+                f"{{{vi.name!r}: array}} (or --input {vi.name}=1x128:{dtype}) to fix them"
+            )
+        del tt.shape.dim[:]
+        for d in shape:
+            tt.shape.dim.add().dim_value = d
+        specs.append(TensorSpec(vi.name, dtype, shape))
+    return specs
+
+
+def _probe_shapes(
+    model: onnx.ModelProto, names: list[str], inputs: list[TensorSpec],
+    example_inputs: Mapping[str, np.ndarray] | None,
+) -> dict[str, TensorSpec]:
+    """Run the model once in onnxruntime to read the types of tensors inference missed."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    feeds = {}
+    for spec in inputs:
+        if example_inputs and spec.name in example_inputs:
+            feeds[spec.name] = np.asarray(example_inputs[spec.name])
+        else:
+            feeds[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        values = sess.run(names, feeds)
+    except Exception as exc:
+        raise CompileError(
+            f"could not infer static shapes for {names[:5]} (and running the model once on the "
+            f"example inputs failed: {exc}); pass example_inputs for every model input"
+        ) from None
+    return {n: TensorSpec(n, str(v.dtype), tuple(v.shape)) for n, v in zip(names, values)}
+
+
+def _liveness(
+    nodes: list[NodeInfo], inputs: Iterable[str], outputs: list[str]
+) -> list[list[str]]:
+    """live[p]: the non-weight tensors produced before node p and read at or after p."""
+    n = len(nodes)
+    produced_at: dict[str, int] = {name: -1 for name in inputs}
+    order: list[str] = list(produced_at)
+    for node in nodes:
+        for name in node.writes:
+            if name not in produced_at:
+                produced_at[name] = node.index
+                order.append(name)
+    last_read: dict[str, int] = {}
+    for node in nodes:
+        for name in node.reads:
+            if name in produced_at:
+                last_read[name] = node.index
+    for name in outputs:
+        if name in produced_at:
+            last_read[name] = n
+    live: list[list[str]] = [[] for _ in range(n + 1)]
+    for name in order:
+        if name not in last_read:
+            continue
+        for p in range(produced_at[name] + 1, last_read[name] + 1):
+            live[p].append(name)
+    live[n] = [o for o in outputs if o in produced_at]
+    return live
+
+
+def analyze(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    example_inputs: Mapping[str, np.ndarray] | None = None,
+) -> ModelGraph:
+    """Load, check and describe a model for partitioning.
+
+    Raises:
+        CompileError: unreadable or invalid model, a symbolic dim without an example input,
+            an example input that contradicts the model, or types that cannot be inferred.
+    """
+    proto, digest, path = _load(model)
+    _check(proto, path)
+    g = proto.graph
+    if len(g.node) == 0:
+        raise CompileError("the model has no nodes: there is nothing to pipeline")
+    inits = {t.name for t in g.initializer}
+    inputs = _fix_inputs(g, inits, example_inputs)
+    # Drop initializers listed as inputs (IR < 4 style): they are weights, not requests.
+    if any(i.name in inits for i in g.input):
+        keep = [i for i in g.input if i.name not in inits]
+        del g.input[:]
+        g.input.extend(keep)
+    output_names = [o.name for o in g.output]
+    _fold_constants(g, set(output_names))
+    inits = {t.name for t in g.initializer}
+    weight_bytes = {t.name: _tensor_nbytes(t) for t in g.initializer}
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            _skeleton(proto), check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception as exc:  # inference is best effort; the probe below fills gaps
+        inferred = None
+        del exc
+    tensors: dict[str, TensorSpec] = {t.name: t for t in inputs}
+    if inferred is not None:
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            spec = _spec_from_value_info(vi)
+            if spec is not None and vi.name not in inits:
+                tensors[vi.name] = spec
+    for t in g.initializer:
+        tensors[t.name] = TensorSpec(t.name, _dtype_of(t.data_type), tuple(int(d) for d in t.dims))
+
+    nodes = []
+    for i, node in enumerate(g.node):
+        reads = []
+        for name in list(node.input) + sorted(subgraph_reads(node)):
+            if name and name not in reads:
+                reads.append(name)
+        writes = tuple(o for o in node.output if o)
+        weights = tuple(r for r in reads if r in inits)
+        label = node.name or f"{node.op_type}_{i}"
+        nodes.append(NodeInfo(i, label, node.op_type, tuple(reads), writes, weights))
+
+    input_names = [t.name for t in inputs]
+    const_outputs = [o for o in output_names if o in inits]
+    live = _liveness(nodes, input_names, [o for o in output_names if o not in inits])
+    needed = sorted({name for names in live for name in names if name not in tensors})
+    if needed:
+        tensors.update(_probe_shapes(proto, needed, inputs, example_inputs))
+    outputs = [tensors[o] for o in output_names]
+    return ModelGraph(
+        model=proto,
+        nodes=nodes,
+        weight_bytes=weight_bytes,
+        tensors=tensors,
+        inputs=inputs,
+        outputs=outputs,
+        const_outputs=const_outputs,
+        source_sha256=digest,
+        live=live,
+    )

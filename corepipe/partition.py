@@ -1,0 +1,134 @@
+"""From a solved cut to stage graphs: one self-contained ONNX model per stage.
+
+Each stage graph takes the boundary tensors its nodes read, holds its own copy of every weight
+it reads (a weight shared by several stages is copied into each), and outputs what later stages
+or the client need. Tensors that a stage only passes along ("carried") never enter its graph:
+the runtime copies them from the incoming boundary to the outgoing one. We carry rather than
+route directly so that every stage talks only to its neighbours; the cost of carrying is in the
+boundary bytes the solver minimises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+from onnx import helper
+
+from .graph import ModelGraph
+from .plan import StagePlan, TensorSpec
+from .solver import Problem
+from .target import Target
+
+__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans"]
+
+
+def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -> Problem:
+    """The solver's view of ``graph``: numbers only."""
+    ids = {name: i for i, name in enumerate(graph.weight_bytes)}
+    node_weights = [[ids[w] for w in node.weights] for node in graph.nodes]
+    # Outputs that are initializers are emitted by the last stage: charge it their bytes.
+    if graph.const_outputs:
+        node_weights[-1] = node_weights[-1] + [ids[w] for w in graph.const_outputs]
+    return Problem(
+        compute=list(compute),
+        node_weights=node_weights,
+        weight_bytes=list(graph.weight_bytes.values()),
+        boundary_bytes=graph.boundary_bytes(),
+        capacity=capacity,
+    )
+
+
+def links_for(target: Target, k: int) -> list[tuple[float, float]]:
+    """``(latency_s, bytes_per_s)`` of hand-offs 0..k for a plan of ``k`` stages on ``target``."""
+    links = []
+    for b in range(k + 1):
+        cross = 0 < b < k and target.crosses_device(b)
+        if cross:
+            links.append((target.cross_device_latency_s, target.cross_device_bytes_per_s))
+        else:
+            links.append((target.link_latency_s, target.link_bytes_per_s))
+    return links
+
+
+def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list[str], list[str], list[str]]:
+    """(graph inputs, graph outputs, carried) of the stage holding nodes start..end-1."""
+    produced: set[str] = set()
+    reads: list[str] = []
+    for node in graph.nodes[start:end]:
+        for name in node.reads:
+            if name not in produced and name not in graph.weight_bytes and name not in reads:
+                reads.append(name)
+        produced.update(node.writes)
+    after = list(graph.live[end])
+    outputs = [t for t in after if t in produced]
+    carried = [t for t in after if t not in produced]
+    if last:
+        outputs += graph.const_outputs
+    return reads, outputs, carried
+
+
+def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> onnx.ModelProto:
+    """A standalone ONNX model computing nodes ``start .. end - 1`` of ``graph``."""
+    src = graph.model
+    reads, outputs, _ = _stage_io(graph, start, end, last)
+    g = onnx.GraphProto(name=f"{src.graph.name or 'model'}_stage")
+    g.node.extend(src.graph.node[start:end])
+    g.input.extend(_value_info(graph.tensors[n]) for n in reads)
+    g.output.extend(_value_info(graph.tensors[n]) for n in outputs)
+    wanted: list[str] = []
+    for node in graph.nodes[start:end]:
+        wanted.extend(w for w in node.weights if w not in wanted)
+    if last:
+        wanted.extend(w for w in graph.const_outputs if w not in wanted)
+    by_name = {t.name: t for t in src.graph.initializer}
+    g.initializer.extend(by_name[w] for w in wanted)
+    model = helper.make_model(g, opset_imports=list(src.opset_import), ir_version=src.ir_version)
+    model.producer_name = "corepipe"
+    model.functions.extend(src.functions)
+    return model
+
+
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(__import__("numpy").dtype(spec.dtype))
+    return helper.make_tensor_value_info(spec.name, elem, list(spec.shape))
+
+
+def stage_plans(
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    target: Target,
+    stage_seconds: Sequence[float],
+    stage_bytes: Sequence[int],
+    measured: Sequence[float] | None = None,
+) -> list[StagePlan]:
+    """Describe each stage of the cut ``bounds`` as plan data (files are filled in on write)."""
+    k = len(bounds) - 1
+    plans = []
+    for s in range(k):
+        start, end = bounds[s], bounds[s + 1]
+        reads, outputs, carried = _stage_io(graph, start, end, s == k - 1)
+        weights = {w for node in graph.nodes[start:end] for w in node.weights}
+        device, core = target.place(s)
+        first, last_node = graph.nodes[start], graph.nodes[end - 1]
+        plans.append(
+            StagePlan(
+                index=s,
+                node_start=start,
+                node_end=end,
+                first_node=first.name,
+                last_node=last_node.name,
+                first_op=first.op_type,
+                last_op=last_node.op_type,
+                inputs=tuple(reads),
+                outputs=tuple(outputs),
+                carried=tuple(carried),
+                weights=len(weights),
+                resident_bytes=int(stage_bytes[s]),
+                estimated_s=float(stage_seconds[s]),
+                device=device,
+                core=core,
+                measured_s=None if measured is None else float(measured[s]),
+            )
+        )
+    return plans

@@ -1,0 +1,186 @@
+"""Plans as data: tensor specs, stages and boundaries, with a JSON form that round-trips.
+
+A `Plan` is what the compiler decided and what the manifest stores. It is validated before it
+is written and after it is read (`Plan.validate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .target import Target
+
+__all__ = ["TensorSpec", "StagePlan", "Plan"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor with a numpy dtype name and a static shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.shape, dtype=np.int64)))
+
+    def describe(self) -> str:
+        """``float32[1,128]``: the form error messages use."""
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        shape = tuple(int(d) for d in data["shape"])
+        if any(d < 0 for d in shape):
+            raise ValueError(f"tensor {data['name']!r} has a negative dimension {shape}")
+        np.dtype(data["dtype"])  # raises TypeError on an unknown dtype
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage: a contiguous run ``node_start .. node_end - 1`` of the topological order.
+
+    ``inputs`` are the boundary tensors its graph reads, ``outputs`` the ones it produces into
+    the next boundary, and ``carried`` the ones it passes through untouched (read by a later
+    stage, or a model output made earlier).
+    """
+
+    index: int
+    node_start: int
+    node_end: int
+    first_node: str
+    last_node: str
+    first_op: str
+    last_op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    carried: tuple[str, ...]
+    weights: int
+    resident_bytes: int
+    estimated_s: float
+    device: int
+    core: int
+    measured_s: float | None = None
+    file: str = ""
+    sha256: str = ""
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return self.node_end - self.node_start
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("inputs", "outputs", "carried"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StagePlan:
+        d = dict(data)
+        for key in ("inputs", "outputs", "carried"):
+            d[key] = tuple(str(x) for x in d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages + boundaries + costs. ``boundaries[k]`` feeds stage ``k``; the last feeds the client."""
+
+    target: Target
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    boundaries: tuple[tuple[TensorSpec, ...], ...]
+    stages: tuple[StagePlan, ...]
+    num_nodes: int
+    balance: str = "estimate"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def num_cores(self) -> int:
+        return len(self.stages)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(s.resident_bytes for s in self.stages)
+
+    def validate(self) -> None:
+        """Check the invariants a runtime relies on; raise ``ValueError`` naming the broken one."""
+        n = len(self.stages)
+        if n == 0:
+            raise ValueError("a plan needs at least one stage")
+        if len(self.boundaries) != n + 1:
+            raise ValueError(f"{n} stages need {n + 1} boundaries, found {len(self.boundaries)}")
+        expect = 0
+        for k, st in enumerate(self.stages):
+            if st.index != k:
+                raise ValueError(f"stage {k} is labelled {st.index}: stages must be in order")
+            if st.node_start != expect or st.node_end <= st.node_start:
+                raise ValueError(
+                    f"stage {k} covers nodes {st.node_start}..{st.node_end}, expected to start "
+                    f"at {expect} and hold at least one node"
+                )
+            expect = st.node_end
+            before = {t.name for t in self.boundaries[k]}
+            after = [t.name for t in self.boundaries[k + 1]]
+            missing = [x for x in st.inputs if x not in before]
+            if missing:
+                raise ValueError(f"stage {k} reads {missing}, which no earlier stage produces")
+            bad_carry = [x for x in st.carried if x not in before]
+            if bad_carry:
+                raise ValueError(f"stage {k} carries {bad_carry}, which it never receives")
+            made = list(st.outputs) + list(st.carried)
+            if sorted(made) != sorted(after) or len(set(made)) != len(made):
+                raise ValueError(
+                    f"stage {k} produces and carries {sorted(made)} but boundary {k + 1} "
+                    f"holds {sorted(after)}"
+                )
+            if st.resident_bytes > self.target.core_memory:
+                raise ValueError(
+                    f"stage {k} holds {st.resident_bytes} bytes, over the core memory "
+                    f"{self.target.core_memory}"
+                )
+        if expect != self.num_nodes:
+            raise ValueError(f"stages cover {expect} of {self.num_nodes} nodes")
+        model_inputs = {t.name for t in self.inputs}
+        stray = [t.name for t in self.boundaries[0] if t.name not in model_inputs]
+        if stray:
+            raise ValueError(f"boundary 0 holds {stray}, which are not model inputs")
+        if [t.name for t in self.boundaries[-1]] != [t.name for t in self.outputs]:
+            raise ValueError("the last boundary must hold exactly the model outputs, in order")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target.to_dict(),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "boundaries": [[t.to_dict() for t in b] for b in self.boundaries],
+            "stages": [s.to_dict() for s in self.stages],
+            "num_nodes": self.num_nodes,
+            "balance": self.balance,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(
+            target=Target.from_dict(data["target"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+            boundaries=tuple(
+                tuple(TensorSpec.from_dict(t) for t in b) for b in data["boundaries"]
+            ),
+            stages=tuple(StagePlan.from_dict(s) for s in data["stages"]),
+            num_nodes=int(data["num_nodes"]),
+            balance=str(data.get("balance", "estimate")),
+            notes=tuple(str(x) for x in data.get("notes", ())),
+        )

@@ -1,0 +1,158 @@
+"""The `Pipeline` contract shared by every backend, and its statistics."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..plan import Plan
+
+__all__ = ["Pipeline", "StageStats", "PipelineStats"]
+
+
+@dataclass(frozen=True)
+class StageStats:
+    index: int
+    pid: int | None
+    core: str
+    requests: int
+    busy_s: float
+    busy_pct: float
+    mean_service_s: float
+    queue_depth: int
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    backend: str
+    completed: int
+    failed: int
+    in_flight: int
+    elapsed_s: float
+    throughput: float
+    latency_p50_s: float
+    latency_p90_s: float
+    latency_p99_s: float
+    stages: list[StageStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Latencies:
+    """The latest request latencies (bounded), for percentiles."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._values.append(seconds)
+
+    def percentiles(self) -> tuple[float, float, float]:
+        with self._lock:
+            if not self._values:
+                return (0.0, 0.0, 0.0)
+            arr = np.fromiter(self._values, dtype=np.float64)
+        p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+        return float(p50), float(p90), float(p99)
+
+
+class Pipeline(ABC):
+    """A compiled model running as a pipeline of stages. Get one from `corepipe.load`.
+
+    Contract (every backend keeps it):
+
+    - **Requests** are dicts ``name -> numpy array`` matching the compiled signature exactly
+      (names, dtypes, static shapes). They are checked before they enter the pipeline; a bad one
+      raises `InputError` from `submit`/`run` and nothing is queued.
+    - **Ownership.** `submit` copies the request's arrays into pipeline-owned buffers (shared
+      memory for ``local``) before it returns, so the caller may reuse its arrays at once. Result
+      arrays belong to the caller; they are never views of pipeline buffers.
+    - **Thread safety.** `submit`, `run`, `map` and `stats` may be called from any number of
+      threads at once. `close` may be called from any thread, once or many times.
+    - **Ordering.** Requests flow through the stages in submission order; futures complete in
+      that order (the order in which `submit` calls returned, across threads).
+    - **Back-pressure.** At most ``max_in_flight`` requests are in the pipeline. `submit` blocks
+      while it is full, up to ``timeout`` seconds (``None``: wait forever), then raises
+      ``TimeoutError``. Memory never grows with the number of waiting callers' requests.
+    - **Failures.** A request that fails inside a stage fails only its own future, with a
+      `StageError` naming the stage, node and request; the pipeline goes on.
+    - **End of stream.** `close` stops intake, lets requests already submitted finish (up to its
+      ``timeout``; the rest fail with `PipelineClosedError`), then stops every worker and frees
+      every buffer. Using a pipeline after `close` raises `PipelineClosedError`. ``with`` closes.
+    """
+
+    backend: str = "abstract"
+
+    def __init__(self, path: Path, plan: Plan, max_in_flight: int) -> None:
+        self.path = path
+        self.plan = plan
+        self.max_in_flight = max_in_flight
+        self._latencies = _Latencies()
+        self._started = time.perf_counter()
+
+    @abstractmethod
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        """Queue one request; return a future of its outputs (``name -> array``).
+
+        Raises:
+            InputError: the request does not match the signature.
+            TimeoutError: the pipeline stayed full for ``timeout`` seconds.
+            PipelineClosedError: the pipeline is closed.
+        """
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request and wait for its outputs (at most ``timeout`` seconds in all)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fut = self.submit(feeds, timeout=timeout)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return fut.result(timeout=remaining)
+        except TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"request did not complete within {timeout} s") from None
+
+    def map(self, feeds_iter: Iterable[Mapping[str, np.ndarray]], *, timeout: float | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Stream requests through the pipeline; yield outputs in order.
+
+        Keeps at most ``max_in_flight`` requests outstanding, pulling from ``feeds_iter`` lazily,
+        so a generator of any length works in bounded memory. A failed request raises its error
+        when its turn comes.
+        """
+        pending: collections.deque[Future[dict[str, np.ndarray]]] = collections.deque()
+        for feeds in feeds_iter:
+            if len(pending) >= self.max_in_flight:
+                yield pending.popleft().result(timeout=timeout)
+            pending.append(self.submit(feeds, timeout=timeout))
+        while pending:
+            yield pending.popleft().result(timeout=timeout)
+
+    @abstractmethod
+    def stats(self) -> PipelineStats:
+        """Per stage: pid, core, requests, busy seconds and %, mean service time, queue depth;
+        and latency p50/p90/p99 over the latest requests."""
+
+    @abstractmethod
+    def close(self, *, timeout: float | None = 30.0) -> None:
+        """Drain, stop the workers, free the buffers. Idempotent."""
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<corepipe.Pipeline {self.backend} {self.plan.num_cores} stages at {str(self.path)!r}>"

@@ -1,0 +1,90 @@
+"""The ``inline`` backend: every stage in the calling process, one after another.
+
+For tests and debugging: same artifact, same checks and errors as ``local``, no processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import PipelineClosedError, StageError
+from ..signature import check_feeds
+from .base import Pipeline, PipelineStats, StageStats
+from .stage import StageRunner
+
+__all__ = ["InlinePipeline"]
+
+
+class InlinePipeline(Pipeline):
+    """Runs stages sequentially in the caller's thread; `submit` returns a finished future."""
+
+    backend = "inline"
+
+    def __init__(self, artifact: Artifact, *, threads: int = 1, max_in_flight: int = 1) -> None:
+        super().__init__(artifact.root, artifact.plan, max_in_flight)
+        self._runners = [StageRunner(artifact, k, threads=threads) for k in range(artifact.plan.num_cores)]
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._closed = False
+        self._busy = [0.0] * len(self._runners)
+        self._count = [0] * len(self._runners)
+        self._completed = 0
+        self._failed = 0
+
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        if self._closed:
+            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
+        checked = check_feeds(self.plan.inputs, feeds)
+        fut: Future[dict[str, np.ndarray]] = Future()
+        fut.set_running_or_notify_cancel()
+        with self._lock:
+            rid = next(self._ids)
+            t0 = time.perf_counter()
+            boundary: dict[str, np.ndarray] = {t.name: checked[t.name] for t in self.plan.boundaries[0]}
+            try:
+                for k, runner in enumerate(self._runners):
+                    s0 = time.perf_counter()
+                    try:
+                        boundary = runner.run(boundary, request_id=rid)
+                    finally:
+                        self._busy[k] += time.perf_counter() - s0
+                        self._count[k] += 1
+            except StageError as exc:
+                self._failed += 1
+                fut.set_exception(exc)
+                return fut
+            self._completed += 1
+            self._latencies.add(time.perf_counter() - t0)
+        fut.set_result({t.name: np.array(boundary[t.name], copy=True) for t in self.plan.outputs})
+        return fut
+
+    def stats(self) -> PipelineStats:
+        elapsed = time.perf_counter() - self._started
+        p50, p90, p99 = self._latencies.percentiles()
+        stages = [
+            StageStats(
+                index=k, pid=os.getpid(), core="caller", requests=self._count[k],
+                busy_s=self._busy[k], busy_pct=100.0 * self._busy[k] / elapsed if elapsed else 0.0,
+                mean_service_s=self._busy[k] / self._count[k] if self._count[k] else 0.0,
+                queue_depth=0,
+            )
+            for k in range(len(self._runners))
+        ]
+        return PipelineStats(
+            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=0,
+            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
+            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
+        )
+
+    def close(self, *, timeout: float | None = 30.0) -> None:
+        with self._lock:
+            self._closed = True
+            self._runners = []

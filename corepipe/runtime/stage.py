@@ -1,0 +1,70 @@
+"""One stage's onnxruntime session: created once (weights stay resident), run per request."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import StageError
+from ..plan import StagePlan
+
+__all__ = ["StageRunner", "make_session", "node_from_message"]
+
+_NODE_RE = re.compile(r"[Nn]ode\.?\s*Name:\s*'([^']*)'|running (\S+) node")
+
+
+def node_from_message(message: str) -> str | None:
+    """The node name onnxruntime put in an error message, if any."""
+    m = _NODE_RE.search(message)
+    if not m:
+        return None
+    return m.group(1) or m.group(2)
+
+
+def make_session(model_bytes: bytes, threads: int, *, spin: bool = True):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session over verified bytes with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if not spin:
+        # A pipeline worker waiting for its next request must not burn the core a neighbour needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+class StageRunner:
+    """Runs stage ``index`` of an artifact: boundary tensors in, next boundary's tensors out.
+
+    Carried tensors are passed through without entering onnxruntime.
+    """
+
+    def __init__(self, artifact: Artifact, index: int, *, threads: int = 1, spin: bool = True) -> None:
+        self.plan: StagePlan = artifact.plan.stages[index]
+        self.index = index
+        self.session = make_session(artifact.stage_bytes(index), threads, spin=spin)
+        self._outputs = list(self.plan.outputs)
+
+    def run(self, boundary: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
+        """Compute this stage. Raises `StageError` naming the stage, node and request."""
+        feeds = {name: boundary[name] for name in self.plan.inputs}
+        try:
+            values = self.session.run(self._outputs, feeds) if self._outputs else []
+        except Exception as exc:
+            message = str(exc).strip()
+            node = node_from_message(message)
+            raise StageError(
+                f"stage {self.index} failed on request {request_id}"
+                + (f" at node {node!r}" if node else "")
+                + f": {message}",
+                stage=self.index, request_id=request_id, node=node,
+            ) from None
+        out = {name: boundary[name] for name in self.plan.carried}
+        out.update(zip(self._outputs, values))
+        return out

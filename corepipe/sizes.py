@@ -1,0 +1,62 @@
+"""Byte sizes: parse "64MiB"-style strings and print bytes for people."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["parse_size", "format_bytes"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | float | str) -> int:
+    """Return a byte count from an int or a string such as ``"64MiB"``, ``"1.5 GB"`` or ``"4096"``.
+
+    Raises:
+        ValueError: the value is negative or not a size; the message lists the accepted units.
+
+    >>> parse_size("64MiB")
+    67108864
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size in bytes, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"a size must be positive, got {value!r}")
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(
+            f"cannot read {value!r} as a size: use a number with an optional unit "
+            "(B, KB, KiB, MB, MiB, GB, GiB), e.g. '64MiB'"
+        )
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return size
+
+
+def format_bytes(n: float) -> str:
+    """Format a byte count with a binary unit: ``format_bytes(11.3 * 2**20) == '11.3 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

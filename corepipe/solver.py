@@ -1,0 +1,182 @@
+"""The partition solver: numbers in, stage boundaries out. Imports no ONNX.
+
+A model is a sequence of ``n`` nodes in topological order. A plan of ``k`` stages cuts that
+sequence into ``k`` contiguous, non-empty runs. The solver sees only:
+
+- ``compute[i]``: estimated (or measured) seconds of node ``i``;
+- ``node_weights[i]``: ids of the weights node ``i`` reads; ``weight_bytes[w]`` their sizes.
+  A weight read by several stages is held (and counted) by each of them;
+- ``boundary_bytes[p]``: bytes of the tensors alive across a cut before node ``p``
+  (``p == 0``: the model inputs; ``p == n``: the model outputs);
+- ``links[b]``: ``(latency_s, bytes_per_s)`` of hand-off ``b`` (``b == 0`` into the first stage,
+  ``b == k`` out of the last).
+
+A stage's time is its hand-off in + compute + hand-off out. `solve` minimises the slowest stage
+subject to every stage's weights fitting ``capacity``; ties go to the lower total latency.
+`min_stages` is the smallest count for which any feasible cut exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Problem", "Infeasible", "min_stages", "solve", "stage_costs", "stage_memory"]
+
+
+class Infeasible(Exception):
+    """No cut satisfies the memory capacity. ``node`` is set when one node alone exceeds it."""
+
+    def __init__(self, message: str, *, node: int | None = None, needed: int = 0) -> None:
+        super().__init__(message)
+        self.node = node
+        self.needed = needed
+
+
+@dataclass(frozen=True)
+class Problem:
+    compute: Sequence[float]
+    node_weights: Sequence[Sequence[int]]
+    weight_bytes: Sequence[int]
+    boundary_bytes: Sequence[float]
+    capacity: float
+
+    def __post_init__(self) -> None:
+        n = len(self.compute)
+        if n == 0:
+            raise ValueError("a problem needs at least one node")
+        if len(self.node_weights) != n:
+            raise ValueError(f"node_weights has {len(self.node_weights)} entries for {n} nodes")
+        if len(self.boundary_bytes) != n + 1:
+            raise ValueError(f"boundary_bytes needs n + 1 = {n + 1} entries")
+
+    @property
+    def n(self) -> int:
+        return len(self.compute)
+
+
+def stage_memory(problem: Problem, start: int, end: int) -> int:
+    """Bytes of the distinct weights read by nodes ``start .. end - 1``."""
+    ids = {w for i in range(start, end) for w in problem.node_weights[i]}
+    return int(sum(problem.weight_bytes[w] for w in ids))
+
+
+def stage_costs(
+    problem: Problem, bounds: Sequence[int], links: Sequence[tuple[float, float]]
+) -> list[float]:
+    """Time of each stage of the cut ``bounds`` (``[0, b1, ..., n]``)."""
+    costs = []
+    for k in range(len(bounds) - 1):
+        s, e = bounds[k], bounds[k + 1]
+        lat_in, bw_in = links[k]
+        lat_out, bw_out = links[k + 1]
+        costs.append(
+            lat_in
+            + problem.boundary_bytes[s] / bw_in
+            + float(sum(problem.compute[s:e]))
+            + lat_out
+            + problem.boundary_bytes[e] / bw_out
+        )
+    return costs
+
+
+def _memory_rows(problem: Problem):  # type: ignore[no-untyped-def]
+    """Yield, for each end node j, the array mem[i] = bytes of stage i..j for i <= j.
+
+    Incremental: a weight counts for every start at or before its last use so far.
+    """
+    add = np.zeros(problem.n, dtype=np.float64)
+    last: dict[int, int] = {}
+    for j in range(problem.n):
+        for w in set(problem.node_weights[j]):
+            if w in last:
+                add[last[w]] -= problem.weight_bytes[w]
+            add[j] += problem.weight_bytes[w]
+            last[w] = j
+        yield np.cumsum(add[j::-1])[::-1]
+
+
+def min_stages(problem: Problem) -> int:
+    """The smallest stage count whose stages all fit ``capacity``.
+
+    Greedy is optimal here: a stage's memory only grows as it extends, and a run inside a
+    feasible run is feasible.
+
+    Raises:
+        Infeasible: one node alone reads more weight bytes than the capacity.
+    """
+    for i, ws in enumerate(problem.node_weights):
+        own = sum(problem.weight_bytes[w] for w in set(ws))
+        if own > problem.capacity:
+            raise Infeasible(f"node {i} alone holds {own} bytes", node=i, needed=int(own))
+    stages, mem = 1, 0
+    held: set[int] = set()
+    for j in range(problem.n):
+        new = set(problem.node_weights[j]) - held
+        extra = sum(problem.weight_bytes[w] for w in new)
+        if mem + extra > problem.capacity:
+            stages += 1
+            held = set(problem.node_weights[j])
+            mem = sum(problem.weight_bytes[w] for w in held)
+        else:
+            held |= new
+            mem += extra
+    return stages
+
+
+def solve(problem: Problem, k: int, links: Sequence[tuple[float, float]]) -> list[int]:
+    """Cut the nodes into exactly ``k`` stages; return ``[0, b1, ..., b_{k-1}, n]``.
+
+    Minimises the slowest stage (hand-off in + compute + hand-off out) with every stage's
+    weights within the capacity; among equally slow cuts, the one with the lowest summed stage
+    time (end-to-end latency). Exact dynamic programme, O(k * n^2) in vectorised numpy.
+
+    Raises:
+        ValueError: ``k`` is not in ``1..n`` or ``links`` does not have ``k + 1`` entries.
+        Infeasible: no cut into ``k`` stages fits the capacity.
+    """
+    n = problem.n
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot cut {n} nodes into {k} stages")
+    if len(links) != k + 1:
+        raise ValueError(f"links needs k + 1 = {k + 1} entries, got {len(links)}")
+    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(problem.compute, dtype=np.float64))])
+    bb = np.asarray(problem.boundary_bytes, dtype=np.float64)
+    # in_cost[s][p]: hand-off into stage s when it starts at node p.
+    in_cost = np.array([lat + bb[:n] / bw for lat, bw in links[:k]])
+    out_cost = np.array([lat + bb / bw for lat, bw in links[1:]])  # [s][p]: stage s ends before p
+    inf = np.inf
+    best_max = np.full((k, n), inf)
+    best_sum = np.full((k, n), inf)
+    choice = np.zeros((k, n), dtype=np.int64)
+    for j, mem in enumerate(_memory_rows(problem)):
+        fits = mem <= problem.capacity  # over starts i = 0..j
+        compute = prefix[j + 1] - prefix[: j + 1]
+        if fits[0]:
+            c = in_cost[0][0] + compute[0] + out_cost[0][j + 1]
+            best_max[0, j] = best_sum[0, j] = c
+        for s in range(1, min(k, j + 1)):
+            # stage s covers i..j, with i in s..j; previous stages cover 0..i-1.
+            cost = in_cost[s][s : j + 1] + compute[s : j + 1] + out_cost[s][j + 1]
+            prev_max = best_max[s - 1][s - 1 : j]
+            cand_max = np.where(fits[s : j + 1], np.maximum(prev_max, cost), inf)
+            top = cand_max.min()
+            if top == inf:
+                continue
+            cand_sum = best_sum[s - 1][s - 1 : j] + cost
+            tied = cand_max <= top * (1 + 1e-9)
+            pick = int(np.argmin(np.where(tied, cand_sum, inf)))
+            best_max[s, j], best_sum[s, j] = top, cand_sum[pick]
+            choice[s, j] = s + pick
+    if best_max[k - 1, n - 1] == inf:
+        raise Infeasible(f"no cut into {k} stages fits {problem.capacity} bytes per stage")
+    bounds = [n]
+    end = n - 1
+    for s in range(k - 1, 0, -1):
+        start = int(choice[s, end])
+        bounds.append(start)
+        end = start - 1
+    bounds.append(0)
+    return bounds[::-1]
