@@ -1,0 +1,547 @@
+"""The ``local`` backend: one pinned worker process per stage, shared-memory hand-off.
+
+The client keeps every request's inputs until its outputs arrive, so when a worker dies (or
+hangs past ``stage_timeout``) it can start a new one and replay what had not completed. See the
+`Pipeline` docstring for the contract, and `corepipe.runtime.worker` for the worker side.
+
+Threads in the client: the *feeder* copies queued requests into the first ring, the *collector*
+reads the last ring and completes futures in order, the *monitor* watches worker processes and
+stage deadlines and runs recovery. All three are daemons; `close` (or interpreter exit) stops them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import CorepipeError, PipelineClosedError, StageError
+from ..signature import check_feeds
+from .base import Pipeline, PipelineStats, StageStats
+from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, wait_any
+
+__all__ = ["LocalPipeline"]
+
+_LIVE: weakref.WeakSet[LocalPipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for pipe in list(_LIVE):
+        try:
+            pipe.close(timeout=0)
+        except Exception:  # interpreter is going away; do what we can
+            pass
+
+
+@dataclass
+class _Request:
+    rid: int
+    feeds: dict[str, np.ndarray]
+    future: Future[dict[str, np.ndarray]]
+    submitted: float
+    deaths: int = 0
+
+
+class _Proc:
+    """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
+    re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
+
+    def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "corepipe.runtime.worker", json.dumps(config)],
+            pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        self.pid = self.popen.pid
+        self._report = report
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            try:
+                self.popen.kill()
+            except OSError:
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def report(self) -> str:
+        """What the worker wrote before exiting at start-up, if anything."""
+        try:
+            return os.read(self._report, 4096).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        try:
+            os.close(self._report)
+        except OSError:
+            pass
+
+
+def _assign_cores(n: int, cores: Sequence[int] | None, threads: int | None) -> list[list[int]]:
+    avail = sorted(cores) if cores else sorted(os.sched_getaffinity(0))
+    if n <= len(avail):
+        per = threads or max(1, len(avail) // n)
+        return [avail[(k * per) % len(avail):][:per] or [avail[k % len(avail)]] for k in range(n)]
+    return [[avail[k % len(avail)]] for k in range(n)]  # more stages than cores: round-robin
+
+
+@dataclass
+class _Worker:
+    process: _Proc
+    deaths: collections.deque[float] = field(default_factory=collections.deque)
+    restarts: int = 0
+
+
+class LocalPipeline(Pipeline):
+    """One process per stage; see `Pipeline` for the contract.
+
+    Args:
+        artifact: a verified artifact (from `corepipe.load`).
+        max_in_flight: requests admitted at once (default ``2 * stages + 2``).
+        cores: core ids to pin to (default: this process's affinity). Stage ``k`` gets
+            ``threads_per_stage`` consecutive cores; with more stages than cores, round-robin.
+        threads_per_stage: onnxruntime intra-op threads per stage (default: cores / stages).
+        stage_timeout: seconds one stage may spend on one request before its worker is
+            treated as dead (killed, restarted, requests replayed).
+        slots: slots per hand-off ring (2 = double buffering).
+        start_timeout: seconds to wait for workers to load their stages.
+        max_deaths, death_window: a stage whose worker dies ``max_deaths`` times within
+            ``death_window`` seconds is given up on: its requests fail with `StageError`.
+    """
+
+    backend = "local"
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        max_in_flight: int | None = None,
+        cores: Sequence[int] | None = None,
+        threads_per_stage: int | None = None,
+        stage_timeout: float = 60.0,
+        slots: int = 2,
+        start_timeout: float = 120.0,
+        max_deaths: int = 3,
+        death_window: float = 60.0,
+    ) -> None:
+        n = artifact.plan.num_cores
+        super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self._artifact = artifact
+        self._n = n
+        self._slots = slots
+        self._stage_timeout = stage_timeout
+        self._start_timeout = start_timeout
+        self._max_deaths = max_deaths
+        self._death_window = death_window
+        self._cores = _assign_cores(n, cores, threads_per_stage)
+        self._cv = threading.Condition()
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._inflight: dict[int, _Request] = {}
+        self._admit = threading.BoundedSemaphore(self.max_in_flight)
+        self._ids = itertools.count()
+        self._epoch = 0
+        self._paused = False
+        self._closing = False
+        self._closed = False
+        self._broken: CorepipeError | None = None
+        self._feed_seq = 0
+        self._collect_seq = 0
+        self._completed = 0
+        self._failed = 0
+        self._replayed = 0
+        self._rings: list[Ring] = []
+        self._control: Control | None = None
+        self._workers: list[_Worker] = []
+        _LIVE.add(self)
+        try:
+            self._control = Control.create(n)
+            self._rings = [Ring.create(b, slots) for b in artifact.plan.boundaries]
+            self._full = [Bell() for _ in range(n + 1)]
+            self._free = [Bell() for _ in range(n + 1)]
+            self._wake = [Bell() for _ in range(n)]
+            for k in range(n):
+                self._workers.append(_Worker(self._spawn(k)))
+            for k in range(n):
+                self._wait_ready(k, 0)
+        except BaseException:
+            self._shutdown()
+            raise
+        self._threads = [
+            threading.Thread(target=self._feed_loop, name="corepipe-feeder", daemon=True),
+            threading.Thread(target=self._collect_loop, name="corepipe-collector", daemon=True),
+            threading.Thread(target=self._monitor_loop, name="corepipe-monitor", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- workers -----------------------------------------------------------------------------
+    def _spawn(self, k: int) -> _Proc:
+        assert self._control is not None
+        self._control.set(k, Control.READY, 0)
+        cfg = {
+            "artifact": str(self._artifact.root),
+            "stage": k,
+            "num_stages": self._n,
+            "cores": self._cores[k],
+            "threads": len(self._cores[k]),
+            "slots": self._slots,
+            "control": self._control.shm.name,
+            "ring_in": self._rings[k].shm.name,
+            "ring_out": self._rings[k + 1].shm.name,
+            "specs_in": [t.to_dict() for t in self.plan.boundaries[k]],
+            "specs_out": [t.to_dict() for t in self.plan.boundaries[k + 1]],
+            "parent_pid": os.getpid(),
+        }
+        report_r, report_w = os.pipe()
+        os.set_blocking(report_r, False)
+        fds = {
+            "in_full": self._full[k].r, "in_free": self._free[k].w,
+            "out_full": self._full[k + 1].w, "out_free": self._free[k + 1].r,
+            "wake": self._wake[k].r, "report": report_w,
+        }
+        cfg["fds"] = fds
+        try:
+            return _Proc(cfg, [fd for fd in fds.values() if fd is not None], report_r)
+        finally:
+            os.close(report_w)
+
+    def _wait_ready(self, k: int, epoch: int) -> None:
+        assert self._control is not None
+        deadline = time.monotonic() + self._start_timeout
+        proc = self._workers[k].process if k < len(self._workers) else None
+        while True:
+            ready = self._control.get(k, Control.READY)
+            if ready == 1 and self._control.get(k, Control.ACK) >= epoch:
+                return
+            proc = self._workers[k].process if k < len(self._workers) else proc
+            dead = ready == -1 or (proc is not None and not proc.is_alive())
+            if dead or time.monotonic() > deadline:
+                detail = proc.report() if proc is not None else ""
+                why = "exited" if dead else f"did not load within {self._start_timeout} s"
+                raise StageError(
+                    f"stage {k} worker {why} while loading its stage from {str(self.path)!r}"
+                    + (f": {detail}" if detail else ""), stage=k,
+                )
+            time.sleep(0.01)
+
+    # -- client API --------------------------------------------------------------------------
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        self._check_open()
+        checked = check_feeds(self.plan.inputs, feeds)
+        # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
+        kept = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
+        if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
+            raise TimeoutError(
+                f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
+                "raise max_in_flight or the timeout, or consume results faster"
+            )
+        fut: Future[dict[str, np.ndarray]] = Future()
+        with self._cv:
+            if self._closing or self._broken is not None:
+                self._admit.release()
+                self._check_open()
+                raise PipelineClosedError("the pipeline is closing")
+            req = _Request(next(self._ids), kept, fut, time.perf_counter())
+            fut.set_running_or_notify_cancel()
+            self._pending.append(req)
+            self._cv.notify_all()
+        return fut
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise PipelineClosedError(f"the pipeline broke and takes no more requests: {self._broken}")
+        if self._closing or self._closed:
+            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
+
+    def _finish(self, req: _Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        if error is None:
+            self._completed += 1
+            self._latencies.add(time.perf_counter() - req.submitted)
+            if not req.future.done():
+                req.future.set_result(result)  # type: ignore[arg-type]
+        else:
+            self._failed += 1
+            if not req.future.done():
+                req.future.set_exception(error)
+        self._admit.release()
+
+    # -- feeder / collector ------------------------------------------------------------------
+    def _feed_loop(self) -> None:
+        ring, free = self._rings[0], self._free[0]
+        while True:
+            with self._cv:
+                while (not self._pending or self._paused) and not self._closed:
+                    self._cv.wait(0.2)
+                if self._closed:
+                    return
+                req, epoch, seq = self._pending[0], self._epoch, self._feed_seq
+            s = seq % self._slots
+            if ring.state(s) != EMPTY:
+                wait_any([free], 0.05)
+                continue
+            ring.write(s, req.feeds)
+            with self._cv:
+                if self._paused or epoch != self._epoch or not self._pending or self._pending[0] is not req:
+                    continue  # recovery happened meanwhile; the slot was never published
+                self._pending.popleft()
+                self._inflight[req.rid] = req
+                ring.publish(s, epoch=epoch, seq=seq, request_id=req.rid)
+                self._feed_seq += 1
+            self._full[0].ring()
+
+    def _collect_loop(self) -> None:
+        ring, full = self._rings[-1], self._full[-1]
+        while True:
+            with self._cv:
+                while self._paused and not self._closed:
+                    self._cv.wait(0.2)
+                if self._closed:
+                    return
+                epoch, seq = self._epoch, self._collect_seq
+            s = seq % self._slots
+            if ring.state(s) != FULL or ring.epoch(s) != epoch:
+                wait_any([full], 0.05)
+                continue
+            rid, status = ring.request_id(s), ring.status(s)
+            result: dict[str, np.ndarray] | None = None
+            error: BaseException | None = None
+            try:
+                if status == ERROR:
+                    error = _stage_error(ring.error(s), rid)
+                else:
+                    views = ring.read(s)
+                    result = {t.name: np.array(views[t.name], copy=True) for t in self.plan.outputs}
+            except Exception as exc:  # a torn read during recovery; the epoch check below drops it
+                error = exc
+            with self._cv:
+                if self._paused or epoch != self._epoch:
+                    continue
+                ring.free(s)
+                self._collect_seq += 1
+                req = self._inflight.pop(rid, None)
+            self._free[-1].ring()
+            if req is not None:
+                self._finish(req, result, error)
+
+    # -- failure handling --------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        assert self._control is not None
+        while not self._closed:
+            time.sleep(0.05)
+            if self._closed:
+                return
+            procs = [w.process for w in self._workers]
+            dead = [k for k, p in enumerate(procs) if not p.is_alive()]
+            now = time.time()
+            hung = [
+                k for k in range(self._n)
+                if k not in dead and 0 < self._control.get(k, Control.BUSY_SINCE) < now - self._stage_timeout
+            ]
+            if (dead or hung) and not self._closed and self._broken is None:
+                try:
+                    self._recover(dead, hung)
+                except Exception as exc:  # recovery itself failed: give up cleanly
+                    self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+
+    def _recover(self, dead: list[int], hung: list[int]) -> None:
+        control = self._control
+        assert control is not None
+        with self._cv:
+            self._paused = True
+            self._epoch += 1
+            epoch = self._epoch
+            control.epoch = epoch
+        suspects = {}
+        for k in dead + hung:
+            if control.get(k, Control.BUSY_SINCE) > 0:
+                suspects[k] = int(control.get(k, Control.CURRENT))
+        for k in hung:
+            self._workers[k].process.kill()
+        for b in self._wake:
+            b.ring()
+        restart = set(dead) | set(hung)
+        deadline = time.monotonic() + max(self._stage_timeout, 1.0)
+        for k in range(self._n):
+            if k in restart:
+                continue
+            while control.get(k, Control.ACK) < epoch:
+                if not self._workers[k].process.is_alive() or time.monotonic() > deadline:
+                    self._workers[k].process.kill()
+                    restart.add(k)
+                    break
+                time.sleep(0.005)
+        now = time.monotonic()
+        for k in sorted(restart):
+            w = w_ = self._workers[k]
+            w.process.join(timeout=5)
+            w.deaths.append(now)
+            while w.deaths and w.deaths[0] < now - self._death_window:
+                w.deaths.popleft()
+            if len(w.deaths) >= self._max_deaths:
+                code = w_.process.exitcode
+                self._break(StageError(
+                    f"stage {k} worker died {len(w.deaths)} times within {self._death_window:.0f} s "
+                    f"(last exit code {code}); giving up on the pipeline's requests", stage=k,
+                ))
+                return
+        for ring in self._rings:
+            ring.reset()
+        with self._cv:
+            for k, rid in suspects.items():
+                req = self._inflight.get(rid)
+                if req is None:
+                    continue
+                req.deaths += 1
+                if req.deaths >= 2:  # the request itself kills the worker: fail it, keep the rest
+                    del self._inflight[rid]
+                    self._finish(req, None, StageError(
+                        f"stage {k} worker died twice while running request {rid}; "
+                        "the request is dropped so the others can go on",
+                        stage=k, request_id=rid,
+                    ))
+        for k in sorted(restart):
+            self._workers[k].process.close()
+            self._workers[k].process = self._spawn(k)
+            self._workers[k].restarts += 1
+        for k in sorted(restart):
+            self._wait_ready(k, epoch)
+        with self._cv:
+            replay = sorted(self._inflight.values(), key=lambda r: r.rid)
+            self._replayed += len(replay)
+            self._inflight.clear()
+            self._pending.extendleft(reversed(replay))
+            self._feed_seq = self._collect_seq = 0
+            control.go_epoch = epoch
+            self._paused = False
+            self._cv.notify_all()
+        for b in self._wake:
+            b.ring()
+
+    def _break(self, error: CorepipeError) -> None:
+        with self._cv:
+            self._broken = error
+            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+            self._inflight.clear()
+            self._pending.clear()
+            self._cv.notify_all()
+        for req in doomed:
+            self._finish(req, None, error)
+
+    # -- stats / close -----------------------------------------------------------------------
+    def stats(self) -> PipelineStats:
+        elapsed = time.perf_counter() - self._started
+        p50, p90, p99 = self._latencies.percentiles()
+        stages = []
+        control = self._control
+        for k in range(self._n):
+            requests = int(control.get(k, Control.REQUESTS)) if control else 0
+            busy = control.get(k, Control.BUSY_S) if control else 0.0
+            pid = int(control.get(k, Control.PID)) if control else None
+            depth = self._rings[k].full_slots() if self._rings and not self._closed else 0
+            stages.append(StageStats(
+                index=k, pid=pid, core=",".join(str(c) for c in self._cores[k]), requests=requests,
+                busy_s=busy, busy_pct=100.0 * busy / elapsed if elapsed else 0.0,
+                mean_service_s=busy / requests if requests else 0.0, queue_depth=depth,
+                restarts=self._workers[k].restarts if k < len(self._workers) else 0,
+            ))
+        with self._cv:
+            in_flight = len(self._inflight) + len(self._pending)
+        return PipelineStats(
+            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
+            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
+            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
+        )
+
+    @property
+    def replayed(self) -> int:
+        """Requests sent through the pipeline again after a worker died."""
+        return self._replayed
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def close(self, *, timeout: float | None = 30.0) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closing = True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (self._pending or self._inflight) and self._broken is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cv.wait(0.05 if left is None else min(0.05, left))
+            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+            self._inflight.clear()
+            self._pending.clear()
+        for req in doomed:
+            self._finish(req, None, PipelineClosedError(
+                f"request {req.rid} was still in flight when the pipeline closed"))
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._control is not None:
+            self._control.shutdown = True
+        for b in getattr(self, "_wake", []):
+            b.ring()
+        for t in getattr(self, "_threads", []):
+            if t is not threading.current_thread():
+                t.join(timeout=2)
+        procs = [w.process for w in self._workers]
+        deadline = time.monotonic() + 2
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2)
+            p.close()
+        for ring in self._rings:
+            ring.close(unlink=True)
+        if self._control is not None:
+            self._control.close(unlink=True)
+        for b in getattr(self, "_full", []) + getattr(self, "_free", []) + getattr(self, "_wake", []):
+            b.close()
+        _LIVE.discard(self)
+
+
+def _stage_error(text: str, rid: int) -> StageError:
+    kind, stage, node, message = (text.split("\x00", 3) + ["", "", "", ""])[:4]
+    try:
+        k = int(stage)
+    except ValueError:
+        k = -1
+    if kind == "StageError":
+        return StageError(message, stage=k, request_id=rid, node=node or None)
+    return StageError(f"stage {k} failed on request {rid}: {kind}: {message}", stage=k, request_id=rid, node=node or None)

@@ -1,0 +1,317 @@
+"""Shared-memory hand-off: a ring of preallocated slots per boundary, and the control block.
+
+A slot is a small header of 64-bit words followed by one fixed region per boundary tensor,
+sized from the compiled static shapes. Producers copy raw tensor bytes in, then publish the
+slot by writing its state word last; consumers read tensors as numpy views in place. Nothing
+is pickled. Doorbells (`Bell`) only wake a waiting peer: the state words are the truth, so a
+lost or extra wake-up costs at most one poll interval, never correctness.
+
+Memory ordering: writers store data before the state word and readers load the state word
+before data; x86-64 keeps stores in order, which is what this relies on (see note in README).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from collections.abc import Sequence
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from ..plan import TensorSpec
+
+__all__ = ["Ring", "Control", "Bell", "attach_shm", "EMPTY", "FULL", "OK", "ERROR"]
+
+EMPTY, FULL = 0, 1
+OK, ERROR = 0, 1
+MAX_DIMS = 8
+ERR_BYTES = 2048
+_ALIGN = 64
+# header words: state, epoch, seq, request_id, status, err_len, then per tensor: ndim + dims
+_FIXED_WORDS = 6
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def attach_shm(name: str) -> SharedMemory:
+    """Attach to a segment another process created, without registering it for cleanup here:
+    only its creator unlinks it (Python < 3.13 would otherwise unlink it when we exit)."""
+    if sys.version_info >= (3, 13):
+        return SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    original = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        return SharedMemory(name=name)
+    finally:
+        resource_tracker.register = original  # type: ignore[assignment]
+
+
+class Ring:
+    """``slots`` slots for the tensors of one boundary, in one shared-memory segment."""
+
+    def __init__(self, specs: Sequence[TensorSpec], slots: int, shm: SharedMemory) -> None:
+        self.specs = list(specs)
+        self.slots = slots
+        self.shm = shm
+        m = len(self.specs)
+        self.header_words = _FIXED_WORDS + m * (1 + MAX_DIMS)
+        self.err_offset = _align(self.header_words * 8)
+        offsets, off = [], self.err_offset + ERR_BYTES
+        for spec in self.specs:
+            off = _align(off)
+            offsets.append(off)
+            off += max(spec.nbytes, 1)
+        self.offsets = offsets
+        self.slot_bytes = _align(off)
+        buf = shm.buf
+        self.headers = [
+            np.ndarray((self.header_words,), dtype=np.uint64, buffer=buf, offset=s * self.slot_bytes)
+            for s in range(slots)
+        ]
+        self.regions = [
+            [
+                np.ndarray((max(spec.nbytes, 1),), dtype=np.uint8, buffer=buf,
+                           offset=s * self.slot_bytes + self.offsets[i])
+                for i, spec in enumerate(self.specs)
+            ]
+            for s in range(slots)
+        ]
+
+    @staticmethod
+    def size_for(specs: Sequence[TensorSpec], slots: int) -> int:
+        m = len(specs)
+        off = _align((_FIXED_WORDS + m * (1 + MAX_DIMS)) * 8) + ERR_BYTES
+        for spec in specs:
+            off = _align(off) + max(spec.nbytes, 1)
+        return _align(off) * slots
+
+    @classmethod
+    def create(cls, specs: Sequence[TensorSpec], slots: int) -> Ring:
+        shm = SharedMemory(create=True, size=max(cls.size_for(specs, slots), 1))
+        ring = cls(specs, slots, shm)
+        ring.reset()
+        return ring
+
+    @classmethod
+    def attach(cls, name: str, specs: Sequence[TensorSpec], slots: int) -> Ring:
+        return cls(specs, slots, attach_shm(name))
+
+    # -- slot access -------------------------------------------------------------------------
+    def state(self, s: int) -> int:
+        return int(self.headers[s][0])
+
+    def epoch(self, s: int) -> int:
+        return int(self.headers[s][1])
+
+    def request_id(self, s: int) -> int:
+        return int(self.headers[s][3])
+
+    def status(self, s: int) -> int:
+        return int(self.headers[s][4])
+
+    def reset(self) -> None:
+        for h in self.headers:
+            h[:] = 0
+
+    def free(self, s: int) -> None:
+        self.headers[s][0] = EMPTY
+
+    def read(self, s: int) -> dict[str, np.ndarray]:
+        """Views of slot ``s``'s tensors, shaped as written (valid until the slot is freed)."""
+        h = self.headers[s]
+        out = {}
+        for i, spec in enumerate(self.specs):
+            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
+            ndim = int(h[base])
+            shape = tuple(int(d) for d in h[base + 1 : base + 1 + ndim])
+            count = int(np.prod(shape, dtype=np.int64))
+            nbytes = count * np.dtype(spec.dtype).itemsize
+            out[spec.name] = self.regions[s][i][:nbytes].view(spec.dtype).reshape(shape)
+        return out
+
+    def error(self, s: int) -> str:
+        n = int(self.headers[s][5])
+        start = s * self.slot_bytes + self.err_offset
+        return bytes(self.shm.buf[start : start + min(n, ERR_BYTES)]).decode("utf-8", "replace")
+
+    def write(self, s: int, tensors: dict[str, np.ndarray]) -> None:
+        """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
+        h = self.headers[s]
+        for i, spec in enumerate(self.specs):
+            value = tensors[spec.name]
+            if value.ndim > MAX_DIMS:
+                raise ValueError(f"tensor {spec.name!r} has {value.ndim} dims; at most {MAX_DIMS} cross a boundary")
+            if str(value.dtype) != spec.dtype:
+                value = value.astype(spec.dtype)
+            if value.nbytes > max(spec.nbytes, 1) and value.nbytes > 0:
+                raise ValueError(
+                    f"tensor {spec.name!r} came out {value.dtype}{list(value.shape)}, larger than the "
+                    f"compiled {spec.describe()}; compile with example inputs of the largest shape"
+                )
+            region = self.regions[s][i]
+            if value.nbytes:
+                region[: value.nbytes].view(value.dtype).reshape(value.shape)[...] = value
+            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
+            h[base] = value.ndim
+            h[base + 1 : base + 1 + value.ndim] = value.shape
+
+    def publish(self, s: int, *, epoch: int, seq: int, request_id: int, status: int = OK, error: str = "") -> None:
+        """Fill the slot header and mark it FULL (the state word is written last)."""
+        h = self.headers[s]
+        h[1], h[2], h[3], h[4] = epoch, seq, request_id, status
+        if error:
+            data = error.encode("utf-8")[:ERR_BYTES]
+            start = s * self.slot_bytes + self.err_offset
+            self.shm.buf[start : start + len(data)] = data
+            h[5] = len(data)
+        else:
+            h[5] = 0
+        h[0] = FULL
+
+    def full_slots(self) -> int:
+        return sum(1 for s in range(self.slots) if self.state(s) == FULL)
+
+    def close(self, unlink: bool = False) -> None:
+        self.headers = []
+        self.regions = []
+        try:
+            self.shm.close()
+        except BufferError:  # a caller still holds a view; the mapping goes with the process
+            pass
+        if unlink:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class Control:
+    """Small shared block: epoch handshakes, shutdown, and per-stage counters.
+
+    Layout (float64 words): [epoch, go_epoch, shutdown, reserved] then per stage
+    [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, failures].
+    """
+
+    GLOBAL = 4
+    PER_STAGE = 8
+    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, FAILURES = range(8)
+
+    def __init__(self, stages: int, shm: SharedMemory) -> None:
+        self.stages = stages
+        self.shm = shm
+        self.words = np.ndarray((self.GLOBAL + stages * self.PER_STAGE,), dtype=np.float64, buffer=shm.buf)
+
+    @classmethod
+    def create(cls, stages: int) -> Control:
+        shm = SharedMemory(create=True, size=(cls.GLOBAL + stages * cls.PER_STAGE) * 8)
+        c = cls(stages, shm)
+        c.words[:] = 0
+        return c
+
+    @classmethod
+    def attach(cls, name: str, stages: int) -> Control:
+        return cls(stages, attach_shm(name))
+
+    def get(self, stage: int, field: int) -> float:
+        return float(self.words[self.GLOBAL + stage * self.PER_STAGE + field])
+
+    def set(self, stage: int, field: int, value: float) -> None:
+        self.words[self.GLOBAL + stage * self.PER_STAGE + field] = value
+
+    @property
+    def epoch(self) -> int:
+        return int(self.words[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.words[0] = value
+
+    @property
+    def go_epoch(self) -> int:
+        return int(self.words[1])
+
+    @go_epoch.setter
+    def go_epoch(self, value: int) -> None:
+        self.words[1] = value
+
+    @property
+    def shutdown(self) -> bool:
+        return bool(self.words[2])
+
+    @shutdown.setter
+    def shutdown(self, value: bool) -> None:
+        self.words[2] = 1.0 if value else 0.0
+
+    def close(self, unlink: bool = False) -> None:
+        self.words = np.zeros(0)
+        try:
+            self.shm.close()
+        except BufferError:
+            pass
+        if unlink:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class Bell:
+    """A wake-up hint over a pipe: `ring` never blocks; `wait_any` returns on a ring or timeout.
+
+    Built on raw file descriptors so worker processes can inherit one end (``pass_fds``).
+    """
+
+    def __init__(self, r: int | None = None, w: int | None = None) -> None:
+        if r is None and w is None:
+            r, w = os.pipe()
+        self.r = r
+        self.w = w
+        for fd in (r, w):
+            if fd is not None:
+                os.set_blocking(fd, False)
+
+    def ring(self) -> None:
+        if self.w is None:
+            return
+        try:
+            os.write(self.w, b"\x01")
+        except OSError:
+            pass  # pipe full (enough wake-ups pending) or reader gone
+
+    def drain(self) -> None:
+        if self.r is None:
+            return
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def fileno(self) -> int:
+        assert self.r is not None, "this end of the bell cannot wait"
+        return self.r
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.r = self.w = None
+
+
+def wait_any(bells: Sequence[Bell], timeout: float) -> None:
+    """Block until one of ``bells`` rings or ``timeout`` passes; consume the wake-ups."""
+    try:
+        ready, _, _ = select.select([b.fileno() for b in bells], [], [], timeout)
+    except (OSError, ValueError):
+        return
+    for b in bells:
+        if b.fileno() in ready:
+            b.drain()

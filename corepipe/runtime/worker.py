@@ -1,0 +1,134 @@
+"""A pipeline worker: one process per stage, pinned to its core(s), weights loaded once.
+
+Loop: wait for a FULL slot in the incoming ring and a free slot in the outgoing ring, run the
+stage on in-place views of the incoming tensors, write the outgoing tensors, publish, free the
+incoming slot. A failure of one request travels downstream as an ERROR slot with the stage-tagged
+message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
+the worker drops what it holds, acknowledges, and waits for the client's go.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from .shm import ERROR, FULL, OK, Bell, Control, Ring, wait_any
+
+__all__ = ["worker_main"]
+
+_POLL_S = 0.2
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the parent dies (we also poll getppid as a fallback)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_main(config_json: str) -> None:
+    """Entry point of a worker process (``python -m corepipe.runtime.worker CONFIG``).
+
+    ``config_json`` holds plain data only: artifact path, stage, cores, shared-memory names and
+    the inherited pipe descriptors of the doorbells. No tensor ever travels through it.
+    """
+    cfg = json.loads(config_json)
+    _die_with_parent()
+    if os.getppid() != cfg["parent_pid"]:
+        sys.exit(0)  # the client died before we could ask to follow it
+    fds = cfg["fds"]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client owns Ctrl-C and closes us
+    parent = cfg["parent_pid"]
+    k = int(cfg["stage"])
+    control = Control.attach(cfg["control"], cfg["num_stages"])
+    try:
+        if cfg["cores"]:
+            try:
+                os.sched_setaffinity(0, set(cfg["cores"]))
+            except (AttributeError, OSError):
+                pass
+        from ..artifact import open_artifact
+        from ..plan import TensorSpec
+        from .stage import StageRunner
+
+        artifact = open_artifact(cfg["artifact"], verify_hashes=False)  # the runner re-verifies its own bytes
+        runner = StageRunner(artifact, k, threads=cfg["threads"], spin=False)
+        specs_in = [TensorSpec.from_dict(t) for t in cfg["specs_in"]]
+        specs_out = [TensorSpec.from_dict(t) for t in cfg["specs_out"]]
+        ring_in = Ring.attach(cfg["ring_in"], specs_in, cfg["slots"])
+        ring_out = Ring.attach(cfg["ring_out"], specs_out, cfg["slots"])
+    except BaseException as exc:  # report why we could not start, then exit
+        message = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000]
+        try:
+            os.write(fds["report"], message)
+        except OSError:
+            pass
+        control.set(k, Control.READY, -1)
+        sys.exit(3)
+    in_full = Bell(r=fds["in_full"])
+    in_free = Bell(w=fds["in_free"])
+    out_full = Bell(w=fds["out_full"])
+    out_free = Bell(r=fds["out_free"])
+    wake = Bell(r=fds["wake"])
+    epoch = control.epoch
+    control.set(k, Control.ACK, epoch)
+    control.set(k, Control.PID, os.getpid())
+    control.set(k, Control.READY, 1)
+    idx = 0  # slot sequence number in both rings for this epoch
+    slots = cfg["slots"]
+
+    def alive() -> bool:
+        return not control.shutdown and os.getppid() == parent
+
+    while alive():
+        if control.epoch != epoch:
+            # Recovery: drop everything, acknowledge, wait for the client's go.
+            epoch = control.epoch
+            control.set(k, Control.BUSY_SINCE, 0.0)
+            control.set(k, Control.ACK, epoch)
+            while alive() and control.go_epoch < epoch and control.epoch == epoch:
+                wait_any([wake], _POLL_S)
+            idx = 0
+            continue
+        s = idx % slots
+        if ring_in.state(s) != FULL or ring_in.epoch(s) != epoch:
+            wait_any([in_full, wake], _POLL_S)
+            continue
+        if ring_out.state(s) != 0:
+            wait_any([out_free, wake], _POLL_S)
+            continue
+        rid = ring_in.request_id(s)
+        control.set(k, Control.CURRENT, rid)
+        start = time.time()
+        control.set(k, Control.BUSY_SINCE, start)
+        status, error = OK, ""
+        if ring_in.status(s) == ERROR:
+            status, error = ERROR, ring_in.error(s)  # an upstream failure: pass it on
+        else:
+            try:
+                outputs = runner.run(ring_in.read(s), request_id=rid)
+                ring_out.write(s, outputs)
+            except Exception as exc:  # StageError, or a tensor over its compiled size
+                status, error = ERROR, f"{type(exc).__name__}\x00{k}\x00{getattr(exc, 'node', '') or ''}\x00{exc}"
+        if control.epoch != epoch:
+            continue  # a recovery began while we ran: this result belongs to a dead epoch
+        ring_out.publish(s, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
+        out_full.ring()
+        ring_in.free(s)
+        in_free.ring()
+        control.set(k, Control.BUSY_SINCE, 0.0)
+        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (time.time() - start))
+        control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
+        idx += 1
+    ring_in.close()
+    ring_out.close()
+    control.close()
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1])
