@@ -205,7 +205,8 @@ class LocalPipeline(Pipeline):
     # -- workers -----------------------------------------------------------------------------
     def _spawn(self, k: int) -> _Proc:
         assert self._control is not None
-        self._control.set(k, Control.READY, 0)
+        for field_ in (Control.READY, Control.BUSY_SINCE, Control.HEARTBEAT):
+            self._control.set(k, field_, 0)
         cfg = {
             "artifact": str(self._artifact.root),
             "stage": k,
@@ -270,6 +271,7 @@ class LocalPipeline(Pipeline):
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
             req = _Request(next(self._ids), kept, fut, time.perf_counter())
+            fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
             self._cv.notify_all()
@@ -361,15 +363,21 @@ class LocalPipeline(Pipeline):
             procs = [w.process for w in self._workers]
             dead = [k for k, p in enumerate(procs) if not p.is_alive()]
             now = time.time()
-            hung = [
-                k for k in range(self._n)
-                if k not in dead and 0 < self._control.get(k, Control.BUSY_SINCE) < now - self._stage_timeout
-            ]
+            hung = [k for k in range(self._n) if k not in dead and self._stuck(k, now)]
             if (dead or hung) and not self._closed and self._broken is None:
                 try:
                     self._recover(dead, hung)
                 except Exception as exc:  # recovery itself failed: give up cleanly
                     self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+
+    def _stuck(self, k: int, now: float) -> bool:
+        """Busy on one request past the stage deadline, or silent (not even polling) as long."""
+        assert self._control is not None
+        busy_since = self._control.get(k, Control.BUSY_SINCE)
+        if busy_since > 0:
+            return busy_since < now - self._stage_timeout
+        beat = self._control.get(k, Control.HEARTBEAT)
+        return 0 < beat < now - max(self._stage_timeout, 1.0)
 
     def _recover(self, dead: list[int], hung: list[int]) -> None:
         control = self._control
@@ -398,22 +406,13 @@ class LocalPipeline(Pipeline):
                     restart.add(k)
                     break
                 time.sleep(0.005)
-        now = time.monotonic()
         for k in sorted(restart):
-            w = w_ = self._workers[k]
-            w.process.join(timeout=5)
-            w.deaths.append(now)
-            while w.deaths and w.deaths[0] < now - self._death_window:
-                w.deaths.popleft()
-            if len(w.deaths) >= self._max_deaths:
-                code = w_.process.exitcode
-                self._break(StageError(
-                    f"stage {k} worker died {len(w.deaths)} times within {self._death_window:.0f} s "
-                    f"(last exit code {code}); giving up on the pipeline's requests", stage=k,
-                ))
+            self._workers[k].process.join(timeout=5)
+            if self._record_death(k):
                 return
         for ring in self._rings:
             ring.reset()
+        poisoned = []
         with self._cv:
             for k, rid in suspects.items():
                 req = self._inflight.get(rid)
@@ -422,17 +421,27 @@ class LocalPipeline(Pipeline):
                 req.deaths += 1
                 if req.deaths >= 2:  # the request itself kills the worker: fail it, keep the rest
                     del self._inflight[rid]
-                    self._finish(req, None, StageError(
-                        f"stage {k} worker died twice while running request {rid}; "
-                        "the request is dropped so the others can go on",
-                        stage=k, request_id=rid,
-                    ))
+                    poisoned.append((k, req))
+        for k, req in poisoned:
+            self._finish(req, None, StageError(
+                f"stage {k} worker died twice while running request {req.rid}; "
+                "the request is dropped so the others can go on",
+                stage=k, request_id=req.rid,
+            ))
         for k in sorted(restart):
-            self._workers[k].process.close()
-            self._workers[k].process = self._spawn(k)
-            self._workers[k].restarts += 1
-        for k in sorted(restart):
-            self._wait_ready(k, epoch)
+            while True:
+                w = self._workers[k]
+                w.process.close()
+                w.process = self._spawn(k)
+                w.restarts += 1
+                try:
+                    self._wait_ready(k, epoch)
+                    break
+                except StageError:
+                    w.process.kill()
+                    w.process.join(timeout=5)
+                    if self._record_death(k):
+                        return
         with self._cv:
             replay = sorted(self._inflight.values(), key=lambda r: r.rid)
             self._replayed += len(replay)
@@ -444,6 +453,22 @@ class LocalPipeline(Pipeline):
             self._cv.notify_all()
         for b in self._wake:
             b.ring()
+
+    def _record_death(self, k: int) -> bool:
+        """Count a death of stage ``k``'s worker; past the limit, break the pipeline (True)."""
+        w = self._workers[k]
+        now = time.monotonic()
+        w.deaths.append(now)
+        while w.deaths and w.deaths[0] < now - self._death_window:
+            w.deaths.popleft()
+        if len(w.deaths) < self._max_deaths:
+            return False
+        self._break(StageError(
+            f"stage {k} worker died {len(w.deaths)} times within {self._death_window:.0f} s "
+            f"(last exit code {w.process.exitcode}); giving up on the pipeline's requests",
+            stage=k,
+        ))
+        return True
 
     def _break(self, error: CorepipeError) -> None:
         with self._cv:
@@ -486,7 +511,15 @@ class LocalPipeline(Pipeline):
         return self._replayed
 
     def worker_pids(self) -> list[int]:
+        """Process ids of the stage workers, in stage order."""
         return [w.process.pid for w in self._workers]
+
+    def shm_names(self) -> list[str]:
+        """Names of the shared-memory segments this pipeline owns (for leak checks)."""
+        names = [r.shm.name for r in self._rings]
+        if self._control is not None:
+            names.append(self._control.shm.name)
+        return names
 
     def close(self, *, timeout: float | None = 30.0) -> None:
         with self._cv:

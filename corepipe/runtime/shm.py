@@ -194,12 +194,12 @@ class Control:
     """Small shared block: epoch handshakes, shutdown, and per-stage counters.
 
     Layout (float64 words): [epoch, go_epoch, shutdown, reserved] then per stage
-    [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, failures].
+    [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, heartbeat].
     """
 
     GLOBAL = 4
     PER_STAGE = 8
-    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, FAILURES = range(8)
+    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, HEARTBEAT = range(8)
 
     def __init__(self, stages: int, shm: SharedMemory) -> None:
         self.stages = stages

@@ -39,6 +39,17 @@ def make_session(model_bytes: bytes, threads: int, *, spin: bool = True):  # typ
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def _release_free_memory() -> None:
+    """Hand the transient copies made while loading (verified bytes, protobuf) back to the OS,
+    so a worker's resident memory is its weights, not its loading peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class StageRunner:
     """Runs stage ``index`` of an artifact: boundary tensors in, next boundary's tensors out.
 
@@ -50,6 +61,7 @@ class StageRunner:
         self.index = index
         self.session = make_session(artifact.stage_bytes(index), threads, spin=spin)
         self._outputs = list(self.plan.outputs)
+        _release_free_memory()
 
     def run(self, boundary: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
         """Compute this stage. Raises `StageError` naming the stage, node and request."""

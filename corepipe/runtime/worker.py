@@ -76,6 +76,7 @@ def worker_main(config_json: str) -> None:
     out_free = Bell(r=fds["out_free"])
     wake = Bell(r=fds["wake"])
     epoch = control.epoch
+    control.set(k, Control.HEARTBEAT, time.time())
     control.set(k, Control.ACK, epoch)
     control.set(k, Control.PID, os.getpid())
     control.set(k, Control.READY, 1)
@@ -83,6 +84,7 @@ def worker_main(config_json: str) -> None:
     slots = cfg["slots"]
 
     def alive() -> bool:
+        control.set(k, Control.HEARTBEAT, time.time())  # an idle worker proves it is not stuck
         return not control.shutdown and os.getppid() == parent
 
     while alive():

@@ -1,0 +1,239 @@
+"""`corepipe bench`: the pipeline against the baselines a user would pick, in one run.
+
+Baselines, each in its own process on the same inputs: one onnxruntime session with 1 thread,
+one with K threads, and K 1-thread sessions in parallel (one per core). Then the corepipe
+pipeline on K cores. Reports throughput, ratios, latency with one request in flight (and what
+the pipeline adds per stage boundary), and resident memory per core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .compiler import compile as compile_model
+from .plan import TensorSpec
+
+__all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
+
+
+@dataclass
+class BenchRow:
+    name: str
+    throughput: float  # requests per second
+    latency_p50_s: float  # one request in flight
+    rss_bytes: list[int] = field(default_factory=list)  # per process
+    uss_bytes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    model: str
+    cores: int
+    requests: int
+    weight_bytes: int
+    rows: list[BenchRow]
+    stages: list[dict[str, Any]]
+    compile_s: float
+    host: str
+
+    def row(self, name: str) -> BenchRow:
+        return next(r for r in self.rows if r.name == name)
+
+    def ratios(self) -> dict[str, float]:
+        pipe = self.row("corepipe").throughput
+        one = self.row("ort 1 thread").throughput
+        out = {
+            "vs 1 thread": pipe / one,
+            f"vs {self.cores} x 1 thread (ideal)": pipe / (self.cores * one),
+            f"vs {self.cores} threads": pipe / self.row(f"ort {self.cores} threads").throughput,
+            f"vs {self.cores} sessions in parallel": pipe / self.row(f"{self.cores} sessions in parallel").throughput,
+        }
+        return out
+
+    def added_latency_per_boundary_s(self) -> float:
+        boundaries = max(1, len(self.stages) - 1)
+        return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratios"] = self.ratios()
+        d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
+        return d
+
+
+def example_feeds(specs: tuple[TensorSpec, ...] | list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs matching ``specs``: normal floats, ints in [0, 100), random bools."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in specs:
+        dt = np.dtype(spec.dtype)
+        if dt.kind == "f":
+            out[spec.name] = rng.standard_normal(spec.shape).astype(dt)
+        elif dt.kind in "iu":
+            out[spec.name] = rng.integers(0, 100, size=spec.shape).astype(dt)
+        elif dt.kind == "b":
+            out[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
+        else:
+            out[spec.name] = np.zeros(spec.shape, dtype=dt)
+    return out
+
+
+def resolve_model(model: str, workdir: Path) -> tuple[Path, dict[str, np.ndarray] | None]:
+    """A model path, or ``zoo:NAME`` for a built-in architecture saved under ``workdir``."""
+    if model.startswith("zoo:"):
+        from . import zoo
+
+        proto, feeds = zoo.get(model[4:])
+        path = workdir / f"{model[4:]}.onnx"
+        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+        return path, feeds
+    return Path(model), None
+
+
+def _proc_config(model: Path, inputs: Path, mode: str, threads: int, requests: int,
+                 warmup: int, cores: list[int]) -> str:
+    return json.dumps({"model": str(model), "inputs": str(inputs), "mode": mode, "threads": threads,
+                       "requests": requests, "warmup": warmup, "cores": cores})
+
+
+def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "corepipe.benchproc",
+         _proc_config(model, inputs, "serial", threads, requests, warmup, cores)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: list[int]) -> tuple[float, list[dict[str, Any]]]:
+    share = [requests // len(cores) + (1 if i < requests % len(cores) else 0) for i in range(len(cores))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "corepipe.benchproc",
+             _proc_config(model, inputs, "parallel", 1, share[i], warmup, [c])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for i, c in enumerate(cores)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"baseline process failed to start: {line!r}")
+        start = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in procs]
+        wall = time.perf_counter() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return sum(share) / wall, results
+
+
+def run_bench(
+    model: str | os.PathLike[str],
+    *,
+    cores: int | None = None,
+    requests: int = 64,
+    warmup: int = 5,
+    balance: str = "measure",
+    example_inputs: Mapping[str, np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Compile ``model`` for ``cores`` cores and measure it against the baselines, in one run.
+
+    Args:
+        model: ``.onnx`` path or ``zoo:NAME``.
+        cores: K, the cores to use (default: all this process may run on).
+        requests: requests per measurement (the parallel baseline splits them across K).
+        warmup: unmeasured requests before each measurement.
+        balance: compile option, ``"measure"`` (default) or ``"estimate"``.
+        example_inputs: inputs to send (default: deterministic random inputs of the signature).
+        progress: optional callback told which step runs.
+    """
+    say = progress or (lambda step: None)
+    avail = sorted(os.sched_getaffinity(0))
+    k = cores or len(avail)
+    if k > len(avail):
+        raise ValueError(f"asked for {k} cores but this process may use only {len(avail)}: {avail}")
+    use = avail[:k]
+    with tempfile.TemporaryDirectory(prefix="corepipe-bench-") as tmp:
+        work = Path(tmp)
+        path, zoo_feeds = resolve_model(str(model), work)
+        say(f"compile for {k} cores ({balance} balance)")
+        t0 = time.perf_counter()
+        cm = compile_model(path, work / "compiled", num_cores=k,
+                           example_inputs=example_inputs or zoo_feeds, balance=balance)
+        compile_s = time.perf_counter() - t0
+        feeds = dict(example_inputs or zoo_feeds or example_feeds(cm.inputs))
+        inputs = work / "inputs.npz"
+        np.savez(inputs, **feeds)
+        weight_bytes = sum(
+            len(t.raw_data) if t.raw_data else 0 for t in onnx.load(str(path)).graph.initializer
+        )
+        rows = []
+        say("onnxruntime, 1 thread")
+        r = _serial(path, inputs, 1, requests, warmup, use[:1])
+        rows.append(BenchRow("ort 1 thread", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+        say(f"onnxruntime, {k} threads")
+        r = _serial(path, inputs, k, requests, warmup, use)
+        rows.append(BenchRow(f"ort {k} threads", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+        say(f"{k} onnxruntime sessions in parallel")
+        rate, results = _parallel(path, inputs, requests, warmup, use)
+        rows.append(BenchRow(
+            f"{k} sessions in parallel", rate, float(np.median([x["latency_p50_s"] for x in results])),
+            [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
+        ))
+        say(f"corepipe pipeline, {k} stages")
+        rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
+        stages = [
+            {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
+             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
+            for s in cm.stages
+        ]
+    return BenchResult(
+        model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
+        stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {len(avail)} cores",
+    )
+
+
+def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:
+    import psutil
+
+    from .runtime import load
+
+    with load(path, backend="local", cores=cores) as pipe:
+        for out in pipe.map([feeds] * max(warmup, 2 * pipe.plan.num_cores)):
+            del out
+        start = time.perf_counter()
+        for out in pipe.map(feeds for _ in range(requests)):
+            del out
+        rate = requests / (time.perf_counter() - start)
+        lat = []
+        for _ in range(min(requests, 30)):
+            t0 = time.perf_counter()
+            pipe.run(feeds)
+            lat.append(time.perf_counter() - t0)
+        rss, uss = [], []
+        for pid in pipe.worker_pids():  # type: ignore[attr-defined]
+            info = psutil.Process(pid).memory_full_info()
+            rss.append(int(info.rss))
+            uss.append(int(getattr(info, "uss", info.rss)))
+    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss)

@@ -1,0 +1,100 @@
+"""Measured balance: time candidate stages on one core and move boundaries until they balance.
+
+Needs one machine and one core, not N devices: each candidate stage is built in memory, run with
+one onnxruntime thread on real boundary tensors (from the example inputs), and its time is
+spread over its nodes in proportion to their estimates. The solver then re-cuts with the
+corrected costs; we stop when the cut no longer changes, and keep the best cut measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import solver
+from .graph import ModelGraph
+from .partition import build_stage_model, links_for
+from .runtime.stage import make_session
+from .target import Target
+
+__all__ = ["measured_balance", "time_stages"]
+
+
+def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    out = {}
+    for spec in graph.inputs:
+        if example_inputs is not None and spec.name in example_inputs:
+            out[spec.name] = np.asarray(example_inputs[spec.name])
+        else:
+            out[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
+    return out
+
+
+def time_stages(
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    example_inputs: Mapping[str, np.ndarray] | None,
+    *,
+    repeats: int = 5,
+) -> list[float]:
+    """Median seconds of each stage of ``bounds`` on one core (one onnxruntime thread)."""
+    k = len(bounds) - 1
+    boundary = {name: value for name, value in _feeds(graph, example_inputs).items()}
+    times = []
+    for s in range(k):
+        model = build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1)
+        session = make_session(model.SerializeToString(), 1)
+        del model
+        names = [o.name for o in session.get_outputs()]
+        feeds = {i.name: boundary[i.name] for i in session.get_inputs()}
+        values = session.run(names, feeds)  # warm-up, and the next stage's inputs
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.run(names, feeds)
+            samples.append(time.perf_counter() - t0)
+        times.append(float(np.median(samples)))
+        boundary.update(zip(names, values))
+        del session
+    return times
+
+
+def measured_balance(
+    graph: ModelGraph,
+    problem: solver.Problem,
+    target: Target,
+    bounds: list[int],
+    example_inputs: Mapping[str, np.ndarray] | None,
+    report: Callable[[str, int, int], None],
+    *,
+    rounds: int = 6,
+) -> tuple[list[int], list[float], list[float]]:
+    """Refine ``bounds`` by measurement. Returns (bounds, per-node seconds, per-stage seconds)."""
+    k = len(bounds) - 1
+    links = links_for(target, k)
+    compute = list(problem.compute)
+    best: tuple[float, list[int], list[float], list[float]] | None = None
+    seen: set[tuple[int, ...]] = set()
+    for r in range(rounds):
+        report("measure stages", r, rounds)
+        measured = time_stages(graph, bounds, example_inputs)
+        worst = max(measured)
+        if best is None or worst < best[0]:
+            best = (worst, list(bounds), list(compute), measured)
+        seen.add(tuple(bounds))
+        for s in range(k):
+            est = sum(compute[bounds[s]:bounds[s + 1]])
+            scale = measured[s] / est if est > 0 else 1.0
+            for i in range(bounds[s], bounds[s + 1]):
+                compute[i] *= scale
+        corrected = solver.Problem(compute, problem.node_weights, problem.weight_bytes,
+                                   problem.boundary_bytes, problem.capacity)
+        bounds = solver.solve(corrected, k, links)
+        if tuple(bounds) in seen:
+            break
+    report("measure stages", rounds, rounds)
+    assert best is not None
+    # Keep the best cut, with the latest corrected costs (closest to the truth we have).
+    return best[1], compute, best[3]

@@ -1,0 +1,58 @@
+"""Shared fixtures: leak checks for processes and shared memory."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+
+def shm_segments() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:  # not Linux
+        return set()
+
+
+def corepipe_children() -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "corepipe.runtime.worker" in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            pass
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Pids still alive (and not zombies) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        still = []
+        for pid in alive:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    still.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        alive = still
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+@pytest.fixture
+def no_leaks():
+    """Fail the test if it leaves a worker process or a shared-memory segment behind."""
+    before = shm_segments()
+    yield
+    leftover = [p.pid for p in corepipe_children()]
+    assert wait_gone(leftover) == [], f"worker processes left behind: {leftover}"
+    deadline = time.monotonic() + 5
+    while shm_segments() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shm_segments() - before == set(), f"shared memory left behind: {shm_segments() - before}"

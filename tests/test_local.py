@@ -1,0 +1,191 @@
+"""The local backend: transparency through worker processes, ordering, back-pressure, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from graphcases import all_cases, big_weight_model, run_reference
+
+import corepipe
+from corepipe import zoo
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def _assert_same(out, ref, rtol=1e-5, atol=1e-5):
+    assert list(out) == list(ref)
+    for name, value in ref.items():
+        assert out[name].dtype == value.dtype, name
+        assert out[name].shape == value.shape, name
+        np.testing.assert_allclose(out[name], value, rtol=rtol, atol=atol, err_msg=name)
+
+
+CASES = {c.name: c for c in all_cases()}
+
+
+@pytest.mark.parametrize("name", ["skip_far", "if_outer_scope", "loop_outer_scope", "shared_weight_far",
+                                  "shape_arith_int64", "input_is_output", "initializer_is_output",
+                                  "float16", "bool_and_int_tensors", "scalar_and_empty", "multi_io"])
+def test_graph_cases_through_worker_processes(tmp_path, name):
+    case = CASES[name]
+    ref = run_reference(case.model, case.feeds)
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=3)
+    with corepipe.load(cm.path) as pipe:
+        outs = [f.result(timeout=60) for f in [pipe.submit(case.feeds) for _ in range(5)]]
+    for out in outs:
+        _assert_same(out, ref, case.rtol, case.atol)
+
+
+@pytest.mark.parametrize("name,kwargs,cores", [
+    ("resnet50", {"image_size": 64}, 4),
+    ("densenet121", {"image_size": 64}, 3),
+    ("bert", {"num_layers": 2, "hidden": 64, "heads": 2, "intermediate": 128, "vocab": 500, "seq": 16}, 2),
+])
+def test_real_architectures_through_worker_processes(tmp_path, name, kwargs, cores):
+    model, feeds = zoo.get(name, **kwargs)
+    ref = run_reference(model, feeds)
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=cores)
+    with corepipe.load(cm.path) as pipe:
+        for out in pipe.map([feeds] * 6):
+            _assert_same(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A 3-stage model whose output depends on its input, with reference answers."""
+    case = big_weight_model([256 * 1024] * 6)
+    path = tmp_path_factory.mktemp("chain") / "a"
+    corepipe.compile(case.model, path, example_inputs=case.inputs(), num_cores=3)
+    rng = np.random.default_rng(1)
+    name, spec = next(iter(case.feeds.items()))
+    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(40)]
+    refs = [run_reference(case.model, f) for f in feeds]
+    return path, feeds, refs
+
+
+def test_concurrent_submit_keeps_order_and_answers(chain):
+    path, feeds, refs = chain
+    done_order: list[int] = []
+    lock = threading.Lock()
+    results: dict[int, tuple[int, object]] = {}
+
+    with corepipe.load(path, max_in_flight=4) as pipe:
+        def client(offset: int) -> None:
+            for i in range(offset, len(feeds), 4):
+                fut = pipe.submit(feeds[i])
+                fut.add_done_callback(lambda f: (lock.acquire(), done_order.append(f.request_id), lock.release()))
+                results[fut.request_id] = (i, fut)
+
+        threads = [threading.Thread(target=client, args=(o,)) for o in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, fut in results.values():
+            _assert_same(fut.result(timeout=60), refs[i])
+    assert len(done_order) == len(feeds)
+    assert done_order == sorted(done_order), "futures must complete in submission order"
+
+
+def test_back_pressure_bounds_in_flight(chain):
+    path, feeds, _ = chain
+    with corepipe.load(path, max_in_flight=2) as pipe:
+        futs = [pipe.submit(feeds[0]), pipe.submit(feeds[1])]
+        assert pipe.stats().in_flight <= 2
+        # Full: a third submit waits, then times out rather than growing the queue.
+        timed_out = 0
+        for _ in range(20):
+            try:
+                futs.append(pipe.submit(feeds[2], timeout=0))
+            except TimeoutError as exc:
+                timed_out += 1
+                assert "in flight" in str(exc)
+            assert pipe.stats().in_flight <= 2
+        assert timed_out > 0
+        for f in futs:
+            f.result(timeout=60)
+
+
+def test_map_pulls_a_generator_lazily(chain):
+    path, feeds, refs = chain
+    pulled = []
+
+    def gen():
+        for i, f in enumerate(feeds):
+            pulled.append(i)
+            yield f
+
+    with corepipe.load(path, max_in_flight=3) as pipe:
+        for i, out in enumerate(pipe.map(gen())):
+            assert len(pulled) <= i + 1 + pipe.max_in_flight
+            _assert_same(out, refs[i])
+    assert len(pulled) == len(feeds)
+
+
+def test_close_drains_then_refuses(chain):
+    path, feeds, refs = chain
+    pipe = corepipe.load(path)
+    futs = [pipe.submit(f) for f in feeds[:8]]
+    pipe.close()
+    for fut, ref in zip(futs, refs):
+        _assert_same(fut.result(timeout=0), ref)
+    with pytest.raises(corepipe.PipelineClosedError):
+        pipe.submit(feeds[0])
+    pipe.close()  # idempotent
+
+
+def test_close_with_zero_timeout_fails_the_rest_cleanly(chain):
+    path, feeds, _ = chain
+    pipe = corepipe.load(path, max_in_flight=16)
+    futs = [pipe.submit(f) for f in feeds[:16]]
+    pipe.close(timeout=0)
+    outcomes = []
+    for fut in futs:
+        exc = fut.exception(timeout=10)
+        outcomes.append(type(exc).__name__ if exc else "ok")
+    assert set(outcomes) <= {"ok", "PipelineClosedError"}
+
+
+def test_stats_add_up(chain):
+    path, feeds, _ = chain
+    with corepipe.load(path) as pipe:
+        list(pipe.map(feeds[:20]))
+        st = pipe.stats()
+    assert st.completed == 20 and st.failed == 0 and st.in_flight == 0
+    assert [s.requests for s in st.stages] == [20, 20, 20]
+    for s in st.stages:
+        assert s.pid and s.busy_s > 0 and 0 < s.busy_pct <= 100
+        assert s.mean_service_s == pytest.approx(s.busy_s / s.requests)
+    assert 0 < st.latency_p50_s <= st.latency_p90_s <= st.latency_p99_s
+    assert len({s.pid for s in st.stages}) == 3
+
+
+def test_exception_inside_with_block_cleans_up(chain):
+    path, feeds, _ = chain
+    with pytest.raises(RuntimeError, match="boom"):
+        with corepipe.load(path) as pipe:
+            pipe.submit(feeds[0])
+            raise RuntimeError("boom")
+
+
+def test_workers_are_pinned(chain):
+    path, _, _ = chain
+    import psutil
+
+    with corepipe.load(path, cores=[0]) as pipe:
+        for pid in pipe.worker_pids():
+            assert psutil.Process(pid).cpu_affinity() == [0]
+        assert all(s.core == "0" for s in pipe.stats().stages)
+
+
+def test_timeout_on_run(chain):
+    path, feeds, _ = chain
+    with corepipe.load(path) as pipe:
+        assert pipe.run(feeds[0], timeout=60)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            pipe.run(feeds[0], timeout=1e-6)
+        assert time.monotonic() - t0 < 5

@@ -1,0 +1,164 @@
+"""Failures the local backend must survive: dead and stuck workers, failing requests, a client
+that dies or is interrupted. Each test provokes the failure for real (signals, bad values)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import shm_segments, wait_gone
+from graphcases import all_cases, big_weight_model, run_reference
+
+import corepipe
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    case = big_weight_model([1024 * 1024] * 6)
+    path = tmp_path_factory.mktemp("chain") / "a"
+    corepipe.compile(case.model, path, example_inputs=case.inputs(), num_cores=3)
+    rng = np.random.default_rng(2)
+    name, spec = next(iter(case.feeds.items()))
+    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(200)]
+    refs = [run_reference(case.model, f) for f in feeds]
+    return path, feeds, refs
+
+
+def _check(outs, refs):
+    assert len(outs) == len(refs)
+    for out, ref in zip(outs, refs):
+        for name in ref:
+            np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+
+
+def test_kill_9_mid_stream_replays_every_request_in_order(chain):
+    path, feeds, refs = chain
+    with corepipe.load(path) as pipe:
+        killed = []
+
+        def killer():
+            for stage in (1, 2, 0):
+                time.sleep(0.15)
+                pid = pipe.worker_pids()[stage]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        outs = list(pipe.map(feeds))
+        t.join()
+        st = pipe.stats()
+    _check(outs, refs)
+    assert len(killed) == 3
+    assert sum(s.restarts for s in st.stages) >= 1
+    assert st.completed == len(feeds) and st.failed == 0
+
+
+def test_stuck_worker_past_stage_timeout_is_replaced(chain):
+    path, feeds, refs = chain
+    with corepipe.load(path, stage_timeout=1.0) as pipe:
+        futs = [pipe.submit(f) for f in feeds[:4]]
+        for f in futs:
+            f.result(timeout=60)
+        os.kill(pipe.worker_pids()[1], signal.SIGSTOP)  # hangs: neither works nor dies
+        t0 = time.monotonic()
+        outs = list(pipe.map(feeds[:30]))
+        assert time.monotonic() - t0 < 30
+        assert pipe.stats().stages[1].restarts == 1
+    _check(outs, refs[:30])
+
+
+def test_stage_that_keeps_dying_fails_its_requests_instead_of_looping(chain):
+    path, feeds, _ = chain
+    with corepipe.load(path, max_deaths=3, death_window=60) as pipe:
+        stop = threading.Event()
+
+        def serial_killer():
+            seen = set()
+            while not stop.is_set():
+                pid = pipe.worker_pids()[1]
+                if pid not in seen:
+                    seen.add(pid)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.02)
+
+        t = threading.Thread(target=serial_killer, daemon=True)
+        t.start()
+        futs = [pipe.submit(f, timeout=30) for f in feeds[:6]]
+        errors = [f.exception(timeout=60) for f in futs]
+        stop.set()
+        t.join()
+        assert all(isinstance(e, corepipe.StageError) for e in errors), errors
+        assert all(e.stage == 1 for e in errors)
+        assert any("died 3 times" in str(e) for e in errors)
+        with pytest.raises(corepipe.PipelineClosedError, match="died 3 times"):
+            pipe.submit(feeds[0])
+
+
+def test_one_failing_request_fails_alone_with_a_stage_tagged_error(tmp_path):
+    case = next(c for c in all_cases() if c.name == "shared_weight_far")
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=2)
+    ids_name = next(n for n, v in case.feeds.items() if v.dtype == np.int64)
+    bad = dict(case.feeds)
+    bad[ids_name] = np.full_like(case.feeds[ids_name], 10**9)  # out of the table: Gather raises
+    ref = run_reference(case.model, case.feeds)
+    for backend in ("local", "inline"):
+        with corepipe.load(cm.path, backend=backend) as pipe:
+            futs = [pipe.submit(case.feeds), pipe.submit(bad), pipe.submit(case.feeds)]
+            exc = futs[1].exception(timeout=60)
+            assert isinstance(exc, corepipe.StageError), backend
+            assert exc.stage == 0 and exc.request_id == 1, backend
+            assert exc.node, backend
+            assert f"stage {exc.stage}" in str(exc) and exc.node in str(exc)
+            for f in (futs[0], futs[2]):
+                out = f.result(timeout=60)
+                for name in ref:
+                    np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+            assert pipe.run(case.feeds)  # and the pipeline goes on
+
+
+_CLIENT = textwrap.dedent("""
+    import json, sys, numpy as np, corepipe
+    path, mode = sys.argv[1], sys.argv[2]
+    pipe = corepipe.load(path)
+    print(json.dumps({"pids": pipe.worker_pids(), "shm": pipe.shm_names()}), flush=True)
+    feeds = {s.name: np.zeros(s.shape, s.dtype) for s in pipe.plan.inputs}
+    if mode == "with":
+        with pipe:
+            while True:
+                list(pipe.map([feeds] * 8))
+    while True:
+        list(pipe.map([feeds] * 8))
+""")
+
+
+@pytest.mark.parametrize("sig,mode", [(signal.SIGKILL, "bare"), (signal.SIGINT, "with"),
+                                      (signal.SIGINT, "bare"), (signal.SIGTERM, "bare")])
+def test_client_death_or_ctrl_c_leaves_nothing_behind(chain, tmp_path, sig, mode):
+    path, _, _ = chain
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT)
+    proc = subprocess.Popen([sys.executable, str(script), str(path), mode], stdout=subprocess.PIPE, text=True)
+    info = json.loads(proc.stdout.readline())
+    time.sleep(0.5)  # mid-stream
+    assert all(f in shm_segments() for f in info["shm"])
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert wait_gone(info["pids"], timeout=10) == [], "workers outlived their client"
+    deadline = time.monotonic() + 10
+    while set(info["shm"]) & shm_segments() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(info["shm"]) & shm_segments() == set(), "shared memory outlived its client"
