@@ -38,7 +38,8 @@ class NodeInfo:
 class ModelGraph:
     """A checked model with static types and the facts a partitioner needs."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # nodes, inputs, outputs, opsets; weights live in `initializers`
+    initializers: dict[str, onnx.TensorProto]
     nodes: list[NodeInfo]
     weight_bytes: dict[str, int]
     tensors: dict[str, TensorSpec]
@@ -135,7 +136,9 @@ def _tensor_nbytes(t: onnx.TensorProto) -> int:
     return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
 
-def _fold_constants(graph: onnx.GraphProto, outputs: set[str]) -> None:
+def _fold_constants(
+    graph: onnx.GraphProto, outputs: set[str], inits: dict[str, onnx.TensorProto]
+) -> None:
     """Turn top-level Constant nodes into initializers (model outputs stay nodes)."""
     keep = []
     for node in graph.node:
@@ -146,14 +149,15 @@ def _fold_constants(graph: onnx.GraphProto, outputs: set[str]) -> None:
         if tensor is None:
             keep.append(node)
         else:
-            graph.initializer.append(tensor)
+            inits[tensor.name] = tensor
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy fit for shape inference: large initializers become typed inputs, without data."""
+def _skeleton(model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy fit for checking and shape inference: large initializers become typed inputs,
+    without data, so neither step copies the weights."""
     g = model.graph
     sk = onnx.GraphProto(name=g.name)
     sk.node.extend(g.node)
@@ -161,7 +165,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     sk.output.extend(g.output)
     sk.value_info.extend(g.value_info)
     declared = {i.name for i in g.input}
-    for t in g.initializer:
+    for t in inits.values():
         if _tensor_nbytes(t) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
             sk.initializer.append(t)
         elif t.name not in declared:
@@ -174,13 +178,50 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str, str]:
-    """(model we may modify, sha256 of the source, path for the checker or '')."""
+def _structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its initializers (which may be hundreds of MB)."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    return out
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if isinstance(value, (str, bytes, int, float)):
+            setattr(dst, fd.name, value)
+        elif hasattr(value, "ListFields"):
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            getattr(dst, fd.name).extend(value)
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    """sha256 of a model, piece by piece (never the whole serialized model at once)."""
+    h = hashlib.sha256(_structure(model).SerializeToString(deterministic=True))
+    for t in model.graph.initializer:
+        if t.raw_data:
+            h.update(t.name.encode())
+            h.update(t.raw_data)
+        else:
+            h.update(t.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _load(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], str]:
+    """Check and load: (structure we may modify, initializers by name, source sha256).
+
+    A ``ModelProto`` is never modified and its weights are not copied: the initializers
+    returned are the caller's own messages, read only.
+    """
     if isinstance(model, onnx.ModelProto):
-        owned = onnx.ModelProto()
-        owned.CopyFrom(model)
-        digest = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-        return owned, digest, ""
+        inits = {t.name: t for t in model.graph.initializer}
+        _check(_skeleton(model, inits), "")
+        return _structure(model), inits, _digest(model)
     path = Path(model)
     if not path.is_file():
         raise CompileError(f"model file {str(path)!r} does not exist: pass an .onnx path or a ModelProto")
@@ -188,22 +229,26 @@ def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelPr
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    _check(None, str(path))  # by path: external weights are checked in place, not loaded
     try:
         loaded = onnx.load(str(path))
     except Exception as exc:
         raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
-    return loaded, h.hexdigest(), str(path)
+    return loaded, {t.name: t for t in loaded.graph.initializer}, h.hexdigest()
 
 
-def _check(model: onnx.ModelProto, path: str) -> None:
+def _check(model: onnx.ModelProto | None, path: str) -> None:
     try:
-        if path and os.path.getsize(path) > 2**31 - 1:
+        if model is None:
             onnx.checker.check_model(path)
         else:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise CompileError(f"the model fails the ONNX checker: {first}") from None
+        # The checker's message spans lines (the node comes on the second): keep all of it.
+        text = " ".join(str(exc).split())[:500] or repr(exc)
+        raise CompileError(f"the model fails the ONNX checker: {text}") from None
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise CompileError(f"cannot read {path or 'the model'!r} as an ONNX model: {exc}") from None
 
 
 def _fix_inputs(
@@ -256,14 +301,14 @@ def _fix_inputs(
 
 
 def _probe_shapes(
-    model: onnx.ModelProto, names: list[str], inputs: list[TensorSpec],
-    example_inputs: Mapping[str, np.ndarray] | None,
+    model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], names: list[str],
+    inputs: list[TensorSpec], example_inputs: Mapping[str, np.ndarray] | None,
 ) -> dict[str, TensorSpec]:
     """Run the model once in onnxruntime to read the types of tensors inference missed."""
     import onnxruntime as ort
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = _structure(model)
+    probe.graph.initializer.extend(inits.values())
     have = {o.name for o in probe.graph.output}
     for name in names:
         if name not in have:
@@ -328,12 +373,11 @@ def analyze(
         CompileError: unreadable or invalid model, a symbolic dim without an example input,
             an example input that contradicts the model, or types that cannot be inferred.
     """
-    proto, digest, path = _load(model)
-    _check(proto, path)
+    proto, initializers, digest = _load(model)
     g = proto.graph
     if len(g.node) == 0:
         raise CompileError("the model has no nodes: there is nothing to pipeline")
-    inits = {t.name for t in g.initializer}
+    inits = set(initializers)
     inputs = _fix_inputs(g, inits, example_inputs)
     # Drop initializers listed as inputs (IR < 4 style): they are weights, not requests.
     if any(i.name in inits for i in g.input):
@@ -341,13 +385,13 @@ def analyze(
         del g.input[:]
         g.input.extend(keep)
     output_names = [o.name for o in g.output]
-    _fold_constants(g, set(output_names))
-    inits = {t.name for t in g.initializer}
-    weight_bytes = {t.name: _tensor_nbytes(t) for t in g.initializer}
+    _fold_constants(g, set(output_names), initializers)
+    inits = set(initializers)
+    weight_bytes = {name: _tensor_nbytes(t) for name, t in initializers.items()}
 
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            _skeleton(proto), check_type=False, strict_mode=False, data_prop=True
+            _skeleton(proto, initializers), check_type=False, strict_mode=False, data_prop=True
         )
     except Exception as exc:  # inference is best effort; the probe below fills gaps
         inferred = None
@@ -358,7 +402,7 @@ def analyze(
             spec = _spec_from_value_info(vi)
             if spec is not None and vi.name not in inits:
                 tensors[vi.name] = spec
-    for t in g.initializer:
+    for t in initializers.values():
         tensors[t.name] = TensorSpec(t.name, _dtype_of(t.data_type), tuple(int(d) for d in t.dims))
 
     nodes = []
@@ -377,10 +421,11 @@ def analyze(
     live = _liveness(nodes, input_names, [o for o in output_names if o not in inits])
     needed = sorted({name for names in live for name in names if name not in tensors})
     if needed:
-        tensors.update(_probe_shapes(proto, needed, inputs, example_inputs))
+        tensors.update(_probe_shapes(proto, initializers, needed, inputs, example_inputs))
     outputs = [tensors[o] for o in output_names]
     return ModelGraph(
         model=proto,
+        initializers=initializers,
         nodes=nodes,
         weight_bytes=weight_bytes,
         tensors=tensors,

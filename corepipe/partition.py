@@ -81,8 +81,7 @@ def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> on
         wanted.extend(w for w in node.weights if w not in wanted)
     if last:
         wanted.extend(w for w in graph.const_outputs if w not in wanted)
-    by_name = {t.name: t for t in src.graph.initializer}
-    g.initializer.extend(by_name[w] for w in wanted)
+    g.initializer.extend(graph.initializers[w] for w in wanted)
     model = helper.make_model(g, opset_imports=list(src.opset_import), ir_version=src.ir_version)
     model.producer_name = "corepipe"
     model.functions.extend(src.functions)
