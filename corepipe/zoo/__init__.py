@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,14 +14,14 @@ from corepipe.zoo.transformer import bert
 
 __all__ = [
     "BUILTIN",
-    "get",
-    "names",
-    "example_inputs",
-    "resnet50",
-    "densenet121",
-    "inception_v1",
     "bert",
+    "densenet121",
+    "example_inputs",
+    "get",
+    "inception_v1",
     "mlp",
+    "names",
+    "resnet50",
     "tiny_cnn",
 ]
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OPSET", "IR_VERSION", "GraphBuilder"]
+__all__ = ["IR_VERSION", "OPSET", "GraphBuilder"]
 
 OPSET = 17
-# IR 8 is the version that introduced opset 17's era of models; every onnxruntime >= 1.14 loads it.
+# ONNX 1.12 shipped opset 17 with IR version 8; every onnxruntime >= 1.12 loads it.
 IR_VERSION = 8
 
 
@@ -54,10 +55,6 @@ class GraphBuilder:
         """A float32 initializer drawn from N(0, std^2)."""
         arr = self.rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
         return self.init(name, arr)
-
-    def he(self, name: str, shape: Sequence[int], fan_in: int) -> str:
-        """He (Kaiming normal) init for a layer followed by ReLU."""
-        return self.normal(name, shape, float(np.sqrt(2.0 / fan_in)))
 
     # ------------------------------------------------------------------------ nodes
     def node(

@@ -6,7 +6,7 @@ import onnx
 
 from corepipe.zoo._builder import FLOAT, GraphBuilder
 
-__all__ = ["resnet50", "densenet121", "inception_v1"]
+__all__ = ["densenet121", "inception_v1", "resnet50"]
 
 NUM_CLASSES = 1000
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -19,7 +20,7 @@ def mlp(widths: Sequence[int] = (64, 256, 256, 10), seed: int = 0) -> onnx.Model
         raise ValueError(f"widths needs at least two positive sizes; got {widths}")
     g = GraphBuilder("mlp", seed)
     x = "input"
-    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(widths)):
         x = g.linear(x, d_in, d_out, f"fc{i}", float(np.sqrt(2.0 / d_in)))
         if i < len(widths) - 2:
             x = g.relu(x, f"fc{i}")

@@ -1,0 +1,5 @@
+"""``python -m corepipe.cli``: the same as the ``corepipe`` script."""
+
+from . import main
+
+main()

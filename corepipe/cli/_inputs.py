@@ -1,0 +1,154 @@
+"""Inputs for the command line: ``--input NAME=SHAPE:DTYPE`` flags, ``.npz`` files, ``zoo:`` models
+and the deterministic random requests ``corepipe run`` streams.
+
+Malformed flags raise ``typer.BadParameter`` with a message naming the flag, the value and the fix;
+`corepipe.cli` prints it as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import typer
+
+from ..plan import TensorSpec
+
+__all__ = [
+    "DTYPES",
+    "RANDOM_INT_HIGH",
+    "load_model",
+    "load_npz",
+    "npz_requests",
+    "parse_input_flag",
+    "random_requests",
+]
+
+#: dtypes ``--input`` accepts.
+DTYPES = (
+    "float32", "float16", "float64", "int64", "int32", "int16", "int8",
+    "uint64", "uint32", "uint16", "uint8", "bool",
+)
+#: Random integer inputs are drawn from [0, RANDOM_INT_HIGH): valid token ids for any embedding
+#: table of at least this many rows. Use ``--inputs file.npz`` for real data.
+RANDOM_INT_HIGH = 100
+
+
+def parse_input_flag(text: str) -> tuple[str, np.ndarray]:
+    """``"input_ids=1x128:int64"`` -> ``("input_ids", ones((1, 128), int64))``.
+
+    The dtype is optional (default float32); ``NAME=scalar:DTYPE`` gives a 0-d array. The values
+    are ones: they only fix shapes, and a one is a valid token id, mask value and divisor.
+    """
+    name, eq, rest = text.partition("=")
+    usage = "use NAME=SHAPE:DTYPE, e.g. --input input_ids=1x128:int64"
+    if not eq or not name.strip():
+        raise typer.BadParameter(f"--input {text!r} has no NAME=: {usage}")
+    shape_text, _, dtype = rest.rpartition(":") if ":" in rest else (rest, "", "float32")
+    if dtype not in DTYPES:
+        raise typer.BadParameter(
+            f"--input {text!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}"
+        )
+    shape: tuple[int, ...] = ()
+    if shape_text.strip() not in ("", "scalar"):
+        dims = shape_text.replace(",", "x").split("x")
+        if not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+            raise typer.BadParameter(
+                f"--input {text!r}: shape {shape_text!r} must be positive integers joined by "
+                f"'x'; {usage}"
+            )
+        shape = tuple(int(d) for d in dims)
+    return name.strip(), np.ones(shape, dtype=np.dtype(dtype))
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` file (no pickles)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise typer.BadParameter(f"--inputs {str(path)!r}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise typer.BadParameter(f"--inputs {str(path)!r} is not a readable .npz file: {exc}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise typer.BadParameter(
+            f"--inputs {str(path)!r} holds one array, not named arrays: save it with "
+            "np.savez(path, input_name=array, ...)"
+        )
+    with data:
+        try:
+            return {name: data[name] for name in data.files}
+        except ValueError as exc:  # object arrays need pickle
+            raise typer.BadParameter(f"--inputs {str(path)!r}: {exc}") from None
+
+
+def load_model(spec: str) -> tuple[str | onnx.ModelProto, dict[str, np.ndarray]]:
+    """A model path as given, or ``zoo:NAME`` built with its example inputs."""
+    if not spec.startswith("zoo:"):
+        return spec, {}
+    from .. import zoo
+
+    name = spec.removeprefix("zoo:")
+    if name not in zoo.names():
+        raise typer.BadParameter(
+            f"unknown built-in model {spec!r}: use one of "
+            + ", ".join(f"zoo:{n}" for n in zoo.names())
+        )
+    return zoo.get(name)
+
+
+def random_requests(
+    specs: Sequence[TensorSpec], count: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """``count`` deterministic requests: floats N(0, 1), integers in [0, RANDOM_INT_HIGH), bools."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        feeds = {}
+        for spec in specs:
+            dtype = np.dtype(spec.dtype)
+            if dtype.kind == "f":
+                feeds[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            elif dtype.kind == "b":
+                feeds[spec.name] = rng.integers(0, 2, spec.shape).astype(dtype)
+            else:
+                feeds[spec.name] = rng.integers(0, RANDOM_INT_HIGH, spec.shape).astype(dtype)
+        out.append(feeds)
+    return out
+
+
+def npz_requests(
+    specs: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """Requests from ``.npz`` arrays: each array is one request (the compiled shape) or a stack
+    of R requests (shape ``[R, *compiled shape]``); all stacks must hold the same R."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in arrays]
+    unknown = [k for k in arrays if k not in names]
+    if missing or unknown:
+        want = ", ".join(f"{s.name}: {s.describe()}" for s in specs)
+        raise typer.BadParameter(
+            f"--inputs arrays {sorted(arrays)} do not match the model inputs {{{want}}}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+        )
+    counts = {}
+    for spec in specs:
+        arr = arrays[spec.name]
+        stacked = arr.ndim == len(spec.shape) + 1 and tuple(arr.shape[1:]) == spec.shape
+        counts[spec.name] = arr.shape[0] if stacked else None
+    stacks = {c for c in counts.values() if c is not None}
+    if len(stacks) > 1 or 0 in stacks:
+        raise typer.BadParameter(
+            f"--inputs stacks hold different or zero numbers of requests: {counts}"
+        )
+    n = stacks.pop() if stacks else 1
+    return [
+        {
+            s.name: arrays[s.name][i] if counts[s.name] is not None else arrays[s.name]
+            for s in specs
+        }
+        for i in range(n)
+    ]

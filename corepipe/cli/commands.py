@@ -1,0 +1,170 @@
+"""``corepipe compile``, ``corepipe inspect`` and ``corepipe run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from .. import report
+from ..artifact import open_artifact
+from ..compiler import compile as compile_model
+from ..compiler import parse_compiler_args
+from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
+from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
+
+__all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
+
+
+# ------------------------------------------------------------------------------------ compile
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[str, typer.Argument(
+        help="Path to an .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, "
+        "zoo:mlp, ...).", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
+        show_default=False)],
+    num_cores: Annotated[str, typer.Option(
+        "--num-cores", "-n", metavar="N|auto",
+        help="Stages (one per core), or 'auto': the fewest cores whose memory holds every stage.",
+    )] = "auto",
+    core_memory: Annotated[str | None, typer.Option(
+        "--core-memory", metavar="SIZE",
+        help="Resident-weight capacity of one core, e.g. 64MiB (default: the target's).",
+        show_default=False)] = None,
+    target: Annotated[str, typer.Option(
+        "--target", "-t", help="Hardware: cpu (this host) or inf1 (16 devices x 4 cores).")] = "cpu",
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", metavar="NAME=SHAPE:DTYPE",
+        help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the "
+        "values are ones; overrides --inputs).",
+        show_default=False)] = None,
+    inputs_file: Annotated[Path | None, typer.Option(
+        "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
+        show_default=False)] = None,
+    balance: Annotated[str, typer.Option(
+        "--balance", metavar="estimate|measure",
+        help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
+    )] = "estimate",
+    compiler_args: Annotated[list[str] | None, typer.Option(
+        "--compiler-arg", metavar="FLAG",
+        help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
+        "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+) -> None:
+    """Compile MODEL into a pipeline artifact and print its stages.
+
+    Examples:
+
+      corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
+
+      corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
+
+      corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
+    """
+    with cli_errors():
+        if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
+            raise typer.BadParameter(f"--num-cores must be a positive integer or 'auto', got {num_cores!r}")
+        if balance not in ("estimate", "measure"):
+            raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        flags = [f for arg in compiler_args or () for f in arg.split()]
+        parse_compiler_args(flags)  # fail on a bad flag before any work
+        onnx_model, examples = load_model(model)
+        if inputs_file is not None:
+            examples.update(load_npz(inputs_file))
+        examples.update(parse_input_flag(text) for text in inputs or ())
+        with report.compile_progress(err) as progress:
+            cm = compile_model(
+                onnx_model, output, example_inputs=examples or None,
+                num_cores=int(num_cores) if num_cores.isdigit() else "auto",
+                core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
+                progress=progress,
+            )
+        print_plan(cm.plan, cm.path, f"{model}: {cm.num_cores} stages")
+
+
+# ------------------------------------------------------------------------------------ inspect
+@app.command("inspect")
+def inspect_cmd(
+    artifact: Annotated[Path, typer.Argument(
+        help="Artifact directory written by `corepipe compile`.", show_default=False)],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the manifest's plan as JSON (stable, sorted keys) instead.")] = False,
+) -> None:
+    """Verify an artifact (manifest, hashes, paths) and print its stages.
+
+    Examples:
+
+      corepipe inspect resnet_compiled/
+
+      corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    """
+    with cli_errors():
+        art = open_artifact(artifact)
+        if as_json:
+            typer.echo(json.dumps(art.plan.to_dict(), indent=2, sort_keys=True))
+            return
+        plan = art.plan
+        sig = "; ".join(
+            f"{kind} " + ", ".join(f"{t.name} {t.describe()}" for t in specs)
+            for kind, specs in (("inputs", plan.inputs), ("outputs", plan.outputs))
+        )
+        out.print(Text(
+            f"artifact {artifact}: corepipe {art.corepipe_version}, source sha256 "
+            f"{art.source_sha256[:12]}, verified\n{sig}"
+        ))
+        print_plan(plan, artifact, f"{plan.num_cores} stages")
+
+
+@app.command("run")
+def run_cmd(
+    artifact: Annotated[Path, typer.Argument(
+        help="Artifact directory written by `corepipe compile`.", show_default=False)],
+    requests: Annotated[int | None, typer.Option(
+        "--requests", "-r", min=1,
+        help="Requests to stream (default: 100, or the requests in --inputs).",
+        show_default=False)] = None,
+    inputs_file: Annotated[Path | None, typer.Option(
+        "--inputs", metavar="FILE.npz",
+        help="Real inputs: one array per input name, either one request or a stack [R, ...] "
+        "of R requests (cycled).", show_default=False)] = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", "-b", metavar="local|inline",
+        help="local: one pinned process per stage; inline: all stages in this process.")] = "local",
+    max_in_flight: Annotated[int | None, typer.Option(
+        "--max-in-flight", "-k", min=1,
+        help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+) -> None:
+    """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
+
+    Without --inputs, requests are random and deterministic (--seed): floats N(0, 1), integers
+    uniform in [0, 100) (valid token ids for embedding tables of at least 100 rows), bools 0/1.
+    Pass --inputs for real data.
+
+    Examples:
+
+      corepipe run resnet_compiled/ --requests 200
+
+      corepipe run bert_compiled/ --inputs tokens.npz --max-in-flight 8
+    """
+    with cli_errors():
+        arrays = load_npz(inputs_file) if inputs_file is not None else None
+        options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        try:
+            if arrays is not None:
+                pool = npz_requests(pipe.plan.inputs, arrays)
+            else:
+                pool = random_requests(pipe.plan.inputs, min(requests or 100, 8), seed)
+            count = requests or (len(pool) if arrays is not None else 100)
+            _, seconds = stream(pipe, pool, count, "requests")
+            print_run(pipe, count, seconds)
+        except KeyboardInterrupt:
+            pipe.close(timeout=2.0)  # after Ctrl-C, do not wait for a long queue to drain
+            raise
+        finally:
+            pipe.close()

@@ -1,0 +1,211 @@
+"""The `corepipe` command line: compile, inspect, run, demo, and its one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import typer
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+import corepipe
+from corepipe.cli import app
+from corepipe.cli._inputs import npz_requests, parse_input_flag, random_requests
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "mlp_compiled"
+    result = invoke("compile", "zoo:mlp", "-o", out, "--num-cores", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def symbolic_model(path: Path) -> Path:
+    """x: float32[N, 4] -> Relu -> Neg -> y, with a symbolic batch dim N."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+         helper.make_node("Neg", ["h"], ["y"], name="neg")],
+        "sym",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_compile_prints_the_plan_table(artifact: Path, tmp_path: Path) -> None:
+    result = invoke("compile", "zoo:mlp", "-o", tmp_path / "a", "-n", "2")
+    assert result.exit_code == 0, result.output
+    for text in ("stage", "first op", "dev:core", "resident / capacity", "time share",
+                 "◀ bottleneck", "MatMul", "0:0", "0:1", "req/s pipelined", str(tmp_path / "a")):
+        assert text in result.stdout, text
+    assert corepipe.CompiledModel.open(tmp_path / "a").num_cores == 2
+
+
+def test_compile_fixes_symbolic_dims_and_reads_compiler_args(tmp_path: Path) -> None:
+    model = symbolic_model(tmp_path / "sym.onnx")
+    result = invoke("compile", model, "-o", tmp_path / "out", "--input", "x=3x4:float32",
+                    "--compiler-arg", "--static-weights", "--compiler-arg=--num-neuroncores=2")
+    assert result.exit_code == 0, result.output
+    plan = corepipe.CompiledModel.open(tmp_path / "out").plan
+    assert plan.num_cores == 2 and plan.inputs[0].shape == (3, 4)
+
+
+def test_compile_reads_example_inputs_from_npz(tmp_path: Path) -> None:
+    model = symbolic_model(tmp_path / "sym.onnx")
+    np.savez(tmp_path / "ex.npz", x=np.zeros((5, 4), np.float32))
+    result = invoke("compile", model, "-o", tmp_path / "out", "--inputs", tmp_path / "ex.npz")
+    assert result.exit_code == 0, result.output
+    assert corepipe.CompiledModel.open(tmp_path / "out").inputs[0].shape == (5, 4)
+
+
+def test_inspect_table_and_json(artifact: Path) -> None:
+    result = invoke("inspect", artifact)
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.stdout and "input float32[1,64]" in result.stdout
+    assert "◀ bottleneck" in result.stdout
+    result = invoke("inspect", artifact, "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert json.loads(result.stdout) == manifest["plan"]
+
+
+def test_run_inline(artifact: Path) -> None:
+    result = invoke("run", artifact, "--backend", "inline", "--requests", "5")
+    assert result.exit_code == 0, result.output
+    assert "5 requests in" in result.stdout and "req/s" in result.stdout
+    assert "p99" in result.stdout and "mean service ms" in result.stdout
+
+
+def test_run_inline_with_npz_stack(artifact: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "in.npz", input=np.ones((3, 1, 64), np.float32))
+    result = invoke("run", artifact, "-b", "inline", "--inputs", tmp_path / "in.npz")
+    assert result.exit_code == 0, result.output
+    assert "3 requests in" in result.stdout
+
+
+def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = []
+
+    def interrupted(pipe, *args):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(pipe, "close", lambda **kw: closed.append(kw))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("corepipe.cli.commands.stream", interrupted)
+    result = invoke("run", artifact, "-b", "inline", "-r", "2")
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and closed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compile", "missing.onnx", "-o", "{tmp}/o"], "does not exist"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--input", "x=1xA:int64"], "shape '1xA'"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--input", "x=1x2:int65"], "unknown dtype"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--target", "tpu"], "unknown target 'tpu'"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "lots"], "cannot read 'lots'"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--compiler-arg", "--fast"], "unknown compiler argument"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--num-cores", "two"], "--num-cores"),
+        (["compile", "zoo:nope", "-o", "{tmp}/o"], "zoo:mlp"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "no core count fits"),
+        (["inspect", "{tmp}/nothing"], "not a directory"),
+        (["run", "{tmp}/nothing", "-b", "inline"], "not a directory"),
+        (["demo", "--model", "nope"], "--model 'nope'"),
+    ],
+)
+def test_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = invoke(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_corrupt_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact, bad)
+    with open(next(bad.glob("stage_*.onnx")), "ab") as f:
+        f.write(b"\0")
+    for args in (["inspect", bad], ["run", bad, "-b", "inline", "-r", "1"]):
+        result = invoke(*args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: ") and "sha256" in result.stderr
+
+
+def test_debug_flag_and_env_reraise(tmp_path: Path) -> None:
+    for args, env in ((["--debug"], None), ([], {"COREPIPE_DEBUG": "1"})):
+        result = invoke(*args, "inspect", tmp_path / "nothing", env=env)
+        assert isinstance(result.exception, corepipe.ArtifactError)
+
+
+def test_demo_inline_matches_onnxruntime() -> None:
+    result = invoke("demo", "--model", "tiny_cnn", "--requests", "3", "--backend", "inline",
+                    "--num-cores", "2")
+    assert result.exit_code == 0, result.output
+    assert "zoo:tiny_cnn: 2 stages" in result.stdout
+    assert "outputs match onnxruntime on all 3 requests" in result.stdout
+
+
+def test_version_and_help() -> None:
+    assert invoke("--version").stdout.strip() == f"corepipe {corepipe.__version__}"
+    for command in ("compile", "inspect", "run", "demo"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_installed_script_smoke(artifact: Path) -> None:
+    script = shutil.which("corepipe")
+    cmd = [script] if script else [sys.executable, "-m", "corepipe.cli"]
+    done = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == f"corepipe {corepipe.__version__}"
+    done = subprocess.run([*cmd, "inspect", str(artifact), "--json"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)["num_nodes"] == 8
+    done = subprocess.run([*cmd, "inspect", str(artifact / "nope")], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("error: ")
+
+
+def test_input_flag_parsing() -> None:
+    name, arr = parse_input_flag("input_ids=1x128:int64")
+    assert name == "input_ids" and arr.shape == (1, 128) and arr.dtype == np.int64
+    assert parse_input_flag("x=2,3")[1].dtype == np.float32
+    assert parse_input_flag("s=scalar:bool")[1].shape == ()
+    for bad in ("x", "=1x2", "x=1x0", "x=1x-2:int64", "x=1x2:object"):
+        with pytest.raises(typer.BadParameter):
+            parse_input_flag(bad)
+
+
+def test_request_sources() -> None:
+    specs = (corepipe.TensorSpec("ids", "int64", (1, 8)), corepipe.TensorSpec("x", "float32", (2,)))
+    reqs = random_requests(specs, 4, seed=0)
+    assert all(0 <= r["ids"].min() and r["ids"].max() < 100 for r in reqs)
+    assert np.array_equal(reqs[1]["x"], random_requests(specs, 4, seed=0)[1]["x"])
+    stacked = npz_requests(specs, {"ids": np.zeros((3, 1, 8), np.int64), "x": np.ones(2, np.float32)})
+    assert len(stacked) == 3 and stacked[2]["ids"].shape == (1, 8)
+    with pytest.raises(typer.BadParameter, match="missing"):
+        npz_requests(specs, {"ids": np.zeros((1, 8), np.int64)})
+
+
+@pytest.mark.slow
+def test_run_local_backend_default(artifact: Path) -> None:
+    pytest.importorskip("corepipe.runtime.local")
+    result = invoke("run", artifact, "--requests", "5", "--max-in-flight", "2")
+    assert result.exit_code == 0, result.output
+    assert "(local backend, 2 stages)" in result.stdout
