@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
+_ARTIFACT_FILE = re.compile(r"^stage_[0-9]{3,}\.(onnx|weights)$")
 
 
 def _sha256_file(path: Path) -> str:
@@ -59,7 +60,7 @@ def write_artifact(
     refused rather than overwritten.
     """
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+    if out.exists() and not _replaceable(out):
         raise ArtifactError(
             f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
         )
@@ -103,6 +104,26 @@ def write_artifact(
     return final
 
 
+def _replaceable(out: Path) -> bool:
+    """Whether ``out`` is an empty directory or one holding only a corepipe artifact.
+
+    Replacing deletes the directory, so a stray user file, or a ``manifest.json`` that some
+    other tool wrote, makes it not ours to delete.
+    """
+    if out.is_symlink() or not out.is_dir():
+        return False
+    names = [p.name for p in out.iterdir()]
+    if not names:
+        return True
+    if MANIFEST not in names or not all(n == MANIFEST or _ARTIFACT_FILE.match(n) for n in names):
+        return False
+    try:
+        data = json.loads((out / MANIFEST).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def _plain_file(root: Path, name: Any, what: str) -> Path:
     """``root / name`` after checking that ``name`` is a plain file name of a regular file."""
     if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
@@ -132,7 +153,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(f"manifest is {path.stat().st_size} bytes, over the {_MAX_MANIFEST_BYTES} limit")
     try:
         data = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ArtifactError(f"manifest.json is not valid JSON ({exc}); recompile the model") from None
     if not isinstance(data, dict):
         raise ArtifactError("manifest.json must hold a JSON object")
@@ -197,6 +218,50 @@ def _check_stage_files(root: Path, st: StagePlan, verify_hashes: bool) -> None:
                 f"stage {st.index} {what} {name!r} does not match its sha256 in the manifest: "
                 "the artifact was modified or corrupted; recompile it"
             )
+    # Check every stage's external-data references now, not when its session is made: a bad
+    # last stage must fail the load before onnxruntime sees the first one.
+    weights_len = 0
+    if st.weights_file is not None:
+        weights_len = _plain_file(root, st.weights_file, f"stage {st.index} weights file").stat().st_size
+    _external_refs(_parse_stage(root, st), st, weights_len)
+
+
+def _parse_stage(root: Path, st: StagePlan, raw: bytes | None = None) -> onnx.ModelProto:
+    if raw is None:
+        raw = _plain_file(root, st.file, f"stage {st.index} file").read_bytes()
+    try:
+        return onnx.load_model_from_string(raw)
+    except Exception as exc:
+        raise ArtifactError(f"stage {st.index} file {st.file!r} is not an ONNX model: {exc}") from None
+
+
+def _external_refs(
+    model: onnx.ModelProto, st: StagePlan, weights_len: int
+) -> list[tuple[onnx.TensorProto, int, int]]:
+    """(tensor, offset, length) of each external tensor; every one must lie in the stage's own
+    weights file."""
+    refs = []
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        if st.weights_file is None or info.get("location") != st.weights_file:
+            raise ArtifactError(
+                f"stage {st.index} tensor {tensor.name!r} points at external data "
+                f"{info.get('location')!r}; only {st.weights_file!r} is allowed"
+            )
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else weights_len - offset
+        except ValueError:
+            raise ArtifactError(f"stage {st.index} tensor {tensor.name!r} has a bad offset/length") from None
+        if offset < 0 or length < 0 or offset + length > weights_len:
+            raise ArtifactError(
+                f"stage {st.index} tensor {tensor.name!r} reads bytes {offset}..{offset + length} "
+                f"of a {weights_len}-byte weights file"
+            )
+        refs.append((tensor, offset, length))
+    return refs
 
 
 def load_stage_bytes(root: Path, st: StagePlan) -> bytes:
@@ -208,54 +273,53 @@ def load_stage_bytes(root: Path, st: StagePlan) -> bytes:
     raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != st.sha256:
         raise ArtifactError(f"stage {st.index} file {st.file!r} does not match its sha256")
-    try:
-        model = onnx.load_model_from_string(raw)
-    except Exception as exc:
-        raise ArtifactError(f"stage {st.index} file {st.file!r} is not an ONNX model: {exc}") from None
+    model = _parse_stage(root, st, raw)
     weights = b""
     if st.weights_file is not None:
         wpath = _plain_file(root, st.weights_file, f"stage {st.index} weights file")
         weights = wpath.read_bytes()
         if hashlib.sha256(weights).hexdigest() != st.weights_sha256:
             raise ArtifactError(f"stage {st.index} weights {st.weights_file!r} do not match their sha256")
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        if info.get("location") != st.weights_file:
-            raise ArtifactError(
-                f"stage {st.index} tensor {tensor.name!r} points at external data "
-                f"{info.get('location')!r}; only {st.weights_file!r} is allowed"
-            )
-        try:
-            offset = int(info.get("offset", "0"))
-            length = int(info["length"]) if "length" in info else len(weights) - offset
-        except ValueError:
-            raise ArtifactError(f"stage {st.index} tensor {tensor.name!r} has a bad offset/length") from None
-        if offset < 0 or length < 0 or offset + length > len(weights):
-            raise ArtifactError(
-                f"stage {st.index} tensor {tensor.name!r} reads bytes {offset}..{offset + length} "
-                f"of a {len(weights)}-byte weights file"
-            )
+    for tensor, offset, length in _external_refs(model, st, len(weights)):
         tensor.raw_data = weights[offset : offset + length]
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
     return model.SerializeToString()
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+def _all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    """Every tensor that may hold external data: the graph's, its subgraphs', and those in the
+    model's functions (Constant nodes there carry tensors too)."""
+    yield from _graph_tensors(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            yield from _attribute_tensors(node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
+        yield from _attribute_tensors(node)
+
+
+def _attribute_tensors(node: onnx.NodeProto) -> Iterable[onnx.TensorProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.TENSOR:
+            yield attr.t
+        elif attr.type == onnx.AttributeProto.TENSORS:
+            yield from attr.tensors
+        elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+            yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
+        elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+            for sparse in attr.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+        elif attr.type == onnx.AttributeProto.GRAPH:
+            yield from _graph_tensors(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for g in attr.graphs:
+                yield from _graph_tensors(g)

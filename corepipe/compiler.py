@@ -116,7 +116,11 @@ def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | 
     return num_cores
 
 
-def _not_fit(graph: ModelGraph, problem: solver.Problem, k: int | None, target: Target) -> DoesNotFitError:
+def _not_fit(
+    graph: ModelGraph, problem: solver.Problem, k: int | None, target: Target,
+    bounds: list[int] | None = None,
+) -> DoesNotFitError:
+    """The error for a plan over capacity; ``bounds``: the user's own cuts, named as such."""
     cap = target.core_memory
     try:
         need = solver.min_stages(problem)
@@ -128,17 +132,21 @@ def _not_fit(graph: ModelGraph, problem: solver.Problem, k: int | None, target: 
             "raise core_memory or split that weight",
             min_cores=None, capacity=cap, needed=exc.needed,
         )
-    # Name the heaviest stage of a memory-blind cut into k stages.
-    relaxed = solver.Problem(problem.compute, problem.node_weights, problem.weight_bytes,
-                             problem.boundary_bytes, float("inf"))
-    bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
+    if bounds is None:
+        # Name the heaviest stage of a memory-blind cut into k stages.
+        relaxed = solver.Problem(problem.compute, problem.node_weights, problem.weight_bytes,
+                                 problem.boundary_bytes, float("inf"))
+        bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
+        where = f"model does not fit in {k} cores of {format_bytes(cap)}"
+    else:
+        where = f"cuts {bounds[1:-1]} do not fit cores of {format_bytes(cap)}"
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
     worst = int(np.argmax(sizes))
     heavy = max(range(bounds[worst], bounds[worst + 1]),
                 key=lambda i: sum(graph.weight_bytes[w] for w in graph.nodes[i].weights))
     heavy_bytes = sum(graph.weight_bytes[w] for w in graph.nodes[heavy].weights)
     return DoesNotFitError(
-        f"model does not fit in {k} cores of {format_bytes(cap)}: stage {worst} needs "
+        f"{where}: stage {worst} needs "
         f"{format_bytes(sizes[worst])} (node {graph.nodes[heavy].name!r} alone holds "
         f"{format_bytes(heavy_bytes)}); the smallest core count that fits is {need}",
         min_cores=need, capacity=cap, needed=sizes[worst],
@@ -223,7 +231,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.neuron.trace/com
         bounds = _check_cuts(cuts, graph.n)
         sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
         if max(sizes) > tgt.core_memory:
-            raise _not_fit(graph, problem, k, tgt)
+            raise _not_fit(graph, problem, k, tgt, bounds)
     else:
         bounds = solver.solve(problem, k, links_for(tgt, k))
     measured = None

@@ -61,5 +61,7 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
             )
         if value.dtype == object:
             raise InputError(f"input {spec.name!r}: object arrays are not supported")
-        out[spec.name] = np.ascontiguousarray(value)
+        # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+        value = np.asarray(value)
+        out[spec.name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
     return out

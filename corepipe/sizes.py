@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["parse_size", "format_bytes"]
@@ -37,8 +38,8 @@ def parse_size(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a size in bytes, got {value!r}")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError(f"a size must be positive, got {value!r}")
+        if (isinstance(value, float) and not math.isfinite(value)) or int(value) <= 0:
+            raise ValueError(f"a size must be a positive number of bytes, got {value!r}")
         return int(value)
     match = _SIZE_RE.match(str(value))
     unit = match.group(2).lower() if match else None
@@ -47,7 +48,10 @@ def parse_size(value: int | float | str) -> int:
             f"cannot read {value!r} as a size: use a number with an optional unit "
             "(B, KB, KiB, MB, MiB, GB, GiB), e.g. '64MiB'"
         )
-    size = int(float(match.group(1)) * _UNITS[unit])
+    number = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(number):  # "999...9" past float range
+        raise ValueError(f"cannot read {value!r} as a size: it is too large")
+    size = int(number)
     if size <= 0:
         raise ValueError(f"a size must be positive, got {value!r}")
     return size

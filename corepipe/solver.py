@@ -51,6 +51,10 @@ class Problem:
             raise ValueError(f"node_weights has {len(self.node_weights)} entries for {n} nodes")
         if len(self.boundary_bytes) != n + 1:
             raise ValueError(f"boundary_bytes needs n + 1 = {n + 1} entries")
+        w = len(self.weight_bytes)
+        bad = [(i, x) for i, ids in enumerate(self.node_weights) for x in ids if not 0 <= x < w]
+        if bad:
+            raise ValueError(f"node {bad[0][0]} reads weight id {bad[0][1]}, not in 0..{w - 1}")
 
     @property
     def n(self) -> int:
@@ -126,6 +130,37 @@ def min_stages(problem: Problem) -> int:
     return stages
 
 
+def _sweep(
+    problem: Problem, k: int, prefix: np.ndarray, in_cost: np.ndarray, out_cost: np.ndarray,
+    limit: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """best[s, j] and the start of stage s in it, over cuts of nodes 0..j into stages 0..s.
+
+    ``limit is None``: minimise the slowest stage. Otherwise: minimise the summed stage time
+    over cuts whose every stage costs at most ``limit``. Stages that do not fit are excluded.
+    """
+    n = problem.n
+    best = np.full((k, n), np.inf)
+    choice = np.zeros((k, n), dtype=np.int64)
+    for j, mem in enumerate(_memory_rows(problem)):
+        fits = mem <= problem.capacity  # over starts i = 0..j
+        compute = prefix[j + 1] - prefix[: j + 1]
+        for s in range(min(k, j + 1)):
+            # Stage s covers i..j with i in lo..hi-1; stages before it cover 0..i-1.
+            if s == 0:
+                lo, hi, prev = 0, 1, np.zeros(1)
+            else:
+                lo, hi, prev = s, j + 1, best[s - 1][s - 1 : j]
+            cost = in_cost[s][lo:hi] + compute[lo:hi] + out_cost[s][j + 1]
+            if limit is None:
+                cand = np.where(fits[lo:hi], np.maximum(prev, cost), np.inf)
+            else:
+                cand = np.where(fits[lo:hi] & (cost <= limit), prev + cost, np.inf)
+            pick = int(np.argmin(cand))
+            best[s, j], choice[s, j] = cand[pick], lo + pick
+    return best, choice
+
+
 def solve(problem: Problem, k: int, links: Sequence[tuple[float, float]]) -> list[int]:
     """Cut the nodes into exactly ``k`` stages; return ``[0, b1, ..., b_{k-1}, n]``.
 
@@ -147,31 +182,14 @@ def solve(problem: Problem, k: int, links: Sequence[tuple[float, float]]) -> lis
     # in_cost[s][p]: hand-off into stage s when it starts at node p.
     in_cost = np.array([lat + bb[:n] / bw for lat, bw in links[:k]])
     out_cost = np.array([lat + bb / bw for lat, bw in links[1:]])  # [s][p]: stage s ends before p
-    inf = np.inf
-    best_max = np.full((k, n), inf)
-    best_sum = np.full((k, n), inf)
-    choice = np.zeros((k, n), dtype=np.int64)
-    for j, mem in enumerate(_memory_rows(problem)):
-        fits = mem <= problem.capacity  # over starts i = 0..j
-        compute = prefix[j + 1] - prefix[: j + 1]
-        if fits[0]:
-            c = in_cost[0][0] + compute[0] + out_cost[0][j + 1]
-            best_max[0, j] = best_sum[0, j] = c
-        for s in range(1, min(k, j + 1)):
-            # stage s covers i..j, with i in s..j; previous stages cover 0..i-1.
-            cost = in_cost[s][s : j + 1] + compute[s : j + 1] + out_cost[s][j + 1]
-            prev_max = best_max[s - 1][s - 1 : j]
-            cand_max = np.where(fits[s : j + 1], np.maximum(prev_max, cost), inf)
-            top = cand_max.min()
-            if top == inf:
-                continue
-            cand_sum = best_sum[s - 1][s - 1 : j] + cost
-            tied = cand_max <= top * (1 + 1e-9)
-            pick = int(np.argmin(np.where(tied, cand_sum, inf)))
-            best_max[s, j], best_sum[s, j] = top, cand_sum[pick]
-            choice[s, j] = s + pick
-    if best_max[k - 1, n - 1] == inf:
+    # Two passes, because the tie-break is not optimal substructure: a prefix with a worse
+    # slowest stage can still lead to the lowest total. Pass 1 finds the best slowest stage;
+    # pass 2 minimises the total over the cuts whose every stage is within that bound.
+    best_max, _ = _sweep(problem, k, prefix, in_cost, out_cost, limit=None)
+    top = best_max[k - 1, n - 1]
+    if top == np.inf:
         raise Infeasible(f"no cut into {k} stages fits {problem.capacity} bytes per stage")
+    _, choice = _sweep(problem, k, prefix, in_cost, out_cost, limit=top * (1 + 1e-9))
     bounds = [n]
     end = n - 1
     for s in range(k - 1, 0, -1):

@@ -1,0 +1,112 @@
+"""``corepipe bench``: the pipeline side by side with the baselines a user would pick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..bench import BenchResult, run_bench
+from ._app import app, cli_errors, err, out
+
+__all__ = ["bench_cmd", "markdown"]
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.0f}"
+
+
+def table(result: BenchResult) -> Table:
+    one = result.row("ort 1 thread").throughput
+    t = Table(title=f"{result.model}: {result.requests} requests at batch 1, {result.cores} cores ({result.host})")
+    for col in ("setup", "req/s", "x 1 thread", "latency p50 ms", "RSS MiB per process"):
+        t.add_column(col, justify="left" if col == "setup" else "right")
+    for row in result.rows:
+        t.add_row(row.name, f"{row.throughput:.2f}", f"{row.throughput / one:.2f}",
+                  f"{row.latency_p50_s * 1e3:.2f}", " + ".join(_mib(x) for x in row.rss_bytes))
+    return t
+
+
+def markdown(result: BenchResult, command: str) -> str:
+    """The result as a Markdown section for benchmarks/RESULTS.md."""
+    one = result.row("ort 1 thread").throughput
+    lines = [
+        f"### {result.model}, {result.cores} cores",
+        "",
+        f"`{command}` ({result.host}; {result.requests} requests; weights {_mib(result.weight_bytes)} MiB; "
+        f"compile {result.compile_s:.1f} s)",
+        "",
+        "| setup | req/s | x 1 thread | latency p50 ms | RSS MiB per process | USS MiB per process |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for row in result.rows:
+        lines.append(
+            f"| {row.name} | {row.throughput:.2f} | {row.throughput / one:.2f} | {row.latency_p50_s * 1e3:.2f} | "
+            f"{' + '.join(_mib(x) for x in row.rss_bytes)} | {' + '.join(_mib(x) for x in row.uss_bytes)} |"
+        )
+    lines.append("")
+    lines.append("Ratios (corepipe throughput over each baseline): " + ", ".join(
+        f"{k} **{v:.2f}**" for k, v in result.ratios().items()))
+    lines.append("")
+    lines.append(f"Latency added per stage boundary (one request in flight): "
+                 f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms")
+    stage_txt = "; ".join(
+        f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
+        + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
+        for s in result.stages)
+    lines.append(f"Stages: {stage_txt}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[str, typer.Argument(help="An .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, ...).")],
+    cores: Annotated[int | None, typer.Option("--cores", "-k", help="Cores K to use (default: all this process may run on).")] = None,
+    requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests per measurement.")] = 64,
+    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
+    balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
+    md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
+) -> None:
+    """Measure the pipeline against the baselines a user would pick, in one run.
+
+    Side by side, each on the same inputs: one onnxruntime session with 1 thread, one with K
+    threads, K 1-thread sessions in parallel (one per core), and the corepipe pipeline on K
+    cores. Prints throughput and ratios, latency with one request in flight, and memory per
+    process. The machine may be noisy: compare ratios within one run, not absolute times.
+
+    Examples:
+
+        corepipe bench zoo:resnet50
+
+        corepipe bench bert.onnx --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
+    """
+    with cli_errors():
+        if balance not in ("measure", "estimate"):
+            raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
+        if not model.startswith("zoo:") and not Path(model).is_file():
+            raise typer.BadParameter(f"model file {model!r} does not exist")
+        try:
+            with err.status("starting") as status:
+                result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,
+                                   progress=lambda step: status.update(step))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        out.print(table(result))
+        ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
+        out.print(f"corepipe throughput {ratios}")
+        out.print(f"latency added per stage boundary (one request in flight): "
+                  f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms")
+        pipe = result.row("corepipe")
+        out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
+                  f"for {_mib(result.weight_bytes)} MiB of weights")
+        if json_out is not None:
+            json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        if md_out is not None:
+            cmd = f"corepipe bench {model} --cores {result.cores} --requests {requests} --balance {balance}"
+            with open(md_out, "a") as f:
+                f.write(markdown(result, cmd) + "\n")
