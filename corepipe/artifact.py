@@ -177,6 +177,10 @@ class Artifact:
     source_sha256: str
     corepipe_version: str
 
+    def copy_stage(self, index: int, dest: str | os.PathLike[str]) -> Path:
+        """Verify stage ``index`` while copying it into the private directory ``dest``."""
+        return copy_stage(self.root, self.plan.stages[index], Path(dest))
+
     def stage_bytes(self, index: int) -> bytes:
         """The stage's ONNX model with its weights inlined, re-verified against the manifest."""
         return load_stage_bytes(self.root, self.plan.stages[index])
@@ -285,6 +289,38 @@ def load_stage_bytes(root: Path, st: StagePlan) -> bytes:
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
     return model.SerializeToString()
+
+
+def copy_stage(root: Path, st: StagePlan, dest: Path) -> Path:
+    """Verify one stage while copying it into ``dest`` (a private directory); return the copy's
+    model path for onnxruntime to load.
+
+    onnxruntime then reads (and memory-maps) only bytes we hashed on the way in: files in the
+    artifact directory swapped after verification cannot reach it. Loading from a path, rather
+    than from bytes with inlined weights, keeps a worker's resident memory near 1x its weights.
+    """
+    raw = _plain_file(root, st.file, f"stage {st.index} file").read_bytes()
+    if hashlib.sha256(raw).hexdigest() != st.sha256:
+        raise ArtifactError(f"stage {st.index} file {st.file!r} does not match its sha256")
+    model = _parse_stage(root, st, raw)
+    weights_len = 0
+    if st.weights_file is not None:
+        src = _plain_file(root, st.weights_file, f"stage {st.index} weights file")
+        h = hashlib.sha256()
+        fd = os.open(dest / st.weights_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            for chunk in iter(lambda: fin.read(1 << 22), b""):
+                h.update(chunk)
+                fout.write(chunk)
+                weights_len += len(chunk)
+        if h.hexdigest() != st.weights_sha256:
+            raise ArtifactError(f"stage {st.index} weights {st.weights_file!r} do not match their sha256")
+    _external_refs(model, st, weights_len)
+    out = dest / st.file
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return out
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:

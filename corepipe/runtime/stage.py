@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -24,8 +25,8 @@ def node_from_message(message: str) -> str | None:
     return m.group(1) or m.group(2)
 
 
-def make_session(model_bytes: bytes, threads: int, *, spin: bool = True):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session over verified bytes with ``threads`` intra-op threads."""
+def make_session(model: bytes | str, threads: int, *, spin: bool = True):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session (model bytes or a verified path) with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -36,7 +37,7 @@ def make_session(model_bytes: bytes, threads: int, *, spin: bool = True):  # typ
     if not spin:
         # A pipeline worker waiting for its next request must not burn the core a neighbour needs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _release_free_memory() -> None:
@@ -59,7 +60,11 @@ class StageRunner:
     def __init__(self, artifact: Artifact, index: int, *, threads: int = 1, spin: bool = True) -> None:
         self.plan: StagePlan = artifact.plan.stages[index]
         self.index = index
-        self.session = make_session(artifact.stage_bytes(index), threads, spin=spin)
+        # A private, verified copy: onnxruntime maps only bytes we hashed. It is deleted once
+        # the session holds the weights (a mapping outlives its file's name on Linux).
+        with tempfile.TemporaryDirectory(prefix=f"corepipe-stage{index}-") as private:
+            path = artifact.copy_stage(index, private)
+            self.session = make_session(str(path), threads, spin=spin)
         self._outputs = list(self.plan.outputs)
         _release_free_memory()
 
