@@ -162,3 +162,42 @@ def test_client_death_or_ctrl_c_leaves_nothing_behind(chain, tmp_path, sig, mode
     while set(info["shm"]) & shm_segments() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert set(info["shm"]) & shm_segments() == set(), "shared memory outlived its client"
+
+
+def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
+    from corepipe.runtime.shm import Control
+
+    case = big_weight_model([4 * 1024 * 1024] * 6)  # slow enough to catch a stage mid-request
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=3)
+    rng = np.random.default_rng(3)
+    name, spec = next(iter(case.feeds.items()))
+    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(12)]
+    refs = [run_reference(case.model, f) for f in feeds]
+    poison, stage = 5, 1
+    with corepipe.load(cm.path, max_in_flight=12) as pipe:
+        control = pipe._control
+        kills = []
+
+        def assassin():
+            deadline = time.monotonic() + 60
+            while len(kills) < 2 and time.monotonic() < deadline:
+                busy = control.get(stage, Control.BUSY_SINCE) > 0
+                if busy and int(control.get(stage, Control.CURRENT)) == poison:
+                    pid = pipe.worker_pids()[stage]
+                    if pid not in kills:
+                        os.kill(pid, signal.SIGKILL)
+                        kills.append(pid)
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=assassin)
+        t.start()
+        futs = [pipe.submit(f) for f in feeds]
+        outcomes = [f.exception(timeout=120) for f in futs]
+        t.join()
+    assert len(kills) == 2
+    assert isinstance(outcomes[poison], corepipe.StageError)
+    assert outcomes[poison].request_id == poison and "died twice" in str(outcomes[poison])
+    for i, (fut, exc) in enumerate(zip(futs, outcomes)):
+        if i != poison:
+            assert exc is None, (i, exc)
+            _check([fut.result()], [refs[i]])

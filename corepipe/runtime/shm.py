@@ -139,6 +139,21 @@ class Ring:
         start = s * self.slot_bytes + self.err_offset
         return bytes(self.shm.buf[start : start + min(n, ERR_BYTES)]).decode("utf-8", "replace")
 
+    def static_views(self, s: int) -> dict[str, np.ndarray]:
+        """Writable views of slot ``s`` shaped as compiled (for writing outputs in place)."""
+        return {
+            spec.name: self.regions[s][i][: spec.nbytes].view(spec.dtype).reshape(spec.shape)
+            for i, spec in enumerate(self.specs)
+        }
+
+    def mark_static(self, s: int) -> None:
+        """Record the compiled shapes as slot ``s``'s shapes (after an in-place write)."""
+        h = self.headers[s]
+        for i, spec in enumerate(self.specs):
+            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
+            h[base] = len(spec.shape)
+            h[base + 1 : base + 1 + len(spec.shape)] = spec.shape
+
     def write(self, s: int, tensors: dict[str, np.ndarray]) -> None:
         """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
         h = self.headers[s]

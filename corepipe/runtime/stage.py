@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,14 +75,42 @@ class StageRunner:
         try:
             values = self.session.run(self._outputs, feeds) if self._outputs else []
         except Exception as exc:
-            message = str(exc).strip()
-            node = node_from_message(message)
-            raise StageError(
-                f"stage {self.index} failed on request {request_id}"
-                + (f" at node {node!r}" if node else "")
-                + f": {message}",
-                stage=self.index, request_id=request_id, node=node,
-            ) from None
+            raise self._error(exc, request_id) from None
         out = {name: boundary[name] for name in self.plan.carried}
         out.update(zip(self._outputs, values))
         return out
+
+    def run_into(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int, request_id: int | None = None) -> None:
+        """Compute this stage with onnxruntime writing its outputs straight into ``ring``'s
+        ``slot`` (no copy). Falls back to `run` + copy when an output's shape differs from the
+        compiled one (data-dependent shapes). Raises `StageError` like `run`."""
+        views = ring.static_views(slot)
+        binding = self.session.io_binding()
+        for name in self.plan.inputs:
+            binding.bind_cpu_input(name, boundary[name])
+        for name in self._outputs:
+            v = views[name]
+            binding.bind_output(name, "cpu", 0, v.dtype, list(v.shape), v.ctypes.data)
+        try:
+            if self._outputs:
+                self.session.run_with_iobinding(binding)
+        except Exception:
+            ring.write(slot, self.run(boundary, request_id))  # dynamic shape, or a real failure
+            return
+        for name in self.plan.carried:
+            src = boundary[name]
+            if src.shape != views[name].shape:
+                ring.write(slot, self.run(boundary, request_id))
+                return
+            views[name][...] = src
+        ring.mark_static(slot)
+
+    def _error(self, exc: BaseException, request_id: int | None) -> StageError:
+        message = str(exc).strip()
+        node = node_from_message(message)
+        return StageError(
+            f"stage {self.index} failed on request {request_id}"
+            + (f" at node {node!r}" if node else "")
+            + f": {message}",
+            stage=self.index, request_id=request_id, node=node,
+        )

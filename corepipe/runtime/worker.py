@@ -113,8 +113,7 @@ def worker_main(config_json: str) -> None:
             status, error = ERROR, ring_in.error(s)  # an upstream failure: pass it on
         else:
             try:
-                outputs = runner.run(ring_in.read(s), request_id=rid)
-                ring_out.write(s, outputs)
+                runner.run_into(ring_in.read(s), ring_out, s, request_id=rid)
             except Exception as exc:  # StageError, or a tensor over its compiled size
                 status, error = ERROR, f"{type(exc).__name__}\x00{k}\x00{getattr(exc, 'node', '') or ''}\x00{exc}"
         if control.epoch != epoch:
