@@ -187,7 +187,7 @@ def run_bench(
         compile_s = time.perf_counter() - t0
         feeds = dict(example_inputs or zoo_feeds or example_feeds(cm.inputs))
         inputs = work / "inputs.npz"
-        np.savez(inputs, **feeds)
+        np.savez(inputs, **feeds)  # type: ignore[arg-type]
         weight_bytes = sum(
             len(t.raw_data) if t.raw_data else 0 for t in onnx.load(str(path)).graph.initializer
         )

@@ -153,7 +153,7 @@ def _not_fit(
     )
 
 
-def compile(  # noqa: A001 - the verb users expect, as in torch.neuron.trace/compile
+def compile(
     model: str | os.PathLike[str] | onnx.ModelProto,
     output_dir: str | os.PathLike[str],
     *,

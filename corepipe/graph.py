@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from .errors import CompileError
 from .plan import TensorSpec
+from .protoio import stream_load
 
 __all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]
 
@@ -143,9 +145,9 @@ def _fold_constants(
     keep = []
     for node in graph.node:
         tensor = None
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            if node.output[0] not in outputs:
-                tensor = _constant_to_tensor(node)
+        is_constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        if is_constant and node.output[0] not in outputs:
+            tensor = _constant_to_tensor(node)
         if tensor is None:
             keep.append(node)
         else:
@@ -229,12 +231,15 @@ def _load(
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    _check(None, str(path))  # by path: external weights are checked in place, not loaded
     try:
-        loaded = onnx.load(str(path))
+        # Field by field: onnx.load (and the checker given a path) hold the file's bytes and
+        # the parsed model at once, twice the model's size at the peak.
+        loaded = stream_load(path)
     except Exception as exc:
         raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
-    return loaded, {t.name: t for t in loaded.graph.initializer}, h.hexdigest()
+    inits = {t.name: t for t in loaded.graph.initializer}
+    _check(_skeleton(loaded, inits), str(path))
+    return loaded, inits, h.hexdigest()
 
 
 def _check(model: onnx.ModelProto | None, path: str) -> None:

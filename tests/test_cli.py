@@ -195,7 +195,7 @@ def test_input_flag_parsing() -> None:
 def test_request_sources() -> None:
     specs = (corepipe.TensorSpec("ids", "int64", (1, 8)), corepipe.TensorSpec("x", "float32", (2,)))
     reqs = random_requests(specs, 4, seed=0)
-    assert all(0 <= r["ids"].min() and r["ids"].max() < 100 for r in reqs)
+    assert all(r["ids"].min() >= 0 and r["ids"].max() < 100 for r in reqs)
     assert np.array_equal(reqs[1]["x"], random_requests(specs, 4, seed=0)[1]["x"])
     stacked = npz_requests(specs, {"ids": np.zeros((3, 1, 8), np.int64), "x": np.ones(2, np.float32)})
     assert len(stacked) == 3 and stacked[2]["ids"].shape == (1, 8)

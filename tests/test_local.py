@@ -165,10 +165,9 @@ def test_stats_add_up(chain):
 
 def test_exception_inside_with_block_cleans_up(chain):
     path, feeds, _ = chain
-    with pytest.raises(RuntimeError, match="boom"):
-        with corepipe.load(path) as pipe:
-            pipe.submit(feeds[0])
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), corepipe.load(path) as pipe:
+        pipe.submit(feeds[0])
+        raise RuntimeError("boom")
 
 
 def test_workers_are_pinned(chain):

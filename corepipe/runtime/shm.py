@@ -137,7 +137,9 @@ class Ring:
     def error(self, s: int) -> str:
         n = int(self.headers[s][5])
         start = s * self.slot_bytes + self.err_offset
-        return bytes(self.shm.buf[start : start + min(n, ERR_BYTES)]).decode("utf-8", "replace")
+        buf = self.shm.buf
+        assert buf is not None, "ring is closed"
+        return bytes(buf[start : start + min(n, ERR_BYTES)]).decode("utf-8", "replace")
 
     def static_views(self, s: int) -> dict[str, np.ndarray]:
         """Writable views of slot ``s`` shaped as compiled (for writing outputs in place)."""
@@ -182,7 +184,9 @@ class Ring:
         if error:
             data = error.encode("utf-8")[:ERR_BYTES]
             start = s * self.slot_bytes + self.err_offset
-            self.shm.buf[start : start + len(data)] = data
+            buf = self.shm.buf
+            assert buf is not None, "ring is closed"
+            buf[start : start + len(data)] = data
             h[5] = len(data)
         else:
             h[5] = 0

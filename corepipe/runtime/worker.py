@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+
 from .shm import ERROR, FULL, OK, Bell, Control, Ring, wait_any
 
 __all__ = ["worker_main"]
