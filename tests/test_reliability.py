@@ -164,17 +164,53 @@ def test_client_death_or_ctrl_c_leaves_nothing_behind(chain, tmp_path, sig, mode
     assert set(info["shm"]) & shm_segments() == set(), "shared memory outlived its client"
 
 
+def _slow_on_demand_model():
+    """x -> Relu -> Loop(n times: y = 0.5 * y + 1) -> Tanh. The trip count comes from the
+    request, so one request can keep its stage busy for as long as a test needs."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Mul", ["y_in", "half"], ["y_half"]),
+            helper.make_node("Add", ["y_half", "one"], ["y_out"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y_in", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("y_out", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+         helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Neg", ["r"], ["r2"]),
+            helper.make_node("Loop", ["n", "", "r2"], ["looped"], body=body),
+            helper.make_node("Tanh", ["looped"], ["t"]),
+            helper.make_node("Neg", ["t"], ["y"]),
+        ],
+        "slow_on_demand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
     from corepipe.runtime.shm import Control
 
-    case = big_weight_model([4 * 1024 * 1024] * 6)  # slow enough to catch a stage mid-request
-    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=3)
+    model = _slow_on_demand_model()
     rng = np.random.default_rng(3)
-    name, spec = next(iter(case.feeds.items()))
-    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(12)]
-    refs = [run_reference(case.model, f) for f in feeds]
     poison, stage = 5, 1
-    with corepipe.load(cm.path, max_in_flight=12) as pipe:
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32),
+              "n": np.array(2_000_000 if i == poison else 3, dtype=np.int64)} for i in range(10)]
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds[0], cuts=[2, 3])
+    assert cm.stages[stage].first_op == "Loop"
+    with corepipe.load(cm.path, max_in_flight=10, stage_timeout=120) as pipe:
         control = pipe._control
         kills = []
 
@@ -187,7 +223,7 @@ def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
                     if pid not in kills:
                         os.kill(pid, signal.SIGKILL)
                         kills.append(pid)
-                time.sleep(0.0005)
+                time.sleep(0.005)
 
         t = threading.Thread(target=assassin)
         t.start()
@@ -200,4 +236,4 @@ def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
     for i, (fut, exc) in enumerate(zip(futs, outcomes)):
         if i != poison:
             assert exc is None, (i, exc)
-            _check([fut.result()], [refs[i]])
+            _check([fut.result()], [run_reference(model, feeds[i])])
