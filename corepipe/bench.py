@@ -35,6 +35,7 @@ class BenchRow:
     latency_p50_s: float  # one request in flight
     rss_bytes: list[int] = field(default_factory=list)  # per process
     uss_bytes: list[int] = field(default_factory=list)
+    handoff_s: float | None = None  # pipeline only: latency minus the stages' own run times
 
 
 @dataclass
@@ -62,6 +63,12 @@ class BenchResult:
         }
         return out
 
+    def handoff_per_boundary_s(self) -> float | None:
+        """Hand-off cost alone: one-in-flight latency minus the stages' run times, over the
+        N + 1 hand-offs (client -> stage 0 -> ... -> client)."""
+        h = self.row("corepipe").handoff_s
+        return None if h is None else h / (len(self.stages) + 1)
+
     def added_latency_per_boundary_s(self) -> float:
         boundaries = max(1, len(self.stages) - 1)
         return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
@@ -70,6 +77,7 @@ class BenchResult:
         d = asdict(self)
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
+        d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
         return d
 
 
@@ -230,13 +238,19 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             del out
         rate = requests / (time.perf_counter() - start)
         lat = []
+        before = pipe.stats()
         for _ in range(min(requests, 30)):
             t0 = time.perf_counter()
             pipe.run(feeds)
             lat.append(time.perf_counter() - t0)
+        after = pipe.stats()
+        service = sum(
+            (b.busy_s - a.busy_s) / max(1, b.requests - a.requests)
+            for a, b in zip(before.stages, after.stages)
+        )
         rss, uss = [], []
         for pid in pipe.worker_pids():  # type: ignore[attr-defined]
             info = psutil.Process(pid).memory_full_info()
             rss.append(int(info.rss))
             uss.append(int(getattr(info, "uss", info.rss)))
-    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss)
+    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)

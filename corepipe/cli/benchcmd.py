@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -51,8 +52,10 @@ def markdown(result: BenchResult, command: str) -> str:
     lines.append("Ratios (corepipe throughput over each baseline): " + ", ".join(
         f"{k} **{v:.2f}**" for k, v in result.ratios().items()))
     lines.append("")
-    lines.append(f"Latency added per stage boundary (one request in flight): "
-                 f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms")
+    lines.append(f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
+                 f"session): {result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone "
+                 f"(latency minus the stages' run times, per hand-off incl. client in/out): "
+                 f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms")
     stage_txt = "; ".join(
         f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
@@ -69,6 +72,7 @@ def bench_cmd(
     requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests per measurement.")] = 64,
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
     balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+    inputs: Annotated[Path | None, typer.Option("--inputs", help="Example inputs (.npz, one array per model input) to send instead of random ones.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
 ) -> None:
@@ -83,24 +87,31 @@ def bench_cmd(
 
         corepipe bench zoo:resnet50
 
-        corepipe bench bert.onnx --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
+        corepipe bench bert.onnx --inputs feeds.npz --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
     """
     with cli_errors():
         if balance not in ("measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
+        feeds = None
+        if inputs is not None:
+            if not inputs.is_file():
+                raise typer.BadParameter(f"--inputs file {str(inputs)!r} does not exist")
+            with np.load(inputs) as data:
+                feeds = {k: data[k] for k in data.files}
         try:
             with err.status("starting") as status:
                 result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,
-                                   progress=lambda step: status.update(step))
+                                   example_inputs=feeds, progress=lambda step: status.update(step))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         out.print(table(result))
         ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
         out.print(f"corepipe throughput {ratios}")
-        out.print(f"latency added per stage boundary (one request in flight): "
-                  f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms")
+        out.print(f"latency added per stage boundary (one request in flight, vs one session): "
+                  f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
+                  f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
         pipe = result.row("corepipe")
         out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
                   f"for {_mib(result.weight_bytes)} MiB of weights")
