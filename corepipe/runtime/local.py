@@ -14,17 +14,13 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +28,8 @@ from ..artifact import Artifact
 from ..errors import CorepipeError, PipelineClosedError, StageError
 from ..signature import check_feeds
 from .base import Pipeline, PipelineStats, StageStats
-from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, wait_any
+from .process import WorkerProcess, assign_cores
+from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
 
 __all__ = ["LocalPipeline"]
 
@@ -57,63 +54,9 @@ class _Request:
     deaths: int = 0
 
 
-class _Proc:
-    """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
-    re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
-
-    def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "corepipe.runtime.worker", json.dumps(config)],
-            pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL, close_fds=True,
-        )
-        self.pid = self.popen.pid
-        self._report = report
-
-    def is_alive(self) -> bool:
-        return self.popen.poll() is None
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.popen.poll()
-
-    def kill(self) -> None:
-        if self.is_alive():
-            try:
-                self.popen.kill()
-            except OSError:
-                pass
-
-    def join(self, timeout: float | None = None) -> None:
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def report(self) -> str:
-        """What the worker wrote before exiting at start-up, if anything."""
-        try:
-            return os.read(self._report, 4096).decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def close(self) -> None:
-        try:
-            os.close(self._report)
-        except OSError:
-            pass
-
-
-def _assign_cores(n: int, cores: Sequence[int] | None, threads: int | None) -> list[list[int]]:
-    avail = sorted(cores) if cores else sorted(os.sched_getaffinity(0))
-    if n <= len(avail):
-        per = threads or max(1, len(avail) // n)
-        return [avail[(k * per) % len(avail):][:per] or [avail[k % len(avail)]] for k in range(n)]
-    return [[avail[k % len(avail)]] for k in range(n)]  # more stages than cores: round-robin
-
-
 @dataclass
 class _Worker:
-    process: _Proc
+    process: WorkerProcess
     deaths: collections.deque[float] = field(default_factory=collections.deque)
     restarts: int = 0
 
@@ -161,7 +104,7 @@ class LocalPipeline(Pipeline):
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
         self._death_window = death_window
-        self._cores = _assign_cores(n, cores, threads_per_stage)
+        self._cores = assign_cores(n, cores, threads_per_stage)
         self._cv = threading.Condition()
         self._pending: collections.deque[_Request] = collections.deque()
         self._inflight: dict[int, _Request] = {}
@@ -203,7 +146,7 @@ class LocalPipeline(Pipeline):
             t.start()
 
     # -- workers -----------------------------------------------------------------------------
-    def _spawn(self, k: int) -> _Proc:
+    def _spawn(self, k: int) -> WorkerProcess:
         assert self._control is not None
         for field_ in (Control.READY, Control.BUSY_SINCE, Control.HEARTBEAT):
             self._control.set(k, field_, 0)
@@ -230,7 +173,7 @@ class LocalPipeline(Pipeline):
         }
         cfg["fds"] = fds
         try:
-            return _Proc(cfg, [fd for fd in fds.values() if fd is not None], report_r)
+            return WorkerProcess(cfg, [fd for fd in fds.values() if fd is not None], report_r)
         finally:
             os.close(report_w)
 
@@ -337,7 +280,7 @@ class LocalPipeline(Pipeline):
             error: BaseException | None = None
             try:
                 if status == ERROR:
-                    error = _stage_error(ring.error(s), rid)
+                    error = decode_error(ring.error(s), rid)
                 else:
                     views = ring.read(s)
                     result = {t.name: np.array(views[t.name], copy=True) for t in self.plan.outputs}
@@ -567,14 +510,3 @@ class LocalPipeline(Pipeline):
         for b in getattr(self, "_full", []) + getattr(self, "_free", []) + getattr(self, "_wake", []):
             b.close()
         _LIVE.discard(self)
-
-
-def _stage_error(text: str, rid: int) -> StageError:
-    kind, stage, node, message = (text.split("\x00", 3) + ["", "", "", ""])[:4]
-    try:
-        k = int(stage)
-    except ValueError:
-        k = -1
-    if kind == "StageError":
-        return StageError(message, stage=k, request_id=rid, node=node or None)
-    return StageError(f"stage {k} failed on request {rid}: {kind}: {message}", stage=k, request_id=rid, node=node or None)

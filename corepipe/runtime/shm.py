@@ -21,9 +21,10 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from ..errors import StageError
 from ..plan import TensorSpec
 
-__all__ = ["Ring", "Control", "Bell", "attach_shm", "EMPTY", "FULL", "OK", "ERROR"]
+__all__ = ["Ring", "Control", "Bell", "attach_shm", "encode_error", "decode_error", "EMPTY", "FULL", "OK", "ERROR"]
 
 EMPTY, FULL = 0, 1
 OK, ERROR = 0, 1
@@ -334,3 +335,22 @@ def wait_any(bells: Sequence[Bell], timeout: float) -> None:
     for b in bells:
         if b.fileno() in ready:
             b.drain()
+
+
+def encode_error(exc: BaseException, stage: int) -> str:
+    """A failure as it travels down the rings to the client: type, stage, node, message."""
+    node = getattr(exc, "node", "") or ""
+    return f"{type(exc).__name__}\x00{stage}\x00{node}\x00{exc}"
+
+
+def decode_error(text: str, request_id: int) -> StageError:
+    """The `StageError` for an error slot written by `encode_error`."""
+    kind, stage, node, message = (text.split("\x00", 3) + ["", "", "", ""])[:4]
+    try:
+        k = int(stage)
+    except ValueError:
+        k = -1
+    if kind == "StageError":
+        return StageError(message, stage=k, request_id=request_id, node=node or None)
+    return StageError(f"stage {k} failed on request {request_id}: {kind}: {message}",
+                      stage=k, request_id=request_id, node=node or None)

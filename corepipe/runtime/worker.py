@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 
-from .shm import ERROR, FULL, OK, Bell, Control, Ring, wait_any
+from .shm import ERROR, FULL, OK, Bell, Control, Ring, encode_error, wait_any
 
 __all__ = ["worker_main"]
 
@@ -116,7 +116,7 @@ def worker_main(config_json: str) -> None:
             try:
                 runner.run_into(ring_in.read(s), ring_out, s, request_id=rid)
             except Exception as exc:  # StageError, or a tensor over its compiled size
-                status, error = ERROR, f"{type(exc).__name__}\x00{k}\x00{getattr(exc, 'node', '') or ''}\x00{exc}"
+                status, error = ERROR, encode_error(exc, k)
         if control.epoch != epoch:
             continue  # a recovery began while we ran: this result belongs to a dead epoch
         ring_out.publish(s, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)

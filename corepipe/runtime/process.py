@@ -1,0 +1,68 @@
+"""Worker processes: how they are started, watched and stopped, and which cores they get."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["WorkerProcess", "assign_cores"]
+
+
+class WorkerProcess:
+    """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
+    re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
+
+    def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "corepipe.runtime.worker", json.dumps(config)],
+            pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        self.pid = self.popen.pid
+        self._report = report
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            try:
+                self.popen.kill()
+            except OSError:
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def report(self) -> str:
+        """What the worker wrote before exiting at start-up, if anything."""
+        try:
+            return os.read(self._report, 4096).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        try:
+            os.close(self._report)
+        except OSError:
+            pass
+
+
+def assign_cores(n: int, cores: Sequence[int] | None, threads: int | None) -> list[list[int]]:
+    """Cores for each of ``n`` stages: ``threads`` (default: an even share) consecutive cores
+    each, or one core each round-robin when stages outnumber cores."""
+    avail = sorted(cores) if cores else sorted(os.sched_getaffinity(0))
+    if n <= len(avail):
+        per = threads or max(1, len(avail) // n)
+        return [avail[(k * per) % len(avail):][:per] or [avail[k % len(avail)]] for k in range(n)]
+    return [[avail[k % len(avail)]] for k in range(n)]  # more stages than cores: round-robin
