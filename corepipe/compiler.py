@@ -16,7 +16,7 @@ from .artifact import open_artifact, write_artifact
 from .cost import estimate_node_seconds
 from .errors import CompileError, DoesNotFitError
 from .graph import ModelGraph, analyze
-from .partition import build_stage_model, links_for, make_problem, stage_plans
+from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
 from .plan import Plan, StagePlan, TensorSpec
 from .sizes import format_bytes
 from .target import Target, resolve_target
@@ -243,7 +243,7 @@ def compile(
     report("partition", 1, 1)
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
-    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured)
+    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds))
     plan = Plan(
         target=tgt,
         inputs=tuple(graph.inputs),

@@ -20,7 +20,7 @@ from .plan import StagePlan, TensorSpec
 from .solver import Problem
 from .target import Target
 
-__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans"]
+__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages"]
 
 
 def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -> Problem:
@@ -100,15 +100,17 @@ def stage_plans(
     stage_seconds: Sequence[float],
     stage_bytes: Sequence[int],
     measured: Sequence[float] | None = None,
+    placement: Sequence[tuple[int, int]] | None = None,
 ) -> list[StagePlan]:
-    """Describe each stage of the cut ``bounds`` as plan data (files are filled in on write)."""
+    """Describe each stage of the cut ``bounds`` as plan data (files are filled in on write).
+    ``placement``: (device, core) per stage; default ``target.place``."""
     k = len(bounds) - 1
     plans = []
     for s in range(k):
         start, end = bounds[s], bounds[s + 1]
         reads, outputs, carried = _stage_io(graph, start, end, s == k - 1)
         weights = {w for node in graph.nodes[start:end] for w in node.weights}
-        device, core = target.place(s)
+        device, core = placement[s] if placement is not None else target.place(s)
         first, last_node = graph.nodes[start], graph.nodes[end - 1]
         plans.append(
             StagePlan(
@@ -131,3 +133,25 @@ def stage_plans(
             )
         )
     return plans
+
+
+def place_stages(target: Target, stage_seconds: Sequence[float]) -> list[tuple[int, int]]:
+    """(device, core) of each stage. With no more stages than cores: the target's topology.
+    With more (a CPU target whose core memory forced extra stages), consecutive stages share a
+    core, grouped so the busiest core's summed stage time is smallest; round-robin would put
+    the heavy first and light last stages of a model on the same cores."""
+    k, cores = len(stage_seconds), target.total_cores
+    if k <= cores:
+        return [target.place(s) for s in range(k)]
+    grouping = Problem(
+        compute=list(stage_seconds), node_weights=[[] for _ in range(k)], weight_bytes=[],
+        boundary_bytes=[0.0] * (k + 1), capacity=float("inf"),
+    )
+    from .solver import solve
+
+    bounds = solve(grouping, cores, [(0.0, 1.0)] * (cores + 1))
+    out = []
+    for group in range(cores):
+        for _ in range(bounds[group], bounds[group + 1]):
+            out.append(target.place(group))
+    return out

@@ -104,7 +104,7 @@ class LocalPipeline(Pipeline):
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
         self._death_window = death_window
-        self._cores = assign_cores(n, cores, threads_per_stage)
+        self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
         self._cv = threading.Condition()
         self._pending: collections.deque[_Request] = collections.deque()
         self._inflight: dict[int, _Request] = {}

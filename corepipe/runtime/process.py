@@ -58,11 +58,17 @@ class WorkerProcess:
             pass
 
 
-def assign_cores(n: int, cores: Sequence[int] | None, threads: int | None) -> list[list[int]]:
+def assign_cores(
+    n: int, cores: Sequence[int] | None, threads: int | None,
+    planned: Sequence[int] | None = None,
+) -> list[list[int]]:
     """Cores for each of ``n`` stages: ``threads`` (default: an even share) consecutive cores
-    each, or one core each round-robin when stages outnumber cores."""
+    each. When stages outnumber cores, one core each: the plan's core (``planned``, which
+    groups consecutive stages to balance the cores' load), else round-robin."""
     avail = sorted(cores) if cores else sorted(os.sched_getaffinity(0))
     if n <= len(avail):
         per = threads or max(1, len(avail) // n)
         return [avail[(k * per) % len(avail):][:per] or [avail[k % len(avail)]] for k in range(n)]
-    return [[avail[k % len(avail)]] for k in range(n)]  # more stages than cores: round-robin
+    if planned is not None and len(planned) == n:
+        return [[avail[c % len(avail)]] for c in planned]
+    return [[avail[k % len(avail)]] for k in range(n)]
