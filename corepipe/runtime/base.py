@@ -151,8 +151,10 @@ class Pipeline(ABC):
     def __enter__(self) -> Pipeline:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Ctrl-C means "stop now": fail what is in flight instead of draining it.
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.close(timeout=0 if interrupted else 30.0)
 
     def __repr__(self) -> str:
         return f"<corepipe.Pipeline {self.backend} {self.plan.num_cores} stages at {str(self.path)!r}>"

@@ -95,6 +95,13 @@ class LocalPipeline(Pipeline):
     ) -> None:
         n = artifact.plan.num_cores
         super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
+        for b, boundary in enumerate(artifact.plan.boundaries):
+            odd = [t.name for t in boundary if np.dtype(t.dtype).hasobject]
+            if odd:
+                raise CorepipeError(
+                    f"boundary {b} carries string tensors {odd}, which cannot cross processes "
+                    "through shared memory; use backend='inline' or compile with cuts elsewhere"
+                )
         if slots < 1:
             raise ValueError("slots must be >= 1")
         self._artifact = artifact
