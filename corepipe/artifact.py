@@ -160,7 +160,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise ArtifactError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1 and 1.0 == 1: refuse both
         raise ArtifactError(
             f"artifact format version {version!r} is not supported by corepipe {__version__} "
             f"(it reads version {FORMAT_VERSION}); recompile the model with this corepipe"

@@ -14,7 +14,7 @@ import onnx
 from . import solver
 from .artifact import open_artifact, write_artifact
 from .cost import estimate_node_seconds
-from .errors import CompileError, DoesNotFitError
+from .errors import ArtifactError, CompileError, DoesNotFitError
 from .graph import ModelGraph, analyze
 from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
 from .plan import Plan, StagePlan, TensorSpec
@@ -199,6 +199,11 @@ def compile(
     if compiler_args:
         flags = parse_compiler_args(compiler_args)
         if "num_cores" in flags:
+            if num_cores != "auto" and num_cores != flags["num_cores"]:
+                raise CompileError(
+                    f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
+                    f"{flags['num_cores']} cores; give the count once"
+                )
             num_cores = flags["num_cores"]
     if balance not in ("estimate", "measure"):
         raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
@@ -255,14 +260,19 @@ def compile(
     )
     report("write stages", 0, k)
     models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
-    final = write_artifact(
-        output_dir, plan, models, source_sha256=graph.source_sha256,
-        on_stage=lambda s: report("write stages", s + 1, k),
-    )
+    try:
+        final = write_artifact(
+            output_dir, plan, models, source_sha256=graph.source_sha256,
+            on_stage=lambda s: report("write stages", s + 1, k),
+        )
+    except ArtifactError as exc:  # e.g. the output directory holds someone else's files
+        raise CompileError(str(exc)) from None
     return CompiledModel(Path(output_dir), final)
 
 
 def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
+    if any(type(c) is not int and not isinstance(c, np.integer) for c in cuts):
+        raise CompileError(f"cuts must be node indices (ints), got {list(cuts)!r}")
     bounds = [int(c) for c in cuts]
     if not bounds or bounds[0] != 0:
         bounds = [0] + bounds

@@ -63,6 +63,24 @@ class Target:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Target:
+        """Build from plain data, checking every field's type (a manifest is untrusted)."""
+        fields = cls.__dataclass_fields__
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(set(fields) - set(data))
+        if unknown or missing:
+            raise ValueError(f"target fields: unknown {unknown}, missing {missing}")
+        for name in ("devices", "cores_per_device", "core_memory"):
+            value = data[name]
+            if type(value) is not int or value < 1:
+                raise ValueError(f"target.{name} must be a positive int, got {value!r}")
+        for name in fields:
+            if name in ("name", "devices", "cores_per_device", "core_memory"):
+                continue
+            value = data[name]
+            if type(value) not in (int, float) or not value >= 0:
+                raise ValueError(f"target.{name} must be a non-negative number, got {value!r}")
+        if not isinstance(data["name"], str):
+            raise ValueError(f"target.name must be a string, got {data['name']!r}")
         return cls(**data)
 
 
