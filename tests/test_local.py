@@ -188,3 +188,23 @@ def test_timeout_on_run(chain):
         with pytest.raises(TimeoutError):
             pipe.run(feeds[0], timeout=1e-6)
         assert time.monotonic() - t0 < 5
+
+
+def test_done_callback_may_submit_again_when_full(chain):
+    """Callbacks run on the collector thread; one that submits must not deadlock the pipeline."""
+    path, feeds, refs = chain
+    follow_ups = []
+    with corepipe.load(path, max_in_flight=1) as pipe:
+        def again(fut):
+            if len(follow_ups) < 3:
+                follow_ups.append(pipe.submit(feeds[len(follow_ups) + 1], timeout=10))
+                follow_ups[-1].add_done_callback(again)
+
+        first = pipe.submit(feeds[0])
+        first.add_done_callback(again)
+        _assert_same(first.result(timeout=30), refs[0])
+        deadline = time.monotonic() + 30
+        while (len(follow_ups) < 3 or not all(f.done() for f in follow_ups)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i, fut in enumerate(follow_ups):
+            _assert_same(fut.result(timeout=1), refs[i + 1])

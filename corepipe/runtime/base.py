@@ -87,6 +87,8 @@ class Pipeline(ABC):
     - **Back-pressure.** At most ``max_in_flight`` requests are in the pipeline. `submit` blocks
       while it is full, up to ``timeout`` seconds (``None``: wait forever), then raises
       ``TimeoutError``. Memory never grows with the number of waiting callers' requests.
+    - **Callbacks.** Futures' done-callbacks run on the pipeline's collector thread (``local``)
+      or the submitting thread (``inline``). Keep them short; they may call `submit`.
     - **Failures.** A request that fails inside a stage fails only its own future, with a
       `StageError` naming the stage, node and request; the pipeline goes on.
     - **End of stream.** `close` stops intake, lets requests already submitted finish (up to its

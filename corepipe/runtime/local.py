@@ -234,6 +234,9 @@ class LocalPipeline(Pipeline):
             raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
 
     def _finish(self, req: _Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        # Free the request's place first: done-callbacks run right here (on the collector
+        # thread), and one that submits again must find room rather than wait on itself.
+        self._admit.release()
         if error is None:
             self._completed += 1
             self._latencies.add(time.perf_counter() - req.submitted)
@@ -243,7 +246,6 @@ class LocalPipeline(Pipeline):
             self._failed += 1
             if not req.future.done():
                 req.future.set_exception(error)
-        self._admit.release()
 
     # -- feeder / collector ------------------------------------------------------------------
     def _feed_loop(self) -> None:
