@@ -192,6 +192,8 @@ class LocalPipeline(Pipeline):
             ready = self._control.get(k, Control.READY)
             if ready == 1 and self._control.get(k, Control.ACK) >= epoch:
                 return
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a worker was starting")
             proc = self._workers[k].process if k < len(self._workers) else proc
             dead = ready == -1 or (proc is not None and not proc.is_alive())
             if dead or time.monotonic() > deadline:
@@ -319,6 +321,8 @@ class LocalPipeline(Pipeline):
             if (dead or hung) and not self._closed and self._broken is None:
                 try:
                     self._recover(dead, hung)
+                except PipelineClosedError:
+                    return
                 except Exception as exc:  # recovery itself failed: give up cleanly
                     self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
 
