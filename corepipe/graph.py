@@ -8,12 +8,9 @@ across boundaries), and infers every tensor's static type.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from .errors import CompileError
 from .plan import TensorSpec
-from .protoio import stream_load
+from .protoio import load_checked, skeleton, structure, tensor_nbytes
 
 __all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]
 
@@ -131,13 +128,6 @@ def _constant_to_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return tensor
 
 
-def _tensor_nbytes(t: onnx.TensorProto) -> int:
-    count = int(np.prod(list(t.dims), dtype=np.int64)) if t.dims else 1
-    if t.data_type == onnx.TensorProto.STRING:
-        return sum(len(s) for s in t.string_data) or count
-    return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-
-
 def _fold_constants(
     graph: onnx.GraphProto, outputs: set[str], inits: dict[str, onnx.TensorProto]
 ) -> None:
@@ -155,105 +145,6 @@ def _fold_constants(
     if len(keep) != len(graph.node):
         del graph.node[:]
         graph.node.extend(keep)
-
-
-def _skeleton(model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """A copy fit for checking and shape inference: large initializers become typed inputs,
-    without data, so neither step copies the weights."""
-    g = model.graph
-    sk = onnx.GraphProto(name=g.name)
-    sk.node.extend(g.node)
-    sk.input.extend(g.input)
-    sk.output.extend(g.output)
-    sk.value_info.extend(g.value_info)
-    declared = {i.name for i in g.input}
-    for t in inits.values():
-        if _tensor_nbytes(t) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
-            sk.initializer.append(t)
-        elif t.name not in declared:
-            sk.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    sk.sparse_initializer.extend(g.sparse_initializer)
-    out = helper.make_model(
-        sk, opset_imports=list(model.opset_import), ir_version=model.ir_version
-    )
-    out.functions.extend(model.functions)
-    return out
-
-
-def _structure(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without its initializers (which may be hundreds of MB)."""
-    out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
-    return out
-
-
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if isinstance(value, (str, bytes, int, float)):
-            setattr(dst, fd.name, value)
-        elif hasattr(value, "ListFields"):
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            getattr(dst, fd.name).extend(value)
-
-
-def _digest(model: onnx.ModelProto) -> str:
-    """sha256 of a model, piece by piece (never the whole serialized model at once)."""
-    h = hashlib.sha256(_structure(model).SerializeToString(deterministic=True))
-    for t in model.graph.initializer:
-        if t.raw_data:
-            h.update(t.name.encode())
-            h.update(t.raw_data)
-        else:
-            h.update(t.SerializeToString(deterministic=True))
-    return h.hexdigest()
-
-
-def _load(
-    model: str | os.PathLike[str] | onnx.ModelProto,
-) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], str]:
-    """Check and load: (structure we may modify, initializers by name, source sha256).
-
-    A ``ModelProto`` is never modified and its weights are not copied: the initializers
-    returned are the caller's own messages, read only.
-    """
-    if isinstance(model, onnx.ModelProto):
-        inits = {t.name: t for t in model.graph.initializer}
-        _check(_skeleton(model, inits), "")
-        return _structure(model), inits, _digest(model)
-    path = Path(model)
-    if not path.is_file():
-        raise CompileError(f"model file {str(path)!r} does not exist: pass an .onnx path or a ModelProto")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    try:
-        # Field by field: onnx.load (and the checker given a path) hold the file's bytes and
-        # the parsed model at once, twice the model's size at the peak.
-        loaded = stream_load(path)
-    except Exception as exc:
-        raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
-    inits = {t.name: t for t in loaded.graph.initializer}
-    _check(_skeleton(loaded, inits), str(path))
-    return loaded, inits, h.hexdigest()
-
-
-def _check(model: onnx.ModelProto | None, path: str) -> None:
-    try:
-        if model is None:
-            onnx.checker.check_model(path)
-        else:
-            onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        # The checker's message spans lines (the node comes on the second): keep all of it.
-        text = " ".join(str(exc).split())[:500] or repr(exc)
-        raise CompileError(f"the model fails the ONNX checker: {text}") from None
-    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        raise CompileError(f"cannot read {path or 'the model'!r} as an ONNX model: {exc}") from None
 
 
 def _fix_inputs(
@@ -312,7 +203,7 @@ def _probe_shapes(
     """Run the model once in onnxruntime to read the types of tensors inference missed."""
     import onnxruntime as ort
 
-    probe = _structure(model)
+    probe = structure(model)
     probe.graph.initializer.extend(inits.values())
     have = {o.name for o in probe.graph.output}
     for name in names:
@@ -378,7 +269,7 @@ def analyze(
         CompileError: unreadable or invalid model, a symbolic dim without an example input,
             an example input that contradicts the model, or types that cannot be inferred.
     """
-    proto, initializers, digest = _load(model)
+    proto, initializers, digest = load_checked(model)
     g = proto.graph
     if len(g.node) == 0:
         raise CompileError("the model has no nodes: there is nothing to pipeline")
@@ -392,11 +283,11 @@ def analyze(
     output_names = [o.name for o in g.output]
     _fold_constants(g, set(output_names), initializers)
     inits = set(initializers)
-    weight_bytes = {name: _tensor_nbytes(t) for name, t in initializers.items()}
+    weight_bytes = {name: tensor_nbytes(t) for name, t in initializers.items()}
 
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            _skeleton(proto, initializers), check_type=False, strict_mode=False, data_prop=True
+            skeleton(proto, initializers), check_type=False, strict_mode=False, data_prop=True
         )
     except Exception as exc:  # inference is best effort; the probe below fills gaps
         inferred = None

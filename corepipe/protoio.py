@@ -1,19 +1,27 @@
-"""Load an ONNX file without holding its bytes and its parsed form at once.
+"""Loading and checking ONNX models without copying their weights.
 
 ``onnx.load`` reads the whole file into one ``bytes`` object and parses it, so a single-file
-model costs twice its size at the peak. We walk the protobuf wire format instead and merge the
-model's fields — and, inside the graph, each initializer — one at a time, so the peak is the
-parsed model plus its largest single tensor.
+model costs twice its size at the peak; the checker, given a model, serializes it whole. Here a
+file is parsed field by field (`stream_load`: the peak is the parsed model plus its largest
+single tensor), the checker and shape inference see a weightless *skeleton*, and a caller's
+``ModelProto`` is hashed piece by piece and never copied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import BinaryIO
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
 
+import numpy as np
 import onnx
+from onnx import helper
 
-__all__ = ["stream_load"]
+from .errors import CompileError
+
+__all__ = ["stream_load", "load_checked", "skeleton", "structure", "tensor_nbytes"]
 
 _GRAPH_FIELD = 7  # ModelProto.graph
 
@@ -85,3 +93,109 @@ def stream_load(path: str | os.PathLike[str], *, load_external_data: bool = True
         if any(uses_external_data(t) for t in model.graph.initializer):
             load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
     return model
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    count = int(np.prod(list(t.dims), dtype=np.int64)) if t.dims else 1
+    if t.data_type == onnx.TensorProto.STRING:
+        return sum(len(s) for s in t.string_data) or count
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def skeleton(model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy fit for checking and shape inference: large initializers become typed inputs,
+    without data, so neither step copies the weights."""
+    g = model.graph
+    sk = onnx.GraphProto(name=g.name)
+    sk.node.extend(g.node)
+    sk.input.extend(g.input)
+    sk.output.extend(g.output)
+    sk.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    for t in inits.values():
+        if tensor_nbytes(t) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
+            sk.initializer.append(t)
+        elif t.name not in declared:
+            sk.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    sk.sparse_initializer.extend(g.sparse_initializer)
+    out = helper.make_model(
+        sk, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    out.functions.extend(model.functions)
+    return out
+
+
+def structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its initializers (which may be hundreds of MB)."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    return out
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if isinstance(value, (str, bytes, int, float)):
+            setattr(dst, fd.name, value)
+        elif hasattr(value, "ListFields"):
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            getattr(dst, fd.name).extend(value)
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    """sha256 of a model, piece by piece (never the whole serialized model at once)."""
+    h = hashlib.sha256(structure(model).SerializeToString(deterministic=True))
+    for t in model.graph.initializer:
+        if t.raw_data:
+            h.update(t.name.encode())
+            h.update(t.raw_data)
+        else:
+            h.update(t.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def load_checked(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], str]:
+    """Check and load: (structure we may modify, initializers by name, source sha256).
+
+    A ``ModelProto`` is never modified and its weights are not copied: the initializers
+    returned are the caller's own messages, read only.
+    """
+    if isinstance(model, onnx.ModelProto):
+        inits = {t.name: t for t in model.graph.initializer}
+        _check(skeleton(model, inits), "")
+        return structure(model), inits, _digest(model)
+    path = Path(model)
+    if not path.is_file():
+        raise CompileError(f"model file {str(path)!r} does not exist: pass an .onnx path or a ModelProto")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    try:
+        # Field by field: onnx.load (and the checker given a path) hold the file's bytes and
+        # the parsed model at once, twice the model's size at the peak.
+        loaded = stream_load(path)
+    except Exception as exc:
+        raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
+    inits = {t.name: t for t in loaded.graph.initializer}
+    _check(skeleton(loaded, inits), str(path))
+    return loaded, inits, h.hexdigest()
+
+
+def _check(model: onnx.ModelProto | None, path: str) -> None:
+    try:
+        if model is None:
+            onnx.checker.check_model(path)
+        else:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        # The checker's message spans lines (the node comes on the second): keep all of it.
+        text = " ".join(str(exc).split())[:500] or repr(exc)
+        raise CompileError(f"the model fails the ONNX checker: {text}") from None
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        raise CompileError(f"cannot read {path or 'the model'!r} as an ONNX model: {exc}") from None

@@ -20,7 +20,6 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from ..signature import check_feeds
 from .base import Pipeline, PipelineStats, StageStats
 from .process import WorkerProcess, assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
+from .supervisor import Request, Supervisor, Worker
 
 __all__ = ["LocalPipeline"]
 
@@ -45,23 +45,7 @@ def _close_all() -> None:
             pass
 
 
-@dataclass
-class _Request:
-    rid: int
-    feeds: dict[str, np.ndarray]
-    future: Future[dict[str, np.ndarray]]
-    submitted: float
-    deaths: int = 0
-
-
-@dataclass
-class _Worker:
-    process: WorkerProcess
-    deaths: collections.deque[float] = field(default_factory=collections.deque)
-    restarts: int = 0
-
-
-class LocalPipeline(Pipeline):
+class LocalPipeline(Supervisor, Pipeline):
     """One process per stage; see `Pipeline` for the contract.
 
     Args:
@@ -113,8 +97,8 @@ class LocalPipeline(Pipeline):
         self._death_window = death_window
         self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
         self._cv = threading.Condition()
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._inflight: dict[int, _Request] = {}
+        self._pending: collections.deque[Request] = collections.deque()
+        self._inflight: dict[int, Request] = {}
         self._admit = threading.BoundedSemaphore(self.max_in_flight)
         self._ids = itertools.count()
         self._epoch = 0
@@ -129,7 +113,7 @@ class LocalPipeline(Pipeline):
         self._replayed = 0
         self._rings: list[Ring] = []
         self._control: Control | None = None
-        self._workers: list[_Worker] = []
+        self._workers: list[Worker] = []
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
@@ -138,7 +122,7 @@ class LocalPipeline(Pipeline):
             self._free = [Bell() for _ in range(n + 1)]
             self._wake = [Bell() for _ in range(n)]
             for k in range(n):
-                self._workers.append(_Worker(self._spawn(k)))
+                self._workers.append(Worker(self._spawn(k)))
             for k in range(n):
                 self._wait_ready(k, 0)
         except BaseException:
@@ -222,7 +206,7 @@ class LocalPipeline(Pipeline):
                 self._admit.release()
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
-            req = _Request(next(self._ids), kept, fut, time.perf_counter())
+            req = Request(next(self._ids), kept, fut, time.perf_counter())
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
@@ -235,7 +219,7 @@ class LocalPipeline(Pipeline):
         if self._closing or self._closed:
             raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
 
-    def _finish(self, req: _Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
         # Free the request's place first: done-callbacks run right here (on the collector
         # thread), and one that submits again must find room rather than wait on itself.
         self._admit.release()
@@ -306,135 +290,6 @@ class LocalPipeline(Pipeline):
             self._free[-1].ring()
             if req is not None:
                 self._finish(req, result, error)
-
-    # -- failure handling --------------------------------------------------------------------
-    def _monitor_loop(self) -> None:
-        assert self._control is not None
-        while not self._closed:
-            time.sleep(0.05)
-            if self._closed:
-                return
-            procs = [w.process for w in self._workers]
-            dead = [k for k, p in enumerate(procs) if not p.is_alive()]
-            now = time.time()
-            hung = [k for k in range(self._n) if k not in dead and self._stuck(k, now)]
-            if (dead or hung) and not self._closed and self._broken is None:
-                try:
-                    self._recover(dead, hung)
-                except PipelineClosedError:
-                    return
-                except Exception as exc:  # recovery itself failed: give up cleanly
-                    self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
-
-    def _stuck(self, k: int, now: float) -> bool:
-        """Busy on one request past the stage deadline, or silent (not even polling) as long."""
-        assert self._control is not None
-        busy_since = self._control.get(k, Control.BUSY_SINCE)
-        if busy_since > 0:
-            return busy_since < now - self._stage_timeout
-        beat = self._control.get(k, Control.HEARTBEAT)
-        return 0 < beat < now - max(self._stage_timeout, 1.0)
-
-    def _recover(self, dead: list[int], hung: list[int]) -> None:
-        control = self._control
-        assert control is not None
-        with self._cv:
-            self._paused = True
-            self._epoch += 1
-            epoch = self._epoch
-            control.epoch = epoch
-        suspects = {}
-        for k in dead + hung:
-            if control.get(k, Control.BUSY_SINCE) > 0:
-                suspects[k] = int(control.get(k, Control.CURRENT))
-        for k in hung:
-            self._workers[k].process.kill()
-        for b in self._wake:
-            b.ring()
-        restart = set(dead) | set(hung)
-        deadline = time.monotonic() + max(self._stage_timeout, 1.0)
-        for k in range(self._n):
-            if k in restart:
-                continue
-            while control.get(k, Control.ACK) < epoch:
-                if not self._workers[k].process.is_alive() or time.monotonic() > deadline:
-                    self._workers[k].process.kill()
-                    restart.add(k)
-                    break
-                time.sleep(0.005)
-        for k in sorted(restart):
-            self._workers[k].process.join(timeout=5)
-            if self._record_death(k):
-                return
-        for ring in self._rings:
-            ring.reset()
-        poisoned = []
-        with self._cv:
-            for k, rid in suspects.items():
-                req = self._inflight.get(rid)
-                if req is None:
-                    continue
-                req.deaths += 1
-                if req.deaths >= 2:  # the request itself kills the worker: fail it, keep the rest
-                    del self._inflight[rid]
-                    poisoned.append((k, req))
-        for k, req in poisoned:
-            self._finish(req, None, StageError(
-                f"stage {k} worker died twice while running request {req.rid}; "
-                "the request is dropped so the others can go on",
-                stage=k, request_id=req.rid,
-            ))
-        for k in sorted(restart):
-            while True:
-                w = self._workers[k]
-                w.process.close()
-                w.process = self._spawn(k)
-                w.restarts += 1
-                try:
-                    self._wait_ready(k, epoch)
-                    break
-                except StageError:
-                    w.process.kill()
-                    w.process.join(timeout=5)
-                    if self._record_death(k):
-                        return
-        with self._cv:
-            replay = sorted(self._inflight.values(), key=lambda r: r.rid)
-            self._replayed += len(replay)
-            self._inflight.clear()
-            self._pending.extendleft(reversed(replay))
-            self._feed_seq = self._collect_seq = 0
-            control.go_epoch = epoch
-            self._paused = False
-            self._cv.notify_all()
-        for b in self._wake:
-            b.ring()
-
-    def _record_death(self, k: int) -> bool:
-        """Count a death of stage ``k``'s worker; past the limit, break the pipeline (True)."""
-        w = self._workers[k]
-        now = time.monotonic()
-        w.deaths.append(now)
-        while w.deaths and w.deaths[0] < now - self._death_window:
-            w.deaths.popleft()
-        if len(w.deaths) < self._max_deaths:
-            return False
-        self._break(StageError(
-            f"stage {k} worker died {len(w.deaths)} times within {self._death_window:.0f} s "
-            f"(last exit code {w.process.exitcode}); giving up on the pipeline's requests",
-            stage=k,
-        ))
-        return True
-
-    def _break(self, error: CorepipeError) -> None:
-        with self._cv:
-            self._broken = error
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
-            self._cv.notify_all()
-        for req in doomed:
-            self._finish(req, None, error)
 
     # -- stats / close -----------------------------------------------------------------------
     def stats(self) -> PipelineStats:

@@ -52,6 +52,19 @@ def attach_shm(name: str) -> SharedMemory:
         resource_tracker.register = original  # type: ignore[assignment]
 
 
+def _release(shm: SharedMemory, unlink: bool) -> None:
+    """Unmap ``shm`` and, for its creator, remove its name."""
+    try:
+        shm.close()
+    except BufferError:  # a caller still holds a view; the mapping goes with the process
+        pass
+    if unlink:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
 class Ring:
     """``slots`` slots for the tensors of one boundary, in one shared-memory segment."""
 
@@ -149,17 +162,18 @@ class Ring:
             for i, spec in enumerate(self.specs)
         }
 
+    def _set_shape(self, s: int, i: int, shape: tuple[int, ...]) -> None:
+        h, base = self.headers[s], _FIXED_WORDS + i * (1 + MAX_DIMS)
+        h[base] = len(shape)
+        h[base + 1 : base + 1 + len(shape)] = shape
+
     def mark_static(self, s: int) -> None:
         """Record the compiled shapes as slot ``s``'s shapes (after an in-place write)."""
-        h = self.headers[s]
         for i, spec in enumerate(self.specs):
-            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
-            h[base] = len(spec.shape)
-            h[base + 1 : base + 1 + len(spec.shape)] = spec.shape
+            self._set_shape(s, i, spec.shape)
 
     def write(self, s: int, tensors: dict[str, np.ndarray]) -> None:
         """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
-        h = self.headers[s]
         for i, spec in enumerate(self.specs):
             value = tensors[spec.name]
             if value.ndim > MAX_DIMS:
@@ -174,9 +188,7 @@ class Ring:
             region = self.regions[s][i]
             if value.nbytes:
                 region[: value.nbytes].view(value.dtype).reshape(value.shape)[...] = value
-            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
-            h[base] = value.ndim
-            h[base + 1 : base + 1 + value.ndim] = value.shape
+            self._set_shape(s, i, value.shape)
 
     def publish(self, s: int, *, epoch: int, seq: int, request_id: int, status: int = OK, error: str = "") -> None:
         """Fill the slot header and mark it FULL (the state word is written last)."""
@@ -199,15 +211,7 @@ class Ring:
     def close(self, unlink: bool = False) -> None:
         self.headers = []
         self.regions = []
-        try:
-            self.shm.close()
-        except BufferError:  # a caller still holds a view; the mapping goes with the process
-            pass
-        if unlink:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        _release(self.shm, unlink)
 
 
 class Control:
@@ -269,15 +273,7 @@ class Control:
 
     def close(self, unlink: bool = False) -> None:
         self.words = np.zeros(0)
-        try:
-            self.shm.close()
-        except BufferError:
-            pass
-        if unlink:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        _release(self.shm, unlink)
 
 
 class Bell:
