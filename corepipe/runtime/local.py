@@ -52,7 +52,8 @@ class LocalPipeline(Supervisor, Pipeline):
         artifact: a verified artifact (from `corepipe.load`).
         max_in_flight: requests admitted at once (default ``2 * stages + 2``).
         cores: core ids to pin to (default: this process's affinity). Stage ``k`` gets
-            ``threads_per_stage`` consecutive cores; with more stages than cores, round-robin.
+            ``threads_per_stage`` consecutive cores; with more stages than cores, the plan's
+            grouping of consecutive stages onto shared cores.
         threads_per_stage: onnxruntime intra-op threads per stage (default: cores / stages).
         stage_timeout: seconds one stage may spend on one request before its worker is
             treated as dead (killed, restarted, requests replayed).
