@@ -67,6 +67,7 @@ class StageRunner:
             path = artifact.copy_stage(index, private)
             self.session = make_session(str(path), threads, spin=spin)
         self._outputs = list(self.plan.outputs)
+        self._bindings: dict[Any, tuple[Any, ...]] = {}
         _release_free_memory()
 
     def run(self, boundary: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
@@ -81,29 +82,52 @@ class StageRunner:
         return out
 
     def run_into(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int, request_id: int | None = None) -> None:
-        """Compute this stage with onnxruntime writing its outputs straight into ``ring``'s
-        ``slot`` (no copy). Falls back to `run` + copy when an output's shape differs from the
-        compiled one (data-dependent shapes). Raises `StageError` like `run`."""
-        views = ring.static_views(slot)
-        binding = self.session.io_binding()
-        for name in self.plan.inputs:
-            binding.bind_cpu_input(name, boundary[name])
-        for name in self._outputs:
-            v = views[name]
-            binding.bind_output(name, "cpu", 0, v.dtype, list(v.shape), v.ctypes.data)
+        """Compute this stage with onnxruntime reading its inputs in place and writing its outputs
+        straight into ``ring``'s ``slot`` (no copies). Falls back to `run` + copy when an output's
+        shape differs from the compiled one (data-dependent shapes). Raises `StageError` like `run`.
+
+        Slots sit at fixed addresses, so the binding for a (slot, input buffers) pair is made
+        once and reused: per request, onnxruntime just runs.
+        """
+        views = ring.static_views(slot) if self.plan.carried else None
+        binding = self._binding(boundary, ring, slot)
         try:
             if self._outputs:
                 self.session.run_with_iobinding(binding)
         except Exception:
             ring.write(slot, self.run(boundary, request_id))  # dynamic shape, or a real failure
             return
-        for name in self.plan.carried:
-            src = boundary[name]
-            if src.shape != views[name].shape:
-                ring.write(slot, self.run(boundary, request_id))
-                return
-            views[name][...] = src
+        if views is not None:
+            for name in self.plan.carried:
+                src = boundary[name]
+                if src.shape != views[name].shape:
+                    ring.write(slot, self.run(boundary, request_id))
+                    return
+                views[name][...] = src
         ring.mark_static(slot)
+
+    def _binding(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int) -> Any:
+        import onnxruntime as ort
+
+        arrays = [boundary[name] for name in self.plan.inputs]
+        key = (id(ring), slot, tuple((a.ctypes.data, a.shape, a.dtype.str) for a in arrays))
+        cached = self._bindings.get(key)
+        if cached is not None:
+            return cached[0]
+        if len(self._bindings) >= 64:  # inputs that are not ring slots (never in the worker)
+            self._bindings.clear()
+        binding = self.session.io_binding()
+        keep = []
+        for name, arr in zip(self.plan.inputs, arrays):
+            value = ort.OrtValue.ortvalue_from_numpy(arr)  # wraps the buffer, no copy
+            binding.bind_ortvalue_input(name, value)
+            keep.append(value)
+        views = ring.static_views(slot)
+        for name in self._outputs:
+            v = views[name]
+            binding.bind_output(name, "cpu", 0, v.dtype, list(v.shape), v.ctypes.data)
+        self._bindings[key] = (binding, keep, arrays, views)
+        return binding
 
     def _error(self, exc: BaseException, request_id: int | None) -> StageError:
         message = str(exc).strip()
