@@ -59,7 +59,7 @@ def write_artifact(
     at once. An existing artifact at ``out_dir`` is replaced; any other non-empty directory is
     refused rather than overwritten.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # "." or "out/.." have no name to build a sibling from
     if out.exists() and not _replaceable(out):
         raise ArtifactError(
             f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
@@ -96,12 +96,28 @@ def write_artifact(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            _swap_in(tmp, out)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace the artifact files in ``out`` with those in ``tmp``, keeping the directory itself
+    (it may be the working directory). The manifest moves last and stale stage files go after
+    it, so a reader sees the old artifact or the new one, and hashes catch any mix."""
+    fresh = sorted(p.name for p in tmp.iterdir())
+    for name in fresh:
+        if name != MANIFEST:
+            os.replace(tmp / name, out / name)
+    os.replace(tmp / MANIFEST, out / MANIFEST)
+    for old in out.iterdir():
+        if old.name not in fresh and _ARTIFACT_FILE.match(old.name):
+            old.unlink()
+    tmp.rmdir()
 
 
 def _replaceable(out: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ def _not_fit(
     try:
         need = solver.min_stages(problem)
     except solver.Infeasible as exc:
+        if exc.span is not None:
+            a, b = exc.span
+            return DoesNotFitError(
+                f"no core count fits: nodes {a}..{b - 1} ({graph.nodes[a].name!r} to "
+                f"{graph.nodes[b - 1].name!r}) cannot be cut apart ({graph.why_uncut(a, b)}) and "
+                f"hold {format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}",
+                min_cores=None, capacity=cap, needed=exc.needed,
+            )
         node = graph.nodes[exc.node or 0]
         return DoesNotFitError(
             f"no core count fits: node {node.name!r} ({node.op_type}) alone holds "
@@ -134,8 +143,7 @@ def _not_fit(
         )
     if bounds is None:
         # Name the heaviest stage of a memory-blind cut into k stages.
-        relaxed = solver.Problem(problem.compute, problem.node_weights, problem.weight_bytes,
-                                 problem.boundary_bytes, float("inf"))
+        relaxed = dataclasses.replace(problem, capacity=float("inf"))
         bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
         where = f"model does not fit in {k} cores of {format_bytes(cap)}"
     else:
@@ -234,11 +242,25 @@ def compile(
     report("partition", 0, 1)
     if cuts is not None:
         bounds = _check_cuts(cuts, graph.n)
+        allowed = problem.allowed()
+        bad = [b for b in bounds[1:-1] if not allowed[b]]
+        if bad:
+            raise CompileError(
+                f"cannot cut before node {bad[0]}: {graph.why_uncut(bad[0], bad[0])}; "
+                "choose another cut"
+            )
         sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
         if max(sizes) > tgt.core_memory:
             raise _not_fit(graph, problem, k, tgt, bounds)
     else:
-        bounds = solver.solve(problem, k, links_for(tgt, k))
+        try:
+            bounds = solver.solve(problem, k, links_for(tgt, k))
+        except solver.Infeasible:
+            places = int(sum(problem.allowed()[1:-1]))
+            raise CompileError(
+                f"cannot cut this graph into {k} stages: only {places} places between its nodes "
+                f"may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
+            ) from None
     measured = None
     if balance == "measure":
         from .measure import measured_balance
@@ -279,7 +301,9 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
     bounds.append(n)
     if any(b >= a for a, b in zip(bounds[1:], bounds)) or bounds[-2] >= n:
         raise CompileError(
-            f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}"
+            f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}; they "
+            "index the nodes left after Constant nodes are folded into weights "
+            "(corepipe.graph.analyze(model).nodes)"
         )
     return bounds
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -47,6 +47,7 @@ class ModelGraph:
     const_outputs: list[str]  # model outputs that are initializers: the last stage emits them
     source_sha256: str
     live: list[list[str]]  # live[p]: tensors crossing a cut before node p (len = n + 1)
+    uncrossable: dict[str, str] = field(default_factory=dict)  # name -> why it cannot cross
 
     @property
     def n(self) -> int:
@@ -56,7 +57,26 @@ class ModelGraph:
         return [self.tensors[name] for name in self.live[p]]
 
     def boundary_bytes(self) -> list[int]:
-        return [sum(self.tensors[t].nbytes for t in names) for names in self.live]
+        # Uncrossable values count 0: no cut is allowed where they are alive.
+        return [
+            sum(self.tensors[t].nbytes for t in names if t not in self.uncrossable)
+            for names in self.live
+        ]
+
+    def cuttable(self) -> list[bool]:
+        """Whether a cut before node p is allowed: no uncrossable value is alive there."""
+        return [p in (0, self.n) or not any(t in self.uncrossable for t in names)
+                for p, names in enumerate(self.live)]
+
+    def why_uncut(self, start: int, end: int) -> str:
+        """Which values keep the cuts between nodes ``start`` and ``end`` from being made."""
+        names = sorted({t for p in range(start, min(end, self.n) + 1) for t in self.live[p]
+                        if t in self.uncrossable})
+        if not names:
+            return "no value blocks it"
+        shown = "; ".join(f"{t!r} is {self.uncrossable[t]}" for t in names[:3])
+        more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+        return f"{shown}{more}, and only numpy tensors of standard dtypes can cross a stage boundary"
 
 
 def _dtype_of(elem_type: int) -> str:
@@ -66,6 +86,23 @@ def _dtype_of(elem_type: int) -> str:
         raise CompileError(
             f"unsupported tensor element type {onnx.TensorProto.DataType.Name(elem_type)}"
         ) from None
+
+
+#: Element types a boundary can carry: numpy has them and onnxruntime returns them as numpy.
+CROSSABLE = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                       "uint64", "float16", "float32", "float64"})
+#: Ops whose outputs are sequences or optionals, in case shape inference says nothing.
+_NON_TENSOR_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert",
+                             "SequenceErase", "SplitToSequence", "Optional"})
+
+
+def _non_tensor_kind(vi: onnx.ValueInfoProto) -> str | None:
+    """'a sequence', 'an optional', ... when ``vi`` is not a plain tensor."""
+    for field_name, kind in (("sequence_type", "a sequence"), ("optional_type", "an optional"),
+                             ("map_type", "a map"), ("sparse_tensor_type", "a sparse tensor")):
+        if vi.type.HasField(field_name):
+            return kind
+    return None
 
 
 def _spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec | None:
@@ -165,6 +202,11 @@ def _fix_inputs(
             raise CompileError(f"input {vi.name!r} is not a tensor: only tensor inputs are supported")
         tt = vi.type.tensor_type
         dtype = _dtype_of(tt.elem_type)
+        if dtype not in CROSSABLE:
+            raise CompileError(
+                f"input {vi.name!r} is {dtype}: requests are numpy arrays of {sorted(CROSSABLE)}; "
+                "add a Cast at the model's start"
+            )
         declared = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if vi.name in examples:
             ex = np.asarray(examples[vi.name])
@@ -199,8 +241,9 @@ def _fix_inputs(
 def _probe_shapes(
     model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], names: list[str],
     inputs: list[TensorSpec], example_inputs: Mapping[str, np.ndarray] | None,
-) -> dict[str, TensorSpec]:
-    """Run the model once in onnxruntime to read the types of tensors inference missed."""
+) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """Run the model once in onnxruntime to read the types of tensors inference missed.
+    Returns their specs, and the values that turned out not to be plain tensors."""
     import onnxruntime as ort
 
     probe = structure(model)
@@ -226,7 +269,16 @@ def _probe_shapes(
             f"could not infer static shapes for {names[:5]} (and running the model once on the "
             f"example inputs failed: {exc}); pass example_inputs for every model input"
         ) from None
-    return {n: TensorSpec(n, str(v.dtype), tuple(v.shape)) for n, v in zip(names, values)}
+    specs: dict[str, TensorSpec] = {}
+    odd: dict[str, str] = {}
+    for n, v in zip(names, values):
+        if not isinstance(v, np.ndarray):
+            odd[n] = "a sequence or optional"
+            continue
+        specs[n] = TensorSpec(n, str(v.dtype), tuple(v.shape))
+        if str(v.dtype) not in CROSSABLE:
+            odd[n] = f"a {v.dtype} tensor"
+    return specs, odd
 
 
 def _liveness(
@@ -293,11 +345,24 @@ def analyze(
         inferred = None
         del exc
     tensors: dict[str, TensorSpec] = {t.name: t for t in inputs}
+    uncrossable: dict[str, str] = {}
     if inferred is not None:
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            spec = _spec_from_value_info(vi)
-            if spec is not None and vi.name not in inits:
+            if vi.name in inits:
+                continue
+            kind = _non_tensor_kind(vi)
+            if kind is not None:
+                uncrossable[vi.name] = kind
+                continue
+            try:
+                spec = _spec_from_value_info(vi)
+            except CompileError:  # an element type numpy lacks
+                uncrossable[vi.name] = "of an element type numpy lacks"
+                continue
+            if spec is not None:
                 tensors[vi.name] = spec
+                if spec.dtype not in CROSSABLE:
+                    uncrossable[vi.name] = f"a {spec.dtype} tensor"
     for t in initializers.values():
         tensors[t.name] = TensorSpec(t.name, _dtype_of(t.data_type), tuple(int(d) for d in t.dims))
 
@@ -311,13 +376,25 @@ def analyze(
         weights = tuple(r for r in reads if r in inits)
         label = node.name or f"{node.op_type}_{i}"
         nodes.append(NodeInfo(i, label, node.op_type, tuple(reads), writes, weights))
+        if node.op_type in _NON_TENSOR_OPS and node.domain in ("", "ai.onnx"):
+            for name in writes:
+                uncrossable.setdefault(name, "a sequence or optional")
 
     input_names = [t.name for t in inputs]
     const_outputs = [o for o in output_names if o in inits]
     live = _liveness(nodes, input_names, [o for o in output_names if o not in inits])
-    needed = sorted({name for names in live for name in names if name not in tensors})
+    needed = sorted({name for names in live for name in names
+                     if name not in tensors and name not in uncrossable})
     if needed:
-        tensors.update(_probe_shapes(proto, initializers, needed, inputs, example_inputs))
+        probed, odd = _probe_shapes(proto, initializers, needed, inputs, example_inputs)
+        tensors.update(probed)
+        uncrossable.update(odd)
+    bad_out = [o for o in output_names if o in uncrossable]
+    if bad_out:
+        raise CompileError(
+            f"model output {bad_out[0]!r} is {uncrossable[bad_out[0]]}: corepipe returns numpy "
+            f"tensors of {sorted(CROSSABLE)}; convert it inside the model (e.g. Cast, ConcatFromSequence)"
+        )
     outputs = [tensors[o] for o in output_names]
     return ModelGraph(
         model=proto,
@@ -330,4 +407,5 @@ def analyze(
         const_outputs=const_outputs,
         source_sha256=digest,
         live=live,
+        uncrossable=uncrossable,
     )

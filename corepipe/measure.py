@@ -8,6 +8,7 @@ corrected costs; we stop when the cut no longer changes, and keep the best cut m
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -98,8 +99,7 @@ def measured_balance(
             scale = measured[s] / est if est > 0 else 1.0
             for i in range(bounds[s], bounds[s + 1]):
                 compute[i] *= scale
-        corrected = solver.Problem(compute, problem.node_weights, problem.weight_bytes,
-                                   problem.boundary_bytes, problem.capacity)
+        corrected = dataclasses.replace(problem, compute=compute)
         bounds = solver.solve(corrected, k, links)
         if tuple(bounds) in seen:
             break

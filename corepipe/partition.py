@@ -36,6 +36,7 @@ def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -
         weight_bytes=list(graph.weight_bytes.values()),
         boundary_bytes=graph.boundary_bytes(),
         capacity=capacity,
+        cuttable=graph.cuttable(),
     )
 
 

@@ -9,7 +9,9 @@ sequence into ``k`` contiguous, non-empty runs. The solver sees only:
 - ``boundary_bytes[p]``: bytes of the tensors alive across a cut before node ``p``
   (``p == 0``: the model inputs; ``p == n``: the model outputs);
 - ``links[b]``: ``(latency_s, bytes_per_s)`` of hand-off ``b`` (``b == 0`` into the first stage,
-  ``b == k`` out of the last).
+  ``b == k`` out of the last);
+- ``cuttable[p]`` (optional): whether a cut before node ``p`` is allowed (a value that cannot
+  cross a boundary, such as a sequence, is alive there otherwise).
 
 A stage's time is its hand-off in + compute + hand-off out. `solve` minimises the slowest stage
 subject to every stage's weights fitting ``capacity``; ties go to the lower total latency.
@@ -29,10 +31,14 @@ __all__ = ["Problem", "Infeasible", "min_stages", "solve", "stage_costs", "stage
 class Infeasible(Exception):
     """No cut satisfies the memory capacity. ``node`` is set when one node alone exceeds it."""
 
-    def __init__(self, message: str, *, node: int | None = None, needed: int = 0) -> None:
+    def __init__(
+        self, message: str, *, node: int | None = None, needed: int = 0,
+        span: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.node = node
         self.needed = needed
+        self.span = span  # nodes start..end-1 that no allowed cut separates, when that is why
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Problem:
     weight_bytes: Sequence[int]
     boundary_bytes: Sequence[float]
     capacity: float
+    cuttable: Sequence[bool] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.compute)
@@ -51,6 +58,8 @@ class Problem:
             raise ValueError(f"node_weights has {len(self.node_weights)} entries for {n} nodes")
         if len(self.boundary_bytes) != n + 1:
             raise ValueError(f"boundary_bytes needs n + 1 = {n + 1} entries")
+        if self.cuttable is not None and len(self.cuttable) != n + 1:
+            raise ValueError(f"cuttable needs n + 1 = {n + 1} entries")
         w = len(self.weight_bytes)
         bad = [(i, x) for i, ids in enumerate(self.node_weights) for x in ids if not 0 <= x < w]
         if bad:
@@ -59,6 +68,14 @@ class Problem:
     @property
     def n(self) -> int:
         return len(self.compute)
+
+    def allowed(self) -> np.ndarray:
+        """Cut positions 0..n that may start a stage (0 and n always may)."""
+        out = np.ones(self.n + 1, dtype=bool)
+        if self.cuttable is not None:
+            out[:] = np.asarray(self.cuttable, dtype=bool)
+            out[0] = out[-1] = True
+        return out
 
 
 def stage_memory(problem: Problem, start: int, end: int) -> int:
@@ -106,27 +123,43 @@ def min_stages(problem: Problem) -> int:
     """The smallest stage count whose stages all fit ``capacity``.
 
     Greedy is optimal here: a stage's memory only grows as it extends, and a run inside a
-    feasible run is feasible.
+    feasible run is feasible, so cutting as late as allowed never hurts.
 
     Raises:
-        Infeasible: one node alone reads more weight bytes than the capacity.
+        Infeasible: one node alone reads more weight bytes than the capacity (``.node``), or a
+            run of nodes that no allowed cut separates does (``.span``).
     """
     for i, ws in enumerate(problem.node_weights):
         own = sum(problem.weight_bytes[w] for w in set(ws))
         if own > problem.capacity:
             raise Infeasible(f"node {i} alone holds {own} bytes", node=i, needed=int(own))
-    stages, mem = 1, 0
+    allowed = problem.allowed()
+    stages, start, mem = 1, 0, 0
+    last_ok: int | None = None  # the latest allowed cut in (start, j]
     held: set[int] = set()
     for j in range(problem.n):
+        if j > start and allowed[j]:
+            last_ok = j
         new = set(problem.node_weights[j]) - held
         extra = sum(problem.weight_bytes[w] for w in new)
-        if mem + extra > problem.capacity:
-            stages += 1
-            held = set(problem.node_weights[j])
-            mem = sum(problem.weight_bytes[w] for w in held)
-        else:
+        if mem + extra <= problem.capacity:
             held |= new
             mem += extra
+            continue
+        if last_ok is None:
+            raise Infeasible(
+                f"nodes {start}..{j} cannot be cut apart and hold {mem + extra} bytes",
+                needed=int(mem + extra), span=(start, j + 1),
+            )
+        stages, start = stages + 1, last_ok
+        last_ok = None
+        held = {w for i in range(start, j + 1) for w in problem.node_weights[i]}
+        mem = sum(problem.weight_bytes[w] for w in held)
+        if mem > problem.capacity:
+            raise Infeasible(
+                f"nodes {start}..{j} cannot be cut apart and hold {mem} bytes",
+                needed=int(mem), span=(start, j + 1),
+            )
     return stages
 
 
@@ -140,10 +173,11 @@ def _sweep(
     over cuts whose every stage costs at most ``limit``. Stages that do not fit are excluded.
     """
     n = problem.n
+    allowed = problem.allowed()
     best = np.full((k, n), np.inf)
     choice = np.zeros((k, n), dtype=np.int64)
     for j, mem in enumerate(_memory_rows(problem)):
-        fits = mem <= problem.capacity  # over starts i = 0..j
+        fits = (mem <= problem.capacity) & allowed[: j + 1]  # over starts i = 0..j
         compute = prefix[j + 1] - prefix[: j + 1]
         for s in range(min(k, j + 1)):
             # Stage s covers i..j with i in lo..hi-1; stages before it cover 0..i-1.

@@ -248,7 +248,16 @@ class LocalPipeline(Supervisor, Pipeline):
             if ring.state(s) != EMPTY:
                 wait_any([free], 0.05)
                 continue
-            ring.write(s, req.feeds)
+            try:
+                ring.write(s, req.feeds)
+            except Exception as exc:  # never let the feeder die: fail this request alone
+                with self._cv:
+                    dropped = bool(self._pending) and self._pending[0] is req
+                    if dropped:
+                        self._pending.popleft()
+                if dropped:
+                    self._finish(req, None, CorepipeError(f"request {req.rid} could not enter the pipeline: {exc}"))
+                continue
             with self._cv:
                 if self._paused or epoch != self._epoch or not self._pending or self._pending[0] is not req:
                     continue  # recovery happened meanwhile; the slot was never published

@@ -28,7 +28,7 @@ __all__ = ["Ring", "Control", "Bell", "attach_shm", "encode_error", "decode_erro
 
 EMPTY, FULL = 0, 1
 OK, ERROR = 0, 1
-MAX_DIMS = 8
+MAX_DIMS = 8  # header room per tensor; more when a boundary holds higher-rank tensors
 ERR_BYTES = 2048
 _ALIGN = 64
 # header words: state, epoch, seq, request_id, status, err_len, then per tensor: ndim + dims
@@ -52,6 +52,10 @@ def attach_shm(name: str) -> SharedMemory:
         resource_tracker.register = original  # type: ignore[assignment]
 
 
+def _max_dims(specs: Sequence[TensorSpec]) -> int:
+    return max([MAX_DIMS] + [len(spec.shape) for spec in specs])
+
+
 def _release(shm: SharedMemory, unlink: bool) -> None:
     """Unmap ``shm`` and, for its creator, remove its name."""
     try:
@@ -73,7 +77,8 @@ class Ring:
         self.slots = slots
         self.shm = shm
         m = len(self.specs)
-        self.header_words = _FIXED_WORDS + m * (1 + MAX_DIMS)
+        self.max_dims = _max_dims(self.specs)
+        self.header_words = _FIXED_WORDS + m * (1 + self.max_dims)
         self.err_offset = _align(self.header_words * 8)
         offsets, off = [], self.err_offset + ERR_BYTES
         for spec in self.specs:
@@ -99,7 +104,7 @@ class Ring:
     @staticmethod
     def size_for(specs: Sequence[TensorSpec], slots: int) -> int:
         m = len(specs)
-        off = _align((_FIXED_WORDS + m * (1 + MAX_DIMS)) * 8) + ERR_BYTES
+        off = _align((_FIXED_WORDS + m * (1 + _max_dims(specs))) * 8) + ERR_BYTES
         for spec in specs:
             off = _align(off) + max(spec.nbytes, 1)
         return _align(off) * slots
@@ -140,7 +145,7 @@ class Ring:
         h = self.headers[s]
         out = {}
         for i, spec in enumerate(self.specs):
-            base = _FIXED_WORDS + i * (1 + MAX_DIMS)
+            base = _FIXED_WORDS + i * (1 + self.max_dims)
             ndim = int(h[base])
             shape = tuple(int(d) for d in h[base + 1 : base + 1 + ndim])
             count = int(np.prod(shape, dtype=np.int64))
@@ -163,7 +168,7 @@ class Ring:
         }
 
     def _set_shape(self, s: int, i: int, shape: tuple[int, ...]) -> None:
-        h, base = self.headers[s], _FIXED_WORDS + i * (1 + MAX_DIMS)
+        h, base = self.headers[s], _FIXED_WORDS + i * (1 + self.max_dims)
         h[base] = len(shape)
         h[base + 1 : base + 1 + len(shape)] = shape
 
@@ -176,8 +181,10 @@ class Ring:
         """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
         for i, spec in enumerate(self.specs):
             value = tensors[spec.name]
-            if value.ndim > MAX_DIMS:
-                raise ValueError(f"tensor {spec.name!r} has {value.ndim} dims; at most {MAX_DIMS} cross a boundary")
+            if value.ndim > self.max_dims:
+                raise ValueError(
+                    f"tensor {spec.name!r} came out with {value.ndim} dims; compiled as {spec.describe()}"
+                )
             if str(value.dtype) != spec.dtype:
                 value = value.astype(spec.dtype)
             if value.nbytes > max(spec.nbytes, 1) and value.nbytes > 0:
