@@ -275,7 +275,8 @@ def _probe_shapes(
         if not isinstance(v, np.ndarray):
             odd[n] = "a sequence or optional"
             continue
-        specs[n] = TensorSpec(n, str(v.dtype), tuple(v.shape))
+        # Inference could not tell this shape without the data: treat it as data-dependent.
+        specs[n] = TensorSpec(n, str(v.dtype), tuple(v.shape), dynamic=True)
         if str(v.dtype) not in CROSSABLE:
             odd[n] = f"a {v.dtype} tensor"
     return specs, odd
@@ -332,7 +333,7 @@ def analyze(
         keep = [i for i in g.input if i.name not in inits]
         del g.input[:]
         g.input.extend(keep)
-    output_names = [o.name for o in g.output]
+    output_names = list(dict.fromkeys(o.name for o in g.output))  # a name listed twice is one output
     _fold_constants(g, set(output_names), initializers)
     inits = set(initializers)
     weight_bytes = {name: tensor_nbytes(t) for name, t in initializers.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -90,8 +91,10 @@ def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> on
 
 
 def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
-    elem = helper.np_dtype_to_tensor_dtype(__import__("numpy").dtype(spec.dtype))
-    return helper.make_tensor_value_info(spec.name, elem, list(spec.shape))
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+    # A data-dependent shape is declared with free dims, so the next stage takes any size.
+    dims: list[int | None] = [None] * len(spec.shape) if spec.dynamic else list(spec.shape)
+    return helper.make_tensor_value_info(spec.name, elem, dims)
 
 
 def stage_plans(

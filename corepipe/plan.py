@@ -18,11 +18,20 @@ __all__ = ["TensorSpec", "StagePlan", "Plan"]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor with a numpy dtype name and a static shape."""
+    """A named tensor with a numpy dtype name and a static shape.
+
+    ``dynamic``: the shape depends on the data (NonZero, Unique...). ``shape`` is then the one
+    seen on the example inputs, which sizes the hand-off buffers: a request may produce a
+    smaller tensor, never a larger one.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    dynamic: bool = False
+
+    #: Largest tensor a manifest may declare (1 TiB): a bound on what a tampered one can ask.
+    MAX_BYTES = 2**40
 
     @property
     def nbytes(self) -> int:
@@ -33,15 +42,25 @@ class TensorSpec:
         return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.dynamic:
+            out["dynamic"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        shape = tuple(int(d) for d in data["shape"])
-        if any(d < 0 for d in shape):
-            raise ValueError(f"tensor {data['name']!r} has a negative dimension {shape}")
-        np.dtype(data["dtype"])  # raises TypeError on an unknown dtype
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+        name, dims = data["name"], data["shape"]
+        if not isinstance(name, str) or not isinstance(dims, list):
+            raise ValueError(f"tensor spec {data!r} needs a string name and a list shape")
+        if any(type(d) is not int or d < 0 or d > 2**40 for d in dims):
+            raise ValueError(f"tensor {name!r} has a bad shape {dims!r}: dims are ints in 0..2**40")
+        dynamic = data.get("dynamic", False)
+        if type(dynamic) is not bool:
+            raise ValueError(f"tensor {name!r}: 'dynamic' must be true or false")
+        spec = cls(name=name, dtype=str(np.dtype(data["dtype"])), shape=tuple(dims), dynamic=dynamic)
+        if spec.nbytes > cls.MAX_BYTES:
+            raise ValueError(f"tensor {name!r} declares {spec.nbytes} bytes, over the 1 TiB limit")
+        return spec
 
 
 @dataclass(frozen=True)

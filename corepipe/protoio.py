@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import CompileError
 
@@ -117,7 +117,6 @@ def skeleton(model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> o
             sk.initializer.append(t)
         elif t.name not in declared:
             sk.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    sk.sparse_initializer.extend(g.sparse_initializer)
     out = helper.make_model(
         sk, opset_imports=list(model.opset_import), ir_version=model.ir_version
     )
@@ -128,14 +127,14 @@ def skeleton(model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> o
 def structure(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` without its initializers (which may be hundreds of MB)."""
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(model.graph, out.graph, skip=("initializer", "sparse_initializer"))
     return out
 
 
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+def _copy_fields(src: Any, dst: Any, skip: tuple[str, ...]) -> None:
     for fd, value in src.ListFields():
-        if fd.name == skip:
+        if fd.name in skip:
             continue
         if isinstance(value, (str, bytes, int, float)):
             setattr(dst, fd.name, value)
@@ -154,6 +153,8 @@ def _digest(model: onnx.ModelProto) -> str:
             h.update(t.raw_data)
         else:
             h.update(t.SerializeToString(deterministic=True))
+    for sparse in model.graph.sparse_initializer:
+        h.update(sparse.SerializeToString(deterministic=True))
     return h.hexdigest()
 
 
@@ -166,7 +167,7 @@ def load_checked(
     returned are the caller's own messages, read only.
     """
     if isinstance(model, onnx.ModelProto):
-        inits = {t.name: t for t in model.graph.initializer}
+        inits = _weights(model.graph)
         _check(skeleton(model, inits), "")
         return structure(model), inits, _digest(model)
     path = Path(model)
@@ -182,7 +183,7 @@ def load_checked(
         loaded = stream_load(path)
     except Exception as exc:
         raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
-    inits = {t.name: t for t in loaded.graph.initializer}
+    inits = _weights(loaded.graph)
     _check(skeleton(loaded, inits), str(path))
     return loaded, inits, h.hexdigest()
 
@@ -199,3 +200,19 @@ def _check(model: onnx.ModelProto | None, path: str) -> None:
         raise CompileError(f"the model fails the ONNX checker: {text}") from None
     except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         raise CompileError(f"cannot read {path or 'the model'!r} as an ONNX model: {exc}") from None
+
+
+def _weights(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The graph's initializers by name, with sparse ones made dense (each stage holds plain
+    tensors; onnxruntime densifies them anyway)."""
+    out = {t.name: t for t in graph.initializer}
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices)
+        dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+        if indices.ndim == 1:  # linearised indices
+            dense.reshape(-1)[indices] = values
+        else:  # one row of coordinates per value
+            dense[tuple(indices.T)] = values
+        out[sparse.values.name] = numpy_helper.from_array(dense, sparse.values.name)
+    return out

@@ -107,6 +107,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._closing = False
         self._closed = False
         self._broken: CorepipeError | None = None
+        self._final_stats: PipelineStats | None = None
         self._feed_seq = 0
         self._collect_seq = 0
         self._completed = 0
@@ -303,6 +304,8 @@ class LocalPipeline(Supervisor, Pipeline):
 
     # -- stats / close -----------------------------------------------------------------------
     def stats(self) -> PipelineStats:
+        if self._final_stats is not None:  # closed: the figures as they stood at the end
+            return self._final_stats
         elapsed = time.perf_counter() - self._started
         p50, p90, p99 = self._latencies.percentiles()
         stages = []
@@ -343,6 +346,12 @@ class LocalPipeline(Supervisor, Pipeline):
         return names
 
     def close(self, *, timeout: float | None = 30.0) -> None:
+        if threading.current_thread() in getattr(self, "_threads", ()):
+            # Called from a done-callback on our collector: draining needs that very thread, so
+            # close from a helper thread and return at once.
+            threading.Thread(target=self.close, kwargs={"timeout": timeout},
+                             name="corepipe-close", daemon=True).start()
+            return
         with self._cv:
             if self._closed:
                 return
@@ -362,6 +371,11 @@ class LocalPipeline(Supervisor, Pipeline):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._control is not None and self._control.words.size and self._final_stats is None:
+            try:
+                self._final_stats = self.stats()
+            except Exception:  # never let bookkeeping stop a shutdown
+                pass
         with self._cv:
             self._closed = True
             self._cv.notify_all()

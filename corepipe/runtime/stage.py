@@ -15,15 +15,17 @@ from ..plan import StagePlan
 
 __all__ = ["StageRunner", "make_session", "node_from_message"]
 
-_NODE_RE = re.compile(r"[Nn]ode\.?\s*Name:\s*'([^']*)'|running (\S+) node")
+_NODE_NAME_RE = re.compile(r"[Nn]ode\.?\s*Name:\s*'([^']*)'")
+_NODE_OP_RE = re.compile(r"running (\S+) node")
 
 
 def node_from_message(message: str) -> str | None:
-    """The node name onnxruntime put in an error message, if any."""
-    m = _NODE_RE.search(message)
-    if not m:
-        return None
-    return m.group(1) or m.group(2)
+    """The node onnxruntime named in an error message: its name, else its op type."""
+    m = _NODE_NAME_RE.search(message)
+    if m and m.group(1):
+        return m.group(1)
+    m = _NODE_OP_RE.search(message)
+    return m.group(1) if m else None
 
 
 def make_session(model: bytes | str, threads: int, *, spin: bool = True):  # type: ignore[no-untyped-def]
@@ -34,7 +36,7 @@ def make_session(model: bytes | str, threads: int, *, spin: bool = True):  # typ
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures reach the caller as StageError; no stderr noise
     if not spin:
         # A pipeline worker waiting for its next request must not burn the core a neighbour needs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -68,6 +70,8 @@ class StageRunner:
             self.session = make_session(str(path), threads, spin=spin)
         self._outputs = list(self.plan.outputs)
         self._bindings: dict[Any, tuple[Any, ...]] = {}
+        after = {t.name: t for t in artifact.plan.boundaries[index + 1]}
+        self._dynamic_out = any(after[name].dynamic for name in self._outputs if name in after)
         _release_free_memory()
 
     def run(self, boundary: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
@@ -89,14 +93,16 @@ class StageRunner:
         Slots sit at fixed addresses, so the binding for a (slot, input buffers) pair is made
         once and reused: per request, onnxruntime just runs.
         """
+        if self._dynamic_out:  # sizes known only after the run: run, then copy what came out
+            ring.write(slot, self.run(boundary, request_id))
+            return
         views = ring.static_views(slot) if self.plan.carried else None
         binding = self._binding(boundary, ring, slot)
         try:
             if self._outputs:
                 self.session.run_with_iobinding(binding)
-        except Exception:
-            ring.write(slot, self.run(boundary, request_id))  # dynamic shape, or a real failure
-            return
+        except Exception as exc:
+            raise self._error(exc, request_id) from None
         if views is not None:
             for name in self.plan.carried:
                 src = boundary[name]
