@@ -70,8 +70,11 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise typer.BadParameter(f"--inputs {str(path)!r}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise typer.BadParameter(f"--inputs {str(path)!r} is not a readable .npz file: {exc}") from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise typer.BadParameter(
+            f"--inputs {str(path)!r} is not a .npz file: write one with "
+            "np.savez(path, input_name=array, ...)"
+        ) from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise typer.BadParameter(
             f"--inputs {str(path)!r} holds one array, not named arrays: save it with "

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from ..bench import BenchResult, run_bench
 from ._app import app, cli_errors, err, out
+from ._inputs import load_npz
 
 __all__ = ["bench_cmd", "markdown"]
 
@@ -68,7 +68,7 @@ def markdown(result: BenchResult, command: str) -> str:
 @app.command("bench")
 def bench_cmd(
     model: Annotated[str, typer.Argument(help="An .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, ...).")],
-    cores: Annotated[int | None, typer.Option("--cores", "-k", help="Cores K to use (default: all this process may run on).")] = None,
+    cores: Annotated[int | None, typer.Option("--cores", "-k", min=1, help="Cores K to use (default: all this process may run on).")] = None,
     requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests per measurement.")] = 64,
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
     balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
@@ -94,12 +94,7 @@ def bench_cmd(
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
-        feeds = None
-        if inputs is not None:
-            if not inputs.is_file():
-                raise typer.BadParameter(f"--inputs file {str(inputs)!r} does not exist")
-            with np.load(inputs) as data:
-                feeds = {k: data[k] for k in data.files}
+        feeds = load_npz(inputs) if inputs is not None else None
         try:
             with err.status("starting") as status:
                 result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 
 import numpy as np
+import psutil
 
 from ..artifact import Artifact
 from ..errors import CorepipeError, PipelineClosedError, StageError
@@ -89,6 +90,13 @@ class LocalPipeline(Supervisor, Pipeline):
                 )
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        need = sum(Ring.size_for(b, slots) for b in artifact.plan.boundaries)
+        have = psutil.virtual_memory().available
+        if need > have:
+            raise CorepipeError(
+                f"the hand-off buffers need {need / 2**20:.0f} MiB of shared memory and only "
+                f"{have / 2**20:.0f} MiB is available; use fewer slots or a smaller model"
+            )
         self._artifact = artifact
         self._n = n
         self._slots = slots

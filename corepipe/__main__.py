@@ -1,0 +1,5 @@
+"""``python -m corepipe``: the same command line as ``corepipe``."""
+
+from .cli import main
+
+main()
