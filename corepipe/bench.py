@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ import onnx
 
 from .compiler import compile as compile_model
 from .plan import TensorSpec
+from .runtime.process import module_command
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
 
@@ -112,28 +112,26 @@ def resolve_model(model: str, workdir: Path) -> tuple[Path, dict[str, np.ndarray
 
 def _proc_config(model: Path, inputs: Path, mode: str, threads: int, requests: int,
                  warmup: int, cores: list[int]) -> str:
-    return json.dumps({"model": str(model), "inputs": str(inputs), "mode": mode, "threads": threads,
+    return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode, "threads": threads,
                        "requests": requests, "warmup": warmup, "cores": cores})
 
 
 def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "corepipe.benchproc",
-         _proc_config(model, inputs, "serial", threads, requests, warmup, cores)],
-        capture_output=True, text=True, check=True,
-    )
+    argv, env = module_command("corepipe.benchproc",
+                               _proc_config(model, inputs, "serial", threads, requests, warmup, cores))
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: list[int]) -> tuple[float, list[dict[str, Any]]]:
     share = [requests // len(cores) + (1 if i < requests % len(cores) else 0) for i in range(len(cores))]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "corepipe.benchproc",
-             _proc_config(model, inputs, "parallel", 1, share[i], warmup, [c])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for argv, env in (
+            module_command("corepipe.benchproc",
+                           _proc_config(model, inputs, "parallel", 1, share[i], warmup, [c]))
+            for i, c in enumerate(cores)
         )
-        for i, c in enumerate(cores)
     ]
     try:
         for p in procs:

@@ -152,7 +152,7 @@ class LocalPipeline(Supervisor, Pipeline):
         for field_ in (Control.READY, Control.BUSY_SINCE, Control.HEARTBEAT):
             self._control.set(k, field_, 0)
         cfg = {
-            "artifact": str(self._artifact.root),
+            "artifact": str(self._artifact.root.resolve()),  # workers start in "/"
             "stage": k,
             "num_stages": self._n,
             "cores": self._cores[k],

@@ -7,9 +7,25 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerProcess", "assign_cores"]
+__all__ = ["WorkerProcess", "assign_cores", "module_command"]
+
+
+def module_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment to run ``python -m module args`` as a helper process.
+
+    The child must import this very corepipe, and nothing from the caller's working directory:
+    a ``bisect.py`` or ``random.py`` lying there would shadow the standard library. So the
+    package's own root goes first on ``PYTHONPATH``, ``-P`` (3.11+) keeps the working directory
+    off ``sys.path``, and callers start the child in ``/``.
+    """
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", module, *args], env
 
 
 class WorkerProcess:
@@ -17,9 +33,10 @@ class WorkerProcess:
     re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
 
     def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
+        argv, env = module_command("corepipe.runtime.worker", json.dumps(config))
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "corepipe.runtime.worker", json.dumps(config)],
-            pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL, close_fds=True,
+            argv, env=env, cwd="/", pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL,
+            close_fds=True,
         )
         self.pid = self.popen.pid
         self._report = report
