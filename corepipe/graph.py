@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from .errors import CompileError
 from .plan import TensorSpec
-from .protoio import load_checked, skeleton, structure, tensor_nbytes
+from .protoio import load_checked, skeleton, tensor_nbytes
+from .shapes import CROSSABLE, dtype_of, fix_inputs, probe_shapes
 
 __all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]
 
@@ -79,18 +80,6 @@ class ModelGraph:
         return f"{shown}{more}, and only numpy tensors of standard dtypes can cross a stage boundary"
 
 
-def _dtype_of(elem_type: int) -> str:
-    try:
-        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
-    except Exception:
-        raise CompileError(
-            f"unsupported tensor element type {onnx.TensorProto.DataType.Name(elem_type)}"
-        ) from None
-
-
-#: Element types a boundary can carry: numpy has them and onnxruntime returns them as numpy.
-CROSSABLE = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                       "uint64", "float16", "float32", "float64"})
 #: Ops whose outputs are sequences or optionals, in case shape inference says nothing.
 _NON_TENSOR_OPS = frozenset({"SequenceConstruct", "SequenceEmpty", "SequenceInsert",
                              "SequenceErase", "SplitToSequence", "Optional"})
@@ -116,7 +105,7 @@ def _spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec | None:
         if not d.HasField("dim_value"):
             return None
         dims.append(int(d.dim_value))
-    return TensorSpec(vi.name, _dtype_of(tt.elem_type), tuple(dims))
+    return TensorSpec(vi.name, dtype_of(tt.elem_type), tuple(dims))
 
 
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -184,104 +173,6 @@ def _fold_constants(
         graph.node.extend(keep)
 
 
-def _fix_inputs(
-    graph: onnx.GraphProto, inits: set[str], example_inputs: Mapping[str, np.ndarray] | None
-) -> list[TensorSpec]:
-    """Give every model input a static shape, from its declaration or from an example input."""
-    examples = dict(example_inputs or {})
-    real_inputs = [i for i in graph.input if i.name not in inits]
-    names = [i.name for i in real_inputs]
-    unknown = sorted(set(examples) - set(names))
-    if unknown:
-        raise CompileError(
-            f"example_inputs names {unknown}, which are not model inputs; the inputs are {names}"
-        )
-    specs = []
-    for vi in real_inputs:
-        if not vi.type.HasField("tensor_type"):
-            raise CompileError(f"input {vi.name!r} is not a tensor: only tensor inputs are supported")
-        tt = vi.type.tensor_type
-        dtype = _dtype_of(tt.elem_type)
-        if dtype not in CROSSABLE:
-            raise CompileError(
-                f"input {vi.name!r} is {dtype}: requests are numpy arrays of {sorted(CROSSABLE)}; "
-                "add a Cast at the model's start"
-            )
-        declared = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if vi.name in examples:
-            ex = np.asarray(examples[vi.name])
-            if str(ex.dtype) != dtype:
-                raise CompileError(
-                    f"example input {vi.name!r} is {ex.dtype}, the model declares {dtype}"
-                )
-            if tt.HasField("shape") and (
-                len(declared) != ex.ndim
-                or any(d is not None and d != s for d, s in zip(declared, ex.shape))
-            ):
-                want = ",".join("?" if d is None else str(d) for d in declared)
-                raise CompileError(
-                    f"example input {vi.name!r} has shape {list(ex.shape)}, the model declares [{want}]"
-                )
-            shape = tuple(int(s) for s in ex.shape)
-        elif tt.HasField("shape") and all(d is not None for d in declared):
-            shape = tuple(int(d) for d in declared)  # type: ignore[arg-type]
-        else:
-            want = ",".join("?" if d is None else str(d) for d in declared)
-            raise CompileError(
-                f"input {vi.name!r} has symbolic dims [{want}]: pass example_inputs="
-                f"{{{vi.name!r}: array}} (or --input {vi.name}=1x128:{dtype}) to fix them"
-            )
-        del tt.shape.dim[:]
-        for d in shape:
-            tt.shape.dim.add().dim_value = d
-        specs.append(TensorSpec(vi.name, dtype, shape))
-    return specs
-
-
-def _probe_shapes(
-    model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], names: list[str],
-    inputs: list[TensorSpec], example_inputs: Mapping[str, np.ndarray] | None,
-) -> tuple[dict[str, TensorSpec], dict[str, str]]:
-    """Run the model once in onnxruntime to read the types of tensors inference missed.
-    Returns their specs, and the values that turned out not to be plain tensors."""
-    import onnxruntime as ort
-
-    probe = structure(model)
-    probe.graph.initializer.extend(inits.values())
-    have = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    feeds = {}
-    for spec in inputs:
-        if example_inputs and spec.name in example_inputs:
-            feeds[spec.name] = np.asarray(example_inputs[spec.name])
-        else:
-            feeds[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        values = sess.run(names, feeds)
-    except Exception as exc:
-        raise CompileError(
-            f"could not infer static shapes for {names[:5]} (and running the model once on the "
-            f"example inputs failed: {exc}); pass example_inputs for every model input"
-        ) from None
-    specs: dict[str, TensorSpec] = {}
-    odd: dict[str, str] = {}
-    for n, v in zip(names, values):
-        if not isinstance(v, np.ndarray):
-            odd[n] = "a sequence or optional"
-            continue
-        # Inference could not tell this shape without the data: treat it as data-dependent.
-        specs[n] = TensorSpec(n, str(v.dtype), tuple(v.shape), dynamic=True)
-        if str(v.dtype) not in CROSSABLE:
-            odd[n] = f"a {v.dtype} tensor"
-    return specs, odd
-
-
 def _liveness(
     nodes: list[NodeInfo], inputs: Iterable[str], outputs: list[str]
 ) -> list[list[str]]:
@@ -327,7 +218,7 @@ def analyze(
     if len(g.node) == 0:
         raise CompileError("the model has no nodes: there is nothing to pipeline")
     inits = set(initializers)
-    inputs = _fix_inputs(g, inits, example_inputs)
+    inputs = fix_inputs(g, inits, example_inputs)
     # Drop initializers listed as inputs (IR < 4 style): they are weights, not requests.
     if any(i.name in inits for i in g.input):
         keep = [i for i in g.input if i.name not in inits]
@@ -365,7 +256,7 @@ def analyze(
                 if spec.dtype not in CROSSABLE:
                     uncrossable[vi.name] = f"a {spec.dtype} tensor"
     for t in initializers.values():
-        tensors[t.name] = TensorSpec(t.name, _dtype_of(t.data_type), tuple(int(d) for d in t.dims))
+        tensors[t.name] = TensorSpec(t.name, dtype_of(t.data_type), tuple(int(d) for d in t.dims))
 
     nodes = []
     for i, node in enumerate(g.node):
@@ -387,7 +278,7 @@ def analyze(
     needed = sorted({name for names in live for name in names
                      if name not in tensors and name not in uncrossable})
     if needed:
-        probed, odd = _probe_shapes(proto, initializers, needed, inputs, example_inputs)
+        probed, odd = probe_shapes(proto, initializers, needed, inputs, example_inputs)
         tensors.update(probed)
         uncrossable.update(odd)
     bad_out = [o for o in output_names if o in uncrossable]

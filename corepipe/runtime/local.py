@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
-import os
 import threading
 import time
 import weakref
@@ -25,10 +24,10 @@ import numpy as np
 import psutil
 
 from ..artifact import Artifact
-from ..errors import CorepipeError, PipelineClosedError, StageError
+from ..errors import CorepipeError, PipelineClosedError
 from ..signature import check_feeds
 from .base import Pipeline, PipelineStats, StageStats
-from .process import WorkerProcess, assign_cores
+from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
 from .supervisor import Request, Supervisor, Worker
 
@@ -145,59 +144,6 @@ class LocalPipeline(Supervisor, Pipeline):
         ]
         for t in self._threads:
             t.start()
-
-    # -- workers -----------------------------------------------------------------------------
-    def _spawn(self, k: int) -> WorkerProcess:
-        assert self._control is not None
-        for field_ in (Control.READY, Control.BUSY_SINCE, Control.HEARTBEAT):
-            self._control.set(k, field_, 0)
-        cfg = {
-            "artifact": str(self._artifact.root.resolve()),  # workers start in "/"
-            "stage": k,
-            "num_stages": self._n,
-            "cores": self._cores[k],
-            "threads": len(self._cores[k]),
-            "slots": self._slots,
-            "control": self._control.shm.name,
-            "ring_in": self._rings[k].shm.name,
-            "ring_out": self._rings[k + 1].shm.name,
-            "specs_in": [t.to_dict() for t in self.plan.boundaries[k]],
-            "specs_out": [t.to_dict() for t in self.plan.boundaries[k + 1]],
-            "parent_pid": os.getpid(),
-        }
-        report_r, report_w = os.pipe()
-        os.set_blocking(report_r, False)
-        fds = {
-            "in_full": self._full[k].r, "in_free": self._free[k].w,
-            "out_full": self._full[k + 1].w, "out_free": self._free[k + 1].r,
-            "wake": self._wake[k].r, "report": report_w,
-        }
-        cfg["fds"] = fds
-        try:
-            return WorkerProcess(cfg, [fd for fd in fds.values() if fd is not None], report_r)
-        finally:
-            os.close(report_w)
-
-    def _wait_ready(self, k: int, epoch: int) -> None:
-        assert self._control is not None
-        deadline = time.monotonic() + self._start_timeout
-        proc = self._workers[k].process if k < len(self._workers) else None
-        while True:
-            ready = self._control.get(k, Control.READY)
-            if ready == 1 and self._control.get(k, Control.ACK) >= epoch:
-                return
-            if self._closed:
-                raise PipelineClosedError("the pipeline closed while a worker was starting")
-            proc = self._workers[k].process if k < len(self._workers) else proc
-            dead = ready == -1 or (proc is not None and not proc.is_alive())
-            if dead or time.monotonic() > deadline:
-                detail = proc.report() if proc is not None else ""
-                why = "exited" if dead else f"did not load within {self._start_timeout} s"
-                raise StageError(
-                    f"stage {k} worker {why} while loading its stage from {str(self.path)!r}"
-                    + (f": {detail}" if detail else ""), stage=k,
-                )
-            time.sleep(0.01)
 
     # -- client API --------------------------------------------------------------------------
     def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""Supervision of the ``local`` backend's workers: notice a dead or stuck worker, restart it,
+"""Supervision of the ``local`` backend's workers: start them, notice a dead or stuck one, restart it,
 replay what had not completed, and give up on a stage that keeps dying.
 
 Recovery, step by step: pause intake and collection; bump the *epoch* in the control block so
@@ -11,14 +11,18 @@ Requests already answered are not replayed, and the stale epoch keeps old slots 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Artifact
 from ..errors import CorepipeError, PipelineClosedError, StageError
+from ..plan import Plan
 from .process import WorkerProcess
 from .shm import Bell, Control, Ring
 
@@ -46,8 +50,16 @@ class Worker:
 
 
 class Supervisor:
-    """Mixin for `LocalPipeline`: the monitor thread's loop and the recovery it runs."""
+    """Mixin for `LocalPipeline`: starting workers, the monitor thread's loop, and recovery."""
 
+    path: Path
+    plan: Plan
+    _artifact: Artifact
+    _cores: list[list[int]]
+    _slots: int
+    _start_timeout: float
+    _full: list[Bell]
+    _free: list[Bell]
     _n: int
     _control: Control | None
     _workers: list[Worker]
@@ -68,10 +80,56 @@ class Supervisor:
     _death_window: float
 
     def _spawn(self, k: int) -> WorkerProcess:
-        raise NotImplementedError
+        assert self._control is not None
+        for field_ in (Control.READY, Control.BUSY_SINCE, Control.HEARTBEAT):
+            self._control.set(k, field_, 0)
+        cfg = {
+            "artifact": str(self._artifact.root.resolve()),  # workers start in "/"
+            "stage": k,
+            "num_stages": self._n,
+            "cores": self._cores[k],
+            "threads": len(self._cores[k]),
+            "slots": self._slots,
+            "control": self._control.shm.name,
+            "ring_in": self._rings[k].shm.name,
+            "ring_out": self._rings[k + 1].shm.name,
+            "specs_in": [t.to_dict() for t in self.plan.boundaries[k]],
+            "specs_out": [t.to_dict() for t in self.plan.boundaries[k + 1]],
+            "parent_pid": os.getpid(),
+        }
+        report_r, report_w = os.pipe()
+        os.set_blocking(report_r, False)
+        fds = {
+            "in_full": self._full[k].r, "in_free": self._free[k].w,
+            "out_full": self._full[k + 1].w, "out_free": self._free[k + 1].r,
+            "wake": self._wake[k].r, "report": report_w,
+        }
+        cfg["fds"] = fds
+        try:
+            return WorkerProcess(cfg, [fd for fd in fds.values() if fd is not None], report_r)
+        finally:
+            os.close(report_w)
 
     def _wait_ready(self, k: int, epoch: int) -> None:
-        raise NotImplementedError
+        assert self._control is not None
+        deadline = time.monotonic() + self._start_timeout
+        proc = self._workers[k].process if k < len(self._workers) else None
+        while True:
+            ready = self._control.get(k, Control.READY)
+            if ready == 1 and self._control.get(k, Control.ACK) >= epoch:
+                return
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a worker was starting")
+            proc = self._workers[k].process if k < len(self._workers) else proc
+            dead = ready == -1 or (proc is not None and not proc.is_alive())
+            if dead or time.monotonic() > deadline:
+                detail = proc.report() if proc is not None else ""
+                why = "exited" if dead else f"did not load within {self._start_timeout} s"
+                raise StageError(
+                    f"stage {k} worker {why} while loading its stage from {str(self.path)!r}"
+                    + (f": {detail}" if detail else ""), stage=k,
+                )
+            time.sleep(0.01)
 
     def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
         raise NotImplementedError
