@@ -56,3 +56,20 @@ def no_leaks():
     while shm_segments() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert shm_segments() - before == set(), f"shared memory left behind: {shm_segments() - before}"
+
+
+def compiled_chain(directory, weight_bytes: int, requests: int, seed: int):
+    """A 3-stage model (six MatMuls of ``weight_bytes`` each) whose output depends on its input,
+    compiled into ``directory``, with ``requests`` distinct inputs and their reference answers."""
+    import numpy as np
+    from graphcases import big_weight_model, run_reference
+
+    import corepipe
+
+    case = big_weight_model([weight_bytes] * 6)
+    path = directory / "a"
+    corepipe.compile(case.model, path, example_inputs=case.inputs(), num_cores=3)
+    rng = np.random.default_rng(seed)
+    name, spec = next(iter(case.feeds.items()))
+    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(requests)]
+    return path, feeds, [run_reference(case.model, f) for f in feeds]

@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from graphcases import all_cases, big_weight_model, run_reference
+from conftest import compiled_chain
+from graphcases import all_cases, run_reference
 
 import corepipe
 from corepipe import zoo
@@ -56,14 +57,7 @@ def test_real_architectures_through_worker_processes(tmp_path, name, kwargs, cor
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """A 3-stage model whose output depends on its input, with reference answers."""
-    case = big_weight_model([256 * 1024] * 6)
-    path = tmp_path_factory.mktemp("chain") / "a"
-    corepipe.compile(case.model, path, example_inputs=case.inputs(), num_cores=3)
-    rng = np.random.default_rng(1)
-    name, spec = next(iter(case.feeds.items()))
-    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(40)]
-    refs = [run_reference(case.model, f) for f in feeds]
-    return path, feeds, refs
+    return compiled_chain(tmp_path_factory.mktemp("chain"), 256 * 1024, requests=40, seed=1)
 
 
 def test_concurrent_submit_keeps_order_and_answers(chain):

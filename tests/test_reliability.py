@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import shm_segments, wait_gone
-from graphcases import all_cases, big_weight_model, run_reference
+from conftest import compiled_chain, shm_segments, wait_gone
+from graphcases import all_cases, run_reference
 
 import corepipe
 
@@ -24,14 +24,8 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    case = big_weight_model([1024 * 1024] * 6)
-    path = tmp_path_factory.mktemp("chain") / "a"
-    corepipe.compile(case.model, path, example_inputs=case.inputs(), num_cores=3)
-    rng = np.random.default_rng(2)
-    name, spec = next(iter(case.feeds.items()))
-    feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(200)]
-    refs = [run_reference(case.model, f) for f in feeds]
-    return path, feeds, refs
+    """A 3-stage model whose output depends on its input, with reference answers."""
+    return compiled_chain(tmp_path_factory.mktemp("chain"), 1024 * 1024, requests=200, seed=2)
 
 
 def _check(outs, refs):
