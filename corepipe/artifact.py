@@ -4,8 +4,9 @@ Layout (see design.md): ``manifest.json`` plus ``stage_NNN.onnx`` with its weigh
 ``stage_NNN.weights`` beside it. Loading trusts nothing: the manifest must parse and match its
 schema, every path must be a plain file name inside the directory (no ``..``, no absolute path,
 no symlink), every file must match its sha256, and each stage graph may refer to no external
-data but its own weights file. onnxruntime is then handed verified bytes, never a path, so it
-cannot be made to open a file we did not check.
+data but its own weights file. Each worker then loads a private copy of its stage, hashed
+while it is copied (`copy_stage`), so files swapped in the artifact after verification never
+reach onnxruntime.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ._version import __version__
 from .errors import ArtifactError
 from .plan import Plan, StagePlan
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]
 
 FORMAT = "corepipe-artifact"
 FORMAT_VERSION = 1
@@ -197,9 +198,6 @@ class Artifact:
         """Verify stage ``index`` while copying it into the private directory ``dest``."""
         return copy_stage(self.root, self.plan.stages[index], Path(dest))
 
-    def stage_bytes(self, index: int) -> bytes:
-        """The stage's ONNX model with its weights inlined, re-verified against the manifest."""
-        return load_stage_bytes(self.root, self.plan.stages[index])
 
 
 def open_artifact(root: str | os.PathLike[str], *, verify_hashes: bool = True) -> Artifact:
@@ -282,29 +280,6 @@ def _external_refs(
             )
         refs.append((tensor, offset, length))
     return refs
-
-
-def load_stage_bytes(root: Path, st: StagePlan) -> bytes:
-    """Read one stage, verify it, inline its external weights, and return model bytes.
-
-    Only the stage's own weights file may be referenced, and only within its length.
-    """
-    path = _plain_file(root, st.file, f"stage {st.index} file")
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != st.sha256:
-        raise ArtifactError(f"stage {st.index} file {st.file!r} does not match its sha256")
-    model = _parse_stage(root, st, raw)
-    weights = b""
-    if st.weights_file is not None:
-        wpath = _plain_file(root, st.weights_file, f"stage {st.index} weights file")
-        weights = wpath.read_bytes()
-        if hashlib.sha256(weights).hexdigest() != st.weights_sha256:
-            raise ArtifactError(f"stage {st.index} weights {st.weights_file!r} do not match their sha256")
-    for tensor, offset, length in _external_refs(model, st, len(weights)):
-        tensor.raw_data = weights[offset : offset + length]
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    return model.SerializeToString()
 
 
 def copy_stage(root: Path, st: StagePlan, dest: Path) -> Path:
