@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .artifact import Plan, StagePlan, Target, TensorSpec
 from .compiler import CompiledModel, compile
 from .errors import (
     ArtifactError,
@@ -19,9 +20,7 @@ from .errors import (
     PipelineClosedError,
     StageError,
 )
-from .plan import Plan, StagePlan, TensorSpec
 from .runtime import Pipeline, PipelineStats, load
-from .target import Target
 
 __all__ = [
     "__version__",

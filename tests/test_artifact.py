@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import corepipe
 from corepipe import ArtifactError
-from corepipe.artifact import open_artifact
+from corepipe.artifact.manifest import open_artifact
 
 KIB = 1024
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from corepipe import zoo
-from corepipe.bench import run_bench
 from corepipe.cli import app
+from corepipe.cli.bench import run_bench
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -12,11 +12,11 @@ import pytest
 from graphcases import CASES, GraphCase, big_weight_model, broken_models, run_reference
 
 import corepipe
+from corepipe.artifact.plan import Plan
+from corepipe.artifact.sizes import format_bytes, parse_size
+from corepipe.artifact.target import resolve_target
+from corepipe.compiler.graph import analyze
 from corepipe.errors import CompileError, CorepipeError, DoesNotFitError
-from corepipe.graph import analyze
-from corepipe.plan import Plan
-from corepipe.sizes import format_bytes, parse_size
-from corepipe.target import resolve_target
 
 KIB = 1024
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import corepipe
 from corepipe import zoo
-from corepipe.partition import place_stages
+from corepipe.artifact.target import resolve_target
+from corepipe.compiler.partition import place_stages
 from corepipe.runtime.process import assign_cores
-from corepipe.target import resolve_target
 
 
 def _busiest(placement, seconds):

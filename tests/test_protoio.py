@@ -7,7 +7,7 @@ import pytest
 
 import corepipe
 from corepipe import zoo
-from corepipe.protoio import stream_load
+from corepipe.artifact.protoio import stream_load
 
 
 @pytest.mark.parametrize("external", [False, True])

@@ -20,8 +20,8 @@ import pytest
 from graphcases import CASES, GraphCase, run_reference
 
 import corepipe
-from corepipe.graph import ModelGraph, analyze
-from corepipe.plan import Plan
+from corepipe.artifact.plan import Plan
+from corepipe.compiler.graph import ModelGraph, analyze
 
 CASE_IDS = [make.__name__.removeprefix("case_") for make in CASES]
 

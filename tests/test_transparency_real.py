@@ -23,8 +23,8 @@ from graphcases import run_reference
 
 import corepipe
 from corepipe import zoo
-from corepipe.graph import ModelGraph, analyze
-from corepipe.plan import Plan
+from corepipe.artifact.plan import Plan
+from corepipe.compiler.graph import ModelGraph, analyze
 
 pytestmark = pytest.mark.slow
 

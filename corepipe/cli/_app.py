@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from .. import report
 from .._version import __version__
+from ..artifact.plan import Plan
 from ..errors import CorepipeError
-from ..plan import Plan
 from ..runtime import Pipeline, load
+from . import report
 
 __all__ = ["app", "cli_errors", "err", "out", "print_plan", "print_run", "start_pipeline", "stream"]
 

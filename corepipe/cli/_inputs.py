@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import typer
 
-from ..plan import TensorSpec
+from ..artifact.plan import TensorSpec
 
 __all__ = [
     "DTYPES",

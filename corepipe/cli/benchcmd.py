@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..bench import BenchResult, run_bench
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
+from .bench import BenchResult, run_bench
 
 __all__ = ["bench_cmd", "markdown"]
 

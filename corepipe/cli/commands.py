@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from .. import report
-from ..artifact import open_artifact
-from ..compiler import compile as compile_model
-from ..compiler import parse_compiler_args
+from ..artifact.manifest import open_artifact
+from ..compiler.driver import compile as compile_model
+from ..compiler.driver import parse_compiler_args
+from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
 from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
 

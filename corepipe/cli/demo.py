@@ -15,10 +15,11 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from .. import report, zoo
-from ..compiler import compile as compile_model
-from ..runtime.stage import make_session
-from ..target import host_cores
+from .. import zoo
+from ..artifact.target import host_cores
+from ..compiler.driver import compile as compile_model
+from ..engines.ort import make_session
+from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
 
 __all__ = ["demo_backend", "demo_cmd"]

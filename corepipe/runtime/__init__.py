@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..artifact import open_artifact
+from ..artifact.manifest import open_artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
 

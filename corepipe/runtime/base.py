@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plan import Plan
+from ..artifact.plan import Plan
 
 __all__ = ["Pipeline", "StageStats", "PipelineStats"]
 

@@ -14,11 +14,11 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from ..artifact import Artifact
+from ..artifact.manifest import Artifact
+from ..artifact.signature import check_feeds
+from ..engines.ort import StageRunner
 from ..errors import PipelineClosedError, StageError
-from ..signature import check_feeds
 from .base import Pipeline, PipelineStats, StageStats
-from .stage import StageRunner
 
 __all__ = ["InlinePipeline"]
 

@@ -23,9 +23,9 @@ from concurrent.futures import Future
 import numpy as np
 import psutil
 
-from ..artifact import Artifact
+from ..artifact.manifest import Artifact
+from ..artifact.signature import check_feeds
 from ..errors import CorepipeError, PipelineClosedError
-from ..signature import check_feeds
 from .base import Pipeline, PipelineStats, StageStats
 from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any

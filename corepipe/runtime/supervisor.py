@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact
+from ..artifact.manifest import Artifact
+from ..artifact.plan import Plan
 from ..errors import CorepipeError, PipelineClosedError, StageError
-from ..plan import Plan
 from .process import WorkerProcess
 from .shm import Bell, Control, Ring
 

@@ -53,9 +53,9 @@ def worker_main(config_json: str) -> None:
                 os.sched_setaffinity(0, set(cfg["cores"]))
             except (AttributeError, OSError):
                 pass
-        from ..artifact import open_artifact
-        from ..plan import TensorSpec
-        from .stage import StageRunner
+        from ..artifact.manifest import open_artifact
+        from ..artifact.plan import TensorSpec
+        from ..engines.ort import StageRunner
 
         artifact = open_artifact(cfg["artifact"], verify_hashes=False)  # the runner re-verifies its own bytes
         runner = StageRunner(artifact, k, threads=cfg["threads"], spin=False)

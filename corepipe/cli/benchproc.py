@@ -1,6 +1,6 @@
 """Baseline processes for `corepipe bench`: one onnxruntime session, timed in its own process.
 
-Run as ``python -m corepipe.benchproc CONFIG_JSON``. Modes:
+Run as ``python -m corepipe.cli.benchproc CONFIG_JSON``. Modes:
 - ``serial``: one session with ``threads`` intra-op threads runs ``requests`` requests one by one.
 - ``parallel``: one of K copies; loads, warms up, prints ``ready``, waits for a line on stdin,
   runs its share, then reports. The parent starts all K at once and times the whole.

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import CompileError
+from ..errors import CompileError
 
 __all__ = ["stream_load", "load_checked", "skeleton", "structure", "tensor_nbytes"]
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import CompileError
-from .plan import TensorSpec
-from .protoio import structure
+from ..artifact.plan import TensorSpec
+from ..artifact.protoio import structure
+from ..errors import CompileError
 
 __all__ = ["CROSSABLE", "dtype_of", "fix_inputs", "probe_shapes"]
 

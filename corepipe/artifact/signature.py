@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .plan import TensorSpec
 
 __all__ = ["check_feeds"]

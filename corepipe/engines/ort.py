@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import Artifact
+from ..artifact.manifest import Artifact
+from ..artifact.plan import StagePlan
 from ..errors import StageError
-from ..plan import StagePlan
 
 __all__ = ["StageRunner", "make_session", "node_from_message"]
 

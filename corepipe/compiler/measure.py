@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..artifact.target import Target
+from ..engines.ort import make_session
 from . import solver
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
-from .runtime.stage import make_session
-from .target import Target
 
 __all__ = ["measured_balance", "time_stages"]
 

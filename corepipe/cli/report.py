@@ -25,9 +25,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .plan import Plan
-from .runtime import PipelineStats
-from .sizes import format_bytes
+from ..artifact.plan import Plan
+from ..artifact.sizes import format_bytes
+from ..runtime import PipelineStats
 
 __all__ = [
     "MIB",

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .compiler import compile as compile_model
-from .plan import TensorSpec
-from .runtime.process import module_command
+from ..artifact.plan import TensorSpec
+from ..compiler.driver import compile as compile_model
+from ..runtime.process import module_command
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
 
@@ -101,7 +101,7 @@ def example_feeds(specs: tuple[TensorSpec, ...] | list[TensorSpec], seed: int = 
 def resolve_model(model: str, workdir: Path) -> tuple[Path, dict[str, np.ndarray] | None]:
     """A model path, or ``zoo:NAME`` for a built-in architecture saved under ``workdir``."""
     if model.startswith("zoo:"):
-        from . import zoo
+        from .. import zoo
 
         proto, feeds = zoo.get(model[4:])
         path = workdir / f"{model[4:]}.onnx"
@@ -117,7 +117,7 @@ def _proc_config(model: Path, inputs: Path, mode: str, threads: int, requests: i
 
 
 def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int]) -> dict[str, Any]:
-    argv, env = module_command("corepipe.benchproc",
+    argv, env = module_command("corepipe.cli.benchproc",
                                _proc_config(model, inputs, "serial", threads, requests, warmup, cores))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -128,7 +128,7 @@ def _parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: list
     procs = [
         subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for argv, env in (
-            module_command("corepipe.benchproc",
+            module_command("corepipe.cli.benchproc",
                            _proc_config(model, inputs, "parallel", 1, share[i], warmup, [c]))
             for i, c in enumerate(cores)
         )
@@ -226,7 +226,7 @@ def run_bench(
 def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:
     import psutil
 
-    from .runtime import load
+    from ..runtime import load
 
     with load(path, backend="local", cores=cores) as pipe:
         # Steady state: the warm-up requests stream right ahead of the timed ones, so the

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..artifact.plan import StagePlan, TensorSpec
+from ..artifact.target import Target
 from .graph import ModelGraph
-from .plan import StagePlan, TensorSpec
 from .solver import Problem
-from .target import Target
 
 __all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages"]
 

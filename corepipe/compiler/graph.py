@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import CompileError
-from .plan import TensorSpec
-from .protoio import load_checked, skeleton, tensor_nbytes
+from ..artifact.plan import TensorSpec
+from ..artifact.protoio import load_checked, skeleton, tensor_nbytes
+from ..errors import CompileError
 from .shapes import CROSSABLE, dtype_of, fix_inputs, probe_shapes
 
 __all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from ..artifact.manifest import open_artifact, write_artifact
+from ..artifact.plan import Plan, StagePlan, TensorSpec
+from ..artifact.sizes import format_bytes
+from ..artifact.target import Target, resolve_target
+from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
-from .artifact import open_artifact, write_artifact
 from .cost import estimate_node_seconds
-from .errors import ArtifactError, CompileError, DoesNotFitError
 from .graph import ModelGraph, analyze
 from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
-from .plan import Plan, StagePlan, TensorSpec
-from .sizes import format_bytes
-from .target import Target, resolve_target
 
 if TYPE_CHECKING:
-    from .runtime import Pipeline
+    from ..runtime import Pipeline
 
 __all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress"]
 
@@ -65,7 +65,7 @@ class CompiledModel:
 
     def load(self, backend: str = "local", **kwargs: Any) -> Pipeline:
         """Start a pipeline on this artifact; see `corepipe.load`."""
-        from .runtime import load
+        from ..runtime import load
 
         return load(self.path, backend=backend, **kwargs)
 
@@ -303,7 +303,7 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
         raise CompileError(
             f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}; they "
             "index the nodes left after Constant nodes are folded into weights "
-            "(corepipe.graph.analyze(model).nodes)"
+            "(corepipe.compiler.graph.analyze(model).nodes)"
         )
     return bounds
 

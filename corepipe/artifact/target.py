@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .errors import CompileError
+from ..errors import CompileError
 from .sizes import parse_size
 
 __all__ = ["Target", "resolve_target", "host_cores"]

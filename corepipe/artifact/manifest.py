@@ -24,8 +24,8 @@ from typing import Any
 
 import onnx
 
-from ._version import __version__
-from .errors import ArtifactError
+from .._version import __version__
+from ..errors import ArtifactError
 from .plan import Plan, StagePlan
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]

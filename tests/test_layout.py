@@ -1,0 +1,89 @@
+"""The package layout shows the architecture: imports point down the layers (design.md).
+
+    cli ─► serve ─► runtime ─► engines ─► artifact ─► errors
+    cli ─► compiler ─► runtime (balance under load, CompiledModel.load), engines (timing stages)
+    compiler ─► frontends (framework models in)
+
+The runtime never imports the compiler, and the artifact layer imports no other package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "corepipe"
+
+#: package -> the corepipe packages it may import (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "_version": set(),
+    "artifact": {"errors", "_version"},
+    "engines": {"artifact", "errors"},
+    "runtime": {"engines", "artifact", "errors"},
+    "frontends": {"errors"},
+    "compiler": {"runtime", "engines", "artifact", "errors", "_version", "frontends"},
+    "serve": {"runtime", "engines", "artifact", "errors", "_version"},
+    "zoo": set(),
+}
+#: Modules at the top (the public API and the CLI) may import any layer.
+TOP = {"__init__", "__main__", "cli", "tensorflow"}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+def _package_of(path: Path) -> str:
+    return path.relative_to(PKG).parts[0].removesuffix(".py")
+
+
+def _imported_packages(path: Path) -> set[str]:
+    """The top-level corepipe packages that ``path`` imports, at any depth of the module."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = path.relative_to(PKG).with_suffix("").parts
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = list(here[:-1])
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                parts = base + (node.module.split(".") if node.module else [])
+                if not parts:  # `from . import x` at the top: x is the package
+                    out.update(alias.name for alias in node.names)
+                    continue
+                out.add(parts[0])
+            elif node.module and node.module.split(".")[0] == "corepipe":
+                parts = node.module.split(".")
+                out.add(parts[1] if len(parts) > 1 else "__init__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "corepipe" and len(parts) > 1:
+                    out.add(parts[1])
+    return out
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_point_down(path: Path) -> None:
+    package = _package_of(path)
+    if package in TOP:
+        return
+    assert package in ALLOWED, f"{package!r} is a new package: add it to the layer map in this test"
+    wrong = _imported_packages(path) - ALLOWED[package] - {package}
+    assert not wrong, f"{path.relative_to(PKG)} ({package}) imports {sorted(wrong)}: imports must point down"
+
+
+def test_packages_not_modules_at_the_top() -> None:
+    """Concepts live in packages; the top level holds the public API and the error hierarchy."""
+    loose = {p.name for p in PKG.glob("*.py")}
+    extra = loose - {"__init__.py", "__main__.py", "_version.py", "errors.py", "tensorflow.py"}
+    assert not extra, f"modules at the package's top level: {sorted(extra)}; move each into its concept's package"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_files_stay_small(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= 450, f"{path.relative_to(PKG)} has {lines} lines: split it along a concept"
