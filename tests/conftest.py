@@ -9,11 +9,30 @@ import psutil
 import pytest
 
 
-def shm_segments() -> set[str]:
+def _ours(pid: int) -> bool:
+    """Whether a segment made by ``pid`` belongs to this test run: made by this process or one of
+    its descendants, or by a process now gone (a leak). Segments of other live processes (another
+    test run on the same machine) are theirs to clean."""
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return True
     try:
-        return set(os.listdir("/dev/shm"))
+        return any(p.pid == os.getpid() for p in psutil.Process(pid).parents())
+    except psutil.Error:
+        return True
+
+
+def shm_segments() -> set[str]:
+    """corepipe's shared-memory segments (``corepipe_<pid>_<random>``) that belong to this run."""
+    try:
+        names = os.listdir("/dev/shm")
     except FileNotFoundError:  # not Linux
         return set()
+    out = set()
+    for name in names:
+        parts = name.split("_")
+        if parts[0] == "corepipe" and len(parts) == 3 and parts[1].isdigit() and _ours(int(parts[1])):
+            out.add(name)
+    return out
 
 
 def corepipe_children() -> list[psutil.Process]:

@@ -13,6 +13,7 @@ before data; x86-64 keeps stores in order, which is what this relies on (see not
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import sys
 from collections.abc import Sequence
@@ -21,8 +22,8 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from ..artifact.plan import TensorSpec
 from ..errors import StageError
-from ..plan import TensorSpec
 
 __all__ = ["Ring", "Control", "Bell", "attach_shm", "encode_error", "decode_error", "EMPTY", "FULL", "OK", "ERROR"]
 
@@ -50,6 +51,12 @@ def attach_shm(name: str) -> SharedMemory:
         return SharedMemory(name=name)
     finally:
         resource_tracker.register = original  # type: ignore[assignment]
+
+
+def create_shm(size: int) -> SharedMemory:
+    """A new segment named ``corepipe_<pid>_<random>``: whose it is shows in ``/dev/shm``, so a
+    leak is easy to attribute (and tests can tell their segments from a neighbour's)."""
+    return SharedMemory(create=True, name=f"corepipe_{os.getpid()}_{secrets.token_hex(6)}", size=max(size, 1))
 
 
 def _max_dims(specs: Sequence[TensorSpec]) -> int:
@@ -111,7 +118,7 @@ class Ring:
 
     @classmethod
     def create(cls, specs: Sequence[TensorSpec], slots: int) -> Ring:
-        shm = SharedMemory(create=True, size=max(cls.size_for(specs, slots), 1))
+        shm = create_shm(cls.size_for(specs, slots))
         ring = cls(specs, slots, shm)
         ring.reset()
         return ring
@@ -239,7 +246,7 @@ class Control:
 
     @classmethod
     def create(cls, stages: int) -> Control:
-        shm = SharedMemory(create=True, size=(cls.GLOBAL + stages * cls.PER_STAGE) * 8)
+        shm = create_shm((cls.GLOBAL + stages * cls.PER_STAGE) * 8)
         c = cls(stages, shm)
         c.words[:] = 0
         return c
