@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import time
 
+# Keep every test's Ray traffic on the loopback: Ray reads this when it is imported, and binds the
+# machine's other interface without it (the clusters' nodes also name node_ip_address=127.0.0.1).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 import psutil
 import pytest
 

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "_version": set(),
     "artifact": {"errors", "_version"},
     "engines": {"artifact", "errors"},
-    "runtime": {"engines", "artifact", "errors"},
+    "runtime": {"engines", "artifact", "errors", "_version"},
     "frontends": {"errors"},
     "compiler": {"runtime", "engines", "artifact", "errors", "_version", "frontends"},
     "serve": {"runtime", "engines", "artifact", "errors", "_version"},

@@ -127,22 +127,49 @@ def _inf1() -> Target:
     )
 
 
-_TARGETS = {"cpu": _cpu, "inf1": _inf1}
+def _ray(nodes: int = 1024) -> Target:
+    # A Ray cluster, one stage per node: ``core_memory`` is what one node may hold of resident
+    # weights (by default a node like this host; declare the same with `ray start --memory`),
+    # and every hand-off crosses the network (figures for 10 Gb/s Ethernet).
+    cpu = _cpu()
+    return Target(
+        name="ray",
+        devices=nodes,
+        cores_per_device=1,
+        core_memory=cpu.core_memory * cpu.cores_per_device,
+        flops_per_s=cpu.flops_per_s,
+        mem_bytes_per_s=cpu.mem_bytes_per_s,
+        node_overhead_s=cpu.node_overhead_s,
+        link_latency_s=200e-6,
+        link_bytes_per_s=1.25e9,
+        cross_device_latency_s=200e-6,
+        cross_device_bytes_per_s=1.25e9,
+    )
+
+
+_TARGETS = {"cpu": _cpu, "inf1": _inf1, "ray": _ray}
 
 
 def resolve_target(target: str | Target, core_memory: int | str | None = None) -> Target:
     """Turn a target name or object plus an optional core-memory override into a `Target`.
 
+    Names: ``cpu`` (this host's cores), ``inf1`` (16 Inferentia devices x 4 cores), ``ray`` or
+    ``ray:N`` (one stage per Ray node, up to N nodes; ``core_memory`` is a node's budget).
+
     Raises:
         CompileError: unknown target name or unreadable size.
     """
+    name, _, count = target.partition(":") if isinstance(target, str) else ("", "", "")
     if isinstance(target, Target):
         resolved = target
     elif isinstance(target, str) and target in _TARGETS:
         resolved = _TARGETS[target]()
+    elif name == "ray" and count.isdigit() and int(count) > 0:
+        resolved = _ray(int(count))
     else:
         raise CompileError(
-            f"unknown target {target!r}: use one of {sorted(_TARGETS)} or a corepipe.Target"
+            f"unknown target {target!r}: use one of {sorted(_TARGETS)}, 'ray:N' (a cluster of N "
+            "Ray nodes) or a corepipe.Target"
         )
     if core_memory is not None:
         try:

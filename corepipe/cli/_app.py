@@ -27,7 +27,8 @@ from ..errors import CorepipeError
 from ..runtime import Pipeline, load
 from . import report
 
-__all__ = ["app", "cli_errors", "err", "out", "print_plan", "print_run", "start_pipeline", "stream"]
+__all__ = ["app", "backend_options", "cli_errors", "err", "out", "print_plan", "print_run",
+           "start_pipeline", "stream"]
 
 app = typer.Typer(
     name="corepipe",
@@ -81,6 +82,19 @@ def _root(
     for console in (out, err):
         # Piped or captured output: rich would assume 80 columns and squeeze the stage table.
         console.width = console.size.width if console.is_terminal or "COLUMNS" in os.environ else 120
+
+
+def backend_options(backend: str, address: str | None, placement: str | None) -> dict[str, Any]:
+    """The ``ray`` backend's flags as `corepipe.load` options; refused with other backends."""
+    if backend != "ray":
+        given = [flag for flag, value in (("--address", address), ("--placement", placement)) if value]
+        if given:
+            raise typer.BadParameter(f"{' and '.join(given)} apply to --backend ray only, not {backend!r}")
+        return {}
+    options: dict[str, Any] = {"address": address}
+    if placement is not None:
+        options["placement_strategy"] = placement.upper()
+    return options
 
 
 def start_pipeline(artifact: Path, backend: str, **options: Any) -> Pipeline:

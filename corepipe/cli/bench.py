@@ -36,6 +36,7 @@ class BenchRow:
     rss_bytes: list[int] = field(default_factory=list)  # per process
     uss_bytes: list[int] = field(default_factory=list)
     handoff_s: float | None = None  # pipeline only: latency minus the stages' own run times
+    boundary_s: list[float] = field(default_factory=list)  # ray: mean send-to-arrival per boundary
 
 
 @dataclass
@@ -48,6 +49,7 @@ class BenchResult:
     stages: list[dict[str, Any]]
     compile_s: float
     host: str
+    backend: str = "local"
 
     def row(self, name: str) -> BenchRow:
         return next(r for r in self.rows if r.name == name)
@@ -61,6 +63,8 @@ class BenchResult:
             f"vs {self.cores} threads": pipe / self.row(f"ort {self.cores} threads").throughput,
             f"vs {self.cores} sessions in parallel": pipe / self.row(f"{self.cores} sessions in parallel").throughput,
         }
+        if self.backend != "local":
+            out[f"{self.backend} vs local backend"] = pipe / self.row("corepipe local").throughput
         return out
 
     def handoff_per_boundary_s(self) -> float | None:
@@ -165,6 +169,8 @@ def run_bench(
     balance: str = "measure",
     example_inputs: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> BenchResult:
     """Compile ``model`` for ``cores`` cores and measure it against the baselines, in one run.
 
@@ -176,6 +182,9 @@ def run_bench(
         balance: compile option, ``"measure"`` (default) or ``"estimate"``.
         example_inputs: inputs to send (default: deterministic random inputs of the signature).
         progress: optional callback told which step runs.
+        backend: the pipeline's backend; with another than ``"local"`` the ``local`` pipeline is
+            measured too, in the same run, and the ratio between them reported.
+        address: Ray cluster for ``backend="ray"`` (default: a private instance on this host).
     """
     say = progress or (lambda step: None)
     avail = sorted(os.sched_getaffinity(0))
@@ -210,8 +219,13 @@ def run_bench(
             f"{k} sessions in parallel", rate, float(np.median([x["latency_p50_s"] for x in results])),
             [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
         ))
-        say(f"corepipe pipeline, {k} stages")
-        rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
+        say(f"corepipe pipeline, {k} stages ({backend} backend)")
+        options: dict[str, Any] = {"address": address} if backend == "ray" else {"cores": use}
+        rows.append(_pipeline_row(cm.path, feeds, requests, warmup, backend, options))
+        if backend != "local":
+            say(f"corepipe pipeline, {k} stages (local backend)")
+            rows.append(_pipeline_row(cm.path, feeds, requests, warmup, "local", {"cores": use},
+                                      name="corepipe local"))
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
              "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
@@ -220,15 +234,32 @@ def run_bench(
     return BenchResult(
         model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
         stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {len(avail)} cores",
+        backend=backend,
     )
 
 
-def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:
+def _stage_pids(pipe: Any) -> list[int]:
+    if hasattr(pipe, "worker_pids"):
+        return list(pipe.worker_pids())
+    return [int(w["pid"]) for w in pipe.placement()]  # ray: actors on this host in a bench
+
+
+def _boundary_means(before: Any, after: Any) -> list[float]:
+    """Mean hand-off per boundary between two stats snapshots (backends that time them)."""
+    out = []
+    for a, b in zip(before.boundaries, after.boundaries):
+        n = b.handoffs - a.handoffs
+        out.append((b.mean_s * b.handoffs - a.mean_s * a.handoffs) / n if n > 0 else 0.0)
+    return out
+
+
+def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int,
+                  backend: str, options: dict[str, Any], name: str = "corepipe") -> BenchRow:
     import psutil
 
     from ..runtime import load
 
-    with load(path, backend="local", cores=cores) as pipe:
+    with load(path, backend=backend, **options) as pipe:
         # Steady state: the warm-up requests stream right ahead of the timed ones, so the
         # pipeline is full when the clock starts (its fill time is a one-off, like a session's
         # first run, and the baselines have none to pay).
@@ -251,8 +282,9 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             for a, b in zip(before.stages, after.stages)
         )
         rss, uss = [], []
-        for pid in pipe.worker_pids():  # type: ignore[attr-defined]
+        for pid in _stage_pids(pipe):
             info = psutil.Process(pid).memory_full_info()
             rss.append(int(info.rss))
             uss.append(int(getattr(info, "uss", info.rss)))
-    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)
+    return BenchRow(name, rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service,
+                    boundary_s=_boundary_means(before, after))

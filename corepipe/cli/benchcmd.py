@@ -56,6 +56,11 @@ def markdown(result: BenchResult, command: str) -> str:
                  f"session): {result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone "
                  f"(latency minus the stages' run times, per hand-off incl. client in/out): "
                  f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms")
+    pipe_row = result.row("corepipe")
+    if pipe_row.boundary_s:
+        lines.append(f"{result.backend} hand-off per boundary (send to arrival, one request in flight; "
+                     "client in, stage to stage, out to client): "
+                     + ", ".join(f"{x * 1e3:.2f} ms" for x in pipe_row.boundary_s))
     stage_txt = "; ".join(
         f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
@@ -75,6 +80,8 @@ def bench_cmd(
     inputs: Annotated[Path | None, typer.Option("--inputs", help="Example inputs (.npz, one array per model input) to send instead of random ones.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", metavar="local|ray", help="The pipeline's backend; with ray, the local backend is measured too, in the same run.")] = "local",
+    address: Annotated[str | None, typer.Option("--address", metavar="auto|ray://HOST:PORT", help="Ray cluster for --backend ray (default: a private instance on this host).", show_default=False)] = None,
 ) -> None:
     """Measure the pipeline against the baselines a user would pick, in one run.
 
@@ -88,8 +95,14 @@ def bench_cmd(
         corepipe bench zoo:resnet50
 
         corepipe bench bert.onnx --inputs feeds.npz --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
+
+        corepipe bench zoo:resnet50 --cores 2 --backend ray
     """
     with cli_errors():
+        if backend not in ("local", "ray"):
+            raise typer.BadParameter(f"--backend must be 'local' or 'ray', got {backend!r}")
+        if address is not None and backend != "ray":
+            raise typer.BadParameter(f"--address applies to --backend ray only, not {backend!r}")
         if balance not in ("measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
@@ -98,7 +111,8 @@ def bench_cmd(
         try:
             with err.status("starting") as status:
                 result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,
-                                   example_inputs=feeds, progress=lambda step: status.update(step))
+                                   example_inputs=feeds, progress=lambda step: status.update(step),
+                                   backend=backend, address=address)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         out.print(table(result))
@@ -108,11 +122,16 @@ def bench_cmd(
                   f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
                   f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
         pipe = result.row("corepipe")
+        if pipe.boundary_s:
+            out.print(f"{backend} hand-off per boundary (send to arrival, one in flight): "
+                      + ", ".join(f"{x * 1e3:.2f} ms" for x in pipe.boundary_s))
         out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
                   f"for {_mib(result.weight_bytes)} MiB of weights")
         if json_out is not None:
             json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         if md_out is not None:
             cmd = f"corepipe bench {model} --cores {result.cores} --requests {requests} --balance {balance}"
+            if backend != "local":
+                cmd += f" --backend {backend}"
             with open(md_out, "a") as f:
                 f.write(markdown(result, cmd) + "\n")

@@ -13,7 +13,17 @@ from ..artifact.manifest import open_artifact
 from ..compiler.driver import compile as compile_model
 from ..compiler.driver import parse_compiler_args
 from . import report
-from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
+from ._app import (
+    app,
+    backend_options,
+    cli_errors,
+    err,
+    out,
+    print_plan,
+    print_run,
+    start_pipeline,
+    stream,
+)
 from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
@@ -132,8 +142,17 @@ def run_cmd(
         help="Real inputs: one array per input name, either one request or a stack [R, ...] "
         "of R requests (cycled).", show_default=False)] = None,
     backend: Annotated[str, typer.Option(
-        "--backend", "-b", metavar="local|inline",
-        help="local: one pinned process per stage; inline: all stages in this process.")] = "local",
+        "--backend", "-b", metavar="local|inline|ray",
+        help="local: one pinned process per stage; inline: all stages in this process; ray: one "
+        "Ray actor per stage, on this machine or a cluster.")] = "local",
+    address: Annotated[str | None, typer.Option(
+        "--address", metavar="auto|ray://HOST:PORT",
+        help="Ray cluster to run on (--backend ray): 'auto' joins the cluster of `ray start`; "
+        "default: a private Ray instance on this machine.", show_default=False)] = None,
+    placement: Annotated[str | None, typer.Option(
+        "--placement", metavar="PACK|SPREAD|STRICT_SPREAD",
+        help="How Ray places the stages on nodes (--backend ray; default PACK).",
+        show_default=False)] = None,
     max_in_flight: Annotated[int | None, typer.Option(
         "--max-in-flight", "-k", min=1,
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
@@ -150,10 +169,14 @@ def run_cmd(
       corepipe run resnet_compiled/ --requests 200
 
       corepipe run bert_compiled/ --inputs tokens.npz --max-in-flight 8
+
+      corepipe run bert_compiled/ --backend ray --address auto --placement SPREAD
     """
     with cli_errors():
         arrays = load_npz(inputs_file) if inputs_file is not None else None
-        options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        options = backend_options(backend, address, placement)
+        if max_in_flight is not None:
+            options["max_in_flight"] = max_in_flight
         pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
         try:
             if arrays is not None:

@@ -165,10 +165,19 @@ def stats_table(stats: PipelineStats) -> Table:
 
 
 def latency_line(stats: PipelineStats) -> str:
-    return (
+    line = (
         f"latency p50 {stats.latency_p50_s * 1e3:.2f} ms, p90 {stats.latency_p90_s * 1e3:.2f} ms, "
         f"p99 {stats.latency_p99_s * 1e3:.2f} ms"
     )
+    if stats.boundaries:
+        last = len(stats.boundaries) - 1
+        parts = [
+            f"{'in' if b.index == 0 else 'out' if b.index == last else b.index} "
+            f"{b.mean_s * 1e3:.2f} ms ({b.nbytes / 2**10:,.0f} KiB)"
+            for b in stats.boundaries
+        ]
+        line += "\nhand-off per boundary (send to arrival, mean): " + ", ".join(parts)
+    return line
 
 
 def comparison_table(rows: Sequence[tuple[str, str, str, str]]) -> Table:

@@ -1,4 +1,4 @@
-"""Runtime: run a compiled artifact as a pipeline. Backends: ``local`` (default), ``inline``."""
+"""Runtime: run a compiled artifact as a pipeline. Backends: ``local`` (default), ``inline``, ``ray``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 
 from ..artifact.manifest import open_artifact
 from ..errors import CorepipeError
-from .base import Pipeline, PipelineStats, StageStats
+from .base import BoundaryStats, Pipeline, PipelineStats, StageStats
 
-__all__ = ["load", "Pipeline", "PipelineStats", "StageStats", "BACKENDS"]
+__all__ = ["load", "Pipeline", "PipelineStats", "StageStats", "BoundaryStats", "BACKENDS"]
 
-BACKENDS = ("local", "inline")
+BACKENDS = ("local", "inline", "ray")
 
 
 def load(path: str | os.PathLike[str], *, backend: str = "local", **options: Any) -> Pipeline:
@@ -19,11 +19,16 @@ def load(path: str | os.PathLike[str], *, backend: str = "local", **options: Any
 
     Args:
         path: artifact directory written by `corepipe.compile`.
-        backend: ``"local"`` (one pinned worker process per stage, shared-memory hand-off) or
-            ``"inline"`` (all stages in this process, one after another; tests and debugging).
+        backend: ``"local"`` (one pinned worker process per stage, shared-memory hand-off),
+            ``"inline"`` (all stages in this process, one after another; tests and debugging) or
+            ``"ray"`` (one Ray actor per stage, on one machine or a cluster).
         **options: backend options. ``local``: ``max_in_flight``, ``cores`` (list of core ids to
             pin to, default: this process's affinity), ``threads_per_stage``, ``stage_timeout``,
-            ``slots``, ``start_timeout``. ``inline``: ``threads``.
+            ``slots``, ``start_timeout``. ``inline``: ``threads``. ``ray``: ``address`` (``None``
+            starts a private local instance, ``"auto"``, ``"ray://host:port"``),
+            ``placement_strategy`` (PACK, SPREAD, STRICT_SPREAD), ``threads_per_stage``,
+            ``stage_resources``, ``stage_source``, ``max_in_flight``, ``stage_timeout``, ... (see
+            `corepipe.runtime.ray.RayPipeline`).
 
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
@@ -41,4 +46,8 @@ def load(path: str | os.PathLike[str], *, backend: str = "local", **options: Any
         from .local import LocalPipeline
 
         return LocalPipeline(artifact, **options)
+    if backend == "ray":
+        from .ray import RayPipeline
+
+        return RayPipeline(artifact, **options)
     raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")

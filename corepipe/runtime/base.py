@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifact.plan import Plan
 
-__all__ = ["Pipeline", "StageStats", "PipelineStats"]
+__all__ = ["Pipeline", "StageStats", "BoundaryStats", "PipelineStats"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,17 @@ class StageStats:
 
 
 @dataclass(frozen=True)
+class BoundaryStats:
+    """The hand-off of boundary ``index`` (0: client to stage 0; N: last stage to the client):
+    the tensors' bytes per request, hand-offs timed, and their mean time from send to arrival."""
+
+    index: int
+    nbytes: int
+    handoffs: int
+    mean_s: float
+
+
+@dataclass(frozen=True)
 class PipelineStats:
     backend: str
     completed: int
@@ -44,6 +55,7 @@ class PipelineStats:
     latency_p90_s: float
     latency_p99_s: float
     stages: list[StageStats] = field(default_factory=list)
+    boundaries: list[BoundaryStats] = field(default_factory=list)  # backends that time hand-offs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,252 @@
+"""A stage's Ray actor: loads its stage once (verified) and keeps the weights resident, runs the
+requests it receives in order, and pushes each result straight to the next stage's actor.
+
+Messages are plain data: ints, floats, short strings and lists of numpy arrays (Ray carries the
+arrays through its object store; the receiver reads them in place). No exception object and no
+other Python object crosses: a failure travels as ``(stage, node, message)``. Every array that
+arrives is checked against the boundary's compiled dtype and shape before the stage sees it.
+
+Threads inside the actor: Ray's ``data`` group runs `StageActor.push` (it only files the message
+by sequence number), the ``control`` group runs the driver's `reset`, `ping` and `take` calls, and
+the actor's own *compute* thread runs the stage on message ``seq`` = 0, 1, 2... of the current
+epoch, whatever order they arrived in. A `reset` to a new epoch (the driver is recovering from a
+dead actor) drops every message and result of the old one.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from ...artifact.plan import TensorSpec
+from ...errors import CorepipeError, StageError
+
+__all__ = ["StageActor", "OK", "ERROR", "GROUPS"]
+
+OK, ERROR = 0, 1
+#: Ray concurrency groups: one thread files data messages, a few answer the driver at once.
+GROUPS = {"data": 1, "control": 4}
+#: A failure as it travels: (stage index, node name or "", message).
+Failure = tuple[int, str, str]
+
+
+@dataclass
+class _Message:
+    seq: int
+    rid: int
+    sent_at: float
+    arrived: float
+    status: int
+    error: Failure | None
+    arrays: list[np.ndarray]
+
+
+def check_arrays(specs: list[TensorSpec], arrays: Any, where: str) -> list[np.ndarray]:
+    """The arrays of a message, checked against the boundary's specs (count, type, dtype, shape).
+
+    Raises:
+        CorepipeError: anything but a list of numpy arrays of the compiled dtypes and shapes.
+    """
+    if not isinstance(arrays, (list, tuple)) or len(arrays) != len(specs):
+        raise CorepipeError(f"{where}: expected {len(specs)} arrays, got {type(arrays).__name__}")
+    for spec, arr in zip(specs, arrays):
+        if type(arr) is not np.ndarray or str(arr.dtype) != spec.dtype:
+            got = f"{arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise CorepipeError(f"{where}: {spec.name!r} should be {spec.describe()}, got {got}")
+        fits = arr.ndim == len(spec.shape) and (
+            all(a <= b for a, b in zip(arr.shape, spec.shape)) if spec.dynamic else arr.shape == spec.shape
+        )
+        if not fits:
+            raise CorepipeError(
+                f"{where}: {spec.name!r} should be {spec.describe()}, got shape {list(arr.shape)}"
+            )
+    return list(arrays)
+
+
+def _failure(exc: BaseException, stage: int, rid: int) -> Failure:
+    if isinstance(exc, StageError):
+        return (exc.stage, exc.node or "", str(exc))
+    return (stage, "", f"stage {stage} failed on request {rid}: {type(exc).__name__}: {exc}")
+
+
+class StageActor:
+    """Stage ``index`` of ``num_stages``; ``specs_in``/``specs_out``: its boundaries as plain dicts."""
+
+    def __init__(self, index: int, num_stages: int, specs_in: list[dict[str, Any]],
+                 specs_out: list[dict[str, Any]], threads: int) -> None:
+        self.index = index
+        self.last = index == num_stages - 1
+        self._specs_in = [TensorSpec.from_dict(d) for d in specs_in]
+        self._names_in = [s.name for s in self._specs_in]
+        self._names_out = [TensorSpec.from_dict(d).name for d in specs_out]
+        self._threads = max(1, int(threads))
+        self._runner: Any = None
+        self._cv = threading.Condition()
+        self._epoch = -1  # nothing flows until the driver's first reset
+        self._next_seq = 0
+        self._inbox: dict[int, _Message] = {}
+        self._results: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._downstream: Any = None
+        self._busy_since = 0.0
+        self._current = -1
+        self._requests = 0
+        self._busy_s = 0.0
+        self._handoffs = 0
+        self._handoff_s = 0.0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._compute_loop, name="corepipe-stage", daemon=True)
+        self._thread.start()
+
+    # -- set-up (default group) --------------------------------------------------------------
+    def describe(self, path: str | None = None, manifest: str = "") -> dict[str, Any]:
+        """Where this actor runs, which corepipe it imports, and whether it sees the artifact at
+        ``path`` (the very manifest the driver verified)."""
+        import corepipe
+
+        from ...artifact.transfer import manifest_sha256
+
+        sees = False
+        if path:
+            try:
+                sees = manifest_sha256(path) == manifest
+            except Exception:  # not there, not readable, not an artifact: ship it instead
+                sees = False
+        ctx = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(), "node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "version": corepipe.__version__, "module": os.path.dirname(corepipe.__file__),
+            "sees_artifact": sees, "now": time.time(),
+        }
+
+    def load(self, path: str | None, manifest: str, payload: dict[str, bytes] | None) -> float:
+        """Load the stage once: from the shared ``path``, or from ``payload`` (bytes the driver
+        shipped; every hash checked here). Returns the seconds it took.
+
+        Raises:
+            ArtifactError: the artifact or payload fails verification.
+        """
+        from ...artifact.transfer import open_stage, receive_stage
+        from ...engines import StageRunner
+
+        start = time.perf_counter()
+        if payload is not None:
+            with tempfile.TemporaryDirectory(prefix=f"corepipe-ray-stage{self.index}-") as tmp:
+                artifact = receive_stage(payload, self.index, tmp, manifest)
+                del payload
+                self._runner = StageRunner(artifact, self.index, threads=self._threads, spin=False)
+        else:
+            artifact = open_stage(str(path), self.index, manifest)
+            self._runner = StageRunner(artifact, self.index, threads=self._threads, spin=False)
+        return time.perf_counter() - start
+
+    # -- data path ---------------------------------------------------------------------------
+    @ray.method(concurrency_group="data")
+    def push(self, epoch: int, seq: int, rid: int, sent_at: float, status: int,
+             error: Failure | None, arrays: list[np.ndarray]) -> None:
+        """File message ``seq`` of ``epoch`` (request ``rid``) for the compute thread. Messages of
+        another epoch are dropped: they belong to requests the driver replays."""
+        arrived = time.time()
+        if status == OK:
+            try:
+                arrays = check_arrays(self._specs_in, arrays, f"stage {self.index} input of request {rid}")
+            except CorepipeError as exc:
+                status, error, arrays = ERROR, (self.index, "", str(exc)), []
+        elif not (isinstance(error, tuple) and len(error) == 3):
+            status, error, arrays = ERROR, (self.index, "", f"request {rid} failed upstream"), []
+        else:
+            error = (int(error[0]), str(error[1]), str(error[2]))
+            arrays = []
+        with self._cv:
+            if epoch != self._epoch or seq < self._next_seq:
+                return
+            self._inbox[seq] = _Message(seq, rid, float(sent_at), arrived, status, error, arrays)
+            self._cv.notify_all()
+
+    def _compute_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and self._next_seq not in self._inbox:
+                    self._cv.wait()
+                if self._stopped:
+                    return
+                msg = self._inbox.pop(self._next_seq)
+                self._next_seq += 1
+                epoch = self._epoch
+                self._busy_since, self._current = time.time(), msg.rid
+                self._handoffs += 1
+                self._handoff_s += msg.arrived - msg.sent_at  # raw: the driver corrects clock offsets
+            start = time.perf_counter()
+            status, error, out = msg.status, msg.error, []
+            if status == OK:
+                try:
+                    result = self._runner.run(dict(zip(self._names_in, msg.arrays)), request_id=msg.rid)
+                    out = [result[name] for name in self._names_out]
+                except Exception as exc:  # StageError, or anything the engine raised
+                    status, error = ERROR, _failure(exc, self.index, msg.rid)
+            del msg.arrays  # let the object store release the input now
+            with self._cv:
+                self._busy_since, self._current = 0.0, -1
+                self._requests += 1
+                self._busy_s += time.perf_counter() - start
+                if epoch != self._epoch:
+                    continue  # a reset came while we ran: this result belongs to a dead epoch
+                downstream = self._downstream
+                if self.last:
+                    self._results.append((msg.seq, msg.rid, time.time(), status, error, out))
+                    self._cv.notify_all()
+                    continue
+            downstream.push.remote(epoch, msg.seq, msg.rid, time.time(), status, error, out)
+
+    # -- control (driver) --------------------------------------------------------------------
+    @ray.method(concurrency_group="control")
+    def reset(self, epoch: int, downstream: Any) -> None:
+        """Start ``epoch``: drop what the old one left, expect message 0 next, and send results
+        to ``downstream`` (the next stage's actor; ``None`` for the last stage)."""
+        with self._cv:
+            self._epoch = epoch
+            self._next_seq = 0
+            self._inbox.clear()
+            self._results.clear()
+            self._downstream = downstream
+            self._cv.notify_all()
+
+    @ray.method(concurrency_group="control")
+    def take(self, epoch: int, wait_s: float) -> tuple[int, list[tuple[Any, ...]]]:
+        """Last stage: the finished results of ``epoch`` in order, waiting up to ``wait_s`` for the
+        first. Each is ``(seq, rid, ready_at, status, error, arrays)``."""
+        deadline = time.monotonic() + wait_s
+        with self._cv:
+            while not self._results and not self._stopped and epoch == self._epoch:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            if epoch != self._epoch:
+                return self._epoch, []
+            out = list(self._results)
+            self._results.clear()
+        return epoch, out
+
+    @ray.method(concurrency_group="control")
+    def ping(self) -> dict[str, Any]:
+        """Liveness and counters: the actor's clock, what it runs since when, totals."""
+        with self._cv:
+            return {
+                "now": time.time(), "epoch": self._epoch, "busy_since": self._busy_since,
+                "current": self._current, "requests": self._requests, "busy_s": self._busy_s,
+                "queued": len(self._inbox), "handoffs": self._handoffs, "handoff_s": self._handoff_s,
+            }
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()

@@ -1,0 +1,388 @@
+"""The ``ray`` backend's client: one Ray actor per stage, placed through one placement group, with
+requests flowing stage to stage directly (each actor holds the next one's handle).
+
+The client keeps every request's inputs until its outputs arrive, so when an actor or its node
+dies it starts a new actor (Ray re-places the bundle on a live node) and replays what had not
+completed; see `corepipe.runtime.ray.recovery`. The contract is `Pipeline`'s.
+
+Threads in the client: `submit` sends a request to stage 0 itself; the *collector* long-polls the
+last stage for finished results and completes futures in order; the *monitor* pings every actor,
+notices dead, stuck or vanished ones, and runs recovery. Both are daemons; `close` stops them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ...artifact.manifest import Artifact
+from ...artifact.signature import check_feeds
+from ...artifact.transfer import manifest_sha256
+from ...errors import CorepipeError, PipelineClosedError, StageError
+from ..base import BoundaryStats, Pipeline, PipelineStats, StageStats
+from ..supervisor import Request
+from .actor import OK
+from .cluster import (
+    STRATEGIES,
+    bundles_for,
+    connect,
+    create_placement,
+    disconnect,
+    import_ray,
+)
+from .recovery import Recovery
+
+__all__ = ["RayPipeline"]
+
+_LIVE: weakref.WeakSet[RayPipeline] = weakref.WeakSet()
+_SOURCES = ("auto", "path", "ship")
+
+
+@atexit.register
+def _close_all() -> None:
+    for pipe in list(_LIVE):
+        try:
+            pipe.close(timeout=0)
+        except Exception:  # interpreter is going away; do what we can
+            pass
+
+
+def _per_stage(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n or any(type(v) is not int or v < 1 for v in values):
+        raise CorepipeError(f"{what} must be a positive int or one per stage ({n}), got {value!r}")
+    return values
+
+
+class RayPipeline(Recovery, Pipeline):
+    """One Ray actor per stage; see `Pipeline` for the contract.
+
+    Args:
+        artifact: a verified artifact (from `corepipe.load`).
+        address: ``None`` starts a private Ray instance on 127.0.0.1; ``"auto"`` joins the
+            cluster this machine belongs to (``ray start``); ``"ray://host:port"`` a remote one.
+            Ignored when this process is already connected (``ray.init``).
+        placement_strategy: ``PACK`` (default: as few nodes as the resources allow), ``SPREAD``,
+            ``STRICT_SPREAD`` (each stage on its own node) or ``STRICT_PACK``.
+        threads_per_stage: onnxruntime threads of each stage, and the CPUs its bundle reserves
+            (an int for all, or one per stage; default 1).
+        stage_resources: extra Ray resources per stage (one dict per stage), e.g. custom node
+            resources that pin stages to nodes.
+        reserve_memory: reserve each stage's resident weight bytes as Ray ``memory`` in its
+            bundle, so no node gets more stages than its declared memory holds (default True).
+        stage_source: ``"auto"`` (each actor reads the artifact directory when its node sees the
+            very same one, else the driver ships the stage's bytes once), ``"path"``, ``"ship"``.
+        runtime_env: Ray runtime environment when this call connects to a cluster.
+        max_in_flight: requests admitted at once (default ``2 * stages + 2``).
+        stage_timeout: seconds one stage may spend on one request (or stay silent) before its
+            actor is treated as dead (killed, restarted, requests replayed).
+        start_timeout: seconds to place the stages and load them.
+        max_deaths, death_window: a stage whose actor dies ``max_deaths`` times within
+            ``death_window`` seconds is given up on: its requests fail with `StageError`.
+
+    Raises:
+        CorepipeError: Ray missing or unreachable, a bad option, or a placement no node can hold.
+        StageError: an actor failed to start or to load its stage.
+    """
+
+    backend = "ray"
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        address: str | None = None,
+        placement_strategy: str = "PACK",
+        threads_per_stage: int | Sequence[int] = 1,
+        stage_resources: Sequence[Mapping[str, float]] | None = None,
+        reserve_memory: bool = True,
+        stage_source: str = "auto",
+        runtime_env: Mapping[str, Any] | None = None,
+        max_in_flight: int | None = None,
+        stage_timeout: float = 60.0,
+        start_timeout: float = 120.0,
+        max_deaths: int = 3,
+        death_window: float = 60.0,
+    ) -> None:
+        n = artifact.plan.num_cores
+        super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
+        strategy = str(placement_strategy).upper()
+        if strategy not in STRATEGIES:
+            raise CorepipeError(f"placement_strategy must be one of {list(STRATEGIES)}, got {placement_strategy!r}")
+        if stage_source not in _SOURCES:
+            raise CorepipeError(f"stage_source must be one of {list(_SOURCES)}, got {stage_source!r}")
+        if self.max_in_flight < 1:
+            raise CorepipeError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        self._threads_per = _per_stage(threads_per_stage, n, "threads_per_stage")
+        memory = [st.resident_bytes if reserve_memory else 0 for st in artifact.plan.stages]
+        self._bundles = bundles_for(self._threads_per, memory, stage_resources)
+        self._ray = import_ray()
+        self._artifact = artifact
+        self._manifest = manifest_sha256(artifact.root)
+        self._n = n
+        self._strategy = strategy
+        self._stage_source = stage_source
+        self._stage_timeout = stage_timeout
+        self._start_timeout = start_timeout
+        self._max_deaths = max_deaths
+        self._death_window = death_window
+        self._names = [[t.name for t in b] for b in artifact.plan.boundaries]
+        self._cv = threading.Condition()
+        self._pending: collections.deque[Request] = collections.deque()
+        self._inflight: dict[int, Request] = {}
+        self._admit = threading.BoundedSemaphore(self.max_in_flight)
+        self._ids = itertools.count()
+        self._epoch = 0
+        self._seq = 0
+        self._paused = False
+        self._closing = False
+        self._closed = False
+        self._broken: CorepipeError | None = None
+        self._final_stats: PipelineStats | None = None
+        self._completed = 0
+        self._failed = 0
+        self._replayed = 0
+        self._out_handoffs = [0, 0.0]  # last stage -> client: count, raw seconds
+        self._actors: list[Any] = []
+        self._connected = False
+        self._pg: Any = None
+        self._threads: list[threading.Thread] = []
+        self._init_recovery()
+        _LIVE.add(self)
+        try:
+            connect(address, num_cpus=max(os.cpu_count() or 1, sum(self._threads_per)),
+                    runtime_env=runtime_env)
+            self._connected = True
+            self._driver_ip = self._ray.util.get_node_ip_address()
+            self._pg = create_placement(self._bundles, strategy, start_timeout)
+            self._actors = [self._new_actor(k) for k in range(n)]
+            self._load_stages(list(range(n)))
+            self._wire(0)
+            self._answered = [time.monotonic()] * n
+        except BaseException:
+            self._shutdown()
+            raise
+        self._threads = [
+            threading.Thread(target=self._collect_loop, name="corepipe-ray-collector", daemon=True),
+            threading.Thread(target=self._monitor_loop, name="corepipe-ray-monitor", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- client API --------------------------------------------------------------------------
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        self._check_open()
+        checked = check_feeds(self.plan.inputs, feeds)
+        # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
+        kept = {name: np.array(checked[name], copy=True) for name in self._names[0]}
+        if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
+            raise TimeoutError(
+                f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
+                "raise max_in_flight or the timeout, or consume results faster"
+            )
+        fut: Future[dict[str, np.ndarray]] = Future()
+        with self._cv:
+            if self._closing or self._broken is not None:
+                self._admit.release()
+                self._check_open()
+                raise PipelineClosedError("the pipeline is closing")
+            req = Request(next(self._ids), kept, fut, time.perf_counter())
+            fut.request_id = req.rid  # type: ignore[attr-defined]
+            fut.set_running_or_notify_cancel()
+            if self._paused or self._pending:
+                self._pending.append(req)
+            else:
+                self._send(req)
+        return fut
+
+    def _send(self, req: Request) -> None:
+        """Hand ``req`` to stage 0 (called with ``_cv`` held, so sequence numbers follow rids)."""
+        seq, self._seq = self._seq, self._seq + 1
+        self._inflight[req.rid] = req
+        arrays = [req.feeds[name] for name in self._names[0]]
+        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, arrays)
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise PipelineClosedError(f"the pipeline broke and takes no more requests: {self._broken}")
+        if self._closing or self._closed:
+            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
+
+    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        # Free the request's place first: a done-callback that submits again must find room.
+        self._admit.release()
+        if error is None:
+            self._completed += 1
+            self._latencies.add(time.perf_counter() - req.submitted)
+            if not req.future.done():
+                req.future.set_result(result)  # type: ignore[arg-type]
+        else:
+            self._failed += 1
+            if not req.future.done():
+                req.future.set_exception(error)
+
+    # -- collector ---------------------------------------------------------------------------
+    def _collect_loop(self) -> None:
+        ray = self._ray
+        while True:
+            with self._cv:
+                while self._paused and not self._closed:
+                    self._cv.wait(0.2)
+                if self._closed:
+                    return
+                epoch, last = self._epoch, self._actors[-1]
+            ref = last.take.remote(epoch, 0.5)
+            ready: list[Any] = []
+            while not ready and not self._closed and epoch == self._epoch:
+                ready, _ = ray.wait([ref], timeout=0.1)
+            if not ready:
+                continue
+            try:
+                got_epoch, results = ray.get(ref)
+            except Exception:  # the last actor died: the monitor recovers, then we go on
+                time.sleep(0.05)
+                continue
+            self._deliver(got_epoch, results)
+
+    def _deliver(self, epoch: int, results: list[tuple[Any, ...]]) -> None:
+        received = time.time()
+        done = []
+        with self._cv:
+            if epoch != self._epoch or self._paused:
+                return  # a recovery began: these requests are replayed
+            for _seq, rid, ready_at, status, error, arrays in results:
+                req = self._inflight.pop(rid, None)
+                if req is None:
+                    continue
+                self._out_handoffs[0] += 1
+                self._out_handoffs[1] += received - ready_at
+                done.append((req, status, error, arrays))
+        for req, status, error, arrays in done:
+            if status == OK:
+                values = dict(zip(self._names[-1], arrays))
+                result = {t.name: np.array(values[t.name], copy=True) for t in self.plan.outputs}
+                self._finish(req, result, None)
+            else:
+                stage, node, message = error
+                self._finish(req, None, StageError(message, stage=int(stage), request_id=req.rid,
+                                                   node=node or None))
+
+    # -- stats / close -----------------------------------------------------------------------
+    def stats(self) -> PipelineStats:
+        if self._final_stats is not None:  # closed: the figures as they stood at the end
+            return self._final_stats
+        elapsed = time.perf_counter() - self._started
+        p50, p90, p99 = self._latencies.percentiles()
+        pings = self._fresh_pings()
+        stages = []
+        for k in range(self._n):
+            p, where = pings.get(k) or {}, self._where[k] if k < len(self._where) else {}
+            requests, busy = int(p.get("requests", 0)), float(p.get("busy_s", 0.0))
+            stages.append(StageStats(
+                index=k, pid=where.get("pid"), core=f"{where.get('ip', '?')} node {where.get('node_id', '?')[:8]}",
+                requests=requests, busy_s=busy, busy_pct=100.0 * busy / elapsed if elapsed else 0.0,
+                mean_service_s=busy / requests if requests else 0.0, queue_depth=int(p.get("queued", 0)),
+                restarts=self._restarts[k],
+            ))
+        with self._cv:
+            in_flight = len(self._inflight) + len(self._pending)
+        return PipelineStats(
+            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
+            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
+            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
+            boundaries=self._boundary_stats(pings),
+        )
+
+    def _boundary_stats(self, pings: Mapping[int, Mapping[str, Any]]) -> list[BoundaryStats]:
+        """Mean send-to-arrival time per boundary, clocks of other hosts corrected by their offsets."""
+        out = []
+        for b, specs in enumerate(self.plan.boundaries):
+            nbytes = sum(t.nbytes for t in specs)
+            if b < self._n:
+                p = pings.get(b) or {}
+                count, raw = int(p.get("handoffs", 0)), float(p.get("handoff_s", 0.0))
+                skew = self._offset(b) - (self._offset(b - 1) if b > 0 else 0.0)
+            else:
+                count, raw = int(self._out_handoffs[0]), float(self._out_handoffs[1])
+                skew = -self._offset(self._n - 1)
+            mean = raw / count - skew if count else 0.0
+            out.append(BoundaryStats(index=b, nbytes=nbytes, handoffs=count, mean_s=max(0.0, mean)))
+        return out
+
+    @property
+    def replayed(self) -> int:
+        """Requests sent through the pipeline again after an actor or node died."""
+        return self._replayed
+
+    def actors(self) -> list[Any]:
+        """The stage actors' handles, in stage order (for ``ray.kill`` in tests and tools)."""
+        return list(self._actors)
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Per stage: its actor's node id, IP address and pid, the corepipe it imports
+        (``module``), and whether it read the stage from the shared directory or shipped bytes
+        (``source``: ``"path"`` or ``"ship"``)."""
+        return [dict(w) for w in self._where]
+
+    @property
+    def placement_group(self) -> Any:
+        return self._pg
+
+    def close(self, *, timeout: float | None = 30.0) -> None:
+        if threading.current_thread() in self._threads:
+            # From a done-callback on our collector: draining needs that very thread.
+            threading.Thread(target=self.close, kwargs={"timeout": timeout},
+                             name="corepipe-close", daemon=True).start()
+            return
+        with self._cv:
+            if self._closed:
+                return
+            self._closing = True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (self._pending or self._inflight) and self._broken is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cv.wait(0.05 if left is None else min(0.05, left))
+            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+            self._inflight.clear()
+            self._pending.clear()
+        for req in doomed:
+            self._finish(req, None, PipelineClosedError(
+                f"request {req.rid} was still in flight when the pipeline closed"))
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._actors and self._final_stats is None and self._connected:
+            try:
+                self._final_stats = self.stats()
+            except Exception:  # never let bookkeeping stop a shutdown
+                pass
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+        if self._connected:
+            self._kill_actors(self._actors)
+            if self._pg is not None:
+                from ray.util.placement_group import remove_placement_group
+
+                try:
+                    remove_placement_group(self._pg)
+                except Exception:  # the cluster is gone already
+                    pass
+            self._connected = False
+            disconnect()
+        _LIVE.discard(self)
