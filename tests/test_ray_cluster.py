@@ -35,7 +35,9 @@ def cluster():
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"  # set by conftest
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-        "memory": BUDGET, "resources": {"cp_n0": 1}})
+        "memory": BUDGET, "resources": {"cp_n0": 1},
+        # Declare a silent node dead after 3 missed checks 0.5 s apart (Ray's default: 5 x 3 s).
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
     nodes = [c.head_node] + [c.add_node(num_cpus=1, node_ip_address="127.0.0.1", memory=BUDGET,
                                         resources={f"cp_n{i}": 1}) for i in (1, 2)]
     ray.init(address=c.address, log_to_driver=False,
@@ -205,22 +207,31 @@ def test_placements_no_cluster_can_hold_are_refused_at_once(cluster, chain, tmp_
         p["state"] == "REMOVED" for p in ray.util.placement_group_table().values())
 
 
-def test_removed_node_mid_stream_moves_its_stage_and_loses_nothing(cluster, chain):
+def test_removed_node_mid_stream_moves_its_stage_and_loses_nothing(cluster, tmp_path):
     """Last in the module: it takes one of the cluster's nodes away for good."""
+    from test_reliability import _slow_on_demand_model
+
     c, nodes = cluster
-    path, feeds, refs = chain
+    model = _slow_on_demand_model()  # stage 1 loops n times: ~0.1 s a request keeps it busy
+    rng = np.random.default_rng(11)
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32), "n": np.array(50_000, np.int64)}
+             for _ in range(10)]
+    refs = [run_reference(model, f) for f in feeds]
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds[0], cuts=[2])
     # Stage 0 on the head; stage 1 on node 1 or 2, whichever Ray picks, and the other takes it over.
-    with corepipe.load(path, backend="ray", stage_resources=[{"cp_n0": 1}, {}]) as pipe:
+    with corepipe.load(cm.path, backend="ray", stage_resources=[{"cp_n0": 1}, {}],
+                       max_in_flight=len(feeds)) as pipe:
         before = pipe.placement()[1]["node_id"]
         victim = next(n for n in nodes[1:] if n.node_id == before)
-        done = []
-        for i, out in enumerate(pipe.map(feeds)):
-            done.append(out)
-            if i == 10:
-                c.remove_node(victim, allow_graceful=False)  # its raylet and actors die at once
+        futs = [pipe.submit(f) for f in feeds]
+        futs[1].result(timeout=60)
+        assert not futs[-1].done()  # requests are queued at stage 1 when its node dies
+        c.remove_node(victim, allow_graceful=False)  # its raylet and actors die at once
+        outs = [f.result(timeout=120) for f in futs]
         after = pipe.placement()[1]["node_id"]
         st = pipe.stats()
-    _check(done, refs)
+        assert pipe.replayed >= 1
+    _check(outs, refs)
     assert after != before and after in {n.node_id for n in nodes[1:]}
     assert st.stages[1].restarts >= 1 and st.completed == len(feeds) and st.failed == 0
     assert before not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}

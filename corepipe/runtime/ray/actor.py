@@ -148,7 +148,8 @@ class StageActor:
         return time.perf_counter() - start
 
     # -- data path ---------------------------------------------------------------------------
-    @ray.method(concurrency_group="data")
+    # Fire and forget, and no task events: per request, the data path costs one RPC per hop.
+    @ray.method(concurrency_group="data", num_returns=0, enable_task_events=False)
     def push(self, epoch: int, seq: int, rid: int, sent_at: float, status: int,
              error: Failure | None, arrays: list[np.ndarray]) -> None:
         """File message ``seq`` of ``epoch`` (request ``rid``) for the compute thread. Messages of
@@ -218,7 +219,7 @@ class StageActor:
             self._downstream = downstream
             self._cv.notify_all()
 
-    @ray.method(concurrency_group="control")
+    @ray.method(concurrency_group="control", enable_task_events=False)
     def take(self, epoch: int, wait_s: float) -> tuple[int, list[tuple[Any, ...]]]:
         """Last stage: the finished results of ``epoch`` in order, waiting up to ``wait_s`` for the
         first. Each is ``(seq, rid, ready_at, status, error, arrays)``."""
@@ -235,7 +236,7 @@ class StageActor:
             self._results.clear()
         return epoch, out
 
-    @ray.method(concurrency_group="control")
+    @ray.method(concurrency_group="control", enable_task_events=False)
     def ping(self) -> dict[str, Any]:
         """Liveness and counters: the actor's clock, what it runs since when, totals."""
         with self._cv:

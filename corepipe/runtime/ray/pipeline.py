@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,12 @@ from .recovery import Recovery
 __all__ = ["RayPipeline"]
 
 _LIVE: weakref.WeakSet[RayPipeline] = weakref.WeakSet()
+
+
+@dataclass
+class _Request(Request):
+    inputs: Any = None  # ObjectRef of the input arrays in the object store, kept for replay
+
 _SOURCES = ("auto", "path", "ship")
 
 
@@ -184,7 +191,8 @@ class RayPipeline(Recovery, Pipeline):
         self._check_open()
         checked = check_feeds(self.plan.inputs, feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
-        kept = {name: np.array(checked[name], copy=True) for name in self._names[0]}
+        # One copy, into the object store: stage 0 reads it in place, and a replay sends it again.
+        kept = self._ray.put([checked[name] for name in self._names[0]])  # C-contiguous already
         if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
             raise TimeoutError(
                 f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
@@ -196,7 +204,7 @@ class RayPipeline(Recovery, Pipeline):
                 self._admit.release()
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
-            req = Request(next(self._ids), kept, fut, time.perf_counter())
+            req = _Request(next(self._ids), {}, fut, time.perf_counter(), inputs=kept)
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             if self._paused or self._pending:
@@ -205,12 +213,11 @@ class RayPipeline(Recovery, Pipeline):
                 self._send(req)
         return fut
 
-    def _send(self, req: Request) -> None:
+    def _send(self, req: _Request) -> None:  # type: ignore[override]
         """Hand ``req`` to stage 0 (called with ``_cv`` held, so sequence numbers follow rids)."""
         seq, self._seq = self._seq, self._seq + 1
         self._inflight[req.rid] = req
-        arrays = [req.feeds[name] for name in self._names[0]]
-        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, arrays)
+        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs)
 
     def _check_open(self) -> None:
         if self._broken is not None:

@@ -208,6 +208,7 @@ class Recovery:
     # -- monitoring --------------------------------------------------------------------------
     def _monitor_loop(self) -> None:
         while not self._closed:
+            started = time.monotonic()
             try:
                 dead, hung = self._health()
             except Exception:  # the cluster connection is gone; close() will say so
@@ -220,6 +221,9 @@ class Recovery:
                     return
                 except Exception as exc:  # recovery itself failed: give up cleanly
                     self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+            # One round of pings per period: the actors answer in a millisecond, and polling
+            # faster would only take CPU from the stages.
+            time.sleep(max(0.0, _PING_S - (time.monotonic() - started)))
 
     def _health(self) -> tuple[list[int], list[int]]:
         """Ping every actor (one ping outstanding each); return the dead ones and the stuck ones."""
