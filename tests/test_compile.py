@@ -221,7 +221,7 @@ def test_inf1_cross_device_handoff_costs_more(tmp_path: Path) -> None:
 
 
 def test_unknown_target(tmp_path: Path) -> None:
-    with pytest.raises(CompileError, match=r"unknown target 'tpu9'.*\['cpu', 'inf1'\]"):
+    with pytest.raises(CompileError, match=r"unknown target 'tpu9'.*\['cpu', 'inf1', 'ray'\]"):
         corepipe.compile(case("skip_far").model, tmp_path / "a", target="tpu9")
 
 

@@ -3,8 +3,9 @@
 ``onnx.load`` reads the whole file into one ``bytes`` object and parses it, so a single-file
 model costs twice its size at the peak; the checker, given a model, serializes it whole. Here a
 file is parsed field by field (`stream_load`: the peak is the parsed model plus its largest
-single tensor), the checker and shape inference see a weightless *skeleton*, and a caller's
-``ModelProto`` is hashed piece by piece and never copied.
+single tensor), external weights stay on disk as checked references (`corepipe.artifact.weights`
+reads them one tensor at a time when needed), the checker and shape inference see a weightless
+*skeleton*, and a caller's ``ModelProto`` is hashed piece by piece and never copied.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CompileError
+from .weights import check_external, materialize
 
 __all__ = ["stream_load", "load_checked", "skeleton", "structure", "tensor_nbytes"]
 
@@ -160,16 +162,22 @@ def _digest(model: onnx.ModelProto) -> str:
 
 def load_checked(
     model: str | os.PathLike[str] | onnx.ModelProto,
-) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], str]:
-    """Check and load: (structure we may modify, initializers by name, source sha256).
+) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], str, str | None]:
+    """Check and load: (structure we may modify, initializers by name, source sha256, directory
+    of external weights or ``None``).
 
     A ``ModelProto`` is never modified and its weights are not copied: the initializers
-    returned are the caller's own messages, read only.
+    returned are the caller's own messages, read only. A file's external weights are not read:
+    its initializers stay references into their files (checked here, read when needed).
     """
     if isinstance(model, onnx.ModelProto):
-        inits = _weights(model.graph)
+        inits = _weights(model.graph, None)
         _check(skeleton(model, inits), "")
-        return structure(model), inits, _digest(model)
+        try:
+            check_external(inits.values(), None)
+        except ValueError as exc:
+            raise CompileError(str(exc)) from None
+        return structure(model), inits, _digest(model), None
     path = Path(model)
     if not path.is_file():
         raise CompileError(f"model file {str(path)!r} does not exist: pass an .onnx path or a ModelProto")
@@ -177,15 +185,24 @@ def load_checked(
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    base = os.path.dirname(os.path.abspath(path))
     try:
         # Field by field: onnx.load (and the checker given a path) hold the file's bytes and
         # the parsed model at once, twice the model's size at the peak.
-        loaded = stream_load(path)
+        loaded = stream_load(path, load_external_data=False)
+        check_external(_all_initializers(loaded.graph), base)
+        inits = _weights(loaded.graph, base)
     except Exception as exc:
         raise CompileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from None
-    inits = _weights(loaded.graph)
     _check(skeleton(loaded, inits), str(path))
-    return loaded, inits, h.hexdigest()
+    return loaded, inits, h.hexdigest(), base
+
+
+def _all_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    out = list(graph.initializer)
+    for sparse in graph.sparse_initializer:
+        out += [sparse.values, sparse.indices]
+    return out
 
 
 def _check(model: onnx.ModelProto | None, path: str) -> None:
@@ -202,13 +219,13 @@ def _check(model: onnx.ModelProto | None, path: str) -> None:
         raise CompileError(f"cannot read {path or 'the model'!r} as an ONNX model: {exc}") from None
 
 
-def _weights(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+def _weights(graph: onnx.GraphProto, base: str | None) -> dict[str, onnx.TensorProto]:
     """The graph's initializers by name, with sparse ones made dense (each stage holds plain
     tensors; onnxruntime densifies them anyway)."""
     out = {t.name: t for t in graph.initializer}
     for sparse in graph.sparse_initializer:
-        values = numpy_helper.to_array(sparse.values)
-        indices = numpy_helper.to_array(sparse.indices)
+        values = numpy_helper.to_array(materialize(sparse.values, base))
+        indices = numpy_helper.to_array(materialize(sparse.indices, base))
         dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
         if indices.ndim == 1:  # linearised indices
             dense.reshape(-1)[indices] = values

@@ -19,7 +19,8 @@ from onnx import numpy_helper
 from ..artifact.plan import TensorSpec
 from ..artifact.protoio import load_checked, skeleton, tensor_nbytes
 from ..errors import CompileError
-from .shapes import CROSSABLE, dtype_of, fix_inputs, probe_shapes
+from .probe import probe_shapes
+from .shapes import CROSSABLE, dtype_of, fix_inputs
 
 __all__ = ["NodeInfo", "ModelGraph", "analyze", "subgraph_reads"]
 
@@ -49,6 +50,7 @@ class ModelGraph:
     source_sha256: str
     live: list[list[str]]  # live[p]: tensors crossing a cut before node p (len = n + 1)
     uncrossable: dict[str, str] = field(default_factory=dict)  # name -> why it cannot cross
+    weights_dir: str | None = None  # where external weights live (read when a stage needs them)
 
     @property
     def n(self) -> int:
@@ -213,7 +215,7 @@ def analyze(
         CompileError: unreadable or invalid model, a symbolic dim without an example input,
             an example input that contradicts the model, or types that cannot be inferred.
     """
-    proto, initializers, digest = load_checked(model)
+    proto, initializers, digest, weights_dir = load_checked(model)
     g = proto.graph
     if len(g.node) == 0:
         raise CompileError("the model has no nodes: there is nothing to pipeline")
@@ -278,7 +280,10 @@ def analyze(
     needed = sorted({name for names in live for name in names
                      if name not in tensors and name not in uncrossable})
     if needed:
-        probed, odd = probe_shapes(proto, initializers, needed, inputs, example_inputs)
+        cut_ok = [p in (0, len(nodes)) or not any(t in uncrossable for t in names)
+                  for p, names in enumerate(live)]
+        probed, odd = probe_shapes(proto, nodes, initializers, weights_dir, needed, inputs,
+                                   example_inputs, cut_ok)
         tensors.update(probed)
         uncrossable.update(odd)
     bad_out = [o for o in output_names if o in uncrossable]
@@ -300,4 +305,5 @@ def analyze(
         source_sha256=digest,
         live=live,
         uncrossable=uncrossable,
+        weights_dir=weights_dir,
     )

@@ -18,6 +18,7 @@ from onnx import helper
 
 from ..artifact.plan import StagePlan, TensorSpec
 from ..artifact.target import Target
+from ..artifact.weights import fill_tensor
 from .graph import ModelGraph
 from .solver import Problem
 
@@ -83,7 +84,8 @@ def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> on
         wanted.extend(w for w in node.weights if w not in wanted)
     if last:
         wanted.extend(w for w in graph.const_outputs if w not in wanted)
-    g.initializer.extend(graph.initializers[w] for w in wanted)
+    for w in wanted:  # external weights are read now, this stage's alone
+        fill_tensor(g.initializer.add(), graph.initializers[w], graph.weights_dir)
     model = helper.make_model(g, opset_imports=list(src.opset_import), ir_version=src.ir_version)
     model.producer_name = "corepipe"
     model.functions.extend(src.functions)

@@ -1,5 +1,5 @@
-"""Static shapes: fix the model's inputs from example inputs, and learn by one onnxruntime run
-what shape inference could not tell."""
+"""Static shapes: fix the model's inputs from example inputs; the element types a boundary can
+carry. (What shape inference cannot tell, `corepipe.compiler.probe` learns by running the model.)"""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import onnx
 from onnx import helper
 
 from ..artifact.plan import TensorSpec
-from ..artifact.protoio import structure
 from ..errors import CompileError
 
-__all__ = ["CROSSABLE", "dtype_of", "fix_inputs", "probe_shapes"]
+__all__ = ["CROSSABLE", "dtype_of", "fix_inputs"]
 
 
 def dtype_of(elem_type: int) -> str:
@@ -82,47 +81,3 @@ def fix_inputs(
             tt.shape.dim.add().dim_value = d
         specs.append(TensorSpec(vi.name, dtype, shape))
     return specs
-
-
-def probe_shapes(
-    model: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], names: list[str],
-    inputs: list[TensorSpec], example_inputs: Mapping[str, np.ndarray] | None,
-) -> tuple[dict[str, TensorSpec], dict[str, str]]:
-    """Run the model once in onnxruntime to read the types of tensors inference missed.
-    Returns their specs, and the values that turned out not to be plain tensors."""
-    import onnxruntime as ort
-
-    probe = structure(model)
-    probe.graph.initializer.extend(inits.values())
-    have = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    feeds = {}
-    for spec in inputs:
-        if example_inputs and spec.name in example_inputs:
-            feeds[spec.name] = np.asarray(example_inputs[spec.name])
-        else:
-            feeds[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        values = sess.run(names, feeds)
-    except Exception as exc:
-        raise CompileError(
-            f"could not infer static shapes for {names[:5]} (and running the model once on the "
-            f"example inputs failed: {exc}); pass example_inputs for every model input"
-        ) from None
-    specs: dict[str, TensorSpec] = {}
-    odd: dict[str, str] = {}
-    for n, v in zip(names, values):
-        if not isinstance(v, np.ndarray):
-            odd[n] = "a sequence or optional"
-            continue
-        # Inference could not tell this shape without the data: treat it as data-dependent.
-        specs[n] = TensorSpec(n, str(v.dtype), tuple(v.shape), dynamic=True)
-        if str(v.dtype) not in CROSSABLE:
-            odd[n] = f"a {v.dtype} tensor"
-    return specs, odd
