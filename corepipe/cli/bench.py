@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from ..artifact.plan import TensorSpec
+from ..artifact.protoio import tensor_nbytes
 from ..compiler.driver import compile as compile_model
 from ..runtime.process import module_command
 
@@ -203,8 +204,8 @@ def run_bench(
         feeds = dict(example_inputs or zoo_feeds or example_feeds(cm.inputs))
         inputs = work / "inputs.npz"
         np.savez(inputs, **feeds)  # type: ignore[arg-type]
-        weight_bytes = sum(
-            len(t.raw_data) if t.raw_data else 0 for t in onnx.load(str(path)).graph.initializer
+        weight_bytes = sum(  # from the dims: the weights themselves stay on disk
+            tensor_nbytes(t) for t in onnx.load(str(path), load_external_data=False).graph.initializer
         )
         rows = []
         say("onnxruntime, 1 thread")
