@@ -9,6 +9,7 @@ private instance, stops it). A connection the user opened with ``ray.init`` stay
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -90,7 +91,8 @@ def connect(address: str | None, *, num_cpus: int, runtime_env: Mapping[str, Any
             _opened["count"] += 1
             return
         env = dict(runtime_env or {})
-        kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False,
+        # Ray's own notices (start-up, token set-up) stay in its logs; errors reach the user.
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR,
                                   "namespace": "corepipe"}
         if address is None:
             env_vars = dict(env.get("env_vars", {}))
