@@ -1,9 +1,12 @@
 """`corepipe bench`: the pipeline against the baselines a user would pick, in one run.
 
 Baselines, each in its own process on the same inputs: one onnxruntime session with 1 thread,
-one with K threads, and K 1-thread sessions in parallel (one per core). Then the corepipe
-pipeline on K cores. Reports throughput, ratios, latency with one request in flight (and what
-the pipeline adds per stage boundary), and resident memory per core.
+one with K threads, K 1-thread sessions in parallel (one per core), one session shared by K
+threads, OpenVINO's THROUGHPUT hint with K streams and its LATENCY hint with K threads (one
+request in flight), both at the compiled precision (onnxruntime has no fast bf16, so its rows
+stay fp32). Then the corepipe pipeline on K cores. Reports throughput, ratios, latency with one
+request in flight (and what the pipeline adds per stage boundary), and resident memory per
+process.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import numpy as np
 import onnx
 
 from ..artifact.plan import TensorSpec
+from ..compiler.choose import resolve_precision
 from ..compiler.driver import compile as compile_model
+from ..engines import missing_engine
 from ..runtime.process import module_command
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
@@ -48,9 +53,22 @@ class BenchResult:
     stages: list[dict[str, Any]]
     compile_s: float
     host: str
+    precision: str = "fp32"
+    engine: str = "auto"
 
     def row(self, name: str) -> BenchRow:
         return next(r for r in self.rows if r.name == name)
+
+    def find(self, prefix: str) -> BenchRow | None:
+        """The row whose name starts with ``prefix`` (peers name their precision), if run."""
+        return next((r for r in self.rows if r.name.startswith(prefix)), None)
+
+    def memory_ratio(self) -> float | None:
+        """Resident memory of all corepipe workers together over one OpenVINO THROUGHPUT process."""
+        peer = self.find("openvino THROUGHPUT")
+        if peer is None or not peer.rss_bytes:
+            return None
+        return sum(self.row("corepipe").rss_bytes) / sum(peer.rss_bytes)
 
     def ratios(self) -> dict[str, float]:
         pipe = self.row("corepipe").throughput
@@ -61,6 +79,12 @@ class BenchResult:
             f"vs {self.cores} threads": pipe / self.row(f"ort {self.cores} threads").throughput,
             f"vs {self.cores} sessions in parallel": pipe / self.row(f"{self.cores} sessions in parallel").throughput,
         }
+        for label, prefix in ((f"vs 1 session shared by {self.cores} threads", "ort 1 session shared"),
+                              ("vs openvino THROUGHPUT", "openvino THROUGHPUT"),
+                              ("vs openvino LATENCY", "openvino LATENCY")):
+            peer = self.find(prefix)
+            if peer is not None:
+                out[label] = pipe / peer.throughput
         return out
 
     def handoff_per_boundary_s(self) -> float | None:
@@ -78,6 +102,7 @@ class BenchResult:
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
         d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
+        d["memory_ratio_vs_openvino_throughput"] = self.memory_ratio()
         return d
 
 
@@ -111,14 +136,15 @@ def resolve_model(model: str, workdir: Path) -> tuple[Path, dict[str, np.ndarray
 
 
 def _proc_config(model: Path, inputs: Path, mode: str, threads: int, requests: int,
-                 warmup: int, cores: list[int]) -> str:
+                 warmup: int, cores: list[int], precision: str = "fp32") -> str:
     return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode, "threads": threads,
-                       "requests": requests, "warmup": warmup, "cores": cores})
+                       "requests": requests, "warmup": warmup, "cores": cores, "precision": precision})
 
 
-def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int]) -> dict[str, Any]:
+def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int],
+            mode: str = "serial", precision: str = "fp32") -> dict[str, Any]:
     argv, env = module_command("corepipe.cli.benchproc",
-                               _proc_config(model, inputs, "serial", threads, requests, warmup, cores))
+                               _proc_config(model, inputs, mode, threads, requests, warmup, cores, precision))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -165,6 +191,8 @@ def run_bench(
     balance: str = "measure",
     example_inputs: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
 ) -> BenchResult:
     """Compile ``model`` for ``cores`` cores and measure it against the baselines, in one run.
 
@@ -176,6 +204,13 @@ def run_bench(
         balance: compile option, ``"measure"`` (default) or ``"estimate"``.
         example_inputs: inputs to send (default: deterministic random inputs of the signature).
         progress: optional callback told which step runs.
+        engine: compile option (``"auto"``, ``"onnxruntime"`` or ``"openvino"``).
+        precision: compile option (``"fp32"`` default, ``"bf16"``, ``"fp16"``, ``"auto"``); the
+            OpenVINO peers run at the same precision.
+
+    Raises:
+        ValueError: more cores than this process may use.
+        CompileError: the model cannot be compiled as asked (engine, precision...).
     """
     say = progress or (lambda step: None)
     avail = sorted(os.sched_getaffinity(0))
@@ -183,13 +218,14 @@ def run_bench(
     if k > len(avail):
         raise ValueError(f"asked for {k} cores but this process may use only {len(avail)}: {avail}")
     use = avail[:k]
+    prec = resolve_precision(precision)
     with tempfile.TemporaryDirectory(prefix="corepipe-bench-") as tmp:
         work = Path(tmp)
         path, zoo_feeds = resolve_model(str(model), work)
-        say(f"compile for {k} cores ({balance} balance)")
+        say(f"compile for {k} cores ({balance} balance, engine {engine}, {prec})")
         t0 = time.perf_counter()
-        cm = compile_model(path, work / "compiled", num_cores=k,
-                           example_inputs=example_inputs or zoo_feeds, balance=balance)
+        cm = compile_model(path, work / "compiled", num_cores=k, example_inputs=example_inputs or zoo_feeds,
+                           balance=balance, engine=engine, precision=prec)
         compile_s = time.perf_counter() - t0
         feeds = dict(example_inputs or zoo_feeds or example_feeds(cm.inputs))
         inputs = work / "inputs.npz"
@@ -210,17 +246,37 @@ def run_bench(
             f"{k} sessions in parallel", rate, float(np.median([x["latency_p50_s"] for x in results])),
             [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
         ))
+        rows.extend(_peer_rows(path, inputs, k, requests, warmup, use, prec, say))
         say(f"corepipe pipeline, {k} stages")
         rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
-             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
+             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s,
+             "engine": s.engine, "precision": s.precision, "fallback": s.fallback}
             for s in cm.stages
         ]
     return BenchResult(
         model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
         stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {len(avail)} cores",
+        precision=prec, engine=engine,
     )
+
+
+def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use: list[int],
+               precision: str, say: Callable[[str], None]) -> list[BenchRow]:
+    """The strongest peers: one onnxruntime session shared by K threads (fp32: onnxruntime has
+    no fast bf16), and OpenVINO's THROUGHPUT (K streams) and LATENCY (K threads) hints at
+    ``precision``."""
+    peers = [("shared", f"ort 1 session shared by {k} threads (fp32)", "onnxruntime, 1 session shared by K threads")]
+    if missing_engine("openvino") is None:
+        peers += [("ov_throughput", f"openvino THROUGHPUT ({k} streams, {precision})", "openvino THROUGHPUT"),
+                  ("ov_latency", f"openvino LATENCY ({k} threads, 1 in flight, {precision})", "openvino LATENCY")]
+    rows = []
+    for mode, name, what in peers:
+        say(what)
+        r = _serial(path, inputs, k, requests, warmup, use, mode=mode, precision=precision)
+        rows.append(BenchRow(name, r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+    return rows
 
 
 def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
 from .bench import BenchResult, run_bench
@@ -35,10 +36,10 @@ def markdown(result: BenchResult, command: str) -> str:
     """The result as a Markdown section for benchmarks/RESULTS.md."""
     one = result.row("ort 1 thread").throughput
     lines = [
-        f"### {result.model}, {result.cores} cores",
+        f"### {result.model}, {result.cores} cores, {result.precision}",
         "",
         f"`{command}` ({result.host}; {result.requests} requests; weights {_mib(result.weight_bytes)} MiB; "
-        f"compile {result.compile_s:.1f} s)",
+        f"compile {result.compile_s:.1f} s; engine {result.engine}, precision {result.precision})",
         "",
         "| setup | req/s | x 1 thread | latency p50 ms | RSS MiB per process | USS MiB per process |",
         "|---|---:|---:|---:|---|---|",
@@ -52,13 +53,21 @@ def markdown(result: BenchResult, command: str) -> str:
     lines.append("Ratios (corepipe throughput over each baseline): " + ", ".join(
         f"{k} **{v:.2f}**" for k, v in result.ratios().items()))
     lines.append("")
+    mem = result.memory_ratio()
+    if mem is not None:
+        lines.append(f"Resident memory of all corepipe workers together over one OpenVINO THROUGHPUT process: "
+                     f"**{mem:.2f}x** ({_mib(sum(result.row('corepipe').rss_bytes))} MiB vs "
+                     f"{_mib(sum(result.find('openvino THROUGHPUT').rss_bytes))} MiB RSS)")  # type: ignore[union-attr]
+        lines.append("")
     lines.append(f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
                  f"session): {result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone "
                  f"(latency minus the stages' run times, per hand-off incl. client in/out): "
                  f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms")
     stage_txt = "; ".join(
-        f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
+        f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB, {s.get('engine', 'onnxruntime')} "
+        f"{s.get('precision', 'fp32')}"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
+        + (" (fallback)" if s.get("fallback") else "")
         for s in result.stages)
     lines.append(f"Stages: {stage_txt}")
     lines.append("")
@@ -73,32 +82,46 @@ def bench_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
     balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
     inputs: Annotated[Path | None, typer.Option("--inputs", help="Example inputs (.npz, one array per model input) to send instead of random ones.")] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="Compile precision; the OpenVINO peers run at it too (default fp32).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino", help="Compile engine.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
 ) -> None:
     """Measure the pipeline against the baselines a user would pick, in one run.
 
     Side by side, each on the same inputs: one onnxruntime session with 1 thread, one with K
-    threads, K 1-thread sessions in parallel (one per core), and the corepipe pipeline on K
-    cores. Prints throughput and ratios, latency with one request in flight, and memory per
-    process. The machine may be noisy: compare ratios within one run, not absolute times.
+    threads, K 1-thread sessions in parallel (one per core), one session shared by K threads,
+    OpenVINO THROUGHPUT (K streams) and LATENCY (K threads, 1 in flight) at the compiled
+    precision, and the corepipe pipeline on K cores. Prints throughput and ratios, latency with
+    one request in flight, and memory per process. The machine may be noisy: compare ratios
+    within one run, not absolute times.
 
     Examples:
 
         corepipe bench zoo:resnet50
+
+        corepipe bench zoo:bert --cores 2 --precision bf16
 
         corepipe bench bert.onnx --inputs feeds.npz --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
     """
     with cli_errors():
         if balance not in ("measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
         feeds = load_npz(inputs) if inputs is not None else None
         try:
             with err.status("starting") as status:
                 result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,
-                                   example_inputs=feeds, progress=lambda step: status.update(step))
+                                   example_inputs=feeds, progress=lambda step: status.update(step),
+                                   engine=engine, precision=precision)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         out.print(table(result))
@@ -109,10 +132,12 @@ def bench_cmd(
                   f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
         pipe = result.row("corepipe")
         out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
-                  f"for {_mib(result.weight_bytes)} MiB of weights")
+                  f"for {_mib(result.weight_bytes)} MiB of weights"
+                  + (f"; {result.memory_ratio():.2f}x one OpenVINO THROUGHPUT process" if result.memory_ratio() else ""))
         if json_out is not None:
             json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         if md_out is not None:
-            cmd = f"corepipe bench {model} --cores {result.cores} --requests {requests} --balance {balance}"
+            cmd = (f"corepipe bench {model} --cores {result.cores} --requests {requests} --balance {balance}"
+                   f" --engine {engine} --precision {result.precision}")
             with open(md_out, "a") as f:
                 f.write(markdown(result, cmd) + "\n")

@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from ..artifact.manifest import open_artifact
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..compiler.driver import parse_compiler_args
 from . import report
@@ -53,7 +54,16 @@ def compile_cmd(
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
-        "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+        "--compiler-arg=--num-neuroncores=4 --compiler-arg=--auto-cast=matmult.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino",
+        help="Engine per stage. auto: openvino wherever it computes the stage right (checked "
+        "against onnxruntime), onnxruntime elsewhere; with --balance measure, the faster one.")] = "auto",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
+        "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
+        "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -61,15 +71,22 @@ def compile_cmd(
 
       corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
 
+      corepipe compile zoo:bert -o bert_bf16/ --num-cores 2 --precision bf16 --balance measure
+
       corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
 
-      corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
+      corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16 --compiler-arg=--auto-cast=none
     """
     with cli_errors():
         if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
             raise typer.BadParameter(f"--num-cores must be a positive integer or 'auto', got {num_cores!r}")
         if balance not in ("estimate", "measure"):
             raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(
+                f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
         onnx_model, examples = load_model(model)
@@ -81,7 +98,7 @@ def compile_cmd(
                 onnx_model, output, example_inputs=examples or None,
                 num_cores=int(num_cores) if num_cores.isdigit() else "auto",
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                progress=progress,
+                engine=engine, precision=precision, progress=progress,
             )
         print_plan(cm.plan, cm.path, f"{model}: {cm.num_cores} stages")
 
@@ -94,13 +111,16 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest's plan as JSON (stable, sorted keys) instead.")] = False,
 ) -> None:
-    """Verify an artifact (manifest, hashes, paths) and print its stages.
+    """Verify an artifact (manifest, hashes, paths) and print its stages, with the engine and
+    precision of each (and why a stage fell back to another engine).
 
     Examples:
 
       corepipe inspect resnet_compiled/
 
       corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+
+      corepipe inspect resnet_compiled/ --json | jq '.stages[] | [.engine, .precision]'
     """
     with cli_errors():
         art = open_artifact(artifact)

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 MIB = 2**20
+_SHORT = {"openvino": "ov", "onnxruntime": "ort"}  # the plan table's engine column
 _UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
@@ -89,12 +90,14 @@ def plan_table(plan: Plan, *, title: str | None = None) -> Table:
     total = sum(seconds) or 1.0
     slow = bottleneck(plan)
     measured = any(s.measured_s is not None for s in plan.stages)
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
     table.add_column("stage", justify="right")
     table.add_column("nodes", justify="right")
     table.add_column("first op")
     table.add_column("last op")
     table.add_column("dev:core", justify="center")
+    table.add_column("engine")
     table.add_column("resident / capacity", justify="right")
     table.add_column("measured ms" if measured else "est. ms", justify="right")
     table.add_column("time share", justify="right")
@@ -108,6 +111,7 @@ def plan_table(plan: Plan, *, title: str | None = None) -> Table:
             st.first_op,
             st.last_op,
             f"{st.device}:{st.core}",
+            f"{_SHORT.get(st.engine, st.engine)} {st.precision}" + (" *" if st.fallback else ""),
             used_of(st.resident_bytes, plan.target.core_memory),
             _ms(seconds[k]),
             share + (" ◀ bottleneck" if is_slow else ""),
@@ -139,6 +143,18 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
             f"({'1/busiest core: stages share cores' if shared else '1/max stage'}) vs "
             f"{1.0 / total:,.1f} req/s on one core (1/sum): {total / slowest:.2f}x"
         )
+    kinds: dict[str, list[int]] = {}
+    for st in plan.stages:
+        kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
+    lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
+        f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
+    fallbacks = [f"  * stage {st.index}: {st.fallback}" for st in plan.stages if st.fallback]
+    if fallbacks:
+        lines.append("engine fallbacks (* in the table):")
+        lines.extend(fallbacks)
+    timed = [n for n in plan.notes if " on one core: " in n]
+    if timed:
+        lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))
     if path is not None:
         lines.append(f"artifact: {path}")
     return Text("\n".join(lines))
