@@ -97,12 +97,39 @@ class BenchResult:
         boundaries = max(1, len(self.stages) - 1)
         return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
 
+    def latency_text(self) -> str:
+        """What the pipeline adds to latency, in words; the difference to the 1-thread
+        onnxruntime session only where the stages run onnxruntime fp32 too."""
+        handoff = f"{(self.handoff_per_boundary_s() or 0) * 1e3:.2f} ms"
+        if all(s.get("engine", "onnxruntime") == "onnxruntime" and s.get("precision", "fp32") == "fp32"
+               for s in self.stages):
+            return (f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
+                    f"session): {self.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone (latency "
+                    f"minus the stages' run times, per hand-off incl. client in/out): {handoff}")
+        return (f"Hand-off alone (one request in flight: latency minus the stages' run times, per hand-off "
+                f"incl. client in/out): {handoff} (the stages run another engine or precision than the "
+                "1-thread onnxruntime session, so the latency difference to it is not the pipeline's cost)")
+
+    def bound_text(self) -> str | None:
+        """The pipeline's own bound, 1 / slowest stage measured on one core, against the
+        strongest peer and against what the pipeline reached."""
+        measured = [s["measured_s"] for s in self.stages if s.get("measured_s")]
+        if len(measured) != len(self.stages):
+            return None
+        bound = 1.0 / max(measured)
+        text = f"Pipeline bound (1 / slowest stage on one core, {max(measured) * 1e3:.1f} ms): {bound:.2f} req/s"
+        peer = self.find("openvino THROUGHPUT")
+        if peer is not None:
+            text += f" = {bound / peer.throughput:.2f} x openvino THROUGHPUT"
+        return text + f"; reached {self.row('corepipe').throughput / bound:.0%} of it"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
         d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
         d["memory_ratio_vs_openvino_throughput"] = self.memory_ratio()
+        d["pipeline_bound"] = self.bound_text()
         return d
 
 

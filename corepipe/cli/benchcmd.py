@@ -59,10 +59,10 @@ def markdown(result: BenchResult, command: str) -> str:
                      f"**{mem:.2f}x** ({_mib(sum(result.row('corepipe').rss_bytes))} MiB vs "
                      f"{_mib(sum(result.find('openvino THROUGHPUT').rss_bytes))} MiB RSS)")  # type: ignore[union-attr]
         lines.append("")
-    lines.append(f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
-                 f"session): {result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone "
-                 f"(latency minus the stages' run times, per hand-off incl. client in/out): "
-                 f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms")
+    bound = result.bound_text()
+    if bound is not None:
+        lines += [bound, ""]
+    lines.append(result.latency_text())
     stage_txt = "; ".join(
         f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB, {s.get('engine', 'onnxruntime')} "
         f"{s.get('precision', 'fp32')}"
@@ -127,9 +127,9 @@ def bench_cmd(
         out.print(table(result))
         ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
         out.print(f"corepipe throughput {ratios}")
-        out.print(f"latency added per stage boundary (one request in flight, vs one session): "
-                  f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
-                  f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
+        if result.bound_text() is not None:
+            out.print(result.bound_text())
+        out.print(result.latency_text())
         pipe = result.row("corepipe")
         out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
                   f"for {_mib(result.weight_bytes)} MiB of weights"
