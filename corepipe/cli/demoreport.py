@@ -78,8 +78,10 @@ def explain(
             ("why", f"one session took {_ms(session_s)} ms per request now; the stages summed to "
                     f"{_ms(plan_sum)} ms when compiled"),
             ("", f"the busiest core spent {_ms(busiest)} ms per request on its stages now "
-                 f"({_ms(plan_slowest)} ms when compiled): {_ms(session_s)} / {_ms(busiest)} = "
-                 f"{allowed:.2f}x is what this run's stage times allow"),
+                 f"({_ms(plan_slowest)} ms when compiled, alone on one core): {_ms(session_s)} / "
+                 f"{_ms(busiest)} = {allowed:.2f}x is what this run's stage times allow"
+                 + ("; stages run slower side by side than alone (shared caches and memory "
+                    "bandwidth, other work on the machine)" if busiest > 1.03 * plan_slowest else "")),
             ("", f"the pipeline reached {pipe.median:,.2f} req/s of the {1 / busiest:,.2f} its busiest "
                  f"core allows ({pipe.median * busiest:.0%}); the rest is the hand-offs and the "
                  "client's threads sharing the cores with the stages"),

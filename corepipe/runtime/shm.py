@@ -119,6 +119,8 @@ class Ring:
             ]
             for s in range(slots)
         ]
+        # float64 views of each header's timestamp words, made once: stamping is on the hot path
+        self._stamps = [h[self._stamp_base :].view(np.float64) for h in self.headers]
 
     @staticmethod
     def size_for(specs: Sequence[TensorSpec], slots: int, stages: int = 0) -> int:
@@ -154,19 +156,18 @@ class Ring:
 
     def stamps(self, s: int) -> list[tuple[float, float]]:
         """The (enter, leave) times slot ``s``'s request has collected, one pair per stage."""
-        words = self.headers[s][self._stamp_base :].view(np.float64)
-        return [(float(words[2 * i]), float(words[2 * i + 1])) for i in range(self.stages)]
+        words = self._stamps[s].tolist()
+        return list(zip(words[0::2], words[1::2]))
 
     def stamp(self, s: int, upstream: Ring, stage: int, enter: float, leave: float) -> None:
         """Give slot ``s`` the timestamps its request collected upstream (``upstream``'s slot
         ``s``, stages before ``stage``) and this stage's own (``enter``, ``leave``)."""
         if stage >= self.stages:
             return  # a ring made without room for timestamps
-        mine = self.headers[s][self._stamp_base :].view(np.float64)
+        mine = self._stamps[s]
         if stage and upstream.stages >= stage:
-            mine[: 2 * stage] = upstream.headers[s][upstream._stamp_base :].view(np.float64)[: 2 * stage]
-        mine[2 * stage] = enter
-        mine[2 * stage + 1] = leave
+            mine[: 2 * stage] = upstream._stamps[s][: 2 * stage]
+        mine[2 * stage : 2 * stage + 2] = (enter, leave)
 
     def reset(self) -> None:
         for h in self.headers:
@@ -253,6 +254,7 @@ class Ring:
     def close(self, unlink: bool = False) -> None:
         self.headers = []
         self.regions = []
+        self._stamps = []
         _release(self.shm, unlink)
 
 
