@@ -129,6 +129,7 @@ def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyP
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "raise --core-memory to at least"),
         (["run", "{tmp}/nothing", "--num-cores", "999"], "--num-cores 999: this process may run on only"),
         (["run", "{tmp}/nothing", "-k", "999"], "--cores 999"),
+        (["run", "{tmp}/nothing", "-b", "inline", "-k", "1"], "--cores picks the cores of the local backend"),
         (["demo", "--cores", "0"], "--cores must be a positive integer"),
         (["inspect", "{tmp}/nothing", "--plot", "{tmp}/p.bmp"], "--plot"),
         (["compile", "zoo:nope", "-o", "{tmp}/o"], "zoo:mlp"),

@@ -179,8 +179,8 @@ def run_cmd(
     Without --inputs, requests are random and deterministic (--seed): floats N(0, 1), integers
     uniform in [0, 100) (valid token ids for embedding tables of at least 100 rows), bools 0/1.
     Memory stays flat whatever --requests is: outputs are dropped as they arrive unless --save
-    keeps them. --num-cores N runs on the first N cores this process may use (default: all;
-    stages share cores when they outnumber them).
+    keeps them. --num-cores N runs the workers on the first N cores this process may use
+    (default: all; stages share cores when they outnumber them).
 
     Examples:
 
@@ -192,6 +192,10 @@ def run_cmd(
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         n_cores, _ = core_count(num_cores, cores, available=len(usable_cores()))
+        if n_cores is not None and backend == "inline":
+            raise typer.BadParameter(
+                f"{core_flag(num_cores, cores)} picks the cores of the local backend's workers; the "
+                "inline backend runs every stage in this process: drop the flag or use --backend local")
         arrays = load_npz(inputs_file) if inputs_file is not None else None
         if timeline is not None:
             check_plot(timeline, "--timeline")
@@ -204,7 +208,7 @@ def run_cmd(
         # Refuse a --save that cannot fit before any worker starts.
         writer = NpzWriter(save, plan.outputs, count) if save is not None else None
         options: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
-        if n_cores is not None and backend != "inline":
+        if n_cores is not None:
             options["cores"] = usable_cores()[: int(n_cores)]
         try:
             pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first

@@ -55,7 +55,7 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
     total = sum(seconds)
     predicted = total / per_core[busiest] if per_core[busiest] > 0 else 1.0
 
-    fig = figure_cls(figsize=(max(7.5, 0.9 * n + 3.5), 8.0), layout="constrained")
+    fig = figure_cls(figsize=(min(max(7.5, 0.9 * n + 3.5), 20.0), 8.0), layout="constrained")
     ax_t, ax_m, ax_b = fig.subplots(3, 1, sharex=True)
     kind = "measured" if all(measured) else "estimated" if not any(measured) else "measured / estimated"
     fig.suptitle(

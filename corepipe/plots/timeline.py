@@ -53,8 +53,9 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
     def x(t: float) -> float:
         return (t - t0) / size
 
-    fig = figure_cls(figsize=(12.0, 2.6 + 0.75 * n + 1.4), layout="constrained")
-    ax_q, ax = fig.subplots(2, 1, sharex=True, height_ratios=[1.4, max(1.6, 0.75 * n)])
+    lane = 0.75 if n <= 16 else max(0.2, 12.0 / n)  # inches per stage: tall enough, never huge
+    fig = figure_cls(figsize=(12.0, 2.6 + lane * n + 1.4), layout="constrained")
+    ax_q, ax = fig.subplots(2, 1, sharex=True, height_ratios=[1.4, max(1.6, lane * n)])
     from matplotlib import colormaps
 
     cmap = colormaps["tab20"]
@@ -136,11 +137,14 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
         Patch(facecolor=_BLOCKED, label="blocked: its output slot still held downstream"),
         Patch(facecolor=_STALL, label=f"stall: input and output ready, idle > max({STALL_MIN_S * 1e3:g} ms, "
                                       f"{STALL_SHARE:.0%} of its median run)"),
-        Patch(facecolor="white", edgecolor="black", hatch="///", label="replayed after a worker died"),
-        Patch(facecolor=_RESTART, alpha=0.25, label="restarting a dead worker"),
         Patch(facecolor="#1f77b4", alpha=0.2, label="fill"),
         Patch(facecolor="#7f7f7f", alpha=0.25, label="drain"),
     ]
+    if replays:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///",
+                             label="replayed after a worker died (its completed pass)"))
+    if timeline.recoveries:
+        handles.append(Patch(facecolor=_RESTART, alpha=0.25, label="restarting a dead worker"))
     if any(not r.ok for r in reqs):
         handles.append(Patch(facecolor="white", edgecolor="black", label="failed request"))
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
