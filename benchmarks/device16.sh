@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 16-core benchmark of issue 7 in one go: `corepipe bench --cores 16` for BERT-base (seq 128)
+# The 16-core benchmark of issue 7 in one go: `corepipe bench --num-cores 16` for BERT-base (seq 128)
 # and ResNet-50, in fp32 and bf16, every peer side by side. For the device machine (16 CPU
 # cores, 128 GiB, Python 3.12, onnx and onnxruntime but no openvino); never run by CI.
 #
@@ -37,9 +37,10 @@ for model in bert resnet50; do
   requests=$([ "$model" = bert ] && echo 160 || echo 400)
   for precision in fp32 bf16; do
     echo "== zoo:$model, $cores cores, $precision"
-    python3 -m corepipe bench "zoo:$model" --cores "$cores" --requests "$requests" --precision "$precision" \
-      --json "$out/${model}_${precision}.json" --markdown "$out/RESULTS-device16.md" \
-      2>&1 | tee "$out/${model}_${precision}.log"
+    python3 -m corepipe bench "zoo:$model" --num-cores "$cores" --requests "$requests" --precision "$precision" \
+      --json --markdown "$out/RESULTS-device16.md" \
+      > "$out/${model}_${precision}.json" 2> "$out/${model}_${precision}.log"
+    tail -n 40 "$out/RESULTS-device16.md"
   done
 done
 echo "results: $out/RESULTS-device16.md"

@@ -11,6 +11,7 @@ process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,9 +26,11 @@ import numpy as np
 import onnx
 
 from ..artifact.plan import TensorSpec
+from ..artifact.sizes import plural
 from ..compiler.choose import resolve_precision
 from ..compiler.driver import compile as compile_model
 from ..engines import missing_engine
+from ..runtime import Timeline
 from ..runtime.process import module_command
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
@@ -55,6 +58,9 @@ class BenchResult:
     host: str
     precision: str = "fp32"
     engine: str = "auto"
+    #: The pipeline's requests of the throughput measurement (fill included), for a Gantt chart.
+    timeline: Timeline | None = field(default=None, repr=False)
+    stage_cores: list[str] = field(default_factory=list)  # the cores each stage ran on
 
     def row(self, name: str) -> BenchRow:
         return next(r for r in self.rows if r.name == name)
@@ -76,10 +82,10 @@ class BenchResult:
         out = {
             "vs 1 thread": pipe / one,
             f"vs {self.cores} x 1 thread (ideal)": pipe / (self.cores * one),
-            f"vs {self.cores} threads": pipe / self.row(f"ort {self.cores} threads").throughput,
-            f"vs {self.cores} sessions in parallel": pipe / self.row(f"{self.cores} sessions in parallel").throughput,
+            f"vs {threads_row(self.cores)[4:]}": pipe / self.row(threads_row(self.cores)).throughput,
+            f"vs {parallel_row(self.cores)}": pipe / self.row(parallel_row(self.cores)).throughput,
         }
-        for label, prefix in ((f"vs 1 session shared by {self.cores} threads", "ort 1 session shared"),
+        for label, prefix in ((f"vs 1 session shared by {plural(self.cores, 'thread')}", "ort 1 session shared"),
                               ("vs openvino THROUGHPUT", "openvino THROUGHPUT"),
                               ("vs openvino LATENCY", "openvino LATENCY")):
             peer = self.find(prefix)
@@ -124,13 +130,24 @@ class BenchResult:
         return text + f"; reached {self.row('corepipe').throughput / bound:.0%} of it"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, timeline=None))
+        del d["timeline"]
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
         d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
         d["memory_ratio_vs_openvino_throughput"] = self.memory_ratio()
         d["pipeline_bound"] = self.bound_text()
         return d
+
+
+def threads_row(k: int) -> str:
+    """Name of the one-session, K-thread baseline (distinct from the 1-thread one when K is 1)."""
+    return f"ort {k} threads" if k > 1 else "ort K=1 thread"
+
+
+def parallel_row(k: int) -> str:
+    """Name of the K-sessions-in-parallel baseline."""
+    return f"{k} sessions in parallel" if k > 1 else "K=1 session"
 
 
 def example_feeds(specs: tuple[TensorSpec, ...] | list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -243,13 +260,13 @@ def run_bench(
     avail = sorted(os.sched_getaffinity(0))
     k = cores or len(avail)
     if k > len(avail):
-        raise ValueError(f"asked for {k} cores but this process may use only {len(avail)}: {avail}")
+        raise ValueError(f"asked for {plural(k, 'core')} but this process may use only {len(avail)}: {avail}")
     use = avail[:k]
     prec = resolve_precision(precision)
     with tempfile.TemporaryDirectory(prefix="corepipe-bench-") as tmp:
         work = Path(tmp)
         path, zoo_feeds = resolve_model(str(model), work)
-        say(f"compile for {k} cores ({balance} balance, engine {engine}, {prec})")
+        say(f"compile for {plural(k, 'core')} ({balance} balance, engine {engine}, {prec})")
         t0 = time.perf_counter()
         cm = compile_model(path, work / "compiled", num_cores=k, example_inputs=example_inputs or zoo_feeds,
                            balance=balance, engine=engine, precision=prec)
@@ -264,18 +281,19 @@ def run_bench(
         say("onnxruntime, 1 thread")
         r = _serial(path, inputs, 1, requests, warmup, use[:1])
         rows.append(BenchRow("ort 1 thread", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
-        say(f"onnxruntime, {k} threads")
+        say(f"onnxruntime, {plural(k, 'thread')}")
         r = _serial(path, inputs, k, requests, warmup, use)
-        rows.append(BenchRow(f"ort {k} threads", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
-        say(f"{k} onnxruntime sessions in parallel")
+        rows.append(BenchRow(threads_row(k), r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+        say(f"{plural(k, 'onnxruntime session')} in parallel")
         rate, results = _parallel(path, inputs, requests, warmup, use)
         rows.append(BenchRow(
-            f"{k} sessions in parallel", rate, float(np.median([x["latency_p50_s"] for x in results])),
+            parallel_row(k), rate, float(np.median([x["latency_p50_s"] for x in results])),
             [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
         ))
         rows.extend(_peer_rows(path, inputs, k, requests, warmup, use, prec, say))
-        say(f"corepipe pipeline, {k} stages")
-        rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
+        say(f"corepipe pipeline, {plural(k, 'stage')}")
+        row, timeline, stage_cores = _pipeline_row(cm.path, feeds, requests, warmup, use)
+        rows.append(row)
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
              "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s,
@@ -284,8 +302,8 @@ def run_bench(
         ]
     return BenchResult(
         model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
-        stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {len(avail)} cores",
-        precision=prec, engine=engine,
+        stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {plural(len(avail), 'core')}",
+        precision=prec, engine=engine, timeline=timeline, stage_cores=stage_cores,
     )
 
 
@@ -294,10 +312,12 @@ def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use
     """The strongest peers: one onnxruntime session shared by K threads (fp32: onnxruntime has
     no fast bf16), and OpenVINO's THROUGHPUT (K streams) and LATENCY (K threads) hints at
     ``precision``."""
-    peers = [("shared", f"ort 1 session shared by {k} threads (fp32)", "onnxruntime, 1 session shared by K threads")]
+    peers = [("shared", f"ort 1 session shared by {plural(k, 'thread')} (fp32)",
+              "onnxruntime, 1 session shared by K threads")]
     if missing_engine("openvino") is None:
-        peers += [("ov_throughput", f"openvino THROUGHPUT ({k} streams, {precision})", "openvino THROUGHPUT"),
-                  ("ov_latency", f"openvino LATENCY ({k} threads, 1 in flight, {precision})", "openvino LATENCY")]
+        peers += [("ov_throughput", f"openvino THROUGHPUT ({plural(k, 'stream')}, {precision})", "openvino THROUGHPUT"),
+                  ("ov_latency", f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight, {precision})",
+                   "openvino LATENCY")]
     rows = []
     for mode, name, what in peers:
         say(what)
@@ -306,7 +326,8 @@ def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use
     return rows
 
 
-def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:
+def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int,
+                  cores: list[int]) -> tuple[BenchRow, Timeline, list[str]]:
     import psutil
 
     from ..runtime import load
@@ -322,6 +343,7 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             if i == fill - 1:
                 start = time.perf_counter()
         rate = requests / (time.perf_counter() - start)
+        timeline = pipe.timeline()
         lat = []
         before = pipe.stats()
         for _ in range(min(requests, 30)):
@@ -338,4 +360,5 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             info = psutil.Process(pid).memory_full_info()
             rss.append(int(info.rss))
             uss.append(int(getattr(info, "uss", info.rss)))
-    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)
+    row = BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)
+    return row, timeline, [s.core for s in after.stages]
