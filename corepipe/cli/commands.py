@@ -82,9 +82,10 @@ def compile_cmd(
     ```
     corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
     corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
-    corepipe compile zoo:bert -o bert_bf16/ --num-cores 2 --precision bf16 --balance measure
+    corepipe compile zoo:bert -o bert16/ -n 2 --precision bf16 --balance measure
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
-    corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4 --compiler-arg=--auto-cast=none
+    corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
+    corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
@@ -137,7 +138,7 @@ def inspect_cmd(
     corepipe inspect resnet_compiled/
     corepipe inspect resnet_compiled/ --plot plan.png
     corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
-    corepipe inspect resnet_compiled/ --json | jq '.stages[] | [.engine, .precision]'
+    corepipe inspect out/ --json | jq '.stages[] | [.engine, .precision]'
     ```
     """
     with cli_errors():
