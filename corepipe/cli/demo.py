@@ -206,5 +206,5 @@ def demo_cmd(
             err.print(Text(f"outputs DIFFER from onnxruntime beyond the {tolerance}: {summary}",
                            style="bold red"))
             raise typer.Exit(1)
-        out.print(Text(f"outputs match onnxruntime on all {report.plural(requests, 'request')}, within "
-                       f"the {tolerance} of its fp32 ({summary})", style="green"))
+        out.print(Text(f"outputs match onnxruntime on all {report.plural(requests, 'request')} within "
+                       f"the {tolerance} ({summary})", style="green"))
