@@ -30,7 +30,7 @@ def test_backoff_reports_the_stage_down_then_serves_every_request(tmp_path):
         outs = [pipe.submit(f) for f in feeds[:10]]
         os.kill(pipe.worker_pids()[1], signal.SIGKILL)
         _wait_for(lambda: not pipe.readiness()[0])
-        ready, why, retry = pipe.readiness()
+        _, why, retry = pipe.readiness()
         assert "stage 1 is down" in why and "restarting in 1.0 s" in why, why
         assert 0 < retry <= 1.0
         # Requests submitted while the stage is down wait and run once it is back.
