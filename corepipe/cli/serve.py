@@ -77,13 +77,16 @@ def serve_cmd(
         "--drain-timeout", min=0, help="Seconds accepted requests may take to finish after SIGTERM.")] = 30.0,
     restart: Annotated[str, typer.Option(
         "--restart", metavar="backoff|give-up",
-        help="A stage that keeps dying: backoff restarts it after a growing wait (0.5 s doubling to "
+        help="A stage that keeps dying: backoff restarts it after a growing wait (--backoff doubling to "
         "--backoff-max), reporting not-ready meanwhile; give-up fails its model for good.")] = "backoff",
     max_deaths: Annotated[int, typer.Option(
         "--max-deaths", min=1, help="Deaths within 60 s after which a stage counts as one that keeps "
         "dying.")] = 3,
+    backoff: Annotated[float, typer.Option(
+        "--backoff", min=0, help="First wait, in seconds, before restarting a stage that keeps dying; "
+        "it doubles with each further death.")] = 0.5,
     backoff_max: Annotated[float, typer.Option(
-        "--backoff-max", min=0.5, help="Longest wait, in seconds, before restarting a stage.")] = 30.0,
+        "--backoff-max", min=0, help="Longest wait, in seconds, before restarting a stage.")] = 30.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log model loading and shutdown.")] = False,
 ) -> None:
     """Serve compiled models over KServe v2 (HTTP and gRPC), TF-Serving REST and Prometheus.
@@ -119,7 +122,7 @@ def serve_cmd(
             cores=parse_cores(cores, "--cores") if cores else None, split=split, model_cores=fixed,
             max_in_flight=max_in_flight, max_queue=max_queue,
             max_body_bytes=parse_size(max_body) if max_body else None, token=token, drain_s=drain,
-            restart=restart, max_deaths=max_deaths, backoff_max_s=backoff_max,
+            restart=restart, max_deaths=max_deaths, backoff_s=backoff, backoff_max_s=backoff_max,
         )
         if restart not in ("backoff", "give-up"):
             raise typer.BadParameter(f"--restart {restart!r}: use backoff or give-up")

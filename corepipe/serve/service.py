@@ -65,7 +65,7 @@ class Service:
         """
         if self.token is None:
             return
-        scheme, _, given = (header or "").partition(" ")
+        scheme, _, given = (header or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             why = "no Authorization header" if not header else "the bearer token does not match"
             raise Rejected(401, f"this server needs 'Authorization: Bearer <token>' ({why})",
