@@ -124,8 +124,6 @@ def serve_cmd(
             max_body_bytes=parse_size(max_body) if max_body else None, token=token, drain_s=drain,
             restart=restart, max_deaths=max_deaths, backoff_s=backoff, backoff_max_s=backoff_max,
         )
-        if restart not in ("backoff", "give-up"):
-            raise typer.BadParameter(f"--restart {restart!r}: use backoff or give-up")
 
         def ready(ep: Endpoints) -> None:
             out.print(Text(f"corepipe serve: ready (pid {os.getpid()}): {', '.join(ep.models)}\n"

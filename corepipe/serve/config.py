@@ -65,6 +65,8 @@ class ServeConfig:
             raise CorepipeError(f"--split {self.split!r} is unknown: use auto, divide or share")
         if self.backend not in ("local", "inline"):
             raise CorepipeError(f"--backend {self.backend!r} is unknown: use local or inline")
+        if self.restart not in ("backoff", "give-up"):
+            raise CorepipeError(f"--restart {self.restart!r} is unknown: use backoff or give-up")
         if self.max_queue is not None and self.max_queue < 0:
             raise CorepipeError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_body_bytes is not None and self.max_body_bytes < 1024:
