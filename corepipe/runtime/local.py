@@ -138,6 +138,8 @@ class LocalPipeline(Supervisor, Pipeline):
         self._rings: list[Ring] = []
         self._control: Control | None = None
         self._workers: list[Worker] = []
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
@@ -351,6 +353,11 @@ class LocalPipeline(Supervisor, Pipeline):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # Two closes at once (a server's drain and a second signal) must not free anything twice.
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         if self._control is not None and self._control.words.size and self._final_stats is None:
             try:
                 self._final_stats = self.stats()
