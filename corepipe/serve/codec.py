@@ -25,6 +25,7 @@ from ..errors import InputError
 __all__ = [
     "DATATYPES",
     "InferRequest",
+    "contiguous",
     "datatype_of",
     "dtype_of",
     "encode_response",
@@ -40,6 +41,12 @@ DATATYPES: dict[str, str] = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 _BY_DTYPE = {v: k for k, v in DATATYPES.items()}
+
+
+def contiguous(value: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them shape (1,))."""
+    arr = np.asarray(value)
+    return arr if arr.flags.ccontiguous else np.ascontiguousarray(arr).reshape(arr.shape)
 
 
 def datatype_of(dtype: str) -> str:
@@ -189,14 +196,13 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""
     outputs = []
-    blobs = []
+    blobs: list[memoryview] = []
     for name in names:
-        arr = np.ascontiguousarray(results[name])
+        arr = contiguous(results[name])
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(str(arr.dtype)), "shape": list(arr.shape)}
         if req.binary.get(name, req.binary_default):
-            raw = arr.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
+            entry["parameters"] = {"binary_data_size": arr.nbytes}
+            blobs.append(arr.reshape(-1).view(np.uint8).data)  # joined below: one copy, not two
         else:
             entry["data"] = arr.ravel().tolist()
         outputs.append(entry)

@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from ..errors import InputError
-from .codec import datatype_of, select_outputs, tensor_from_bytes, tensor_from_data
+from .codec import contiguous, datatype_of, select_outputs, tensor_from_bytes, tensor_from_data
 from .proto import grpc_service_pb2 as pb
 from .service import Service, classify
 
@@ -71,7 +71,7 @@ def feeds_of(request: Any) -> dict[str, np.ndarray]:
 def response_of(model: Any, request_id: str, results: dict[str, np.ndarray], names: list[str]) -> Any:
     resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
     for name in names:
-        arr = np.ascontiguousarray(results[name])
+        arr = contiguous(results[name])
         resp.outputs.add(name=name, datatype=datatype_of(str(arr.dtype)), shape=list(arr.shape))
         resp.raw_output_contents.append(arr.tobytes())
     return resp
