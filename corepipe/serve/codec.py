@@ -46,7 +46,7 @@ _BY_DTYPE = {v: k for k, v in DATATYPES.items()}
 def contiguous(value: np.ndarray) -> np.ndarray:
     """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them shape (1,))."""
     arr = np.asarray(value)
-    return arr if arr.flags.ccontiguous else np.ascontiguousarray(arr).reshape(arr.shape)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
 
 
 def datatype_of(dtype: str) -> str:
