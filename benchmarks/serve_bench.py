@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             code = server.wait(timeout=120)
+        # In-process again: the shared machine drifts, so the server is compared with the better
+        # of the two in-process runs (the conservative ratio).
+        again = in_process(art, feeds, args.requests, 5)
+        print(f"in-process again: {again['throughput']:.2f} req/s", flush=True)
+        local["throughput_before"], local["throughput_after"] = local["throughput"], again["throughput"]
+        local["throughput"] = max(local["throughput"], again["throughput"])
     result = {"model": args.model, "cores": args.cores, "in_process": local, "server": rows, "paired": pair,
               "server_exit": code, "stages": [s.measured_s for s in cm.stages], "host": f"{os.cpu_count()} cores"}
     if args.json:
@@ -228,7 +234,9 @@ def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
              "| setup | concurrency | req/s | x in-process | p50 ms | p50 - in-process ms "
              "| CPU % of a core: server process (client process) | perf_analyzer |",
              "|---|---:|---:|---:|---:|---:|---:|---:|",
-             f"| in-process (`Pipeline.map` / `run`) | {int(local['window'])} / 1 | {local['throughput']:.2f} | 1.00 | "
+             f"| in-process (`Pipeline.map` / `run`; the better of runs before and after the server: "
+             f"{local.get('throughput_before', 0):.2f}, {local.get('throughput_after', 0):.2f}) "
+             f"| {int(local['window'])} / 1 | {local['throughput']:.2f} | 1.00 | "
              f"{local['p50_ms']:.2f} | — | ({local['client_cpu_ms_per_req'] * local['throughput'] / 10:.1f}) | — |"]
     for key, r in res["server"].items():
         proto, c = key.split(" c=")
