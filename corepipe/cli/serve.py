@@ -91,10 +91,11 @@ def serve_cmd(
 ) -> None:
     """Serve compiled models over KServe v2 (HTTP and gRPC), TF-Serving REST and Prometheus.
 
-    Clients that speak KServe v2 / Triton work unmodified: tritonclient (HTTP and gRPC, JSON or
-    binary tensors) and perf_analyzer. Endpoints: /v2/health/ready, /v2/models/NAME/infer,
-    /v2/models/NAME/config, /v1/models/NAME:predict, /metrics; gRPC inference.GRPCInferenceService.
-    SIGTERM drains accepted requests, closes the pipelines and exits 0.
+    KServe v2 / Triton clients work unmodified: tritonclient (HTTP, gRPC; JSON or binary tensors), perf_analyzer.
+
+    HTTP: /v2/health/ready, /v2/models/NAME/infer, /v2/models/NAME/config, /v1/models/NAME:predict, /metrics.
+
+    gRPC: inference.GRPCInferenceService. SIGTERM drains accepted requests, closes the pipelines, exits 0.
 
     Examples:
 
