@@ -103,11 +103,12 @@ def serve_repo(tmp_path_factory):
     return build_repo(tmp_path_factory.mktemp("serve"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served(serve_repo):
-    """One `corepipe serve` process on the repository, with a token and a small window (4 in flight
-    + 4 waiting per model), shared by the serving tests; stopped with SIGTERM at the end, which
-    must exit 0 and leave no shared memory."""
+    """A `corepipe serve` process on the repository, with a token and a small window (4 in flight
+    + 4 waiting per model), shared by one module's tests; stopped with SIGTERM at the module's end,
+    which must exit 0 and leave no shared memory. (Module scope, not session: its workers are
+    this process's descendants, and other modules' leak checks must not find them.)"""
     from serving import TOKEN, Server
 
     srv = Server.start(serve_repo.path, "--token", TOKEN, "--max-in-flight", "4", "--max-queue", "4")
