@@ -148,3 +148,28 @@ def test_admission_window_bridges_futures_without_blocking_the_loop(tmp_path):
         np.testing.assert_allclose(out["y"] if "y" in out else next(iter(out.values())),
                                    next(iter(ref.values())), rtol=1e-5, atol=1e-5)
     assert model.statistics()["inference_stats"]["success"]["count"] == 6
+
+
+def test_the_manifest_deployment_is_used_where_the_runtime_supports_it(tmp_path, caplog):
+    """A manifest with a deployment (issue 8's "replicas" and "threads_per_stage"): threads are
+    applied; replicas, which this runtime does not have yet, are reported and left out."""
+    from conftest import compiled_chain
+
+    from corepipe.serve.config import ServeConfig
+    from corepipe.serve.repository import deployment_of, load_models
+
+    path, feeds, refs = compiled_chain(tmp_path, 1024, requests=1, seed=4)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["deployment"] = {"replicas": 2, "threads_per_stage": 1}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert deployment_of(path) == {"replicas": 2, "threads_per_stage": 1}
+    with caplog.at_level("WARNING", logger="corepipe.serve"):
+        (model,) = load_models(path, ServeConfig(cores=[0]))
+    try:
+        assert "replicas=2, which this runtime does not support" in caplog.text
+        assert model.deployment == {"threads_per_stage": 1}
+        assert model.config()["instance_group"][0]["count"] == 1
+        out = model.pipe.run(feeds[0])
+        np.testing.assert_allclose(next(iter(out.values())), next(iter(refs[0].values())), rtol=1e-5, atol=1e-5)
+    finally:
+        model.close()

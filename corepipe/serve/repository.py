@@ -118,7 +118,8 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                     else:
                         log.warning("model %s: the manifest asks for %s=%s, which this runtime does not "
                                     "support; serving without it", name, key, value)
-                if "threads_per_stage" in options and options["threads_per_stage"] * art.plan.num_cores > len(cores[name]):
+                threads = options.get("threads_per_stage", 1)
+                if threads > 1 and threads * art.plan.num_cores > len(cores[name]):
                     log.warning("model %s: the deployment's %s threads per stage do not fit its %d cores; "
                                 "using an even share", name, options["threads_per_stage"], len(cores[name]))
                     options.pop("threads_per_stage")
@@ -136,7 +137,7 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
             models.append(ServedModel(
                 name, art.root, art.plan.inputs, art.plan.outputs, pipe, load_error=error,
                 max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
-                deployment=deployments[name],
+                deployment={k: v for k, v in options.items() if k in deployments[name]},  # as applied
             ))
     except BaseException:
         for m in models:
