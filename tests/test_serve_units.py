@@ -173,3 +173,44 @@ def test_the_manifest_deployment_is_used_where_the_runtime_supports_it(tmp_path,
         np.testing.assert_allclose(next(iter(out.values())), next(iter(refs[0].values())), rtol=1e-5, atol=1e-5)
     finally:
         model.close()
+
+
+def test_large_json_is_decoded_off_the_event_loop(tmp_path):
+    """A 1.5 MB JSON request is parsed on a worker thread: the loop keeps answering meanwhile."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    import corepipe
+    from corepipe.serve import http as serve_http
+    from corepipe.serve.http import make_app
+    from corepipe.serve.model import ServedModel
+    from corepipe.serve.service import Service
+
+    threads = []
+    real = serve_http.parse_request
+
+    def spy(body, header):
+        threads.append(threading.current_thread().name)
+        return real(body, header)
+
+    from conftest import compiled_chain
+
+    path, feeds, refs = compiled_chain(tmp_path, 1024, requests=1, seed=2)
+    pipe = corepipe.load(path, backend="inline")
+    (name, arr), = feeds[0].items()
+    svc = Service([ServedModel("m", path, pipe.plan.inputs, pipe.plan.outputs, pipe, max_queue=4)])
+    body = {"inputs": [{"name": name, "shape": list(arr.shape), "datatype": "FP32", "data": arr.ravel().tolist()}]}
+    pad = json.dumps(body)[:-1] + ', "padding": "' + "x" * 100_000 + '"}'
+    try:
+        serve_http.parse_request = spy
+        with TestClient(make_app(svc)) as client:
+            small = client.post("/v2/models/m/infer", content=json.dumps(body))
+            big = client.post("/v2/models/m/infer", content=pad)
+    finally:
+        serve_http.parse_request = real
+        pipe.close()
+    assert small.status_code == 200 and big.status_code == 200, big.text
+    assert threads[1] != threads[0], threads  # the small one on the loop's thread, the big one not
+    out = np.array(big.json()["outputs"][0]["data"], np.float32).reshape(big.json()["outputs"][0]["shape"])
+    np.testing.assert_allclose(out, next(iter(refs[0].values())), rtol=1e-5, atol=1e-5)

@@ -36,6 +36,10 @@ __all__ = ["make_app"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: JSON bodies above this many bytes (or JSON outputs above an eighth as many values) are decoded
+#: and encoded on a worker thread instead of the event loop.
+_BIG = 64 * 1024
+
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(data, separators=(",", ":")), status_code=status,
@@ -125,10 +129,17 @@ def make_app(svc: Service) -> Starlette:
             if length is not None and not length.strip().isdigit():
                 raise Rejected(400, f"Inference-Header-Content-Length {length!r} is not a byte count",
                                code="INVALID_ARGUMENT")
-            req = parse_request(body, int(length) if length is not None else None)
+            header = int(length) if length is not None else None
+            # Large JSON tensors take milliseconds to decode and encode: do that off the event
+            # loop, so other requests (and the pipeline's results) keep flowing meanwhile.
+            big_json = (header if header is not None else len(body)) > _BIG
+            req = await asyncio.to_thread(parse_request, body, header) if big_json else parse_request(body, header)
             names = select_outputs(req.outputs, model.outputs)
             results = await model.infer(req.feeds)
-            data, header_len = encode_response(model.name, model.version, req, results, names)
+            json_values = sum(results[n].size for n in names if not req.binary.get(n, req.binary_default))
+            encode = (model.name, model.version, req, results, names)
+            data, header_len = (await asyncio.to_thread(encode_response, *encode) if json_values > _BIG // 8
+                                else encode_response(*encode))
             if header_len is None:
                 return Response(data, media_type="application/json")
             return Response(data, media_type="application/octet-stream",
@@ -153,9 +164,13 @@ def make_app(svc: Service) -> Starlette:
             svc.authorize(request.headers.get("authorization"))
             model = model_of(request)
             body = await _body(request, model.body_limit)
-            feeds, fmt = parse_predict(body, model.inputs)
+            feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs) if len(body) > _BIG
+                          else parse_predict(body, model.inputs))
             results = await asyncio.gather(*(model.infer(f) for f in feeds))
-            return Response(encode_predict(results, model.outputs, fmt), media_type="application/json")
+            size = sum(r[o.name].size for r in results for o in model.outputs)
+            data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt) if size > _BIG // 8
+                    else encode_predict(results, model.outputs, fmt))
+            return Response(data, media_type="application/json")
         except Exception as exc:
             response, status = _error(exc)
             return response
