@@ -167,6 +167,38 @@ def paired(path: Path, name: str, feeds: dict[str, np.ndarray], http: str, grpc:
     return out
 
 
+def paired_pa(binary: str, env: dict[str, str], path: Path, name: str, feeds: dict[str, np.ndarray],
+              urls: dict[str, str], rounds: int, count: int, workdir: Path) -> dict[str, Any]:
+    """perf_analyzer at concurrency 1 and in-process `Pipeline.run`, taking turns in short blocks of
+    3 x ``count`` requests (perf_analyzer's three windows), ``rounds`` times: the median of the per-round p50 differences is what
+    perf_analyzer's C++ client sees the server add, with the machine's drift cancelled out."""
+    p50: dict[str, list[float]] = {"in-process": [], **{k: [] for k in urls}}
+    with corepipe.load(path) as pipe:
+        for _ in range(3):
+            pipe.run(feeds)
+        for r in range(rounds):
+            lat = []
+            for _ in range(3 * count):  # as many as perf_analyzer's three windows
+                t0 = time.perf_counter()
+                pipe.run(feeds)
+                lat.append(time.perf_counter() - t0)
+            p50["in-process"].append(float(np.median(lat)) * 1e3)
+            for proto, url in urls.items():
+                out = workdir / f"pa_pair_{proto}_{r}.csv"
+                cmd = [binary, "-m", name, "-u", url, "-i", proto, "--concurrency-range", "1:1",
+                       "--input-data", "zero", "--measurement-mode", "count_windows",
+                       "--measurement-request-count", str(count), "--max-trials", "3",
+                       "--stability-percentage", "999", "-f", str(out)]
+                res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+                if res.returncode != 0:
+                    raise RuntimeError(f"perf_analyzer failed:\n{res.stdout}{res.stderr}")
+                with open(out) as f:
+                    p50[proto].append(float(next(csv.DictReader(f))["p50 latency"]) / 1e3)
+    base = np.array(p50["in-process"])
+    return {"rounds": rounds, "count": count, "p50_ms": {k: float(np.median(v)) for k, v in p50.items()},
+            "overhead_ms": {k: float(np.median(np.array(p50[k]) - base)) for k in urls}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="zoo:resnet50")
@@ -177,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,window", help="perf_analyzer concurrencies ('window': the pipeline's)")
     p.add_argument("--balance", default="measure")
     p.add_argument("--paired", type=int, default=30, help="rounds of the paired latency comparison (0: skip)")
+    p.add_argument("--paired-pa", type=int, default=5,
+                   help="rounds of perf_analyzer (c=1) taking turns with in-process runs (0: skip)")
+    p.add_argument("--paired-count", type=int, default=10, help="requests per perf_analyzer window in --paired-pa (3 windows a block)")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
@@ -204,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             pair = paired(art, name, feeds, http, grpc, args.paired) if args.paired else None
             if pair:
                 print(f"paired, concurrency 1: p50 {pair['p50_ms']}, overhead {pair['overhead_ms']}", flush=True)
+            pair_pa = (paired_pa(binary, env, art, name, feeds, {"grpc": grpc, "http": http}, args.paired_pa,
+                                 args.paired_count, work) if args.paired_pa else None)
+            if pair_pa:
+                print(f"paired perf_analyzer: p50 {pair_pa['p50_ms']}, overhead {pair_pa['overhead_ms']}", flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             code = server.wait(timeout=120)
@@ -213,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process again: {again['throughput']:.2f} req/s", flush=True)
         local["throughput_before"], local["throughput_after"] = local["throughput"], again["throughput"]
         local["throughput"] = max(local["throughput"], again["throughput"])
-    result = {"model": args.model, "cores": args.cores, "in_process": local, "server": rows, "paired": pair,
+    result = {"model": args.model, "cores": args.cores, "in_process": local, "server": rows, "paired": pair, "paired_pa": pair_pa,
               "server_exit": code, "stages": [s.measured_s for s in cm.stages], "host": f"{os.cpu_count()} cores"}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -251,6 +290,13 @@ def markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
                   f"gRPC, tritonclient HTTP binary): p50 {p50['in-process']:.2f} / {p50['grpc']:.2f} / "
                   f"{p50['http']:.2f} ms; median per-round overhead gRPC **{over['grpc']:+.2f} ms**, HTTP "
                   f"**{over['http']:+.2f} ms**."]
+    ppa = res.get("paired_pa")
+    if ppa:
+        p50, over = ppa["p50_ms"], ppa["overhead_ms"]
+        lines += ["", f"Paired with perf_analyzer, concurrency 1 ({ppa['rounds']} rounds of {3 * ppa['count']} requests "
+                  f"each, taking turns: in-process `run`, perf_analyzer gRPC, perf_analyzer HTTP): median p50 "
+                  f"{p50['in-process']:.2f} / {p50['grpc']:.2f} / {p50['http']:.2f} ms; median per-round p50 "
+                  f"overhead gRPC **{over['grpc']:+.2f} ms**, HTTP **{over['http']:+.2f} ms**."]
     server_compute = {k: r["server_compute_ms"] for k, r in res["server"].items() if k.endswith("c=1")}
     if server_compute:
         lines += ["", "Server-side compute (submit to result, inside the server, perf_analyzer's average) at "
