@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 import corepipe
+import corepipe.engines
 from corepipe.cli import app
 from corepipe.cli._inputs import npz_requests, parse_input_flag, random_requests
 
@@ -51,8 +52,8 @@ def symbolic_model(path: Path) -> Path:
 def test_compile_prints_the_plan_table(artifact: Path, tmp_path: Path) -> None:
     result = invoke("compile", "zoo:mlp", "-o", tmp_path / "a", "-n", "2")
     assert result.exit_code == 0, result.output
-    for text in ("stage", "first op", "dev:core", "resident / capacity", "time share",
-                 "◀ bottleneck", "MatMul", "0:0", "0:1", "req/s pipelined", str(tmp_path / "a")):
+    for text in ("stage", "first op", "core", "resident", "mem %", "share",
+                 "% ◀", "bottleneck: stage", "MatMul", "0:0", "0:1", "req/s pipelined", str(tmp_path / "a")):
         assert text in result.stdout, text
     assert corepipe.CompiledModel.open(tmp_path / "a").num_cores == 2
 
@@ -64,6 +65,36 @@ def test_compile_fixes_symbolic_dims_and_reads_compiler_args(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     plan = corepipe.CompiledModel.open(tmp_path / "out").plan
     assert plan.num_cores == 2 and plan.inputs[0].shape == (3, 4)
+
+
+def test_compile_engine_and_precision_flags_and_inspect_shows_them(tmp_path: Path) -> None:
+    result = invoke("compile", "zoo:mlp", "-o", tmp_path / "a", "-n", "2", "--engine", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert "ort fp32" in result.stdout and "onnxruntime fp32 for stages 0, 1" in result.stdout
+    result = invoke("compile", "zoo:mlp", "-o", tmp_path / "b", "-n", "2", "--precision", "bf16",
+                    "--balance", "measure")
+    if corepipe.engines.cpu_math().bf16:
+        assert result.exit_code == 0, result.output
+        shown = invoke("inspect", tmp_path / "b")
+        assert "ov bf16" in shown.stdout and "measured per engine" in shown.stdout, shown.stdout
+        plan = json.loads(invoke("inspect", tmp_path / "b", "--json").stdout)
+        assert [(st["engine"], st["precision"]) for st in plan["stages"]] == [("openvino", "bf16")] * 2
+    else:
+        assert result.exit_code == 2 and "bf16 needs native bf16" in result.stderr
+
+
+def test_inspect_names_the_fallback(tmp_path: Path) -> None:
+    w = onnx.numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["d"], name="det_node"), helper.make_node("Mul", ["x", "d"], ["m"], name="mul"),
+         helper.make_node("MatMul", ["m", "w"], ["y"], name="mm")], "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "det.onnx")
+    result = invoke("compile", tmp_path / "det.onnx", "-o", tmp_path / "a", "-n", "2")
+    assert result.exit_code == 0, result.output
+    shown = invoke("inspect", tmp_path / "a").stdout
+    assert "ort fp32 *" in shown and "engine fallbacks" in shown and "'det_node' (Det)" in shown, shown
 
 
 def test_compile_reads_example_inputs_from_npz(tmp_path: Path) -> None:
@@ -78,7 +109,8 @@ def test_inspect_table_and_json(artifact: Path) -> None:
     result = invoke("inspect", artifact)
     assert result.exit_code == 0, result.output
     assert "verified" in result.stdout and "input float32[1,64]" in result.stdout
-    assert "◀ bottleneck" in result.stdout
+    assert "% ◀" in result.stdout and "bottleneck: stage" in result.stdout
+    assert "ov fp32" in result.stdout and "openvino fp32 for stages 0, 1" in result.stdout
     result = invoke("inspect", artifact, "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -89,7 +121,7 @@ def test_run_inline(artifact: Path) -> None:
     result = invoke("run", artifact, "--backend", "inline", "--requests", "5")
     assert result.exit_code == 0, result.output
     assert "5 requests in" in result.stdout and "req/s" in result.stdout
-    assert "p99" in result.stdout and "mean service ms" in result.stdout
+    assert "p99" in result.stdout and "service ms" in result.stdout
 
 
 def test_run_inline_with_npz_stack(artifact: Path, tmp_path: Path) -> None:
@@ -102,7 +134,7 @@ def test_run_inline_with_npz_stack(artifact: Path, tmp_path: Path) -> None:
 def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     closed = []
 
-    def interrupted(pipe, *args):  # type: ignore[no-untyped-def]
+    def interrupted(pipe, *args, **kwargs):  # type: ignore[no-untyped-def]
         monkeypatch.setattr(pipe, "close", lambda **kw: closed.append(kw))
         raise KeyboardInterrupt
 
@@ -121,12 +153,28 @@ def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyP
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--target", "tpu"], "unknown target 'tpu'"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "lots"], "cannot read 'lots'"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--compiler-arg", "--fast"], "unknown compiler argument"),
-        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--num-cores", "two"], "--num-cores"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--num-cores", "two"], "--num-cores must be"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-k", "two"], "--cores must be"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--cores", "9"], "use --cores <= 8"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-n", "9"], "9 cores for 8 nodes"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-n", "2", "--cores", "2"], "give it once"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "raise --core-memory to at least"),
+        (["run", "{tmp}/nothing", "--num-cores", "999"], "--num-cores 999: this process may run on only"),
+        (["run", "{tmp}/nothing", "-k", "999"], "--cores 999"),
+        (["run", "{tmp}/nothing", "-b", "inline", "-k", "1"], "--cores picks the cores of the local backend"),
+        (["demo", "--cores", "0"], "--cores must be a positive integer"),
+        (["inspect", "{tmp}/nothing", "--plot", "{tmp}/p.bmp"], "--plot"),
         (["compile", "zoo:nope", "-o", "{tmp}/o"], "zoo:mlp"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "no core count fits"),
         (["inspect", "{tmp}/nothing"], "not a directory"),
         (["run", "{tmp}/nothing", "-b", "inline"], "not a directory"),
         (["demo", "--model", "nope"], "--model 'nope'"),
+        (["demo", "--precision", "fp8"], "--precision must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--engine", "tvm"], "--engine must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--precision", "int4"], "--precision must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-e", "onnxruntime", "-p", "bf16"], "not fast on onnxruntime"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--compiler-arg=--auto-cast-type=fp8_e4m3"], "no CPU engine"),
+        (["bench", "zoo:mlp", "--precision", "fp64"], "--precision must be one of"),
     ],
 )
 def test_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -148,23 +196,35 @@ def test_corrupt_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
         assert result.stderr.startswith("error: ") and "sha256" in result.stderr
 
 
-def test_debug_flag_and_env_reraise(tmp_path: Path) -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
     for args, env in ((["--debug"], None), ([], {"COREPIPE_DEBUG": "1"})):
         result = invoke(*args, "inspect", tmp_path / "nothing", env=env)
-        assert isinstance(result.exception, corepipe.ArtifactError)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" in result.stderr and "ArtifactError" in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    result = invoke("--debug", "compile", "zoo:mlp", "-o", tmp_path / "o", "--cores", "x")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: --cores must be a positive integer or 'auto', got 'x'"
 
 
-def test_demo_inline_matches_onnxruntime() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_demo_inline_matches_onnxruntime(precision: str) -> None:
+    if precision == "bf16" and not corepipe.engines.cpu_math().bf16:
+        pytest.skip("no native bf16 on this CPU")
     result = invoke("demo", "--model", "tiny_cnn", "--requests", "3", "--backend", "inline",
-                    "--num-cores", "2")
+                    "--num-cores", "2", "--precision", precision)
     assert result.exit_code == 0, result.output
     assert "zoo:tiny_cnn: 2 stages" in result.stdout
     assert "outputs match onnxruntime on all 3 requests" in result.stdout
+    assert f"within the {precision} tolerance" in result.stdout
+    for words in ("speed in steady state", "x measured (rounds", "x predicted", "one request alone",
+                  "the inline backend runs the stages one after another", "noise", "the rounds varied by"):
+        assert words in result.stdout, words
 
 
 def test_version_and_help() -> None:
     assert invoke("--version").stdout.strip() == f"corepipe {corepipe.__version__}"
-    for command in ("compile", "inspect", "run", "demo"):
+    for command in ("compile", "inspect", "run", "demo", "bench", "serve"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Examples" in result.stdout
 

@@ -184,3 +184,29 @@ def test_messages_are_checked_against_the_boundary():
         with pytest.raises(corepipe.CorepipeError, match=match):
             check_arrays(specs, bad, "here")
     assert json.dumps([s.to_dict() for s in specs])  # specs travel to actors as plain dicts
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_read_only_boundary_arrays_run_on_every_engine(tmp_path, engine):
+    """Ray's object store hands each stage read-only arrays (0-d ones included); every engine
+    must take them."""
+    from test_reliability import _slow_on_demand_model
+
+    from corepipe.artifact import open_artifact
+    from corepipe.engines import StageRunner
+
+    model = _slow_on_demand_model()  # x -> ... -> Loop(n) -> ...: a 0-d int64 crosses the cut
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32),
+             "n": np.array(7, np.int64)}
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, cuts=[2], engine=engine)
+    assert [s.engine for s in cm.stages] == [engine, engine]
+    art = open_artifact(cm.path)
+
+    def frozen(a: np.ndarray) -> np.ndarray:  # read-only memory, as the object store maps it
+        return np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape)
+
+    mid = StageRunner(art, 0).run({k: frozen(v) for k, v in feeds.items()})
+    out = StageRunner(art, 1).run({k: frozen(v) for k, v in mid.items()})
+    ref = run_reference(model, feeds)
+    for name in ref:
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-4, atol=1e-5)

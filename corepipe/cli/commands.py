@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from ..artifact.manifest import open_artifact
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..compiler.driver import parse_compiler_args
 from . import report
@@ -25,6 +26,10 @@ from ._app import (
     stream,
 )
 from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
+from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
+from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
+from .report import plural
+from .save import NpzWriter
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 
@@ -38,10 +43,12 @@ def compile_cmd(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
         show_default=False)],
-    num_cores: Annotated[str, typer.Option(
-        "--num-cores", "-n", metavar="N|auto",
-        help="Stages (one per core), or 'auto': the fewest cores whose memory holds every stage.",
-    )] = "auto",
+    num_cores: Annotated[str | None, typer.Option(
+        "--num-cores", "-n", metavar="N",
+        help="Stages (one per core), or auto: the fewest cores whose memory holds every stage "
+        "(default: auto; alias: --cores, -k).", show_default=False,
+    )] = None,
+    cores: CoresAlias = None,
     core_memory: Annotated[str | None, typer.Option(
         "--core-memory", metavar="SIZE",
         help="Resident-weight capacity of one core, e.g. 64MiB (default: the target's).",
@@ -60,26 +67,48 @@ def compile_cmd(
         "--balance", metavar="estimate|measure",
         help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
     )] = "estimate",
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="Also draw the plan: one bar per stage for time, weights and hand-off (.png, .svg, "
+        ".pdf; needs matplotlib).", show_default=False)] = None,
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
-        "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+        "--compiler-arg=--num-neuroncores=4 --compiler-arg=--auto-cast=matmult.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino",
+        help="Engine per stage. auto: openvino wherever it computes the stage right (checked "
+        "against onnxruntime), onnxruntime elsewhere; with --balance measure, the faster one.")] = "auto",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
+        "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
+        "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
     Examples:
 
-      corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
-
-      corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
-
-      corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
+    ```
+    corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
+    corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
+    corepipe compile zoo:bert -o bert16/ -n 2 --precision bf16 --balance measure
+    corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
+    corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
+    corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
+    ```
     """
-    with cli_errors():
-        if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
-            raise typer.BadParameter(f"--num-cores must be a positive integer or 'auto', got {num_cores!r}")
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        count, _ = core_count(num_cores, cores, auto=True)
+        if plot is not None:
+            check_plot(plot, "--plot")
         if balance not in ("estimate", "measure"):
             raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(
+                f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
         onnx_model, examples = load_model(model)
@@ -89,11 +118,13 @@ def compile_cmd(
         with report.compile_progress(err) as progress:
             cm = compile_model(
                 onnx_model, output, example_inputs=examples or None,
-                num_cores=int(num_cores) if num_cores.isdigit() else "auto",
+                num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                progress=progress,
+                engine=engine, precision=precision, progress=progress,
             )
-        print_plan(cm.plan, cm.path, f"{model}: {cm.num_cores} stages")
+        print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
+        if plot is not None:
+            saved(save_picture(plan_figure(cm.plan, model), plot), "plan")
 
 
 # ------------------------------------------------------------------------------------ inspect
@@ -103,17 +134,29 @@ def inspect_cmd(
         help="Artifact directory written by `corepipe compile`.", show_default=False)],
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest's plan as JSON (stable, sorted keys) instead.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="Also draw the plan: one bar per stage for time, weights and hand-off, coloured by "
+        "core (.png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
 ) -> None:
-    """Verify an artifact (manifest, hashes, paths) and print its stages.
+    """Verify an artifact (manifest, hashes, paths) and print its stages, with the engine and
+    precision of each (and why a stage fell back to another engine).
 
     Examples:
 
-      corepipe inspect resnet_compiled/
-
-      corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    ```
+    corepipe inspect resnet_compiled/
+    corepipe inspect resnet_compiled/ --plot plan.png
+    corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    corepipe inspect out/ --json | jq '.stages[] | [.engine, .precision]'
+    ```
     """
     with cli_errors():
+        if plot is not None:
+            check_plot(plot, "--plot")
         art = open_artifact(artifact)
+        if plot is not None:
+            saved(save_picture(plan_figure(art.plan, str(artifact)), plot), "plan")
         if as_json:
             typer.echo(json.dumps(art.plan.to_dict(), indent=2, sort_keys=True))
             return
@@ -126,7 +169,7 @@ def inspect_cmd(
             f"artifact {artifact}: corepipe {art.corepipe_version}, source sha256 "
             f"{art.source_sha256[:12]}, verified\n{sig}"
         ))
-        print_plan(plan, artifact, f"{plan.num_cores} stages")
+        print_plan(plan, artifact, plural(plan.num_cores, "stage"))
 
 
 @app.command("run")
@@ -134,13 +177,22 @@ def run_cmd(
     artifact: Annotated[Path, typer.Argument(
         help="Artifact directory written by `corepipe compile`.", show_default=False)],
     requests: Annotated[int | None, typer.Option(
-        "--requests", "-r", min=1,
+        "--requests", "-r", min=1, metavar="N",
         help="Requests to stream (default: 100, or the requests in --inputs).",
         show_default=False)] = None,
     inputs_file: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz",
         help="Real inputs: one array per input name, either one request or a stack [R, ...] "
         "of R requests (cycled).", show_default=False)] = None,
+    save: Annotated[Path | None, typer.Option(
+        "--save", metavar="FILE.npz",
+        help="Keep the outputs: one stack [R, ...] per output name, streamed to disk (refused "
+        "up front when the disk lacks the room). Without it, outputs are dropped as they come.",
+        show_default=False)] = None,
+    timeline: Annotated[Path | None, typer.Option(
+        "--timeline", metavar="FILE.png",
+        help="Draw when each request ran on each stage (a Gantt chart of the last 10,000 "
+        "requests; .png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
     backend: Annotated[str, typer.Option(
         "--backend", "-b", metavar="local|inline|ray",
         help="local: one pinned process per stage; inline: all stages in this process; ray: one "
@@ -153,41 +205,74 @@ def run_cmd(
         "--placement", metavar="PACK|SPREAD|STRICT_SPREAD",
         help="How Ray places the stages on nodes (--backend ray; default PACK).",
         show_default=False)] = None,
+    num_cores: NumCores = None,
+    cores: CoresAlias = None,
     max_in_flight: Annotated[int | None, typer.Option(
-        "--max-in-flight", "-k", min=1,
+        "--max-in-flight", min=1, metavar="N",
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")] = 0,
 ) -> None:
     """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
 
     Without --inputs, requests are random and deterministic (--seed): floats N(0, 1), integers
     uniform in [0, 100) (valid token ids for embedding tables of at least 100 rows), bools 0/1.
-    Pass --inputs for real data.
+    Memory stays flat whatever --requests is: outputs are dropped as they arrive unless --save
+    keeps them. --num-cores N runs the workers on the first N cores this process may use
+    (default: all; stages share cores when they outnumber them).
 
     Examples:
 
-      corepipe run resnet_compiled/ --requests 200
-
-      corepipe run bert_compiled/ --inputs tokens.npz --max-in-flight 8
-
-      corepipe run bert_compiled/ --backend ray --address auto --placement SPREAD
+    ```
+    corepipe run resnet_compiled/ --requests 200
+    corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
+    corepipe run bert_compiled/ --inputs tokens.npz --save outputs.npz
+    corepipe run bert_compiled/ --backend ray --address auto
+    ```
     """
-    with cli_errors():
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        n_cores, _ = core_count(num_cores, cores, available=len(usable_cores()))
+        if n_cores is not None and backend in ("inline", "ray"):
+            raise typer.BadParameter(
+                f"{core_flag(num_cores, cores)} picks the cores of the local backend's workers; the "
+                f"{backend} backend " + ("runs every stage in this process" if backend == "inline" else
+                                         "leaves cores to Ray (one CPU per stage)")
+                + ": drop the flag or use --backend local")
         arrays = load_npz(inputs_file) if inputs_file is not None else None
-        options = backend_options(backend, address, placement)
+        if timeline is not None:
+            check_plot(timeline, "--timeline")
+        plan = open_artifact(artifact).plan  # the signature, verified before the run starts
+        if arrays is not None:
+            pool = npz_requests(plan.inputs, arrays)
+        else:
+            pool = random_requests(plan.inputs, min(requests or 100, 8), seed)
+        count = requests or (len(pool) if arrays is not None else 100)
+        # Refuse a --save that cannot fit before any worker starts.
+        writer = NpzWriter(save, plan.outputs, count) if save is not None else None
+        options: dict[str, Any] = backend_options(backend, address, placement)
         if max_in_flight is not None:
             options["max_in_flight"] = max_in_flight
-        pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        if n_cores is not None:
+            options["cores"] = usable_cores()[: int(n_cores)]
         try:
-            if arrays is not None:
-                pool = npz_requests(pipe.plan.inputs, arrays)
-            else:
-                pool = random_requests(pipe.plan.inputs, min(requests or 100, 8), seed)
-            count = requests or (len(pool) if arrays is not None else 100)
-            _, seconds = stream(pipe, pool, count, "requests")
+            pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        try:
+            seconds = stream(pipe, pool, count, "requests", sink=writer)
+            if writer is not None:
+                path = writer.finish()
+                writer = None
+                out.print(Text(f"saved the outputs of {plural(count, 'request')} to {path}"))
             print_run(pipe, count, seconds)
+            if timeline is not None:
+                draw_timeline(pipe.timeline(), timeline, f"corepipe run {artifact}",
+                              [s.core for s in pipe.stats().stages], pipe.backend)
         except KeyboardInterrupt:
             pipe.close(timeout=2.0)  # after Ctrl-C, do not wait for a long queue to drain
             raise
         finally:
+            if writer is not None:
+                writer.abort()
             pipe.close()

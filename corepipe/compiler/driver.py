@@ -14,11 +14,13 @@ import onnx
 
 from ..artifact.manifest import open_artifact, write_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
-from ..artifact.sizes import format_bytes
+from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
+from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
+from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
 from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
 
@@ -70,33 +72,6 @@ class CompiledModel:
         return load(self.path, backend=backend, **kwargs)
 
 
-def parse_compiler_args(args: Sequence[str]) -> dict[str, Any]:
-    """Read Neuron-style flags: ``--static-weights``, ``--num-neuroncores N``,
-    ``--neuroncore-pipeline-cores N``. Unknown flags are an error, never ignored."""
-    out: dict[str, Any] = {}
-    items = list(args)
-    i = 0
-    while i < len(items):
-        flag = items[i]
-        name, eq, inline_value = flag.partition("=")
-        if name == "--static-weights":
-            out["static_weights"] = True
-            i += 1
-            continue
-        if name in ("--num-neuroncores", "--neuroncore-pipeline-cores"):
-            value = inline_value if eq else (items[i + 1] if i + 1 < len(items) else None)
-            i += 1 if eq else 2
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise CompileError(f"{name} needs a positive core count, got {value!r}")
-            out["num_cores"] = int(value)
-            continue
-        raise CompileError(
-            f"unknown compiler argument {flag!r}: corepipe understands --static-weights, "
-            "--num-neuroncores N and --neuroncore-pipeline-cores N"
-        )
-    return out
-
-
 def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | None:
     if num_cores == "auto":
         return None
@@ -106,13 +81,14 @@ def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | 
         raise CompileError(f"num_cores must be a positive int or 'auto', got {num_cores!r}")
     if num_cores > n_nodes:
         raise CompileError(
-            f"more cores than the graph can use: {num_cores} cores for {n_nodes} nodes "
-            f"(a stage holds at least one node); use num_cores <= {n_nodes}"
+            f"more cores than the graph can use: {plural(num_cores, 'core')} for "
+            f"{plural(n_nodes, 'node')} (a stage holds at least one node); use num_cores <= {n_nodes}"
         )
     if target.name != "cpu" and num_cores > target.total_cores:
         raise CompileError(
-            f"target {target.name!r} has {target.total_cores} cores "
-            f"({target.devices} devices x {target.cores_per_device}); asked for {num_cores}"
+            f"target {target.name!r} has {plural(target.total_cores, 'core')} "
+            f"({plural(target.devices, 'device')} x {target.cores_per_device}); asked for {num_cores}; "
+            f"use num_cores <= {target.total_cores}"
         )
     return num_cores
 
@@ -138,14 +114,14 @@ def _not_fit(
         return DoesNotFitError(
             f"no core count fits: node {node.name!r} ({node.op_type}) alone holds "
             f"{format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}; "
-            "raise core_memory or split that weight",
+            f"raise core_memory to at least {format_bytes(exc.needed)} or split that weight",
             min_cores=None, capacity=cap, needed=exc.needed,
         )
     if bounds is None:
         # Name the heaviest stage of a memory-blind cut into k stages.
         relaxed = dataclasses.replace(problem, capacity=float("inf"))
         bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
-        where = f"model does not fit in {k} cores of {format_bytes(cap)}"
+        where = f"model does not fit in {plural(k or 1, 'core')} of {format_bytes(cap)}"
     else:
         where = f"cuts {bounds[1:-1]} do not fit cores of {format_bytes(cap)}"
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
@@ -172,6 +148,8 @@ def compile(
     compiler_args: Sequence[str] | None = None,
     balance: str = "estimate",
     cuts: Sequence[int] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
     progress: Progress | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
@@ -186,35 +164,48 @@ def compile(
             ``core_memory``, then balanced within that count.
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
         target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
-        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``.
+        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``;
+            ``--auto-cast``, ``--auto-cast-type`` and ``--fp32-cast`` set the precision
+            (`corepipe.compiler.flags`).
         balance: ``"estimate"`` (analytic cost) or ``"measure"`` (time stages on one core and
             move boundaries until the measured stages balance).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
+        engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
+            else openvino wherever it compiles the stage), ``"onnxruntime"`` or ``"openvino"``.
+            A stage ``"auto"`` cannot run on one engine falls back to the other; the plan's
+            ``stages[i].fallback`` says why.
+        precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
+            with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
+            ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
+            Neuron flags in ``compiler_args`` say, else fp32.
         progress: optional ``progress(step, done, total)`` callback.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
 
     Raises:
-        CompileError: invalid model or options, missing example input, too many cores.
+        CompileError: invalid model or options, missing example input, too many cores; an
+            engine that is not installed or cannot run a stage (naming the node and op); a
+            precision the engine or this CPU cannot run fast (naming what the CPU has).
         DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
 
     Example:
         >>> cm = corepipe.compile("bert.onnx", "bert_compiled/", num_cores="auto",
         ...                       core_memory="64MiB", example_inputs=feeds)  # doctest: +SKIP
     """
-    if compiler_args:
-        flags = parse_compiler_args(compiler_args)
-        if "num_cores" in flags:
-            if num_cores != "auto" and num_cores != flags["num_cores"]:
-                raise CompileError(
-                    f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
-                    f"{flags['num_cores']} cores; give the count once"
-                )
-            num_cores = flags["num_cores"]
+    flags = parse_compiler_args(compiler_args or [])
+    if "num_cores" in flags:
+        if num_cores != "auto" and num_cores != flags["num_cores"]:
+            raise CompileError(
+                f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
+                f"{flags['num_cores']} cores; give the count once"
+            )
+        num_cores = flags["num_cores"]
     if balance not in ("estimate", "measure"):
         raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
+    precision = resolve_precision(precision, flags.get("precision"))
+    check_request(engine, precision)
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     report("analyse graph", 0, 1)
@@ -233,8 +224,8 @@ def compile(
         k = need
         if tgt.name != "cpu" and k > tgt.total_cores:
             raise DoesNotFitError(
-                f"model needs {k} cores of {format_bytes(tgt.core_memory)} but target "
-                f"{tgt.name!r} has {tgt.total_cores}", min_cores=k, capacity=tgt.core_memory,
+                f"model needs {plural(k, 'core')} of {format_bytes(tgt.core_memory)} but target "
+                f"{tgt.name!r} has {tgt.total_cores}; raise core_memory", min_cores=k, capacity=tgt.core_memory,
                 needed=problem_bytes(problem),
             )
     elif need > k:
@@ -258,19 +249,36 @@ def compile(
         except solver.Infeasible:
             places = int(sum(problem.allowed()[1:-1]))
             raise CompileError(
-                f"cannot cut this graph into {k} stages: only {places} places between its nodes "
-                f"may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
+                f"cannot cut this graph into {plural(k, 'stage')}: only {plural(places, 'place')} "
+                f"between its nodes may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
             ) from None
     measured = None
     if balance == "measure":
         from .measure import measured_balance
 
-        bounds, compute, measured = measured_balance(graph, problem, tgt, bounds, example_inputs, report)
+        bounds, compute, choices = measured_balance(
+            graph, problem, tgt, bounds, example_inputs, report,
+            engines=candidates(engine), precision=precision, engine=engine)
+        measured = [c.seconds[c.engine] for c in choices]
         problem = make_problem(graph, compute, tgt.core_memory)
+    elif candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
+        choices = [Choice("onnxruntime", "fp32") for _ in range(k)]
+    else:  # engine "auto" or "openvino": run each stage once and check it against onnxruntime
+        from .measure import time_stages_on
+
+        report("check engines", 0, 1)
+        order = candidates(engine)
+        trials = time_stages_on(graph, bounds, example_inputs, order, precision, repeats=0)
+        choices = [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
+        report("check engines", 1, 1)
     report("partition", 1, 1)
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
-    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds))
+    stages = [
+        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback)
+        for st, c in zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds)),
+                         choices)
+    ]
     plan = Plan(
         target=tgt,
         inputs=tuple(graph.inputs),
@@ -279,6 +287,7 @@ def compile(
         stages=tuple(stages),
         num_nodes=graph.n,
         balance=balance,
+        notes=tuple(engine_notes(engine, precision, choices)),
     )
     report("write stages", 0, k)
     models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
@@ -310,3 +319,19 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
 
 def problem_bytes(problem: solver.Problem) -> int:
     return int(sum(problem.weight_bytes))
+
+
+def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list[str]:
+    """What the plan says about its engines: what was asked, what each stage measured, and why
+    any stage runs elsewhere."""
+    notes = [f"engine {engine!r}, precision {precision!r}: stages run on "
+             + ", ".join(f"{s}: {c.engine} {c.precision}" for s, c in enumerate(choices))]
+    if engine == "auto" and candidates("auto") == ["onnxruntime"]:
+        notes.append("openvino is not installed, so every stage runs on onnxruntime (pip install openvino)")
+    for s, c in enumerate(choices):
+        if len(c.seconds) > 1:
+            notes.append(f"stage {s} on one core: " + ", ".join(
+                f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
+        if c.fallback:
+            notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
+    return notes

@@ -8,8 +8,12 @@ from typing import Any
 from ..artifact.manifest import open_artifact
 from ..errors import CorepipeError
 from .base import BoundaryStats, Pipeline, PipelineStats, StageStats
+from .timeline import Recovery, RequestTrace, Timeline, Wait
 
-__all__ = ["load", "Pipeline", "PipelineStats", "StageStats", "BoundaryStats", "BACKENDS"]
+__all__ = [
+    "load", "Pipeline", "PipelineStats", "StageStats", "BoundaryStats", "Timeline", "RequestTrace",
+    "Recovery", "Wait", "BACKENDS",
+]
 
 BACKENDS = ("local", "inline", "ray")
 
@@ -24,10 +28,12 @@ def load(path: str | os.PathLike[str], *, backend: str = "local", **options: Any
             ``"ray"`` (one Ray actor per stage, on one machine or a cluster).
         **options: backend options. ``local``: ``max_in_flight``, ``cores`` (list of core ids to
             pin to, default: this process's affinity), ``threads_per_stage``, ``stage_timeout``,
-            ``slots``, ``start_timeout``. ``inline``: ``threads``. ``ray``: ``address`` (``None``
-            starts a private local instance, ``"auto"``, ``"ray://host:port"``),
-            ``placement_strategy`` (PACK, SPREAD, STRICT_SPREAD), ``threads_per_stage``,
-            ``stage_resources``, ``stage_source``, ``max_in_flight``, ``stage_timeout``, ... (see
+            ``slots``, ``start_timeout``, ``max_deaths``, ``death_window``, ``restart``
+            (``"give-up"`` or ``"backoff"``), ``backoff_s``, ``backoff_max_s``.
+            ``inline``: ``threads``. ``ray``: ``address`` (``None`` starts a private local
+            instance, ``"auto"``, ``"ray://host:port"``), ``placement_strategy`` (PACK, SPREAD,
+            STRICT_SPREAD), ``threads_per_stage``, ``stage_resources``, ``stage_source``, and the
+            ``local`` ones that apply (``max_in_flight``, ``stage_timeout``, ``restart``...; see
             `corepipe.runtime.ray.RayPipeline`).
 
     Raises:

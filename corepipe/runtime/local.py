@@ -30,6 +30,7 @@ from .base import Pipeline, PipelineStats, StageStats
 from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
 from .supervisor import Request, Supervisor, Worker
+from .timeline import RequestTrace
 
 __all__ = ["LocalPipeline"]
 
@@ -59,8 +60,12 @@ class LocalPipeline(Supervisor, Pipeline):
             treated as dead (killed, restarted, requests replayed).
         slots: slots per hand-off ring (2 = double buffering).
         start_timeout: seconds to wait for workers to load their stages.
-        max_deaths, death_window: a stage whose worker dies ``max_deaths`` times within
-            ``death_window`` seconds is given up on: its requests fail with `StageError`.
+        max_deaths, death_window: what counts as a stage that keeps dying: its worker died
+            ``max_deaths`` times within ``death_window`` seconds.
+        restart: what happens to a stage that keeps dying. ``"give-up"`` (default): the pipeline
+            breaks; its requests fail with `StageError`. ``"backoff"``: never give up; wait
+            ``backoff_s``, doubling with each further death up to ``backoff_max_s``, before each
+            restart, with the stage reported down meanwhile (`readiness`). Servers use it.
     """
 
     backend = "local"
@@ -77,6 +82,9 @@ class LocalPipeline(Supervisor, Pipeline):
         start_timeout: float = 120.0,
         max_deaths: int = 3,
         death_window: float = 60.0,
+        restart: str = "give-up",
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
     ) -> None:
         n = artifact.plan.num_cores
         super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
@@ -89,7 +97,12 @@ class LocalPipeline(Supervisor, Pipeline):
                 )
         if slots < 1:
             raise ValueError("slots must be >= 1")
-        need = sum(Ring.size_for(b, slots) for b in artifact.plan.boundaries)
+        if restart not in ("give-up", "backoff"):
+            raise CorepipeError(f"restart policy {restart!r} is unknown: use 'give-up' or 'backoff'")
+        if not 0 <= backoff_s <= backoff_max_s:
+            raise CorepipeError(
+                f"backoff_s ({backoff_s}) must be >= 0 and at most backoff_max_s ({backoff_max_s})")
+        need = sum(Ring.size_for(b, slots, n) for b in artifact.plan.boundaries)
         have = psutil.virtual_memory().available
         if need > have:
             raise CorepipeError(
@@ -99,10 +112,14 @@ class LocalPipeline(Supervisor, Pipeline):
         self._artifact = artifact
         self._n = n
         self._slots = slots
+        self._trace_slots = slots
         self._stage_timeout = stage_timeout
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
         self._death_window = death_window
+        self._restart = restart
+        self._backoff = (backoff_s, backoff_max_s)
+        self._down: tuple[str, float] | None = None
         self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
         self._cv = threading.Condition()
         self._pending: collections.deque[Request] = collections.deque()
@@ -123,10 +140,12 @@ class LocalPipeline(Supervisor, Pipeline):
         self._rings: list[Ring] = []
         self._control: Control | None = None
         self._workers: list[Worker] = []
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
-            self._rings = [Ring.create(b, slots) for b in artifact.plan.boundaries]
+            self._rings = [Ring.create(b, slots, n) for b in artifact.plan.boundaries]
             self._full = [Bell() for _ in range(n + 1)]
             self._free = [Bell() for _ in range(n + 1)]
             self._wake = [Bell() for _ in range(n)]
@@ -162,12 +181,23 @@ class LocalPipeline(Supervisor, Pipeline):
                 self._admit.release()
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
-            req = Request(next(self._ids), kept, fut, time.perf_counter())
+            req = Request(next(self._ids), kept, fut, time.monotonic())  # the workers' clock too
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
             self._cv.notify_all()
         return fut
+
+    def readiness(self) -> tuple[bool, str, float]:
+        with self._cv:
+            down = self._down
+        if self._broken is not None:
+            return False, f"the pipeline broke: {self._broken}", 0.0
+        if self._closing or self._closed:
+            return False, "the pipeline is closed", 0.0
+        if down is not None:
+            return False, down[0], max(0.0, down[1] - time.monotonic())
+        return True, "", 0.0
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -181,7 +211,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._admit.release()
         if error is None:
             self._completed += 1
-            self._latencies.add(time.perf_counter() - req.submitted)
+            self._latencies.add(time.monotonic() - req.submitted)
             if not req.future.done():
                 req.future.set_result(result)  # type: ignore[arg-type]
         else:
@@ -218,6 +248,7 @@ class LocalPipeline(Supervisor, Pipeline):
                     continue  # recovery happened meanwhile; the slot was never published
                 self._pending.popleft()
                 self._inflight[req.rid] = req
+                req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
                 ring.publish(s, epoch=epoch, seq=seq, request_id=req.rid)
                 self._feed_seq += 1
             self._full[0].ring()
@@ -238,7 +269,9 @@ class LocalPipeline(Supervisor, Pipeline):
             rid, status = ring.request_id(s), ring.status(s)
             result: dict[str, np.ndarray] | None = None
             error: BaseException | None = None
+            stamps: list[tuple[float, float]] = []
             try:
+                stamps = ring.stamps(s)
                 if status == ERROR:
                     error = decode_error(ring.error(s), rid)
                 else:
@@ -254,6 +287,10 @@ class LocalPipeline(Supervisor, Pipeline):
                 req = self._inflight.pop(rid, None)
             self._free[-1].ring()
             if req is not None:
+                self._traces.add(RequestTrace(
+                    req.rid, req.submitted, req.fed, tuple(stamps), time.monotonic(),
+                    ok=error is None, replays=req.replays,
+                ))
                 self._finish(req, result, error)
 
     # -- stats / close -----------------------------------------------------------------------
@@ -325,6 +362,11 @@ class LocalPipeline(Supervisor, Pipeline):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # Two closes at once (a server's drain and a second signal) must not free anything twice.
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         if self._control is not None and self._control.words.size and self._final_stats is None:
             try:
                 self._final_stats = self.stats()

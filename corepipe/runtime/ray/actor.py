@@ -2,7 +2,8 @@
 requests it receives in order, and pushes each result straight to the next stage's actor.
 
 Messages are plain data: ints, floats, short strings and lists of numpy arrays (Ray carries the
-arrays through its object store; the receiver reads them in place). No exception object and no
+arrays through its object store; the receiver reads them in place), plus each stage's (enter,
+leave) wall-clock stamps for the driver's request timelines. No exception object and no
 other Python object crosses: a failure travels as ``(stage, node, message)``. Every array that
 arrives is checked against the boundary's compiled dtype and shape before the stage sees it.
 
@@ -47,6 +48,14 @@ class _Message:
     status: int
     error: Failure | None
     arrays: list[np.ndarray]
+    stamps: list[float]
+
+
+def _stamps(value: Any, count: int) -> list[float]:
+    """The (enter, leave) stamps of the ``count`` stages before, as floats (zeros if malformed)."""
+    if isinstance(value, list) and len(value) == count and all(isinstance(x, float) for x in value):
+        return value
+    return [0.0] * count
 
 
 def check_arrays(specs: list[TensorSpec], arrays: Any, where: str) -> list[np.ndarray]:
@@ -151,7 +160,7 @@ class StageActor:
     # Fire and forget, and no task events: per request, the data path costs one RPC per hop.
     @ray.method(concurrency_group="data", num_returns=0, enable_task_events=False)
     def push(self, epoch: int, seq: int, rid: int, sent_at: float, status: int,
-             error: Failure | None, arrays: list[np.ndarray]) -> None:
+             error: Failure | None, arrays: list[np.ndarray], stamps: list[float]) -> None:
         """File message ``seq`` of ``epoch`` (request ``rid``) for the compute thread. Messages of
         another epoch are dropped: they belong to requests the driver replays."""
         arrived = time.time()
@@ -168,7 +177,8 @@ class StageActor:
         with self._cv:
             if epoch != self._epoch or seq < self._next_seq:
                 return
-            self._inbox[seq] = _Message(seq, rid, float(sent_at), arrived, status, error, arrays)
+            self._inbox[seq] = _Message(seq, rid, float(sent_at), arrived, status, error, arrays,
+                                        _stamps(stamps, 2 * self.index))
             self._cv.notify_all()
 
     def _compute_loop(self) -> None:
@@ -184,7 +194,7 @@ class StageActor:
                 self._busy_since, self._current = time.time(), msg.rid
                 self._handoffs += 1
                 self._handoff_s += msg.arrived - msg.sent_at  # raw: the driver corrects clock offsets
-            start = time.perf_counter()
+            start, entered = time.perf_counter(), time.time()
             status, error, out = msg.status, msg.error, []
             if status == OK:
                 try:
@@ -193,6 +203,7 @@ class StageActor:
                 except Exception as exc:  # StageError, or anything the engine raised
                     status, error = ERROR, _failure(exc, self.index, msg.rid)
             del msg.arrays  # let the object store release the input now
+            stamps = [*msg.stamps, entered, time.time()]
             with self._cv:
                 self._busy_since, self._current = 0.0, -1
                 self._requests += 1
@@ -201,10 +212,10 @@ class StageActor:
                     continue  # a reset came while we ran: this result belongs to a dead epoch
                 downstream = self._downstream
                 if self.last:
-                    self._results.append((msg.seq, msg.rid, time.time(), status, error, out))
+                    self._results.append((msg.seq, msg.rid, time.time(), status, error, out, stamps))
                     self._cv.notify_all()
                     continue
-            downstream.push.remote(epoch, msg.seq, msg.rid, time.time(), status, error, out)
+            downstream.push.remote(epoch, msg.seq, msg.rid, time.time(), status, error, out, stamps)
 
     # -- control (driver) --------------------------------------------------------------------
     @ray.method(concurrency_group="control")
@@ -222,7 +233,7 @@ class StageActor:
     @ray.method(concurrency_group="control", enable_task_events=False)
     def take(self, epoch: int, wait_s: float) -> tuple[int, list[tuple[Any, ...]]]:
         """Last stage: the finished results of ``epoch`` in order, waiting up to ``wait_s`` for the
-        first. Each is ``(seq, rid, ready_at, status, error, arrays)``."""
+        first. Each is ``(seq, rid, ready_at, status, error, arrays, stamps)``."""
         deadline = time.monotonic() + wait_s
         with self._cv:
             while not self._results and not self._stopped and epoch == self._epoch:

@@ -30,8 +30,9 @@ from ...artifact.manifest import Artifact
 from ...artifact.signature import check_feeds
 from ...artifact.transfer import manifest_sha256
 from ...errors import CorepipeError, PipelineClosedError, StageError
-from ..base import BoundaryStats, Pipeline, PipelineStats, StageStats
+from ..base import Pipeline, PipelineStats
 from ..supervisor import Request
+from ..timeline import RequestTrace
 from .actor import OK
 from .cluster import (
     STRATEGIES,
@@ -94,8 +95,12 @@ class RayPipeline(Recovery, Pipeline):
         stage_timeout: seconds one stage may spend on one request (or stay silent) before its
             actor is treated as dead (killed, restarted, requests replayed).
         start_timeout: seconds to place the stages and load them.
-        max_deaths, death_window: a stage whose actor dies ``max_deaths`` times within
-            ``death_window`` seconds is given up on: its requests fail with `StageError`.
+        max_deaths, death_window: what counts as a stage that keeps dying: its actor died
+            ``max_deaths`` times within ``death_window`` seconds.
+        restart: what happens to a stage that keeps dying, as for ``local``: ``"give-up"``
+            (default) breaks the pipeline, its requests fail with `StageError`; ``"backoff"``
+            waits ``backoff_s`` (doubling per further death, at most ``backoff_max_s``) before
+            each restart and reports the stage down meanwhile (`readiness`).
 
     Raises:
         CorepipeError: Ray missing or unreachable, a bad option, or a placement no node can hold.
@@ -120,6 +125,9 @@ class RayPipeline(Recovery, Pipeline):
         start_timeout: float = 120.0,
         max_deaths: int = 3,
         death_window: float = 60.0,
+        restart: str = "give-up",
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
     ) -> None:
         n = artifact.plan.num_cores
         super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
@@ -130,6 +138,11 @@ class RayPipeline(Recovery, Pipeline):
             raise CorepipeError(f"stage_source must be one of {list(_SOURCES)}, got {stage_source!r}")
         if self.max_in_flight < 1:
             raise CorepipeError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        if restart not in ("give-up", "backoff"):
+            raise CorepipeError(f"restart policy {restart!r} is unknown: use 'give-up' or 'backoff'")
+        if not 0 <= backoff_s <= backoff_max_s:
+            raise CorepipeError(
+                f"backoff_s ({backoff_s}) must be >= 0 and at most backoff_max_s ({backoff_max_s})")
         self._threads_per = _per_stage(threads_per_stage, n, "threads_per_stage")
         memory = [st.resident_bytes if reserve_memory else 0 for st in artifact.plan.stages]
         self._bundles = bundles_for(self._threads_per, memory, stage_resources)
@@ -143,6 +156,13 @@ class RayPipeline(Recovery, Pipeline):
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
         self._death_window = death_window
+        self._restart = restart
+        self._backoff = (backoff_s, backoff_max_s)
+        self._down: tuple[str, float] | None = None
+        # Actors stamp with their wall clocks; timelines are in this process's monotonic clock.
+        self._mono_minus_wall = time.monotonic() - time.time()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         self._names = [[t.name for t in b] for b in artifact.plan.boundaries]
         self._cv = threading.Condition()
         self._pending: collections.deque[Request] = collections.deque()
@@ -204,7 +224,7 @@ class RayPipeline(Recovery, Pipeline):
                 self._admit.release()
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
-            req = _Request(next(self._ids), {}, fut, time.perf_counter(), inputs=kept)
+            req = _Request(next(self._ids), {}, fut, time.monotonic(), inputs=kept)
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             if self._paused or self._pending:
@@ -217,7 +237,19 @@ class RayPipeline(Recovery, Pipeline):
         """Hand ``req`` to stage 0 (called with ``_cv`` held, so sequence numbers follow rids)."""
         seq, self._seq = self._seq, self._seq + 1
         self._inflight[req.rid] = req
-        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs)
+        req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
+        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs, [])
+
+    def readiness(self) -> tuple[bool, str, float]:
+        with self._cv:
+            down = self._down
+        if self._broken is not None:
+            return False, f"the pipeline broke: {self._broken}", 0.0
+        if self._closing or self._closed:
+            return False, "the pipeline is closed", 0.0
+        if down is not None:
+            return False, down[0], max(0.0, down[1] - time.monotonic())
+        return True, "", 0.0
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -230,7 +262,7 @@ class RayPipeline(Recovery, Pipeline):
         self._admit.release()
         if error is None:
             self._completed += 1
-            self._latencies.add(time.perf_counter() - req.submitted)
+            self._latencies.add(time.monotonic() - req.submitted)
             if not req.future.done():
                 req.future.set_result(result)  # type: ignore[arg-type]
         else:
@@ -262,18 +294,22 @@ class RayPipeline(Recovery, Pipeline):
             self._deliver(got_epoch, results)
 
     def _deliver(self, epoch: int, results: list[tuple[Any, ...]]) -> None:
-        received = time.time()
+        received, now = time.time(), time.monotonic()
         done = []
         with self._cv:
             if epoch != self._epoch or self._paused:
                 return  # a recovery began: these requests are replayed
-            for _seq, rid, ready_at, status, error, arrays in results:
+            for _seq, rid, ready_at, status, error, arrays, stamps in results:
                 req = self._inflight.pop(rid, None)
                 if req is None:
                     continue
                 self._out_handoffs[0] += 1
                 self._out_handoffs[1] += received - ready_at
                 done.append((req, status, error, arrays))
+                self._traces.add(RequestTrace(
+                    req.rid, req.submitted, req.fed, self._to_monotonic(stamps), now,
+                    ok=status == OK, replays=req.replays,
+                ))
         for req, status, error, arrays in done:
             if status == OK:
                 values = dict(zip(self._names[-1], arrays))
@@ -285,47 +321,6 @@ class RayPipeline(Recovery, Pipeline):
                                                    node=node or None))
 
     # -- stats / close -----------------------------------------------------------------------
-    def stats(self) -> PipelineStats:
-        if self._final_stats is not None:  # closed: the figures as they stood at the end
-            return self._final_stats
-        elapsed = time.perf_counter() - self._started
-        p50, p90, p99 = self._latencies.percentiles()
-        pings = self._fresh_pings()
-        stages = []
-        for k in range(self._n):
-            p, where = pings.get(k) or {}, self._where[k] if k < len(self._where) else {}
-            requests, busy = int(p.get("requests", 0)), float(p.get("busy_s", 0.0))
-            stages.append(StageStats(
-                index=k, pid=where.get("pid"), core=f"{where.get('ip', '?')} node {where.get('node_id', '?')[:8]}",
-                requests=requests, busy_s=busy, busy_pct=100.0 * busy / elapsed if elapsed else 0.0,
-                mean_service_s=busy / requests if requests else 0.0, queue_depth=int(p.get("queued", 0)),
-                restarts=self._restarts[k],
-            ))
-        with self._cv:
-            in_flight = len(self._inflight) + len(self._pending)
-        return PipelineStats(
-            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
-            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
-            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-            boundaries=self._boundary_stats(pings),
-        )
-
-    def _boundary_stats(self, pings: Mapping[int, Mapping[str, Any]]) -> list[BoundaryStats]:
-        """Mean send-to-arrival time per boundary, clocks of other hosts corrected by their offsets."""
-        out = []
-        for b, specs in enumerate(self.plan.boundaries):
-            nbytes = sum(t.nbytes for t in specs)
-            if b < self._n:
-                p = pings.get(b) or {}
-                count, raw = int(p.get("handoffs", 0)), float(p.get("handoff_s", 0.0))
-                skew = self._offset(b) - (self._offset(b - 1) if b > 0 else 0.0)
-            else:
-                count, raw = int(self._out_handoffs[0]), float(self._out_handoffs[1])
-                skew = -self._offset(self._n - 1)
-            mean = raw / count - skew if count else 0.0
-            out.append(BoundaryStats(index=b, nbytes=nbytes, handoffs=count, mean_s=max(0.0, mean)))
-        return out
-
     @property
     def replayed(self) -> int:
         """Requests sent through the pipeline again after an actor or node died."""
@@ -370,6 +365,11 @@ class RayPipeline(Recovery, Pipeline):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # Two closes at once (a server's drain and a second signal) must not free anything twice.
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         if self._actors and self._final_stats is None and self._connected:
             try:
                 self._final_stats = self.stats()

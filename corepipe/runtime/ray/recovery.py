@@ -1,17 +1,16 @@
-"""Starting and supervising the ``ray`` backend's stage actors: create one in its bundle, load its
-stage (from the shared directory or shipped bytes), notice a dead, stuck or vanished actor, start a
-new one (Ray re-places a bundle whose node died on a live node), replay what had not completed,
-and give up on a stage that keeps dying.
+"""Supervising the ``ray`` backend's stage actors: notice a dead, stuck or vanished actor (or node),
+start a new one (Ray re-places a bundle whose node died on a live node), replay what had not
+completed, and give up on (or back off from) a stage that keeps dying.
 
 Recovery, step by step (as in `corepipe.runtime.supervisor` for the ``local`` backend): pause
 intake; bump the *epoch*, so every message and result of the old one is dropped wherever it is;
 reset the live actors (one that does not answer is replaced too); fail a request that has now
 killed its actor twice; start and load new actors; tell every actor its downstream actor; send
-every request still in flight again, in order, ahead of the waiting ones; go.
+every request still in flight again, in order, ahead of the waiting ones; go. A stage that keeps
+dying is given up on or backed off, by the same restart policy as ``local``.
 
-The monitor's pings also measure each node's clock offset from the driver's (the sample with the
-shortest round trip of the latest 64), which corrects the hand-off times of hosts whose clocks
-differ; actors on the driver's host share its clock and need no correction.
+The monitor pings every actor once per `_PING_S`: an actor that answers with an error is dead,
+one busy on a request (or silent) for longer than ``stage_timeout`` is stuck and replaced.
 """
 
 from __future__ import annotations
@@ -19,29 +18,24 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..._version import __version__ as _driver_version
 from ...artifact.manifest import Artifact
 from ...artifact.plan import Plan
-from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from ..supervisor import Request
-from .actor import GROUPS, StageActor
+from ..timeline import TraceLog
+from .startup import StageActors, Unplaceable
+from .stats import RayStats
 
 __all__ = ["Recovery"]
 
 _PING_S = 0.2
 
 
-class _Unplaceable(StageError):
-    """A stage's bundle has no node to go to: waiting longer will not help."""
-
-
-class Recovery:
-    """Mixin for `RayPipeline`: actor start-up, the monitor thread's loop, and recovery."""
+class Recovery(StageActors, RayStats):
+    """Mixin for `RayPipeline`: the monitor thread's loop, recovery and the restart policy."""
 
     path: Path
     plan: Plan
@@ -68,12 +62,17 @@ class Recovery:
     _max_deaths: int
     _death_window: float
     _driver_ip: str
+    _restart: str
+    _backoff: tuple[float, float]
+    _down: tuple[str, float] | None
+    _traces: TraceLog
 
     def _init_recovery(self) -> None:
         self._actor_class: Any = None
         self._where: list[dict[str, Any]] = [{} for _ in range(self._n)]
         self._restarts = [0] * self._n
         self._deaths: list[collections.deque[float]] = [collections.deque() for _ in range(self._n)]
+        self._hold_s = [0.0] * self._n  # backoff before the next start (restart policy "backoff")
         self._shipped: dict[int, Any] = {}  # stage -> ObjectRef of its bytes, put once
         self._last_ping: dict[int, dict[str, Any]] = {}
         self._answered = [time.monotonic()] * self._n
@@ -85,125 +84,6 @@ class Recovery:
 
     def _finish(self, req: Request, result: Any, error: BaseException | None) -> None:
         raise NotImplementedError
-
-    # -- start-up ----------------------------------------------------------------------------
-    def _new_actor(self, k: int) -> Any:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        if self._actor_class is None:
-            self._actor_class = self._ray.remote(concurrency_groups=GROUPS)(StageActor)
-        bundle = self._bundles[k]
-        custom = {name: v for name, v in bundle.items() if name not in ("CPU", "memory")}
-        options: dict[str, Any] = {
-            "num_cpus": bundle["CPU"], "max_restarts": 0, "max_task_retries": 0,
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                self._pg, placement_group_bundle_index=k),
-        }
-        if "memory" in bundle:
-            options["memory"] = bundle["memory"]
-        if custom:
-            options["resources"] = custom
-        plan = self.plan
-        return self._actor_class.options(**options).remote(
-            k, self._n, [t.to_dict() for t in plan.boundaries[k]],
-            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k],
-        )
-
-    def _load_stages(self, stages: list[int]) -> None:
-        """Wait for the actors of ``stages`` to start, check they run this corepipe, load each
-        stage once (shipping its bytes where the directory cannot be seen).
-
-        Raises:
-            StageError: an actor did not start or could not load its stage (``_Unplaceable``
-                when its bundle has no node to go to).
-        """
-        ray = self._ray
-        deadline = time.monotonic() + self._start_timeout
-        refs = {k: self._actors[k].describe.remote(str(self.path.resolve()), self._manifest) for k in stages}
-        infos = {k: self._get(k, ref, deadline, "start") for k, ref in refs.items()}
-        loads = {}
-        for k, info in infos.items():
-            if info["version"] != _driver_version:
-                raise CorepipeError(
-                    f"stage {k}'s actor on {info['ip']} imports corepipe {info['version']} from "
-                    f"{info['module']!r}, the driver corepipe {_driver_version}: install the same "
-                    "corepipe on every node (or pass it in runtime_env)"
-                )
-            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module")}
-            ship = self._stage_source == "ship" or (self._stage_source == "auto" and not info["sees_artifact"])
-            if self._stage_source == "path" and not info["sees_artifact"]:
-                raise StageError(
-                    f"stage {k}'s actor on {info['ip']} cannot see the artifact at {str(self.path)!r}: "
-                    "share the directory with every node, or use stage_source='auto' or 'ship'", stage=k,
-                )
-            self._where[k]["source"] = "ship" if ship else "path"
-            if ship and k not in self._shipped:
-                self._shipped[k] = ray.put(stage_payload(self._artifact, k))
-            loads[k] = self._actors[k].load.remote(
-                None if ship else str(self.path.resolve()), self._manifest, self._shipped[k] if ship else None)
-        for k, ref in loads.items():
-            self._get(k, ref, deadline, "load its stage")
-
-    def _get(self, k: int, ref: Any, deadline: float, what: str) -> Any:
-        ray = self._ray
-        while True:
-            if self._closed:
-                raise PipelineClosedError("the pipeline closed while a stage actor was starting")
-            left = deadline - time.monotonic()
-            ready, _ = ray.wait([ref], timeout=max(0.0, min(0.5, left)))
-            if ready:
-                break
-            if left <= 0:
-                state = self._placement_state()
-                if state not in ("CREATED", "unknown"):
-                    raise _Unplaceable(
-                        f"stage {k}'s actor could not be placed within {self._start_timeout:.0f} s: "
-                        f"its placement group is {state} (a node died and no live node has "
-                        f"{self._bundles[k]}); add a node or resources", stage=k,
-                    )
-                raise StageError(f"stage {k}'s actor did not {what} within {self._start_timeout:.0f} s",
-                                 stage=k)
-        try:
-            return ray.get(ref)
-        except Exception as exc:  # the actor died starting, or load raised
-            cause = getattr(exc, "cause", None) or exc
-            text = " ".join(str(cause).split())[:2000]
-            raise StageError(f"stage {k}'s actor failed to {what}: {type(cause).__name__}: {text}",
-                             stage=k) from None
-
-    def _placement_state(self) -> str:
-        from ray.util import placement_group_table
-
-        try:
-            return str(placement_group_table(self._pg).get("state", "unknown"))
-        except Exception:
-            return "unknown"
-
-    def _wire(self, epoch: int) -> None:
-        """Start ``epoch`` on every actor, each told where its results go."""
-        refs = [a.reset.remote(epoch, self._actors[k + 1] if k + 1 < self._n else None)
-                for k, a in enumerate(self._actors)]
-        deadline = time.monotonic() + max(self._stage_timeout, 5.0)
-        for k, ref in enumerate(refs):
-            self._get(k, ref, deadline, "start its epoch")
-
-    def _kill_actors(self, actors: list[Any]) -> None:
-        """Kill ``actors`` and wait (a few seconds at most) until Ray reports each one dead."""
-        ray = self._ray
-        for a in actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:  # already dead, or the cluster is gone
-                pass
-        deadline = time.monotonic() + 5
-        for a in actors:
-            while time.monotonic() < deadline:
-                try:
-                    ray.get(a.ping.remote(), timeout=max(0.01, deadline - time.monotonic()))
-                except Exception as exc:  # ActorDiedError: gone, as wanted
-                    if not isinstance(exc, ray.exceptions.GetTimeoutError):
-                        break
-                time.sleep(0.02)
 
     # -- monitoring --------------------------------------------------------------------------
     def _monitor_loop(self) -> None:
@@ -256,39 +136,10 @@ class Recovery:
                 hung.append(k)
         return dead, hung
 
-    def _fresh_pings(self) -> dict[int, Mapping[str, Any]]:
-        """Every actor's counters now (the monitor's latest for one that does not answer)."""
-        ray = self._ray
-        out: dict[int, Mapping[str, Any]] = dict(self._last_ping)
-        refs = {a.ping.remote(): k for k, a in enumerate(self._actors)}
-        try:
-            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=2.0)
-            for ref in ready:
-                try:
-                    out[refs[ref]] = ray.get(ref)
-                except Exception:  # dead: keep what it last said
-                    pass
-        except Exception:
-            pass
-        return out
-
-    def _clock_sample(self, k: int, sent: float, received: float, remote: float) -> None:
-        ip = self._where[k].get("ip")
-        if not ip or ip == self._driver_ip:
-            return
-        window = self._clock.setdefault(ip, collections.deque(maxlen=64))
-        window.append((received - sent, remote - (sent + received) / 2))
-
-    def _offset(self, k: int) -> float:
-        """Seconds stage ``k``'s clock runs ahead of the driver's (0 on the driver's host)."""
-        if k < 0:
-            return 0.0
-        window = self._clock.get(self._where[k].get("ip", ""))
-        return min(window)[1] if window else 0.0
-
     # -- recovery ----------------------------------------------------------------------------
     def _recover(self, dead: list[int], hung: list[int]) -> None:
         ray = self._ray
+        began = time.monotonic()
         with self._cv:
             self._paused = True
             self._epoch += 1
@@ -326,15 +177,18 @@ class Recovery:
             self._outstanding.pop(k, None)
             self._last_ping.pop(k, None)
             while True:
+                self._hold(k)
                 self._actors[k] = self._new_actor(k)
                 self._restarts[k] += 1
                 try:
                     self._load_stages([k])
                     break
-                except _Unplaceable as exc:
+                except Unplaceable as exc:
                     self._kill_actors([self._actors[k]])
-                    self._break(exc)
-                    return
+                    if self._restart != "backoff":  # no node for it: waiting would not help
+                        self._break(exc)
+                        return
+                    self._record_death(k, f"has no node to run on ({exc})")
                 except StageError as exc:
                     self._kill_actors([self._actors[k]])
                     if self._record_death(k, f"failed to restart ({exc})"):
@@ -342,8 +196,12 @@ class Recovery:
             self._answered[k] = time.monotonic()
         self._wire(epoch)
         with self._cv:
+            self._down = None
             replay = sorted(self._inflight.values(), key=lambda r: r.rid)
             self._replayed += len(replay)
+            for req in replay:
+                req.replays += 1
+            self._traces.recovered(began, time.monotonic(), tuple(sorted(restart)))
             self._inflight.clear()
             self._pending.extendleft(reversed(replay))
             self._seq = 0
@@ -353,7 +211,8 @@ class Recovery:
             self._cv.notify_all()
 
     def _record_death(self, k: int, what: str) -> bool:
-        """Count a death of stage ``k``'s actor; past the limit, break the pipeline (True)."""
+        """Count a death of stage ``k``'s actor. Past the limit, break the pipeline (True) under
+        the ``give-up`` policy, or set the backoff before its next start under ``backoff``."""
         deaths = self._deaths[k]
         now = time.monotonic()
         deaths.append(now)
@@ -361,11 +220,28 @@ class Recovery:
             deaths.popleft()
         if len(deaths) < self._max_deaths:
             return False
+        if self._restart == "backoff":
+            base, cap = self._backoff
+            self._hold_s[k] = min(cap, base * 2 ** (len(deaths) - self._max_deaths))
+            with self._cv:
+                self._down = (f"stage {k} is down: its actor {what}; {len(deaths)} deaths within "
+                              f"{self._death_window:.0f} s, restarting in {self._hold_s[k]:.1f} s",
+                              now + self._hold_s[k])
+            return False
         self._break(StageError(
             f"stage {k} actor {what}: {len(deaths)} deaths within {self._death_window:.0f} s; "
             "giving up on the pipeline's requests", stage=k,
         ))
         return True
+
+    def _hold(self, k: int) -> None:
+        """Wait out stage ``k``'s backoff (if any) before starting it again; a close ends it."""
+        until = time.monotonic() + self._hold_s[k]
+        self._hold_s[k] = 0.0
+        while time.monotonic() < until:
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a stage was backing off")
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
 
     def _break(self, error: CorepipeError) -> None:
         with self._cv:

@@ -1,0 +1,164 @@
+"""Starting the ``ray`` backend's stage actors: one in its placement-group bundle, checked to
+import this corepipe, its stage loaded once (from the shared artifact directory, or from bytes the
+driver puts into the object store once and the actor verifies on arrival), and told where its
+results go. Also killing them, and waiting until Ray reports them dead.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..._version import __version__ as _driver_version
+from ...artifact.manifest import Artifact
+from ...artifact.plan import Plan
+from ...artifact.transfer import stage_payload
+from ...errors import CorepipeError, PipelineClosedError, StageError
+from .actor import GROUPS, StageActor
+
+__all__ = ["StageActors", "Unplaceable"]
+
+
+class Unplaceable(StageError):
+    """A stage's bundle has no node to go to: waiting longer will not help."""
+
+
+class StageActors:
+    """Mixin for `RayPipeline`: creating, loading, wiring and killing the stage actors."""
+
+    path: Path
+    plan: Plan
+    _ray: Any
+    _artifact: Artifact
+    _manifest: str
+    _n: int
+    _threads_per: list[int]
+    _bundles: list[dict[str, float]]
+    _stage_source: str
+    _pg: Any
+    _actors: list[Any]
+    _closed: bool
+    _stage_timeout: float
+    _start_timeout: float
+    _actor_class: Any
+    _where: list[dict[str, Any]]
+    _shipped: dict[int, Any]
+
+    def _new_actor(self, k: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self._actor_class is None:
+            self._actor_class = self._ray.remote(concurrency_groups=GROUPS)(StageActor)
+        bundle = self._bundles[k]
+        custom = {name: v for name, v in bundle.items() if name not in ("CPU", "memory")}
+        options: dict[str, Any] = {
+            "num_cpus": bundle["CPU"], "max_restarts": 0, "max_task_retries": 0,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self._pg, placement_group_bundle_index=k),
+        }
+        if "memory" in bundle:
+            options["memory"] = bundle["memory"]
+        if custom:
+            options["resources"] = custom
+        plan = self.plan
+        return self._actor_class.options(**options).remote(
+            k, self._n, [t.to_dict() for t in plan.boundaries[k]],
+            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k],
+        )
+
+    def _load_stages(self, stages: list[int]) -> None:
+        """Wait for the actors of ``stages`` to start, check they run this corepipe, load each
+        stage once (shipping its bytes where the directory cannot be seen).
+
+        Raises:
+            StageError: an actor did not start or could not load its stage (``Unplaceable``
+                when its bundle has no node to go to).
+        """
+        ray = self._ray
+        deadline = time.monotonic() + self._start_timeout
+        refs = {k: self._actors[k].describe.remote(str(self.path.resolve()), self._manifest) for k in stages}
+        infos = {k: self._get(k, ref, deadline, "start") for k, ref in refs.items()}
+        loads = {}
+        for k, info in infos.items():
+            if info["version"] != _driver_version:
+                raise CorepipeError(
+                    f"stage {k}'s actor on {info['ip']} imports corepipe {info['version']} from "
+                    f"{info['module']!r}, the driver corepipe {_driver_version}: install the same "
+                    "corepipe on every node (or pass it in runtime_env)"
+                )
+            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module")}
+            ship = self._stage_source == "ship" or (self._stage_source == "auto" and not info["sees_artifact"])
+            if self._stage_source == "path" and not info["sees_artifact"]:
+                raise StageError(
+                    f"stage {k}'s actor on {info['ip']} cannot see the artifact at {str(self.path)!r}: "
+                    "share the directory with every node, or use stage_source='auto' or 'ship'", stage=k,
+                )
+            self._where[k]["source"] = "ship" if ship else "path"
+            if ship and k not in self._shipped:
+                self._shipped[k] = ray.put(stage_payload(self._artifact, k))
+            loads[k] = self._actors[k].load.remote(
+                None if ship else str(self.path.resolve()), self._manifest, self._shipped[k] if ship else None)
+        for k, ref in loads.items():
+            self._get(k, ref, deadline, "load its stage")
+
+    def _get(self, k: int, ref: Any, deadline: float, what: str) -> Any:
+        ray = self._ray
+        while True:
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a stage actor was starting")
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait([ref], timeout=max(0.0, min(0.5, left)))
+            if ready:
+                break
+            if left <= 0:
+                state = self._placement_state()
+                if state not in ("CREATED", "unknown"):
+                    raise Unplaceable(
+                        f"stage {k}'s actor could not be placed within {self._start_timeout:.0f} s: "
+                        f"its placement group is {state} (a node died and no live node has "
+                        f"{self._bundles[k]}); add a node or resources", stage=k,
+                    )
+                raise StageError(f"stage {k}'s actor did not {what} within {self._start_timeout:.0f} s",
+                                 stage=k)
+        try:
+            return ray.get(ref)
+        except Exception as exc:  # the actor died starting, or load raised
+            cause = getattr(exc, "cause", None) or exc
+            text = " ".join(str(cause).split())[:2000]
+            raise StageError(f"stage {k}'s actor failed to {what}: {type(cause).__name__}: {text}",
+                             stage=k) from None
+
+    def _placement_state(self) -> str:
+        from ray.util import placement_group_table
+
+        try:
+            return str(placement_group_table(self._pg).get("state", "unknown"))
+        except Exception:
+            return "unknown"
+
+    def _wire(self, epoch: int) -> None:
+        """Start ``epoch`` on every actor, each told where its results go."""
+        refs = [a.reset.remote(epoch, self._actors[k + 1] if k + 1 < self._n else None)
+                for k, a in enumerate(self._actors)]
+        deadline = time.monotonic() + max(self._stage_timeout, 5.0)
+        for k, ref in enumerate(refs):
+            self._get(k, ref, deadline, "start its epoch")
+
+    def _kill_actors(self, actors: list[Any]) -> None:
+        """Kill ``actors`` and wait (a few seconds at most) until Ray reports each one dead."""
+        ray = self._ray
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already dead, or the cluster is gone
+                pass
+        deadline = time.monotonic() + 5
+        for a in actors:
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(a.ping.remote(), timeout=max(0.01, deadline - time.monotonic()))
+                except Exception as exc:  # ActorDiedError: gone, as wanted
+                    if not isinstance(exc, ray.exceptions.GetTimeoutError):
+                        break
+                time.sleep(0.02)
