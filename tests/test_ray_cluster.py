@@ -128,9 +128,16 @@ def test_killed_actor_mid_stream_loses_nothing_and_keeps_order(cluster, chain):
             if i == 10:
                 ray.kill(pipe.actors()[1], no_restart=True)
         st = pipe.stats()
-        assert pipe.replayed >= 1
+        assert pipe.replayed >= 1 and pipe.readiness()[0]
+        timeline = pipe.timeline()
     _check(done, refs)
     assert st.stages[1].restarts == 1 and st.completed == len(feeds) and st.failed == 0
+    # Timelines: every request's stages in order on the driver's clock, the recovery recorded.
+    assert len(timeline.requests) == len(feeds) and [r.stages for r in timeline.recoveries] == [(1,)]
+    for r in timeline.requests:
+        (a0, b0), (a1, b1) = r.stages
+        assert r.submitted <= r.fed <= a0 <= b0 <= a1 <= b1 <= r.completed
+    assert any(r.replays for r in timeline.requests)
 
 
 def test_stuck_actor_past_stage_timeout_is_replaced(cluster, chain):
@@ -141,6 +148,21 @@ def test_stuck_actor_past_stage_timeout_is_replaced(cluster, chain):
         outs = list(pipe.map(feeds[:10]))
         assert pipe.stats().stages[0].restarts == 1
     _check(outs, refs[:10])
+
+
+def test_stage_that_keeps_dying_backs_off_under_the_backoff_policy(cluster, chain):
+    path, feeds, refs = chain
+    with corepipe.load(path, backend="ray", restart="backoff", max_deaths=1, backoff_s=1.5) as pipe:
+        _check([pipe.run(feeds[0], timeout=60)], refs[:1])
+        futs = [pipe.submit(f) for f in feeds[:6]]
+        ray.kill(pipe.actors()[0], no_restart=True)
+        deadline = time.monotonic() + 10
+        while pipe.readiness()[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready, why, retry = pipe.readiness()
+        assert not ready and "stage 0 is down" in why and 0 < retry <= 1.5
+        _check([f.result(timeout=60) for f in futs], refs[:6])  # kept, and run once it is back
+        assert pipe.readiness() == (True, "", 0.0)
 
 
 def test_stage_that_keeps_dying_gives_up_with_stage_error(cluster, chain):

@@ -210,3 +210,32 @@ def test_read_only_boundary_arrays_run_on_every_engine(tmp_path, engine):
     ref = run_reference(model, feeds)
     for name in ref:
         np.testing.assert_allclose(out[name], ref[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_serve_passes_the_ray_backend_through(tmp_path, art):
+    """`corepipe serve --backend ray`: a KServe v2 request answered by Ray actors, then SIGTERM."""
+    from serving import Server, json_request
+
+    path, case = art
+    feeds = {k: v for k, v in case.feeds.items()}
+    if any(v.dtype != np.float32 for v in feeds.values()):
+        pytest.skip("the JSON helper sends FP32 tensors only")
+    server = Server.start(path, "--backend", "ray")
+    try:
+        import http.client
+
+        conn = http.client.HTTPConnection(server.http, timeout=60)
+        conn.request("POST", f"/v2/models/{path.name}/infer", body=json_request(feeds),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 200, body
+        ref = run_reference(case.model, feeds)
+        for out in body["outputs"]:
+            np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]),
+                                       ref[out["name"]], rtol=1e-5, atol=1e-5)
+        assert server.stop() == 0
+    finally:
+        server.kill()
