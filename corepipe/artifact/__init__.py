@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .deployment import Deployment
 from .manifest import FORMAT, FORMAT_VERSION, Artifact, open_artifact, read_manifest, write_artifact
 from .plan import Plan, StagePlan, TensorSpec
 from .signature import check_feeds
@@ -13,6 +14,6 @@ from .target import Target, host_cores, resolve_target
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "Artifact", "open_artifact", "read_manifest", "write_artifact",
-    "Plan", "StagePlan", "TensorSpec", "check_feeds", "format_bytes", "parse_size",
+    "Deployment", "Plan", "StagePlan", "TensorSpec", "check_feeds", "format_bytes", "parse_size",
     "Target", "host_cores", "resolve_target",
 ]

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,19 @@ from .._version import __version__
 from ..errors import ArtifactError
 from .plan import Plan, StagePlan
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "EXTRA_FILES", "write_artifact", "republish_artifact", "check_output_dir",
+    "read_manifest", "Artifact", "open_artifact", "copy_stage",
+]
 
 FORMAT = "corepipe-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
-_ARTIFACT_FILE = re.compile(r"^stage_[0-9]{3,}\.(onnx|weights)$")
+_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json)$")
+#: Files beside the stages that an artifact may hold: `corepipe tune`'s picture and measurements.
+EXTRA_FILES = ("tune.png", "tune.json")
 
 
 def _sha256_file(path: Path) -> str:
@@ -44,6 +49,44 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _staging(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(final directory, fresh temporary sibling to build it in); refuses a foreign directory."""
+    out = Path(out_dir).resolve()  # "." or "out/.." have no name to build a sibling from
+    check_output_dir(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return out, tmp
+
+
+def check_output_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Raise `ArtifactError` unless ``out_dir`` is new, empty, or holds a corepipe artifact (the
+    only directories writing an artifact may replace). Cheap: commands call it before long work."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not _replaceable(out):
+        raise ArtifactError(
+            f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
+        )
+
+
+def _manifest_text(plan: Plan, source_sha256: str) -> str:
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "corepipe_version": __version__,
+        "source_sha256": source_sha256,
+        "plan": plan.to_dict(),
+    }
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        _swap_in(tmp, out)
+    else:
+        os.replace(tmp, out)
 
 
 def write_artifact(
@@ -60,14 +103,7 @@ def write_artifact(
     at once. An existing artifact at ``out_dir`` is replaced; any other non-empty directory is
     refused rather than overwritten.
     """
-    out = Path(out_dir).resolve()  # "." or "out/.." have no name to build a sibling from
-    if out.exists() and not _replaceable(out):
-        raise ArtifactError(
-            f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
-        )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out, tmp = _staging(out_dir)
     try:
         stages = []
         for k, (st, model) in enumerate(zip(plan.stages, stage_models, strict=True)):
@@ -88,22 +124,52 @@ def write_artifact(
                 on_stage(k)
         final = replace(plan, stages=tuple(stages))
         final.validate()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "corepipe_version": __version__,
-            "source_sha256": source_sha256,
-            "plan": final.to_dict(),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if out.exists():
-            _swap_in(tmp, out)
-        else:
-            os.replace(tmp, out)
+        (tmp / MANIFEST).write_text(_manifest_text(final, source_sha256))
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def republish_artifact(
+    src: Artifact,
+    out_dir: str | os.PathLike[str],
+    plan: Plan,
+    *,
+    extras: Mapping[str, bytes] | None = None,
+) -> Plan:
+    """Write ``src``'s stages to ``out_dir`` under a new ``plan`` (same stages and files, e.g. a
+    deployment added), with ``extras`` (``tune.png``, ``tune.json``) beside them; atomically:
+    the directory shows the old artifact or the whole new one, never a mix.
+
+    Every stage file is verified against its hash while it is copied.
+
+    Raises:
+        ArtifactError: a stage file fails its hash, the plan's stages differ from ``src``'s, an
+            extra file name is not one of `EXTRA_FILES`, or ``out_dir`` holds foreign files.
+    """
+    if [st.to_dict() for st in plan.stages] != [st.to_dict() for st in src.plan.stages]:
+        raise ArtifactError("republishing keeps the stages as they are; compile again to change them")
+    bad = sorted(set(extras or {}) - set(EXTRA_FILES))
+    if bad:
+        raise ArtifactError(f"files {bad} may not go into an artifact; allowed beside the stages: {list(EXTRA_FILES)}")
+    plan.validate()
+    out, tmp = _staging(out_dir)
+    try:
+        for st in src.plan.stages:
+            copy_stage(src.root, st, tmp)
+            for name in (st.file, st.weights_file):
+                if name is not None:
+                    os.chmod(tmp / name, 0o644)
+        (tmp / MANIFEST).write_text(_manifest_text(plan, src.source_sha256))
+        for name, data in (extras or {}).items():
+            (tmp / name).write_bytes(data)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return plan
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact
+from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
-from ..compiler.driver import parse_compiler_args
 from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
 from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
@@ -47,13 +48,21 @@ def compile_cmd(
         "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
         show_default=False)] = None,
     balance: Annotated[str, typer.Option(
-        "--balance", metavar="estimate|measure",
-        help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
+        "--balance", metavar="estimate|measure|load",
+        help="Balance stages on the analytic cost estimate, on stages timed one core at a time, or "
+        "on the whole pipeline run under load (every stage busy; needs a core per stage).",
     )] = "estimate",
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
         "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", "-r", min=1,
+        help="Deployment to record (and to balance under, with --balance load): copies of the "
+        "pipeline. `corepipe tune` chooses one by measurement.", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, help="Deployment to record: cores per stage.",
+        show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -64,12 +73,20 @@ def compile_cmd(
       corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
 
       corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
+
+      corepipe compile zoo:bert -o bert2/ --num-cores 2 --balance load
     """
     with cli_errors():
         if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
             raise typer.BadParameter(f"--num-cores must be a positive integer or 'auto', got {num_cores!r}")
-        if balance not in ("estimate", "measure"):
-            raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if balance not in BALANCES:
+            raise typer.BadParameter(f"--balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+        deployment = None
+        if replicas is not None or threads_per_stage is not None:
+            if not num_cores.isdigit():
+                raise typer.BadParameter("--replicas and --threads-per-stage need --num-cores N (the stages)")
+            r, t = replicas or 1, threads_per_stage or 1
+            deployment = Deployment(replicas=r, threads_per_stage=t, cores=r * int(num_cores) * t)
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
         onnx_model, examples = load_model(model)
@@ -81,7 +98,7 @@ def compile_cmd(
                 onnx_model, output, example_inputs=examples or None,
                 num_cores=int(num_cores) if num_cores.isdigit() else "auto",
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                progress=progress,
+                progress=progress, deployment=deployment,
             )
         print_plan(cm.plan, cm.path, f"{model}: {cm.num_cores} stages")
 
@@ -138,6 +155,15 @@ def run_cmd(
         "--max-in-flight", "-k", min=1,
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, help="Copies of the pipeline, each on its own cores (default: the "
+        "artifact's deployment, else 1).", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, help="Cores per stage (default: the artifact's "
+        "deployment, else an even share).", show_default=False)] = None,
+    num_cores: Annotated[int | None, typer.Option(
+        "--num-cores", "--cores", min=1, metavar="K",
+        help="Use the first K cores this process may run on (default: all).", show_default=False)] = None,
 ) -> None:
     """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
 
@@ -145,16 +171,22 @@ def run_cmd(
     uniform in [0, 100) (valid token ids for embedding tables of at least 100 rows), bools 0/1.
     Pass --inputs for real data.
 
+    The deployment (replicas x threads per stage) is the artifact's when `corepipe tune` wrote
+    one; --replicas and --threads-per-stage override it.
+
     Examples:
 
       corepipe run resnet_compiled/ --requests 200
 
       corepipe run bert_compiled/ --inputs tokens.npz --max-in-flight 8
+
+      corepipe run bert_tuned/ --replicas 1 --threads-per-stage 2   # override the tuned deployment
     """
     with cli_errors():
         arrays = load_npz(inputs_file) if inputs_file is not None else None
-        options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
-        pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        options: dict[str, object] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        pipe = start_pipeline(artifact, backend, replicas=replicas, threads_per_stage=threads_per_stage,
+                              cores=num_cores, **options)  # verifies the artifact first
         try:
             if arrays is not None:
                 pool = npz_requests(pipe.plan.inputs, arrays)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
+from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact, write_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes
@@ -25,7 +26,10 @@ from .partition import build_stage_model, links_for, make_problem, place_stages,
 if TYPE_CHECKING:
     from ..runtime import Pipeline
 
-__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress"]
+__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress", "BALANCES"]
+
+#: How stages are balanced: analytic estimate, timed one core at a time, or timed all at once.
+BALANCES = ("estimate", "measure", "load")
 
 #: ``progress(step, done, total)``: called as long steps advance (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
@@ -173,6 +177,9 @@ def compile(
     balance: str = "estimate",
     cuts: Sequence[int] | None = None,
     progress: Progress | None = None,
+    deployment: Deployment | None = None,
+    load_rounds: int = 4,
+    load_seconds: float = 3.0,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
@@ -187,11 +194,19 @@ def compile(
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
         target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
         compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``.
-        balance: ``"estimate"`` (analytic cost) or ``"measure"`` (time stages on one core and
-            move boundaries until the measured stages balance).
+        balance: ``"estimate"`` (analytic cost), ``"measure"`` (time stages on one core and
+            move boundaries until the measured stages balance), or ``"load"`` (run the whole
+            pipeline with every stage busy, in ``deployment``, measure each stage's busy time
+            per request, move boundaries, repeat up to ``load_rounds`` times, keep the fastest
+            cut; the plan records each stage's time under load as ``loaded_s``).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
         progress: optional ``progress(step, done, total)`` callback.
+        deployment: replicas x threads per stage on ``deployment.cores`` cores, written into
+            the artifact for `load` and `serve` to use by default (and what ``balance="load"``
+            measures in). Default: none recorded; ``balance="load"`` then uses 1 x 1.
+        load_rounds: cuts ``balance="load"`` measures at most (then the best two again).
+        load_seconds: how long ``balance="load"`` streams requests through each cut.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
@@ -213,8 +228,8 @@ def compile(
                     f"{flags['num_cores']} cores; give the count once"
                 )
             num_cores = flags["num_cores"]
-    if balance not in ("estimate", "measure"):
-        raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
+    if balance not in BALANCES:
+        raise CompileError(f"balance must be one of {list(BALANCES)}, got {balance!r}")
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     report("analyse graph", 0, 1)
@@ -261,17 +276,63 @@ def compile(
                 f"cannot cut this graph into {k} stages: only {places} places between its nodes "
                 f"may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
             ) from None
-    measured = None
+    if deployment is not None and deployment.cores_needed(k) > deployment.cores:
+        raise CompileError(
+            f"deployment {deployment.describe(k)} needs more than the {deployment.cores} cores it "
+            "is made for; lower its replicas or threads_per_stage, or raise its cores"
+        )
+    measured = loaded = None
+    notes: list[str] = []
     if balance == "measure":
         from .measure import measured_balance
 
         bounds, compute, measured = measured_balance(graph, problem, tgt, bounds, example_inputs, report)
         problem = make_problem(graph, compute, tgt.core_memory)
+    elif balance == "load":
+        from .loadbalance import balance_under_load
+        from .measure import example_feeds
+
+        def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
+            trial = make_problem(graph, costs, tgt.core_memory)
+            plan = _make_plan(graph, trial, tgt, cut, balance, None, None, None)
+            _write(graph, plan, cut, directory, lambda s: None)
+            return directory
+
+        lb = balance_under_load(graph, problem, tgt, bounds, example_feeds(graph, example_inputs), write_cut,
+                                report, deployment=deployment, rounds=load_rounds, seconds=load_seconds)
+        bounds, compute, loaded = lb.bounds, lb.compute, lb.measurement.stage_busy_s
+        problem = make_problem(graph, compute, tgt.core_memory)
+        m = lb.measurement
+        notes.append(
+            f"balanced under load: {lb.rounds} cut{'s' if lb.rounds != 1 else ''} measured; best "
+            f"{m.throughput:.4g} req/s, p50 {m.latency_p50_s * 1e3:.4g} ms with {m.window} in flight"
+        )
+        if deployment is not None:
+            deployment = dataclasses.replace(
+                deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
+                latency_p99_s=m.latency_p99_s)
     report("partition", 1, 1)
+    plan = _make_plan(graph, problem, tgt, bounds, balance, measured, loaded, deployment, tuple(notes))
+    report("write stages", 0, k)
+    try:
+        final = _write(graph, plan, bounds, Path(output_dir), lambda s: report("write stages", s + 1, k))
+    except ArtifactError as exc:  # e.g. the output directory holds someone else's files
+        raise CompileError(str(exc)) from None
+    return CompiledModel(Path(output_dir), final)
+
+
+def _make_plan(
+    graph: ModelGraph, problem: solver.Problem, tgt: Target, bounds: list[int], balance: str,
+    measured: Sequence[float] | None, loaded: Sequence[float] | None, deployment: Deployment | None,
+    notes: tuple[str, ...] = (),
+) -> Plan:
+    k = len(bounds) - 1
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
     stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds))
-    plan = Plan(
+    if loaded is not None:
+        stages = [dataclasses.replace(st, loaded_s=float(t)) for st, t in zip(stages, loaded)]
+    return Plan(
         target=tgt,
         inputs=tuple(graph.inputs),
         outputs=tuple(graph.outputs),
@@ -279,17 +340,15 @@ def compile(
         stages=tuple(stages),
         num_nodes=graph.n,
         balance=balance,
+        notes=notes,
+        deployment=deployment,
     )
-    report("write stages", 0, k)
+
+
+def _write(graph: ModelGraph, plan: Plan, bounds: list[int], out: Path, on_stage: Callable[[int], None]) -> Plan:
+    k = len(bounds) - 1
     models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
-    try:
-        final = write_artifact(
-            output_dir, plan, models, source_sha256=graph.source_sha256,
-            on_stage=lambda s: report("write stages", s + 1, k),
-        )
-    except ArtifactError as exc:  # e.g. the output directory holds someone else's files
-        raise CompileError(str(exc)) from None
-    return CompiledModel(Path(output_dir), final)
+    return write_artifact(out, plan, models, source_sha256=graph.source_sha256, on_stage=on_stage)
 
 
 def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:

@@ -20,10 +20,11 @@ from . import solver
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
 
-__all__ = ["measured_balance", "time_stages"]
+__all__ = ["measured_balance", "time_stages", "example_feeds"]
 
 
-def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def example_feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """One request for ``graph``: the example inputs where given, zeros elsewhere."""
     out = {}
     for spec in graph.inputs:
         if example_inputs is not None and spec.name in example_inputs:
@@ -43,7 +44,7 @@ def time_stages(
     """Seconds of each stage of ``bounds`` on one core (one onnxruntime thread): the fastest of
     ``repeats`` runs, since interference from a busy machine only ever adds time."""
     k = len(bounds) - 1
-    boundary = {name: value for name, value in _feeds(graph, example_inputs).items()}
+    boundary = {name: value for name, value in example_feeds(graph, example_inputs).items()}
     times = []
     for s in range(k):
         model = build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1)

@@ -21,6 +21,9 @@ __all__ = ["Pipeline", "StageStats", "PipelineStats"]
 
 @dataclass(frozen=True)
 class StageStats:
+    """One stage's figures. ``core``: the core ids it is pinned to (``"0,1"``); ``replica``: which
+    copy of the pipeline it belongs to (0 without replicas)."""
+
     index: int
     pid: int | None
     core: str
@@ -30,6 +33,7 @@ class StageStats:
     mean_service_s: float
     queue_depth: int
     restarts: int = 0
+    replica: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class PipelineStats:
     latency_p90_s: float
     latency_p99_s: float
     stages: list[StageStats] = field(default_factory=list)
+    replicas: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +102,8 @@ class Pipeline(ABC):
     """
 
     backend: str = "abstract"
+    #: Copies of the pipeline behind this client (see `corepipe.runtime.replicas`).
+    replicas: int = 1
 
     def __init__(self, path: Path, plan: Plan, max_in_flight: int) -> None:
         self.path = path

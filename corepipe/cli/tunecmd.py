@@ -1,0 +1,205 @@
+"""``corepipe tune``: the command, its live display of the search, and its table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ..tune import Point, parse_duration
+from ._app import app, cli_errors, err, out
+from ._inputs import load_npz
+from .tune import TuneResult, run_tune
+
+__all__ = ["tune_cmd", "points_table"]
+
+
+def _num(x: float) -> str:
+    """Three significant figures without exponents: 64,770 / 8.21 / 0.0155."""
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
+
+
+def points_table(points: list[Point], *, chosen: Point | None = None, title: str | None = None) -> Table:
+    """One row per measured point: R, S, T, req/s, x best peer, p50, p99, Pareto, predicted."""
+    from ..tune import pareto_front
+
+    peers = [p for p in points if p.kind == "peer"]
+    best = max((p.throughput for p in peers), default=0.0)
+    front = {id(p) for p in pareto_front(points)} if points else set()
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    for col in ("setup", "R x S x T", "req/s", "x best peer", "p50 ms", "p99 ms", "front", "predicted req/s, ms"):
+        table.add_column(col, justify="left" if col in ("setup", "front") else "right", no_wrap=True)
+    for p in sorted(points, key=lambda p: (p.kind != "candidate", -p.throughput)):
+        c = p.candidate
+        name = p.name if c is None else f"corepipe {p.name}"
+        if p is chosen:
+            name = "★ " + name
+        table.add_row(
+            name,
+            "-" if c is None else f"{c.replicas} x {c.stages} x {c.threads}",
+            _num(p.throughput),
+            f"{p.throughput / best:.2f}" if best else "-",
+            _num(p.latency_p50_s * 1e3),
+            "-" if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3),
+            "●" if id(p) in front else "",
+            "" if p.predicted is None else f"{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}",
+            style="bold" if p is chosen else None,
+        )
+    return table
+
+
+@contextmanager
+def _display(enabled: bool) -> Iterator[tuple[object, object]]:
+    """A live bar for the search and a table filling in as points are measured (a terminal),
+    else one line per measured point on stderr (logs)."""
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err)
+    task = progress.add_task("tune", total=1)
+    points: list[Point] = []
+
+    def on_progress(message: str, done: int, total: int) -> None:
+        progress.update(task, description=message, completed=done, total=max(total, 1))
+
+    if not enabled:
+        def on_point_plain(p: Point) -> None:
+            err.print(Text(f"measured {p.name}: {p.throughput:,.4g} req/s, p50 {p.latency_p50_s * 1e3:.4g} ms"))
+
+        yield (lambda *a: None), on_point_plain
+        return
+    with Live(Group(progress), console=err, transient=True, refresh_per_second=4) as live:
+        def on_point(p: Point) -> None:
+            points.append(p)
+            live.update(Group(points_table(points, title="measured so far"), progress))
+
+        yield on_progress, on_point
+
+
+def _report(result: TuneResult) -> None:
+    out.print(points_table(result.points, chosen=result.chosen, title=(
+        f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run; "
+        "★ chosen, ● Pareto front)")))
+    ch = result.chosen
+    best, fast = result.best_peer(), result.best_peer("latency")
+    lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.throughput:,.4g} req/s, "
+             f"p50 {ch.latency_p50_s * 1e3:.4g} ms, p99 {(ch.latency_p99_s or 0) * 1e3:.4g} ms"]
+    if best is not None and fast is not None:
+        lines.append(f"vs the best peer's throughput ({best.name}): {ch.throughput / best.throughput:.2f}x; "
+                     f"p50 vs the lowest-latency peer ({fast.name}): {ch.latency_p50_s / fast.latency_p50_s:.2f}x")
+        beaten = result.dominating_peers()
+        lines.append("no peer is both faster and lower-latency" if not beaten else
+                     "peers both faster and lower-latency: " + ", ".join(p.name for p in beaten))
+    if result.pruned:
+        lines.append("pruned by the cost model (predicted): " + "; ".join(
+            f"{c.label} {pred[0]:,.3g} req/s {pred[1] * 1e3:.3g} ms" for c, pred in result.pruned))
+    for name, error in result.failed:
+        lines.append(f"not measured: {name}: {error}")
+    if result.capacity is not None:
+        lines.append("capacity: " + result.capacity.text())
+        lines.append("capacity model: " + result.capacity.model)
+    lines.append(f"artifact: {result.output} (deployment in manifest.json; picture {result.output / 'tune.png'}; "
+                 f"figures {result.output / 'tune.json'}); {result.seconds:.0f} s")
+    out.print(Text("\n".join(lines)))
+
+
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[str, typer.Argument(
+        help="An .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, ...).", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
+        show_default=False)],
+    num_cores: Annotated[int | None, typer.Option(
+        "--num-cores", "--cores", "-k", "-n", min=1, metavar="K",
+        help="Cores K to tune for: every plan has R x S x T = K (default: all this process may run on).",
+        show_default=False)] = None,
+    objective: Annotated[str, typer.Option(
+        "--objective", metavar="throughput|latency",
+        help="Choose the plan with the most requests/s, or the lowest p50 latency under load.")] = "throughput",
+    latency_budget: Annotated[str | None, typer.Option(
+        "--latency-budget", metavar="MS",
+        help="Only plans whose measured p99 latency is within this (e.g. 150, 150ms, 0.15s).",
+        show_default=False)] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", metavar="P", help="Compile precision (fp32; bf16 and auto need the engines work).",
+        show_default=False)] = None,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", min=0.0, metavar="REQ/S",
+        help="Capacity question: how many cores and replicas hold this many requests/s (with --p99).",
+        show_default=False)] = None,
+    p99: Annotated[str | None, typer.Option(
+        "--p99", metavar="LATENCY", help="Capacity question: the p99 latency to hold --rate within (e.g. 100ms).",
+        show_default=False)] = None,
+    max_cores: Annotated[int, typer.Option(
+        "--max-cores", min=1, help="Capacity question: the most cores the answer may use.")] = 1024,
+    max_candidates: Annotated[int, typer.Option(
+        "--max-candidates", min=1, help="Candidate plans to measure; the cost model prunes the rest.")] = 6,
+    balance: Annotated[str, typer.Option(
+        "--balance", metavar="load|measure|estimate",
+        help="How multi-stage candidates are cut: under load, one core at a time, or on the estimate.")] = "load",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Cuts balance=load measures per candidate.")] = 3,
+    seconds: Annotated[float, typer.Option(
+        "--seconds", min=0.05, help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
+    no_peers: Annotated[bool, typer.Option(
+        "--no-peers", help="Skip the peers (faster; then nothing to compare the plans with).")] = False,
+    inputs: Annotated[Path | None, typer.Option(
+        "--inputs", metavar="FILE.npz", help="Example inputs to send instead of random ones.",
+        show_default=False)] = None,
+) -> None:
+    """Measure candidate plans (R replicas x S stages x T threads per stage = K cores) under real
+    load, against the peers, and write the best as an artifact with its deployment.
+
+    Each candidate the cost model keeps is compiled (multi-stage ones balanced under load in
+    their own deployment) and measured with one request per stage worker in flight. The peers
+    run in the same run. The chosen artifact goes to OUTPUT with its deployment in the
+    manifest (`corepipe run`, `corepipe.load` and `serve` use it unless told otherwise), with
+    tune.png (throughput against p50 latency: candidates, chosen plan, peers, Pareto front)
+    and tune.json (every figure). OUTPUT is written whole at the end, or not at all.
+
+    Examples:
+
+      corepipe tune zoo:bert -o bert_tuned/ --num-cores 2
+
+      corepipe tune model.onnx -o out/ -k 16 --objective latency --latency-budget 50ms
+
+      corepipe tune zoo:resnet50 -o rn/ -k 16 --rate 500 --p99 100ms
+    """
+    with cli_errors():
+        if objective not in ("throughput", "latency"):
+            raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
+        if balance not in ("load", "measure", "estimate"):
+            raise typer.BadParameter(f"--balance must be 'load', 'measure' or 'estimate', got {balance!r}")
+        if precision not in (None, "fp32"):
+            raise typer.BadParameter(f"--precision {precision!r} needs the engines work; this build runs fp32")
+        if (rate is None) != (p99 is None):
+            raise typer.BadParameter("--rate and --p99 go together: how many req/s, within which p99 latency")
+        if not model.startswith("zoo:") and not Path(model).is_file():
+            raise typer.BadParameter(f"model file {model!r} does not exist")
+        budget = parse_duration(latency_budget) if latency_budget is not None else None
+        p99_s = parse_duration(p99) if p99 is not None else None
+        feeds = load_npz(inputs) if inputs is not None else None
+        with _display(err.is_terminal) as (on_progress, on_point):
+            result = run_tune(
+                model, output, cores=num_cores, objective=objective, latency_budget_s=budget, rate=rate,
+                p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
+                rounds=rounds, seconds=seconds, peers=not no_peers, example_inputs=feeds,
+                progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
+            )
+        _report(result)
