@@ -32,17 +32,21 @@ __all__ = ["ReplicatedPipeline", "start_replicas"]
 
 
 def start_replicas(start: Callable[[int], Pipeline], count: int) -> list[Pipeline]:
-    """Start ``count`` replicas at once (``start(r)`` starts replica ``r``); if any fails, close
-    those that started and raise the first error."""
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="corepipe-start") as pool:
-        futures = [pool.submit(start, r) for r in range(count)]
-        errors = [f.exception() for f in futures]
-    started = [f.result() for f, e in zip(futures, errors) if e is None]
-    failed = [e for e in errors if e is not None]
-    if failed:
+    """Start ``count`` replicas (``start(r)`` starts replica ``r``); if one fails, close those
+    that started and raise its error.
+
+    One after another, in the calling thread: a worker process asks Linux to kill it when the
+    *thread* that started it ends (``PR_SET_PDEATHSIG``), so starting replicas from short-lived
+    helper threads would kill their workers as soon as the helpers finish.
+    """
+    started: list[Pipeline] = []
+    try:
+        for r in range(count):
+            started.append(start(r))
+    except BaseException:
         for pipe in started:
             pipe.close(timeout=0)
-        raise failed[0]
+        raise
     return started
 
 
