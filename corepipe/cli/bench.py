@@ -173,7 +173,7 @@ def run_bench(
         cores: K, the cores to use (default: all this process may run on).
         requests: requests per measurement (the parallel baseline splits them across K).
         warmup: unmeasured requests before each measurement.
-        balance: compile option, ``"measure"`` (default) or ``"estimate"``.
+        balance: compile option, ``"measure"`` (default), ``"load"`` or ``"estimate"``.
         example_inputs: inputs to send (default: deterministic random inputs of the signature).
         progress: optional callback told which step runs.
     """

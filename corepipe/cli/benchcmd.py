@@ -71,7 +71,8 @@ def bench_cmd(
     cores: Annotated[int | None, typer.Option("--cores", "-k", min=1, help="Cores K to use (default: all this process may run on).")] = None,
     requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests per measurement.")] = 64,
     warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
-    balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+    balance: Annotated[str, typer.Option(
+        help="Compile balance: measure (time stages on one core), load (run all stages at once) or estimate.")] = "measure",
     inputs: Annotated[Path | None, typer.Option("--inputs", help="Example inputs (.npz, one array per model input) to send instead of random ones.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
@@ -90,8 +91,8 @@ def bench_cmd(
         corepipe bench bert.onnx --inputs feeds.npz --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
     """
     with cli_errors():
-        if balance not in ("measure", "estimate"):
-            raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
+        if balance not in ("measure", "estimate", "load"):
+            raise typer.BadParameter(f"--balance must be 'measure', 'load' or 'estimate', got {balance!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
         feeds = load_npz(inputs) if inputs is not None else None

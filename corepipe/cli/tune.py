@@ -86,6 +86,14 @@ class TuneResult:
             return min(peers, key=lambda p: p.latency_p50_s)
         return max(peers, key=lambda p: p.throughput)
 
+    def choice_for(self, objective: str) -> Point | None:
+        """The plan the other objective would have chosen from the same measurements (within
+        the same latency budget), or ``None`` when none meets it."""
+        try:
+            return choose(self.points, objective, self.latency_budget_s)
+        except DeploymentError:
+            return None
+
     def dominating_peers(self) -> list[Point]:
         """Peers both faster and lower-latency than the chosen plan (the target: none)."""
         return dominated_by(self.chosen, self.peers)
@@ -99,6 +107,7 @@ class TuneResult:
             "pruned": [{"candidate": dataclasses.asdict(c), "predicted": list(pred)} for c, pred in self.pruned],
             "failed": [{"name": n, "error": e} for n, e in self.failed],
             "chosen": self.chosen.name,
+            "choice_by_objective": {o: getattr(self.choice_for(o), "name", None) for o in OBJECTIVES},
             "pareto_front": [p.name for p in self.front],
             "dominating_peers": [p.name for p in self.dominating_peers()],
             "vs_best_peer_throughput": None if best is None else self.chosen.throughput / best.throughput,

@@ -106,6 +106,11 @@ def _report(result: TuneResult) -> None:
         beaten = result.dominating_peers()
         lines.append("no peer is both faster and lower-latency" if not beaten else
                      "peers both faster and lower-latency: " + ", ".join(p.name for p in beaten))
+    other = "latency" if result.objective == "throughput" else "throughput"
+    alt = result.choice_for(other)
+    if alt is not None and alt is not ch:
+        lines.append(f"--objective {other} would choose {alt.name}: {alt.throughput:,.4g} req/s, "
+                     f"p50 {alt.latency_p50_s * 1e3:.4g} ms (same measurements)")
     if result.pruned:
         lines.append("pruned by the cost model (predicted): " + "; ".join(
             f"{c.label} {pred[0]:,.3g} req/s {pred[1] * 1e3:.3g} ms" for c, pred in result.pruned))
@@ -148,15 +153,15 @@ def tune_cmd(
         "--p99", metavar="LATENCY", help="Capacity question: the p99 latency to hold --rate within (e.g. 100ms).",
         show_default=False)] = None,
     max_cores: Annotated[int, typer.Option(
-        "--max-cores", min=1, help="Capacity question: the most cores the answer may use.")] = 1024,
+        "--max-cores", min=1, metavar="N", help="Capacity question: the most cores the answer may use.")] = 1024,
     max_candidates: Annotated[int, typer.Option(
-        "--max-candidates", min=1, help="Candidate plans to measure; the cost model prunes the rest.")] = 6,
+        "--max-candidates", min=1, metavar="N", help="Candidate plans to measure; the cost model prunes the rest.")] = 6,
     balance: Annotated[str, typer.Option(
         "--balance", metavar="load|measure|estimate",
         help="How multi-stage candidates are cut: under load, one core at a time, or on the estimate.")] = "load",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Cuts balance=load measures per candidate.")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, metavar="N", help="Cuts balance=load measures per candidate.")] = 3,
     seconds: Annotated[float, typer.Option(
-        "--seconds", min=0.05, help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
+        "--seconds", min=0.05, metavar="S", help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
     no_peers: Annotated[bool, typer.Option(
         "--no-peers", help="Skip the peers (faster; then nothing to compare the plans with).")] = False,
     inputs: Annotated[Path | None, typer.Option(

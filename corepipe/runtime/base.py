@@ -88,7 +88,8 @@ class Pipeline(ABC):
     - **Thread safety.** `submit`, `run`, `map` and `stats` may be called from any number of
       threads at once. `close` may be called from any thread, once or many times.
     - **Ordering.** Requests flow through the stages in submission order; futures complete in
-      that order (the order in which `submit` calls returned, across threads).
+      that order (the order in which `submit` calls returned, across threads). With replicas,
+      each request goes to the least busy replica and futures still complete in that order.
     - **Back-pressure.** At most ``max_in_flight`` requests are in the pipeline. `submit` blocks
       while it is full, up to ``timeout`` seconds (``None``: wait forever), then raises
       ``TimeoutError``. Memory never grows with the number of waiting callers' requests.
@@ -166,4 +167,5 @@ class Pipeline(ABC):
         self.close(timeout=0 if interrupted else 30.0)
 
     def __repr__(self) -> str:
-        return f"<corepipe.Pipeline {self.backend} {self.plan.num_cores} stages at {str(self.path)!r}>"
+        copies = f"{self.replicas} replicas x " if self.replicas > 1 else ""
+        return f"<corepipe.Pipeline {self.backend} {copies}{self.plan.num_cores} stages at {str(self.path)!r}>"
