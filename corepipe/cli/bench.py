@@ -214,7 +214,8 @@ def run_bench(
         rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
-             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
+             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s,
+             "loaded_s": s.loaded_s}
             for s in cm.stages
         ]
     return BenchResult(

@@ -59,6 +59,7 @@ def markdown(result: BenchResult, command: str) -> str:
     stage_txt = "; ".join(
         f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
+        + (f", under load {s['loaded_s'] * 1e3:.1f} ms" if s.get("loaded_s") else "")
         for s in result.stages)
     lines.append(f"Stages: {stage_txt}")
     lines.append("")
