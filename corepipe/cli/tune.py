@@ -69,6 +69,7 @@ class TuneResult:
     seconds: float
     capacity: CapacityAnswer | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
+    repeats: int = 1
 
     @property
     def peers(self) -> list[Point]:
@@ -103,6 +104,7 @@ class TuneResult:
         return {
             "model": self.model, "cores": self.cores, "objective": self.objective,
             "latency_budget_s": self.latency_budget_s, "host": self.host, "seconds": self.seconds,
+            "repeats": self.repeats,
             "points": [p.to_dict() for p in self.points],
             "pruned": [{"candidate": dataclasses.asdict(c), "predicted": list(pred)} for c, pred in self.pruned],
             "failed": [{"name": n, "error": e} for n, e in self.failed],
@@ -119,29 +121,47 @@ def _peer_requests(seconds: float, per_request_s: float, least: int = 8) -> int:
     return int(min(5000, max(least, seconds / max(per_request_s, 1e-6))))
 
 
-def _measure_peers(path: Path, feeds: Mapping[str, np.ndarray], use: list[int], seconds: float,
-                   say: Callable[[str], None], add: Callable[[Point], None]) -> tuple[float, float | None]:
-    """The peers, through bench's harness; returns (1-thread and K-thread seconds per request)."""
-    k = len(use)
-    with tempfile.TemporaryDirectory(prefix="corepipe-tune-peers-") as tmp:
-        inputs = Path(tmp) / "inputs.npz"
-        np.savez(inputs, **dict(feeds))  # type: ignore[arg-type]
-        say("peer: onnxruntime, 1 thread")
-        r = _serial(path, inputs, 1, 4, 1, use[:1])  # a short probe sizes the real run
-        probe = r["elapsed_s"] / r["requests"]
-        r = _serial(path, inputs, 1, _peer_requests(seconds, probe), 2, use[:1])
-        one = r["elapsed_s"] / r["requests"]
-        add(Point("ort 1 thread", "peer", 1 / one, r["latency_p50_s"], note="1 core: reference"))
-        kthreads = None
+class _Peers:
+    """The peers, measured through bench's harness on the same inputs (each call one run)."""
+
+    def __init__(self, path: Path, feeds: Mapping[str, np.ndarray], use: list[int], seconds: float,
+                 work: Path) -> None:
+        self.path, self.use, self.seconds = path, use, seconds
+        self.inputs = work / "inputs.npz"
+        np.savez(self.inputs, **dict(feeds))  # type: ignore[arg-type]
+        self.one_s: float | None = None  # seconds per request, 1 thread (sizes the other runs)
+        self.k_threads_s: float | None = None
+
+    def measurers(self) -> list[tuple[str, Callable[[], Point]]]:
+        k = len(self.use)
+        out = [("onnxruntime, 1 thread", self.one_thread)]
         if k > 1:
-            say(f"peer: onnxruntime, {k} threads")
-            r = _serial(path, inputs, k, _peer_requests(seconds, one / k ** 0.8), 2, use)
-            kthreads = r["elapsed_s"] / r["requests"]
-            add(Point(f"ort {k} threads", "peer", 1 / kthreads, r["latency_p50_s"]))
-            say(f"peer: {k} onnxruntime sessions in parallel")
-            rate, results = _parallel(path, inputs, _peer_requests(seconds, one / k, 2 * k), 2, use)
-            add(Point(f"{k} sessions", "peer", rate, float(np.median([x["latency_p50_s"] for x in results]))))
-    return one, kthreads
+            out += [(f"onnxruntime, {k} threads", self.k_threads),
+                    (f"{k} onnxruntime sessions in parallel", self.k_sessions)]
+        return out
+
+    def one_thread(self) -> Point:
+        if self.one_s is None:  # a short probe sizes the real run
+            r = _serial(self.path, self.inputs, 1, 4, 1, self.use[:1])
+            self.one_s = r["elapsed_s"] / r["requests"]
+        r = _serial(self.path, self.inputs, 1, _peer_requests(self.seconds, self.one_s), 2, self.use[:1])
+        self.one_s = min(self.one_s, r["elapsed_s"] / r["requests"])
+        return Point("ort 1 thread", "peer", r["requests"] / r["elapsed_s"], r["latency_p50_s"],
+                     note="1 core: reference")
+
+    def k_threads(self) -> Point:
+        k = len(self.use)
+        r = _serial(self.path, self.inputs, k, _peer_requests(self.seconds, (self.one_s or 1.0) / k ** 0.8), 2,
+                    self.use)
+        per = r["elapsed_s"] / r["requests"]
+        self.k_threads_s = per if self.k_threads_s is None else min(self.k_threads_s, per)
+        return Point(f"ort {k} threads", "peer", 1 / per, r["latency_p50_s"])
+
+    def k_sessions(self) -> Point:
+        k = len(self.use)
+        rate, results = _parallel(self.path, self.inputs,
+                                  _peer_requests(self.seconds, (self.one_s or 1.0) / k, 2 * k), 2, self.use)
+        return Point(f"{k} sessions", "peer", rate, float(np.median([x["latency_p50_s"] for x in results])))
 
 
 def run_tune(
@@ -158,6 +178,7 @@ def run_tune(
     balance: str = "load",
     rounds: int = 3,
     seconds: float = 3.0,
+    repeats: int = 1,
     peers: bool = True,
     example_inputs: Mapping[str, np.ndarray] | None = None,
     progress: TuneProgress | None = None,
@@ -176,6 +197,8 @@ def run_tune(
         balance: how candidates with several stages are cut: ``"load"``, ``"measure"`` or
             ``"estimate"``. rounds: cuts ``"load"`` measures per candidate.
         seconds: how long each measurement streams requests.
+        repeats: measure every point this many times, in turn, keeping each one's best run
+            (interference from other work on the machine only ever slows a run).
         peers: measure the peers (onnxruntime 1 and K threads, K sessions) in the same run.
         progress, on_point: called as the search advances and as each point is measured.
 
@@ -195,7 +218,7 @@ def run_tune(
     use = resolve_cores(cores)
     k = len(use)
     check_output_dir(output)  # before minutes of measuring, not after
-    points: list[Point] = []
+    best: dict[str, Point] = {}  # name -> the best of its repeats (interference only slows)
     failed: list[tuple[str, str]] = []
     state = {"done": 0, "total": 4}
 
@@ -204,8 +227,12 @@ def run_tune(
             progress(message, state["done"], state["total"])
 
     def add(point: Point) -> None:
-        points.append(point)
         state["done"] += 1
+        old = best.get(point.name)
+        if old is not None:
+            keep = point if point.throughput > old.throughput else old
+            point = dataclasses.replace(keep, runs=old.runs + 1)
+        best[point.name] = point
         if on_point is not None:
             on_point(point)
         say(f"measured {point.name}")
@@ -223,16 +250,18 @@ def run_tune(
             raise DeploymentError(
                 f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
                 f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
-        state["total"] = (3 if k > 1 else 1) * peers + min(max_candidates, len(pool))
-        one_s, kthreads_s = est.one_core_s, None
-        if peers:
-            one_s, kthreads_s = _measure_peers(path, feeds, use, seconds, say, add)
-        model_ = CostModel(one_core_s=one_s, cores=k, k_thread_s=kthreads_s,
+        harness = _Peers(path, feeds, use, seconds, work)
+        peer_runs = harness.measurers() if peers else []
+        state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
+        for what, measure in peer_runs:
+            say(f"peer: {what}")
+            add(measure())
+        model_ = CostModel(one_core_s=harness.one_s or est.one_core_s, cores=k, k_thread_s=harness.k_threads_s,
                            slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
                            memory_bytes=int(psutil.virtual_memory().available * 0.8))
         chosen_c, pruned_c = select(pool, model_, objective=objective, keep=max_candidates)
-        state["total"] = len(points) + len(chosen_c)
-        artifacts: dict[str, Path] = {}
+        state["total"] = repeats * (len(peer_runs) + len(chosen_c))
+        artifacts: dict[str, tuple[Candidate, Path]] = {}
         for i, c in enumerate(chosen_c):
             how = balance if c.stages > 1 else "estimate"
             say(f"{c.label}: compile ({how} balance)")
@@ -245,17 +274,21 @@ def run_tune(
                     path, work / f"cand{i}", num_cores=c.stages, example_inputs=inputs, balance=how,
                     deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=k),
                     load_rounds=rounds, load_seconds=seconds, progress=sub)
-                say(f"{c.label}: measure under load ({c.window} in flight)")
-                m = measure_under_load(cm.path, feeds, replicas=c.replicas, threads_per_stage=c.threads,
-                                       cores=use, seconds=seconds)
             except CorepipeError as exc:  # e.g. a cut the graph does not allow: the others go on
                 failed.append((c.label, str(exc)))
-                state["total"] -= 1
+                state["total"] -= repeats
                 continue
-            artifacts[c.label] = cm.path
-            add(Point(c.label, "candidate", m.throughput, m.latency_p50_s, m.latency_p99_s, candidate=c,
-                      predicted=model_.predict(c), chunk_throughputs=m.chunk_throughputs,
-                      note=f"{how} balance" if c.stages > 1 else ""))
+            artifacts[c.label] = (c, cm.path)
+            add(_measure_candidate(c, cm.path, feeds, use, seconds, model_, how, say))
+        for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
+            for what, measure in peer_runs:
+                say(f"peer: {what} (again)")
+                add(measure())
+            for c, art in artifacts.values():
+                add(_measure_candidate(c, art, feeds, use, seconds, model_, balance if c.stages > 1 else "estimate",
+                                       say))
+        points = list(best.values())
+        artifact_of = {label: art for label, (_, art) in artifacts.items()}
         chosen = choose(points, objective, latency_budget_s)
         capacity = None
         if rate is not None and p99_s is not None:
@@ -264,11 +297,20 @@ def run_tune(
             model=model, cores=k, objective=objective, latency_budget_s=latency_budget_s, points=points,
             pruned=[(c, model_.predict(c)) for c in pruned_c if model_.fits(c)], chosen=chosen,
             output=Path(output), host=f"{os.uname().machine}, {len(os.sched_getaffinity(0))} cores",
-            seconds=0.0, capacity=capacity, failed=failed,
+            seconds=0.0, capacity=capacity, failed=failed, repeats=repeats,
         )
         say("write the artifact")
-        _write(result, artifacts[chosen.name], seconds=time.perf_counter() - started)
+        _write(result, artifact_of[chosen.name], seconds=time.perf_counter() - started)
     return result
+
+
+def _measure_candidate(c: Candidate, art: Path, feeds: Mapping[str, np.ndarray], use: list[int], seconds: float,
+                       model: CostModel, how: str, say: Callable[[str], None]) -> Point:
+    say(f"{c.label}: measure under load ({c.window} in flight)")
+    m = measure_under_load(art, feeds, replicas=c.replicas, threads_per_stage=c.threads, cores=use, seconds=seconds)
+    return Point(c.label, "candidate", m.throughput, m.latency_p50_s, m.latency_p99_s, candidate=c,
+                 predicted=model.predict(c), chunk_throughputs=m.chunk_throughputs,
+                 note=f"{how} balance" if c.stages > 1 else "")
 
 
 def _write(result: TuneResult, source: Path, *, seconds: float) -> None:

@@ -80,13 +80,14 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
 
     if not enabled:
         def on_point_plain(p: Point) -> None:
-            err.print(Text(f"measured {p.name}: {p.throughput:,.4g} req/s, p50 {p.latency_p50_s * 1e3:.4g} ms"))
+            err.print(Text(f"measured {p.name}: {p.throughput:,.4g} req/s, p50 {p.latency_p50_s * 1e3:.4g} ms"
+                           + (f" (best of {p.runs})" if p.runs > 1 else "")))
 
         yield (lambda *a: None), on_point_plain
         return
     with Live(Group(progress), console=err, transient=True, refresh_per_second=4) as live:
         def on_point(p: Point) -> None:
-            points.append(p)
+            points[:] = [q for q in points if q.name != p.name] + [p]
             live.update(Group(points_table(points, title="measured so far"), progress))
 
         yield on_progress, on_point
@@ -94,8 +95,9 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
 
 def _report(result: TuneResult) -> None:
     out.print(points_table(result.points, chosen=result.chosen, title=(
-        f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run; "
-        "★ chosen, ● Pareto front)")))
+        f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run"
+        + (f", each point the best of {result.repeats} measurements" if result.repeats > 1 else "")
+        + "; ★ chosen, ● Pareto front)")))
     ch = result.chosen
     best, fast = result.best_peer(), result.best_peer("latency")
     lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.throughput:,.4g} req/s, "
@@ -113,7 +115,7 @@ def _report(result: TuneResult) -> None:
                      f"p50 {alt.latency_p50_s * 1e3:.4g} ms (same measurements)")
     if result.pruned:
         lines.append("pruned by the cost model (predicted): " + "; ".join(
-            f"{c.label} {pred[0]:,.3g} req/s {pred[1] * 1e3:.3g} ms" for c, pred in result.pruned))
+            f"{c.label} {_num(pred[0])} req/s {_num(pred[1] * 1e3)} ms" for c, pred in result.pruned))
     for name, error in result.failed:
         lines.append(f"not measured: {name}: {error}")
     if result.capacity is not None:
@@ -162,6 +164,9 @@ def tune_cmd(
     rounds: Annotated[int, typer.Option("--rounds", min=1, metavar="N", help="Cuts balance=load measures per candidate.")] = 3,
     seconds: Annotated[float, typer.Option(
         "--seconds", min=0.05, metavar="S", help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
+    repeats: Annotated[int, typer.Option(
+        "--repeats", min=1, metavar="N",
+        help="Measure every point N times in turn and keep each one's best run (for noisy machines).")] = 1,
     no_peers: Annotated[bool, typer.Option(
         "--no-peers", help="Skip the peers (faster; then nothing to compare the plans with).")] = False,
     inputs: Annotated[Path | None, typer.Option(
@@ -204,7 +209,7 @@ def tune_cmd(
             result = run_tune(
                 model, output, cores=num_cores, objective=objective, latency_budget_s=budget, rate=rate,
                 p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
-                rounds=rounds, seconds=seconds, peers=not no_peers, example_inputs=feeds,
+                rounds=rounds, seconds=seconds, repeats=repeats, peers=not no_peers, example_inputs=feeds,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)

@@ -26,6 +26,7 @@ class Point:
         predicted: the cost model's (throughput, latency) for a candidate.
         chunk_throughputs: the measurement cut into consecutive chunks (for its spread).
         note: e.g. the balance used, or why a figure is missing.
+        runs: how many times it was measured; the figures are those of its fastest run.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Point:
     predicted: tuple[float, float] | None = None
     chunk_throughputs: list[float] = field(default_factory=list)
     note: str = ""
+    runs: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
