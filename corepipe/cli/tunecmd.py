@@ -93,34 +93,66 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
         yield on_progress, on_point
 
 
+def markdown(result: TuneResult, command: str) -> str:
+    """The run as a Markdown section for benchmarks/RESULTS.md."""
+    peers = [p for p in result.points if p.kind == "peer"]
+    best = max((p.throughput for p in peers), default=0.0)
+    front = {p.name for p in result.front}
+    lines = [
+        f"### tune {result.model}, {result.cores} cores, objective {result.objective}", "",
+        f"`{command}` ({result.host}; {result.seconds:.0f} s"
+        + (f"; each point the best of {result.repeats} measurements" if result.repeats > 1 else "") + ")", "",
+        "| setup | R x S x T | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for p in sorted(result.points, key=lambda p: (p.kind != "candidate", -p.throughput)):
+        c = p.candidate
+        name = (("**" + p.name + "** (chosen)") if p is result.chosen else p.name) if c is not None else p.name
+        lines.append(
+            f"| {'corepipe ' if c else ''}{name} | {'-' if c is None else f'{c.replicas} x {c.stages} x {c.threads}'} | "
+            f"{_num(p.throughput)} | {p.throughput / best:.2f} | {_num(p.latency_p50_s * 1e3)} | "
+            f"{'-' if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3)} | {'yes' if p.name in front else ''} | "
+            f"{'' if p.predicted is None else f'{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}'} |")
+    lines += ["", *_summary(result), ""]
+    return "\n".join(lines)
+
+
+def _summary(result: TuneResult) -> list[str]:
+    ch = result.chosen
+    best, fast = result.best_peer(), result.best_peer("latency")
+    lines = []
+    if best is not None and fast is not None:
+        lines.append(f"Chosen {ch.name}: throughput {ch.throughput / best.throughput:.2f}x the best peer's "
+                     f"({best.name}); p50 {ch.latency_p50_s / fast.latency_p50_s:.2f}x the lowest-latency "
+                     f"peer's ({fast.name}).")
+        beaten = result.dominating_peers()
+        lines.append("No peer is both faster and lower-latency." if not beaten else
+                     "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
+    other = "latency" if result.objective == "throughput" else "throughput"
+    alt = result.choice_for(other)
+    if alt is not None and alt is not ch:
+        lines.append(f"--objective {other} would choose {alt.name}: {alt.throughput:,.4g} req/s, "
+                     f"p50 {alt.latency_p50_s * 1e3:.4g} ms (same measurements).")
+    if result.pruned:
+        lines.append("Pruned by the cost model (predicted): " + "; ".join(
+            f"{c.label} {_num(pred[0])} req/s {_num(pred[1] * 1e3)} ms" for c, pred in result.pruned) + ".")
+    for name, error in result.failed:
+        lines.append(f"Not measured: {name}: {error}")
+    if result.capacity is not None:
+        lines.append("Capacity: " + result.capacity.text() + ".")
+        lines.append("Capacity model: " + result.capacity.model + ".")
+    return lines
+
+
 def _report(result: TuneResult) -> None:
     out.print(points_table(result.points, chosen=result.chosen, title=(
         f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run"
         + (f", each point the best of {result.repeats} measurements" if result.repeats > 1 else "")
         + "; ★ chosen, ● Pareto front)")))
     ch = result.chosen
-    best, fast = result.best_peer(), result.best_peer("latency")
     lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.throughput:,.4g} req/s, "
              f"p50 {ch.latency_p50_s * 1e3:.4g} ms, p99 {(ch.latency_p99_s or 0) * 1e3:.4g} ms"]
-    if best is not None and fast is not None:
-        lines.append(f"vs the best peer's throughput ({best.name}): {ch.throughput / best.throughput:.2f}x; "
-                     f"p50 vs the lowest-latency peer ({fast.name}): {ch.latency_p50_s / fast.latency_p50_s:.2f}x")
-        beaten = result.dominating_peers()
-        lines.append("no peer is both faster and lower-latency" if not beaten else
-                     "peers both faster and lower-latency: " + ", ".join(p.name for p in beaten))
-    other = "latency" if result.objective == "throughput" else "throughput"
-    alt = result.choice_for(other)
-    if alt is not None and alt is not ch:
-        lines.append(f"--objective {other} would choose {alt.name}: {alt.throughput:,.4g} req/s, "
-                     f"p50 {alt.latency_p50_s * 1e3:.4g} ms (same measurements)")
-    if result.pruned:
-        lines.append("pruned by the cost model (predicted): " + "; ".join(
-            f"{c.label} {_num(pred[0])} req/s {_num(pred[1] * 1e3)} ms" for c, pred in result.pruned))
-    for name, error in result.failed:
-        lines.append(f"not measured: {name}: {error}")
-    if result.capacity is not None:
-        lines.append("capacity: " + result.capacity.text())
-        lines.append("capacity model: " + result.capacity.model)
+    lines += _summary(result)
     lines.append(f"artifact: {result.output} (deployment in manifest.json; picture {result.output / 'tune.png'}; "
                  f"figures {result.output / 'tune.json'}); {result.seconds:.0f} s")
     out.print(Text("\n".join(lines)))
@@ -172,6 +204,9 @@ def tune_cmd(
     inputs: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz", help="Example inputs to send instead of random ones.",
         show_default=False)] = None,
+    md_out: Annotated[Path | None, typer.Option(
+        "--markdown", metavar="FILE", help="Append the run as a Markdown section (for benchmarks/RESULTS.md).",
+        show_default=False)] = None,
 ) -> None:
     """Measure candidate plans (R replicas x S stages x T threads per stage = K cores) under real
     load, against the peers, and write the best as an artifact with its deployment.
@@ -213,3 +248,10 @@ def tune_cmd(
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)
+        if md_out is not None:
+            cmd = " ".join(["corepipe tune", model, "-o", str(output), "-k", str(result.cores), "--objective",
+                            objective, "--seconds", f"{seconds:g}", "--repeats", str(repeats)]
+                           + (["--latency-budget", latency_budget] if latency_budget else [])
+                           + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else []))
+            with open(md_out, "a") as f:
+                f.write(markdown(result, cmd) + "\n")
