@@ -61,7 +61,7 @@ def test_tune_end_to_end_writes_a_loadable_artifact_with_its_deployment_and_pict
     assert r.returncode == 0, r.stderr
     for peer in ("ort 1 thread", "ort 2 threads", "2 sessions"):
         assert peer in r.stdout
-    assert "★ corepipe" in r.stdout and "capacity: 200 req/s within p99 500 ms" in r.stdout
+    assert "★ corepipe" in r.stdout and "Capacity: 200 req/s within p99 500 ms" in r.stdout
     assert "Erlang C" in r.stdout
     figures = json.loads((out / "tune.json").read_text())
     assert {p["kind"] for p in figures["points"]} == {"candidate", "peer"}
