@@ -6,8 +6,8 @@ The pipeline's throughput over ideal splits into three factors, each measured he
   per request with every core busy (what running all cores at once, and splitting the model,
   cost each request);
 - **balance**: the stages' mean busy time over the slowest one (what an uneven cut costs);
-- **hand-off**: 1 / (throughput x the slowest stage's busy time) inverted: what the hand-offs and
-  the gaps between requests cost on top of the slowest stage.
+- **hand-off**: throughput x the slowest stage's busy time per request, the share of the time the
+  slowest stage is busy: what the hand-offs and the gaps between requests cost on top of it.
 
 pipeline / ideal = contention x balance x hand-off. For comparison, the same contention factor of
 K independent 1-thread sessions (t1 alone over their per-request time side by side) says how
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
     ideal = k / t1
     contention = t1 / sum(busy)
     balance = (sum(busy) / k) / max(busy)
-    handoff = 1 / (m.throughput * max(busy))
+    handoff = m.throughput * max(busy)
     lines = [
         f"### What bounds balance='load' on {args.model}, {k} cores",
         "",
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
         f"| **pipeline / ideal** | **{m.throughput / ideal:.3f}** |",
         f"| = contention (t1 / sum of busy) | {contention:.3f} |",
         f"| x balance (mean / slowest stage) | {balance:.3f} |",
-        f"| x hand-off (1 / (throughput x slowest)) | {handoff:.3f} |",
+        f"| x hand-off (throughput x slowest stage's busy time) | {handoff:.3f} |",
         f"| {k} sessions side by side: throughput / ideal | {rate / ideal:.3f} |",
         f"| {k} sessions: contention (t1 / per-request time side by side) | {t1 / per_session:.3f} |",
         "",
