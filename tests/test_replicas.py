@@ -146,6 +146,10 @@ def test_r_x_s_x_t_over_the_cores_is_refused_with_what_fits(model):
         corepipe.load(path, cores=CORES + 1)
     with pytest.raises(corepipe.DeploymentError, match="positive integer"):
         corepipe.load(path, replicas=0)
+    with pytest.raises(corepipe.DeploymentError, match="distinct core ids"):
+        corepipe.load(path, cores=[0, 0])
+    with pytest.raises(corepipe.DeploymentError, match="not among the cores"):
+        corepipe.load(path, cores=[max(os.sched_getaffinity(0)) + 1])
     with pytest.raises(corepipe.DeploymentError, match="need 6 cores"):  # inline checks given cores too
         corepipe.load(three, backend="inline", replicas=2, cores=2)
     # no replicas or threads asked: a plan with more stages than cores still shares them
