@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's corepipe, not an installed one
 import corepipe
 from corepipe.cli.bench import _parallel, _serial, resolve_model
-from corepipe.compiler.loadbalance import measure_under_load
+from corepipe.compiler.loadbalance import CpuWatch, measure_under_load
 
 
 def main(argv: list[str]) -> None:
@@ -56,7 +56,9 @@ def main(argv: list[str]) -> None:
         n1 = max(8, int(args.seconds / (sum(s.loaded_s or 0 for s in cm.stages) or 1)))
         one = _serial(path, inputs, 1, n1, 2, use[:1])
         t1 = one["elapsed_s"] / one["requests"]
+        watch = CpuWatch()
         rate, results = _parallel(path, inputs, n1 * k, 2, use)
+        sessions_foreign = watch.foreign_share()
         per_session = float(np.mean([r["elapsed_s"] / r["requests"] for r in results]))
         m = measure_under_load(cm.path, feeds, cores=use, seconds=args.seconds)
         one_again = _serial(path, inputs, 1, n1, 2, use[:1])
@@ -84,6 +86,8 @@ def main(argv: list[str]) -> None:
         f"| x hand-off (throughput x slowest stage's busy time) | {handoff:.3f} |",
         f"| {k} sessions side by side: throughput / ideal | {rate / ideal:.3f} |",
         f"| {k} sessions: contention (t1 / per-request time side by side) | {t1 / per_session:.3f} |",
+        f"| other processes' share of the CPUs: pipeline run / sessions run | {m.foreign_cpu:.0%} / "
+        f"{sessions_foreign:.0%} |",
         "",
     ]
     text = "\n".join(lines)

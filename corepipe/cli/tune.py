@@ -28,7 +28,7 @@ from ..artifact.deployment import OBJECTIVES, Deployment
 from ..artifact.manifest import check_output_dir, open_artifact, republish_artifact
 from ..compiler.driver import compile as compile_model
 from ..compiler.estimate import estimate_model
-from ..compiler.loadbalance import measure_under_load
+from ..compiler.loadbalance import CpuWatch, measure_under_load
 from ..errors import CorepipeError, DeploymentError
 from ..runtime.placement import resolve_cores
 from ..tune import (
@@ -255,7 +255,7 @@ def run_tune(
         state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
         for what, measure in peer_runs:
             say(f"peer: {what}")
-            add(measure())
+            add(_watched(measure))
         model_ = CostModel(one_core_s=harness.one_s or est.one_core_s, cores=k, k_thread_s=harness.k_threads_s,
                            slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
                            memory_bytes=int(psutil.virtual_memory().available * 0.8))
@@ -283,7 +283,7 @@ def run_tune(
         for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
             for what, measure in peer_runs:
                 say(f"peer: {what} (again)")
-                add(measure())
+                add(_watched(measure))
             for c, art in artifacts.values():
                 add(_measure_candidate(c, art, feeds, use, seconds, model_, balance if c.stages > 1 else "estimate",
                                        say))
@@ -304,13 +304,19 @@ def run_tune(
     return result
 
 
+def _watched(measure: Callable[[], Point]) -> Point:
+    watch = CpuWatch()
+    point = measure()
+    return dataclasses.replace(point, foreign_cpu=watch.foreign_share())
+
+
 def _measure_candidate(c: Candidate, art: Path, feeds: Mapping[str, np.ndarray], use: list[int], seconds: float,
                        model: CostModel, how: str, say: Callable[[str], None]) -> Point:
     say(f"{c.label}: measure under load ({c.window} in flight)")
     m = measure_under_load(art, feeds, replicas=c.replicas, threads_per_stage=c.threads, cores=use, seconds=seconds)
     return Point(c.label, "candidate", m.throughput, m.latency_p50_s, m.latency_p99_s, candidate=c,
                  predicted=model.predict(c), chunk_throughputs=m.chunk_throughputs,
-                 note=f"{how} balance" if c.stages > 1 else "")
+                 note=f"{how} balance" if c.stages > 1 else "", foreign_cpu=m.foreign_cpu)
 
 
 def _write(result: TuneResult, source: Path, *, seconds: float) -> None:

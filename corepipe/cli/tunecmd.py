@@ -37,6 +37,11 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
 
 
+def _others(p: Point) -> str:
+    """Other processes' share of the CPUs during the point's run, when watched."""
+    return "" if p.foreign_cpu is None else f"{p.foreign_cpu:.0%}"
+
+
 def points_table(points: list[Point], *, chosen: Point | None = None, title: str | None = None) -> Table:
     """One row per measured point: R, S, T, req/s, x best peer, p50, p99, Pareto, predicted."""
     from ..tune import pareto_front
@@ -45,8 +50,9 @@ def points_table(points: list[Point], *, chosen: Point | None = None, title: str
     best = max((p.throughput for p in peers), default=0.0)
     front = {id(p) for p in pareto_front(points)} if points else set()
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    for col in ("setup", "R x S x T", "req/s", "x best peer", "p50 ms", "p99 ms", "front", "predicted req/s, ms"):
-        table.add_column(col, justify="left" if col in ("setup", "front") else "right", no_wrap=True)
+    for col in ("setup (R x S x T)", "req/s", "x best peer", "p50 ms", "p99 ms", "front", "predicted req/s, ms",
+                "others' CPU"):
+        table.add_column(col, justify="left" if col in ("setup (R x S x T)", "front") else "right", no_wrap=True)
     for p in sorted(points, key=lambda p: (p.kind != "candidate", -p.throughput)):
         c = p.candidate
         name = p.name if c is None else f"corepipe {p.name}"
@@ -54,13 +60,13 @@ def points_table(points: list[Point], *, chosen: Point | None = None, title: str
             name = "★ " + name
         table.add_row(
             name,
-            "-" if c is None else f"{c.replicas} x {c.stages} x {c.threads}",
             _num(p.throughput),
             f"{p.throughput / best:.2f}" if best else "-",
             _num(p.latency_p50_s * 1e3),
             "-" if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3),
             "●" if id(p) in front else "",
             "" if p.predicted is None else f"{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}",
+            _others(p),
             style="bold" if p is chosen else None,
         )
     return table
@@ -102,8 +108,8 @@ def markdown(result: TuneResult, command: str) -> str:
         f"### tune {result.model}, {result.cores} cores, objective {result.objective}", "",
         f"`{command}` ({result.host}; {result.seconds:.0f} s"
         + (f"; each point the best of {result.repeats} measurements" if result.repeats > 1 else "") + ")", "",
-        "| setup | R x S x T | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "| setup | R x S x T | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms | others' CPU |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
     ]
     for p in sorted(result.points, key=lambda p: (p.kind != "candidate", -p.throughput)):
         c = p.candidate
@@ -112,7 +118,7 @@ def markdown(result: TuneResult, command: str) -> str:
             f"| {'corepipe ' if c else ''}{name} | {'-' if c is None else f'{c.replicas} x {c.stages} x {c.threads}'} | "
             f"{_num(p.throughput)} | {p.throughput / best:.2f} | {_num(p.latency_p50_s * 1e3)} | "
             f"{'-' if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3)} | {'yes' if p.name in front else ''} | "
-            f"{'' if p.predicted is None else f'{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}'} |")
+            f"{'' if p.predicted is None else f'{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}'} | {_others(p)} |")
     lines += ["", *_summary(result), ""]
     return "\n".join(lines)
 
@@ -148,7 +154,7 @@ def _report(result: TuneResult) -> None:
     out.print(points_table(result.points, chosen=result.chosen, title=(
         f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run"
         + (f", each point the best of {result.repeats} measurements" if result.repeats > 1 else "")
-        + "; ★ chosen, ● Pareto front)")))
+        + "; ★ chosen, ● Pareto front; others' CPU: the share of the CPUs other processes used meanwhile)")))
     ch = result.chosen
     lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.throughput:,.4g} req/s, "
              f"p50 {ch.latency_p50_s * 1e3:.4g} ms, p99 {(ch.latency_p99_s or 0) * 1e3:.4g} ms"]

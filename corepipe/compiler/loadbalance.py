@@ -35,7 +35,45 @@ from . import solver
 from .graph import ModelGraph
 from .partition import links_for
 
-__all__ = ["LoadMeasurement", "measure_under_load", "balance_under_load", "LoadBalance"]
+__all__ = ["LoadMeasurement", "measure_under_load", "balance_under_load", "LoadBalance", "CpuWatch"]
+
+
+class CpuWatch:
+    """How much of the machine's CPU time *other* processes took while something ran here.
+
+    The machine's busy time (all CPUs) minus this process tree's (itself, its live descendants,
+    and the children it has waited for) over the wall time x CPUs: a figure measured while
+    others load the machine says so, instead of passing for this code's own speed.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        me = psutil.Process()
+        c = me.cpu_times()
+        ours = c.user + c.system + c.children_user + c.children_system
+        for child in me.children(recursive=True):
+            try:
+                cc = child.cpu_times()
+                ours += cc.user + cc.system
+            except psutil.Error:  # gone meanwhile: its time shows in children_* once reaped
+                pass
+        return time.perf_counter(), busy, ours
+
+    def foreign_share(self) -> float:
+        """Share of all CPUs' time since construction used by other processes (0..1)."""
+        import psutil
+
+        t0, busy0, ours0 = self._start
+        t1, busy1, ours1 = self._snapshot()
+        span = max(t1 - t0, 1e-9) * (psutil.cpu_count() or 1)
+        return max(0.0, min(1.0, ((busy1 - busy0) - (ours1 - ours0)) / span))
 
 
 @dataclass(frozen=True)
@@ -50,6 +88,7 @@ class LoadMeasurement:
         requests: requests timed. window: requests kept in flight.
         chunk_throughputs: the window cut into consecutive chunks, each one's rate: the
             measurement's own spread, for how sure a figure is.
+        foreign_cpu: share of the machine's CPU time other processes used meanwhile.
     """
 
     throughput: float
@@ -60,6 +99,7 @@ class LoadMeasurement:
     window: int
     chunk_throughputs: list[float] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    foreign_cpu: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -105,6 +145,7 @@ def measure_under_load(
         done: dict[int, float] = {}
         before = pipe.stats() if warm == 0 else None
         t0 = time.perf_counter()
+        watch = [CpuWatch()]
 
         def collect() -> None:
             nonlocal before, t0
@@ -112,7 +153,7 @@ def measure_under_load(
             fut.result()
             done[j] = time.perf_counter()
             if j == warm - 1:  # the pipeline is full: start the clock and the busy counters
-                before, t0 = pipe.stats(), done[j]
+                before, t0, watch[0] = pipe.stats(), done[j], CpuWatch()
 
         while True:
             timed = len(submitted) - warm
@@ -126,6 +167,7 @@ def measure_under_load(
         while pending:
             collect()
         after = pipe.stats()
+        foreign = watch[0].foreign_share()
     assert before is not None
     timed_ids = range(warm, len(submitted))
     ends = [done[j] for j in timed_ids]
@@ -137,6 +179,7 @@ def measure_under_load(
         latency_p99_s=float(np.percentile(lat, 99)),
         stage_busy_s=_busy_per_request(before.stages, after.stages, stages),
         requests=len(ends), window=window, chunk_throughputs=_chunk_rates(t0, ends), latencies_s=lat,
+        foreign_cpu=foreign,
     )
 
 

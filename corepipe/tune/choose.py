@@ -27,6 +27,8 @@ class Point:
         chunk_throughputs: the measurement cut into consecutive chunks (for its spread).
         note: e.g. the balance used, or why a figure is missing.
         runs: how many times it was measured; the figures are those of its fastest run.
+        foreign_cpu: share of the machine's CPU time other processes used during that run
+            (``None``: not watched); a high one marks a figure taken on a busy machine.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Point:
     chunk_throughputs: list[float] = field(default_factory=list)
     note: str = ""
     runs: int = 1
+    foreign_cpu: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
