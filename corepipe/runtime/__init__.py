@@ -11,8 +11,12 @@ from ..artifact.manifest import Artifact, open_artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
 from .placement import Placement, choose, place
+from .timeline import Recovery, RequestTrace, Timeline, Wait
 
-__all__ = ["load", "Pipeline", "PipelineStats", "StageStats", "BACKENDS", "Placement", "place"]
+__all__ = [
+    "load", "Pipeline", "PipelineStats", "StageStats", "Timeline", "RequestTrace", "Recovery", "Wait",
+    "BACKENDS", "Placement", "place",
+]
 
 BACKENDS = ("local", "inline")
 

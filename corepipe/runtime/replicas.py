@@ -27,6 +27,7 @@ from ..artifact.plan import Plan
 from ..artifact.signature import check_feeds
 from ..errors import PipelineClosedError
 from .base import Pipeline, PipelineStats, StageStats
+from .timeline import Timeline
 
 __all__ = ["ReplicatedPipeline", "start_replicas"]
 
@@ -188,6 +189,11 @@ class ReplicatedPipeline(Pipeline):
             latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
             replicas=len(self._replicas),
         )
+
+    def timeline(self, last: int | None = None, *, replica: int = 0) -> Timeline:
+        """Replica ``replica``'s request timeline (each replica keeps its own; their request
+        ids are the replica's, not this client's)."""
+        return self._replicas[replica].timeline(last)
 
     @property
     def replayed(self) -> int:
