@@ -25,6 +25,7 @@ from rich.text import Text
 from ..tune import Point, parse_duration
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
+from .options import CoresAlias, core_count, core_flag, usable_cores
 from .tune import TuneResult, run_tune
 
 __all__ = ["tune_cmd", "points_table"]
@@ -171,10 +172,11 @@ def tune_cmd(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
         show_default=False)],
-    num_cores: Annotated[int | None, typer.Option(
-        "--num-cores", "--cores", "-k", "-n", min=1, metavar="K",
-        help="Cores K to tune for: every plan has R x S x T = K (default: all this process may run on).",
-        show_default=False)] = None,
+    num_cores: Annotated[str | None, typer.Option(
+        "--num-cores", "-n", metavar="N",
+        help="Cores K to tune for: every plan has R x S x T = K (default: all this process may run on; "
+        "alias: --cores, -k).", show_default=False)] = None,
+    cores: CoresAlias = None,
     objective: Annotated[str, typer.Option(
         "--objective", metavar="throughput|latency",
         help="Choose the plan with the most requests/s, or the lowest p50 latency under load.")] = "throughput",
@@ -197,7 +199,7 @@ def tune_cmd(
     max_candidates: Annotated[int, typer.Option(
         "--max-candidates", min=1, metavar="N", help="Candidate plans to measure; the cost model prunes the rest.")] = 6,
     balance: Annotated[str, typer.Option(
-        "--balance", metavar="load|measure|estimate",
+        "--balance", metavar="estimate|measure|load",
         help="How multi-stage candidates are cut: under load, one core at a time, or on the estimate.")] = "load",
     rounds: Annotated[int, typer.Option("--rounds", min=1, metavar="N", help="Cuts balance=load measures per candidate.")] = 3,
     seconds: Annotated[float, typer.Option(
@@ -211,7 +213,7 @@ def tune_cmd(
         "--inputs", metavar="FILE.npz", help="Example inputs to send instead of random ones.",
         show_default=False)] = None,
     md_out: Annotated[Path | None, typer.Option(
-        "--markdown", metavar="FILE", help="Append the run as a Markdown section (for benchmarks/RESULTS.md).",
+        "--markdown", metavar="FILE.md", help="Append the run as a Markdown section (for benchmarks/RESULTS.md).",
         show_default=False)] = None,
 ) -> None:
     """Measure candidate plans (R replicas x S stages x T threads per stage = K cores) under real
@@ -226,13 +228,15 @@ def tune_cmd(
 
     Examples:
 
-      corepipe tune zoo:bert -o bert_tuned/ --num-cores 2
-
-      corepipe tune model.onnx -o out/ -k 16 --objective latency --latency-budget 50ms
-
-      corepipe tune zoo:resnet50 -o rn/ -k 16 --rate 500 --p99 100ms
+    ```
+    corepipe tune zoo:bert -o bert_tuned/ --num-cores 2
+    corepipe tune model.onnx -o out/ -n 16 --objective latency
+    corepipe tune model.onnx -o out/ -n 16 --latency-budget 50ms
+    corepipe tune zoo:resnet50 -o rn/ -n 16 --rate 500 --p99 100ms
+    ```
     """
-    with cli_errors():
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if objective not in ("throughput", "latency"):
             raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
         if balance not in ("load", "measure", "estimate"):
@@ -248,7 +252,7 @@ def tune_cmd(
         feeds = load_npz(inputs) if inputs is not None else None
         with _display(err.is_terminal) as (on_progress, on_point):
             result = run_tune(
-                model, output, cores=num_cores, objective=objective, latency_budget_s=budget, rate=rate,
+                model, output, cores=None if k is None else int(k), objective=objective, latency_budget_s=budget, rate=rate,
                 p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
                 rounds=rounds, seconds=seconds, repeats=repeats, peers=not no_peers, example_inputs=feeds,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
