@@ -198,3 +198,18 @@ def test_older_plans_without_deployment_still_read_and_new_ones_round_trip(model
         dataclasses.replace(plan, deployment=corepipe.Deployment(replicas=2, cores=1)).validate()
     with pytest.raises(ValueError, match="unknown fields"):
         corepipe.Deployment.from_dict({"cores": 2, "replica": 2})
+
+
+def test_requests_go_around_a_replica_that_is_down(model):
+    path, _, feeds, refs = model
+    with corepipe.load(path, replicas=2, threads_per_stage=1) as pipe:
+        assert pipe.readiness() == (True, "", 0.0)
+        pipe.replica(1).close()  # as a stage waiting out its restart backoff: not ready
+        ready, _, _ = pipe.readiness()
+        assert ready
+        _check(list(pipe.map(feeds[:10])), refs[:10])  # all on replica 0, none stuck on replica 1
+        st = pipe.stats()
+        assert sum(s.requests for s in st.stages if s.replica == 0 and s.index == 0) >= 10
+        pipe.replica(0).close()
+        ready, why, _ = pipe.readiness()
+        assert not ready and "replica 0: the pipeline is closed" in why

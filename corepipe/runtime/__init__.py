@@ -47,7 +47,8 @@ def load(
             core ids (default: all this process may run on). ``inline`` pins nothing: there
             ``cores`` only bounds R x S x T when given.
         **options: backend options. ``local``: ``max_in_flight``, ``stage_timeout``, ``slots``,
-            ``start_timeout``, ``max_deaths``, ``death_window``. ``inline``: ``max_in_flight``.
+            ``start_timeout``, ``max_deaths``, ``death_window``, ``restart`` (``"give-up"`` or
+            ``"backoff"``), ``backoff_s``, ``backoff_max_s``. ``inline``: ``max_in_flight``.
             With replicas, ``max_in_flight`` counts across all of them.
 
     Raises:

@@ -118,7 +118,10 @@ class ReplicatedPipeline(Pipeline):
                 self._admit.release()
                 self._check_open()
             n = len(self._replicas)
-            r = min(range(n), key=lambda i: (self._outstanding[i], (i - self._next) % n))
+            # The least busy replica that serves now: one whose stage is down (restarting with
+            # backoff) would hold the request until it is back, while the others could run it.
+            up = [i for i in range(n) if self._replicas[i].readiness()[0]] or list(range(n))
+            r = min(up, key=lambda i: (self._outstanding[i], (i - self._next) % n))
             self._next = (r + 1) % n
             self._outstanding[r] += 1
             entry = _Entry(next(self._ids), fut, time.perf_counter(), r)
@@ -137,6 +140,16 @@ class ReplicatedPipeline(Pipeline):
             raise
         inner.add_done_callback(functools.partial(self._inner_done, entry))
         return fut
+
+    def readiness(self) -> tuple[bool, str, float]:
+        """Ready while any replica is; not ready says why each replica is not."""
+        if self._closing or self._closed:
+            return False, "the pipeline is closed", 0.0
+        states = [p.readiness() for p in self._replicas]
+        if any(ok for ok, _, _ in states):
+            return True, "", 0.0
+        why = "; ".join(f"replica {r}: {w}" for r, (_, w, _) in enumerate(states))
+        return False, why, min(wait for _, _, wait in states)
 
     def _check_open(self) -> None:
         if self._closing or self._closed:
