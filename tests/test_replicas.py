@@ -16,7 +16,8 @@ import pytest
 from graphcases import big_weight_model, run_reference
 
 import corepipe
-from corepipe.artifact.manifest import open_artifact, republish_artifact
+from corepipe.artifact.manifest import open_artifact
+from corepipe.artifact.writer import republish_artifact
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -159,7 +159,8 @@ def test_the_artifacts_deployment_is_served_and_cut_down_to_the_cores_it_gets(tm
     from graphcases import big_weight_model, run_reference
 
     import corepipe
-    from corepipe.artifact.manifest import open_artifact, republish_artifact
+    from corepipe.artifact.manifest import open_artifact
+    from corepipe.artifact.writer import republish_artifact
     from corepipe.serve.config import ServeConfig
     from corepipe.serve.repository import deployment_of, load_models
 

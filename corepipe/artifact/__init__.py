@@ -6,14 +6,15 @@
 from __future__ import annotations
 
 from .deployment import Deployment
-from .manifest import FORMAT, FORMAT_VERSION, Artifact, open_artifact, read_manifest, write_artifact
+from .manifest import FORMAT, FORMAT_VERSION, Artifact, open_artifact, read_manifest
 from .plan import Plan, StagePlan, TensorSpec
 from .signature import check_feeds
 from .sizes import format_bytes, parse_size
 from .target import Target, host_cores, resolve_target
+from .writer import republish_artifact, write_artifact
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "Artifact", "open_artifact", "read_manifest", "write_artifact",
+    "FORMAT", "FORMAT_VERSION", "Artifact", "open_artifact", "read_manifest", "write_artifact", "republish_artifact",
     "Deployment", "Plan", "StagePlan", "TensorSpec", "check_feeds", "format_bytes", "parse_size",
     "Target", "host_cores", "resolve_target",
 ]

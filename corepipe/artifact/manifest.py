@@ -1,4 +1,5 @@
-"""The compiled artifact on disk: write it, and verify it before anything loads it.
+"""The compiled artifact on disk: its format, and verifying it before anything loads it
+(`corepipe.artifact.writer` writes it).
 
 Layout (see design.md): ``manifest.json`` plus ``stage_NNN.onnx`` with its weights in
 ``stage_NNN.weights`` beside it. Loading trusts nothing: the manifest must parse and match its
@@ -15,10 +16,9 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,15 @@ from ..errors import ArtifactError
 from .plan import Plan, StagePlan
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "EXTRA_FILES", "write_artifact", "republish_artifact", "check_output_dir",
-    "read_manifest", "Artifact", "open_artifact", "copy_stage",
+    "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "EXTRA_FILES", "read_manifest", "Artifact",
+    "open_artifact", "copy_stage",
 ]
 
 FORMAT = "corepipe-artifact"
-FORMAT_VERSION = 1
+#: Version 2 adds each stage's engine, precision and fallback; version 1 artifacts (every stage
+#: on onnxruntime in fp32) still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
@@ -49,162 +52,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _staging(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(final directory, fresh temporary sibling to build it in); refuses a foreign directory."""
-    out = Path(out_dir).resolve()  # "." or "out/.." have no name to build a sibling from
-    check_output_dir(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return out, tmp
-
-
-def check_output_dir(out_dir: str | os.PathLike[str]) -> None:
-    """Raise `ArtifactError` unless ``out_dir`` is new, empty, or holds a corepipe artifact (the
-    only directories writing an artifact may replace). Cheap: commands call it before long work."""
-    out = Path(out_dir).resolve()
-    if out.exists() and not _replaceable(out):
-        raise ArtifactError(
-            f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
-        )
-
-
-def _manifest_text(plan: Plan, source_sha256: str) -> str:
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "corepipe_version": __version__,
-        "source_sha256": source_sha256,
-        "plan": plan.to_dict(),
-    }
-    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        _swap_in(tmp, out)
-    else:
-        os.replace(tmp, out)
-
-
-def write_artifact(
-    out_dir: str | os.PathLike[str],
-    plan: Plan,
-    stage_models: Iterable[onnx.ModelProto],
-    *,
-    source_sha256: str,
-    on_stage: Callable[[int], None] | None = None,
-) -> Plan:
-    """Write the artifact atomically and return the plan with file names and hashes filled in.
-
-    Stage models are consumed one at a time, so only one stage's weights are copied in memory
-    at once. An existing artifact at ``out_dir`` is replaced; any other non-empty directory is
-    refused rather than overwritten.
-    """
-    out, tmp = _staging(out_dir)
-    try:
-        stages = []
-        for k, (st, model) in enumerate(zip(plan.stages, stage_models, strict=True)):
-            file = f"stage_{k:03d}.onnx"
-            weights = f"stage_{k:03d}.weights"
-            onnx.save_model(
-                model, str(tmp / file), save_as_external_data=True,
-                all_tensors_to_one_file=True, location=weights, size_threshold=1024,
-                convert_attribute=False,
-            )
-            has_weights = (tmp / weights).is_file()
-            stages.append(replace(
-                st, file=file, sha256=_sha256_file(tmp / file),
-                weights_file=weights if has_weights else None,
-                weights_sha256=_sha256_file(tmp / weights) if has_weights else None,
-            ))
-            if on_stage is not None:
-                on_stage(k)
-        final = replace(plan, stages=tuple(stages))
-        final.validate()
-        (tmp / MANIFEST).write_text(_manifest_text(final, source_sha256))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def republish_artifact(
-    src: Artifact,
-    out_dir: str | os.PathLike[str],
-    plan: Plan,
-    *,
-    extras: Mapping[str, bytes] | None = None,
-) -> Plan:
-    """Write ``src``'s stages to ``out_dir`` under a new ``plan`` (same stages and files, e.g. a
-    deployment added), with ``extras`` (``tune.png``, ``tune.json``) beside them; atomically:
-    the directory shows the old artifact or the whole new one, never a mix.
-
-    Every stage file is verified against its hash while it is copied.
-
-    Raises:
-        ArtifactError: a stage file fails its hash, the plan's stages differ from ``src``'s, an
-            extra file name is not one of `EXTRA_FILES`, or ``out_dir`` holds foreign files.
-    """
-    if [st.to_dict() for st in plan.stages] != [st.to_dict() for st in src.plan.stages]:
-        raise ArtifactError("republishing keeps the stages as they are; compile again to change them")
-    bad = sorted(set(extras or {}) - set(EXTRA_FILES))
-    if bad:
-        raise ArtifactError(f"files {bad} may not go into an artifact; allowed beside the stages: {list(EXTRA_FILES)}")
-    plan.validate()
-    out, tmp = _staging(out_dir)
-    try:
-        for st in src.plan.stages:
-            copy_stage(src.root, st, tmp)
-            for name in (st.file, st.weights_file):
-                if name is not None:
-                    os.chmod(tmp / name, 0o644)
-        (tmp / MANIFEST).write_text(_manifest_text(plan, src.source_sha256))
-        for name, data in (extras or {}).items():
-            (tmp / name).write_bytes(data)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return plan
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace the artifact files in ``out`` with those in ``tmp``, keeping the directory itself
-    (it may be the working directory). The manifest moves last and stale stage files go after
-    it, so a reader sees the old artifact or the new one, and hashes catch any mix."""
-    fresh = sorted(p.name for p in tmp.iterdir())
-    for name in fresh:
-        if name != MANIFEST:
-            os.replace(tmp / name, out / name)
-    os.replace(tmp / MANIFEST, out / MANIFEST)
-    for old in out.iterdir():
-        if old.name not in fresh and _ARTIFACT_FILE.match(old.name):
-            old.unlink()
-    tmp.rmdir()
-
-
-def _replaceable(out: Path) -> bool:
-    """Whether ``out`` is an empty directory or one holding only a corepipe artifact.
-
-    Replacing deletes the directory, so a stray user file, or a ``manifest.json`` that some
-    other tool wrote, makes it not ours to delete.
-    """
-    if out.is_symlink() or not out.is_dir():
-        return False
-    names = [p.name for p in out.iterdir()]
-    if not names:
-        return True
-    if MANIFEST not in names or not all(n == MANIFEST or _ARTIFACT_FILE.match(n) for n in names):
-        return False
-    try:
-        data = json.loads((out / MANIFEST).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def _plain_file(root: Path, name: Any, what: str) -> Path:
@@ -243,12 +90,27 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise ArtifactError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
     version = data.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # True == 1 and 1.0 == 1: refuse both
+    if type(version) is not int or version not in READABLE_VERSIONS:  # True == 1, 1.0 == 1: refuse both
         raise ArtifactError(
             f"artifact format version {version!r} is not supported by corepipe {__version__} "
-            f"(it reads version {FORMAT_VERSION}); recompile the model with this corepipe"
+            f"(it reads versions {list(READABLE_VERSIONS)}); recompile the model with this corepipe"
         )
     return data
+
+
+_V2_STAGE_KEYS = ("engine", "precision")
+
+
+def _check_version_fields(data: dict[str, Any]) -> None:
+    """Version 1 stages predate engines (onnxruntime, fp32); version 2 stages must name theirs."""
+    stages = data["plan"]["stages"]
+    for k, st in enumerate(stages):
+        named = [key for key in (*_V2_STAGE_KEYS, "fallback") if key in st]
+        if data["format_version"] == 1 and named:
+            raise ArtifactError(f"a version 1 manifest cannot name {named} (stage {k}); it predates engines")
+        missing = [key for key in _V2_STAGE_KEYS if key not in st]
+        if data["format_version"] >= 2 and missing:
+            raise ArtifactError(f"stage {k} of a version {data['format_version']} manifest lacks {missing}")
 
 
 @dataclass(frozen=True)
@@ -275,6 +137,7 @@ def open_artifact(root: str | os.PathLike[str], *, verify_hashes: bool = True) -
     root = Path(root)
     data = read_manifest(root)
     try:
+        _check_version_fields(data)
         plan = Plan.from_dict(data["plan"])
         plan.validate()
     except ArtifactError:

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
 from . import report
@@ -65,7 +66,16 @@ def compile_cmd(
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
-        "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+        "--compiler-arg=--num-neuroncores=4 --compiler-arg=--auto-cast=matmult.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino",
+        help="Engine per stage. auto: openvino wherever it computes the stage right (checked "
+        "against onnxruntime), onnxruntime elsewhere; with --balance measure, the faster one.")] = "auto",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
+        "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
+        "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
     replicas: Annotated[int | None, typer.Option(
         "--replicas", min=1, metavar="R",
         help="Deployment to record (and to balance under, with --balance load): copies of the "
@@ -81,8 +91,10 @@ def compile_cmd(
     ```
     corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
     corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
+    corepipe compile zoo:bert -o bert16/ -n 2 --precision bf16 --balance measure
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
+    corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
     corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
     ```
     """
@@ -98,6 +110,11 @@ def compile_cmd(
                 raise typer.BadParameter("--replicas and --threads-per-stage need --num-cores N (the stages)")
             r, t = replicas or 1, threads_per_stage or 1
             deployment = Deployment(replicas=r, threads_per_stage=t, cores=r * int(count) * t)
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(
+                f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
         onnx_model, examples = load_model(model)
@@ -109,7 +126,7 @@ def compile_cmd(
                 onnx_model, output, example_inputs=examples or None,
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                progress=progress, deployment=deployment,
+                engine=engine, precision=precision, progress=progress, deployment=deployment,
             )
         print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
         if plot is not None:
@@ -128,7 +145,8 @@ def inspect_cmd(
         help="Also draw the plan: one bar per stage for time, weights and hand-off, coloured by "
         "core (.png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
 ) -> None:
-    """Verify an artifact (manifest, hashes, paths) and print its stages.
+    """Verify an artifact (manifest, hashes, paths) and print its stages, with the engine and
+    precision of each (and why a stage fell back to another engine).
 
     Examples:
 
@@ -136,6 +154,7 @@ def inspect_cmd(
     corepipe inspect resnet_compiled/
     corepipe inspect resnet_compiled/ --plot plan.png
     corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    corepipe inspect out/ --json | jq '.stages[] | [.engine, .precision]'
     ```
     """
     with cli_errors():

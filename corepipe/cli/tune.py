@@ -12,6 +12,7 @@ directory in one atomic step, so a failure or Ctrl-C anywhere before leaves it u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -25,7 +26,9 @@ import numpy as np
 import psutil
 
 from ..artifact.deployment import OBJECTIVES, Deployment
-from ..artifact.manifest import check_output_dir, open_artifact, republish_artifact
+from ..artifact.manifest import open_artifact
+from ..artifact.writer import check_output_dir, republish_artifact
+from ..compiler.choose import check_request, resolve_precision
 from ..compiler.driver import compile as compile_model
 from ..compiler.estimate import estimate_model
 from ..compiler.loadbalance import CpuWatch, measure_under_load
@@ -45,7 +48,7 @@ from ..tune import (
     slowest_shares,
 )
 from ..tune.plot import render_png
-from .bench import _parallel, _serial, example_feeds, resolve_model
+from .bench import _parallel, _serial, example_feeds, parallel_row, resolve_model, strong_peers, threads_row
 
 __all__ = ["TuneResult", "run_tune"]
 
@@ -122,11 +125,14 @@ def _peer_requests(seconds: float, per_request_s: float, least: int = 8) -> int:
 
 
 class _Peers:
-    """The peers, measured through bench's harness on the same inputs (each call one run)."""
+    """The peers, measured through bench's harness on the same inputs (each call one run):
+    onnxruntime 1 thread (the reference), K threads and K sessions side by side, and bench's
+    `strong_peers` (one session shared by K threads, OpenVINO THROUGHPUT and LATENCY at the
+    precision being tuned)."""
 
     def __init__(self, path: Path, feeds: Mapping[str, np.ndarray], use: list[int], seconds: float,
-                 work: Path) -> None:
-        self.path, self.use, self.seconds = path, use, seconds
+                 precision: str, work: Path) -> None:
+        self.path, self.use, self.seconds, self.precision = path, use, seconds, precision
         self.inputs = work / "inputs.npz"
         np.savez(self.inputs, **dict(feeds))  # type: ignore[arg-type]
         self.one_s: float | None = None  # seconds per request, 1 thread (sizes the other runs)
@@ -138,30 +144,40 @@ class _Peers:
         if k > 1:
             out += [(f"onnxruntime, {k} threads", self.k_threads),
                     (f"{k} onnxruntime sessions in parallel", self.k_sessions)]
+        for mode, name, what in strong_peers(k, self.precision):
+            out.append((what, functools.partial(self.strong, mode, name)))
         return out
+
+    def _requests(self, speedup: float, least: int = 8) -> int:
+        return _peer_requests(self.seconds, (self.one_s or 1.0) / speedup, least)
 
     def one_thread(self) -> Point:
         if self.one_s is None:  # a short probe sizes the real run
             r = _serial(self.path, self.inputs, 1, 4, 1, self.use[:1])
             self.one_s = r["elapsed_s"] / r["requests"]
-        r = _serial(self.path, self.inputs, 1, _peer_requests(self.seconds, self.one_s), 2, self.use[:1])
+        r = _serial(self.path, self.inputs, 1, self._requests(1.0), 2, self.use[:1])
         self.one_s = min(self.one_s, r["elapsed_s"] / r["requests"])
         return Point("ort 1 thread", "peer", r["requests"] / r["elapsed_s"], r["latency_p50_s"],
                      note="1 core: reference")
 
     def k_threads(self) -> Point:
         k = len(self.use)
-        r = _serial(self.path, self.inputs, k, _peer_requests(self.seconds, (self.one_s or 1.0) / k ** 0.8), 2,
-                    self.use)
+        r = _serial(self.path, self.inputs, k, self._requests(k ** 0.8), 2, self.use)
         per = r["elapsed_s"] / r["requests"]
         self.k_threads_s = per if self.k_threads_s is None else min(self.k_threads_s, per)
-        return Point(f"ort {k} threads", "peer", 1 / per, r["latency_p50_s"])
+        return Point(threads_row(k), "peer", 1 / per, r["latency_p50_s"])
 
     def k_sessions(self) -> Point:
         k = len(self.use)
-        rate, results = _parallel(self.path, self.inputs,
-                                  _peer_requests(self.seconds, (self.one_s or 1.0) / k, 2 * k), 2, self.use)
-        return Point(f"{k} sessions", "peer", rate, float(np.median([x["latency_p50_s"] for x in results])))
+        rate, results = _parallel(self.path, self.inputs, self._requests(k, 2 * k), 2, self.use)
+        return Point(parallel_row(k), "peer", rate, float(np.median([x["latency_p50_s"] for x in results])))
+
+    def strong(self, mode: str, name: str) -> Point:
+        k = len(self.use)
+        speedup = 2.0 * k if mode == "ov_throughput" else k  # OpenVINO may run bf16: ~2x onnxruntime
+        r = _serial(self.path, self.inputs, k, self._requests(speedup, 2 * k), 2, self.use, mode=mode,
+                    precision=self.precision)
+        return Point(name, "peer", r["requests"] / r["elapsed_s"], r["latency_p50_s"])
 
 
 def run_tune(
@@ -179,6 +195,8 @@ def run_tune(
     rounds: int = 3,
     seconds: float = 3.0,
     repeats: int = 1,
+    precision: str | None = None,
+    engine: str = "auto",
     peers: bool = True,
     example_inputs: Mapping[str, np.ndarray] | None = None,
     progress: TuneProgress | None = None,
@@ -199,7 +217,11 @@ def run_tune(
         seconds: how long each measurement streams requests.
         repeats: measure every point this many times, in turn, keeping each one's best run
             (interference from other work on the machine only ever slows a run).
-        peers: measure the peers (onnxruntime 1 and K threads, K sessions) in the same run.
+        precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"``: every candidate
+            is compiled at it and the OpenVINO peers run at it (see `corepipe.compile`).
+        engine: the candidates' compile engine (``"auto"``: per stage).
+        peers: measure the peers in the same run: onnxruntime 1 and K threads, K sessions, one
+            session shared by K threads, OpenVINO THROUGHPUT and LATENCY.
         progress, on_point: called as the search advances and as each point is measured.
 
     Returns:
@@ -217,6 +239,8 @@ def run_tune(
         raise DeploymentError("the capacity question needs both a rate (--rate) and a p99 budget (--p99)")
     use = resolve_cores(cores)
     k = len(use)
+    prec = resolve_precision(precision)
+    check_request(engine, prec)
     check_output_dir(output)  # before minutes of measuring, not after
     best: dict[str, Point] = {}  # name -> the best of its repeats (interference only slows)
     failed: list[tuple[str, str]] = []
@@ -250,7 +274,7 @@ def run_tune(
             raise DeploymentError(
                 f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
                 f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
-        harness = _Peers(path, feeds, use, seconds, work)
+        harness = _Peers(path, feeds, use, seconds, prec, work)
         peer_runs = harness.measurers() if peers else []
         state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
         for what, measure in peer_runs:
@@ -272,6 +296,7 @@ def run_tune(
             try:
                 cm = compile_model(
                     path, work / f"cand{i}", num_cores=c.stages, example_inputs=inputs, balance=how,
+                    engine=engine, precision=prec,
                     deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=k),
                     load_rounds=rounds, load_seconds=seconds, progress=sub)
             except CorepipeError as exc:  # e.g. a cut the graph does not allow: the others go on

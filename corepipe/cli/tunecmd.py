@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..tune import Point, parse_duration
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
@@ -185,8 +186,12 @@ def tune_cmd(
         help="Only plans whose measured p99 latency is within this (e.g. 150, 150ms, 0.15s).",
         show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
-        "--precision", metavar="P", help="Compile precision (fp32; bf16 and auto need the engines work).",
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="Compile precision of every candidate; the OpenVINO peers run at it too (default fp32).",
         show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino",
+        help="Compile engine of every candidate (auto: per stage).")] = "auto",
     rate: Annotated[float | None, typer.Option(
         "--rate", min=0.0, metavar="REQ/S",
         help="Capacity question: how many cores and replicas hold this many requests/s (with --p99).",
@@ -241,8 +246,10 @@ def tune_cmd(
             raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
         if balance not in ("load", "measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'load', 'measure' or 'estimate', got {balance!r}")
-        if precision not in (None, "fp32"):
-            raise typer.BadParameter(f"--precision {precision!r} needs the engines work; this build runs fp32")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if (rate is None) != (p99 is None):
             raise typer.BadParameter("--rate and --p99 go together: how many req/s, within which p99 latency")
         if not model.startswith("zoo:") and not Path(model).is_file():
@@ -254,13 +261,15 @@ def tune_cmd(
             result = run_tune(
                 model, output, cores=None if k is None else int(k), objective=objective, latency_budget_s=budget, rate=rate,
                 p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
-                rounds=rounds, seconds=seconds, repeats=repeats, peers=not no_peers, example_inputs=feeds,
+                rounds=rounds, seconds=seconds, repeats=repeats, precision=precision, engine=engine,
+                peers=not no_peers, example_inputs=feeds,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)
         if md_out is not None:
-            cmd = " ".join(["corepipe tune", model, "-o", str(output), "-k", str(result.cores), "--objective",
+            cmd = " ".join(["corepipe tune", model, "-o", str(output), "-n", str(result.cores), "--objective",
                             objective, "--seconds", f"{seconds:g}", "--repeats", str(repeats)]
+                           + (["--precision", precision] if precision else [])
                            + (["--latency-budget", latency_budget] if latency_budget else [])
                            + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else []))
             with open(md_out, "a") as f:

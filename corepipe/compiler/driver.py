@@ -13,15 +13,18 @@ import numpy as np
 import onnx
 
 from ..artifact.deployment import Deployment
-from ..artifact.manifest import open_artifact, write_artifact
+from ..artifact.manifest import open_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
+from .assemble import check_engines, engine_notes, make_plan, write_stages
+from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
+from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
-from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
+from .partition import links_for, make_problem
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
@@ -72,33 +75,6 @@ class CompiledModel:
         from ..runtime import load
 
         return load(self.path, backend=backend, **kwargs)
-
-
-def parse_compiler_args(args: Sequence[str]) -> dict[str, Any]:
-    """Read Neuron-style flags: ``--static-weights``, ``--num-neuroncores N``,
-    ``--neuroncore-pipeline-cores N``. Unknown flags are an error, never ignored."""
-    out: dict[str, Any] = {}
-    items = list(args)
-    i = 0
-    while i < len(items):
-        flag = items[i]
-        name, eq, inline_value = flag.partition("=")
-        if name == "--static-weights":
-            out["static_weights"] = True
-            i += 1
-            continue
-        if name in ("--num-neuroncores", "--neuroncore-pipeline-cores"):
-            value = inline_value if eq else (items[i + 1] if i + 1 < len(items) else None)
-            i += 1 if eq else 2
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise CompileError(f"{name} needs a positive core count, got {value!r}")
-            out["num_cores"] = int(value)
-            continue
-        raise CompileError(
-            f"unknown compiler argument {flag!r}: corepipe understands --static-weights, "
-            "--num-neuroncores N and --neuroncore-pipeline-cores N"
-        )
-    return out
 
 
 def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | None:
@@ -177,6 +153,8 @@ def compile(
     compiler_args: Sequence[str] | None = None,
     balance: str = "estimate",
     cuts: Sequence[int] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
     progress: Progress | None = None,
     deployment: Deployment | None = None,
     load_rounds: int = 4,
@@ -194,7 +172,9 @@ def compile(
             ``core_memory``, then balanced within that count.
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
         target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
-        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``.
+        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``;
+            ``--auto-cast``, ``--auto-cast-type`` and ``--fp32-cast`` set the precision
+            (`corepipe.compiler.flags`).
         balance: ``"estimate"`` (analytic cost), ``"measure"`` (time stages on one core and
             move boundaries until the measured stages balance), or ``"load"`` (run the whole
             pipeline with every stage busy, in ``deployment``, measure each stage's busy time
@@ -202,6 +182,14 @@ def compile(
             cut; the plan records each stage's time under load as ``loaded_s``).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
+        engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
+            else openvino wherever it compiles the stage), ``"onnxruntime"`` or ``"openvino"``.
+            A stage ``"auto"`` cannot run on one engine falls back to the other; the plan's
+            ``stages[i].fallback`` says why.
+        precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
+            with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
+            ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
+            Neuron flags in ``compiler_args`` say, else fp32.
         progress: optional ``progress(step, done, total)`` callback.
         deployment: replicas x threads per stage on ``deployment.cores`` cores, written into
             the artifact for `load` and `serve` to use by default (and what ``balance="load"``
@@ -213,24 +201,27 @@ def compile(
         A `CompiledModel` with the plan and the artifact path.
 
     Raises:
-        CompileError: invalid model or options, missing example input, too many cores.
+        CompileError: invalid model or options, missing example input, too many cores; an
+            engine that is not installed or cannot run a stage (naming the node and op); a
+            precision the engine or this CPU cannot run fast (naming what the CPU has).
         DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
 
     Example:
         >>> cm = corepipe.compile("bert.onnx", "bert_compiled/", num_cores="auto",
         ...                       core_memory="64MiB", example_inputs=feeds)  # doctest: +SKIP
     """
-    if compiler_args:
-        flags = parse_compiler_args(compiler_args)
-        if "num_cores" in flags:
-            if num_cores != "auto" and num_cores != flags["num_cores"]:
-                raise CompileError(
-                    f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
-                    f"{flags['num_cores']} cores; give the count once"
-                )
-            num_cores = flags["num_cores"]
+    flags = parse_compiler_args(compiler_args or [])
+    if "num_cores" in flags:
+        if num_cores != "auto" and num_cores != flags["num_cores"]:
+            raise CompileError(
+                f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
+                f"{flags['num_cores']} cores; give the count once"
+            )
+        num_cores = flags["num_cores"]
     if balance not in BALANCES:
         raise CompileError(f"balance must be one of {list(BALANCES)}, got {balance!r}")
+    precision = resolve_precision(precision, flags.get("precision"))
+    check_request(engine, precision)
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     report("analyse graph", 0, 1)
@@ -287,69 +278,46 @@ def compile(
     if balance == "measure":
         from .measure import measured_balance
 
-        bounds, compute, measured = measured_balance(graph, problem, tgt, bounds, example_inputs, report)
+        bounds, compute, choices = measured_balance(
+            graph, problem, tgt, bounds, example_inputs, report,
+            engines=candidates(engine), precision=precision, engine=engine)
+        measured = [c.seconds[c.engine] for c in choices]
         problem = make_problem(graph, compute, tgt.core_memory)
     elif balance == "load":
         from .loadbalance import balance_under_load
         from .measure import example_feeds
 
+        chosen: dict[tuple[int, ...], list[Choice]] = {}
+
         def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
-            trial = make_problem(graph, costs, tgt.core_memory)
-            plan = _make_plan(graph, trial, tgt, cut, balance, None, None, None)
-            _write(graph, plan, cut, directory, lambda s: None)
+            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report)
+            trial = make_plan(graph, make_problem(graph, costs, tgt.core_memory), tgt, cut, balance,
+                              chosen[tuple(cut)])
+            write_stages(graph, trial, cut, directory)
             return directory
 
         lb = balance_under_load(graph, problem, tgt, bounds, example_feeds(graph, example_inputs), write_cut,
                                 report, deployment=deployment, rounds=load_rounds, seconds=load_seconds)
-        bounds, compute, loaded = lb.bounds, lb.compute, lb.measurement.stage_busy_s
+        bounds, compute, loaded, choices = lb.bounds, lb.compute, lb.measurement.stage_busy_s, chosen[tuple(lb.bounds)]
         problem = make_problem(graph, compute, tgt.core_memory)
         m = lb.measurement
         notes.append(
-            f"balanced under load: {lb.rounds} cut{'s' if lb.rounds != 1 else ''} measured; best "
-            f"{m.throughput:.4g} req/s, p50 {m.latency_p50_s * 1e3:.4g} ms with {m.window} in flight"
-        )
+            f"balanced under load: {plural(lb.rounds, 'cut')} measured; best {m.throughput:.4g} req/s, "
+            f"p50 {m.latency_p50_s * 1e3:.4g} ms with {m.window} in flight")
         if deployment is not None:
-            deployment = dataclasses.replace(
-                deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
-                latency_p99_s=m.latency_p99_s)
+            deployment = dataclasses.replace(deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
+                                             latency_p99_s=m.latency_p99_s)
+    else:
+        choices = check_engines(graph, bounds, example_inputs, engine, precision, report)
     report("partition", 1, 1)
-    plan = _make_plan(graph, problem, tgt, bounds, balance, measured, loaded, deployment, tuple(notes))
+    plan = make_plan(graph, problem, tgt, bounds, balance, choices, measured=measured, loaded=loaded,
+                     deployment=deployment, notes=engine_notes(engine, precision, choices) + notes)
     report("write stages", 0, k)
     try:
-        final = _write(graph, plan, bounds, Path(output_dir), lambda s: report("write stages", s + 1, k))
+        final = write_stages(graph, plan, bounds, Path(output_dir), lambda s: report("write stages", s + 1, k))
     except ArtifactError as exc:  # e.g. the output directory holds someone else's files
         raise CompileError(str(exc)) from None
     return CompiledModel(Path(output_dir), final)
-
-
-def _make_plan(
-    graph: ModelGraph, problem: solver.Problem, tgt: Target, bounds: list[int], balance: str,
-    measured: Sequence[float] | None, loaded: Sequence[float] | None, deployment: Deployment | None,
-    notes: tuple[str, ...] = (),
-) -> Plan:
-    k = len(bounds) - 1
-    seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
-    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
-    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds))
-    if loaded is not None:
-        stages = [dataclasses.replace(st, loaded_s=float(t)) for st, t in zip(stages, loaded)]
-    return Plan(
-        target=tgt,
-        inputs=tuple(graph.inputs),
-        outputs=tuple(graph.outputs),
-        boundaries=tuple(tuple(graph.boundary(b)) for b in bounds[:-1]) + (tuple(graph.outputs),),
-        stages=tuple(stages),
-        num_nodes=graph.n,
-        balance=balance,
-        notes=notes,
-        deployment=deployment,
-    )
-
-
-def _write(graph: ModelGraph, plan: Plan, bounds: list[int], out: Path, on_stage: Callable[[int], None]) -> Plan:
-    k = len(bounds) - 1
-    models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
-    return write_artifact(out, plan, models, source_sha256=graph.source_sha256, on_stage=on_stage)
 
 
 def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
