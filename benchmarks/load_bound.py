@@ -39,6 +39,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--engine", default="onnxruntime",
+                    help="stage engine (default onnxruntime: the engine t1 and the sessions run on)")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args(argv)
     k = args.cores
@@ -50,7 +52,7 @@ def main(argv: list[str]) -> None:
         inputs = work / "inputs.npz"
         np.savez(inputs, **feeds)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        cm = corepipe.compile(path, work / "art", example_inputs=feeds, num_cores=k, balance="load",
+        cm = corepipe.compile(path, work / "art", example_inputs=feeds, num_cores=k, balance="load", engine=args.engine,
                               load_rounds=args.rounds, load_seconds=args.seconds)
         compile_s = time.perf_counter() - t0
         n1 = max(8, int(args.seconds / (sum(s.loaded_s or 0 for s in cm.stages) or 1)))
@@ -72,7 +74,7 @@ def main(argv: list[str]) -> None:
         f"### What bounds balance='load' on {args.model}, {k} cores",
         "",
         f"`python benchmarks/load_bound.py --model {args.model} --cores {k} --seconds {args.seconds:g} "
-        f"--rounds {args.rounds}` (compile {compile_s:.0f} s; {m.requests} requests timed)",
+        f"--rounds {args.rounds} --engine {args.engine}` (compile {compile_s:.0f} s; {m.requests} requests timed)",
         "",
         "| figure | value |",
         "|---|---:|",

@@ -59,8 +59,9 @@ def test_tune_end_to_end_writes_a_loadable_artifact_with_its_deployment_and_pict
     r = _cli("tune", "zoo:mlp", "-o", str(out), "--num-cores", "2", "--seconds", "0.25", "--rounds", "1",
              "--rate", "200", "--p99", "500ms")
     assert r.returncode == 0, r.stderr
-    for peer in ("ort 1 thread", "ort 2 threads", "2 sessions"):
-        assert peer in r.stdout
+    for peer in ("ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
+                 "openvino THROUGHPUT (2 streams, fp32)", "openvino LATENCY (2 threads, 1 in flight, fp32)"):
+        assert peer in r.stdout, peer
     assert "★ corepipe" in r.stdout and "Capacity: 200 req/s within p99 500 ms" in r.stdout
     assert "Erlang C" in r.stdout
     figures = json.loads((out / "tune.json").read_text())
