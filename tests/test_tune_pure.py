@@ -79,6 +79,12 @@ def test_pareto_front_choice_and_domination():
         choose(pts, "throughput", latency_budget_s=0.05)
     with pytest.raises(corepipe.DeploymentError, match="no candidate"):
         choose([peer], "latency")
+    # within the tie band (noise), the better figure on the other axis wins
+    close = _p("close", 9.8, 0.05, cand=Candidate(1, 1, 2))
+    assert choose([a, close], "throughput") is close
+    assert choose([a, close], "throughput", tie=0.0) is a
+    slow_but_quick = _p("quick", 9.0, 0.0505, cand=Candidate(1, 1, 2))
+    assert choose([close, slow_but_quick], "latency") is close  # 1 % slower, more throughput
 
 
 def test_erlang_c_and_the_p99_wait_match_hand_computed_values():

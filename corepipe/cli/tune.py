@@ -73,6 +73,7 @@ class TuneResult:
     capacity: CapacityAnswer | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     repeats: int = 1
+    tie: float = 0.03
 
     @property
     def peers(self) -> list[Point]:
@@ -94,7 +95,7 @@ class TuneResult:
         """The plan the other objective would have chosen from the same measurements (within
         the same latency budget), or ``None`` when none meets it."""
         try:
-            return choose(self.points, objective, self.latency_budget_s)
+            return choose(self.points, objective, self.latency_budget_s, tie=self.tie)
         except DeploymentError:
             return None
 
@@ -107,7 +108,7 @@ class TuneResult:
         return {
             "model": self.model, "cores": self.cores, "objective": self.objective,
             "latency_budget_s": self.latency_budget_s, "host": self.host, "seconds": self.seconds,
-            "repeats": self.repeats,
+            "repeats": self.repeats, "tie": self.tie,
             "points": [p.to_dict() for p in self.points],
             "pruned": [{"candidate": dataclasses.asdict(c), "predicted": list(pred)} for c, pred in self.pruned],
             "failed": [{"name": n, "error": e} for n, e in self.failed],
@@ -147,6 +148,16 @@ class _Peers:
         for mode, name, what in strong_peers(k, self.precision):
             out.append((what, functools.partial(self.strong, mode, name)))
         return out
+
+    def calibrated(self, measured: Mapping[str, Point]) -> tuple[float | None, float | None]:
+        """(1-thread, K-thread) seconds per request for the cost model. They come from
+        onnxruntime in fp32; OpenVINO LATENCY (K threads, one in flight, at the precision
+        tuned) rescales both to the engine and precision the candidates run at."""
+        ov = next((p for name, p in measured.items() if name.startswith("openvino LATENCY")), None)
+        if ov is None or self.k_threads_s is None or self.one_s is None:
+            return self.one_s, self.k_threads_s
+        scale = (1 / ov.throughput) / self.k_threads_s
+        return self.one_s * scale, self.k_threads_s * scale
 
     def _requests(self, speedup: float, least: int = 8) -> int:
         return _peer_requests(self.seconds, (self.one_s or 1.0) / speedup, least)
@@ -195,6 +206,7 @@ def run_tune(
     rounds: int = 3,
     seconds: float = 3.0,
     repeats: int = 1,
+    tie: float = 0.03,
     precision: str | None = None,
     engine: str = "auto",
     peers: bool = True,
@@ -217,6 +229,8 @@ def run_tune(
         seconds: how long each measurement streams requests.
         repeats: measure every point this many times, in turn, keeping each one's best run
             (interference from other work on the machine only ever slows a run).
+        tie: figures within this fraction of the best on the objective count as equal; the
+            better one on the other axis is chosen among them (`corepipe.tune.choose`).
         precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"``: every candidate
             is compiled at it and the OpenVINO peers run at it (see `corepipe.compile`).
         engine: the candidates' compile engine (``"auto"``: per stage).
@@ -280,7 +294,8 @@ def run_tune(
         for what, measure in peer_runs:
             say(f"peer: {what}")
             add(_watched(measure))
-        model_ = CostModel(one_core_s=harness.one_s or est.one_core_s, cores=k, k_thread_s=harness.k_threads_s,
+        one_s, kthreads_s = harness.calibrated(best)
+        model_ = CostModel(one_core_s=one_s or est.one_core_s, cores=k, k_thread_s=kthreads_s,
                            slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
                            memory_bytes=int(psutil.virtual_memory().available * 0.8))
         chosen_c, pruned_c = select(pool, model_, objective=objective, keep=max_candidates)
@@ -314,7 +329,7 @@ def run_tune(
                                        say))
         points = list(best.values())
         artifact_of = {label: art for label, (_, art) in artifacts.items()}
-        chosen = choose(points, objective, latency_budget_s)
+        chosen = choose(points, objective, latency_budget_s, tie=tie)
         capacity = None
         if rate is not None and p99_s is not None:
             capacity = answer(points, rate, p99_s, measured_cores=k, max_cores=max_cores)
@@ -322,7 +337,7 @@ def run_tune(
             model=model, cores=k, objective=objective, latency_budget_s=latency_budget_s, points=points,
             pruned=[(c, model_.predict(c)) for c in pruned_c if model_.fits(c)], chosen=chosen,
             output=Path(output), host=f"{os.uname().machine}, {len(os.sched_getaffinity(0))} cores",
-            seconds=0.0, capacity=capacity, failed=failed, repeats=repeats,
+            seconds=0.0, capacity=capacity, failed=failed, repeats=repeats, tie=tie,
         )
         say("write the artifact")
         _write(result, artifact_of[chosen.name], seconds=time.perf_counter() - started)

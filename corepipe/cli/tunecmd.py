@@ -209,6 +209,10 @@ def tune_cmd(
     rounds: Annotated[int, typer.Option("--rounds", min=1, metavar="N", help="Cuts balance=load measures per candidate.")] = 3,
     seconds: Annotated[float, typer.Option(
         "--seconds", min=0.05, metavar="S", help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
+    tie: Annotated[float, typer.Option(
+        "--tie", min=0.0, max=0.5, metavar="F",
+        help="Figures within this fraction of the best count as equal; the better one on the other "
+        "axis wins among them.")] = 0.03,
     repeats: Annotated[int, typer.Option(
         "--repeats", min=1, metavar="N",
         help="Measure every point N times in turn and keep each one's best run (for noisy machines).")] = 1,
@@ -261,7 +265,7 @@ def tune_cmd(
             result = run_tune(
                 model, output, cores=None if k is None else int(k), objective=objective, latency_budget_s=budget, rate=rate,
                 p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
-                rounds=rounds, seconds=seconds, repeats=repeats, precision=precision, engine=engine,
+                rounds=rounds, seconds=seconds, repeats=repeats, tie=tie, precision=precision, engine=engine,
                 peers=not no_peers, example_inputs=feeds,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )

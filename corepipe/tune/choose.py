@@ -81,10 +81,14 @@ def _within(p: Point, budget_s: float | None) -> bool:
     return (p.latency_p99_s if p.latency_p99_s is not None else p.latency_p50_s) <= budget_s
 
 
-def choose(points: Sequence[Point], objective: str, latency_budget_s: float | None = None) -> Point:
+def choose(points: Sequence[Point], objective: str, latency_budget_s: float | None = None, *,
+           tie: float = 0.03) -> Point:
     """The corepipe plan to ship: most throughput, or least p50 latency, among the measured
-    candidates whose p99 latency is within ``latency_budget_s`` (when given). Ties on the
-    objective go to the better figure on the other axis.
+    candidates whose p99 latency is within ``latency_budget_s`` (when given).
+
+    Figures within ``tie`` (a fraction) of the best on the objective count as equal, since a
+    shared machine's measurements move by a few percent; among those, the better figure on the
+    other axis wins (the throughput objective does not pay twice the latency for 1 % more).
 
     Raises:
         DeploymentError: no candidate meets the budget (the message gives the lowest p99 seen),
@@ -107,7 +111,11 @@ def choose(points: Sequence[Point], objective: str, latency_budget_s: float | No
             possible=possible,
         )
     if objective == "latency":
-        return min(ok, key=lambda p: (p.latency_p50_s, -p.throughput))
+        fastest = min(p.latency_p50_s for p in ok)
+        near = [p for p in ok if p.latency_p50_s <= fastest * (1 + tie)]
+        return max(near, key=lambda p: (p.throughput, -p.latency_p50_s))
     if objective == "throughput":
-        return max(ok, key=lambda p: (p.throughput, -p.latency_p50_s))
+        most = max(p.throughput for p in ok)
+        near = [p for p in ok if p.throughput >= most * (1 - tie)]
+        return min(near, key=lambda p: (p.latency_p50_s, -p.throughput))
     raise DeploymentError(f"objective must be 'throughput' or 'latency', got {objective!r}")
