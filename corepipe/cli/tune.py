@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import tempfile
@@ -256,6 +257,8 @@ def run_tune(
     prec = resolve_precision(precision)
     check_request(engine, prec)
     check_output_dir(output)  # before minutes of measuring, not after
+    if importlib.util.find_spec("matplotlib") is None:  # tune.png is part of the artifact it writes
+        raise CorepipeError("corepipe tune draws tune.png with matplotlib: pip install 'corepipe[plot]'")
     best: dict[str, Point] = {}  # name -> the best of its repeats (interference only slows)
     failed: list[tuple[str, str]] = []
     state = {"done": 0, "total": 4}
