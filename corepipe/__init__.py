@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 from ._version import __version__
-from .artifact import Plan, StagePlan, Target, TensorSpec
+from .artifact import Deployment, Plan, StagePlan, Target, TensorSpec
 from .compiler import CompiledModel, compile
 from .errors import (
     ArtifactError,
     CompileError,
     CorepipeError,
+    DeploymentError,
     DoesNotFitError,
     InputError,
     PipelineClosedError,
@@ -30,6 +31,7 @@ __all__ = [
     "Pipeline",
     "PipelineStats",
     "Plan",
+    "Deployment",
     "StagePlan",
     "TensorSpec",
     "Target",
@@ -40,4 +42,5 @@ __all__ = [
     "InputError",
     "StageError",
     "PipelineClosedError",
+    "DeploymentError",
 ]

@@ -75,6 +75,35 @@ def test_private_instance_is_transparent_on_the_loopback_and_gone_after_close(ar
 
 
 @pytest.mark.slow
+def test_replicas_on_ray_are_one_actor_per_stage_and_replica(art):
+    """load(replicas=2) on ray: 2 placement groups of 2 actors each, results in order."""
+    ray = pytest.importorskip("ray")
+    path, case = art
+    rng = np.random.default_rng(9)
+    feeds = [{k: (rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
+              for k, v in case.feeds.items()} for _ in range(12)]
+    with pytest.raises(corepipe.DeploymentError, match=r"cores=2 .* ray backend .* threads_per_stage"):
+        corepipe.load(path, backend="ray", cores=2)
+    with corepipe.load(path, backend="ray", replicas=2) as pipe:
+        assert pipe.replicas == 2 and pipe.backend == "ray"
+        assert len({pipe.replica(r).placement_group.id for r in range(2)}) == 2
+        assert len({w["pid"] for r in range(2) for w in pipe.replica(r).placement()}) == 4
+        outs = list(pipe.map(feeds))
+        st = pipe.stats()
+        pids = [p.pid for p in _ray_children()]
+    for out, f in zip(outs, feeds):
+        ref = run_reference(case.model, f)
+        for name in ref:
+            np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+    assert st.replicas == 2 and st.completed == 12
+    assert sorted((s.replica, s.index) for s in st.stages) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sum(s.requests for s in st.stages if s.index == 0) == 12
+    assert {b.replica for b in st.boundaries} == {0, 1}
+    assert not ray.is_initialized()
+    assert wait_gone(pids, timeout=15) == []
+
+
+@pytest.mark.slow
 def test_cli_run_on_ray_without_the_loopback_switch(art):
     path, _ = art
     argv, env = module_command("corepipe", "run", str(path), "--backend", "ray", "--requests", "20")

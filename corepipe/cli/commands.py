@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
+from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
-from ..compiler.driver import parse_compiler_args
 from . import report
 from ._app import (
     app,
@@ -64,8 +65,9 @@ def compile_cmd(
         "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
         show_default=False)] = None,
     balance: Annotated[str, typer.Option(
-        "--balance", metavar="estimate|measure",
-        help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
+        "--balance", metavar="estimate|measure|load",
+        help="Balance stages on the analytic cost estimate, on stages timed one core at a time, or "
+        "on the whole pipeline run under load (every stage busy; needs a core per stage).",
     )] = "estimate",
     plot: Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE.png",
@@ -84,6 +86,13 @@ def compile_cmd(
         help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
         "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
         "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, metavar="R",
+        help="Deployment to record (and to balance under, with --balance load): copies of the "
+        "pipeline. `corepipe tune` chooses one by measurement.", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, metavar="T", help="Deployment to record: cores per stage.",
+        show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -96,14 +105,21 @@ def compile_cmd(
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
     corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
+    corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         count, _ = core_count(num_cores, cores, auto=True)
         if plot is not None:
             check_plot(plot, "--plot")
-        if balance not in ("estimate", "measure"):
-            raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if balance not in BALANCES:
+            raise typer.BadParameter(f"--balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+        deployment = None
+        if replicas is not None or threads_per_stage is not None:
+            if count is None:
+                raise typer.BadParameter("--replicas and --threads-per-stage need --num-cores N (the stages)")
+            r, t = replicas or 1, threads_per_stage or 1
+            deployment = Deployment(replicas=r, threads_per_stage=t, cores=r * int(count) * t)
         if engine not in ENGINE_CHOICES:
             raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if precision is not None and precision not in PRECISION_CHOICES:
@@ -120,7 +136,7 @@ def compile_cmd(
                 onnx_model, output, example_inputs=examples or None,
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                engine=engine, precision=precision, progress=progress,
+                engine=engine, precision=precision, progress=progress, deployment=deployment,
             )
         print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
         if plot is not None:
@@ -211,6 +227,12 @@ def run_cmd(
         "--max-in-flight", min=1, metavar="N",
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")] = 0,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, metavar="R", help="Copies of the pipeline, each on its own cores (default: the "
+        "artifact's deployment, else 1).", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, metavar="T", help="Cores per stage (default: the artifact's "
+        "deployment, else an even share).", show_default=False)] = None,
 ) -> None:
     """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
 
@@ -220,6 +242,9 @@ def run_cmd(
     keeps them. --num-cores N runs the workers on the first N cores this process may use
     (default: all; stages share cores when they outnumber them).
 
+    The deployment (replicas x threads per stage) is the artifact's when `corepipe tune` wrote
+    one; --replicas and --threads-per-stage override it.
+
     Examples:
 
     ```
@@ -227,6 +252,7 @@ def run_cmd(
     corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
     corepipe run bert_compiled/ --inputs tokens.npz --save outputs.npz
     corepipe run bert_compiled/ --backend ray --address auto
+    corepipe run bert_tuned/ --replicas 1 --threads-per-stage 2
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
@@ -235,7 +261,7 @@ def run_cmd(
             raise typer.BadParameter(
                 f"{core_flag(num_cores, cores)} picks the cores of the local backend's workers; the "
                 f"{backend} backend " + ("runs every stage in this process" if backend == "inline" else
-                                         "leaves cores to Ray (one CPU per stage)")
+                                         "leaves cores to Ray (--threads-per-stage CPUs per stage)")
                 + ": drop the flag or use --backend local")
         arrays = load_npz(inputs_file) if inputs_file is not None else None
         if timeline is not None:
@@ -251,6 +277,7 @@ def run_cmd(
         options: dict[str, Any] = backend_options(backend, address, placement)
         if max_in_flight is not None:
             options["max_in_flight"] = max_in_flight
+        options.update(replicas=replicas, threads_per_stage=threads_per_stage)
         if n_cores is not None:
             options["cores"] = usable_cores()[: int(n_cores)]
         try:
@@ -267,8 +294,10 @@ def run_cmd(
                 out.print(Text(f"saved the outputs of {plural(count, 'request')} to {path}"))
             print_run(pipe, count, seconds)
             if timeline is not None:
-                draw_timeline(pipe.timeline(), timeline, f"corepipe run {artifact}",
-                              [s.core for s in pipe.stats().stages], pipe.backend)
+                # with replicas, each keeps its own timeline: draw the first one's
+                title = f"corepipe run {artifact}" + (f" (replica 0 of {pipe.replicas})" if pipe.replicas > 1 else "")
+                draw_timeline(pipe.timeline(), timeline, title,
+                              [s.core for s in pipe.stats().stages if s.replica == 0], pipe.backend)
         except KeyboardInterrupt:
             pipe.close(timeout=2.0)  # after Ctrl-C, do not wait for a long queue to drain
             raise

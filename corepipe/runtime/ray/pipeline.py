@@ -91,6 +91,8 @@ class RayPipeline(Recovery, Pipeline):
         stage_source: ``"auto"`` (each actor reads the artifact directory when its node sees the
             very same one, else the driver ships the stage's bytes once), ``"path"``, ``"ship"``.
         runtime_env: Ray runtime environment when this call connects to a cluster.
+        num_cpus: the CPUs a private instance (``address=None``) offers (default: this host's
+            cores, or what the stages reserve if that is more); ignored when joining a cluster.
         max_in_flight: requests admitted at once (default ``2 * stages + 2``).
         stage_timeout: seconds one stage may spend on one request (or stay silent) before its
             actor is treated as dead (killed, restarted, requests replayed).
@@ -120,6 +122,7 @@ class RayPipeline(Recovery, Pipeline):
         reserve_memory: bool = True,
         stage_source: str = "auto",
         runtime_env: Mapping[str, Any] | None = None,
+        num_cpus: int | None = None,
         max_in_flight: int | None = None,
         stage_timeout: float = 60.0,
         start_timeout: float = 120.0,
@@ -187,7 +190,7 @@ class RayPipeline(Recovery, Pipeline):
         self._init_recovery()
         _LIVE.add(self)
         try:
-            connect(address, num_cpus=max(os.cpu_count() or 1, sum(self._threads_per)),
+            connect(address, num_cpus=num_cpus or max(os.cpu_count() or 1, sum(self._threads_per)),
                     runtime_env=runtime_env)
             self._connected = True
             self._driver_ip = self._ray.util.get_node_ip_address()
