@@ -123,7 +123,19 @@ def test_compile_peak_memory_stays_near_one_stage_of_a_model_that_needs_the_prob
     del model
     np.savez(tmp_path / "x.npz", **feeds)
     # VmHWM: this process's own peak (ru_maxrss would count the forking parent's, pytest's).
+    # The floor loads the engines compile checks each stage on: onnxruntime, and OpenVINO's CPU
+    # plugin (engine "auto" where it is installed: ~55 MiB of libraries, no weights).
     script = ("import json, sys, corepipe, onnxruntime\n"
+              "if sys.argv[1] == 'bare':\n"
+              "    from corepipe.compiler.choose import candidates\n"
+              "    if 'openvino' in candidates('auto'):\n"
+              "        import numpy as np, openvino as ov\n"
+              "        from onnx import TensorProto, helper\n"
+              "        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in 'xy']\n"
+              "        g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', io[:1], io[1:])\n"
+              "        m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])\n"
+              "        core = ov.Core()\n"
+              "        core.compile_model(core.read_model(m.SerializeToString(), b''), 'CPU')(np.zeros((1, 4), np.float32))\n"
               "if sys.argv[1] == 'compile':\n"
               "    import numpy as np\n"
               "    cm = corepipe.compile(sys.argv[2], sys.argv[3], example_inputs=dict(np.load(sys.argv[4])), num_cores=6)\n"
