@@ -16,6 +16,7 @@ same packages gives the floor. ``--root DIR`` runs another corepipe checkout (e.
 a change) for comparison.
 
     python benchmarks/compile_memory.py                       # bert and bert-fused, 16 stages
+    python benchmarks/compile_memory.py --engine onnxruntime         # no OpenVINO check
     python benchmarks/compile_memory.py --root /work/main --label before --markdown out.md
 """
 
@@ -111,13 +112,13 @@ class Row:
         return self.weights + 1.5 * self.largest_stage
 
 
-def bench(name: str, work: Path, root: Path, cores: int) -> Row:
+def bench(name: str, work: Path, root: Path, cores: int, engine: str = "auto") -> Row:
     model = work / name / "model.onnx"
     model.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-P", "-c", _BUILD, name, str(model)], env=_env(HERE), cwd="/",
                    check=True, capture_output=True)
     out = work / name / "compiled"
-    got = _measure(root, ["compile", str(model), "-o", str(out), "--num-cores", str(cores)])
+    got = _measure(root, ["compile", str(model), "-o", str(out), "--num-cores", str(cores), "--engine", engine])
     manifest = json.loads((out / "manifest.json").read_text())
     stages = [s["resident_bytes"] for s in manifest["plan"]["stages"]]
     weights = (model.parent / "model.onnx.data").stat().st_size
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["bert", "bert-fused"], choices=["bert", "bert-fused"])
     p.add_argument("--cores", type=int, default=16, help="stages to compile into (default 16)")
+    p.add_argument("--engine", default="auto", help="compile --engine (default auto: each stage checked on OpenVINO too)")
     p.add_argument("--root", type=Path, default=HERE, help="corepipe checkout to measure (default: this one)")
     p.add_argument("--label", default="this checkout", help="what --root is, for the report")
     p.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="corepipe-compile-memory-") as tmp:
         for name in args.models:
             t0 = time.perf_counter()
-            rows.append(bench(name, Path(tmp), args.root.resolve(), args.cores))
+            rows.append(bench(name, Path(tmp), args.root.resolve(), args.cores, args.engine))
             r = rows[-1]
             print(f"{name}: peak {r.peak / MiB:.0f} MiB for {r.weights / MiB:.0f} MiB of weights "
                   f"({r.peak / r.weights:.2f}x); target {r.target / MiB:.0f} MiB; "

@@ -49,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import corepipe
     from corepipe import zoo
-    from corepipe.artifact.sizes import parse_bytes
+    from corepipe.artifact.sizes import parse_size
 
-    budget = parse_bytes(args.budget)
+    budget = parse_size(args.budget)
     model, feeds = zoo.get(args.model)
     lines = [f"### {args.model} across Ray nodes of {args.budget} each (ray.cluster_utils.Cluster, loopback)", ""]
     with tempfile.TemporaryDirectory() as tmp:
