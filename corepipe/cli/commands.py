@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.text import Text
 
 from ..artifact.manifest import open_artifact
 from ..compiler.driver import compile as compile_model
 from ..compiler.driver import parse_compiler_args
+from ..frontends.tensorflow import convert_saved_model, is_saved_model
 from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
-from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
+from ._inputs import load_model, load_npz, npz_requests, parse_input_shape, random_requests
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 
@@ -23,8 +25,9 @@ __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 @app.command("compile")
 def compile_cmd(
     model: Annotated[str, typer.Argument(
-        help="Path to an .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, "
-        "zoo:mlp, ...).", show_default=False)],
+        help="Path to an .onnx file, a TensorFlow SavedModel directory (its serving_default "
+        "signature, converted by tf2onnx), or zoo:NAME for a built-in model (zoo:resnet50, "
+        "zoo:bert, zoo:mlp, ...).", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
         show_default=False)],
@@ -41,8 +44,12 @@ def compile_cmd(
     inputs: Annotated[list[str] | None, typer.Option(
         "--input", "-i", metavar="NAME=SHAPE:DTYPE",
         help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the "
-        "values are ones; overrides --inputs).",
+        "values are ones; overrides --inputs). For a SavedModel, NAME is a signature input "
+        "('input_1:0' style names work) and DTYPE defaults to the signature's.",
         show_default=False)] = None,
+    signature: Annotated[str, typer.Option(
+        "--signature", metavar="KEY", help="SavedModel only: the signature to compile.",
+    )] = "serving_default",
     inputs_file: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
         show_default=False)] = None,
@@ -64,6 +71,8 @@ def compile_cmd(
       corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
 
       corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
+
+      corepipe compile rn50_savedmodel/ -o rn50_compiled/1 --input input_1:0=1x224x224x3:float16
     """
     with cli_errors():
         if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
@@ -72,11 +81,28 @@ def compile_cmd(
             raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
-        onnx_model, examples = load_model(model)
+        onnx_model, loaded = load_model(model)
+        examples: dict[str, Any] = dict(loaded)
         if inputs_file is not None:
             examples.update(load_npz(inputs_file))
-        examples.update(parse_input_flag(text) for text in inputs or ())
+        saved = is_saved_model(model)
+        for text in inputs or ():
+            name, shape, dtype = parse_input_shape(text)
+            # A SavedModel input given no dtype takes its signature's: pass the shape alone.
+            examples[name] = shape if saved and dtype is None else np.ones(shape, np.dtype(dtype or "float32"))
         with report.compile_progress(err) as progress:
+            if saved:
+                progress("convert TF", 0, 1)
+                conv = convert_saved_model(model, examples, signature=signature)
+                progress("convert TF", 1, 1)
+                onnx_model, examples = conv.model, conv.examples
+                for feed, name in conv.feed_names.items():
+                    if feed != name:
+                        err.print(Text(f"input {feed!r} feeds signature input {name!r}"))
+                for note in conv.notes:
+                    err.print(Text(note))
+            elif signature != "serving_default":
+                raise typer.BadParameter(f"--signature applies to SavedModel directories; {model!r} is not one")
             cm = compile_model(
                 onnx_model, output, example_inputs=examples or None,
                 num_cores=int(num_cores) if num_cores.isdigit() else "auto",

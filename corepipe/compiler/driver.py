@@ -21,6 +21,7 @@ from . import solver
 from .cost import estimate_node_seconds
 from .graph import ModelGraph, analyze
 from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
+from .sources import model_source
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
@@ -162,26 +163,33 @@ def _not_fit(
 
 
 def compile(
-    model: str | os.PathLike[str] | onnx.ModelProto,
+    model: str | os.PathLike[str] | onnx.ModelProto | Any,
     output_dir: str | os.PathLike[str],
     *,
-    example_inputs: Mapping[str, np.ndarray] | None = None,
+    example_inputs: Mapping[str, Any] | Sequence[Any] | Any | None = None,
     num_cores: int | str = "auto",
     core_memory: int | str | None = None,
     target: str | Target = "cpu",
     compiler_args: Sequence[str] | None = None,
     balance: str = "estimate",
     cuts: Sequence[int] | None = None,
+    output_names: Sequence[str] | None = None,
+    export_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
     Args:
-        model: path to an ``.onnx`` file (external-data weights beside it are fine) or a
-            ``ModelProto`` (copied, never modified).
+        model: path to an ``.onnx`` file (external-data weights beside it are fine), a
+            ``ModelProto`` (copied, never modified), a TensorFlow SavedModel directory
+            (its ``serving_default`` signature, converted by tf2onnx; see
+            `corepipe.frontends.tensorflow`), or a ``torch.nn.Module`` (exported by torch.onnx
+            from ``example_inputs``; see `corepipe.frontends.torchmodule`).
         output_dir: artifact directory to write; an existing artifact there is replaced.
         example_inputs: name -> array; fixes symbolic dims (like Neuron's ``model_feed_dict``)
-            and is used when a tensor's shape can only be learnt by running the model.
+            and is used when a tensor's shape can only be learnt by running the model. For a
+            SavedModel, feed names as in tensorflow-neuron (``'input_1:0'``); for a torch
+            module, ``(x, ...)`` positional or ``{"name": x}`` (tensors or arrays).
         num_cores: stage count, or ``"auto"``: the smallest count whose stages each fit
             ``core_memory``, then balanced within that count.
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
@@ -191,13 +199,19 @@ def compile(
             move boundaries until the measured stages balance).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
+        output_names: torch modules only: names for the outputs (default: the keys of a
+            returned dict or ``ModelOutput``, such as ``last_hidden_state`` or ``logits``).
+        export_path: keep the ONNX file exported from a torch module or converted from a
+            SavedModel at this path (by default it is a temporary file, removed).
         progress: optional ``progress(step, done, total)`` callback.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
 
     Raises:
-        CompileError: invalid model or options, missing example input, too many cores.
+        CompileError: invalid model or options, missing example input, too many cores, a
+            directory that is not a SavedModel, or a front-end that cannot convert the model
+            (with the framework's reason, or the extra to install).
         DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
 
     Example:
@@ -217,6 +231,22 @@ def compile(
         raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
+    with model_source(
+        model, example_inputs, output_names=output_names, export_path=export_path, report=report
+    ) as (source, examples):
+        return _compile(source, output_dir, examples, num_cores, tgt, balance, cuts, report)
+
+
+def _compile(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    output_dir: str | os.PathLike[str],
+    example_inputs: Mapping[str, np.ndarray] | None,
+    num_cores: int | str,
+    tgt: Target,
+    balance: str,
+    cuts: Sequence[int] | None,
+    report: Progress,
+) -> CompiledModel:
     report("analyse graph", 0, 1)
     graph = analyze(model, example_inputs)
     report("analyse graph", 1, 1)
