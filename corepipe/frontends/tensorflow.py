@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from .casts import float16_to_float32, has_float16, rename_uses, set_io_dtypes
 __all__ = ["INSTALL_HINT", "SignatureInput", "Conversion", "is_saved_model", "match_feeds", "convert_saved_model"]
 
 INSTALL_HINT = "pip install 'corepipe[tensorflow]'"
+_OP_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")  # TensorFlow's rule for op names
 log = logging.getLogger(__name__)
 
 #: A feed: an example array, or (from the command line) a shape whose dtype is the signature's.
@@ -270,8 +272,12 @@ def convert_saved_model(
     examples = {i.key: _example(i, given.get(i.key), batch_size) for i in inputs}
 
     keys = [i.key for i in inputs]
+    # Named after the keys, tf2onnx names the graph's inputs so; a key TF cannot use as an op
+    # name is left unnamed and the input renamed by position below.
     specs = [
-        tf.TensorSpec(examples[i.key].shape, tf.as_dtype(np.dtype(i.dtype)), name=i.key) for i in inputs
+        tf.TensorSpec(examples[i.key].shape, tf.as_dtype(np.dtype(i.dtype)),
+                      name=i.key if _OP_NAME.fullmatch(i.key) else None)
+        for i in inputs
     ]
 
     @tf.function(autograph=False)
