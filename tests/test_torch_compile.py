@@ -3,6 +3,7 @@ the pipeline's outputs equal torch's own (eval mode) at fp32 tolerance, with mea
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +25,14 @@ def _mlp() -> torch.nn.Module:
                                torch.nn.ReLU(), torch.nn.Linear(32, 4))
 
 
-def _leftovers() -> set[str]:
-    import tempfile
-
-    return {p.name for p in Path(tempfile.gettempdir()).glob("corepipe_export_*")}
-
-
-def test_module_with_positional_examples(tmp_path: Path, no_leaks: None) -> None:
+def test_module_with_positional_examples(tmp_path: Path, no_leaks: None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     module = _mlp()
-    before = _leftovers()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the export goes by default
     cm = corepipe.compile(module, tmp_path / "mlp", example_inputs=(torch.randn(1, 8),), num_cores=2)
-    assert _leftovers() == before  # the exported file is not left behind
+    assert list(scratch.iterdir()) == []  # the exported file is not left behind
     assert [(s.name, s.shape) for s in cm.inputs] == [("input", (1, 8))]  # forward's parameter name
     assert [(s.name, s.shape) for s in cm.outputs] == [("output", (1, 4))]
     assert cm.num_cores == 2 and module.training  # the module's mode is restored
