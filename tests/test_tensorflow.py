@@ -72,6 +72,13 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         def double(self, x: tf.Tensor) -> tf.Tensor:
             return 2 * x
 
+    class Unsupported(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def f(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.math.igamma(x + 2.0, x * x + 1.0)}  # no ONNX counterpart in tf2onnx
+
+    unsupported = Unsupported()
+    tf.saved_model.save(unsupported, str(root / "unsupported"), signatures={"serving_default": unsupported.f})
     module = NoSignature()
     tf.saved_model.save(module, str(root / "free_dims"), signatures={"serving_default": module.double})
     weights_only = tf.Module()
@@ -205,7 +212,7 @@ def test_error_missing_signature(saved_models: dict[str, Path], tmp_path: Path) 
 def test_error_feed_not_in_signature(saved_models: dict[str, Path], tmp_path: Path) -> None:
     ids = np.ones((1, 16), np.int32)
     with pytest.raises(corepipe.CompileError, match=r"feed 'input_1:0' is not an input of signature "
-                       r"'serving_default' .*expected one of \{input_ids: int32\[\?,16\], attention_mask"):
+                       r"'serving_default' .*expected one of \{attention_mask: int32\[\?,16\], input_ids: int32\[\?,16\]\}"):
         _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_1:0": ids})
     with pytest.raises(corepipe.CompileError, match="feeds 'input_ids' and 'input_ids:0' both name input 'input_ids'"):
         _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": ids, "input_ids:0": ids})
@@ -228,6 +235,12 @@ def test_error_unknown_compiler_flag_before_any_conversion(tmp_path: Path) -> No
         _compile(tmp_path / "nope", tmp_path / "out", compiler_args=["--static-weights", "--bogus"])
     with pytest.raises(corepipe.CompileError, match=r"tensorflow-neuron options \['minimum_segment_size'\]"):
         _compile(tmp_path / "nope", tmp_path / "out", minimum_segment_size=4)
+
+
+def test_error_op_tf2onnx_cannot_convert(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(corepipe.CompileError, match=r"tf2onnx cannot convert 1 TensorFlow ops of signature "
+                       r"'serving_default' .*: Igamma \("):
+        _compile(saved_models["unsupported"], tmp_path / "out")
 
 
 @pytest.mark.parametrize("missing", ["tf2onnx", "tensorflow"])

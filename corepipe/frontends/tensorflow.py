@@ -219,7 +219,7 @@ def _signature(tf: Any, path: Path, signature: str, tags: Sequence[str] | None) 
     if args:  # signatures take keyword arguments only; guard against odd hand-made ones
         raise CompileError(f"signature {signature!r} of {str(path)!r} takes positional inputs; corepipe needs named ones")
     inputs = []
-    for key, spec in kwargs.items():
+    for key, spec in sorted(kwargs.items()):  # a SignatureDef's inputs are a map: no order of their own
         shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
         inputs.append(SignatureInput(key, spec.name or key, np.dtype(spec.dtype.as_numpy_dtype).name, shape))
     return (loaded, fn), inputs
@@ -290,6 +290,15 @@ def convert_saved_model(
     except Exception as exc:
         raise CompileError(f"tf2onnx cannot convert {where}: {type(exc).__name__}: {exc}") from exc
     del keep_alive
+    # tf2onnx leaves an op it cannot convert in the graph as it is (continue_on_error): name them.
+    unknown = [f"{n.op_type} ({n.name})" for n in model.graph.node
+               if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if unknown:
+        raise CompileError(
+            f"tf2onnx cannot convert {len(unknown)} TensorFlow ops of {where} to ONNX: "
+            f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}; corepipe runs standard "
+            "ONNX ops only, so the model needs those parts rewritten with supported TensorFlow ops"
+        )
     graph_inputs = [i.name for i in model.graph.input]
     if graph_inputs != keys:  # tf2onnx names them after the TensorSpecs; rename by position if not
         if len(graph_inputs) != len(keys):
