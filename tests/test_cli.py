@@ -51,8 +51,8 @@ def symbolic_model(path: Path) -> Path:
 def test_compile_prints_the_plan_table(artifact: Path, tmp_path: Path) -> None:
     result = invoke("compile", "zoo:mlp", "-o", tmp_path / "a", "-n", "2")
     assert result.exit_code == 0, result.output
-    for text in ("stage", "first op", "dev:core", "resident / capacity", "time share",
-                 "◀ bottleneck", "MatMul", "0:0", "0:1", "req/s pipelined", str(tmp_path / "a")):
+    for text in ("stage", "first op", "core", "resident", "mem %", "share",
+                 "% ◀", "bottleneck: stage", "MatMul", "0:0", "0:1", "req/s pipelined", str(tmp_path / "a")):
         assert text in result.stdout, text
     assert corepipe.CompiledModel.open(tmp_path / "a").num_cores == 2
 
@@ -78,7 +78,7 @@ def test_inspect_table_and_json(artifact: Path) -> None:
     result = invoke("inspect", artifact)
     assert result.exit_code == 0, result.output
     assert "verified" in result.stdout and "input float32[1,64]" in result.stdout
-    assert "◀ bottleneck" in result.stdout
+    assert "% ◀" in result.stdout and "bottleneck: stage" in result.stdout
     result = invoke("inspect", artifact, "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -89,7 +89,7 @@ def test_run_inline(artifact: Path) -> None:
     result = invoke("run", artifact, "--backend", "inline", "--requests", "5")
     assert result.exit_code == 0, result.output
     assert "5 requests in" in result.stdout and "req/s" in result.stdout
-    assert "p99" in result.stdout and "mean service ms" in result.stdout
+    assert "p99" in result.stdout and "service ms" in result.stdout
 
 
 def test_run_inline_with_npz_stack(artifact: Path, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_run_inline_with_npz_stack(artifact: Path, tmp_path: Path) -> None:
 def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     closed = []
 
-    def interrupted(pipe, *args):  # type: ignore[no-untyped-def]
+    def interrupted(pipe, *args, **kwargs):  # type: ignore[no-untyped-def]
         monkeypatch.setattr(pipe, "close", lambda **kw: closed.append(kw))
         raise KeyboardInterrupt
 
@@ -121,7 +121,17 @@ def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyP
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--target", "tpu"], "unknown target 'tpu'"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "lots"], "cannot read 'lots'"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--compiler-arg", "--fast"], "unknown compiler argument"),
-        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--num-cores", "two"], "--num-cores"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--num-cores", "two"], "--num-cores must be"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-k", "two"], "--cores must be"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--cores", "9"], "use --cores <= 8"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-n", "9"], "9 cores for 8 nodes"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-n", "2", "--cores", "2"], "give it once"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "raise --core-memory to at least"),
+        (["run", "{tmp}/nothing", "--num-cores", "999"], "--num-cores 999: this process may run on only"),
+        (["run", "{tmp}/nothing", "-k", "999"], "--cores 999"),
+        (["run", "{tmp}/nothing", "-b", "inline", "-k", "1"], "--cores picks the cores of the local backend"),
+        (["demo", "--cores", "0"], "--cores must be a positive integer"),
+        (["inspect", "{tmp}/nothing", "--plot", "{tmp}/p.bmp"], "--plot"),
         (["compile", "zoo:nope", "-o", "{tmp}/o"], "zoo:mlp"),
         (["compile", "zoo:mlp", "-o", "{tmp}/o", "--core-memory", "1KiB"], "no core count fits"),
         (["inspect", "{tmp}/nothing"], "not a directory"),
@@ -148,10 +158,15 @@ def test_corrupt_artifact_is_refused(artifact: Path, tmp_path: Path) -> None:
         assert result.stderr.startswith("error: ") and "sha256" in result.stderr
 
 
-def test_debug_flag_and_env_reraise(tmp_path: Path) -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
     for args, env in ((["--debug"], None), ([], {"COREPIPE_DEBUG": "1"})):
         result = invoke(*args, "inspect", tmp_path / "nothing", env=env)
-        assert isinstance(result.exception, corepipe.ArtifactError)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" in result.stderr and "ArtifactError" in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    result = invoke("--debug", "compile", "zoo:mlp", "-o", tmp_path / "o", "--cores", "x")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: --cores must be a positive integer or 'auto', got 'x'"
 
 
 def test_demo_inline_matches_onnxruntime() -> None:
@@ -160,6 +175,9 @@ def test_demo_inline_matches_onnxruntime() -> None:
     assert result.exit_code == 0, result.output
     assert "zoo:tiny_cnn: 2 stages" in result.stdout
     assert "outputs match onnxruntime on all 3 requests" in result.stdout
+    for words in ("speed in steady state", "x measured (rounds", "x predicted", "one request alone",
+                  "the inline backend runs the stages one after another", "noise", "the rounds varied by"):
+        assert words in result.stdout, words
 
 
 def test_version_and_help() -> None:

@@ -1,6 +1,7 @@
 """The package layout shows the architecture: imports point down the layers (design.md).
 
     cli ─► serve ─► runtime ─► engines ─► artifact ─► errors
+    cli ─► plots (pictures of plans and timelines) ─► runtime, artifact
     cli ─► compiler ─► runtime (balance under load, CompiledModel.load), engines (timing stages)
     compiler ─► frontends (framework models in)
 
@@ -27,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "compiler": {"runtime", "engines", "artifact", "errors", "_version", "frontends"},
     "serve": {"runtime", "engines", "artifact", "errors", "_version"},
     "zoo": set(),
+    "plots": {"runtime", "artifact", "errors"},
 }
 #: Modules at the top (the public API and the CLI) may import any layer.
 TOP = {"__init__", "__main__", "cli", "tensorflow"}

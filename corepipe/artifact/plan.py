@@ -132,6 +132,19 @@ class Plan:
     def resident_bytes(self) -> int:
         return sum(s.resident_bytes for s in self.stages)
 
+    def stage_seconds(self) -> list[float]:
+        """Each stage's time per request: measured where the plan was balanced by measurement,
+        else estimated."""
+        return [s.measured_s if s.measured_s is not None else s.estimated_s for s in self.stages]
+
+    def core_seconds(self) -> dict[tuple[int, int], float]:
+        """Time per request of each ``(device, core)``: the times of the stages it runs, added
+        up. The busiest core sets a pipeline's throughput."""
+        out: dict[tuple[int, int], float] = {}
+        for st, sec in zip(self.stages, self.stage_seconds()):
+            out[(st.device, st.core)] = out.get((st.device, st.core), 0.0) + sec
+        return out
+
     def validate(self) -> None:
         """Check the invariants a runtime relies on; raise ``ValueError`` naming the broken one."""
         n = len(self.stages)

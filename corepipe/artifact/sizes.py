@@ -1,11 +1,11 @@
-"""Byte sizes: parse "64MiB"-style strings and print bytes for people."""
+"""Sizes and counts for people: parse "64MiB"-style strings, print bytes, and "1 node" / "2 nodes"."""
 
 from __future__ import annotations
 
 import math
 import re
 
-__all__ = ["parse_size", "format_bytes"]
+__all__ = ["parse_size", "format_bytes", "plural"]
 
 _UNITS = {
     "": 1,
@@ -64,3 +64,9 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``count`` and ``word``, in the plural unless ``count`` is 1: ``plural(1, "node") == '1 node'``,
+    ``plural(3, "core") == '3 cores'``, ``plural(2, "process", "processes")``."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"

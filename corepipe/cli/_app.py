@@ -2,16 +2,24 @@
 starting a pipeline and streaming requests through it with a live bar.
 
 Errors: every `CorepipeError` and every malformed flag (``typer.BadParameter``) prints one red
-``error: ...`` line on stderr and exits 2; ``--debug`` (or ``COREPIPE_DEBUG=1``) re-raises it so
-the traceback shows. Ctrl-C prints ``interrupted`` and exits 130; commands close their pipeline
-on the way out (try/finally), so no worker or shared memory outlives the command.
+``error: ...`` line on stderr and exits 2. Messages from the library name its parameters
+(``num_cores``); here they name the flag the user typed (``--num-cores``, or ``--cores`` when
+that was the spelling used). ``--debug`` (or ``COREPIPE_DEBUG=1``) prints the traceback above
+that line and exits with the same code. Ctrl-C prints ``interrupted`` and exits 130; commands
+close their pipeline on the way out (try/finally), so no worker or shared memory outlives them.
+
+Help: every command is a `CorepipeCommand`: flags show no type placeholder, options without a
+metavar get one from their type (``N``, ``NUMBER``, ``PATH``, ``TEXT``), and help text is
+Markdown, so paragraphs reflow to the terminal and indented examples stay as written.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +28,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .._version import __version__
 from ..artifact.plan import Plan
@@ -27,36 +36,117 @@ from ..errors import CorepipeError
 from ..runtime import Pipeline, load
 from . import report
 
-__all__ = ["app", "cli_errors", "err", "out", "print_plan", "print_run", "start_pipeline", "stream"]
+__all__ = [
+    "app", "cli_errors", "err", "out", "print_plan", "print_run", "start_pipeline", "stream",
+    "CorepipeCommand",
+]
 
-app = typer.Typer(
+#: Library parameter names -> the flag a command-line user types for them.
+API_FLAGS = {
+    "num_cores": "--num-cores",
+    "core_memory": "--core-memory",
+    "max_in_flight": "--max-in-flight",
+    "compiler_args": "--compiler-arg",
+    "example_inputs": "--input",
+}
+_TYPE_METAVARS = {int: "N", float: "NUMBER", Path: "PATH", str: "TEXT"}
+
+
+def _tidy(param: Any) -> None:
+    """One look for every option: no ``<bool>`` on flags, a plain metavar, no ``[x>=1]``."""
+    if isinstance(param, TyperOption):
+        if param.is_flag:
+            param.metavar = ""
+        elif param.metavar is None:
+            annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+            param.metavar = _TYPE_METAVARS.get(annotation, "TEXT") if isinstance(annotation, type) else "TEXT"
+        param._get_number_range_help_str = lambda: None  # type: ignore[method-assign]
+    elif isinstance(param, TyperArgument):
+        if param.metavar is None and param.name:
+            param.metavar = param.name.upper()
+        name = param.metavar or ""
+        param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        param._usage_display_name = (  # type: ignore[method-assign]
+            lambda: name if param.required else f"[{name}]")
+
+
+class CorepipeCommand(TyperCommand):
+    """A command whose options print with plain metavars (see `_tidy`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:
+            _tidy(p)
+        return params
+
+
+#: Commands in the order a newcomer meets them; commands added later follow, as registered.
+ORDER = ("demo", "compile", "inspect", "run", "bench")
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:
+            _tidy(p)
+        return params
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]
+
+
+class _App(typer.Typer):
+    """A typer app whose commands are `CorepipeCommand` unless they ask for another class."""
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None,  # type: ignore[override]
+                **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return super().command(name, cls=cls or CorepipeCommand, **kwargs)
+
+
+app = _App(
     name="corepipe",
-    help="Compile one ONNX model into a pipeline of stages, one per core, and run it.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 #: Results go to stdout; progress bars and errors to stderr, so ``--json`` output pipes cleanly.
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False}
+
+
+def _flag_names(message: str, flags: Mapping[str, str]) -> str:
+    names = {**API_FLAGS, **flags}
+    pattern = r"\b(" + "|".join(re.escape(k) for k in names) + r")\b"
+    return re.sub(pattern, lambda m: names[m.group(1)], message)
 
 
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn corepipe errors and bad flags into one ``error:`` line (exit 2), Ctrl-C into 130."""
+def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Turn corepipe errors and bad flags into one ``error:`` line (exit 2), Ctrl-C into 130.
+
+    Args:
+        flags: library parameter name -> the flag the user typed for it, where a command
+            accepts several spellings (``{"num_cores": "--cores"}``); the rest use `API_FLAGS`.
+    """
     try:
         yield
     except (CorepipeError, typer.BadParameter) as exc:
-        if _state["debug"]:
-            raise
         message = exc.message if isinstance(exc, typer.BadParameter) else str(exc)
-        err.print(Text("error: " + " ".join(message.split()), style="red"), soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(Text("error: " + _flag_names(" ".join(message.split()), flags or {}), style="red"), 2)
     except KeyboardInterrupt:
-        err.print(Text("interrupted", style="red"))
-        raise typer.Exit(130) from None
+        _fail(Text("interrupted", style="red"), 130)
+
+
+def _fail(line: Text, code: int) -> None:
+    if _state["debug"]:
+        err.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+    err.print(line, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _version(value: bool) -> None:
@@ -71,16 +161,32 @@ def _root(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="COREPIPE_DEBUG",
-        help="Show tracebacks instead of one-line errors.")] = False,
+        help="Show the traceback above an error (the exit code stays the error's).")] = False,
 ) -> None:
     """Compile one ONNX model into a pipeline of stages, one per core, and run it.
 
-    Start with `corepipe demo`; then `corepipe compile model.onnx -o out/` and `corepipe run out/`.
+    Start with `corepipe demo`. Then compile a model, look at its plan, and stream requests
+    through it:
+
+    ```
+    corepipe demo
+    corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 2
+    corepipe inspect resnet_compiled/ --plot plan.png
+    corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
+    corepipe bench zoo:resnet50 --num-cores 2
+    ```
+
+    MODEL is an .onnx file or zoo:NAME (zoo:resnet50, zoo:bert, zoo:mlp, ...). Every command
+    takes --help. Errors print one line and exit 2; Ctrl-C exits 130.
     """
     _state["debug"] = debug
+    columns = os.environ.get("COLUMNS", "")
     for console in (out, err):
-        # Piped or captured output: rich would assume 80 columns and squeeze the stage table.
-        console.width = console.size.width if console.is_terminal or "COLUMNS" in os.environ else 120
+        if columns.isdigit() and int(columns) > 0:
+            console.width = int(columns)
+        elif not console.is_terminal:
+            # Piped or captured output: rich would assume 80 columns and squeeze the tables.
+            console.width = 120
 
 
 def start_pipeline(artifact: Path, backend: str, **options: Any) -> Pipeline:
@@ -96,24 +202,28 @@ def start_pipeline(artifact: Path, backend: str, **options: Any) -> Pipeline:
 
 
 def stream(
-    pipe: Pipeline, requests: Sequence[dict[str, np.ndarray]], count: int, what: str
-) -> tuple[list[dict[str, np.ndarray]], float]:
+    pipe: Pipeline, requests: Sequence[dict[str, np.ndarray]], count: int, what: str,
+    sink: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> float:
     """Send ``count`` requests (cycling through ``requests``) with a live bar.
 
-    Returns the outputs in order and the wall-clock seconds from first submit to last result.
+    Outputs are handed to ``sink(i, outputs)`` in order and then dropped, so memory stays flat
+    whatever ``count`` is. Returns the wall-clock seconds from first submit to last result.
     """
-    results = []
     feeds = (requests[i % len(requests)] for i in range(count))
     start = time.perf_counter()
     with report.request_progress(err, count, what) as bar:
-        for result in pipe.map(feeds):
-            results.append(result)
+        for i, result in enumerate(pipe.map(feeds)):
+            if sink is not None:
+                sink(i, result)
+            del result
             bar.advance(bar.task_ids[0])
-    return results, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def print_plan(plan: Plan, path: Path | str, title: str) -> None:
-    out.print(report.plan_table(plan, title=title))
+    width = out.width
+    out.print(report.plan_table(plan, title=title, width=width))
     out.print(report.plan_summary(plan, path))
 
 
@@ -121,8 +231,8 @@ def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "") -> Non
     """Throughput over the streaming wall clock, latency percentiles, and the stage table."""
     stats = pipe.stats()
     out.print(Text(
-        f"{count} requests in {seconds:.2f} s: {count / seconds:,.1f} req/s "
-        f"({pipe.backend} backend, {pipe.plan.num_cores} stages{'; ' + note if note else ''})\n"
-        + report.latency_line(stats)
+        f"{report.plural(count, 'request')} in {seconds:.2f} s: {count / seconds:,.1f} req/s "
+        f"({pipe.backend} backend, {report.plural(pipe.plan.num_cores, 'stage')}"
+        f"{'; ' + note if note else ''})\n" + report.latency_line(stats)
     ))
     out.print(report.stats_table(stats))

@@ -8,6 +8,7 @@ the pipeline adds per stage boundary), and resident memory per core.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +23,9 @@ import numpy as np
 import onnx
 
 from ..artifact.plan import TensorSpec
+from ..artifact.sizes import plural
 from ..compiler.driver import compile as compile_model
+from ..runtime import Timeline
 from ..runtime.process import module_command
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
@@ -48,6 +51,9 @@ class BenchResult:
     stages: list[dict[str, Any]]
     compile_s: float
     host: str
+    #: The pipeline's requests of the throughput measurement (fill included), for a Gantt chart.
+    timeline: Timeline | None = field(default=None, repr=False)
+    stage_cores: list[str] = field(default_factory=list)  # the cores each stage ran on
 
     def row(self, name: str) -> BenchRow:
         return next(r for r in self.rows if r.name == name)
@@ -58,8 +64,8 @@ class BenchResult:
         out = {
             "vs 1 thread": pipe / one,
             f"vs {self.cores} x 1 thread (ideal)": pipe / (self.cores * one),
-            f"vs {self.cores} threads": pipe / self.row(f"ort {self.cores} threads").throughput,
-            f"vs {self.cores} sessions in parallel": pipe / self.row(f"{self.cores} sessions in parallel").throughput,
+            f"vs {threads_row(self.cores)[4:]}": pipe / self.row(threads_row(self.cores)).throughput,
+            f"vs {parallel_row(self.cores)}": pipe / self.row(parallel_row(self.cores)).throughput,
         }
         return out
 
@@ -74,11 +80,22 @@ class BenchResult:
         return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, timeline=None))
+        del d["timeline"]
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
         d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
         return d
+
+
+def threads_row(k: int) -> str:
+    """Name of the one-session, K-thread baseline (distinct from the 1-thread one when K is 1)."""
+    return f"ort {k} threads" if k > 1 else "ort K=1 thread"
+
+
+def parallel_row(k: int) -> str:
+    """Name of the K-sessions-in-parallel baseline."""
+    return f"{k} sessions in parallel" if k > 1 else "K=1 session"
 
 
 def example_feeds(specs: tuple[TensorSpec, ...] | list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -181,12 +198,12 @@ def run_bench(
     avail = sorted(os.sched_getaffinity(0))
     k = cores or len(avail)
     if k > len(avail):
-        raise ValueError(f"asked for {k} cores but this process may use only {len(avail)}: {avail}")
+        raise ValueError(f"asked for {plural(k, 'core')} but this process may use only {len(avail)}: {avail}")
     use = avail[:k]
     with tempfile.TemporaryDirectory(prefix="corepipe-bench-") as tmp:
         work = Path(tmp)
         path, zoo_feeds = resolve_model(str(model), work)
-        say(f"compile for {k} cores ({balance} balance)")
+        say(f"compile for {plural(k, 'core')} ({balance} balance)")
         t0 = time.perf_counter()
         cm = compile_model(path, work / "compiled", num_cores=k,
                            example_inputs=example_inputs or zoo_feeds, balance=balance)
@@ -201,17 +218,18 @@ def run_bench(
         say("onnxruntime, 1 thread")
         r = _serial(path, inputs, 1, requests, warmup, use[:1])
         rows.append(BenchRow("ort 1 thread", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
-        say(f"onnxruntime, {k} threads")
+        say(f"onnxruntime, {plural(k, 'thread')}")
         r = _serial(path, inputs, k, requests, warmup, use)
-        rows.append(BenchRow(f"ort {k} threads", r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
-        say(f"{k} onnxruntime sessions in parallel")
+        rows.append(BenchRow(threads_row(k), r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+        say(f"{plural(k, 'onnxruntime session')} in parallel")
         rate, results = _parallel(path, inputs, requests, warmup, use)
         rows.append(BenchRow(
-            f"{k} sessions in parallel", rate, float(np.median([x["latency_p50_s"] for x in results])),
+            parallel_row(k), rate, float(np.median([x["latency_p50_s"] for x in results])),
             [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
         ))
-        say(f"corepipe pipeline, {k} stages")
-        rows.append(_pipeline_row(cm.path, feeds, requests, warmup, use))
+        say(f"corepipe pipeline, {plural(k, 'stage')}")
+        row, timeline, stage_cores = _pipeline_row(cm.path, feeds, requests, warmup, use)
+        rows.append(row)
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
              "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
@@ -219,11 +237,13 @@ def run_bench(
         ]
     return BenchResult(
         model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
-        stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {len(avail)} cores",
+        stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {plural(len(avail), 'core')}",
+        timeline=timeline, stage_cores=stage_cores,
     )
 
 
-def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, cores: list[int]) -> BenchRow:
+def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int,
+                  cores: list[int]) -> tuple[BenchRow, Timeline, list[str]]:
     import psutil
 
     from ..runtime import load
@@ -239,6 +259,7 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             if i == fill - 1:
                 start = time.perf_counter()
         rate = requests / (time.perf_counter() - start)
+        timeline = pipe.timeline()
         lat = []
         before = pipe.stats()
         for _ in range(min(requests, 30)):
@@ -255,4 +276,5 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             info = psutil.Process(pid).memory_full_info()
             rss.append(int(info.rss))
             uss.append(int(getattr(info, "uss", info.rss)))
-    return BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)
+    row = BenchRow("corepipe", rate, float(np.median(lat)), rss, uss, handoff_s=float(np.mean(lat)) - service)
+    return row, timeline, [s.core for s in after.stages]

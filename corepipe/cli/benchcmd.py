@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
 from .bench import BenchResult, run_bench
+from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
+from .pictures import check_plot, draw_timeline
+from .report import plural
 
 __all__ = ["bench_cmd", "markdown"]
 
@@ -20,14 +24,23 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.0f}"
 
 
+def _rss(values: list[int]) -> str:
+    """RSS per process: each one for up to 3 processes, else the total and the count."""
+    if len(values) <= 3:
+        return " + ".join(_mib(x) for x in values)
+    return f"{_mib(sum(values))} in {len(values)}"
+
+
 def table(result: BenchResult) -> Table:
     one = result.row("ort 1 thread").throughput
-    t = Table(title=f"{result.model}: {result.requests} requests at batch 1, {result.cores} cores ({result.host})")
-    for col in ("setup", "req/s", "x 1 thread", "latency p50 ms", "RSS MiB per process"):
-        t.add_column(col, justify="left" if col == "setup" else "right")
+    t = Table(title=f"{result.model}: {plural(result.requests, 'request')} at batch 1, "
+                    f"{plural(result.cores, 'core')} ({result.host})",
+              title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("setup", "req/s", "x 1 thread", "p50 ms (1 in flight)", "RSS MiB"):
+        t.add_column(col, justify="left" if col == "setup" else "right", no_wrap=True)
     for row in result.rows:
         t.add_row(row.name, f"{row.throughput:.2f}", f"{row.throughput / one:.2f}",
-                  f"{row.latency_p50_s * 1e3:.2f}", " + ".join(_mib(x) for x in row.rss_bytes))
+                  f"{row.latency_p50_s * 1e3:.2f}", _rss(row.rss_bytes))
     return t
 
 
@@ -67,52 +80,79 @@ def markdown(result: BenchResult, command: str) -> str:
 
 @app.command("bench")
 def bench_cmd(
-    model: Annotated[str, typer.Argument(help="An .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, ...).")],
-    cores: Annotated[int | None, typer.Option("--cores", "-k", min=1, help="Cores K to use (default: all this process may run on).")] = None,
-    requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests per measurement.")] = 64,
-    warmup: Annotated[int, typer.Option(min=0, help="Unmeasured requests before each measurement.")] = 5,
-    balance: Annotated[str, typer.Option(help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
-    inputs: Annotated[Path | None, typer.Option("--inputs", help="Example inputs (.npz, one array per model input) to send instead of random ones.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON here.")] = None,
-    md_out: Annotated[Path | None, typer.Option("--markdown", help="Append a Markdown section (for benchmarks/RESULTS.md) here.")] = None,
+    model: Annotated[str, typer.Argument(
+        metavar="MODEL", help="An .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, ...).",
+        show_default=False)],
+    num_cores: NumCores = None,
+    cores: CoresAlias = None,
+    requests: Annotated[int, typer.Option(
+        "--requests", "-r", min=1, metavar="N", help="Requests per measurement.")] = 64,
+    warmup: Annotated[int, typer.Option(
+        "--warmup", min=0, metavar="N", help="Unmeasured requests before each measurement.")] = 5,
+    balance: Annotated[str, typer.Option(
+        "--balance", metavar="estimate|measure",
+        help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+    inputs: Annotated[Path | None, typer.Option(
+        "--inputs", metavar="FILE.npz",
+        help="Example inputs (one array per model input) to send instead of random ones.",
+        show_default=False)] = None,
+    timeline: Annotated[Path | None, typer.Option(
+        "--timeline", metavar="FILE.png",
+        help="Draw the pipeline's measured requests as a Gantt chart (.png, .svg, .pdf; needs "
+        "matplotlib).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the full result as JSON instead of the tables.")] = False,
+    md_out: Annotated[Path | None, typer.Option(
+        "--markdown", metavar="FILE.md",
+        help="Append a Markdown section (for benchmarks/RESULTS.md) here.", show_default=False)] = None,
 ) -> None:
     """Measure the pipeline against the baselines a user would pick, in one run.
 
     Side by side, each on the same inputs: one onnxruntime session with 1 thread, one with K
     threads, K 1-thread sessions in parallel (one per core), and the corepipe pipeline on K
-    cores. Prints throughput and ratios, latency with one request in flight, and memory per
-    process. The machine may be noisy: compare ratios within one run, not absolute times.
+    cores (K: --num-cores, default all this process may run on). Prints throughput and ratios,
+    latency with one request in flight, and memory per process. The machine may be noisy:
+    compare ratios within one run, not absolute times.
 
     Examples:
 
-        corepipe bench zoo:resnet50
-
-        corepipe bench bert.onnx --inputs feeds.npz --cores 2 --requests 100 --markdown benchmarks/RESULTS.md
+    ```
+    corepipe bench zoo:resnet50
+    corepipe bench zoo:resnet50 --num-cores 2 --timeline timeline.png
+    corepipe bench bert.onnx --inputs feeds.npz --markdown results.md
+    ```
     """
-    with cli_errors():
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if balance not in ("measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
+        if timeline is not None:
+            check_plot(timeline, "--timeline")
         feeds = load_npz(inputs) if inputs is not None else None
         try:
             with err.status("starting") as status:
-                result = run_bench(model, cores=cores, requests=requests, warmup=warmup, balance=balance,
-                                   example_inputs=feeds, progress=lambda step: status.update(step))
+                result = run_bench(model, cores=None if k is None else int(k), requests=requests,
+                                   warmup=warmup, balance=balance, example_inputs=feeds,
+                                   progress=lambda step: status.update(step))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
-        out.print(table(result))
-        ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
-        out.print(f"corepipe throughput {ratios}")
-        out.print(f"latency added per stage boundary (one request in flight, vs one session): "
-                  f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
-                  f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
-        pipe = result.row("corepipe")
-        out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} MiB RSS "
-                  f"for {_mib(result.weight_bytes)} MiB of weights")
-        if json_out is not None:
-            json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=1))
+        else:
+            out.print(table(result))
+            ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
+            out.print(f"corepipe throughput {ratios}")
+            out.print(f"latency added per stage boundary (one request in flight, vs one session): "
+                      f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
+                      f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
+            pipe = result.row("corepipe")
+            out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} "
+                      f"MiB RSS for {_mib(result.weight_bytes)} MiB of weights")
+        if timeline is not None and result.timeline is not None:
+            draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores)
         if md_out is not None:
-            cmd = f"corepipe bench {model} --cores {result.cores} --requests {requests} --balance {balance}"
+            cmd = f"corepipe bench {model} --num-cores {result.cores} --requests {requests} --balance {balance}"
             with open(md_out, "a") as f:
                 f.write(markdown(result, cmd) + "\n")

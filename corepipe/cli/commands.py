@@ -17,6 +17,10 @@ from ..frontends.tensorflow import convert_saved_model, is_saved_model
 from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
 from ._inputs import load_model, load_npz, npz_requests, parse_input_shape, random_requests
+from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
+from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
+from .report import plural
+from .save import NpzWriter
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 
@@ -31,10 +35,12 @@ def compile_cmd(
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
         show_default=False)],
-    num_cores: Annotated[str, typer.Option(
-        "--num-cores", "-n", metavar="N|auto",
-        help="Stages (one per core), or 'auto': the fewest cores whose memory holds every stage.",
-    )] = "auto",
+    num_cores: Annotated[str | None, typer.Option(
+        "--num-cores", "-n", metavar="N",
+        help="Stages (one per core), or auto: the fewest cores whose memory holds every stage "
+        "(default: auto; alias: --cores, -k).", show_default=False,
+    )] = None,
+    cores: CoresAlias = None,
     core_memory: Annotated[str | None, typer.Option(
         "--core-memory", metavar="SIZE",
         help="Resident-weight capacity of one core, e.g. 64MiB (default: the target's).",
@@ -57,6 +63,10 @@ def compile_cmd(
         "--balance", metavar="estimate|measure",
         help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
     )] = "estimate",
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="Also draw the plan: one bar per stage for time, weights and hand-off (.png, .svg, "
+        ".pdf; needs matplotlib).", show_default=False)] = None,
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
@@ -66,17 +76,18 @@ def compile_cmd(
 
     Examples:
 
-      corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
-
-      corepipe compile bert.onnx -o bert/ --core-memory 64MiB --input input_ids=1x128:int64
-
-      corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=16
-
-      corepipe compile rn50_savedmodel/ -o rn50_compiled/1 --input input_1:0=1x224x224x3:float16
+    ```
+    corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
+    corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
+    corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
+    corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
+    corepipe compile rn50_savedmodel/ -o rn50_compiled/1 --input input_1:0=1x224x224x3:float16
+    ```
     """
-    with cli_errors():
-        if num_cores != "auto" and not (num_cores.isdigit() and int(num_cores) > 0):
-            raise typer.BadParameter(f"--num-cores must be a positive integer or 'auto', got {num_cores!r}")
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        count, _ = core_count(num_cores, cores, auto=True)
+        if plot is not None:
+            check_plot(plot, "--plot")
         if balance not in ("estimate", "measure"):
             raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
@@ -85,13 +96,13 @@ def compile_cmd(
         examples: dict[str, Any] = dict(loaded)
         if inputs_file is not None:
             examples.update(load_npz(inputs_file))
-        saved = is_saved_model(model)
+        savedmodel = is_saved_model(model)
         for text in inputs or ():
             name, shape, dtype = parse_input_shape(text)
             # A SavedModel input given no dtype takes its signature's: pass the shape alone.
-            examples[name] = shape if saved and dtype is None else np.ones(shape, np.dtype(dtype or "float32"))
+            examples[name] = shape if savedmodel and dtype is None else np.ones(shape, np.dtype(dtype or "float32"))
         with report.compile_progress(err) as progress:
-            if saved:
+            if savedmodel:
                 progress("convert TF", 0, 1)
                 conv = convert_saved_model(model, examples, signature=signature)
                 progress("convert TF", 1, 1)
@@ -105,11 +116,13 @@ def compile_cmd(
                 raise typer.BadParameter(f"--signature applies to SavedModel directories; {model!r} is not one")
             cm = compile_model(
                 onnx_model, output, example_inputs=examples or None,
-                num_cores=int(num_cores) if num_cores.isdigit() else "auto",
+                num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
                 progress=progress,
             )
-        print_plan(cm.plan, cm.path, f"{model}: {cm.num_cores} stages")
+        print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
+        if plot is not None:
+            saved(save_picture(plan_figure(cm.plan, model), plot), "plan")
 
 
 # ------------------------------------------------------------------------------------ inspect
@@ -119,17 +132,27 @@ def inspect_cmd(
         help="Artifact directory written by `corepipe compile`.", show_default=False)],
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest's plan as JSON (stable, sorted keys) instead.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png",
+        help="Also draw the plan: one bar per stage for time, weights and hand-off, coloured by "
+        "core (.png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
 ) -> None:
     """Verify an artifact (manifest, hashes, paths) and print its stages.
 
     Examples:
 
-      corepipe inspect resnet_compiled/
-
-      corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    ```
+    corepipe inspect resnet_compiled/
+    corepipe inspect resnet_compiled/ --plot plan.png
+    corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    ```
     """
     with cli_errors():
+        if plot is not None:
+            check_plot(plot, "--plot")
         art = open_artifact(artifact)
+        if plot is not None:
+            saved(save_picture(plan_figure(art.plan, str(artifact)), plot), "plan")
         if as_json:
             typer.echo(json.dumps(art.plan.to_dict(), indent=2, sort_keys=True))
             return
@@ -142,7 +165,7 @@ def inspect_cmd(
             f"artifact {artifact}: corepipe {art.corepipe_version}, source sha256 "
             f"{art.source_sha256[:12]}, verified\n{sig}"
         ))
-        print_plan(plan, artifact, f"{plan.num_cores} stages")
+        print_plan(plan, artifact, plural(plan.num_cores, "stage"))
 
 
 @app.command("run")
@@ -150,47 +173,88 @@ def run_cmd(
     artifact: Annotated[Path, typer.Argument(
         help="Artifact directory written by `corepipe compile`.", show_default=False)],
     requests: Annotated[int | None, typer.Option(
-        "--requests", "-r", min=1,
+        "--requests", "-r", min=1, metavar="N",
         help="Requests to stream (default: 100, or the requests in --inputs).",
         show_default=False)] = None,
     inputs_file: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz",
         help="Real inputs: one array per input name, either one request or a stack [R, ...] "
         "of R requests (cycled).", show_default=False)] = None,
+    save: Annotated[Path | None, typer.Option(
+        "--save", metavar="FILE.npz",
+        help="Keep the outputs: one stack [R, ...] per output name, streamed to disk (refused "
+        "up front when the disk lacks the room). Without it, outputs are dropped as they come.",
+        show_default=False)] = None,
+    timeline: Annotated[Path | None, typer.Option(
+        "--timeline", metavar="FILE.png",
+        help="Draw when each request ran on each stage (a Gantt chart of the last 10,000 "
+        "requests; .png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
     backend: Annotated[str, typer.Option(
         "--backend", "-b", metavar="local|inline",
         help="local: one pinned process per stage; inline: all stages in this process.")] = "local",
+    num_cores: NumCores = None,
+    cores: CoresAlias = None,
     max_in_flight: Annotated[int | None, typer.Option(
-        "--max-in-flight", "-k", min=1,
+        "--max-in-flight", min=1, metavar="N",
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")] = 0,
 ) -> None:
     """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
 
     Without --inputs, requests are random and deterministic (--seed): floats N(0, 1), integers
     uniform in [0, 100) (valid token ids for embedding tables of at least 100 rows), bools 0/1.
-    Pass --inputs for real data.
+    Memory stays flat whatever --requests is: outputs are dropped as they arrive unless --save
+    keeps them. --num-cores N runs the workers on the first N cores this process may use
+    (default: all; stages share cores when they outnumber them).
 
     Examples:
 
-      corepipe run resnet_compiled/ --requests 200
-
-      corepipe run bert_compiled/ --inputs tokens.npz --max-in-flight 8
+    ```
+    corepipe run resnet_compiled/ --requests 200
+    corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
+    corepipe run bert_compiled/ --inputs tokens.npz --save outputs.npz
+    ```
     """
-    with cli_errors():
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+        n_cores, _ = core_count(num_cores, cores, available=len(usable_cores()))
+        if n_cores is not None and backend == "inline":
+            raise typer.BadParameter(
+                f"{core_flag(num_cores, cores)} picks the cores of the local backend's workers; the "
+                "inline backend runs every stage in this process: drop the flag or use --backend local")
         arrays = load_npz(inputs_file) if inputs_file is not None else None
-        options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
-        pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        if timeline is not None:
+            check_plot(timeline, "--timeline")
+        plan = open_artifact(artifact).plan  # the signature, verified before the run starts
+        if arrays is not None:
+            pool = npz_requests(plan.inputs, arrays)
+        else:
+            pool = random_requests(plan.inputs, min(requests or 100, 8), seed)
+        count = requests or (len(pool) if arrays is not None else 100)
+        # Refuse a --save that cannot fit before any worker starts.
+        writer = NpzWriter(save, plan.outputs, count) if save is not None else None
+        options: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        if n_cores is not None:
+            options["cores"] = usable_cores()[: int(n_cores)]
         try:
-            if arrays is not None:
-                pool = npz_requests(pipe.plan.inputs, arrays)
-            else:
-                pool = random_requests(pipe.plan.inputs, min(requests or 100, 8), seed)
-            count = requests or (len(pool) if arrays is not None else 100)
-            _, seconds = stream(pipe, pool, count, "requests")
+            pipe = start_pipeline(artifact, backend, **options)  # verifies the artifact first
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        try:
+            seconds = stream(pipe, pool, count, "requests", sink=writer)
+            if writer is not None:
+                path = writer.finish()
+                writer = None
+                out.print(Text(f"saved the outputs of {plural(count, 'request')} to {path}"))
             print_run(pipe, count, seconds)
+            if timeline is not None:
+                draw_timeline(pipe.timeline(), timeline, f"corepipe run {artifact}",
+                              [s.core for s in pipe.stats().stages], pipe.backend)
         except KeyboardInterrupt:
             pipe.close(timeout=2.0)  # after Ctrl-C, do not wait for a long queue to drain
             raise
         finally:
+            if writer is not None:
+                writer.abort()
             pipe.close()

@@ -4,7 +4,7 @@ outputs against one onnxruntime session on the whole model."""
 from __future__ import annotations
 
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +20,10 @@ from ..artifact.target import host_cores
 from ..compiler.driver import compile as compile_model
 from ..engines.ort import make_session
 from . import report
-from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
+from ._app import app, cli_errors, err, out, print_plan, start_pipeline
+from .demoreport import explain
+from .options import CoresAlias, core_count, core_flag
+from .steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 
 __all__ = ["demo_backend", "demo_cmd"]
 
@@ -39,21 +42,15 @@ def demo_backend() -> str:
     return "local"
 
 
-def _reference(model: onnx.ModelProto, requests: list[dict[str, np.ndarray]]
-               ) -> tuple[list[dict[str, np.ndarray]], float, float]:
-    """One onnxruntime session on the whole model, 1 thread: outputs, seconds, p50 latency."""
+def _session(model: onnx.ModelProto) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """One onnxruntime session on the whole model with 1 thread, as ``run(feeds) -> outputs``."""
     session = make_session(model.SerializeToString(), 1)
     names = [o.name for o in session.get_outputs()]
-    session.run(names, requests[0])  # warm-up, as for the pipeline
-    results, latencies = [], []
-    start = time.perf_counter()
-    with report.request_progress(err, len(requests), "onnxruntime") as bar:
-        for feeds in requests:
-            t0 = time.perf_counter()
-            results.append(dict(zip(names, session.run(names, feeds))))
-            latencies.append(time.perf_counter() - t0)
-            bar.advance(bar.task_ids[0])
-    return results, time.perf_counter() - start, float(np.median(latencies))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds)))
+
+    return run
 
 
 def _compare(got: list[dict[str, np.ndarray]], want: list[dict[str, np.ndarray]]) -> tuple[bool, float]:
@@ -97,11 +94,17 @@ def _results_table(results: list[dict[str, np.ndarray]], shown: int = 5) -> Tabl
 @app.command("demo")
 def demo_cmd(
     model: Annotated[str, typer.Option(
-        "--model", "-m", help=f"Built-in model: {_MODELS}.")] = "resnet50",
-    requests: Annotated[int, typer.Option("--requests", "-r", min=1, help="Requests to stream.")] = 32,
-    num_cores: Annotated[int | None, typer.Option(
-        "--num-cores", "-n", min=1, help="Stages (default: this machine's cores, 2 to 8).",
+        "--model", "-m", metavar="NAME", help=f"Built-in model: {_MODELS}.")] = "resnet50",
+    requests: Annotated[int, typer.Option(
+        "--requests", "-r", min=1, metavar="N", help="Requests per round.")] = 32,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", min=1, metavar="N",
+        help="Rounds of the pipeline and of one session, in turns; their spread is the noise.")] = 3,
+    num_cores: Annotated[str | None, typer.Option(
+        "--num-cores", "-n", metavar="N",
+        help="Stages, one per core (default: this machine's cores, 2 to 8; alias: --cores, -k).",
         show_default=False)] = None,
+    cores: CoresAlias = None,
     backend: Annotated[str | None, typer.Option(
         "--backend", "-b", metavar="local|inline",
         help="Pipeline backend (default: local where available, else inline).",
@@ -111,58 +114,69 @@ def demo_cmd(
     against one onnxruntime session on the whole model.
 
     The default, ResNet-50 at 224x224 (175 nodes, 25.6 M parameters, random weights), is the
-    model of Neuron's pipeline tutorial: a real architecture that compiles in about 2 s and
-    streams 32 requests in seconds on 2 cores. Everything is written to a temporary directory.
+    model of Neuron's pipeline tutorial: a real architecture that compiles in seconds. The demo
+    then measures the pipeline's steady state (full, its fill not counted) and one 1-thread
+    session in turns, --rounds times, compares the speed-up with the one the plan predicts and
+    says why they differ, and says when the rounds vary too much to trust the figures.
+    Everything is written to a temporary directory.
 
     Examples:
 
-      corepipe demo
-
-      corepipe demo --model bert --requests 16 --num-cores 4
+    ```
+    corepipe demo
+    corepipe demo --model bert --requests 16 --num-cores 4
+    ```
     """
-    with cli_errors():
+    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         if model not in zoo.names():
             raise typer.BadParameter(f"--model {model!r}: use one of {_MODELS}")
+        n, _ = core_count(num_cores, cores)
         backend = backend or demo_backend()
-        cores = num_cores or min(max(2, host_cores()), 8)
+        stages = int(n) if n is not None else min(max(2, host_cores()), 8)
+        load_before = load_average()
         onnx_model, _ = zoo.get(model)
         feeds = [zoo.example_inputs(onnx_model, seed=i) for i in range(requests)]
         with tempfile.TemporaryDirectory(prefix="corepipe-demo-") as tmp:
             with report.compile_progress(err) as progress:
                 cm = compile_model(onnx_model, Path(tmp) / model, example_inputs=feeds[0],
-                                   num_cores=cores, balance="measure", progress=progress)
-            print_plan(cm.plan, f"{cm.path} (temporary)", f"zoo:{model}: {cm.num_cores} stages")
+                                   num_cores=stages, balance="measure", progress=progress)
+            print_plan(cm.plan, f"{cm.path} (temporary)", f"zoo:{model}: {report.plural(cm.num_cores, 'stage')}")
+            session = _session(onnx_model)
             pipe = start_pipeline(cm.path, backend)
+            got: list[dict[str, np.ndarray]] = []
+            want: list[dict[str, np.ndarray]] = []
             try:
-                pipe.run(feeds[0])  # warm-up: first-run allocations are not the steady state
-                results, seconds = stream(pipe, feeds, requests, f"pipeline ({backend})")
-                print_run(pipe, requests, seconds, note="stage counts include 1 warm-up request")
-                # Latency with one request in flight, comparable to one session's (the p50
-                # above includes queueing behind the other requests in flight).
-                solo = []
-                for f in feeds[: min(5, requests)]:
-                    t0 = time.perf_counter()
-                    pipe.run(f)
-                    solo.append(time.perf_counter() - t0)
-                p50 = float(np.median(solo))
+                pipe.run(feeds[0])  # first-run allocations are not the steady state
+                session(feeds[0])
+                fill = 2 * cm.num_cores if backend != "inline" else 0
+                before = pipe.stats()
+                pipe_rates, session_rates = [], []
+                with report.request_progress(err, 2 * rounds, "rounds (pipeline, session)") as bar:
+                    for r in range(rounds):
+                        pipe_rates.append(pipeline_round(pipe, feeds, fill, got if r == 0 else None))
+                        bar.advance(bar.task_ids[0])
+                        session_rates.append(session_round(session, feeds, want if r == 0 else None))
+                        bar.advance(bar.task_ids[0])
+                loaded = pipe.timeline(last=requests)
+                after = pipe.stats()
+                solo = feeds[: min(5, requests)]
+                pipe_solo, session_solo = solo_latency(pipe.run, solo), solo_latency(session, solo)
             except KeyboardInterrupt:
                 pipe.close(timeout=2.0)
                 raise
             finally:
                 pipe.close()
-        ref, ref_seconds, ref_p50 = _reference(onnx_model, feeds)
-        out.print(_results_table(results))
-        note = " (inline runs stages one after another)" if backend == "inline" else ""
-        out.print(report.comparison_table([
-            (f"pipeline, {cm.num_cores} stages, {backend}", f"{requests / seconds:,.1f}",
-             f"{p50 * 1e3:.2f}", f"{ref_seconds / seconds:.2f}x{note}"),
-            ("onnxruntime, 1 session, 1 thread", f"{requests / ref_seconds:,.1f}",
-             f"{ref_p50 * 1e3:.2f}", "1.00x"),
-        ]))
-        ok, worst = _compare(results, ref)
+        out.print(_results_table(got))
+        explain(
+            out, plan=cm.plan, backend=backend, pipe=Rounds(tuple(pipe_rates)),
+            session=Rounds(tuple(session_rates)), before=before, after=after, loaded=loaded,
+            in_flight=pipe.max_in_flight, pipe_solo_s=pipe_solo, session_solo_s=session_solo,
+            load=load_before, cores=host_cores(),
+        )
+        ok, worst = _compare(got, want)
         if not ok:
             err.print(Text(f"outputs DIFFER from onnxruntime: max |difference| {worst:.3g}",
                            style="bold red"))
             raise typer.Exit(1)
-        out.print(Text(f"outputs match onnxruntime on all {requests} requests "
+        out.print(Text(f"outputs match onnxruntime on all {report.plural(requests, 'request')} "
                        f"(max |difference| {worst:.2g})", style="green"))

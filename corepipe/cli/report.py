@@ -6,6 +6,7 @@ compiles or runs a model, so the commands in `corepipe.cli` stay thin and these 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,24 +28,30 @@ from rich.text import Text
 
 from ..artifact.plan import Plan
 from ..artifact.sizes import format_bytes
+from ..artifact.sizes import plural as _plural
 from ..runtime import PipelineStats
 
 __all__ = [
     "MIB",
     "bottleneck",
-    "comparison_table",
     "compile_progress",
     "latency_line",
     "plan_summary",
     "plan_table",
+    "plural",
+    "predicted_speedup",
     "request_progress",
     "stage_seconds",
     "stats_table",
-    "used_of",
 ]
 
 MIB = 2**20
 _UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``"1 request"``, ``"2 requests"``: see `corepipe.artifact.sizes.plural`."""
+    return _plural(count, word, many)
 
 
 def _unit(n: float) -> tuple[str, int]:
@@ -54,24 +61,21 @@ def _unit(n: float) -> tuple[str, int]:
     return "KiB", 2**10
 
 
-def used_of(used: int, capacity: int) -> str:
-    """``'12.1 / 64.0 MiB'``; when the two need different units: ``'12.1 MiB / 32.0 GiB'``."""
-    cap_unit, cap_size = _unit(capacity)
-    use_unit, use_size = _unit(used)
-    if use_unit == cap_unit or used == 0:
-        return f"{used / cap_size:.1f} / {capacity / cap_size:.1f} {cap_unit}"
-    return f"{used / use_size:.1f} {use_unit} / {capacity / cap_size:.1f} {cap_unit}"
-
-
 def stage_seconds(plan: Plan) -> list[float]:
     """Each stage's time: measured where the plan was balanced by measurement, else estimated."""
-    return [s.measured_s if s.measured_s is not None else s.estimated_s for s in plan.stages]
+    return plan.stage_seconds()
 
 
-def bottleneck(plan: Plan) -> int:
-    """Index of the slowest stage (the first one, on ties): it sets the pipeline's throughput."""
+def bottleneck(plan: Plan) -> list[int]:
+    """The stages that set the pipeline's throughput: the slowest stage (the first one, on
+    ties) or, when stages share cores, every stage of the busiest core."""
     seconds = stage_seconds(plan)
-    return max(range(len(seconds)), key=lambda k: (seconds[k], -k))
+    per_core: dict[tuple[int, int], list[int]] = {}
+    for k, st in enumerate(plan.stages):
+        per_core.setdefault((st.device, st.core), []).append(k)
+    if len(per_core) == len(seconds):
+        return [max(range(len(seconds)), key=lambda k: (seconds[k], -k))]
+    return max(per_core.values(), key=lambda ks: (sum(seconds[k] for k in ks), -ks[0]))
 
 
 def _ms(seconds: float) -> str:
@@ -83,61 +87,104 @@ def _boundary_mib(plan: Plan, k: int) -> float:
     return sum(t.nbytes for t in plan.boundaries[k]) / MIB
 
 
-def plan_table(plan: Plan, *, title: str | None = None) -> Table:
-    """One row per stage: nodes, first/last op, placement, memory, time share, hand-off size."""
+#: Optional plan-table columns, in the order they give way when the terminal is narrow.
+_DROPPABLE = ("last op", "first op", "mem %")
+
+
+def _fits(table: Table, width: int) -> bool:
+    probe = Console(width=10_000, file=io.StringIO())
+    return probe.measure(table).maximum <= width
+
+
+def plan_table(plan: Plan, *, title: str | None = None, width: int | None = None) -> Table:
+    """One row per stage: nodes, first/last op, placement, memory, time share, hand-off size.
+
+    No value is ever wrapped or cut: when the table would be wider than ``width``, the first
+    and last op columns (then the memory share) are left out and a caption says so.
+    """
+    hidden: list[str] = []
+    table = _plan_table(plan, title, hidden)
+    for name in _DROPPABLE:
+        if width is None or _fits(table, width):
+            break
+        hidden.append(name)
+        table = _plan_table(plan, title, hidden)
+    if hidden:
+        names = " and ".join(f"'{h}'" for h in reversed(hidden))
+        table.caption = f"({names} not shown at {width} columns; wider: COLUMNS=120)"
+        table.caption_justify = "left"
+    return table
+
+
+def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:
     seconds = stage_seconds(plan)
     total = sum(seconds) or 1.0
     slow = bottleneck(plan)
     measured = any(s.measured_s is not None for s in plan.stages)
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    table.add_column("stage", justify="right")
-    table.add_column("nodes", justify="right")
-    table.add_column("first op")
-    table.add_column("last op")
-    table.add_column("dev:core", justify="center")
-    table.add_column("resident / capacity", justify="right")
-    table.add_column("measured ms" if measured else "est. ms", justify="right")
-    table.add_column("time share", justify="right")
-    table.add_column("out MiB", justify="right")
+    out_bytes = [sum(t.nbytes for t in plan.boundaries[k + 1]) for k in range(plan.num_cores)]
+    out_unit, out_size = _unit(max(out_bytes))
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    columns = [
+        ("stage", "right"), ("nodes", "right"), ("first op", "left"), ("last op", "left"),
+        ("core", "center"), ("resident", "right"), ("mem %", "right"),
+        ("measured ms" if measured else "est. ms", "right"), ("share", "left"),
+        (f"out {out_unit}", "right"),
+    ]
+    keep = [i for i, (name, _) in enumerate(columns) if name not in hidden]
+    for i in keep:
+        name, justify = columns[i]
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    cap = plan.target.core_memory
     for k, st in enumerate(plan.stages):
-        share = f"{100.0 * seconds[k] / total:.1f}%"
-        is_slow = k == slow and plan.num_cores > 1
-        table.add_row(
-            str(k),
-            str(st.num_nodes),
-            st.first_op,
-            st.last_op,
-            f"{st.device}:{st.core}",
-            used_of(st.resident_bytes, plan.target.core_memory),
-            _ms(seconds[k]),
-            share + (" ◀ bottleneck" if is_slow else ""),
-            f"{_boundary_mib(plan, k + 1):.2f}",
-            style="bold yellow" if is_slow else None,
-        )
+        is_slow = k in slow and plan.num_cores > 1
+        pct = 100.0 * st.resident_bytes / cap
+        cells = [
+            str(k), str(st.num_nodes), st.first_op, st.last_op, f"{st.device}:{st.core}",
+            format_bytes(st.resident_bytes), f"{pct:.0f}%" if pct >= 1 or pct == 0 else "<1%",
+            _ms(seconds[k]), f"{100.0 * seconds[k] / total:.1f}%" + (" ◀" if is_slow else ""),
+            f"{out_bytes[k] / out_size:.2f}",
+        ]
+        table.add_row(*[cells[i] for i in keep], style="bold yellow" if is_slow else None)
     return table
+
+
+def predicted_speedup(plan: Plan) -> tuple[float, float, bool]:
+    """``(speed-up, busiest core's seconds, stages share cores)``: the plan's stage times
+    (measured one at a time on one core, or estimated) summed, over the busiest core's share."""
+    per_core = plan.core_seconds()  # stages that share a core add up
+    slowest, total = max(per_core.values()), sum(plan.stage_seconds())
+    return (total / slowest if slowest > 0 else 1.0), slowest, len(per_core) < plan.num_cores
+
+
+def _bottleneck_line(plan: Plan, slowest: float, kind: str) -> str:
+    slow = bottleneck(plan)
+    if len(slow) == 1:
+        return f"bottleneck: stage {slow[0]} ({_ms(slowest)} ms {kind})"
+    st = plan.stages[slow[0]]
+    return (f"bottleneck: core {st.device}:{st.core}, shared by stages "
+            f"{', '.join(map(str, slow))} ({_ms(slowest)} ms {kind} in all)")
 
 
 def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     """Cores, bottleneck, estimated throughput pipelined (1/max) vs one core (1/sum), artifact."""
     seconds = stage_seconds(plan)
-    per_core: dict[tuple[int, int], float] = {}
-    for st, sec in zip(plan.stages, seconds):  # stages that share a core add up
-        per_core[(st.device, st.core)] = per_core.get((st.device, st.core), 0.0) + sec
-    slowest, total = max(per_core.values()), sum(seconds)
-    shared = len(per_core) < len(seconds)
+    speedup, slowest, shared = predicted_speedup(plan)
+    total = sum(seconds)
     kind = "measured" if any(s.measured_s is not None for s in plan.stages) else "estimated"
     tgt = plan.target
     lines = [
-        (f"{plan.num_cores} stages on target {tgt.name} ({tgt.devices} x {tgt.cores_per_device} "
-        f"cores of {format_bytes(tgt.core_memory)}); {plan.num_nodes} nodes, "
-        f"{format_bytes(plan.resident_bytes)} resident in all; balance: {plan.balance}"),
-        f"bottleneck: stage {bottleneck(plan)} ({_ms(slowest)} ms {kind})",
+        (f"{plural(plan.num_cores, 'stage')} on target {tgt.name} ({plural(tgt.devices, 'device')} x "
+         f"{plural(tgt.cores_per_device, 'core')} of {format_bytes(tgt.core_memory)}); "
+         f"{plural(plan.num_nodes, 'node')}, {format_bytes(plan.resident_bytes)} resident in all; "
+         f"balance: {plan.balance}"),
+        _bottleneck_line(plan, slowest, kind),
     ]
     if slowest > 0 and total > 0:
         lines.append(
             f"{kind} throughput: {1.0 / slowest:,.1f} req/s pipelined "
             f"({'1/busiest core: stages share cores' if shared else '1/max stage'}) vs "
-            f"{1.0 / total:,.1f} req/s on one core (1/sum): {total / slowest:.2f}x"
+            f"{1.0 / total:,.1f} req/s on one core (1/sum): {speedup:.2f}x"
         )
     if path is not None:
         lines.append(f"artifact: {path}")
@@ -147,12 +194,12 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
 def stats_table(stats: PipelineStats) -> Table:
     """One row per stage from `Pipeline.stats()`: pid, core, requests, busy %, service, queue."""
     table = Table(title=f"stages ({stats.backend} backend)", title_justify="left",
-                  header_style="bold", box=box.SIMPLE_HEAD)
-    for name in ("stage", "pid", "core", "requests", "busy %", "mean service ms", "queue depth"):
-        table.add_column(name, justify="left" if name == "core" else "right")
+                  header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("stage", "pid", "core", "requests", "busy %", "service ms", "queue"):
+        table.add_column(name, justify="left" if name == "core" else "right", no_wrap=True)
     restarts = any(s.restarts for s in stats.stages)
     if restarts:
-        table.add_column("restarts", justify="right")
+        table.add_column("restarts", justify="right", no_wrap=True)
     for s in stats.stages:
         row = [
             str(s.index), str(s.pid) if s.pid is not None else "-", s.core, str(s.requests),
@@ -169,16 +216,6 @@ def latency_line(stats: PipelineStats) -> str:
         f"latency p50 {stats.latency_p50_s * 1e3:.2f} ms, p90 {stats.latency_p90_s * 1e3:.2f} ms, "
         f"p99 {stats.latency_p99_s * 1e3:.2f} ms"
     )
-
-
-def comparison_table(rows: Sequence[tuple[str, str, str, str]]) -> Table:
-    """``(what, requests/s, p50 ms, note)`` rows, for the demo's pipeline vs one session."""
-    table = Table(header_style="bold", box=box.SIMPLE_HEAD)
-    for name in ("", "req/s", "latency ms (1 in flight)", "throughput"):
-        table.add_column(name, justify="right" if name else "left")
-    for row in rows:
-        table.add_row(*row)
-    return table
 
 
 class _StepProgress:

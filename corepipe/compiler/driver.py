@@ -14,7 +14,7 @@ import onnx
 
 from ..artifact.manifest import open_artifact, write_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
-from ..artifact.sizes import format_bytes
+from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
@@ -107,13 +107,14 @@ def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | 
         raise CompileError(f"num_cores must be a positive int or 'auto', got {num_cores!r}")
     if num_cores > n_nodes:
         raise CompileError(
-            f"more cores than the graph can use: {num_cores} cores for {n_nodes} nodes "
-            f"(a stage holds at least one node); use num_cores <= {n_nodes}"
+            f"more cores than the graph can use: {plural(num_cores, 'core')} for "
+            f"{plural(n_nodes, 'node')} (a stage holds at least one node); use num_cores <= {n_nodes}"
         )
     if target.name != "cpu" and num_cores > target.total_cores:
         raise CompileError(
-            f"target {target.name!r} has {target.total_cores} cores "
-            f"({target.devices} devices x {target.cores_per_device}); asked for {num_cores}"
+            f"target {target.name!r} has {plural(target.total_cores, 'core')} "
+            f"({plural(target.devices, 'device')} x {target.cores_per_device}); asked for {num_cores}; "
+            f"use num_cores <= {target.total_cores}"
         )
     return num_cores
 
@@ -139,14 +140,14 @@ def _not_fit(
         return DoesNotFitError(
             f"no core count fits: node {node.name!r} ({node.op_type}) alone holds "
             f"{format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}; "
-            "raise core_memory or split that weight",
+            f"raise core_memory to at least {format_bytes(exc.needed)} or split that weight",
             min_cores=None, capacity=cap, needed=exc.needed,
         )
     if bounds is None:
         # Name the heaviest stage of a memory-blind cut into k stages.
         relaxed = dataclasses.replace(problem, capacity=float("inf"))
         bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
-        where = f"model does not fit in {k} cores of {format_bytes(cap)}"
+        where = f"model does not fit in {plural(k or 1, 'core')} of {format_bytes(cap)}"
     else:
         where = f"cuts {bounds[1:-1]} do not fit cores of {format_bytes(cap)}"
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
@@ -263,8 +264,8 @@ def _compile(
         k = need
         if tgt.name != "cpu" and k > tgt.total_cores:
             raise DoesNotFitError(
-                f"model needs {k} cores of {format_bytes(tgt.core_memory)} but target "
-                f"{tgt.name!r} has {tgt.total_cores}", min_cores=k, capacity=tgt.core_memory,
+                f"model needs {plural(k, 'core')} of {format_bytes(tgt.core_memory)} but target "
+                f"{tgt.name!r} has {tgt.total_cores}; raise core_memory", min_cores=k, capacity=tgt.core_memory,
                 needed=problem_bytes(problem),
             )
     elif need > k:
@@ -288,8 +289,8 @@ def _compile(
         except solver.Infeasible:
             places = int(sum(problem.allowed()[1:-1]))
             raise CompileError(
-                f"cannot cut this graph into {k} stages: only {places} places between its nodes "
-                f"may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
+                f"cannot cut this graph into {plural(k, 'stage')}: only {plural(places, 'place')} "
+                f"between its nodes may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
             ) from None
     measured = None
     if balance == "measure":

@@ -8,8 +8,12 @@ from typing import Any
 from ..artifact.manifest import open_artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
+from .timeline import Recovery, RequestTrace, Timeline, Wait
 
-__all__ = ["load", "Pipeline", "PipelineStats", "StageStats", "BACKENDS"]
+__all__ = [
+    "load", "Pipeline", "PipelineStats", "StageStats", "Timeline", "RequestTrace", "Recovery", "Wait",
+    "BACKENDS",
+]
 
 BACKENDS = ("local", "inline")
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact.plan import Plan
+from .timeline import Timeline, TraceLog
 
 __all__ = ["Pipeline", "StageStats", "PipelineStats"]
 
@@ -104,6 +105,8 @@ class Pipeline(ABC):
         self.max_in_flight = max_in_flight
         self._latencies = _Latencies()
         self._started = time.perf_counter()
+        self._traces = TraceLog()
+        self._trace_slots = 0  # hand-off slots per ring, for `Timeline.waits` (0: no rings)
 
     @abstractmethod
     def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
@@ -145,6 +148,12 @@ class Pipeline(ABC):
     def stats(self) -> PipelineStats:
         """Per stage: pid, core, requests, busy seconds and %, mean service time, queue depth;
         and latency p50/p90/p99 over the latest requests."""
+
+    def timeline(self, last: int | None = None) -> Timeline:
+        """When each of the latest requests (at most 10,000 are kept; ``last``: fewer) entered
+        and left each stage, with recoveries from worker deaths: the data of a Gantt chart
+        (`corepipe.plots.timeline_figure`). Backends that record nothing return no requests."""
+        return self._traces.timeline(self.plan.num_cores, self._trace_slots, last)
 
     @abstractmethod
     def close(self, *, timeout: float | None = 30.0) -> None:

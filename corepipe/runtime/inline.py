@@ -19,6 +19,7 @@ from ..artifact.signature import check_feeds
 from ..engines.ort import StageRunner
 from ..errors import PipelineClosedError, StageError
 from .base import Pipeline, PipelineStats, StageStats
+from .timeline import RequestTrace
 
 __all__ = ["InlinePipeline"]
 
@@ -45,24 +46,32 @@ class InlinePipeline(Pipeline):
         checked = check_feeds(self.plan.inputs, feeds)
         fut: Future[dict[str, np.ndarray]] = Future()
         fut.set_running_or_notify_cancel()
+        submitted = time.monotonic()
         with self._lock:
             rid = next(self._ids)
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             boundary: dict[str, np.ndarray] = {t.name: checked[t.name] for t in self.plan.boundaries[0]}
+            stamps: list[tuple[float, float]] = []
             try:
                 for k, runner in enumerate(self._runners):
-                    s0 = time.perf_counter()
+                    s0 = time.monotonic()
                     try:
                         boundary = runner.run(boundary, request_id=rid)
                     finally:
-                        self._busy[k] += time.perf_counter() - s0
+                        stamps.append((s0, time.monotonic()))
+                        self._busy[k] += stamps[-1][1] - s0
                         self._count[k] += 1
             except StageError as exc:
                 self._failed += 1
+                end = stamps[-1][1]
+                stamps += [(end, end)] * (len(self._runners) - len(stamps))  # stages it never reached
+                self._traces.add(RequestTrace(rid, submitted, t0, tuple(stamps), end, ok=False))
                 fut.set_exception(exc)
                 return fut
             self._completed += 1
-            self._latencies.add(time.perf_counter() - t0)
+            done = time.monotonic()
+            self._latencies.add(done - t0)
+            self._traces.add(RequestTrace(rid, submitted, t0, tuple(stamps), done))
         fut.set_result({t.name: np.array(boundary[t.name], copy=True) for t in self.plan.outputs})
         return fut
 

@@ -30,6 +30,7 @@ from .base import Pipeline, PipelineStats, StageStats
 from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
 from .supervisor import Request, Supervisor, Worker
+from .timeline import RequestTrace
 
 __all__ = ["LocalPipeline"]
 
@@ -89,7 +90,7 @@ class LocalPipeline(Supervisor, Pipeline):
                 )
         if slots < 1:
             raise ValueError("slots must be >= 1")
-        need = sum(Ring.size_for(b, slots) for b in artifact.plan.boundaries)
+        need = sum(Ring.size_for(b, slots, n) for b in artifact.plan.boundaries)
         have = psutil.virtual_memory().available
         if need > have:
             raise CorepipeError(
@@ -99,6 +100,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._artifact = artifact
         self._n = n
         self._slots = slots
+        self._trace_slots = slots
         self._stage_timeout = stage_timeout
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
@@ -126,7 +128,7 @@ class LocalPipeline(Supervisor, Pipeline):
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
-            self._rings = [Ring.create(b, slots) for b in artifact.plan.boundaries]
+            self._rings = [Ring.create(b, slots, n) for b in artifact.plan.boundaries]
             self._full = [Bell() for _ in range(n + 1)]
             self._free = [Bell() for _ in range(n + 1)]
             self._wake = [Bell() for _ in range(n)]
@@ -162,7 +164,7 @@ class LocalPipeline(Supervisor, Pipeline):
                 self._admit.release()
                 self._check_open()
                 raise PipelineClosedError("the pipeline is closing")
-            req = Request(next(self._ids), kept, fut, time.perf_counter())
+            req = Request(next(self._ids), kept, fut, time.monotonic())  # the workers' clock too
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
@@ -181,7 +183,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._admit.release()
         if error is None:
             self._completed += 1
-            self._latencies.add(time.perf_counter() - req.submitted)
+            self._latencies.add(time.monotonic() - req.submitted)
             if not req.future.done():
                 req.future.set_result(result)  # type: ignore[arg-type]
         else:
@@ -218,6 +220,7 @@ class LocalPipeline(Supervisor, Pipeline):
                     continue  # recovery happened meanwhile; the slot was never published
                 self._pending.popleft()
                 self._inflight[req.rid] = req
+                req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
                 ring.publish(s, epoch=epoch, seq=seq, request_id=req.rid)
                 self._feed_seq += 1
             self._full[0].ring()
@@ -238,7 +241,9 @@ class LocalPipeline(Supervisor, Pipeline):
             rid, status = ring.request_id(s), ring.status(s)
             result: dict[str, np.ndarray] | None = None
             error: BaseException | None = None
+            stamps: list[tuple[float, float]] = []
             try:
+                stamps = ring.stamps(s)
                 if status == ERROR:
                     error = decode_error(ring.error(s), rid)
                 else:
@@ -254,6 +259,10 @@ class LocalPipeline(Supervisor, Pipeline):
                 req = self._inflight.pop(rid, None)
             self._free[-1].ring()
             if req is not None:
+                self._traces.add(RequestTrace(
+                    req.rid, req.submitted, req.fed, tuple(stamps), time.monotonic(),
+                    ok=error is None, replays=req.replays,
+                ))
                 self._finish(req, result, error)
 
     # -- stats / close -----------------------------------------------------------------------

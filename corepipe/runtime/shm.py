@@ -8,6 +8,12 @@ lost or extra wake-up costs at most one poll interval, never correctness.
 
 Memory ordering: writers store data before the state word and readers load the state word
 before data; x86-64 keeps stores in order, which is what this relies on (see note in README).
+
+Timestamps: a ring made for an ``S``-stage pipeline ends each slot header with ``2 * S`` float64
+words, the (enter, leave) times of the request on every stage so far (``time.monotonic()``,
+one clock for every process on Linux). Worker ``k`` copies words ``[0, 2k)`` from its input
+slot and writes its own pair (`Ring.stamp`), so the last ring brings the client the whole path
+of each request at the cost of a few word copies.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ OK, ERROR = 0, 1
 MAX_DIMS = 8  # header room per tensor; more when a boundary holds higher-rank tensors
 ERR_BYTES = 2048
 _ALIGN = 64
-# header words: state, epoch, seq, request_id, status, err_len, then per tensor: ndim + dims
+# header words: state, epoch, seq, request_id, status, err_len, then per tensor: ndim + dims,
+# then per stage: enter, leave (float64 bits)
 _FIXED_WORDS = 6
 
 
@@ -77,15 +84,20 @@ def _release(shm: SharedMemory, unlink: bool) -> None:
 
 
 class Ring:
-    """``slots`` slots for the tensors of one boundary, in one shared-memory segment."""
+    """``slots`` slots for the tensors of one boundary, in one shared-memory segment.
 
-    def __init__(self, specs: Sequence[TensorSpec], slots: int, shm: SharedMemory) -> None:
+    ``stages``: room in each header for the (enter, leave) timestamps of that many stages.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], slots: int, shm: SharedMemory, stages: int = 0) -> None:
         self.specs = list(specs)
         self.slots = slots
         self.shm = shm
         m = len(self.specs)
         self.max_dims = _max_dims(self.specs)
-        self.header_words = _FIXED_WORDS + m * (1 + self.max_dims)
+        self.stages = stages
+        self._stamp_base = _FIXED_WORDS + m * (1 + self.max_dims)
+        self.header_words = self._stamp_base + 2 * stages
         self.err_offset = _align(self.header_words * 8)
         offsets, off = [], self.err_offset + ERR_BYTES
         for spec in self.specs:
@@ -107,25 +119,27 @@ class Ring:
             ]
             for s in range(slots)
         ]
+        # float64 views of each header's timestamp words, made once: stamping is on the hot path
+        self._stamps = [h[self._stamp_base :].view(np.float64) for h in self.headers]
 
     @staticmethod
-    def size_for(specs: Sequence[TensorSpec], slots: int) -> int:
+    def size_for(specs: Sequence[TensorSpec], slots: int, stages: int = 0) -> int:
         m = len(specs)
-        off = _align((_FIXED_WORDS + m * (1 + _max_dims(specs))) * 8) + ERR_BYTES
+        off = _align((_FIXED_WORDS + m * (1 + _max_dims(specs)) + 2 * stages) * 8) + ERR_BYTES
         for spec in specs:
             off = _align(off) + max(spec.nbytes, 1)
         return _align(off) * slots
 
     @classmethod
-    def create(cls, specs: Sequence[TensorSpec], slots: int) -> Ring:
-        shm = create_shm(cls.size_for(specs, slots))
-        ring = cls(specs, slots, shm)
+    def create(cls, specs: Sequence[TensorSpec], slots: int, stages: int = 0) -> Ring:
+        shm = create_shm(cls.size_for(specs, slots, stages))
+        ring = cls(specs, slots, shm, stages)
         ring.reset()
         return ring
 
     @classmethod
-    def attach(cls, name: str, specs: Sequence[TensorSpec], slots: int) -> Ring:
-        return cls(specs, slots, attach_shm(name))
+    def attach(cls, name: str, specs: Sequence[TensorSpec], slots: int, stages: int = 0) -> Ring:
+        return cls(specs, slots, attach_shm(name), stages)
 
     # -- slot access -------------------------------------------------------------------------
     def state(self, s: int) -> int:
@@ -139,6 +153,21 @@ class Ring:
 
     def status(self, s: int) -> int:
         return int(self.headers[s][4])
+
+    def stamps(self, s: int) -> list[tuple[float, float]]:
+        """The (enter, leave) times slot ``s``'s request has collected, one pair per stage."""
+        words = self._stamps[s].tolist()
+        return list(zip(words[0::2], words[1::2]))
+
+    def stamp(self, s: int, upstream: Ring, stage: int, enter: float, leave: float) -> None:
+        """Give slot ``s`` the timestamps its request collected upstream (``upstream``'s slot
+        ``s``, stages before ``stage``) and this stage's own (``enter``, ``leave``)."""
+        if stage >= self.stages:
+            return  # a ring made without room for timestamps
+        mine = self._stamps[s]
+        if stage and upstream.stages >= stage:
+            mine[: 2 * stage] = upstream._stamps[s][: 2 * stage]
+        mine[2 * stage : 2 * stage + 2] = (enter, leave)
 
     def reset(self) -> None:
         for h in self.headers:
@@ -225,6 +254,7 @@ class Ring:
     def close(self, unlink: bool = False) -> None:
         self.headers = []
         self.regions = []
+        self._stamps = []
         _release(self.shm, unlink)
 
 

@@ -25,6 +25,7 @@ from ..artifact.plan import Plan
 from ..errors import CorepipeError, PipelineClosedError, StageError
 from .process import WorkerProcess
 from .shm import Bell, Control, Ring
+from .timeline import TraceLog
 
 __all__ = ["Request", "Worker", "Supervisor"]
 
@@ -38,6 +39,8 @@ class Request:
     future: Future[dict[str, np.ndarray]]
     submitted: float
     deaths: int = 0
+    replays: int = 0
+    fed: float = 0.0  # time.monotonic() when it first entered the first ring (for timelines)
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Supervisor:
     _stage_timeout: float
     _max_deaths: int
     _death_window: float
+    _traces: TraceLog
 
     def _spawn(self, k: int) -> WorkerProcess:
         assert self._control is not None
@@ -96,6 +100,7 @@ class Supervisor:
             "specs_in": [t.to_dict() for t in self.plan.boundaries[k]],
             "specs_out": [t.to_dict() for t in self.plan.boundaries[k + 1]],
             "parent_pid": os.getpid(),
+            "stamps": self._n,
         }
         report_r, report_w = os.pipe()
         os.set_blocking(report_r, False)
@@ -164,6 +169,7 @@ class Supervisor:
     def _recover(self, dead: list[int], hung: list[int]) -> None:
         control = self._control
         assert control is not None
+        began = time.monotonic()
         with self._cv:
             self._paused = True
             self._epoch += 1
@@ -227,6 +233,9 @@ class Supervisor:
         with self._cv:
             replay = sorted(self._inflight.values(), key=lambda r: r.rid)
             self._replayed += len(replay)
+            for req in replay:
+                req.replays += 1
+            self._traces.recovered(began, time.monotonic(), tuple(sorted(restart)))
             self._inflight.clear()
             self._pending.extendleft(reversed(replay))
             self._feed_seq = self._collect_seq = 0

@@ -61,8 +61,9 @@ def worker_main(config_json: str) -> None:
         runner = StageRunner(artifact, k, threads=cfg["threads"], spin=False)
         specs_in = [TensorSpec.from_dict(t) for t in cfg["specs_in"]]
         specs_out = [TensorSpec.from_dict(t) for t in cfg["specs_out"]]
-        ring_in = Ring.attach(cfg["ring_in"], specs_in, cfg["slots"])
-        ring_out = Ring.attach(cfg["ring_out"], specs_out, cfg["slots"])
+        stamps = int(cfg.get("stamps", 0))  # timestamp room in each slot header (see shm.py)
+        ring_in = Ring.attach(cfg["ring_in"], specs_in, cfg["slots"], stamps)
+        ring_out = Ring.attach(cfg["ring_out"], specs_out, cfg["slots"], stamps)
     except BaseException as exc:  # report why we could not start, then exit
         message = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000]
         try:
@@ -107,7 +108,7 @@ def worker_main(config_json: str) -> None:
             continue
         rid = ring_in.request_id(s)
         control.set(k, Control.CURRENT, rid)
-        start = time.time()
+        start, enter = time.time(), time.monotonic()
         control.set(k, Control.BUSY_SINCE, start)
         status, error = OK, ""
         if ring_in.status(s) == ERROR:
@@ -119,6 +120,7 @@ def worker_main(config_json: str) -> None:
                 status, error = ERROR, encode_error(exc, k)
         if control.epoch != epoch:
             continue  # a recovery began while we ran: this result belongs to a dead epoch
+        ring_out.stamp(s, ring_in, k, enter, time.monotonic())  # this request's path, for timelines
         ring_out.publish(s, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
         out_full.ring()
         ring_in.free(s)

@@ -1,0 +1,132 @@
+"""A plan as a picture: one bar per stage for its time, its resident weights and its hand-off."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from ..artifact.plan import Plan
+from ..artifact.sizes import format_bytes
+from ._mpl import BYTE_UNITS, TIME_UNITS, require_matplotlib, scale
+
+__all__ = ["plan_figure"]
+
+_CORE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def _label_bars(ax: Any, bars: Any, texts: list[str]) -> None:
+    for bar, text in zip(bars, texts):
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+
+
+def plan_figure(plan: Plan, title: str | None = None) -> Any:
+    """Three bar charts sharing the stage axis: time per stage (measured where the plan was
+    balanced by measurement, else estimated), resident weights against the core's memory, and
+    the bytes each stage hands to the next one (the last one's: the outputs to the client).
+    Bars are coloured by the core (``device:core``) that runs the stage.
+
+    Each bar chart's bars carry ``gid`` ``"time"``, ``"memory"`` or ``"handoff"``.
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+
+    Raises:
+        CorepipeError: matplotlib is not installed.
+    """
+    figure_cls = require_matplotlib()
+    from matplotlib.patches import Patch
+
+    n = plan.num_cores
+    stages = plan.stages
+    measured = [s.measured_s is not None for s in stages]
+    seconds = plan.stage_seconds()
+    per_core = plan.core_seconds()
+    cores = sorted(per_core)
+    colour = {c: _CORE_COLOURS[i % len(_CORE_COLOURS)] for i, c in enumerate(cores)}
+    colours = [colour[(s.device, s.core)] for s in stages]
+    xs = list(range(n))
+    shared = len(cores) < n
+    busiest = max(cores, key=lambda c: (per_core[c], -c[0], -c[1]))
+    if shared:
+        slow = [k for k, s in enumerate(stages) if (s.device, s.core) == busiest]
+    else:
+        slow = [max(range(n), key=lambda k: (seconds[k], -k))]
+    total = sum(seconds)
+    predicted = total / per_core[busiest] if per_core[busiest] > 0 else 1.0
+
+    fig = figure_cls(figsize=(min(max(7.5, 0.9 * n + 3.5), 20.0), 8.0), layout="constrained")
+    ax_t, ax_m, ax_b = fig.subplots(3, 1, sharex=True)
+    kind = "measured" if all(measured) else "estimated" if not any(measured) else "measured / estimated"
+    fig.suptitle(
+        f"{title + ': ' if title else ''}{n} stage{'s' if n != 1 else ''} on target {plan.target.name} "
+        f"({plan.target.devices} x {plan.target.cores_per_device} cores of "
+        f"{format_bytes(plan.target.core_memory)}), balanced by {plan.balance}\n"
+        f"predicted speed-up over one core {predicted:.2f}x "
+        f"(sum of stage times / {'busiest core' if shared else 'slowest stage'})",
+        fontsize=10,
+    )
+
+    size, unit = scale(seconds, TIME_UNITS)
+    bars = ax_t.bar(xs, [s / size for s in seconds], color=colours, edgecolor="black", linewidth=0.5,
+                    gid="time")
+    for bar, is_measured in zip(bars, measured):
+        if not is_measured and any(measured):
+            bar.set_hatch("//")
+    _label_bars(ax_t, bars, [f"{s / size:.3g}" for s in seconds])
+    for k in slow:
+        bars[k].set_edgecolor("#C00000")
+        bars[k].set_linewidth(2.0)
+    ax_t.set_ylabel(f"{kind} time\nper request ({unit})")
+    wrap = int(fig.get_figwidth() * 13)  # characters of a 9-point title across the figure
+    if shared:
+        ax_t.set_title(textwrap.fill(
+            f"Time per stage. Stages {', '.join(map(str, slow))} share core {busiest[0]}:{busiest[1]}, "
+            f"{per_core[busiest] / size:.3g} {unit} per request in all (red edges): the busiest core, "
+            "which sets the throughput", wrap), fontsize=9, loc="left")
+    else:
+        even = total / n / size
+        ax_t.axhline(even, color="black", linestyle="--", linewidth=1)
+        ax_t.set_title(textwrap.fill(
+            f"Time per stage: the slowest (red edge) sets the throughput; dashed: an even split "
+            f"({even:.3g} {unit})", wrap), fontsize=9, loc="left")
+
+    resident = [s.resident_bytes for s in stages]
+    cap = plan.target.core_memory
+    on_scale = cap <= 4 * max(max(resident), 1)
+    size, unit = scale(resident + ([cap] if on_scale else []), BYTE_UNITS)
+    bars = ax_m.bar(xs, [r / size for r in resident], color=colours, edgecolor="black",
+                    linewidth=0.5, gid="memory")
+    _label_bars(ax_m, bars, [f"{r / size:.3g}" for r in resident])
+    if on_scale:
+        ax_m.axhline(cap / size, color="#C00000", linestyle="--", linewidth=1)
+        ax_m.annotate(f"core memory {format_bytes(cap)}", (1.0, cap / size),
+                      xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                      textcoords="offset points", ha="right", va="bottom", fontsize=8, color="#C00000")
+    ax_m.set_ylabel(f"resident weights\n({unit})")
+    ax_m.set_title("Weights each stage keeps resident on its core"
+                   + ("" if on_scale else f" (core memory {format_bytes(cap)}, off this scale)"),
+                   fontsize=9, loc="left")
+
+    handoff = [sum(t.nbytes for t in plan.boundaries[k + 1]) for k in range(n)]
+    size, unit = scale(handoff, BYTE_UNITS)
+    bars = ax_b.bar(xs, [h / size for h in handoff], color=colours, edgecolor="black",
+                    linewidth=0.5, gid="handoff")
+    _label_bars(ax_b, bars, [f"{h / size:.3g}" for h in handoff])
+    ax_b.set_ylabel(f"hand-off out\nper request ({unit})")
+    ax_b.set_title("Bytes each stage hands on (the last stage: the outputs to the client)",
+                   fontsize=9, loc="left")
+
+    ax_b.set_xticks(xs, [f"stage {k}\ncore {s.device}:{s.core}" for k, s in enumerate(stages)],
+                    fontsize=8 if n <= 16 else 6, rotation=0 if n <= 16 else 90)
+    ax_b.set_xlabel("stage, and the core (device:core) it runs on")
+    for ax in (ax_t, ax_m, ax_b):
+        ax.margins(y=0.18)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    handles = [Patch(facecolor=colour[c], edgecolor="black", label=f"core {c[0]}:{c[1]}") for c in cores]
+    if any(measured) and not all(measured):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="estimated"))
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=min(len(handles), 8),
+               frameon=False)
+    return fig

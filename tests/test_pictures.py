@@ -1,0 +1,105 @@
+"""Pictures: the plan's bars and the request timeline, checked by what they draw (bars per stage,
+their heights, bars per request) and by the files the commands write (format, size)."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import corepipe
+from corepipe import zoo
+from corepipe.cli import app
+
+pytest.importorskip("matplotlib")
+
+from corepipe.plots import plan_figure, save, timeline_figure
+
+runner = CliRunner()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header; fails unless the file is a PNG."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    model, feeds = zoo.get("tiny_cnn")
+    cm = corepipe.compile(model, tmp_path_factory.mktemp("pics") / "a", example_inputs=feeds, num_cores=3)
+    return cm.path, feeds
+
+
+def _bars(fig, gid: str) -> list:  # type: ignore[no-untyped-def]
+    return [p for ax in fig.axes for p in ax.patches if p.get_gid() == gid]
+
+
+def test_plan_figure_has_one_bar_per_stage_in_each_panel(artifact) -> None:
+    path, _ = artifact
+    plan = corepipe.CompiledModel.open(path).plan
+    fig = plan_figure(plan, "zoo:tiny_cnn")
+    for gid in ("time", "memory", "handoff"):
+        assert len(_bars(fig, gid)) == plan.num_cores, gid
+    heights = [b.get_height() for b in _bars(fig, "memory")]
+    resident = [s.resident_bytes for s in plan.stages]
+    np.testing.assert_allclose(np.array(heights) / heights[1], np.array(resident) / resident[1], rtol=1e-9)
+    handoff = [sum(t.nbytes for t in plan.boundaries[k + 1]) for k in range(plan.num_cores)]
+    assert np.argmax([b.get_height() for b in _bars(fig, "handoff")]) == np.argmax(handoff)
+    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert labels == [f"stage {k}\ncore {s.device}:{s.core}" for k, s in enumerate(plan.stages)]
+    assert "predicted speed-up" in fig._suptitle.get_text()
+
+
+def test_inspect_and_compile_draw_the_plan(artifact, tmp_path: Path) -> None:
+    path, _ = artifact
+    result = runner.invoke(app, ["inspect", str(path), "--plot", str(tmp_path / "plan.png")])
+    assert result.exit_code == 0, result.output
+    width, height = png_size(tmp_path / "plan.png")
+    assert width >= 700 and height >= 700 and (tmp_path / "plan.png").stat().st_size > 20_000
+    result = runner.invoke(app, ["compile", "zoo:mlp", "-o", str(tmp_path / "m"), "-n", "2",
+                                 "--plot", str(tmp_path / "plan.svg")])
+    assert result.exit_code == 0, result.output
+    assert "<svg" in (tmp_path / "plan.svg").read_text()[:1000]
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_timeline_has_one_bar_per_request_on_every_stage(artifact, tmp_path: Path) -> None:
+    path, feeds = artifact
+    with corepipe.load(path) as pipe:
+        for _ in pipe.map([feeds] * 17):
+            pass
+        timeline = pipe.timeline()
+    fig = timeline_figure(timeline)
+    for k in range(3):
+        drawn = [c for ax in fig.axes for c in ax.collections if c.get_gid() in (f"run-{k}", f"replay-{k}")]
+        assert sum(len(c.get_paths()) for c in drawn) == 17, k
+    assert "17 requests through 3 stages" in fig._suptitle.get_text()
+    out = save(fig, tmp_path / "t.png")
+    assert png_size(out)[0] >= 1000
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_run_draws_the_timeline(artifact, tmp_path: Path) -> None:
+    """(`bench --timeline` is drawn in tests/test_bench.py, which runs a bench anyway.)"""
+    path, _ = artifact
+    result = runner.invoke(app, ["run", str(path), "-r", "12", "--timeline", str(tmp_path / "run.png")])
+    assert result.exit_code == 0, result.output
+    assert png_size(tmp_path / "run.png")[0] >= 1000
+
+
+def test_without_matplotlib_the_flags_fail_at_once(artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = artifact
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now raises ImportError
+    for args in (["inspect", str(path), "--plot", str(tmp_path / "p.png")],
+                 ["run", str(path), "-b", "inline", "--timeline", str(tmp_path / "t.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "pip install 'corepipe[plot]'" in result.stderr
+        assert "requests in" not in result.stdout  # refused before any work
+    assert not list(tmp_path.iterdir())
