@@ -81,7 +81,7 @@ def compile_cmd(
     corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
-    corepipe compile rn50_savedmodel/ -o rn50_compiled/1 --input input_1:0=1x224x224x3:float16
+    corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
