@@ -168,6 +168,16 @@ def test_float16_model_runs_in_float32_and_answers_in_float16(saved_models: dict
         np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=0, atol=1e-2)
 
 
+def test_numpy_default_dtypes_stand_for_the_signatures(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """np.zeros(shape) is float64 and np.ones(shape, int) int64: the pipeline keeps the model's dtypes."""
+    result = tfn.saved_model.compile(saved_models["text"], tmp_path / "text", num_cores=1, model_feed_dict={
+        "input_ids": np.ones((1, 16), int), "attention_mask": np.ones((1, 16), int)})
+    assert {s.dtype for s in result.compiled.inputs} == {"int32"}
+    result = tfn.saved_model.compile(saved_models["cnn_fp16"], tmp_path / "cnn", num_cores=1,
+                                     model_feed_dict={"x": np.zeros((1, 32, 32, 3))})
+    assert [s.dtype for s in result.compiled.inputs] == ["float32"]
+
+
 def test_compile_and_cli_take_a_savedmodel_directory(saved_models: dict[str, Path], tmp_path: Path) -> None:
     cm = corepipe.compile(saved_models["text"], tmp_path / "api", num_cores=2,
                           export_path=tmp_path / "text.onnx")  # no feeds: batch 1 from the signature
@@ -223,8 +233,10 @@ def test_error_wrong_example_shape_or_dtype(saved_models: dict[str, Path], tmp_p
                        r"expected shape \[\?, 32, 32, 3\], got \[1, 100, 100, 3\]"):
         _compile(saved_models["cnn_fp16"], tmp_path / "out",
                  model_feed_dict={"input_1:0": np.zeros([1, 100, 100, 3], "float16")})
-    with pytest.raises(corepipe.CompileError, match="expected dtype int32, got int64"):
-        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": np.ones((1, 16), np.int64)})
+    with pytest.raises(corepipe.CompileError, match="expected dtype int32, got float32"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": np.ones((1, 16), np.float32)})
+    with pytest.raises(corepipe.CompileError, match="values outside int32's range"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": np.full((1, 16), 2**40)})
     with pytest.raises(corepipe.CompileError, match=r"free dims besides the batch"):
         _compile(saved_models["free_dims"], tmp_path / "out")
 

@@ -13,10 +13,11 @@ the signature's inputs. The compiled pipeline's inputs are named after the signa
 
 Shapes and dtypes. A feed's shape must agree with every dim the signature fixes (``?`` dims are
 free: usually the batch). An input without a feed gets batch ``batch_size`` where its first dim
-is free and must have no other free dim. A floating-point feed of another width than the
-signature's (a float16 example for a float32 model, as in Neuron's fp16 ResNet-50) is accepted:
-the compiled pipeline takes that dtype and casts to the model's dtype in its first node; other
-dtype differences are errors. A model that computes in float16 is run in float32 (this CPU has
+is free and must have no other free dim. A floating-point feed narrower than the signature's
+(a float16 example for a float32 model, as in Neuron's fp16 ResNet-50) is accepted: the compiled
+pipeline takes that dtype and casts to the model's dtype in its first node. numpy's default
+dtypes, float64 and int64, stand for the signature's float or integer dtype (the example is cast;
+the pipeline takes the signature's dtype). Other dtype differences are errors. A model that computes in float16 is run in float32 (this CPU has
 no float16 math; see :mod:`corepipe.frontends.casts`) and still answers in float16.
 """
 
@@ -143,12 +144,21 @@ def _example(spec: SignatureInput, given: tuple[str, Feed] | None, batch_size: i
                 f"{what}: expected shape [{want}], got {list(arr.shape)}; '?' dims are free, "
                 "the others are fixed by the SavedModel"
             )
-    if arr.dtype != sig_dtype and not (arr.dtype.kind == "f" and sig_dtype.kind == "f"):
-        raise CompileError(
-            f"{what}: expected dtype {sig_dtype}, got {arr.dtype}; pass {sig_dtype} arrays "
-            "(only floating-point examples of another width are cast)"
-        )
-    return arr
+    if arr.dtype == sig_dtype:
+        return arr
+    if arr.dtype in (np.float64, np.int64) and arr.dtype.kind == sig_dtype.kind:
+        # numpy's default dtypes (np.zeros(shape), np.ones(shape, int)) stand for the signature's
+        if arr.dtype.kind == "i" and arr.size and not (
+            np.iinfo(sig_dtype).min <= arr.min() and arr.max() <= np.iinfo(sig_dtype).max
+        ):
+            raise CompileError(f"{what}: values outside {sig_dtype}'s range; pass {sig_dtype} arrays")
+        return arr.astype(sig_dtype)
+    if arr.dtype.kind == "f" and sig_dtype.kind == "f":
+        return arr  # e.g. float16 for a float32 model: the pipeline takes float16 and casts
+    raise CompileError(
+        f"{what}: expected dtype {sig_dtype}, got {arr.dtype}; pass {sig_dtype} arrays "
+        "(a float16 example of a float32 input is accepted and cast)"
+    )
 
 
 def _import() -> tuple[Any, Any]:
