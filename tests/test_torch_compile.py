@@ -31,9 +31,10 @@ def test_module_with_positional_examples(tmp_path: Path, no_leaks: None,
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the export goes by default
-    cm = corepipe.compile(module, tmp_path / "mlp", example_inputs=(torch.randn(1, 8),), num_cores=2)
+    cm = corepipe.compile(module, tmp_path / "mlp", example_inputs=(np.zeros((1, 8)),), num_cores=2)
     assert list(scratch.glob("corepipe_export_*")) == []  # the exported file is not left behind
-    assert [(s.name, s.shape) for s in cm.inputs] == [("input", (1, 8))]  # forward's parameter name
+    # named after forward's parameter; numpy's float64 example taken as the module's float32
+    assert [(s.name, s.shape, s.dtype) for s in cm.inputs] == [("input", (1, 8), "float32")]
     assert [(s.name, s.shape) for s in cm.outputs] == [("output", (1, 4))]
     assert cm.num_cores == 2 and module.training  # the module's mode is restored
     xs = [np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32) for i in range(4)]

@@ -28,8 +28,12 @@ __all__ = ["export_module"]
 
 log = logging.getLogger(__name__)
 
-def _as_tensor(torch: Any, value: Any) -> Any:
-    return torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+def _as_tensor(torch: Any, value: Any, float_dtype: Any) -> Any:
+    """A numpy example as a tensor; float64 (numpy's default) becomes the module's float dtype."""
+    if not isinstance(value, np.ndarray):
+        return value
+    tensor = torch.from_numpy(np.ascontiguousarray(value))
+    return tensor.to(float_dtype) if tensor.dtype == torch.float64 else tensor
 
 
 def _module_inputs(
@@ -43,11 +47,13 @@ def _module_inputs(
             "with: example_inputs=(x,) or {'name': x}"
         )
     params = _forward_params(module)
+    floats = [p.dtype for p in module.parameters() if p.dtype.is_floating_point]
+    float_dtype = floats[0] if floats else torch.get_default_dtype()
     positional = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if isinstance(example_inputs, (np.ndarray, torch.Tensor)):
         example_inputs = (example_inputs,)
     if isinstance(example_inputs, Mapping):
-        values = {str(k): _as_tensor(torch, v) for k, v in example_inputs.items()}
+        values = {str(k): _as_tensor(torch, v, float_dtype) for k, v in example_inputs.items()}
         if all(k in params for k in values):
             args: tuple[Any, ...] = ()
             kwargs = values
@@ -55,7 +61,7 @@ def _module_inputs(
             args, kwargs = tuple(values.values()), {}
         names, rename = list(values), not kwargs
     elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(_as_tensor(torch, v) for v in example_inputs), {}
+        args, kwargs = tuple(_as_tensor(torch, v, float_dtype) for v in example_inputs), {}
         names = [positional[i] if i < len(positional) else f"input_{i}" for i in range(len(args))]
         rename = False
     else:
@@ -126,7 +132,8 @@ def export_module(
         module: the ``torch.nn.Module``.
         example_inputs: a tensor, a tuple of positional tensors, or a dict (keyword arguments
             when every key is a parameter of ``forward``, else positional, the keys naming the
-            graph's inputs); numpy arrays are accepted for tensors.
+            graph's inputs); numpy arrays are accepted for tensors, float64 ones (numpy's
+            default) taken in the module's float dtype.
         path: the ``.onnx`` file to write.
         output_names: names for the graph's outputs, one per tensor the module returns.
         opset: the ONNX opset.
