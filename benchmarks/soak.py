@@ -114,6 +114,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="pipeline max_deaths (default corepipe's: 3 deaths of one stage within "
         "death_window = 60 s give up); raise it for long soaks with fast kills",
     )
+    p.add_argument(
+        "--restart",
+        choices=["give-up", "backoff"],
+        default=None,
+        help="restart policy of a stage that keeps dying (default corepipe's: give-up; "
+        "backoff: what `corepipe serve` uses, restart after a growing wait, never give up)",
+    )
     p.add_argument("--workdir", default=None, help="compile here instead of a temp dir")
     p.add_argument("--markdown", default=None, help="append a Markdown section to this file")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
@@ -143,6 +150,8 @@ def soak(args: argparse.Namespace, workdir: Path, log) -> dict[str, Any]:
         options["max_in_flight"] = args.max_in_flight
     if args.max_deaths is not None:
         options["max_deaths"] = args.max_deaths
+    if args.restart is not None:
+        options["restart"] = args.restart
     pipe = corepipe.load(workdir / "artifact", **options)
     owned_shm = list(pipe.shm_names())
     n_stages = len(pipe.worker_pids())

@@ -92,3 +92,27 @@ def compiled_chain(directory, weight_bytes: int, requests: int, seed: int):
     name, spec = next(iter(case.feeds.items()))
     feeds = [{name: rng.standard_normal(spec.shape).astype(spec.dtype)} for _ in range(requests)]
     return path, feeds, [run_reference(case.model, f) for f in feeds]
+
+
+@pytest.fixture(scope="session")
+def serve_repo(tmp_path_factory):
+    """A model repository for the serving tests (see tests/serving.py)."""
+    pytest.importorskip("uvicorn")
+    from serving import build_repo
+
+    return build_repo(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def served(serve_repo):
+    """A `corepipe serve` process on the repository, with a token and a small window (4 in flight
+    + 4 waiting per model), shared by one module's tests; stopped with SIGTERM at the module's end,
+    which must exit 0 and leave no shared memory. (Module scope, not session: its workers are
+    this process's descendants, and other modules' leak checks must not find them.)"""
+    from serving import TOKEN, Server
+
+    srv = Server.start(serve_repo.path, "--token", TOKEN, "--max-in-flight", "4", "--max-queue", "4")
+    yield srv
+    code = srv.stop()
+    assert code == 0, "\n".join(srv.lines)
+    assert srv.shm() == set()

@@ -182,7 +182,7 @@ def test_demo_inline_matches_onnxruntime() -> None:
 
 def test_version_and_help() -> None:
     assert invoke("--version").stdout.strip() == f"corepipe {corepipe.__version__}"
-    for command in ("compile", "inspect", "run", "demo"):
+    for command in ("compile", "inspect", "run", "demo", "bench", "serve"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Examples" in result.stdout
 

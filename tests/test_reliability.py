@@ -194,7 +194,8 @@ def _slow_on_demand_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
+@pytest.mark.parametrize("restart", ["give-up", "backoff"])
+def test_request_that_kills_its_worker_twice_fails_alone(tmp_path, restart):
     from corepipe.runtime.shm import Control
 
     model = _slow_on_demand_model()
@@ -204,7 +205,10 @@ def test_request_that_kills_its_worker_twice_fails_alone(tmp_path):
               "n": np.array(2_000_000 if i == poison else 3, dtype=np.int64)} for i in range(10)]
     cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds[0], cuts=[2, 3])
     assert cm.stages[stage].first_op == "Loop"
-    with corepipe.load(cm.path, max_in_flight=10, stage_timeout=120) as pipe:
+    # "backoff" with max_deaths=1: every death of the stage is past the limit, so each restart
+    # waits; the poison request is still the only one that fails.
+    options = {"max_deaths": 1, "backoff_s": 0.2} if restart == "backoff" else {}
+    with corepipe.load(cm.path, max_in_flight=10, stage_timeout=120, restart=restart, **options) as pipe:
         control = pipe._control
         kills = []
 

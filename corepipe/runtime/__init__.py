@@ -27,7 +27,9 @@ def load(path: str | os.PathLike[str], *, backend: str = "local", **options: Any
             ``"inline"`` (all stages in this process, one after another; tests and debugging).
         **options: backend options. ``local``: ``max_in_flight``, ``cores`` (list of core ids to
             pin to, default: this process's affinity), ``threads_per_stage``, ``stage_timeout``,
-            ``slots``, ``start_timeout``. ``inline``: ``threads``.
+            ``slots``, ``start_timeout``, ``max_deaths``, ``death_window``, ``restart``
+            (``"give-up"`` or ``"backoff"``), ``backoff_s``, ``backoff_max_s``.
+            ``inline``: ``threads``.
 
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.

@@ -144,6 +144,16 @@ class Pipeline(ABC):
         while pending:
             yield pending.popleft().result(timeout=timeout)
 
+    def readiness(self) -> tuple[bool, str, float]:
+        """Whether the pipeline serves requests now: ``(ready, why not, seconds until it may)``.
+
+        Not ready when closed or broken, or while a stage is down (the ``local`` backend's
+        ``restart="backoff"`` waiting before restarting a stage that keeps dying). Requests
+        submitted meanwhile are kept and run once the stage is back; a server fails them fast
+        instead, and tells its clients to retry after the seconds given.
+        """
+        return True, "", 0.0
+
     @abstractmethod
     def stats(self) -> PipelineStats:
         """Per stage: pid, core, requests, busy seconds and %, mean service time, queue depth;

@@ -75,6 +75,11 @@ class InlinePipeline(Pipeline):
         fut.set_result({t.name: np.array(boundary[t.name], copy=True) for t in self.plan.outputs})
         return fut
 
+    def readiness(self) -> tuple[bool, str, float]:
+        if self._closed:
+            return False, "the pipeline is closed", 0.0
+        return True, "", 0.0
+
     def stats(self) -> PipelineStats:
         elapsed = time.perf_counter() - self._started
         p50, p90, p99 = self._latencies.percentiles()

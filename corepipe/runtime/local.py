@@ -60,8 +60,12 @@ class LocalPipeline(Supervisor, Pipeline):
             treated as dead (killed, restarted, requests replayed).
         slots: slots per hand-off ring (2 = double buffering).
         start_timeout: seconds to wait for workers to load their stages.
-        max_deaths, death_window: a stage whose worker dies ``max_deaths`` times within
-            ``death_window`` seconds is given up on: its requests fail with `StageError`.
+        max_deaths, death_window: what counts as a stage that keeps dying: its worker died
+            ``max_deaths`` times within ``death_window`` seconds.
+        restart: what happens to a stage that keeps dying. ``"give-up"`` (default): the pipeline
+            breaks; its requests fail with `StageError`. ``"backoff"``: never give up; wait
+            ``backoff_s``, doubling with each further death up to ``backoff_max_s``, before each
+            restart, with the stage reported down meanwhile (`readiness`). Servers use it.
     """
 
     backend = "local"
@@ -78,6 +82,9 @@ class LocalPipeline(Supervisor, Pipeline):
         start_timeout: float = 120.0,
         max_deaths: int = 3,
         death_window: float = 60.0,
+        restart: str = "give-up",
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
     ) -> None:
         n = artifact.plan.num_cores
         super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
@@ -90,6 +97,11 @@ class LocalPipeline(Supervisor, Pipeline):
                 )
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        if restart not in ("give-up", "backoff"):
+            raise CorepipeError(f"restart policy {restart!r} is unknown: use 'give-up' or 'backoff'")
+        if not 0 <= backoff_s <= backoff_max_s:
+            raise CorepipeError(
+                f"backoff_s ({backoff_s}) must be >= 0 and at most backoff_max_s ({backoff_max_s})")
         need = sum(Ring.size_for(b, slots, n) for b in artifact.plan.boundaries)
         have = psutil.virtual_memory().available
         if need > have:
@@ -105,6 +117,9 @@ class LocalPipeline(Supervisor, Pipeline):
         self._start_timeout = start_timeout
         self._max_deaths = max_deaths
         self._death_window = death_window
+        self._restart = restart
+        self._backoff = (backoff_s, backoff_max_s)
+        self._down: tuple[str, float] | None = None
         self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
         self._cv = threading.Condition()
         self._pending: collections.deque[Request] = collections.deque()
@@ -125,6 +140,8 @@ class LocalPipeline(Supervisor, Pipeline):
         self._rings: list[Ring] = []
         self._control: Control | None = None
         self._workers: list[Worker] = []
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
@@ -170,6 +187,17 @@ class LocalPipeline(Supervisor, Pipeline):
             self._pending.append(req)
             self._cv.notify_all()
         return fut
+
+    def readiness(self) -> tuple[bool, str, float]:
+        with self._cv:
+            down = self._down
+        if self._broken is not None:
+            return False, f"the pipeline broke: {self._broken}", 0.0
+        if self._closing or self._closed:
+            return False, "the pipeline is closed", 0.0
+        if down is not None:
+            return False, down[0], max(0.0, down[1] - time.monotonic())
+        return True, "", 0.0
 
     def _check_open(self) -> None:
         if self._broken is not None:
@@ -334,6 +362,11 @@ class LocalPipeline(Supervisor, Pipeline):
         self._shutdown()
 
     def _shutdown(self) -> None:
+        # Two closes at once (a server's drain and a second signal) must not free anything twice.
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
         if self._control is not None and self._control.words.size and self._final_stats is None:
             try:
                 self._final_stats = self.stats()

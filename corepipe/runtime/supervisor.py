@@ -1,11 +1,19 @@
 """Supervision of the ``local`` backend's workers: start them, notice a dead or stuck one, restart it,
-replay what had not completed, and give up on a stage that keeps dying.
+replay what had not completed, and deal with a stage that keeps dying (give up, or back off).
 
 Recovery, step by step: pause intake and collection; bump the *epoch* in the control block so
 every worker drops what it holds and acknowledges; kill the stuck, reap the dead; reset every
 ring; fail a request that has now killed its worker twice; start new workers and wait for them
 to load; queue every request still in flight again, in order, ahead of the waiting ones; go.
 Requests already answered are not replayed, and the stale epoch keeps old slots from counting.
+
+A stage that keeps dying (``max_deaths`` deaths within ``death_window`` seconds) is handled by
+the restart policy. ``"give-up"`` (the library's default) breaks the pipeline: its requests fail
+with `StageError` and it takes no more. ``"backoff"`` (what a long-lived server wants) never gives
+up: it waits ``backoff_s * 2**(deaths - max_deaths)`` seconds (at most ``backoff_max_s``) before
+each further restart. Meanwhile the stage is *down*: `readiness` says so and when to try again,
+requests already admitted wait and are replayed, and a caller such as the server fails new ones
+fast. A worker that cannot load its stage at all counts as a death too, and the reason is kept.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class Worker:
     process: WorkerProcess
     deaths: collections.deque[float] = field(default_factory=collections.deque)
     restarts: int = 0
+    hold_s: float = 0.0  # backoff to wait before the next start (restart policy "backoff")
 
 
 class Supervisor:
@@ -81,6 +90,9 @@ class Supervisor:
     _stage_timeout: float
     _max_deaths: int
     _death_window: float
+    _restart: str
+    _backoff: tuple[float, float]
+    _down: tuple[str, float] | None
     _traces: TraceLog
 
     def _spawn(self, k: int) -> WorkerProcess:
@@ -219,18 +231,20 @@ class Supervisor:
         for k in sorted(restart):
             while True:
                 w = self._workers[k]
+                self._hold(k, w)
                 w.process.close()
                 w.process = self._spawn(k)
                 w.restarts += 1
                 try:
                     self._wait_ready(k, epoch)
                     break
-                except StageError:
+                except StageError as exc:
                     w.process.kill()
                     w.process.join(timeout=5)
-                    if self._record_death(k):
+                    if self._record_death(k, str(exc)):
                         return
         with self._cv:
+            self._down = None
             replay = sorted(self._inflight.values(), key=lambda r: r.rid)
             self._replayed += len(replay)
             for req in replay:
@@ -245,8 +259,9 @@ class Supervisor:
         for b in self._wake:
             b.ring()
 
-    def _record_death(self, k: int) -> bool:
-        """Count a death of stage ``k``'s worker; past the limit, break the pipeline (True)."""
+    def _record_death(self, k: int, why: str = "") -> bool:
+        """Count a death of stage ``k``'s worker. Past the limit, break the pipeline (True) under
+        the ``give-up`` policy, or set the backoff before its next start under ``backoff``."""
         w = self._workers[k]
         now = time.monotonic()
         w.deaths.append(now)
@@ -254,12 +269,33 @@ class Supervisor:
             w.deaths.popleft()
         if len(w.deaths) < self._max_deaths:
             return False
+        if self._restart == "backoff":
+            base, cap = self._backoff
+            w.hold_s = min(cap, base * 2 ** (len(w.deaths) - self._max_deaths))
+            reason = why or f"its worker died (exit code {w.process.exitcode})"
+            self._set_down(
+                f"stage {k} is down: {reason}; {len(w.deaths)} deaths within "
+                f"{self._death_window:.0f} s, restarting in {w.hold_s:.1f} s", w.hold_s)
+            return False
         self._break(StageError(
             f"stage {k} worker died {len(w.deaths)} times within {self._death_window:.0f} s "
             f"(last exit code {w.process.exitcode}); giving up on the pipeline's requests",
             stage=k,
         ))
         return True
+
+    def _set_down(self, reason: str, for_s: float) -> None:
+        with self._cv:
+            self._down = (reason, time.monotonic() + for_s)
+
+    def _hold(self, k: int, w: Worker) -> None:
+        """Wait out stage ``k``'s backoff (if any) before starting it again; a close ends it."""
+        until = time.monotonic() + w.hold_s
+        w.hold_s = 0.0
+        while time.monotonic() < until:
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a stage was backing off")
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
 
     def _break(self, error: CorepipeError) -> None:
         with self._cv:

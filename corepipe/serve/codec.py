@@ -1,0 +1,215 @@
+"""KServe v2 tensors over HTTP: datatypes, JSON tensors and the binary tensor data extension.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; the header's length is
+in the ``Inference-Header-Content-Length`` HTTP header, and each binary input says how many of
+those bytes are its own (``parameters.binary_data_size``), in input order. Outputs come back as
+JSON ``data`` or, when asked (``binary_data_output`` for all, ``binary_data`` per output), as raw
+bytes after the response's JSON header in the same way. Every malformed request raises
+`InputError` with the rule, the values and the fix; names, dtypes and shapes are then checked
+against the model's signature by `check_feeds`, as for any pipeline request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..artifact.plan import TensorSpec
+from ..errors import InputError
+
+__all__ = [
+    "DATATYPES",
+    "InferRequest",
+    "contiguous",
+    "datatype_of",
+    "dtype_of",
+    "encode_response",
+    "parse_request",
+    "select_outputs",
+    "tensor_from_data",
+]
+
+#: KServe datatype -> numpy dtype name (BYTES and BF16 have no numpy twin that can cross stages).
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+_BY_DTYPE = {v: k for k, v in DATATYPES.items()}
+
+
+def contiguous(value: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (np.ascontiguousarray makes them shape (1,))."""
+    arr = np.asarray(value)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
+
+
+def datatype_of(dtype: str) -> str:
+    """The KServe datatype of a numpy dtype name (``float32`` -> ``FP32``)."""
+    return _BY_DTYPE.get(dtype, "BYTES" if dtype in ("object", "str") else dtype.upper())
+
+
+def dtype_of(datatype: Any, name: str) -> np.dtype:
+    """The numpy dtype of a KServe datatype; `InputError` for one corepipe cannot take."""
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InputError(
+            f"input {name!r}: datatype {datatype!r} is not supported; use one of "
+            f"{', '.join(DATATYPES)} (the model's datatypes are in its metadata)"
+        )
+    return np.dtype(DATATYPES[datatype])
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and d >= 0 for d in value):
+        raise InputError(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def tensor_from_data(name: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
+    """A JSON tensor (``data`` flat or nested, row-major) as an array of ``shape``."""
+    dtype = dtype_of(datatype, name)
+    dims = _shape(shape, name)
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"input {name!r}: data is not a list of {datatype} values: {exc}") from None
+    if arr.size != math.prod(dims):
+        raise InputError(
+            f"input {name!r}: shape {list(dims)} holds {math.prod(dims)} values but data has "
+            f"{arr.size}; send exactly one value per element, row-major"
+        )
+    return arr.reshape(dims)
+
+
+def tensor_from_bytes(name: str, datatype: Any, shape: Any, raw: bytes | memoryview) -> np.ndarray:
+    """Raw little-endian bytes (binary extension, gRPC ``raw_input_contents``) as an array."""
+    dtype = dtype_of(datatype, name)
+    dims = _shape(shape, name)
+    want = math.prod(dims) * dtype.itemsize
+    if len(raw) != want:
+        raise InputError(
+            f"input {name!r}: {datatype} {list(dims)} needs {want} bytes of binary data, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
+
+
+@dataclass
+class InferRequest:
+    """A decoded KServe infer request: its inputs, and which outputs to return, how."""
+
+    id: str | None
+    feeds: dict[str, np.ndarray]
+    outputs: list[str] | None = None  # None: every output
+    binary: dict[str, bool] = field(default_factory=dict)  # per requested output
+    binary_default: bool = False
+
+
+def _params(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError(f"{where}: parameters must be a JSON object, got {params!r}")
+    for key in ("shared_memory_region", "classification"):
+        if key in params:
+            raise InputError(f"{where}: parameter {key!r} is not supported by corepipe serve")
+    return params
+
+
+def parse_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Decode an HTTP infer request body (JSON, or JSON + binary tensors).
+
+    Args:
+        body: the whole request body.
+        header_length: the ``Inference-Header-Content-Length`` value, or None for plain JSON.
+
+    Raises:
+        InputError: malformed JSON or binary layout; unsupported datatype or parameter.
+    """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise InputError(
+            f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
+        )
+    end = len(body) if header_length is None else header_length
+    try:
+        head = json.loads(body[:end])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
+        raise InputError('request must be a JSON object with an "inputs" list of tensors')
+    feeds: dict[str, np.ndarray] = {}
+    offset = end
+    for i, tensor in enumerate(head["inputs"]):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InputError(f"inputs[{i}] must be an object with a string \"name\"")
+        name = tensor["name"]
+        if name in feeds:
+            raise InputError(f"input {name!r} is given twice")
+        size = _params(tensor, f"input {name!r}").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                raise InputError(
+                    f"input {name!r}: binary_data_size {size!r} runs past the {len(body) - end} "
+                    "bytes of binary data after the JSON header"
+                )
+            feeds[name] = tensor_from_bytes(name, tensor.get("datatype"), tensor.get("shape"),
+                                            memoryview(body)[offset:offset + size])
+            offset += size
+        elif "data" in tensor:
+            feeds[name] = tensor_from_data(name, tensor.get("datatype"), tensor.get("shape"), tensor["data"])
+        else:
+            raise InputError(f"input {name!r} has neither \"data\" nor parameters.binary_data_size")
+    if offset != len(body):
+        raise InputError(f"{len(body) - offset} bytes of binary data after the JSON header belong to no input")
+    req = InferRequest(head.get("id") if isinstance(head.get("id"), str) else None, feeds)
+    req.binary_default = bool(_params(head, "request").get("binary_data_output", False))
+    if head.get("outputs") is not None:
+        if not isinstance(head["outputs"], list):
+            raise InputError('"outputs" must be a list of {"name": ...} objects')
+        req.outputs = []
+        for i, out in enumerate(head["outputs"]):
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise InputError(f"outputs[{i}] must be an object with a string \"name\"")
+            req.outputs.append(out["name"])
+            flag = _params(out, f"output {out['name']!r}").get("binary_data")
+            if flag is not None:
+                req.binary[out["name"]] = bool(flag)
+    return req
+
+
+def select_outputs(requested: Sequence[str] | None, specs: Sequence[TensorSpec]) -> list[str]:
+    """The output names to return, checked against the model's outputs."""
+    names = [s.name for s in specs]
+    if requested is None:
+        return names
+    unknown = [n for n in requested if n not in names]
+    if unknown:
+        raise InputError(f"unknown outputs {unknown}: the model's outputs are {names}")
+    return list(requested)
+
+
+def encode_response(
+    model: str, version: str, req: InferRequest, results: Mapping[str, np.ndarray], names: Sequence[str]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary tensors follow it."""
+    outputs = []
+    blobs: list[memoryview] = []
+    for name in names:
+        arr = contiguous(results[name])
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(str(arr.dtype)), "shape": list(arr.shape)}
+        if req.binary.get(name, req.binary_default):
+            entry["parameters"] = {"binary_data_size": arr.nbytes}
+            blobs.append(arr.reshape(-1).view(np.uint8).data)  # joined below: one copy, not two
+        else:
+            entry["data"] = arr.ravel().tolist()
+        outputs.append(entry)
+    head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
+    if req.id is not None:
+        head["id"] = req.id
+    text = json.dumps(head, separators=(",", ":")).encode()
+    if not blobs:
+        return text, None
+    return b"".join([text, *blobs]), len(text)

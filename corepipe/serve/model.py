@@ -1,0 +1,259 @@
+"""One served model: its pipeline bridged to asyncio, its admission window, metadata and statistics.
+
+Admission. Requests to one model share its pipeline's bounded in-flight window (``max_in_flight``)
+and a bounded wait for it (``max_queue``). Past both, a request is refused at once (503 with
+Retry-After / RESOURCE_EXHAUSTED): memory never grows with the number of clients. A semaphore on
+the event loop mirrors the pipeline's window, released only when the pipeline's future completes
+(after the pipeline freed its own slot), so `Pipeline.submit` is only called when it has room and
+never blocks the event loop. The future is bridged with ``call_soon_threadsafe`` from the
+pipeline's collector thread. A client that goes away does not free the slot early: its request
+still occupies the pipeline until it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact.plan import TensorSpec
+from ..errors import CorepipeError, InputError, PipelineClosedError
+from ..runtime import Pipeline
+from .codec import datatype_of
+
+__all__ = ["Rejected", "ServedModel", "default_body_limit"]
+
+VERSION = "1"
+
+
+class Rejected(CorepipeError):
+    """A request refused before or instead of running: the HTTP status and the gRPC code to send.
+
+    Attributes:
+        status: HTTP status (400, 401, 404, 413, 500, 503).
+        code: gRPC status code name (``INVALID_ARGUMENT``, ``NOT_FOUND``...).
+        retry_after: seconds a client should wait before retrying (503 only), else None.
+    """
+
+    def __init__(self, status: int, message: str, *, code: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+def default_body_limit(specs: tuple[TensorSpec, ...] | list[TensorSpec]) -> int:
+    """Room for every input sent as JSON (24 characters a value covers any float or int64), + 1 MiB."""
+    return 2**20 + sum(24 * math.prod(s.shape) for s in specs)
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass
+class _Stats:
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute: _Duration = field(default_factory=_Duration)
+    last_ms: int = 0
+
+
+class ServedModel:
+    """A model behind the server: a name, its verified artifact's signature, and its pipeline.
+
+    ``pipe`` is None when the pipeline could not start; ``load_error`` then says why, and every
+    request gets 503 with that reason.
+    """
+
+    def __init__(
+        self, name: str, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+        pipe: Pipeline | None, *, load_error: str | None = None, max_queue: int | None = None,
+        body_limit: int | None = None, cores: list[int] | None = None, deployment: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = VERSION
+        self.path = path
+        self.inputs = inputs
+        self.outputs = outputs
+        self.pipe = pipe
+        self.load_error = load_error
+        self.cores = cores or []
+        self.deployment = deployment or {}
+        self.max_in_flight = pipe.max_in_flight if pipe is not None else 0
+        self.max_queue = 4 * self.max_in_flight if max_queue is None else max_queue
+        self.body_limit = body_limit or default_body_limit(inputs)
+        self._slots: asyncio.Semaphore | None = None  # made on the serving loop
+        self.waiting = 0
+        self.running = 0
+        self.stats = _Stats()
+        self._lock = threading.Lock()
+        self.on_finish: Any = None  # metrics hook: (model, ok, seconds, queued_seconds) -> None
+
+    # -- state ---------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str, float]:
+        """``(ready, why not, seconds until worth retrying)``."""
+        if self.pipe is None:
+            return False, f"its pipeline could not start: {self.load_error}", 0.0
+        return self.pipe.readiness()
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness()[0]
+
+    # -- inference -----------------------------------------------------------------------------
+    async def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one request through the pipeline without blocking the event loop.
+
+        Raises:
+            InputError: the request does not match the signature.
+            Rejected: not ready (503 UNAVAILABLE) or full (503 RESOURCE_EXHAUSTED).
+            StageError: the request failed inside a stage (the others go on).
+        """
+        ready, why, retry = self.readiness()
+        if not ready or self.pipe is None:
+            raise Rejected(503, f"model {self.name!r} is not ready: {why}", code="UNAVAILABLE",
+                           retry_after=max(1.0, retry))
+        if self.waiting + self.running >= self.max_in_flight + self.max_queue:
+            raise Rejected(
+                503, f"model {self.name!r} is at capacity: {self.running} requests in flight and "
+                f"{self.waiting} waiting (limits {self.max_in_flight} + {self.max_queue}); retry later",
+                code="RESOURCE_EXHAUSTED", retry_after=1.0)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        t0 = time.perf_counter_ns()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        t1 = time.perf_counter_ns()
+        try:
+            fut = self.pipe.submit(feeds, timeout=0)
+        except TimeoutError:  # cannot happen while the semaphore mirrors the window; be safe
+            self._slots.release()
+            raise Rejected(503, f"model {self.name!r} is at capacity; retry later",
+                           code="RESOURCE_EXHAUSTED", retry_after=1.0) from None
+        except PipelineClosedError as exc:
+            self._slots.release()
+            raise Rejected(503, f"model {self.name!r} is not serving: {exc}", code="UNAVAILABLE",
+                           retry_after=1.0) from None
+        except BaseException:
+            self._slots.release()
+            self._record(False, t0, t1)
+            raise
+        self.running += 1
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+
+        def landed(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+            try:
+                loop.call_soon_threadsafe(self._complete, f, done, t0, t1)
+            except RuntimeError:  # the loop is gone (shutting down): nobody is waiting
+                pass
+
+        fut.add_done_callback(landed)
+        return await done
+
+    def _complete(self, f: Future[dict[str, np.ndarray]], done: asyncio.Future[dict[str, np.ndarray]],
+                  t0: int, t1: int) -> None:
+        self.running -= 1
+        assert self._slots is not None
+        self._slots.release()
+        exc = f.exception()
+        self._record(exc is None, t0, t1)
+        if done.cancelled():
+            return
+        if exc is not None:
+            if isinstance(exc, PipelineClosedError):
+                exc = Rejected(503, f"model {self.name!r} stopped before the request finished: {exc}",
+                               code="UNAVAILABLE", retry_after=1.0)
+            done.set_exception(exc)
+        else:
+            done.set_result(f.result())
+
+    def _record(self, ok: bool, t0: int, t1: int) -> None:
+        now = time.perf_counter_ns()
+        with self._lock:
+            (self.stats.success if ok else self.stats.fail).add(now - t0)
+            if ok:
+                self.stats.queue.add(t1 - t0)
+                self.stats.compute.add(now - t1)
+            self.stats.last_ms = int(time.time() * 1000)
+        if self.on_finish is not None:
+            self.on_finish(self, ok, (now - t0) / 1e9, (t1 - t0) / 1e9)
+
+    def reject_input(self, exc: InputError) -> None:
+        """Count a request refused for bad input as a failure (statistics and metrics)."""
+        t = time.perf_counter_ns()
+        self._record(False, t, t)
+
+    # -- descriptions --------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """KServe v2 model metadata."""
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": list(s.shape)} for s in specs]
+
+        return {"name": self.name, "versions": [self.version], "platform": "corepipe",
+                "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}
+
+    def config(self) -> dict[str, Any]:
+        """Triton's model configuration (JSON form), as perf_analyzer and tritonclient read it.
+
+        The compiled shapes are static with the batch dimension included, so ``max_batch_size``
+        is 0 (no server-side batching); one instance group per pipeline replica.
+        """
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "data_type": "TYPE_" + ("STRING" if datatype_of(s.dtype) == "BYTES"
+                                                              else datatype_of(s.dtype)),
+                     "dims": list(s.shape)} for s in specs]
+
+        stages = self.pipe.plan.num_cores if self.pipe is not None else 0
+        return {
+            "name": self.name, "platform": "corepipe", "backend": "corepipe", "max_batch_size": 0,
+            "input": tensors(self.inputs), "output": tensors(self.outputs),
+            "instance_group": [{"name": f"{self.name}_pipeline", "kind": "KIND_CPU",
+                                "count": int(self.deployment.get("replicas", 1))}],
+            "parameters": {
+                "stages": {"string_value": str(stages)},
+                "cores": {"string_value": ",".join(str(c) for c in self.cores)},
+                "max_in_flight": {"string_value": str(self.max_in_flight)},
+            },
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        """Triton's statistics extension (JSON form) for this model."""
+        with self._lock:
+            s = self.stats
+
+            def d(x: _Duration) -> dict[str, int]:
+                return {"count": x.count, "ns": x.ns}
+
+            return {
+                "name": self.name, "version": self.version, "last_inference": s.last_ms,
+                "inference_count": s.success.count, "execution_count": s.success.count,
+                "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
+                                    "compute_input": {"count": s.compute.count, "ns": 0},
+                                    "compute_infer": d(s.compute),
+                                    "compute_output": {"count": s.compute.count, "ns": 0}},
+                "batch_stats": [],
+            }
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        if self.pipe is not None:
+            self.pipe.close(timeout=timeout)

@@ -1,0 +1,147 @@
+"""The model repository: find the artifacts under PATH, name them, and start a pipeline for each.
+
+PATH is one artifact (a directory with ``manifest.json``: one model, named after the directory),
+or a repository: a directory whose subdirectories are artifacts, one model each, named after the
+subdirectory. Each model gets its own pipeline on its share of the cores (`split_cores`), with
+the deployment its manifest records (``"deployment": {"replicas": R, "threads_per_stage": T}``,
+written by ``corepipe tune``) where it has one and the runtime supports it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..artifact.manifest import open_artifact, read_manifest
+from ..errors import ArtifactError, CorepipeError
+from ..runtime import load
+from .config import ServeConfig, split_cores
+from .model import ServedModel
+
+__all__ = ["discover", "deployment_of", "load_models"]
+
+log = logging.getLogger("corepipe.serve")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def discover(path: str | Path) -> dict[str, Path]:
+    """Model name -> artifact directory for one artifact or a repository of them.
+
+    Raises:
+        ArtifactError: PATH is missing, or holds no artifact; a name is not URL-safe.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{str(root)!r} is not a directory: pass an artifact directory or a "
+                            "repository directory of artifacts")
+    if (root / "manifest.json").exists():
+        found = {root.resolve().name: root}
+    else:
+        found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "manifest.json").exists()}
+    if not found:
+        raise ArtifactError(
+            f"{str(root)!r} holds no artifact: expected manifest.json in it (one model) or in its "
+            "subdirectories (a repository, one model per subdirectory); write one with `corepipe compile`"
+        )
+    for name in found:
+        if not _NAME.match(name):
+            raise ArtifactError(f"model name {name!r} (a directory name) must be letters, digits, "
+                                "'_', '.' or '-': rename the directory")
+    return found
+
+
+def deployment_of(root: Path) -> dict[str, Any]:
+    """The manifest's deployment (replicas, threads per stage), or {} when it records none."""
+    dep = read_manifest(root).get("deployment")
+    if not isinstance(dep, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, alias in (("replicas", "replicas"), ("threads_per_stage", "threads_per_stage"),
+                       ("threads", "threads_per_stage")):
+        value = dep.get(key)
+        if isinstance(value, int) and value >= 1:
+            out[alias] = value
+    return out
+
+
+def _backend_accepts(backend: str) -> set[str]:
+    """Keyword options the backend's pipeline accepts (deployment keys vary with the runtime)."""
+    if backend == "inline":
+        from ..runtime.inline import InlinePipeline as cls
+    else:
+        from ..runtime.local import LocalPipeline as cls  # type: ignore[assignment]
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
+    """Verify every artifact and start its pipeline.
+
+    A model whose artifact fails verification stops the server (an error naming it). A model
+    whose pipeline cannot start (a stage that does not load) is served as unavailable, with the
+    reason, so the others still serve; with one model only, that is an error too.
+
+    Raises:
+        ArtifactError: an artifact is missing or fails verification.
+        CorepipeError: the cores cannot be split as asked; the only model cannot start.
+    """
+    sources = discover(path)
+    unknown = sorted(set(config.model_cores) - set(sources))
+    if unknown:
+        raise CorepipeError(f"--model-cores names models {unknown} that are not in {str(path)!r}: "
+                            f"its models are {sorted(sources)}")
+    artifacts = {name: open_artifact(root) for name, root in sources.items()}
+    deployments = {name: deployment_of(root) for name, root in sources.items()}
+    accepts = _backend_accepts(config.backend)
+    needs = {
+        name: art.plan.num_cores * deployments[name].get("threads_per_stage", 1) * deployments[name].get("replicas", 1)
+        for name, art in artifacts.items()
+    }
+    pool = sorted(config.cores or os.sched_getaffinity(0))
+    cores = split_cores(needs, pool, config.split, config.model_cores)
+    models: list[ServedModel] = []
+    try:
+        for name, art in artifacts.items():
+            options: dict[str, Any] = {}
+            if config.max_in_flight is not None:
+                options["max_in_flight"] = config.max_in_flight
+            if config.backend == "local":
+                options.update(cores=cores[name], restart=config.restart, max_deaths=config.max_deaths,
+                               death_window=config.death_window, backoff_s=config.backoff_s,
+                               backoff_max_s=config.backoff_max_s)
+                for key, value in deployments[name].items():
+                    if key in accepts:
+                        options[key] = value
+                    else:
+                        log.warning("model %s: the manifest asks for %s=%s, which this runtime does not "
+                                    "support; serving without it", name, key, value)
+                threads = options.get("threads_per_stage", 1)
+                if threads > 1 and threads * art.plan.num_cores > len(cores[name]):
+                    log.warning("model %s: the deployment's %s threads per stage do not fit its %d cores; "
+                                "using an even share", name, options["threads_per_stage"], len(cores[name]))
+                    options.pop("threads_per_stage")
+            log.info("model %s: %d stages on cores %s", name, art.plan.num_cores, cores[name])
+            try:
+                pipe = load(art.root, backend=config.backend, **options)
+                error = None
+            except ArtifactError:
+                raise
+            except CorepipeError as exc:
+                if len(artifacts) == 1:
+                    raise
+                pipe, error = None, str(exc)
+                log.error("model %s is unavailable: %s", name, exc)
+            models.append(ServedModel(
+                name, art.root, art.plan.inputs, art.plan.outputs, pipe, load_error=error,
+                max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
+                deployment={k: v for k, v in options.items() if k in deployments[name]},  # as applied
+            ))
+    except BaseException:
+        for m in models:
+            m.close(timeout=0)
+        raise
+    return models
+

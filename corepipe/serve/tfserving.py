@@ -1,0 +1,115 @@
+"""TensorFlow Serving's REST predict API (``POST /v1/models/{name}:predict``), for clients coming
+from tensorflow-model-server.
+
+Both request formats: row (``{"instances": [...]}``: one entry per example; with several inputs
+each entry is an object name -> value) and columnar (``{"inputs": ...}``: one value, or an object
+name -> value, batch first). Answers come back in the same format: ``{"predictions": [...]}`` or
+``{"outputs": ...}``. corepipe runs batch-1 pipelines, so a batch of N examples becomes N pipeline
+requests that stream through the stages together; their answers are stacked back in order.
+An input whose compiled leading dimension is not 1 takes exactly one example with its full shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..artifact.plan import TensorSpec
+from ..errors import InputError
+
+__all__ = ["parse_predict", "encode_predict"]
+
+
+def _batched(spec: TensorSpec) -> bool:
+    return len(spec.shape) >= 1 and spec.shape[0] == 1
+
+
+def _array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
+    dtype = np.dtype(spec.dtype)
+    try:
+        raw = np.asarray(value)
+        if raw.dtype == object or raw.dtype.kind in "US":
+            raise ValueError("values must be numbers (or true/false), in nested lists")
+        if dtype.kind in "iub" and raw.dtype.kind == "f" and not np.all(np.mod(raw, 1) == 0):
+            raise ValueError(f"{spec.dtype} input given fractional values")
+        return raw.astype(dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"{what}: not a tensor of {spec.dtype}: {exc}") from None
+
+
+def _split(arr: np.ndarray, spec: TensorSpec, what: str) -> list[np.ndarray]:
+    """A batch-first value as batch-1 requests of the compiled shape."""
+    if _batched(spec):
+        if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != spec.shape[1:] or arr.shape[0] < 1:
+            raise InputError(f"{what}: expected shape [N,{','.join(map(str, spec.shape[1:]))}] "
+                             f"(N examples of {spec.describe()}), got {list(arr.shape)}")
+        return [arr[i:i + 1] for i in range(arr.shape[0])]
+    if tuple(arr.shape) != spec.shape:
+        raise InputError(f"{what}: expected {spec.describe()}, got {list(arr.shape)}")
+    return [arr]
+
+
+def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Batch-1 feeds for each example of a predict request, and its format (``row``/``columnar``).
+
+    Raises:
+        InputError: malformed JSON, both or neither of instances/inputs, shapes or names wrong.
+    """
+    try:
+        req = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(req, dict) or ("instances" in req) == ("inputs" in req):
+        raise InputError('a predict request is a JSON object with either "instances" (row format) '
+                         'or "inputs" (columnar format)')
+    names = [s.name for s in specs]
+    columns: dict[str, list[np.ndarray]] = {}
+    if "instances" in req:
+        fmt, instances = "row", req["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InputError('"instances" must be a non-empty list, one entry per example')
+        for i, inst in enumerate(instances):
+            if len(specs) > 1 or isinstance(inst, dict):
+                if not isinstance(inst, dict) or sorted(inst) != sorted(names):
+                    raise InputError(f"instances[{i}] must be an object with the inputs {names}")
+                values = inst
+            else:
+                values = {names[0]: inst}
+            for spec in specs:
+                arr = _array(values[spec.name], spec, f"instances[{i}] input {spec.name!r}")
+                columns.setdefault(spec.name, []).extend(
+                    _split(arr[None] if _batched(spec) else arr, spec, f"instances[{i}] input {spec.name!r}"))
+    else:
+        fmt, inputs = "columnar", req["inputs"]
+        if not isinstance(inputs, dict) and len(specs) == 1:
+            inputs = {names[0]: inputs}
+        if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
+            raise InputError(f'"inputs" must be an object with the inputs {names}')
+        for spec in specs:
+            columns[spec.name] = _split(_array(inputs[spec.name], spec, f"input {spec.name!r}"), spec,
+                                        f"input {spec.name!r}")
+    counts = {n: len(v) for n, v in columns.items()}
+    if len(set(counts.values())) != 1:
+        raise InputError(f"inputs hold different numbers of examples: {counts}")
+    n = next(iter(counts.values()))
+    return [{name: columns[name][i] for name in names} for i in range(n)], fmt
+
+
+def encode_predict(results: Sequence[Mapping[str, np.ndarray]], specs: Sequence[TensorSpec], fmt: str) -> bytes:
+    """The predict response for the examples' results, in the request's format."""
+    def stacked(name: str) -> np.ndarray:
+        parts = [r[name] for r in results]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    names = [s.name for s in specs]
+    if fmt == "row":
+        rows: list[Any] = []
+        for r in results:
+            per = {n: (r[n][0] if r[n].ndim and r[n].shape[0] == 1 else r[n]).tolist() for n in names}
+            rows.append(per[names[0]] if len(names) == 1 else per)
+        return json.dumps({"predictions": rows}, separators=(",", ":")).encode()
+    cols = {n: stacked(n).tolist() for n in names}
+    return json.dumps({"outputs": cols[names[0]] if len(names) == 1 else cols}, separators=(",", ":")).encode()
