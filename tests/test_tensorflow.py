@@ -152,6 +152,37 @@ def test_text_model_with_int32_inputs(saved_models: dict[str, Path], tmp_path: P
                                        rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_compiled_savedmodel_is_served(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """``tfn``'s versioned output ``text_compiled/1`` behind ``corepipe serve``, as model
+    ``text_compiled`` version 1, answering tritonclient with TensorFlow's outputs."""
+    pytest.importorskip("uvicorn")
+    httpclient = pytest.importorskip("tritonclient.http")
+    from serving import Server
+
+    feeds = {"input_ids:0": np.ones((1, 16), np.int32), "attention_mask:0": np.ones((1, 16), np.int32)}
+    tfn.saved_model.compile(saved_models["text"], tmp_path / "text_compiled" / "1", model_feed_dict=feeds,
+                            num_cores=2)
+    reference = _tf_reference(saved_models["text"])
+    server = Server.start(tmp_path / "text_compiled", "--num-cores", "2")
+    try:
+        client = httpclient.InferenceServerClient(server.http)
+        assert client.get_model_metadata("text_compiled", "1")["versions"] == ["1"]
+        rng = np.random.default_rng(4)
+        for _ in range(3):
+            request = {"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int32),
+                       "attention_mask": (rng.random((1, 16)) < 0.8).astype(np.int32)}
+            tensors = []
+            for name, value in request.items():
+                tensor = httpclient.InferInput(name, list(value.shape), "INT32")
+                tensor.set_data_from_numpy(value)
+                tensors.append(tensor)
+            got = client.infer("text_compiled", tensors, model_version="1").as_numpy("output_0")
+            np.testing.assert_allclose(got, reference(request)["output_0"], rtol=1e-4, atol=1e-6)
+    finally:
+        assert server.stop() == 0, "\n".join(server.lines)
+
+
 def test_float16_model_runs_in_float32_and_answers_in_float16(saved_models: dict[str, Path],
                                                                tmp_path: Path) -> None:
     example = np.zeros((1, 32, 32, 3), np.float16)
