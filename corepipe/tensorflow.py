@@ -29,7 +29,8 @@ from typing import Any
 
 from .compiler import CompiledModel
 from .compiler import compile as _compile
-from .compiler.driver import parse_compiler_args
+from .compiler.driver import FRONT_END
+from .compiler.flags import parse_compiler_args
 from .errors import CompileError
 from .frontends.tensorflow import convert_saved_model
 
@@ -123,16 +124,9 @@ def _compile_saved_model(
     conv = convert_saved_model(
         model_dir, feeds, signature=signature_def_key or "serving_default", tags=tags, batch_size=batch_size
     )
-    export_path = options.pop("export_path", None)
-    if export_path is not None:
-        import onnx
-
-        Path(export_path).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(conv.model, str(export_path))
-    compiled = _compile(
-        conv.model, new_model_dir, example_inputs=conv.examples, compiler_args=compiler_args, **options
-    )
-    return CompileResult(compiled, Path(new_model_dir), conv.feed_names, conv.notes)
+    compiled = _compile(conv, new_model_dir, compiler_args=compiler_args, **options)
+    notes = [n.removeprefix(FRONT_END) for n in compiled.plan.notes if n.startswith(FRONT_END)]
+    return CompileResult(compiled, Path(new_model_dir), conv.feed_names, notes)
 
 
 class _SavedModel:

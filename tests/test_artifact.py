@@ -1,5 +1,6 @@
 """Loading trusts nothing: every defect in an artifact is an `ArtifactError` raised before any
-onnxruntime session exists (sessions are patched to fail the test if one is ever made)."""
+engine sees a stage (onnxruntime sessions and OpenVINO model reads are patched to fail the test
+if one is ever made)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime
+import openvino
 import pytest
 from graphcases import big_weight_model, run_reference
 from hypothesis import HealthCheck, event, given, settings
@@ -43,12 +45,24 @@ def art(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "art"))
 
 
+class EngineReached(BaseException):
+    """Raised by the guard; a BaseException so that no engine's error handling can swallow it."""
+
+
+def guard_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any engine (onnxruntime or OpenVINO) is handed a stage."""
+    def refuse(engine: str) -> Callable[..., None]:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise EngineReached(f"{engine} was reached before the artifact was rejected")
+        return fail
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse("onnxruntime"))
+    monkeypatch.setattr(openvino.Core, "read_model", refuse("openvino"))
+
+
 @pytest.fixture
 def no_ort(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("onnxruntime was reached before the artifact was rejected")
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+    guard_engines(monkeypatch)
 
 
 def read(root: Path) -> dict[str, Any]:
@@ -79,10 +93,14 @@ def test_pristine_artifact_loads_and_runs(art: Path) -> None:
     np.testing.assert_allclose(got["y"], run_reference(c.model, c.feeds)["y"], rtol=1e-5, atol=1e-6)
 
 
-def test_the_guard_really_stops_onnxruntime(art: Path, no_ort: None) -> None:
-    open_artifact(art)  # verification alone never needs onnxruntime
-    with pytest.raises(AssertionError, match="onnxruntime was reached"):
-        corepipe.load(art, backend="inline")
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_the_guard_really_stops_the_engines(tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = big_weight_model([4 * KIB, 4 * KIB])
+    out = corepipe.compile(c.model, tmp_path / engine, cuts=[4], engine=engine).path
+    guard_engines(monkeypatch)
+    open_artifact(out)  # verification alone never needs an engine
+    with pytest.raises(EngineReached, match=f"{engine} was reached"):
+        corepipe.load(out, backend="inline")
 
 
 # --- hashes ------------------------------------------------------------------------------------
@@ -192,7 +210,7 @@ def test_manifest_not_an_object(art: Path, no_ort: None, value: object) -> None:
 
 
 def test_unknown_format_version(art: Path, no_ort: None) -> None:
-    for version in (2, 0, "1", None):
+    for version in (3, 0, "1", "2", None, True):
         m = read(art)
         m["format_version"] = version
         write(art, m)
@@ -249,6 +267,14 @@ SCHEMA_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "target junk": _set(["plan", "target"], {"name": "cpu"}),
     "num_nodes off": _set(["plan", "num_nodes"], 99),
     "stages out of order": lambda m: m["plan"]["stages"].reverse(),
+    "stage without engine": _delete(["plan", "stages", 0, "engine"]),
+    "stage without precision": _delete(["plan", "stages", 1, "precision"]),
+    "unknown engine": _set(["plan", "stages", 0, "engine"], "tensorrt"),
+    "engine is a number": _set(["plan", "stages", 0, "engine"], 1),
+    "unknown precision": _set(["plan", "stages", 0, "precision"], "int8"),
+    "onnxruntime at bf16": lambda m: m["plan"]["stages"][0].update(engine="onnxruntime", precision="bf16"),
+    "fallback is a list": _set(["plan", "stages", 0, "fallback"], ["x"]),
+    "version 1 naming an engine": _set(["format_version"], 1),
 }
 
 
@@ -258,6 +284,24 @@ def test_manifest_schema(art: Path, no_ort: None, how: str) -> None:
     SCHEMA_BREAKS[how](m)
     write(art, m)
     assert_rejected(art)
+
+
+def test_version_1_artifacts_still_load(art: Path) -> None:
+    """An artifact written before engines existed: every stage runs on onnxruntime in fp32."""
+    m = read(art)
+    assert m["format_version"] == 2
+    m["format_version"] = 1
+    for stage in m["plan"]["stages"]:
+        for key in ("engine", "precision", "fallback"):
+            del stage[key]
+    write(art, m)
+    plan = open_artifact(art).plan
+    assert [(s.engine, s.precision, s.fallback) for s in plan.stages] == [("onnxruntime", "fp32", None)] * 2
+    c = big_weight_model([4 * KIB, 4 * KIB])
+    with corepipe.load(art, backend="inline") as pipe:
+        assert [r.engine.name for r in pipe._runners] == ["onnxruntime"] * 2  # type: ignore[attr-defined]
+        got = pipe.run(c.feeds)
+    np.testing.assert_allclose(got["y"], run_reference(c.model, c.feeds)["y"], rtol=1e-5, atol=1e-6)
 
 
 # --- stage graphs whose external data points elsewhere (with a matching hash) --------------------

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from corepipe import zoo
 from corepipe.cli import app
 from corepipe.cli.bench import run_bench
+from corepipe.engines import cpu_math
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -18,11 +19,16 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 def test_run_bench_reports_every_setup():
     result = run_bench("zoo:mlp", cores=1, requests=10, warmup=1, balance="estimate")
     names = [r.name for r in result.rows]
-    assert names == ["ort 1 thread", "ort K=1 thread", "K=1 session", "corepipe"]
+    assert names == ["ort 1 thread", "ort K=1 thread", "K=1 session",
+                     "ort 1 session shared by 1 thread (fp32)", "openvino THROUGHPUT (1 stream, fp32)",
+                     "openvino LATENCY (1 thread, 1 in flight, fp32)", "corepipe"]
     assert all(r.throughput > 0 and r.latency_p50_s > 0 for r in result.rows)
+    assert all(len(r.rss_bytes) == 1 and r.rss_bytes[0] > 0 for r in result.rows)
     assert len(result.row("corepipe").rss_bytes) == len(result.stages) == 1
     assert set(result.ratios()) == {"vs 1 thread", "vs 1 x 1 thread (ideal)", "vs K=1 thread",
-                                    "vs K=1 session"}
+                                    "vs K=1 session", "vs 1 session shared by 1 thread",
+                                    "vs openvino THROUGHPUT", "vs openvino LATENCY"}
+    assert result.memory_ratio() is not None and result.memory_ratio() > 0
     assert result.timeline is not None and len(result.timeline.requests) >= 10
     assert "timeline" not in result.to_dict()
     assert result.handoff_per_boundary_s() is not None
@@ -32,15 +38,23 @@ def test_bench_cli_prints_json_and_writes_markdown(tmp_path):
     _, feeds = zoo.get("tiny_cnn")
     np.savez(tmp_path / "in.npz", **feeds)
     out_md = tmp_path / "r.md"
+    precision = "bf16" if cpu_math().bf16 else "fp32"
     res = CliRunner().invoke(app, ["bench", "zoo:tiny_cnn", "--requests", "20", "--warmup", "1",
                                    "--balance", "estimate", "--inputs", str(tmp_path / "in.npz"),
+                                   "--precision", precision,
                                    "--json", "--markdown", str(out_md), "-k", "2",
                                    "--timeline", str(tmp_path / "t.png")])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert {r["name"] for r in data["rows"]} >= {"ort 1 thread", "corepipe"}
-    assert "vs 1 thread" in data["ratios"]
-    assert "| corepipe |" in out_md.read_text() and "--num-cores 2" in out_md.read_text()
+    names = {r["name"] for r in data["rows"]}
+    assert {"ort 1 thread", "corepipe", f"openvino THROUGHPUT (2 streams, {precision})",
+            f"openvino LATENCY (2 threads, 1 in flight, {precision})"} <= names, names
+    assert data["precision"] == precision and all(s["precision"] == precision for s in data["stages"])
+    assert "vs 1 thread" in data["ratios"] and "vs openvino THROUGHPUT" in data["ratios"]
+    assert data["memory_ratio_vs_openvino_throughput"] > 0
+    text = out_md.read_text()
+    assert "| corepipe |" in text and "--num-cores 2" in text and f"--precision {precision}" in text
+    assert "OpenVINO THROUGHPUT process" in text
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 import corepipe
+import corepipe.engines
 from corepipe.cli import app
 from corepipe.cli._inputs import npz_requests, parse_input_flag, random_requests
 
@@ -66,6 +67,36 @@ def test_compile_fixes_symbolic_dims_and_reads_compiler_args(tmp_path: Path) -> 
     assert plan.num_cores == 2 and plan.inputs[0].shape == (3, 4)
 
 
+def test_compile_engine_and_precision_flags_and_inspect_shows_them(tmp_path: Path) -> None:
+    result = invoke("compile", "zoo:mlp", "-o", tmp_path / "a", "-n", "2", "--engine", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert "ort fp32" in result.stdout and "onnxruntime fp32 for stages 0, 1" in result.stdout
+    result = invoke("compile", "zoo:mlp", "-o", tmp_path / "b", "-n", "2", "--precision", "bf16",
+                    "--balance", "measure")
+    if corepipe.engines.cpu_math().bf16:
+        assert result.exit_code == 0, result.output
+        shown = invoke("inspect", tmp_path / "b")
+        assert "ov bf16" in shown.stdout and "measured per engine" in shown.stdout, shown.stdout
+        plan = json.loads(invoke("inspect", tmp_path / "b", "--json").stdout)
+        assert [(st["engine"], st["precision"]) for st in plan["stages"]] == [("openvino", "bf16")] * 2
+    else:
+        assert result.exit_code == 2 and "bf16 needs native bf16" in result.stderr
+
+
+def test_inspect_names_the_fallback(tmp_path: Path) -> None:
+    w = onnx.numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["d"], name="det_node"), helper.make_node("Mul", ["x", "d"], ["m"], name="mul"),
+         helper.make_node("MatMul", ["m", "w"], ["y"], name="mm")], "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "det.onnx")
+    result = invoke("compile", tmp_path / "det.onnx", "-o", tmp_path / "a", "-n", "2")
+    assert result.exit_code == 0, result.output
+    shown = invoke("inspect", tmp_path / "a").stdout
+    assert "ort fp32 *" in shown and "engine fallbacks" in shown and "'det_node' (Det)" in shown, shown
+
+
 def test_compile_reads_example_inputs_from_npz(tmp_path: Path) -> None:
     model = symbolic_model(tmp_path / "sym.onnx")
     np.savez(tmp_path / "ex.npz", x=np.zeros((5, 4), np.float32))
@@ -79,6 +110,7 @@ def test_inspect_table_and_json(artifact: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "verified" in result.stdout and "input float32[1,64]" in result.stdout
     assert "% ◀" in result.stdout and "bottleneck: stage" in result.stdout
+    assert "ov fp32" in result.stdout and "openvino fp32 for stages 0, 1" in result.stdout
     result = invoke("inspect", artifact, "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -137,6 +169,12 @@ def test_ctrl_c_closes_and_exits_130(artifact: Path, monkeypatch: pytest.MonkeyP
         (["inspect", "{tmp}/nothing"], "not a directory"),
         (["run", "{tmp}/nothing", "-b", "inline"], "not a directory"),
         (["demo", "--model", "nope"], "--model 'nope'"),
+        (["demo", "--precision", "fp8"], "--precision must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--engine", "tvm"], "--engine must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--precision", "int4"], "--precision must be one of"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "-e", "onnxruntime", "-p", "bf16"], "not fast on onnxruntime"),
+        (["compile", "zoo:mlp", "-o", "{tmp}/o", "--compiler-arg=--auto-cast-type=fp8_e4m3"], "no CPU engine"),
+        (["bench", "zoo:mlp", "--precision", "fp64"], "--precision must be one of"),
     ],
 )
 def test_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -169,12 +207,16 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines()[-1] == "error: --cores must be a positive integer or 'auto', got 'x'"
 
 
-def test_demo_inline_matches_onnxruntime() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_demo_inline_matches_onnxruntime(precision: str) -> None:
+    if precision == "bf16" and not corepipe.engines.cpu_math().bf16:
+        pytest.skip("no native bf16 on this CPU")
     result = invoke("demo", "--model", "tiny_cnn", "--requests", "3", "--backend", "inline",
-                    "--num-cores", "2")
+                    "--num-cores", "2", "--precision", precision)
     assert result.exit_code == 0, result.output
     assert "zoo:tiny_cnn: 2 stages" in result.stdout
     assert "outputs match onnxruntime on all 3 requests" in result.stdout
+    assert f"within the {precision} tolerance" in result.stdout
     for words in ("speed in steady state", "x measured (rounds", "x predicted", "one request alone",
                   "the inline backend runs the stages one after another", "noise", "the rounds varied by"):
         assert words in result.stdout, words

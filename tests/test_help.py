@@ -101,7 +101,8 @@ def test_tables_fit_without_wrapping_a_value(bert_small: Path, width: int) -> No
         cells = [str(k), str(st.num_nodes)]
         if width >= 120:
             cells += [st.first_op, st.last_op]
-        cells += [f"{st.device}:{st.core}", format_bytes(st.resident_bytes)]
+        engine = {"openvino": "ov", "onnxruntime": "ort"}[st.engine] + f" {st.precision}" + (" *" if st.fallback else "")
+        cells += [f"{st.device}:{st.core}", engine, format_bytes(st.resident_bytes)]
         assert _row(inspect, cells), (width, cells, "\n".join(inspect))
     hidden = "'first op' and 'last op' not shown at 80 columns"
     assert (hidden in "\n".join(inspect)) == (width == 80)

@@ -2,11 +2,13 @@
 
 Architectures: the zoo's ResNet-50, DenseNet-121 and Inception-v1 (64x64 images), the zoo's
 BERT (small config), and BERT and GPT-2 exported from transformers (tiny configs; skipped
-without torch/transformers). Every plan runs on the inline backend and each output's name,
-dtype, shape and values must match the whole model (rtol = atol = 1e-4), on the example
-inputs and on a second, different request. Also: GPT-2's tied embedding / LM-head weight cut
-apart (each stage holds and counts its own copy), and ``num_cores="auto"`` picking the
-smallest core count on ResNet-50 under a tight core memory.
+without torch/transformers). Every plan runs on the inline backend with ``engine="auto"``, so on
+OpenVINO (each test checks that every stage did), and each output's name, dtype, shape and
+values must match the whole model on onnxruntime (rtol = atol = 1e-4), on the example inputs
+and on a second, different request. Also: GPT-2's tied embedding / LM-head weight cut apart
+(each stage holds and counts its own copy), ``num_cores="auto"`` picking the smallest core
+count on ResNet-50 under a tight core memory, and bf16's documented tolerances
+(`corepipe.engines.tolerance`) on the BERT export's hidden states and ResNet-50's logits.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ import corepipe
 from corepipe import zoo
 from corepipe.artifact.plan import Plan
 from corepipe.compiler.graph import ModelGraph, analyze
+from corepipe.engines import cpu_math, make_session
+from corepipe.engines.tolerance import (
+    BF16_MIN_COSINE,
+    TOP1_MARGIN,
+    TOP1_MIN_AGREEMENT,
+    close_enough,
+    cosine,
+    rel_l2,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +151,7 @@ def assert_plan_matches_graph(plan: Plan, graph: ModelGraph, k: int) -> None:
 def test_pipeline_matches_whole_model(arch: Arch, k: int, tmp_path: Path) -> None:
     cm = corepipe.compile(arch.model, tmp_path, example_inputs=arch.feeds, num_cores=k)
     assert_plan_matches_graph(cm.plan, analyze(arch.model, arch.feeds), k)
+    assert [st.engine for st in cm.stages] == ["openvino"] * k, [st.fallback for st in cm.stages]
     # The cuts are real: every boundary between two stages carries something.
     assert all(len(b) > 0 for b in cm.plan.boundaries[1:-1])
     assert_same(arch, run_inline(tmp_path, arch.requests), f"num_cores={k}")
@@ -200,3 +212,47 @@ def test_auto_picks_the_smallest_core_count(tmp_path: Path) -> None:
     assert info.value.capacity == core_memory
     arch = make_arch("resnet50", model, feeds, vocab)
     assert_same(arch, run_inline(tmp_path / "auto", arch.requests), f"num_cores='auto' ({n})")
+
+
+# --- bf16: the documented tolerances on real exported models -------------------------------------
+
+def _bf16_only() -> None:
+    if not cpu_math().bf16:
+        pytest.skip(f"no native bf16 on this CPU ({cpu_math().describe()}): bf16 is refused here")
+
+
+def test_bf16_bert_hidden_states_within_tolerance(hf_exports: dict[str, tuple[Path, dict]],
+                                                  tmp_path: Path) -> None:
+    _bf16_only()
+    path, feeds = hf_exports["hf_bert"]
+    arch = make_arch("hf_bert", str(path), feeds, HF_TINY["vocab"])
+    cm = corepipe.compile(arch.model, tmp_path, example_inputs=feeds, num_cores=2, precision="bf16")
+    assert [(st.engine, st.precision) for st in cm.stages] == [("openvino", "bf16")] * 2
+    errors = []
+    for got, want in zip(run_inline(tmp_path, arch.requests), arch.references):
+        ok, figures = close_enough(got["last_hidden_state"], want["last_hidden_state"], "bf16")
+        assert ok, figures
+        assert cosine(got["last_hidden_state"], want["last_hidden_state"]) >= BF16_MIN_COSINE
+        errors.append(rel_l2(got["last_hidden_state"], want["last_hidden_state"]))
+    assert max(errors) > 1e-4, "no bf16 rounding at all: the stages ran fp32"
+
+
+def test_bf16_resnet50_top1_agreement(tmp_path: Path) -> None:
+    _bf16_only()
+    model, feeds = zoo.get("resnet50", image_size=64)
+    cm = corepipe.compile(model, tmp_path, example_inputs=feeds, num_cores=2, precision="bf16")
+    assert [(st.engine, st.precision) for st in cm.stages] == [("openvino", "bf16")] * 2
+    requests = [zoo.example_inputs(model, seed=i) for i in range(32)]
+    reference = make_session(model.SerializeToString(), 1)
+    want = [reference.run(["logits"], r)[0] for r in requests]
+    agree, errors = [], []
+    for got, ref in zip(run_inline(tmp_path, requests), want):
+        ok, figures = close_enough(got["logits"], ref, "bf16")
+        assert ok, figures
+        errors.append(rel_l2(got["logits"], ref))
+        top = np.sort(ref.ravel())
+        same = int(got["logits"].argmax()) == int(ref.argmax())
+        assert same or (top[-1] - top[-2]) <= TOP1_MARGIN * np.ptp(top), "a clear top-1 flipped"
+        agree.append(same)
+    assert np.mean(agree) >= TOP1_MIN_AGREEMENT
+    assert max(errors) > 1e-4, "no bf16 rounding at all: the stages ran fp32"

@@ -28,10 +28,13 @@ from .._version import __version__
 from ..errors import ArtifactError
 from .plan import Plan, StagePlan
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "save_stage_model", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]
 
 FORMAT = "corepipe-artifact"
-FORMAT_VERSION = 1
+#: Version 2 adds each stage's engine, precision and fallback; version 1 artifacts (every stage
+#: on onnxruntime in fp32) still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
@@ -73,11 +76,7 @@ def write_artifact(
         for k, (st, model) in enumerate(zip(plan.stages, stage_models, strict=True)):
             file = f"stage_{k:03d}.onnx"
             weights = f"stage_{k:03d}.weights"
-            onnx.save_model(
-                model, str(tmp / file), save_as_external_data=True,
-                all_tensors_to_one_file=True, location=weights, size_threshold=1024,
-                convert_attribute=False,
-            )
+            save_stage_model(model, tmp, file, weights)
             has_weights = (tmp / weights).is_file()
             stages.append(replace(
                 st, file=file, sha256=_sha256_file(tmp / file),
@@ -104,6 +103,21 @@ def write_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def save_stage_model(model: onnx.ModelProto, directory: Path, file: str, weights: str) -> Path:
+    """Write one stage graph as artifacts hold it: tensors over 1 KiB in ``weights`` beside it.
+
+    The compiler writes the stages it tries on an engine the same way, so the engine reads
+    them exactly as a worker will (OpenVINO reads a file and the same bytes in memory
+    differently).
+    """
+    onnx.save_model(
+        model, str(directory / file), save_as_external_data=True,
+        all_tensors_to_one_file=True, location=weights, size_threshold=1024,
+        convert_attribute=False,
+    )
+    return directory / file
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -177,12 +191,27 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise ArtifactError(f"manifest format is {data.get('format')!r}, expected {FORMAT!r}")
     version = data.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # True == 1 and 1.0 == 1: refuse both
+    if type(version) is not int or version not in READABLE_VERSIONS:  # True == 1, 1.0 == 1: refuse both
         raise ArtifactError(
             f"artifact format version {version!r} is not supported by corepipe {__version__} "
-            f"(it reads version {FORMAT_VERSION}); recompile the model with this corepipe"
+            f"(it reads versions {list(READABLE_VERSIONS)}); recompile the model with this corepipe"
         )
     return data
+
+
+_V2_STAGE_KEYS = ("engine", "precision")
+
+
+def _check_version_fields(data: dict[str, Any]) -> None:
+    """Version 1 stages predate engines (onnxruntime, fp32); version 2 stages must name theirs."""
+    stages = data["plan"]["stages"]
+    for k, st in enumerate(stages):
+        named = [key for key in (*_V2_STAGE_KEYS, "fallback") if key in st]
+        if data["format_version"] == 1 and named:
+            raise ArtifactError(f"a version 1 manifest cannot name {named} (stage {k}); it predates engines")
+        missing = [key for key in _V2_STAGE_KEYS if key not in st]
+        if data["format_version"] >= 2 and missing:
+            raise ArtifactError(f"stage {k} of a version {data['format_version']} manifest lacks {missing}")
 
 
 @dataclass(frozen=True)
@@ -209,6 +238,7 @@ def open_artifact(root: str | os.PathLike[str], *, verify_hashes: bool = True) -
     root = Path(root)
     data = read_manifest(root)
     try:
+        _check_version_fields(data)
         plan = Plan.from_dict(data["plan"])
         plan.validate()
     except ArtifactError:

@@ -70,6 +70,10 @@ class StagePlan:
     ``inputs`` are the boundary tensors its graph reads, ``outputs`` the ones it produces into
     the next boundary, and ``carried`` the ones it passes through untouched (read by a later
     stage, or a model output made earlier).
+
+    ``engine`` (``"onnxruntime"`` or ``"openvino"``) runs it at ``precision`` (``"fp32"``,
+    ``"bf16"`` or ``"fp16"``); ``fallback`` says why it runs on another engine than the one
+    asked for (an op the other cannot run), or is None.
     """
 
     index: int
@@ -92,6 +96,13 @@ class StagePlan:
     sha256: str = ""
     weights_file: str | None = None
     weights_sha256: str | None = None
+    engine: str = "onnxruntime"
+    precision: str = "fp32"
+    fallback: str | None = None
+
+    #: What a manifest may name (a plan is untrusted data until validated).
+    ENGINES = ("onnxruntime", "openvino")
+    PRECISIONS = ("fp32", "bf16", "fp16")
 
     @property
     def num_nodes(self) -> int:
@@ -108,6 +119,11 @@ class StagePlan:
         d = dict(data)
         for key in ("inputs", "outputs", "carried"):
             d[key] = tuple(str(x) for x in d[key])
+        for key in ("engine", "precision"):
+            if key in d and not isinstance(d[key], str):
+                raise ValueError(f"stage {key} must be a string, got {d[key]!r}")
+        if d.get("fallback") is not None and not isinstance(d["fallback"], str):
+            raise ValueError(f"stage fallback must be a string or null, got {d['fallback']!r}")
         return cls(**d)
 
 
@@ -176,6 +192,13 @@ class Plan:
                     f"stage {k} produces and carries {sorted(made)} but boundary {k + 1} "
                     f"holds {sorted(after)}"
                 )
+            if st.engine not in StagePlan.ENGINES or st.precision not in StagePlan.PRECISIONS:
+                raise ValueError(
+                    f"stage {k} names engine {st.engine!r} at precision {st.precision!r}; engines "
+                    f"are {list(StagePlan.ENGINES)}, precisions {list(StagePlan.PRECISIONS)}"
+                )
+            if st.engine == "onnxruntime" and st.precision != "fp32":
+                raise ValueError(f"stage {k}: onnxruntime runs fp32 only, the plan says {st.precision}")
             if st.resident_bytes > self.target.core_memory:
                 raise ValueError(
                     f"stage {k} holds {st.resident_bytes} bytes, over the core memory "

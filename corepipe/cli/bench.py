@@ -1,9 +1,12 @@
 """`corepipe bench`: the pipeline against the baselines a user would pick, in one run.
 
 Baselines, each in its own process on the same inputs: one onnxruntime session with 1 thread,
-one with K threads, and K 1-thread sessions in parallel (one per core). Then the corepipe
-pipeline on K cores. Reports throughput, ratios, latency with one request in flight (and what
-the pipeline adds per stage boundary), and resident memory per core.
+one with K threads, K 1-thread sessions in parallel (one per core), one session shared by K
+threads, OpenVINO's THROUGHPUT hint with K streams and its LATENCY hint with K threads (one
+request in flight), both at the compiled precision (onnxruntime has no fast bf16, so its rows
+stay fp32). Then the corepipe pipeline on K cores. Reports throughput, ratios, latency with one
+request in flight (and what the pipeline adds per stage boundary), and resident memory per
+process.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import onnx
 
 from ..artifact.plan import TensorSpec
 from ..artifact.sizes import plural
+from ..compiler.choose import resolve_precision
 from ..compiler.driver import compile as compile_model
+from ..engines import missing_engine
 from ..runtime import Timeline
 from ..runtime.process import module_command
 
@@ -51,12 +56,25 @@ class BenchResult:
     stages: list[dict[str, Any]]
     compile_s: float
     host: str
+    precision: str = "fp32"
+    engine: str = "auto"
     #: The pipeline's requests of the throughput measurement (fill included), for a Gantt chart.
     timeline: Timeline | None = field(default=None, repr=False)
     stage_cores: list[str] = field(default_factory=list)  # the cores each stage ran on
 
     def row(self, name: str) -> BenchRow:
         return next(r for r in self.rows if r.name == name)
+
+    def find(self, prefix: str) -> BenchRow | None:
+        """The row whose name starts with ``prefix`` (peers name their precision), if run."""
+        return next((r for r in self.rows if r.name.startswith(prefix)), None)
+
+    def memory_ratio(self) -> float | None:
+        """Resident memory of all corepipe workers together over one OpenVINO THROUGHPUT process."""
+        peer = self.find("openvino THROUGHPUT")
+        if peer is None or not peer.rss_bytes:
+            return None
+        return sum(self.row("corepipe").rss_bytes) / sum(peer.rss_bytes)
 
     def ratios(self) -> dict[str, float]:
         pipe = self.row("corepipe").throughput
@@ -67,6 +85,12 @@ class BenchResult:
             f"vs {threads_row(self.cores)[4:]}": pipe / self.row(threads_row(self.cores)).throughput,
             f"vs {parallel_row(self.cores)}": pipe / self.row(parallel_row(self.cores)).throughput,
         }
+        for label, prefix in ((f"vs 1 session shared by {plural(self.cores, 'thread')}", "ort 1 session shared"),
+                              ("vs openvino THROUGHPUT", "openvino THROUGHPUT"),
+                              ("vs openvino LATENCY", "openvino LATENCY")):
+            peer = self.find(prefix)
+            if peer is not None:
+                out[label] = pipe / peer.throughput
         return out
 
     def handoff_per_boundary_s(self) -> float | None:
@@ -79,12 +103,40 @@ class BenchResult:
         boundaries = max(1, len(self.stages) - 1)
         return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
 
+    def latency_text(self) -> str:
+        """What the pipeline adds to latency, in words; the difference to the 1-thread
+        onnxruntime session only where the stages run onnxruntime fp32 too."""
+        handoff = f"{(self.handoff_per_boundary_s() or 0) * 1e3:.2f} ms"
+        if all(s.get("engine", "onnxruntime") == "onnxruntime" and s.get("precision", "fp32") == "fp32"
+               for s in self.stages):
+            return (f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
+                    f"session): {self.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone (latency "
+                    f"minus the stages' run times, per hand-off incl. client in/out): {handoff}")
+        return (f"Hand-off alone (one request in flight: latency minus the stages' run times, per hand-off "
+                f"incl. client in/out): {handoff} (the stages run another engine or precision than the "
+                "1-thread onnxruntime session, so the latency difference to it is not the pipeline's cost)")
+
+    def bound_text(self) -> str | None:
+        """The pipeline's own bound, 1 / slowest stage measured on one core, against the
+        strongest peer and against what the pipeline reached."""
+        measured = [s["measured_s"] for s in self.stages if s.get("measured_s")]
+        if len(measured) != len(self.stages):
+            return None
+        bound = 1.0 / max(measured)
+        text = f"Pipeline bound (1 / slowest stage on one core, {max(measured) * 1e3:.1f} ms): {bound:.2f} req/s"
+        peer = self.find("openvino THROUGHPUT")
+        if peer is not None:
+            text += f" = {bound / peer.throughput:.2f} x openvino THROUGHPUT"
+        return text + f"; reached {self.row('corepipe').throughput / bound:.0%} of it"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(dataclasses.replace(self, timeline=None))
         del d["timeline"]
         d["ratios"] = self.ratios()
         d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
         d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
+        d["memory_ratio_vs_openvino_throughput"] = self.memory_ratio()
+        d["pipeline_bound"] = self.bound_text()
         return d
 
 
@@ -128,14 +180,15 @@ def resolve_model(model: str, workdir: Path) -> tuple[Path, dict[str, np.ndarray
 
 
 def _proc_config(model: Path, inputs: Path, mode: str, threads: int, requests: int,
-                 warmup: int, cores: list[int]) -> str:
+                 warmup: int, cores: list[int], precision: str = "fp32") -> str:
     return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode, "threads": threads,
-                       "requests": requests, "warmup": warmup, "cores": cores})
+                       "requests": requests, "warmup": warmup, "cores": cores, "precision": precision})
 
 
-def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int]) -> dict[str, Any]:
+def _serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: list[int],
+            mode: str = "serial", precision: str = "fp32") -> dict[str, Any]:
     argv, env = module_command("corepipe.cli.benchproc",
-                               _proc_config(model, inputs, "serial", threads, requests, warmup, cores))
+                               _proc_config(model, inputs, mode, threads, requests, warmup, cores, precision))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -182,6 +235,8 @@ def run_bench(
     balance: str = "measure",
     example_inputs: Mapping[str, np.ndarray] | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
 ) -> BenchResult:
     """Compile ``model`` for ``cores`` cores and measure it against the baselines, in one run.
 
@@ -193,6 +248,13 @@ def run_bench(
         balance: compile option, ``"measure"`` (default) or ``"estimate"``.
         example_inputs: inputs to send (default: deterministic random inputs of the signature).
         progress: optional callback told which step runs.
+        engine: compile option (``"auto"``, ``"onnxruntime"`` or ``"openvino"``).
+        precision: compile option (``"fp32"`` default, ``"bf16"``, ``"fp16"``, ``"auto"``); the
+            OpenVINO peers run at the same precision.
+
+    Raises:
+        ValueError: more cores than this process may use.
+        CompileError: the model cannot be compiled as asked (engine, precision...).
     """
     say = progress or (lambda step: None)
     avail = sorted(os.sched_getaffinity(0))
@@ -200,13 +262,14 @@ def run_bench(
     if k > len(avail):
         raise ValueError(f"asked for {plural(k, 'core')} but this process may use only {len(avail)}: {avail}")
     use = avail[:k]
+    prec = resolve_precision(precision)
     with tempfile.TemporaryDirectory(prefix="corepipe-bench-") as tmp:
         work = Path(tmp)
         path, zoo_feeds = resolve_model(str(model), work)
-        say(f"compile for {plural(k, 'core')} ({balance} balance)")
+        say(f"compile for {plural(k, 'core')} ({balance} balance, engine {engine}, {prec})")
         t0 = time.perf_counter()
-        cm = compile_model(path, work / "compiled", num_cores=k,
-                           example_inputs=example_inputs or zoo_feeds, balance=balance)
+        cm = compile_model(path, work / "compiled", num_cores=k, example_inputs=example_inputs or zoo_feeds,
+                           balance=balance, engine=engine, precision=prec)
         compile_s = time.perf_counter() - t0
         feeds = dict(example_inputs or zoo_feeds or example_feeds(cm.inputs))
         inputs = work / "inputs.npz"
@@ -227,19 +290,40 @@ def run_bench(
             parallel_row(k), rate, float(np.median([x["latency_p50_s"] for x in results])),
             [x["rss_bytes"] for x in results], [x["uss_bytes"] for x in results],
         ))
+        rows.extend(_peer_rows(path, inputs, k, requests, warmup, use, prec, say))
         say(f"corepipe pipeline, {plural(k, 'stage')}")
         row, timeline, stage_cores = _pipeline_row(cm.path, feeds, requests, warmup, use)
         rows.append(row)
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
-             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s}
+             "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s,
+             "engine": s.engine, "precision": s.precision, "fallback": s.fallback}
             for s in cm.stages
         ]
     return BenchResult(
         model=str(model), cores=k, requests=requests, weight_bytes=weight_bytes, rows=rows,
         stages=stages, compile_s=compile_s, host=f"{os.uname().machine}, {plural(len(avail), 'core')}",
-        timeline=timeline, stage_cores=stage_cores,
+        precision=prec, engine=engine, timeline=timeline, stage_cores=stage_cores,
     )
+
+
+def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use: list[int],
+               precision: str, say: Callable[[str], None]) -> list[BenchRow]:
+    """The strongest peers: one onnxruntime session shared by K threads (fp32: onnxruntime has
+    no fast bf16), and OpenVINO's THROUGHPUT (K streams) and LATENCY (K threads) hints at
+    ``precision``."""
+    peers = [("shared", f"ort 1 session shared by {plural(k, 'thread')} (fp32)",
+              "onnxruntime, 1 session shared by K threads")]
+    if missing_engine("openvino") is None:
+        peers += [("ov_throughput", f"openvino THROUGHPUT ({plural(k, 'stream')}, {precision})", "openvino THROUGHPUT"),
+                  ("ov_latency", f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight, {precision})",
+                   "openvino LATENCY")]
+    rows = []
+    for mode, name, what in peers:
+        say(what)
+        r = _serial(path, inputs, k, requests, warmup, use, mode=mode, precision=precision)
+        rows.append(BenchRow(name, r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))
+    return rows
 
 
 def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int,

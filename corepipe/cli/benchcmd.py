@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
 from .bench import BenchResult, run_bench
@@ -48,10 +49,10 @@ def markdown(result: BenchResult, command: str) -> str:
     """The result as a Markdown section for benchmarks/RESULTS.md."""
     one = result.row("ort 1 thread").throughput
     lines = [
-        f"### {result.model}, {result.cores} cores",
+        f"### {result.model}, {result.cores} cores, {result.precision}",
         "",
         f"`{command}` ({result.host}; {result.requests} requests; weights {_mib(result.weight_bytes)} MiB; "
-        f"compile {result.compile_s:.1f} s)",
+        f"compile {result.compile_s:.1f} s; engine {result.engine}, precision {result.precision})",
         "",
         "| setup | req/s | x 1 thread | latency p50 ms | RSS MiB per process | USS MiB per process |",
         "|---|---:|---:|---:|---|---|",
@@ -65,13 +66,21 @@ def markdown(result: BenchResult, command: str) -> str:
     lines.append("Ratios (corepipe throughput over each baseline): " + ", ".join(
         f"{k} **{v:.2f}**" for k, v in result.ratios().items()))
     lines.append("")
-    lines.append(f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
-                 f"session): {result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone "
-                 f"(latency minus the stages' run times, per hand-off incl. client in/out): "
-                 f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms")
+    mem = result.memory_ratio()
+    if mem is not None:
+        lines.append(f"Resident memory of all corepipe workers together over one OpenVINO THROUGHPUT process: "
+                     f"**{mem:.2f}x** ({_mib(sum(result.row('corepipe').rss_bytes))} MiB vs "
+                     f"{_mib(sum(result.find('openvino THROUGHPUT').rss_bytes))} MiB RSS)")  # type: ignore[union-attr]
+        lines.append("")
+    bound = result.bound_text()
+    if bound is not None:
+        lines += [bound, ""]
+    lines.append(result.latency_text())
     stage_txt = "; ".join(
-        f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB"
+        f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB, {s.get('engine', 'onnxruntime')} "
+        f"{s.get('precision', 'fp32')}"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
+        + (" (fallback)" if s.get("fallback") else "")
         for s in result.stages)
     lines.append(f"Stages: {stage_txt}")
     lines.append("")
@@ -92,6 +101,11 @@ def bench_cmd(
     balance: Annotated[str, typer.Option(
         "--balance", metavar="estimate|measure",
         help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="Compile precision; the OpenVINO peers run at it too (default fp32).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino", help="Compile engine.")] = "auto",
     inputs: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz",
         help="Example inputs (one array per model input) to send instead of random ones.",
@@ -109,15 +123,18 @@ def bench_cmd(
     """Measure the pipeline against the baselines a user would pick, in one run.
 
     Side by side, each on the same inputs: one onnxruntime session with 1 thread, one with K
-    threads, K 1-thread sessions in parallel (one per core), and the corepipe pipeline on K
-    cores (K: --num-cores, default all this process may run on). Prints throughput and ratios,
-    latency with one request in flight, and memory per process. The machine may be noisy:
-    compare ratios within one run, not absolute times.
+    threads, K 1-thread sessions in parallel (one per core), one session shared by K threads,
+    OpenVINO THROUGHPUT (K streams) and LATENCY (K threads, 1 in flight) at the compiled
+    precision, and the corepipe pipeline on K cores (K: --num-cores, default all this process
+    may run on). Prints throughput and ratios, the pipeline's own bound, latency with one
+    request in flight, and memory per process. The machine may be noisy: compare ratios within
+    one run, not absolute times.
 
     Examples:
 
     ```
     corepipe bench zoo:resnet50
+    corepipe bench zoo:bert --num-cores 2 --precision bf16
     corepipe bench zoo:resnet50 --num-cores 2 --timeline timeline.png
     corepipe bench bert.onnx --inputs feeds.npz --markdown results.md
     ```
@@ -126,6 +143,10 @@ def bench_cmd(
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if balance not in ("measure", "estimate"):
             raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if not model.startswith("zoo:") and not Path(model).is_file():
             raise typer.BadParameter(f"model file {model!r} does not exist")
         if timeline is not None:
@@ -135,7 +156,7 @@ def bench_cmd(
             with err.status("starting") as status:
                 result = run_bench(model, cores=None if k is None else int(k), requests=requests,
                                    warmup=warmup, balance=balance, example_inputs=feeds,
-                                   progress=lambda step: status.update(step))
+                                   progress=lambda step: status.update(step), engine=engine, precision=precision)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         if as_json:
@@ -144,15 +165,18 @@ def bench_cmd(
             out.print(table(result))
             ratios = ", ".join(f"{k}: [bold]{v:.2f}x[/bold]" for k, v in result.ratios().items())
             out.print(f"corepipe throughput {ratios}")
-            out.print(f"latency added per stage boundary (one request in flight, vs one session): "
-                      f"{result.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone: "
-                      f"{(result.handoff_per_boundary_s() or 0) * 1e3:.2f} ms per hand-off")
+            if result.bound_text() is not None:
+                out.print(result.bound_text())
+            out.print(result.latency_text())
             pipe = result.row("corepipe")
+            mem = result.memory_ratio()
             out.print(f"resident memory: corepipe workers {' + '.join(_mib(x) for x in pipe.rss_bytes)} "
-                      f"MiB RSS for {_mib(result.weight_bytes)} MiB of weights")
+                      f"MiB RSS for {_mib(result.weight_bytes)} MiB of weights"
+                      + (f"; {mem:.2f}x one OpenVINO THROUGHPUT process" if mem else ""))
         if timeline is not None and result.timeline is not None:
             draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores)
         if md_out is not None:
-            cmd = f"corepipe bench {model} --num-cores {result.cores} --requests {requests} --balance {balance}"
+            cmd = (f"corepipe bench {model} --num-cores {result.cores} --requests {requests} --balance {balance}"
+                   f" --engine {engine} --precision {result.precision}")
             with open(md_out, "a") as f:
                 f.write(markdown(result, cmd) + "\n")

@@ -1,10 +1,19 @@
-"""Baseline processes for `corepipe bench`: one onnxruntime session, timed in its own process.
+"""Baseline processes for `corepipe bench`: one peer setup, timed in its own process.
 
 Run as ``python -m corepipe.cli.benchproc CONFIG_JSON``. Modes:
-- ``serial``: one session with ``threads`` intra-op threads runs ``requests`` requests one by one.
+- ``serial``: one onnxruntime session with ``threads`` intra-op threads runs ``requests`` requests
+  one by one.
 - ``parallel``: one of K copies; loads, warms up, prints ``ready``, waits for a line on stdin,
   runs its share, then reports. The parent starts all K at once and times the whole.
-Results are one JSON line on stdout (plain numbers, no pickle).
+- ``shared``: one onnxruntime session (1 intra-op thread) shared by ``threads`` Python threads,
+  each running requests back to back (onnxruntime releases the GIL while it runs).
+- ``ov_throughput``: OpenVINO ``PERFORMANCE_HINT=THROUGHPUT`` with ``threads`` streams, fed by an
+  ``AsyncInferQueue`` with one request in flight per stream.
+- ``ov_latency``: OpenVINO ``PERFORMANCE_HINT=LATENCY`` with ``threads`` inference threads, one
+  request in flight.
+OpenVINO runs at ``precision`` (fp32 also asks for ``EXECUTION_MODE_HINT=ACCURACY``, since a
+bf16-capable CPU would otherwise default to bf16). Results are one JSON line on stdout (plain
+numbers, no pickle).
 """
 
 from __future__ import annotations
@@ -12,37 +21,46 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
-def main(config_json: str) -> None:
-    cfg = json.loads(config_json)
-    if cfg.get("cores"):
-        os.sched_setaffinity(0, set(cfg["cores"]))
+
+def _ort(cfg: dict[str, Any], threads: int) -> Callable[[dict[str, np.ndarray]], object]:
     import onnxruntime as ort
-    import psutil
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(cfg["threads"])
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     session = ort.InferenceSession(cfg["model"], opts, providers=["CPUExecutionProvider"])
-    with np.load(cfg["inputs"]) as data:
-        feeds = {k: data[k] for k in data.files}
-    for _ in range(int(cfg["warmup"])):
-        session.run(None, feeds)
-    if cfg["mode"] == "parallel":
-        print("ready", flush=True)
-        sys.stdin.readline()
-    latencies = []
-    start = time.perf_counter()
-    for _ in range(int(cfg["requests"])):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        latencies.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
+    return lambda feeds: session.run(None, feeds)
+
+
+def _ov(cfg: dict[str, Any], hint: str) -> Any:
+    import openvino as ov
+
+    precision = cfg.get("precision", "fp32")
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": hint,
+        "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+        "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
+    }
+    if hint == "THROUGHPUT":
+        config["NUM_STREAMS"] = int(cfg["threads"])
+    else:
+        config["INFERENCE_NUM_THREADS"] = int(cfg["threads"])
+    return ov.Core().compile_model(cfg["model"], "CPU", config)
+
+
+def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None = None) -> None:
+    import psutil
+
     mem = psutil.Process().memory_full_info()
     print(json.dumps({
         "elapsed_s": elapsed,
@@ -50,7 +68,93 @@ def main(config_json: str) -> None:
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "rss_bytes": int(mem.rss),
         "uss_bytes": int(getattr(mem, "uss", mem.rss)),
+        **(extra or {}),
     }), flush=True)
+
+
+def _serial(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray],
+            cfg: dict[str, Any]) -> None:
+    for _ in range(int(cfg["warmup"])):
+        run(feeds)
+    if cfg["mode"] == "parallel":
+        print("ready", flush=True)
+        sys.stdin.readline()
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(int(cfg["requests"])):
+        t0 = time.perf_counter()
+        run(feeds)
+        latencies.append(time.perf_counter() - t0)
+    _report(time.perf_counter() - start, latencies)
+
+
+def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray],
+            cfg: dict[str, Any]) -> None:
+    threads, total = int(cfg["threads"]), int(cfg["requests"])
+    for _ in range(int(cfg["warmup"])):
+        run(feeds)
+    counter = iter(range(total))
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            t0 = time.perf_counter()
+            run(feeds)
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    _report(time.perf_counter() - start, latencies)
+
+
+def _ov_throughput(compiled: Any, feeds: dict[str, np.ndarray], cfg: dict[str, Any]) -> None:
+    import openvino as ov
+
+    streams = int(compiled.get_property("NUM_STREAMS"))
+    queue = ov.AsyncInferQueue(compiled, max(streams, int(cfg["threads"])))
+    latencies: list[float] = []
+    queue.set_callback(lambda request, _: latencies.append(request.latency / 1e3))  # ms -> s
+
+    def stream(count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            queue.start_async(feeds)  # blocks while every request is busy
+        queue.wait_all()
+        return time.perf_counter() - start
+
+    stream(max(int(cfg["warmup"]), 1) * len(queue))
+    latencies.clear()
+    elapsed = stream(int(cfg["requests"]))
+    _report(elapsed, latencies, {"streams": streams})
+
+
+def main(config_json: str) -> None:
+    cfg = json.loads(config_json)
+    if cfg.get("cores"):
+        os.sched_setaffinity(0, set(cfg["cores"]))
+    with np.load(cfg["inputs"]) as data:
+        feeds = {k: data[k] for k in data.files}
+    mode = cfg["mode"]
+    if mode in ("serial", "parallel"):
+        _serial(_ort(cfg, int(cfg["threads"])), feeds, cfg)
+    elif mode == "shared":
+        _shared(_ort(cfg, 1), feeds, cfg)
+    elif mode == "ov_throughput":
+        _ov_throughput(_ov(cfg, "THROUGHPUT"), feeds, cfg)
+    elif mode == "ov_latency":
+        request = _ov(cfg, "LATENCY").create_infer_request()
+        _serial(lambda f: request.infer(f), feeds, cfg)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 from ..artifact.manifest import open_artifact
+from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..compiler.driver import parse_compiler_args
 from ..frontends.tensorflow import convert_saved_model, is_saved_model
@@ -70,7 +71,16 @@ def compile_cmd(
     compiler_args: Annotated[list[str] | None, typer.Option(
         "--compiler-arg", metavar="FLAG",
         help="Neuron-style flag, repeatable: --compiler-arg --static-weights "
-        "--compiler-arg=--num-neuroncores=4.", show_default=False)] = None,
+        "--compiler-arg=--num-neuroncores=4 --compiler-arg=--auto-cast=matmult.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", "-e", metavar="auto|onnxruntime|openvino",
+        help="Engine per stage. auto: openvino wherever it computes the stage right (checked "
+        "against onnxruntime), onnxruntime elsewhere; with --balance measure, the faster one.")] = "auto",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", "-p", metavar="fp32|bf16|fp16|auto",
+        help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
+        "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
+        "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -79,8 +89,10 @@ def compile_cmd(
     ```
     corepipe compile zoo:resnet50 -o resnet_compiled/ --num-cores 4
     corepipe compile zoo:bert -o bert_compiled/ --core-memory 128MiB
+    corepipe compile zoo:bert -o bert16/ -n 2 --precision bf16 --balance measure
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
+    corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
     corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     ```
     """
@@ -90,6 +102,11 @@ def compile_cmd(
             check_plot(plot, "--plot")
         if balance not in ("estimate", "measure"):
             raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if engine not in ENGINE_CHOICES:
+            raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+        if precision is not None and precision not in PRECISION_CHOICES:
+            raise typer.BadParameter(
+                f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
         onnx_model, loaded = load_model(model)
@@ -106,19 +123,17 @@ def compile_cmd(
                 progress("convert TF", 0, 1)
                 conv = convert_saved_model(model, examples, signature=signature)
                 progress("convert TF", 1, 1)
-                onnx_model, examples = conv.model, conv.examples
                 for feed, name in conv.feed_names.items():
                     if feed != name:
                         err.print(Text(f"input {feed!r} feeds signature input {name!r}"))
-                for note in conv.notes:
-                    err.print(Text(note))
             elif signature != "serving_default":
                 raise typer.BadParameter(f"--signature applies to SavedModel directories; {model!r} is not one")
             cm = compile_model(
-                onnx_model, output, example_inputs=examples or None,
+                conv if savedmodel else onnx_model, output,
+                example_inputs=None if savedmodel else (examples or None),
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                progress=progress,
+                engine=engine, precision=precision, progress=progress,
             )
         print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
         if plot is not None:
@@ -137,7 +152,8 @@ def inspect_cmd(
         help="Also draw the plan: one bar per stage for time, weights and hand-off, coloured by "
         "core (.png, .svg, .pdf; needs matplotlib).", show_default=False)] = None,
 ) -> None:
-    """Verify an artifact (manifest, hashes, paths) and print its stages.
+    """Verify an artifact (manifest, hashes, paths) and print its stages, with the engine and
+    precision of each (and why a stage fell back to another engine).
 
     Examples:
 
@@ -145,6 +161,7 @@ def inspect_cmd(
     corepipe inspect resnet_compiled/
     corepipe inspect resnet_compiled/ --plot plan.png
     corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
+    corepipe inspect out/ --json | jq '.stages[] | [.engine, .precision]'
     ```
     """
     with cli_errors():

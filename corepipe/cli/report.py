@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 MIB = 2**20
+_SHORT = {"openvino": "ov", "onnxruntime": "ort"}  # the plan table's engine column
 _UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
@@ -127,7 +128,7 @@ def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:
                   pad_edge=False)
     columns = [
         ("stage", "right"), ("nodes", "right"), ("first op", "left"), ("last op", "left"),
-        ("core", "center"), ("resident", "right"), ("mem %", "right"),
+        ("core", "center"), ("engine", "left"), ("resident", "right"), ("mem %", "right"),
         ("measured ms" if measured else "est. ms", "right"), ("share", "left"),
         (f"out {out_unit}", "right"),
     ]
@@ -141,6 +142,7 @@ def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:
         pct = 100.0 * st.resident_bytes / cap
         cells = [
             str(k), str(st.num_nodes), st.first_op, st.last_op, f"{st.device}:{st.core}",
+            f"{_SHORT.get(st.engine, st.engine)} {st.precision}" + (" *" if st.fallback else ""),
             format_bytes(st.resident_bytes), f"{pct:.0f}%" if pct >= 1 or pct == 0 else "<1%",
             _ms(seconds[k]), f"{100.0 * seconds[k] / total:.1f}%" + (" ◀" if is_slow else ""),
             f"{out_bytes[k] / out_size:.2f}",
@@ -186,6 +188,19 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
             f"({'1/busiest core: stages share cores' if shared else '1/max stage'}) vs "
             f"{1.0 / total:,.1f} req/s on one core (1/sum): {speedup:.2f}x"
         )
+    kinds: dict[str, list[int]] = {}
+    for st in plan.stages:
+        kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
+    lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
+        f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
+    fallbacks = [f"  * stage {st.index}: {st.fallback}" for st in plan.stages if st.fallback]
+    if fallbacks:
+        lines.append("engine fallbacks (* in the table):")
+        lines.extend(fallbacks)
+    lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
+    timed = [n for n in plan.notes if " on one core: " in n]
+    if timed:
+        lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))
     if path is not None:
         lines.append(f"artifact: {path}")
     return Text("\n".join(lines))

@@ -18,16 +18,20 @@ from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
+from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
+from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
 from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
-from .sources import model_source
+from .sources import float16_precision, model_source
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
 
-__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress"]
+__all__ = ["compile", "CompiledModel", "FRONT_END", "parse_compiler_args", "Progress"]
 
+#: Prefix of the plan notes a front-end adds (casts it made, the precision an fp16 source chose).
+FRONT_END = "front-end: "
 #: ``progress(step, done, total)``: called as long steps advance (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
 
@@ -69,33 +73,6 @@ class CompiledModel:
         from ..runtime import load
 
         return load(self.path, backend=backend, **kwargs)
-
-
-def parse_compiler_args(args: Sequence[str]) -> dict[str, Any]:
-    """Read Neuron-style flags: ``--static-weights``, ``--num-neuroncores N``,
-    ``--neuroncore-pipeline-cores N``. Unknown flags are an error, never ignored."""
-    out: dict[str, Any] = {}
-    items = list(args)
-    i = 0
-    while i < len(items):
-        flag = items[i]
-        name, eq, inline_value = flag.partition("=")
-        if name == "--static-weights":
-            out["static_weights"] = True
-            i += 1
-            continue
-        if name in ("--num-neuroncores", "--neuroncore-pipeline-cores"):
-            value = inline_value if eq else (items[i + 1] if i + 1 < len(items) else None)
-            i += 1 if eq else 2
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise CompileError(f"{name} needs a positive core count, got {value!r}")
-            out["num_cores"] = int(value)
-            continue
-        raise CompileError(
-            f"unknown compiler argument {flag!r}: corepipe understands --static-weights, "
-            "--num-neuroncores N and --neuroncore-pipeline-cores N"
-        )
-    return out
 
 
 def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | None:
@@ -174,6 +151,8 @@ def compile(
     compiler_args: Sequence[str] | None = None,
     balance: str = "estimate",
     cuts: Sequence[int] | None = None,
+    engine: str = "auto",
+    precision: str | None = None,
     output_names: Sequence[str] | None = None,
     export_path: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
@@ -184,8 +163,9 @@ def compile(
         model: path to an ``.onnx`` file (external-data weights beside it are fine), a
             ``ModelProto`` (copied, never modified), a TensorFlow SavedModel directory
             (its ``serving_default`` signature, converted by tf2onnx; see
-            `corepipe.frontends.tensorflow`), or a ``torch.nn.Module`` (exported by torch.onnx
-            from ``example_inputs``; see `corepipe.frontends.torchmodule`).
+            `corepipe.frontends.tensorflow`) or its `corepipe.frontends.Conversion`, or a
+            ``torch.nn.Module`` (exported by torch.onnx from ``example_inputs``; see
+            `corepipe.frontends.torchmodule`).
         output_dir: artifact directory to write; an existing artifact there is replaced.
         example_inputs: name -> array; fixes symbolic dims (like Neuron's ``model_feed_dict``)
             and is used when a tensor's shape can only be learnt by running the model. For a
@@ -195,11 +175,23 @@ def compile(
             ``core_memory``, then balanced within that count.
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
         target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
-        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``.
+        compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``;
+            ``--auto-cast``, ``--auto-cast-type`` and ``--fp32-cast`` set the precision
+            (`corepipe.compiler.flags`).
         balance: ``"estimate"`` (analytic cost) or ``"measure"`` (time stages on one core and
             move boundaries until the measured stages balance).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
+        engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
+            else openvino wherever it compiles the stage), ``"onnxruntime"`` or ``"openvino"``.
+            A stage ``"auto"`` cannot run on one engine falls back to the other; the plan's
+            ``stages[i].fallback`` says why.
+        precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
+            with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
+            ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
+            Neuron flags in ``compiler_args`` say, else fp32 -- except for a SavedModel or
+            torch module that computes in fp16 or is given fp16 examples: fp16 where this CPU
+            has fp16 math, else ``"auto"`` (`corepipe.compiler.sources.float16_precision`).
         output_names: torch modules only: names for the outputs (default: the keys of a
             returned dict or ``ModelOutput``, such as ``last_hidden_state`` or ``logits``).
         export_path: keep the ONNX file exported from a torch module or converted from a
@@ -210,7 +202,9 @@ def compile(
         A `CompiledModel` with the plan and the artifact path.
 
     Raises:
-        CompileError: invalid model or options, missing example input, too many cores, a
+        CompileError: invalid model or options, missing example input, too many cores; an
+            engine that is not installed or cannot run a stage (naming the node and op); a
+            precision the engine or this CPU cannot run fast (naming what the CPU has); a
             directory that is not a SavedModel, or a front-end that cannot convert the model
             (with the framework's reason, or the extra to install).
         DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
@@ -219,23 +213,31 @@ def compile(
         >>> cm = corepipe.compile("bert.onnx", "bert_compiled/", num_cores="auto",
         ...                       core_memory="64MiB", example_inputs=feeds)  # doctest: +SKIP
     """
-    if compiler_args:
-        flags = parse_compiler_args(compiler_args)
-        if "num_cores" in flags:
-            if num_cores != "auto" and num_cores != flags["num_cores"]:
-                raise CompileError(
-                    f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
-                    f"{flags['num_cores']} cores; give the count once"
-                )
-            num_cores = flags["num_cores"]
+    flags = parse_compiler_args(compiler_args or [])
+    if "num_cores" in flags:
+        if num_cores != "auto" and num_cores != flags["num_cores"]:
+            raise CompileError(
+                f"num_cores={num_cores!r} contradicts compiler_args, which ask for "
+                f"{flags['num_cores']} cores; give the count once"
+            )
+        num_cores = flags["num_cores"]
     if balance not in ("estimate", "measure"):
         raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
+    resolved = resolve_precision(precision, flags.get("precision"))  # bad values fail before any work
+    check_request(engine, resolved)
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     with model_source(
         model, example_inputs, output_names=output_names, export_path=export_path, report=report
-    ) as (source, examples):
-        return _compile(source, output_dir, examples, num_cores, tgt, balance, cuts, report)
+    ) as src:
+        notes = [f"{FRONT_END}{n}" for n in src.notes]
+        wanted = float16_precision(src.float16, precision, flags.get("precision"), engine)
+        if wanted != precision:
+            resolved = resolve_precision(wanted)
+            notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
+                         f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
+        return _compile(src.model, output_dir, src.examples, num_cores, tgt, balance, cuts, engine,
+                        resolved, notes, report)
 
 
 def _compile(
@@ -246,6 +248,9 @@ def _compile(
     tgt: Target,
     balance: str,
     cuts: Sequence[int] | None,
+    engine: str,
+    precision: str,
+    notes: list[str],
     report: Progress,
 ) -> CompiledModel:
     report("analyse graph", 0, 1)
@@ -296,12 +301,29 @@ def _compile(
     if balance == "measure":
         from .measure import measured_balance
 
-        bounds, compute, measured = measured_balance(graph, problem, tgt, bounds, example_inputs, report)
+        bounds, compute, choices = measured_balance(
+            graph, problem, tgt, bounds, example_inputs, report,
+            engines=candidates(engine), precision=precision, engine=engine)
+        measured = [c.seconds[c.engine] for c in choices]
         problem = make_problem(graph, compute, tgt.core_memory)
+    elif candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
+        choices = [Choice("onnxruntime", "fp32") for _ in range(k)]
+    else:  # engine "auto" or "openvino": run each stage once and check it against onnxruntime
+        from .measure import time_stages_on
+
+        report("check engines", 0, 1)
+        order = candidates(engine)
+        trials = time_stages_on(graph, bounds, example_inputs, order, precision, repeats=0)
+        choices = [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
+        report("check engines", 1, 1)
     report("partition", 1, 1)
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
-    stages = stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds))
+    stages = [
+        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback)
+        for st, c in zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds)),
+                         choices)
+    ]
     plan = Plan(
         target=tgt,
         inputs=tuple(graph.inputs),
@@ -310,6 +332,7 @@ def _compile(
         stages=tuple(stages),
         num_nodes=graph.n,
         balance=balance,
+        notes=tuple(notes + engine_notes(engine, precision, choices)),
     )
     report("write stages", 0, k)
     models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
@@ -341,3 +364,19 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
 
 def problem_bytes(problem: solver.Problem) -> int:
     return int(sum(problem.weight_bytes))
+
+
+def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list[str]:
+    """What the plan says about its engines: what was asked, what each stage measured, and why
+    any stage runs elsewhere."""
+    notes = [f"engine {engine!r}, precision {precision!r}: stages run on "
+             + ", ".join(f"{s}: {c.engine} {c.precision}" for s, c in enumerate(choices))]
+    if engine == "auto" and candidates("auto") == ["onnxruntime"]:
+        notes.append("openvino is not installed, so every stage runs on onnxruntime (pip install openvino)")
+    for s, c in enumerate(choices):
+        if len(c.seconds) > 1:
+            notes.append(f"stage {s} on one core: " + ", ".join(
+                f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
+        if c.fallback:
+            notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
+    return notes

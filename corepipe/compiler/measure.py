@@ -1,35 +1,157 @@
 """Measured balance: time candidate stages on one core and move boundaries until they balance.
 
 Needs one machine and one core, not N devices: each candidate stage is built in memory, run with
-one onnxruntime thread on real boundary tensors (from the example inputs), and its time is
-spread over its nodes in proportion to their estimates. The solver then re-cuts with the
-corrected costs; we stop when the cut no longer changes, and keep the best cut measured.
+one thread on real boundary tensors (from the example inputs) on every candidate engine, and its
+time (the faster engine's, with ``engine="auto"``) is spread over its nodes in proportion to
+their estimates. The solver then re-cuts with the corrected costs; we stop when the cut no
+longer changes, and keep the best cut measured, with each stage's engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..artifact.manifest import save_stage_model
 from ..artifact.target import Target
-from ..engines.ort import make_session
+from ..engines import LoadFailure, engine_class, missing_engine
 from . import solver
+from .choose import Choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
 
-__all__ = ["measured_balance", "time_stages"]
+__all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on"]
+
+
+@dataclass
+class StageTime:
+    """One stage tried on each engine: those that ran it correctly (``passed``, in trial order),
+    their one-core seconds when timed, and why the others could not."""
+
+    passed: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, LoadFailure] = field(default_factory=dict)
+
+    def choice(self, order: Sequence[str], precision: str, stage: int, engine: str) -> Choice:
+        """The engine to use: the fastest one timed (else the first in ``order`` that passed) at
+        the precision asked for; one that runs another precision (onnxruntime when bf16 was
+        asked for) only where none at that precision passed."""
+        ok = [e for e in order if e in self.passed]
+        if not ok:
+            raise failure_error(stage, next(iter(self.failures.values())), engine)
+        same = [e for e in ok if engine_precision(e, precision) == precision] or ok
+        timed = [e for e in same if e in self.seconds]
+        best = min(timed, key=lambda e: self.seconds[e]) if timed else same[0]
+        failed = [f for e, f in self.failures.items() if e in order]
+        return Choice(best, engine_precision(best, precision), fallback_note(failed), dict(self.seconds))
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds.values())
 
 
 def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The example inputs; where one is missing, seeded normal floats (zeros for other dtypes)."""
+    rng = np.random.default_rng(0)
     out = {}
     for spec in graph.inputs:
         if example_inputs is not None and spec.name in example_inputs:
             out[spec.name] = np.asarray(example_inputs[spec.name])
+        elif np.dtype(spec.dtype).kind == "f":
+            out[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
         else:
             out[spec.name] = np.zeros(spec.shape, dtype=spec.dtype)
+    return out
+
+
+def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: str,
+         feeds: Mapping[str, np.ndarray], repeats: int) -> tuple[list[np.ndarray], float | None]:
+    """Load the stage on engine ``name`` with one thread, run it (and time ``repeats`` runs)."""
+    engine = engine_class(name)(raw, inputs=inputs, outputs=outputs, threads=1,
+                                precision=engine_precision(name, precision))
+    try:
+        values = engine.run(feeds)  # warm-up, and the next stage's inputs
+    except Exception as exc:  # it compiled but cannot run these inputs
+        raise LoadFailure(name, f"running it on the example inputs failed: {exc}") from None
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.run(feeds)
+        samples.append(time.perf_counter() - t0)
+    return values, (float(np.min(samples)) if samples else None)
+
+
+def _try_stage(
+    path: str, inputs: list[str], outputs: list[str], boundary: Mapping[str, np.ndarray],
+    order: Sequence[str], engines: Sequence[str], precision: str, repeats: int,
+) -> tuple[StageTime, dict[str, list[np.ndarray]]]:
+    """One stage on each engine of ``order``; each candidate checked against onnxruntime."""
+    feeds = {name: boundary[name] for name in inputs}
+    trial = StageTime()
+    produced: dict[str, list[np.ndarray]] = {}
+    for name in order:
+        try:
+            produced[name], sec = _try(name, path, inputs, outputs, precision, feeds,
+                                       repeats if name in engines else 0)
+        except LoadFailure as exc:
+            trial.failures[name] = exc
+            continue
+        want = produced.get("onnxruntime")
+        if want is not None and name != "onnxruntime":
+            for out_name, got, ref in zip(outputs, produced[name], want):
+                problem = differs(got, ref, engine_precision(name, precision))
+                if problem is not None:
+                    trial.failures[name] = LoadFailure(name, f"output {out_name!r} {problem}")
+                    break
+        if name in engines and name not in trial.failures:
+            trial.passed.append(name)
+            if sec is not None:
+                trial.seconds[name] = sec
+    return trial, produced
+
+
+def time_stages_on(
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    example_inputs: Mapping[str, np.ndarray] | None,
+    engines: Sequence[str] = ("onnxruntime",),
+    precision: str = "fp32",
+    *,
+    repeats: int = 5,
+) -> list[StageTime]:
+    """Each stage of ``bounds`` run on one core (one thread) on each of ``engines`` and, with
+    ``repeats`` > 0, timed: the fastest of ``repeats`` runs, since interference from a busy
+    machine only ever adds time. onnxruntime runs every stage as the reference (its outputs feed
+    the next stage); another engine whose outputs differ from it (`differs`) fails that stage.
+
+    Raises:
+        CompileError: a stage that none of ``engines`` can run.
+    """
+    k = len(bounds) - 1
+    boundary = dict(_feeds(graph, example_inputs))
+    reference = missing_engine("onnxruntime") is None
+    order = (["onnxruntime"] if reference else []) + [e for e in engines if e != "onnxruntime"]
+    out = []
+    for s in range(k):
+        model = build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1)
+        inputs, outputs = io_names(model)
+        with tempfile.TemporaryDirectory(prefix="corepipe-try-") as tmp:
+            # Written as the artifact will hold it, so each engine reads what a worker reads.
+            raw = str(save_stage_model(model, Path(tmp), "stage.onnx", "stage.weights"))
+            del model
+            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats)
+        if not trial.passed:
+            failed = [trial.failures[e] for e in engines if e in trial.failures]
+            raise failure_error(s, failed[0], "auto" if len(engines) > 1 else engines[0])
+        ref = produced.get("onnxruntime") or next(iter(produced.values()))
+        boundary.update(zip(outputs, ref))
+        out.append(trial)
     return out
 
 
@@ -39,28 +161,11 @@ def time_stages(
     example_inputs: Mapping[str, np.ndarray] | None,
     *,
     repeats: int = 5,
+    engines: Sequence[str] = ("onnxruntime",),
+    precision: str = "fp32",
 ) -> list[float]:
-    """Seconds of each stage of ``bounds`` on one core (one onnxruntime thread): the fastest of
-    ``repeats`` runs, since interference from a busy machine only ever adds time."""
-    k = len(bounds) - 1
-    boundary = {name: value for name, value in _feeds(graph, example_inputs).items()}
-    times = []
-    for s in range(k):
-        model = build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1)
-        session = make_session(model.SerializeToString(), 1)
-        del model
-        names = [o.name for o in session.get_outputs()]
-        feeds = {i.name: boundary[i.name] for i in session.get_inputs()}
-        values = session.run(names, feeds)  # warm-up, and the next stage's inputs
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            session.run(names, feeds)
-            samples.append(time.perf_counter() - t0)
-        times.append(float(np.min(samples)))
-        boundary.update(zip(names, values))
-        del session
-    return times
+    """Seconds of each stage of ``bounds`` on one core: the fastest engine's (see `time_stages_on`)."""
+    return [t.best for t in time_stages_on(graph, bounds, example_inputs, engines, precision, repeats=repeats)]
 
 
 def measured_balance(
@@ -71,43 +176,57 @@ def measured_balance(
     example_inputs: Mapping[str, np.ndarray] | None,
     report: Callable[[str, int, int], None],
     *,
+    engines: Sequence[str] = ("onnxruntime",),
+    precision: str = "fp32",
+    engine: str = "onnxruntime",
     rounds: int = 6,
-) -> tuple[list[int], list[float], list[float]]:
-    """Refine ``bounds`` by measurement. Returns (bounds, per-node seconds, per-stage seconds).
+) -> tuple[list[int], list[float], list[Choice]]:
+    """Refine ``bounds`` by measurement. Returns (bounds, per-node seconds, per-stage choices
+    with their measured seconds).
 
-    Each round times the current cut, spreads each stage's time over its nodes in proportion to
-    their estimates, and re-solves. It stops when a cut comes back. The two best cuts are then
-    timed again and each stage keeps its fastest time, so one noisy round cannot pick the cut.
+    Each round times the current cut, spreads each stage's time (its chosen engine's) over its
+    nodes in proportion to their estimates, and re-solves. It stops when a cut comes back. The
+    two best cuts are then timed again and each stage keeps its fastest time per engine, so one
+    noisy round cannot pick the cut.
+
+    Raises:
+        CompileError: a stage that none of ``engines`` can run.
     """
     k = len(bounds) - 1
     links = links_for(target, k)
     compute = list(problem.compute)
-    seen: dict[tuple[int, ...], list[float]] = {}
+    seen: dict[tuple[int, ...], list[Choice]] = {}
+    timed: dict[tuple[int, ...], list[StageTime]] = {}
 
-    def measure(cut: tuple[int, ...]) -> list[float]:
-        times = time_stages(graph, list(cut), example_inputs)
-        if cut in seen:
-            times = [min(a, b) for a, b in zip(seen[cut], times)]
-        seen[cut] = times
-        return times
+    def measure(cut: tuple[int, ...]) -> list[Choice]:
+        timings = time_stages_on(graph, list(cut), example_inputs, engines, precision)
+        for new, old in zip(timings, timed.get(cut, [])):  # each engine's fastest time of both
+            for e, sec in old.seconds.items():
+                new.seconds[e] = min(sec, new.seconds.get(e, sec))
+        timed[cut] = timings
+        seen[cut] = [t.choice(engines, precision, s, engine) for s, t in enumerate(timings)]
+        return seen[cut]
+
+    def slowest(choices: list[Choice]) -> float:
+        return max(c.seconds[c.engine] for c in choices)
 
     for r in range(rounds):
         report("measure stages", r, rounds + 2)
-        measured = measure(tuple(bounds))
+        chosen = measure(tuple(bounds))
         for s in range(k):
             est = sum(compute[bounds[s]:bounds[s + 1]])
-            scale = measured[s] / est if est > 0 else 1.0
+            scale = chosen[s].seconds[chosen[s].engine] / est if est > 0 else 1.0
             for i in range(bounds[s], bounds[s + 1]):
                 compute[i] *= scale
         corrected = dataclasses.replace(problem, compute=compute)
         bounds = solver.solve(corrected, k, links)
         if tuple(bounds) in seen:
             break
-    finalists = sorted(seen, key=lambda cut: max(seen[cut]))[:2]
+    finalists = sorted(seen, key=lambda cut: slowest(seen[cut]))[:2]
     for i, cut in enumerate(finalists):
         report("measure stages", rounds + i, rounds + 2)
         measure(cut)
     report("measure stages", rounds + 2, rounds + 2)
-    best = min(seen, key=lambda cut: max(seen[cut]))
+    best = min(seen, key=lambda cut: slowest(seen[cut]))
     # The latest corrected costs are the closest to the truth we have.
     return list(best), compute, seen[best]

@@ -79,7 +79,8 @@ class Conversion:
     examples: dict[str, np.ndarray]
     feed_names: dict[str, str]
     notes: list[str] = field(default_factory=list)
-    float16: bool = False
+    #: "model" when the model computes in float16, "examples" when only examples are float16.
+    float16: str | None = None
 
 
 def _strip(name: str) -> str:
@@ -321,11 +322,12 @@ def convert_saved_model(
     out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     if has_float16(model):
         float16_to_float32(model)
-        conv.float16 = True
+        conv.float16 = "model"
         conv.notes.append("the model computes in float16: corepipe runs it in float32 (no float16 math on this CPU)")
     want_in = {k: helper.np_dtype_to_tensor_dtype(a.dtype) for k, a in examples.items()}
     conv.notes += set_io_dtypes(model, want_in, out_types)
-    conv.float16 = conv.float16 or any(a.dtype == np.float16 for a in examples.values())
+    if conv.float16 is None and any(a.dtype == np.float16 for a in examples.values()):
+        conv.float16 = "examples"
     for note in conv.notes:
         log.info("%s: %s", where, note)
     return conv

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifact.manifest import Artifact
 from ..artifact.signature import check_feeds
-from ..engines.ort import StageRunner
+from ..engines import StageRunner
 from ..errors import PipelineClosedError, StageError
 from .base import Pipeline, PipelineStats, StageStats
 from .timeline import RequestTrace

@@ -55,7 +55,7 @@ def worker_main(config_json: str) -> None:
                 pass
         from ..artifact.manifest import open_artifact
         from ..artifact.plan import TensorSpec
-        from ..engines.ort import StageRunner
+        from ..engines import StageRunner
 
         artifact = open_artifact(cfg["artifact"], verify_hashes=False)  # the runner re-verifies its own bytes
         runner = StageRunner(artifact, k, threads=cfg["threads"], spin=False)

@@ -1,0 +1,201 @@
+"""The OpenVINO engine: the fastest CPU engine, and the one that runs bf16 (avx512_bf16, AMX).
+
+OpenVINO's ONNX front-end reads corepipe's stage files, external weights and all. Each stage
+is compiled for one stream of ``threads`` inference threads (``NUM_STREAMS=1``,
+``INFERENCE_NUM_THREADS``) with OpenVINO's own CPU pinning off, so the worker's affinity decides
+where it runs. Precision goes through ``INFERENCE_PRECISION_HINT`` (f32 / bf16 / f16); fp32 also
+asks for ``EXECUTION_MODE_HINT=ACCURACY``, since on a bf16-capable CPU OpenVINO would otherwise
+default to bf16. In-place runs bind `ov.Tensor` views of the hand-off slots
+(``shared_memory=True``) to one infer request per slot.
+
+What OpenVINO 2026.4 does differently from onnxruntime, recorded here so nobody rediscovers it:
+- it does not check data at run time (a Gather index out of range reads 0, a Reshape to the
+  wrong element count returns an empty tensor): there is no error to report;
+- it crashes the whole process (SIGSEGV) compiling a graph with float16 or bfloat16 tensors at
+  f32 precision, so such graphs are refused before compiling;
+- its snippets miscompile some bf16 graphs (``SNIPPETS_MODE=DISABLE`` below);
+- some valid graphs it computes wrongly anyway (an If reading an outer tensor that is also a
+  stage output, read from a file): the compiler checks every OpenVINO stage against
+  onnxruntime on the example inputs and keeps onnxruntime where they differ.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import Engine, LoadFailure
+
+__all__ = ["OpenVinoEngine", "ov_node_from_message", "tidy"]
+
+_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_RUNTIME_NODE_RE = re.compile(r"(\w+) node with name '([^']*)'")  # [CPU] <Type> node with name '<name>'
+_FRONTEND_NODE_RE = re.compile(r"<Node\((\w+)\): ([^>]*)>")  # While validating ONNX node '<Node(Op): name>'
+_UNSUPPORTED_RE = re.compile(r"(?:Conversion is failed for|No conversion rule found for operations): ([^\n]+)")
+_NOISE_RE = re.compile(r"Exception from \S+:\d+:\s*|Check '[^']*' failed at \S+:\d+:\s*|FrontEnd API failed with \w+:\s*")
+_core: Any = None
+_core_lock = threading.Lock()
+
+
+def _ov_core() -> Any:
+    """One `openvino.Core` per process (it owns the plugin and its thread pools)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+def ov_node_from_message(message: str) -> tuple[str | None, str | None]:
+    """(node, op) that an OpenVINO error message blames, from its front-end or CPU plugin text."""
+    found = _FRONTEND_NODE_RE.findall(message)
+    if found:
+        op, node = found[-1]  # the outermost node: nested bodies fail first, their parent last
+        return node.strip() or None, op
+    m = _RUNTIME_NODE_RE.search(message)
+    if m:
+        return m.group(2) or None, m.group(1)
+    m = _UNSUPPORTED_RE.search(message)
+    if m:  # "Det-17, Scan-17": op type and opset
+        ops = [o.strip().rsplit("-", 1)[0] for o in m.group(1).split(",") if o.strip()]
+        return None, (ops[-1] if ops else None)
+    return None, None
+
+
+def tidy(message: str) -> str:
+    """An OpenVINO message on one line, without the source locations of its internal checks."""
+    text = _NOISE_RE.sub("", " ".join(line.strip() for line in message.splitlines() if line.strip()))
+    return text[:600]
+
+
+def _onnx_names(source: str | bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """(output tensor -> node name, node name -> op) of a stage graph, read without weights."""
+    import onnx
+
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_model_from_string(source)
+        else:
+            model = onnx.load(source, load_external_data=False)
+    except Exception:
+        return {}, {}
+    by_output = {out: node.name for node in model.graph.node for out in node.output if out}
+    return by_output, {node.name: node.op_type for node in model.graph.node}
+
+
+class OpenVinoEngine(Engine):
+    """A stage compiled by OpenVINO for the CPU, one stream, ``threads`` threads."""
+
+    name = "openvino"
+
+    def __init__(self, model: str | bytes, *, inputs: Sequence[str], outputs: Sequence[str],
+                 threads: int = 1, precision: str = "fp32", spin: bool = True) -> None:
+        super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin)
+        if precision not in _HINT:
+            raise LoadFailure(self.name, f"unknown precision {precision!r}")
+        import openvino as ov
+
+        core = _ov_core()
+        try:
+            if isinstance(model, bytes):
+                graph = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+            else:
+                graph = core.read_model(model)
+        except Exception as exc:  # an op the front-end cannot convert
+            raise self._load_failure(str(exc), model) from None
+        if precision == "fp32":
+            names = {"f16": "float16", "bf16": "bfloat16"}
+            odd = sorted({names[t] for t in {p.get_element_type().to_string() for op in graph.get_ops()
+                                             for p in op.outputs()} if t in names})
+            if odd:
+                raise LoadFailure(self.name, (
+                    f"the graph holds {'/'.join(odd)} tensors, and OpenVINO crashes (SIGSEGV) compiling "
+                    "those at f32 precision; onnxruntime runs them"))
+        config = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,  # the worker pins itself; OpenVINO must not fight it
+            "INFERENCE_PRECISION_HINT": _HINT[precision],
+            "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
+            # Snippets (OpenVINO's generated fused kernels) compute a BERT stage that starts
+            # mid-encoder 50 % wrong at bf16 in 2026.4; without them it is right, and no slower
+            # at batch 1 (BERT-base, ResNet-50: benchmarks/RESULTS.md).
+            "SNIPPETS_MODE": "DISABLE",
+        }
+        try:
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except Exception as exc:
+            raise self._load_failure(str(exc), model) from None
+        del graph  # the compiled model keeps what it needs
+        self._in_ports = [self._port(self.compiled.inputs, name, "input") for name in self.inputs]
+        self._out_ports = [self._port(self.compiled.outputs, name, "output") for name in self.outputs]
+        # Two outputs on one port (OpenVINO merged an Identity): a slot cannot bind both.
+        self._bindable = len(set(self._out_ports)) == len(self._out_ports)
+        self._request = self.compiled.create_infer_request()
+        # Runtime errors name OpenVINO's nodes, which are named after their output tensors.
+        self._node_of, self._ops = _onnx_names(model) if isinstance(model, str) else ({}, {})
+
+    def _port(self, ports: Sequence[Any], name: str, kind: str) -> int:
+        for i, port in enumerate(ports):
+            if port.get_any_name() == name:
+                return i
+        for i, port in enumerate(ports):
+            if name in port.get_names():
+                return i
+        raise LoadFailure(self.name, f"the compiled graph has no {kind} named {name!r}")
+
+    def _load_failure(self, message: str, model: str | bytes) -> LoadFailure:
+        node, op = ov_node_from_message(message)
+        by_output, ops = _onnx_names(model)
+        if node is not None and node not in ops:
+            node = by_output.get(node, node)  # OpenVINO names a node after its output tensor
+        if node is None and op is not None:  # only the op was named: the first node of that op
+            node = next((name for name, kind in ops.items() if kind == op), None)
+        op = ops.get(node or "", op)
+        return LoadFailure(self.name, tidy(message), node=node, op=op)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.outputs:
+            return []
+        data = {port: np.require(feeds[name], requirements="C") for port, name in zip(self._in_ports, self.inputs)}
+        result = self._request.infer(data, share_inputs=True, share_outputs=False)  # outputs: fresh copies
+        values = result.to_tuple()
+        return [values[port] for port in self._out_ports]
+
+    def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Any:
+        import openvino as ov
+
+        if not self._bindable or any(a.size == 0 or not a.flags.c_contiguous for a in (*inputs, *outputs)):
+            return None  # the caller runs and copies instead
+        request = self.compiled.create_infer_request()  # one per slot: its tensors stay set
+        for port, arr in zip(self._in_ports, inputs):
+            request.set_input_tensor(port, ov.Tensor(arr, shared_memory=True))
+        for port, arr in zip(self._out_ports, outputs):
+            request.set_output_tensor(port, ov.Tensor(arr, shared_memory=True))
+        return (request, list(inputs), list(outputs))
+
+    def run_bound(self, binding: Any) -> None:
+        if self.outputs:
+            request = binding[0]
+            request.start_async()  # not infer(): that would copy every output into a new array
+            request.wait()
+
+    def addresses(self, binding: Any) -> tuple[list[int], list[int]]:
+        request = binding[0]
+        return ([int(request.get_input_tensor(p).data.ctypes.data) for p in self._in_ports],
+                [int(request.get_output_tensor(p).data.ctypes.data) for p in self._out_ports])
+
+    def describe(self, exc: BaseException) -> str:
+        return tidy(str(exc))
+
+    def failing_node(self, message: str) -> str | None:
+        node, _ = ov_node_from_message(message)
+        if node is None or node in self._ops:
+            return node
+        return self._node_of.get(node, node)
