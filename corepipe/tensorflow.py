@@ -17,8 +17,11 @@ The SavedModel's ``serving_default`` signature is converted by tf2onnx and compi
 `corepipe.compile`; feed names map onto the signature as `corepipe.frontends.tensorflow` says
 (``'input_1:0'`` feeds Keras 3's lone ``keras_tensor`` input). The pipeline's inputs are named
 after the signature's keys (``result["inputs"]`` maps each feed name to its input). An fp16
-example makes the pipeline take fp16 inputs and cast them to the model's dtype; the model runs
-in fp32 (this CPU has no fp16 math) and answers in the dtype the SavedModel returns.
+example makes the pipeline take fp16 inputs and cast them to the model's dtype, and asks for
+16-bit speed: unless ``precision=`` or Neuron's casting flags say otherwise, the model runs at
+fp16 where the CPU has fp16 math, else at ``precision="auto"`` (bf16 where it has bf16, as this
+machine's avx512_bf16 does; fp32 elsewhere). It answers in the dtype the SavedModel returns.
+``result["notes"]`` says which casts and which precision were chosen.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def _compile_saved_model(
         signature_def_key: the signature (default ``serving_default``).
         compiler_args: Neuron-style flags (``--static-weights``, ``--num-neuroncores N``, ...).
         **options: `corepipe.compile` options (``num_cores``, ``core_memory``, ``target``,
-            ``balance``, ``export_path``, ``progress``...).
+            ``balance``, ``engine``, ``precision``, ``export_path``, ``progress``...).
 
     Returns:
         A `CompileResult` (a dict: ``result["OnNeuronRatio"]``, ``result.path``).

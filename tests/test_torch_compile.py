@@ -14,6 +14,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxscript")
 
 import corepipe
+from corepipe.engines import cpu_math
+from corepipe.engines.tolerance import close_enough
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
              "intermediate_size": 128, "vocab_size": 1000, "attn_implementation": "eager"}
@@ -89,10 +91,21 @@ def test_output_names_and_float16_module(tmp_path: Path) -> None:
                           num_cores=2)
     assert [(s.name, s.dtype) for s in cm.inputs] == [("x", "float16")]
     assert [(s.name, s.dtype) for s in cm.outputs] == [("scores", "float16")]
+    # fp16 examples: precision "auto" (bf16 where the CPU has it), against the fp16 weights in fp32.
+    precision = "bf16" if cpu_math().bf16 else "fp32"
+    assert {st.precision for st in cm.stages} <= {precision, "fp32"} and any(
+        st.precision == precision for st in cm.stages)
     with corepipe.load(cm.path, backend="inline") as pipe, torch.no_grad():
         got = pipe.run({"x": x.numpy()})["scores"]
-        ref = module.float()(x.float()).numpy()  # the pipeline runs the fp16 weights in fp32
-    np.testing.assert_allclose(got.astype(np.float32), ref, rtol=0, atol=2e-3)
+        ref = module.float()(x.float()).numpy()
+    if precision == "fp32":
+        np.testing.assert_allclose(got.astype(np.float32), ref, rtol=0, atol=2e-3)  # fp16 rounding
+    else:
+        ok, figures = close_enough(got.astype(np.float32), ref, precision)
+        assert ok, figures
+    assert any("fp16 example inputs: precision 'auto'" in n for n in cm.plan.notes)
+    exact = corepipe.compile(module, tmp_path / "exact", example_inputs={"x": x}, precision="fp32", num_cores=2)
+    assert {st.precision for st in exact.stages} == {"fp32"}  # asked for: kept
 
 
 def test_module_errors(tmp_path: Path) -> None:

@@ -17,8 +17,12 @@ is free and must have no other free dim. A floating-point feed narrower than the
 (a float16 example for a float32 model, as in Neuron's fp16 ResNet-50) is accepted: the compiled
 pipeline takes that dtype and casts to the model's dtype in its first node. numpy's default
 dtypes, float64 and int64, stand for the signature's float or integer dtype (the example is cast;
-the pipeline takes the signature's dtype). Other dtype differences are errors. A model that computes in float16 is run in float32 (this CPU has
-no float16 math; see :mod:`corepipe.frontends.casts`) and still answers in float16.
+the pipeline takes the signature's dtype). Other dtype differences are errors.
+
+float16. A model that computes in float16 has its graph made float32 (weights upcast exactly; see
+:mod:`corepipe.frontends.casts`) and still answers in float16. The arithmetic is the compile's
+precision: for a float16 model or float16 examples with none asked, fp16 where the CPU has fp16
+math, else "auto" (`corepipe.compiler.sources.float16_precision`).
 """
 
 from __future__ import annotations
@@ -323,7 +327,8 @@ def convert_saved_model(
     if has_float16(model):
         float16_to_float32(model)
         conv.float16 = "model"
-        conv.notes.append("the model computes in float16: corepipe runs it in float32 (no float16 math on this CPU)")
+        conv.notes.append("the model computes in float16: its graph is made float32 (weights upcast exactly); "
+                          "the compile precision sets the arithmetic")
     want_in = {k: helper.np_dtype_to_tensor_dtype(a.dtype) for k, a in examples.items()}
     conv.notes += set_io_dtypes(model, want_in, out_types)
     if conv.float16 is None and any(a.dtype == np.float16 for a in examples.values()):
