@@ -28,6 +28,8 @@ math, else "auto" (`corepipe.compiler.sources.float16_precision`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import re
@@ -216,6 +218,16 @@ def _convert(tf2onnx: Any, fn: Any, specs: list[Any], opset: int) -> onnx.ModelP
     return model
 
 
+def _release_memory() -> None:
+    """Hand the heap that freezing and converting freed back to the OS. glibc keeps it otherwise:
+    after a ResNet-50 (98 MiB of weights) the process stays at 4.3 GiB instead of 0.9 GiB."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
+
+
 def _signature(tf: Any, path: Path, signature: str, tags: Sequence[str] | None) -> tuple[Any, list[SignatureInput]]:
     try:
         loaded = tf.saved_model.load(str(path), tags=list(tags) if tags else None)
@@ -304,7 +316,9 @@ def convert_saved_model(
         model = _convert(tf2onnx, call, specs, opset)
     except Exception as exc:
         raise CompileError(f"tf2onnx cannot convert {where}: {type(exc).__name__}: {exc}") from exc
-    del keep_alive
+    finally:
+        del keep_alive, call
+        _release_memory()
     # tf2onnx leaves an op it cannot convert in the graph as it is (continue_on_error): name them.
     unknown = [f"{n.op_type} ({n.name})" for n in model.graph.node
                if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
