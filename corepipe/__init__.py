@@ -13,12 +13,13 @@ tensorflow-neuron's ``tfn.saved_model.compile`` call.
 from __future__ import annotations
 
 from ._version import __version__
-from .artifact import Plan, StagePlan, Target, TensorSpec
+from .artifact import Deployment, Plan, StagePlan, Target, TensorSpec
 from .compiler import CompiledModel, compile
 from .errors import (
     ArtifactError,
     CompileError,
     CorepipeError,
+    DeploymentError,
     DoesNotFitError,
     InputError,
     PipelineClosedError,
@@ -34,6 +35,7 @@ __all__ = [
     "Pipeline",
     "PipelineStats",
     "Plan",
+    "Deployment",
     "StagePlan",
     "TensorSpec",
     "Target",
@@ -44,4 +46,5 @@ __all__ = [
     "InputError",
     "StageError",
     "PipelineClosedError",
+    "DeploymentError",
 ]

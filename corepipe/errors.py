@@ -13,6 +13,7 @@ __all__ = [
     "InputError",
     "StageError",
     "PipelineClosedError",
+    "DeploymentError",
 ]
 
 
@@ -76,3 +77,16 @@ class StageError(CorepipeError):
 
 class PipelineClosedError(CorepipeError, RuntimeError):
     """The pipeline was closed (or broke for good) and takes no more requests."""
+
+
+class DeploymentError(CorepipeError, ValueError):
+    """A deployment the cores cannot hold: R replicas x S stages x T threads over the cores given,
+    a latency budget that no measured plan meets, or a request rate that no core count holds.
+
+    Attributes:
+        possible: what would work instead, in words (also at the end of the message).
+    """
+
+    def __init__(self, message: str, *, possible: str = "") -> None:
+        super().__init__(message)
+        self.possible = possible

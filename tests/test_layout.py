@@ -3,6 +3,7 @@
     cli ─► serve ─► runtime ─► engines ─► artifact ─► errors
     cli ─► plots (pictures of plans and timelines) ─► runtime, artifact
     cli ─► compiler ─► runtime (balance under load, CompiledModel.load), engines (timing stages)
+    cli ─► tune (pure: search space, choice, capacity, picture) ─► artifact
     compiler ─► frontends (framework models in)
 
 The runtime never imports the compiler, and the artifact layer imports no other package.
@@ -27,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "frontends": {"errors"},
     "compiler": {"runtime", "engines", "artifact", "errors", "_version", "frontends"},
     "serve": {"runtime", "engines", "artifact", "errors", "_version"},
+    "tune": {"artifact", "errors"},
     "zoo": set(),
     "plots": {"runtime", "artifact", "errors"},
 }

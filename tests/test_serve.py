@@ -140,8 +140,8 @@ def test_health_metadata_config_stats_and_metrics(server):
     for series in ('corepipe_requests_total{model="chain",protocol="http"}',
                    'corepipe_request_failures_total', 'corepipe_request_duration_seconds_bucket{le="0.005",model="chain"}',
                    'corepipe_request_queue_seconds_count{model="chain"}', 'corepipe_requests_in_flight{model="chain"}',
-                   'corepipe_stage_busy_ratio{model="chain",stage="2"}', 'corepipe_stage_queue_depth{model="gather",stage="1"}',
-                   'corepipe_stage_restarts_total{model="chain",stage="0"}', 'corepipe_model_ready{model="chain"} 1.0'):
+                   'corepipe_stage_busy_ratio{model="chain",replica="0",stage="2"}', 'corepipe_stage_queue_depth{model="gather",replica="0",stage="1"}',
+                   'corepipe_stage_restarts_total{model="chain",replica="0",stage="0"}', 'corepipe_model_ready{model="chain"} 1.0'):
         assert series in text, series
 
 
@@ -193,4 +193,4 @@ def test_kill_9_of_a_worker_under_concurrent_load_answers_every_request(server, 
     assert len(results) == 320
     for i, out in results:
         check(out, repo.refs[i])
-    assert metric(server, 'corepipe_stage_restarts_total{model="chain",stage="1"}') >= 1
+    assert metric(server, 'corepipe_stage_restarts_total{model="chain",replica="0",stage="1"}') >= 1

@@ -150,29 +150,42 @@ def test_admission_window_bridges_futures_without_blocking_the_loop(tmp_path):
     assert model.statistics()["inference_stats"]["success"]["count"] == 6
 
 
-def test_the_manifest_deployment_is_used_where_the_runtime_supports_it(tmp_path, caplog):
-    """A manifest with a deployment (issue 8's "replicas" and "threads_per_stage"): threads are
-    applied; replicas, which this runtime does not have yet, are reported and left out."""
-    from conftest import compiled_chain
+def test_the_artifacts_deployment_is_served_and_cut_down_to_the_cores_it_gets(tmp_path, caplog):
+    """An artifact with a deployment (what `corepipe tune` writes: replicas x threads per stage)
+    is served with it; on fewer cores than it needs, with the most replicas that fit."""
+    import dataclasses
+    import os
 
+    from graphcases import big_weight_model, run_reference
+
+    import corepipe
+    from corepipe.artifact.manifest import open_artifact
+    from corepipe.artifact.writer import republish_artifact
     from corepipe.serve.config import ServeConfig
     from corepipe.serve.repository import deployment_of, load_models
 
-    path, feeds, refs = compiled_chain(tmp_path, 1024, requests=1, seed=4)
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["deployment"] = {"replicas": 2, "threads_per_stage": 1}
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    assert deployment_of(path) == {"replicas": 2, "threads_per_stage": 1}
-    with caplog.at_level("WARNING", logger="corepipe.serve"):
-        (model,) = load_models(path, ServeConfig(cores=[0]))
-    try:
-        assert "replicas=2, which this runtime does not support" in caplog.text
-        assert model.deployment == {"threads_per_stage": 1}
-        assert model.config()["instance_group"][0]["count"] == 1
-        out = model.pipe.run(feeds[0])
-        np.testing.assert_allclose(next(iter(out.values())), next(iter(refs[0].values())), rtol=1e-5, atol=1e-5)
-    finally:
-        model.close()
+    case = big_weight_model([64 * 1024] * 2)
+    one = corepipe.compile(case.model, tmp_path / "one", example_inputs=case.inputs(), num_cores=1)
+    art = open_artifact(one.path)
+    tuned = tmp_path / "tuned"
+    republish_artifact(art, tuned, dataclasses.replace(art.plan, deployment=corepipe.Deployment(
+        replicas=2, threads_per_stage=1, cores=2, objective="throughput")))
+    assert deployment_of(tuned) == {"replicas": 2, "threads_per_stage": 1}
+    ref = run_reference(case.model, case.feeds)
+    cores = sorted(os.sched_getaffinity(0))
+    for given, replicas in (([cores[0]], 1), (cores[:2], 2) if len(cores) >= 2 else ([cores[0]], 1)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="corepipe.serve"):
+            (model,) = load_models(tuned, ServeConfig(cores=given))
+        try:
+            assert model.pipe.replicas == replicas
+            assert model.deployment == {"replicas": replicas, "threads_per_stage": 1}
+            assert model.config()["instance_group"][0]["count"] == replicas
+            assert ("needs 2 cores and has 1" in caplog.text) == (len(given) == 1)
+            out = model.pipe.run(case.feeds)
+            np.testing.assert_allclose(out["y"], ref["y"], rtol=1e-5, atol=1e-5)
+        finally:
+            model.close()
 
 
 def test_large_json_is_decoded_off_the_event_loop(tmp_path):

@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
-from .manifest import FORMAT, FORMAT_VERSION, Artifact, open_artifact, read_manifest, write_artifact
+from .deployment import Deployment
+from .manifest import FORMAT, FORMAT_VERSION, Artifact, open_artifact, read_manifest
 from .plan import Plan, StagePlan, TensorSpec
 from .signature import check_feeds
 from .sizes import format_bytes, parse_size
 from .target import Target, host_cores, resolve_target
+from .writer import republish_artifact, write_artifact
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "Artifact", "open_artifact", "read_manifest", "write_artifact",
-    "Plan", "StagePlan", "TensorSpec", "check_feeds", "format_bytes", "parse_size",
+    "FORMAT", "FORMAT_VERSION", "Artifact", "open_artifact", "read_manifest", "write_artifact", "republish_artifact",
+    "Deployment", "Plan", "StagePlan", "TensorSpec", "check_feeds", "format_bytes", "parse_size",
     "Target", "host_cores", "resolve_target",
 ]

@@ -1,4 +1,5 @@
-"""The compiled artifact on disk: write it, and verify it before anything loads it.
+"""The compiled artifact on disk: its format, and verifying it before anything loads it
+(`corepipe.artifact.writer` writes it).
 
 Layout (see design.md): ``manifest.json`` plus ``stage_NNN.onnx`` with its weights in
 ``stage_NNN.weights`` beside it. Loading trusts nothing: the manifest must parse and match its
@@ -15,10 +16,9 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ from .._version import __version__
 from ..errors import ArtifactError
 from .plan import Plan, StagePlan
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "save_stage_model", "write_artifact", "read_manifest", "Artifact", "open_artifact", "copy_stage"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "EXTRA_FILES", "read_manifest", "Artifact",
+    "open_artifact", "copy_stage",
+]
 
 FORMAT = "corepipe-artifact"
 #: Version 2 adds each stage's engine, precision and fallback; version 1 artifacts (every stage
@@ -38,7 +41,9 @@ READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
-_ARTIFACT_FILE = re.compile(r"^stage_[0-9]{3,}\.(onnx|weights)$")
+_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json)$")
+#: Files beside the stages that an artifact may hold: `corepipe tune`'s picture and measurements.
+EXTRA_FILES = ("tune.png", "tune.json")
 
 
 def _sha256_file(path: Path) -> str:
@@ -47,112 +52,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_artifact(
-    out_dir: str | os.PathLike[str],
-    plan: Plan,
-    stage_models: Iterable[onnx.ModelProto],
-    *,
-    source_sha256: str,
-    on_stage: Callable[[int], None] | None = None,
-) -> Plan:
-    """Write the artifact atomically and return the plan with file names and hashes filled in.
-
-    Stage models are consumed one at a time, so only one stage's weights are copied in memory
-    at once. An existing artifact at ``out_dir`` is replaced; any other non-empty directory is
-    refused rather than overwritten.
-    """
-    out = Path(out_dir).resolve()  # "." or "out/.." have no name to build a sibling from
-    if out.exists() and not _replaceable(out):
-        raise ArtifactError(
-            f"{str(out)!r} exists and is not a corepipe artifact: choose an empty or new directory"
-        )
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        stages = []
-        for k, (st, model) in enumerate(zip(plan.stages, stage_models, strict=True)):
-            file = f"stage_{k:03d}.onnx"
-            weights = f"stage_{k:03d}.weights"
-            save_stage_model(model, tmp, file, weights)
-            has_weights = (tmp / weights).is_file()
-            stages.append(replace(
-                st, file=file, sha256=_sha256_file(tmp / file),
-                weights_file=weights if has_weights else None,
-                weights_sha256=_sha256_file(tmp / weights) if has_weights else None,
-            ))
-            if on_stage is not None:
-                on_stage(k)
-        final = replace(plan, stages=tuple(stages))
-        final.validate()
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "corepipe_version": __version__,
-            "source_sha256": source_sha256,
-            "plan": final.to_dict(),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if out.exists():
-            _swap_in(tmp, out)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def save_stage_model(model: onnx.ModelProto, directory: Path, file: str, weights: str) -> Path:
-    """Write one stage graph as artifacts hold it: tensors over 1 KiB in ``weights`` beside it.
-
-    The compiler writes the stages it tries on an engine the same way, so the engine reads
-    them exactly as a worker will (OpenVINO reads a file and the same bytes in memory
-    differently).
-    """
-    onnx.save_model(
-        model, str(directory / file), save_as_external_data=True,
-        all_tensors_to_one_file=True, location=weights, size_threshold=1024,
-        convert_attribute=False,
-    )
-    return directory / file
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace the artifact files in ``out`` with those in ``tmp``, keeping the directory itself
-    (it may be the working directory). The manifest moves last and stale stage files go after
-    it, so a reader sees the old artifact or the new one, and hashes catch any mix."""
-    fresh = sorted(p.name for p in tmp.iterdir())
-    for name in fresh:
-        if name != MANIFEST:
-            os.replace(tmp / name, out / name)
-    os.replace(tmp / MANIFEST, out / MANIFEST)
-    for old in out.iterdir():
-        if old.name not in fresh and _ARTIFACT_FILE.match(old.name):
-            old.unlink()
-    tmp.rmdir()
-
-
-def _replaceable(out: Path) -> bool:
-    """Whether ``out`` is an empty directory or one holding only a corepipe artifact.
-
-    Replacing deletes the directory, so a stray user file, or a ``manifest.json`` that some
-    other tool wrote, makes it not ours to delete.
-    """
-    if out.is_symlink() or not out.is_dir():
-        return False
-    names = [p.name for p in out.iterdir()]
-    if not names:
-        return True
-    if MANIFEST not in names or not all(n == MANIFEST or _ARTIFACT_FILE.match(n) for n in names):
-        return False
-    try:
-        data = json.loads((out / MANIFEST).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def _plain_file(root: Path, name: Any, what: str) -> Path:

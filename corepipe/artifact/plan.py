@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .deployment import Deployment
 from .target import Target
 
 __all__ = ["TensorSpec", "StagePlan", "Plan"]
@@ -69,6 +70,9 @@ class StagePlan:
 
     ``inputs`` are the boundary tensors its graph reads, ``outputs`` the ones it produces into
     the next boundary, and ``carried`` the ones it passes through untouched (read by a later
+    stage, or a model output made earlier). ``measured_s`` is the stage's time alone on one
+    core; ``loaded_s`` its busy time per request with every stage of the pipeline busy
+    (``balance="load"``), which is what sets the throughput.
     stage, or a model output made earlier).
 
     ``engine`` (``"onnxruntime"`` or ``"openvino"``) runs it at ``precision`` (``"fp32"``,
@@ -96,6 +100,7 @@ class StagePlan:
     sha256: str = ""
     weights_file: str | None = None
     weights_sha256: str | None = None
+    loaded_s: float | None = None
     engine: str = "onnxruntime"
     precision: str = "fp32"
     fallback: str | None = None
@@ -112,6 +117,8 @@ class StagePlan:
         d = asdict(self)
         for key in ("inputs", "outputs", "carried"):
             d[key] = list(d[key])
+        if d["loaded_s"] is None:  # absent in artifacts balanced without load
+            del d["loaded_s"]
         return d
 
     @classmethod
@@ -129,7 +136,11 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """Stages + boundaries + costs. ``boundaries[k]`` feeds stage ``k``; the last feeds the client."""
+    """Stages + boundaries + costs. ``boundaries[k]`` feeds stage ``k``; the last feeds the client.
+
+    ``deployment``: how to run it (replicas x threads per stage on K cores), when `tune` chose
+    one or `compile` was given one; ``None`` leaves it to `load`'s arguments.
+    """
 
     target: Target
     inputs: tuple[TensorSpec, ...]
@@ -139,6 +150,7 @@ class Plan:
     num_nodes: int
     balance: str = "estimate"
     notes: tuple[str, ...] = field(default=())
+    deployment: Deployment | None = None
 
     @property
     def num_cores(self) -> int:
@@ -212,9 +224,11 @@ class Plan:
             raise ValueError(f"boundary 0 holds {stray}, which are not model inputs")
         if [t.name for t in self.boundaries[-1]] != [t.name for t in self.outputs]:
             raise ValueError("the last boundary must hold exactly the model outputs, in order")
+        if self.deployment is not None:
+            self.deployment.validate(n)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "target": self.target.to_dict(),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -224,6 +238,9 @@ class Plan:
             "balance": self.balance,
             "notes": list(self.notes),
         }
+        if self.deployment is not None:  # absent in artifacts without one, as before
+            out["deployment"] = self.deployment.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
@@ -238,4 +255,5 @@ class Plan:
             num_nodes=int(data["num_nodes"]),
             balance=str(data.get("balance", "estimate")),
             notes=tuple(str(x) for x in data.get("notes", ())),
+            deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
         )

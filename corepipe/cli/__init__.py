@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from . import benchcmd, commands, demo, serve  # noqa: F401  (importing them registers their commands on `app`)
+from . import benchcmd, commands, demo, serve, tunecmd  # noqa: F401  (importing them registers their commands on `app`)
 from ._app import app
 
 __all__ = ["app", "main"]

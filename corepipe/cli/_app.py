@@ -227,12 +227,16 @@ def print_plan(plan: Plan, path: Path | str, title: str) -> None:
     out.print(report.plan_summary(plan, path))
 
 
+def _replicas(pipe: Pipeline) -> str:
+    return f"{pipe.replicas} replicas x " if pipe.replicas > 1 else ""
+
+
 def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "") -> None:
     """Throughput over the streaming wall clock, latency percentiles, and the stage table."""
     stats = pipe.stats()
     out.print(Text(
         f"{report.plural(count, 'request')} in {seconds:.2f} s: {count / seconds:,.1f} req/s "
-        f"({pipe.backend} backend, {report.plural(pipe.plan.num_cores, 'stage')}"
+        f"({pipe.backend} backend, {_replicas(pipe)}{report.plural(pipe.plan.num_cores, 'stage')}"
         f"{'; ' + note if note else ''})\n" + report.latency_line(stats)
     ))
     out.print(report.stats_table(stats))

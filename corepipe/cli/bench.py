@@ -245,7 +245,7 @@ def run_bench(
         cores: K, the cores to use (default: all this process may run on).
         requests: requests per measurement (the parallel baseline splits them across K).
         warmup: unmeasured requests before each measurement.
-        balance: compile option, ``"measure"`` (default) or ``"estimate"``.
+        balance: compile option, ``"measure"`` (default), ``"load"`` or ``"estimate"``.
         example_inputs: inputs to send (default: deterministic random inputs of the signature).
         progress: optional callback told which step runs.
         engine: compile option (``"auto"``, ``"onnxruntime"`` or ``"openvino"``).
@@ -297,7 +297,7 @@ def run_bench(
         stages = [
             {"index": s.index, "nodes": s.num_nodes, "first_op": s.first_op, "last_op": s.last_op,
              "resident_bytes": s.resident_bytes, "estimated_s": s.estimated_s, "measured_s": s.measured_s,
-             "engine": s.engine, "precision": s.precision, "fallback": s.fallback}
+             "engine": s.engine, "precision": s.precision, "fallback": s.fallback, "loaded_s": s.loaded_s}
             for s in cm.stages
         ]
     return BenchResult(
@@ -307,19 +307,24 @@ def run_bench(
     )
 
 
-def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use: list[int],
-               precision: str, say: Callable[[str], None]) -> list[BenchRow]:
-    """The strongest peers: one onnxruntime session shared by K threads (fp32: onnxruntime has
-    no fast bf16), and OpenVINO's THROUGHPUT (K streams) and LATENCY (K threads) hints at
-    ``precision``."""
+def strong_peers(k: int, precision: str) -> list[tuple[str, str, str]]:
+    """``(benchproc mode, row name, what)`` of the strongest peers: one onnxruntime session
+    shared by K threads (fp32: onnxruntime has no fast bf16), and OpenVINO's THROUGHPUT (K
+    streams) and LATENCY (K threads) hints at ``precision``. `corepipe tune` measures them too."""
     peers = [("shared", f"ort 1 session shared by {plural(k, 'thread')} (fp32)",
               "onnxruntime, 1 session shared by K threads")]
     if missing_engine("openvino") is None:
         peers += [("ov_throughput", f"openvino THROUGHPUT ({plural(k, 'stream')}, {precision})", "openvino THROUGHPUT"),
                   ("ov_latency", f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight, {precision})",
                    "openvino LATENCY")]
+    return peers
+
+
+def _peer_rows(path: Path, inputs: Path, k: int, requests: int, warmup: int, use: list[int],
+               precision: str, say: Callable[[str], None]) -> list[BenchRow]:
+    """The `strong_peers`, each in its own process on the same inputs."""
     rows = []
-    for mode, name, what in peers:
+    for mode, name, what in strong_peers(k, precision):
         say(what)
         r = _serial(path, inputs, k, requests, warmup, use, mode=mode, precision=precision)
         rows.append(BenchRow(name, r["requests"] / r["elapsed_s"], r["latency_p50_s"], [r["rss_bytes"]], [r["uss_bytes"]]))

@@ -80,6 +80,7 @@ def markdown(result: BenchResult, command: str) -> str:
         f"stage {s['index']}: {s['nodes']} nodes, {_mib(s['resident_bytes'])} MiB, {s.get('engine', 'onnxruntime')} "
         f"{s.get('precision', 'fp32')}"
         + (f", measured {s['measured_s'] * 1e3:.1f} ms" if s.get("measured_s") else "")
+        + (f", under load {s['loaded_s'] * 1e3:.1f} ms" if s.get("loaded_s") else "")
         + (" (fallback)" if s.get("fallback") else "")
         for s in result.stages)
     lines.append(f"Stages: {stage_txt}")
@@ -99,8 +100,9 @@ def bench_cmd(
     warmup: Annotated[int, typer.Option(
         "--warmup", min=0, metavar="N", help="Unmeasured requests before each measurement.")] = 5,
     balance: Annotated[str, typer.Option(
-        "--balance", metavar="estimate|measure",
-        help="Compile balance: measure (time stages on one core) or estimate.")] = "measure",
+        "--balance", metavar="estimate|measure|load",
+        help="Compile balance: measure (time stages on one core), load (run all stages at once) or "
+        "estimate.")] = "measure",
     precision: Annotated[str | None, typer.Option(
         "--precision", "-p", metavar="fp32|bf16|fp16|auto",
         help="Compile precision; the OpenVINO peers run at it too (default fp32).", show_default=False)] = None,
@@ -141,8 +143,8 @@ def bench_cmd(
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
-        if balance not in ("measure", "estimate"):
-            raise typer.BadParameter(f"--balance must be 'measure' or 'estimate', got {balance!r}")
+        if balance not in ("measure", "estimate", "load"):
+            raise typer.BadParameter(f"--balance must be 'measure', 'load' or 'estimate', got {balance!r}")
         if precision is not None and precision not in PRECISION_CHOICES:
             raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         if engine not in ENGINE_CHOICES:

@@ -10,10 +10,11 @@ import numpy as np
 import typer
 from rich.text import Text
 
+from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
+from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
-from ..compiler.driver import parse_compiler_args
 from ..frontends.tensorflow import convert_saved_model, is_saved_model
 from . import report
 from ._app import app, cli_errors, err, out, print_plan, print_run, start_pipeline, stream
@@ -61,8 +62,9 @@ def compile_cmd(
         "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
         show_default=False)] = None,
     balance: Annotated[str, typer.Option(
-        "--balance", metavar="estimate|measure",
-        help="Balance stages on the analytic cost estimate, or on stages timed on one core.",
+        "--balance", metavar="estimate|measure|load",
+        help="Balance stages on the analytic cost estimate, on stages timed one core at a time, or "
+        "on the whole pipeline run under load (every stage busy; needs a core per stage).",
     )] = "estimate",
     plot: Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE.png",
@@ -81,6 +83,13 @@ def compile_cmd(
         help="fp32 (exact), bf16 (matmuls and convolutions in bf16, fp32 accumulation; needs "
         "avx512_bf16 or AMX), fp16 (CPUs with fp16 math), auto (bf16 where the CPU has it). "
         "Default: the --compiler-arg casting flags, else fp32.", show_default=False)] = None,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, metavar="R",
+        help="Deployment to record (and to balance under, with --balance load): copies of the "
+        "pipeline. `corepipe tune` chooses one by measurement.", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, metavar="T", help="Deployment to record: cores per stage.",
+        show_default=False)] = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -93,6 +102,7 @@ def compile_cmd(
     corepipe compile model.onnx -o out/ --input x=1x3x224x224:float32
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
     corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
+    corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
     corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     ```
     """
@@ -100,8 +110,14 @@ def compile_cmd(
         count, _ = core_count(num_cores, cores, auto=True)
         if plot is not None:
             check_plot(plot, "--plot")
-        if balance not in ("estimate", "measure"):
-            raise typer.BadParameter(f"--balance must be 'estimate' or 'measure', got {balance!r}")
+        if balance not in BALANCES:
+            raise typer.BadParameter(f"--balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+        deployment = None
+        if replicas is not None or threads_per_stage is not None:
+            if count is None:
+                raise typer.BadParameter("--replicas and --threads-per-stage need --num-cores N (the stages)")
+            r, t = replicas or 1, threads_per_stage or 1
+            deployment = Deployment(replicas=r, threads_per_stage=t, cores=r * int(count) * t)
         if engine not in ENGINE_CHOICES:
             raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if precision is not None and precision not in PRECISION_CHOICES:
@@ -133,7 +149,7 @@ def compile_cmd(
                 example_inputs=None if savedmodel else (examples or None),
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                engine=engine, precision=precision, progress=progress,
+                engine=engine, precision=precision, progress=progress, deployment=deployment,
             )
         print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
         if plot is not None:
@@ -215,6 +231,12 @@ def run_cmd(
         "--max-in-flight", min=1, metavar="N",
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")] = 0,
+    replicas: Annotated[int | None, typer.Option(
+        "--replicas", min=1, metavar="R", help="Copies of the pipeline, each on its own cores (default: the "
+        "artifact's deployment, else 1).", show_default=False)] = None,
+    threads_per_stage: Annotated[int | None, typer.Option(
+        "--threads-per-stage", "-T", min=1, metavar="T", help="Cores per stage (default: the artifact's "
+        "deployment, else an even share).", show_default=False)] = None,
 ) -> None:
     """Stream requests through a compiled pipeline; print throughput, latency and stage stats.
 
@@ -224,12 +246,16 @@ def run_cmd(
     keeps them. --num-cores N runs the workers on the first N cores this process may use
     (default: all; stages share cores when they outnumber them).
 
+    The deployment (replicas x threads per stage) is the artifact's when `corepipe tune` wrote
+    one; --replicas and --threads-per-stage override it.
+
     Examples:
 
     ```
     corepipe run resnet_compiled/ --requests 200
     corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
     corepipe run bert_compiled/ --inputs tokens.npz --save outputs.npz
+    corepipe run bert_tuned/ --replicas 1 --threads-per-stage 2
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
@@ -250,6 +276,7 @@ def run_cmd(
         # Refuse a --save that cannot fit before any worker starts.
         writer = NpzWriter(save, plan.outputs, count) if save is not None else None
         options: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        options.update(replicas=replicas, threads_per_stage=threads_per_stage)
         if n_cores is not None:
             options["cores"] = usable_cores()[: int(n_cores)]
         try:
@@ -266,8 +293,10 @@ def run_cmd(
                 out.print(Text(f"saved the outputs of {plural(count, 'request')} to {path}"))
             print_run(pipe, count, seconds)
             if timeline is not None:
-                draw_timeline(pipe.timeline(), timeline, f"corepipe run {artifact}",
-                              [s.core for s in pipe.stats().stages], pipe.backend)
+                # with replicas, each keeps its own timeline: draw the first one's
+                title = f"corepipe run {artifact}" + (f" (replica 0 of {pipe.replicas})" if pipe.replicas > 1 else "")
+                draw_timeline(pipe.timeline(), timeline, title,
+                              [s.core for s in pipe.stats().stages if s.replica == 0], pipe.backend)
         except KeyboardInterrupt:
             pipe.close(timeout=2.0)  # after Ctrl-C, do not wait for a long queue to drain
             raise

@@ -201,6 +201,15 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     timed = [n for n in plan.notes if " on one core: " in n]
     if timed:
         lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))
+    dep = plan.deployment
+    if dep is not None:
+        figures = "" if dep.throughput is None else (
+            f"; measured {dep.throughput:,.4g} req/s, p50 {(dep.latency_p50_s or 0) * 1e3:.4g} ms")
+        lines.append(f"deployment: {dep.describe(plan.num_cores)} of {dep.cores}"
+                     f"{' (tuned for ' + dep.objective + ')' if dep.objective else ''}{figures}")
+    loaded = [s.loaded_s for s in plan.stages]
+    if all(t is not None for t in loaded):
+        lines.append("under load: " + " / ".join(f"{_ms(t or 0.0)}" for t in loaded) + " ms busy per request")
     if path is not None:
         lines.append(f"artifact: {path}")
     return Text("\n".join(lines))
@@ -210,13 +219,17 @@ def stats_table(stats: PipelineStats) -> Table:
     """One row per stage from `Pipeline.stats()`: pid, core, requests, busy %, service, queue."""
     table = Table(title=f"stages ({stats.backend} backend)", title_justify="left",
                   header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    replicas = stats.replicas > 1
+    if replicas:
+        table.add_column("replica", justify="right", no_wrap=True)
     for name in ("stage", "pid", "core", "requests", "busy %", "service ms", "queue"):
         table.add_column(name, justify="left" if name == "core" else "right", no_wrap=True)
     restarts = any(s.restarts for s in stats.stages)
     if restarts:
         table.add_column("restarts", justify="right", no_wrap=True)
     for s in stats.stages:
-        row = [
+        row = [str(s.replica)] if replicas else []
+        row += [
             str(s.index), str(s.pid) if s.pid is not None else "-", s.core, str(s.requests),
             f"{s.busy_pct:.1f}", f"{s.mean_service_s * 1e3:.3f}", str(s.queue_depth),
         ]
@@ -241,12 +254,14 @@ class _StepProgress:
         self._tasks: dict[str, TaskID] = {}
 
     def __call__(self, step: str, done: int, total: int) -> None:
-        if step not in self._tasks:
+        # "step: detail" updates the step's bar with the detail (e.g. the latest measurement).
+        name = step.split(": ", 1)[0]
+        if name not in self._tasks:
             for task in self._tasks.values():  # a new step means the earlier ones are over
                 t = self._progress.tasks[task]
                 self._progress.update(task, completed=t.total or 1)
-            self._tasks[step] = self._progress.add_task(step, total=max(total, 1))
-        self._progress.update(self._tasks[step], completed=done, total=max(total, 1))
+            self._tasks[name] = self._progress.add_task(step, total=max(total, 1))
+        self._progress.update(self._tasks[name], completed=done, total=max(total, 1), description=step)
 
 
 @contextmanager

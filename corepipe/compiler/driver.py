@@ -12,23 +12,28 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from ..artifact.manifest import open_artifact, write_artifact
+from ..artifact.deployment import Deployment
+from ..artifact.manifest import open_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
+from .assemble import check_engines, engine_notes, make_plan, write_stages
 from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
 from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
-from .partition import build_stage_model, links_for, make_problem, place_stages, stage_plans
+from .partition import links_for, make_problem
 from .sources import float16_precision, model_source
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
 
-__all__ = ["compile", "CompiledModel", "FRONT_END", "parse_compiler_args", "Progress"]
+__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress", "BALANCES", "FRONT_END"]
+
+#: How stages are balanced: analytic estimate, timed one core at a time, or timed all at once.
+BALANCES = ("estimate", "measure", "load")
 
 #: Prefix of the plan notes a front-end adds (casts it made, the precision an fp16 source chose).
 FRONT_END = "front-end: "
@@ -153,9 +158,12 @@ def compile(
     cuts: Sequence[int] | None = None,
     engine: str = "auto",
     precision: str | None = None,
+    progress: Progress | None = None,
+    deployment: Deployment | None = None,
+    load_rounds: int = 4,
+    load_seconds: float = 3.0,
     output_names: Sequence[str] | None = None,
     export_path: str | os.PathLike[str] | None = None,
-    progress: Progress | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
@@ -178,8 +186,11 @@ def compile(
         compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``;
             ``--auto-cast``, ``--auto-cast-type`` and ``--fp32-cast`` set the precision
             (`corepipe.compiler.flags`).
-        balance: ``"estimate"`` (analytic cost) or ``"measure"`` (time stages on one core and
-            move boundaries until the measured stages balance).
+        balance: ``"estimate"`` (analytic cost), ``"measure"`` (time stages on one core and
+            move boundaries until the measured stages balance), or ``"load"`` (run the whole
+            pipeline with every stage busy, in ``deployment``, measure each stage's busy time
+            per request, move boundaries, repeat up to ``load_rounds`` times, keep the fastest
+            cut; the plan records each stage's time under load as ``loaded_s``).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
         engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
@@ -192,11 +203,16 @@ def compile(
             Neuron flags in ``compiler_args`` say, else fp32 -- except for a SavedModel or
             torch module that computes in fp16 or is given fp16 examples: fp16 where this CPU
             has fp16 math, else ``"auto"`` (`corepipe.compiler.sources.float16_precision`).
+        progress: optional ``progress(step, done, total)`` callback.
+        deployment: replicas x threads per stage on ``deployment.cores`` cores, written into
+            the artifact for `load` and `serve` to use by default (and what ``balance="load"``
+            measures in). Default: none recorded; ``balance="load"`` then uses 1 x 1.
+        load_rounds: cuts ``balance="load"`` measures at most (then the best two again).
+        load_seconds: how long ``balance="load"`` streams requests through each cut.
         output_names: torch modules only: names for the outputs (default: the keys of a
             returned dict or ``ModelOutput``, such as ``last_hidden_state`` or ``logits``).
         export_path: keep the ONNX file exported from a torch module or converted from a
             SavedModel at this path (by default it is a temporary file, removed).
-        progress: optional ``progress(step, done, total)`` callback.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
@@ -221,8 +237,8 @@ def compile(
                 f"{flags['num_cores']} cores; give the count once"
             )
         num_cores = flags["num_cores"]
-    if balance not in ("estimate", "measure"):
-        raise CompileError(f"balance must be 'estimate' or 'measure', got {balance!r}")
+    if balance not in BALANCES:
+        raise CompileError(f"balance must be one of {list(BALANCES)}, got {balance!r}")
     resolved = resolve_precision(precision, flags.get("precision"))  # bad values fail before any work
     check_request(engine, resolved)
     tgt = resolve_target(target, core_memory)
@@ -236,14 +252,16 @@ def compile(
             resolved = resolve_precision(wanted)
             notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
                          f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
-        return _compile(src.model, output_dir, src.examples, num_cores, tgt, balance, cuts, engine,
-                        resolved, notes, report)
+        return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
+                        cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
+                        deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds)
 
 
 def _compile(
     model: str | os.PathLike[str] | onnx.ModelProto,
     output_dir: str | os.PathLike[str],
     example_inputs: Mapping[str, np.ndarray] | None,
+    *,
     num_cores: int | str,
     tgt: Target,
     balance: str,
@@ -252,7 +270,11 @@ def _compile(
     precision: str,
     notes: list[str],
     report: Progress,
+    deployment: Deployment | None,
+    load_rounds: int,
+    load_seconds: float,
 ) -> CompiledModel:
+    """`compile` once the model is ONNX and the options are checked."""
     report("analyse graph", 0, 1)
     graph = analyze(model, example_inputs)
     report("analyse graph", 1, 1)
@@ -297,7 +319,12 @@ def _compile(
                 f"cannot cut this graph into {plural(k, 'stage')}: only {plural(places, 'place')} "
                 f"between its nodes may be cut ({graph.why_uncut(0, graph.n)}); use num_cores <= {places + 1}"
             ) from None
-    measured = None
+    if deployment is not None and deployment.cores_needed(k) > deployment.cores:
+        raise CompileError(
+            f"deployment {deployment.describe(k)} needs more than the {deployment.cores} cores it "
+            "is made for; lower its replicas or threads_per_stage, or raise its cores"
+        )
+    measured = loaded = None
     if balance == "measure":
         from .measure import measured_balance
 
@@ -306,41 +333,38 @@ def _compile(
             engines=candidates(engine), precision=precision, engine=engine)
         measured = [c.seconds[c.engine] for c in choices]
         problem = make_problem(graph, compute, tgt.core_memory)
-    elif candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
-        choices = [Choice("onnxruntime", "fp32") for _ in range(k)]
-    else:  # engine "auto" or "openvino": run each stage once and check it against onnxruntime
-        from .measure import time_stages_on
+    elif balance == "load":
+        from .loadbalance import balance_under_load
+        from .measure import example_feeds
 
-        report("check engines", 0, 1)
-        order = candidates(engine)
-        trials = time_stages_on(graph, bounds, example_inputs, order, precision, repeats=0)
-        choices = [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
-        report("check engines", 1, 1)
+        chosen: dict[tuple[int, ...], list[Choice]] = {}
+
+        def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
+            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report)
+            trial = make_plan(graph, make_problem(graph, costs, tgt.core_memory), tgt, cut, balance,
+                              chosen[tuple(cut)])
+            write_stages(graph, trial, cut, directory)
+            return directory
+
+        lb = balance_under_load(graph, problem, tgt, bounds, example_feeds(graph, example_inputs), write_cut,
+                                report, deployment=deployment, rounds=load_rounds, seconds=load_seconds)
+        bounds, compute, loaded, choices = lb.bounds, lb.compute, lb.measurement.stage_busy_s, chosen[tuple(lb.bounds)]
+        problem = make_problem(graph, compute, tgt.core_memory)
+        m = lb.measurement
+        notes.append(
+            f"balanced under load: {plural(lb.rounds, 'cut')} measured; best {m.throughput:.4g} req/s, "
+            f"p50 {m.latency_p50_s * 1e3:.4g} ms with {m.window} in flight")
+        if deployment is not None:
+            deployment = dataclasses.replace(deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
+                                             latency_p99_s=m.latency_p99_s)
+    else:
+        choices = check_engines(graph, bounds, example_inputs, engine, precision, report)
     report("partition", 1, 1)
-    seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
-    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
-    stages = [
-        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback)
-        for st, c in zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured, place_stages(tgt, seconds)),
-                         choices)
-    ]
-    plan = Plan(
-        target=tgt,
-        inputs=tuple(graph.inputs),
-        outputs=tuple(graph.outputs),
-        boundaries=tuple(tuple(graph.boundary(b)) for b in bounds[:-1]) + (tuple(graph.outputs),),
-        stages=tuple(stages),
-        num_nodes=graph.n,
-        balance=balance,
-        notes=tuple(notes + engine_notes(engine, precision, choices)),
-    )
+    plan = make_plan(graph, problem, tgt, bounds, balance, choices, measured=measured, loaded=loaded,
+                     deployment=deployment, notes=engine_notes(engine, precision, choices) + notes)
     report("write stages", 0, k)
-    models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
     try:
-        final = write_artifact(
-            output_dir, plan, models, source_sha256=graph.source_sha256,
-            on_stage=lambda s: report("write stages", s + 1, k),
-        )
+        final = write_stages(graph, plan, bounds, Path(output_dir), lambda s: report("write stages", s + 1, k))
     except ArtifactError as exc:  # e.g. the output directory holds someone else's files
         raise CompileError(str(exc)) from None
     return CompiledModel(Path(output_dir), final)
@@ -364,19 +388,3 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
 
 def problem_bytes(problem: solver.Problem) -> int:
     return int(sum(problem.weight_bytes))
-
-
-def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list[str]:
-    """What the plan says about its engines: what was asked, what each stage measured, and why
-    any stage runs elsewhere."""
-    notes = [f"engine {engine!r}, precision {precision!r}: stages run on "
-             + ", ".join(f"{s}: {c.engine} {c.precision}" for s, c in enumerate(choices))]
-    if engine == "auto" and candidates("auto") == ["onnxruntime"]:
-        notes.append("openvino is not installed, so every stage runs on onnxruntime (pip install openvino)")
-    for s, c in enumerate(choices):
-        if len(c.seconds) > 1:
-            notes.append(f"stage {s} on one core: " + ", ".join(
-                f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
-        if c.fallback:
-            notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
-    return notes

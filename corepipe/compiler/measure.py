@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.manifest import save_stage_model
 from ..artifact.target import Target
+from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
 from . import solver
 from .choose import Choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
 
-__all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on"]
+__all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on", "example_feeds"]
 
 
 @dataclass
@@ -54,6 +54,11 @@ class StageTime:
     @property
     def best(self) -> float:
         return min(self.seconds.values())
+
+
+def example_feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """One request for ``graph`` (what balancing runs through candidate stages)."""
+    return _feeds(graph, example_inputs)
 
 
 def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:

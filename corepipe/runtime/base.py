@@ -22,6 +22,9 @@ __all__ = ["Pipeline", "StageStats", "PipelineStats"]
 
 @dataclass(frozen=True)
 class StageStats:
+    """One stage's figures. ``core``: the core ids it is pinned to (``"0,1"``); ``replica``: which
+    copy of the pipeline it belongs to (0 without replicas)."""
+
     index: int
     pid: int | None
     core: str
@@ -31,6 +34,7 @@ class StageStats:
     mean_service_s: float
     queue_depth: int
     restarts: int = 0
+    replica: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class PipelineStats:
     latency_p90_s: float
     latency_p99_s: float
     stages: list[StageStats] = field(default_factory=list)
+    replicas: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +89,8 @@ class Pipeline(ABC):
     - **Thread safety.** `submit`, `run`, `map` and `stats` may be called from any number of
       threads at once. `close` may be called from any thread, once or many times.
     - **Ordering.** Requests flow through the stages in submission order; futures complete in
-      that order (the order in which `submit` calls returned, across threads).
+      that order (the order in which `submit` calls returned, across threads). With replicas,
+      each request goes to the least busy replica and futures still complete in that order.
     - **Back-pressure.** At most ``max_in_flight`` requests are in the pipeline. `submit` blocks
       while it is full, up to ``timeout`` seconds (``None``: wait forever), then raises
       ``TimeoutError``. Memory never grows with the number of waiting callers' requests.
@@ -98,6 +104,8 @@ class Pipeline(ABC):
     """
 
     backend: str = "abstract"
+    #: Copies of the pipeline behind this client (see `corepipe.runtime.replicas`).
+    replicas: int = 1
 
     def __init__(self, path: Path, plan: Plan, max_in_flight: int) -> None:
         self.path = path
@@ -178,4 +186,5 @@ class Pipeline(ABC):
         self.close(timeout=0 if interrupted else 30.0)
 
     def __repr__(self) -> str:
-        return f"<corepipe.Pipeline {self.backend} {self.plan.num_cores} stages at {str(self.path)!r}>"
+        copies = f"{self.replicas} replicas x " if self.replicas > 1 else ""
+        return f"<corepipe.Pipeline {self.backend} {copies}{self.plan.num_cores} stages at {str(self.path)!r}>"

@@ -105,6 +105,7 @@ class Supervisor:
             "num_stages": self._n,
             "cores": self._cores[k],
             "threads": len(self._cores[k]),
+            "spin": len(self._cores[k]) > 1 and self._owns_cores(k),
             "slots": self._slots,
             "control": self._control.shm.name,
             "ring_in": self._rings[k].shm.name,
@@ -126,6 +127,11 @@ class Supervisor:
             return WorkerProcess(cfg, [fd for fd in fds.values() if fd is not None], report_r)
         finally:
             os.close(report_w)
+
+    def _owns_cores(self, k: int) -> bool:
+        """Whether no other stage of this pipeline runs on stage ``k``'s cores."""
+        mine = set(self._cores[k])
+        return not any(mine & set(c) for j, c in enumerate(self._cores) if j != k)
 
     def _wait_ready(self, k: int, epoch: int) -> None:
         assert self._control is not None

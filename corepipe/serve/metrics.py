@@ -35,7 +35,7 @@ class _Live(Collector):
 
     def __init__(self, models: Sequence[ServedModel]) -> None:
         self.models = models
-        self._last: dict[tuple[str, int], tuple[float, float, float]] = {}  # -> (t, busy_s, ratio)
+        self._last: dict[tuple[str, int, int], tuple[float, float, float]] = {}  # -> (t, busy_s, ratio)
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
@@ -44,13 +44,13 @@ class _Live(Collector):
         waiting = GaugeMetricFamily("corepipe_requests_waiting", "Requests waiting for room in the pipeline",
                                     labels=["model"])
         busy = GaugeMetricFamily("corepipe_stage_busy_ratio", "Fraction of time the stage was running a request",
-                                 labels=["model", "stage"])
+                                 labels=["model", "replica", "stage"])
         busy_s = CounterMetricFamily("corepipe_stage_busy_seconds", "Seconds the stage spent running requests",
-                                     labels=["model", "stage"])
+                                     labels=["model", "replica", "stage"])
         depth = GaugeMetricFamily("corepipe_stage_queue_depth", "Requests waiting in the hand-off ring before the stage",
-                                  labels=["model", "stage"])
+                                  labels=["model", "replica", "stage"])
         restarts = CounterMetricFamily("corepipe_stage_restarts", "Restarts of the stage's worker",
-                                       labels=["model", "stage"])
+                                       labels=["model", "replica", "stage"])
         now = time.monotonic()
         for m in self.models:
             ready.add_metric([m.name], 1.0 if m.ready else 0.0)
@@ -59,14 +59,14 @@ class _Live(Collector):
             if m.pipe is None:
                 continue
             for st in m.pipe.stats().stages:
-                label = [m.name, str(st.index)]
-                busy.add_metric(label, self._ratio((m.name, st.index), now, st.busy_s, st.busy_pct / 100))
+                label = [m.name, str(st.replica), str(st.index)]
+                busy.add_metric(label, self._ratio((m.name, st.replica, st.index), now, st.busy_s, st.busy_pct / 100))
                 busy_s.add_metric(label, st.busy_s)
                 depth.add_metric(label, st.queue_depth)
                 restarts.add_metric(label, st.restarts)
         yield from (ready, running, waiting, busy, busy_s, depth, restarts)
 
-    def _ratio(self, key: tuple[str, int], now: float, busy_s: float, lifetime: float) -> float:
+    def _ratio(self, key: tuple[str, int, int], now: float, busy_s: float, lifetime: float) -> float:
         with self._lock:
             last = self._last.get(key)
             if last is None:

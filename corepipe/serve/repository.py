@@ -5,21 +5,23 @@ or a repository: a directory whose subdirectories are artifacts, one model each,
 subdirectory. TF-Serving's and Triton's versioned layout works too: a model directory whose
 subdirectories are numbered versions (``rn50_compiled/1/``, as ``corepipe.tensorflow`` writes)
 is one model, named after that directory and served at its highest version; PATH may be such a
-model directory, a version directory in it, or a repository of them. Each model gets its own pipeline on its share of the cores (`split_cores`), with
-the deployment its manifest records (``"deployment": {"replicas": R, "threads_per_stage": T}``,
-written by ``corepipe tune``) where it has one and the runtime supports it.
+model directory, a version directory in it, or a repository of them. Each model gets its own
+pipeline on its share of the cores (`split_cores`), with the deployment its plan records
+(``Plan.deployment``: R replicas x T threads per stage, written by ``corepipe tune``) where it
+has one; where its share of the cores cannot hold that, the most replicas (then threads) that
+fit, with a warning.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from ..artifact.manifest import open_artifact, read_manifest
+from ..artifact.manifest import open_artifact
+from ..artifact.plan import Plan
 from ..errors import ArtifactError, CorepipeError
 from ..runtime import load
 from .config import ServeConfig, split_cores
@@ -72,26 +74,31 @@ def _latest_version(model_dir: Path) -> Path | None:
 
 
 def deployment_of(root: Path) -> dict[str, Any]:
-    """The manifest's deployment (replicas, threads per stage), or {} when it records none."""
-    dep = read_manifest(root).get("deployment")
-    if not isinstance(dep, dict):
+    """The plan's deployment as load() options (replicas, threads per stage), or {} when it
+    records none."""
+    return _options(open_artifact(root, verify_hashes=False).plan)
+
+
+def _options(plan: Plan) -> dict[str, Any]:
+    dep = plan.deployment
+    if dep is None:
         return {}
-    out: dict[str, Any] = {}
-    for key, alias in (("replicas", "replicas"), ("threads_per_stage", "threads_per_stage"),
-                       ("threads", "threads_per_stage")):
-        value = dep.get(key)
-        if isinstance(value, int) and value >= 1:
-            out[alias] = value
-    return out
+    return {"replicas": dep.replicas, "threads_per_stage": dep.threads_per_stage}
 
 
-def _backend_accepts(backend: str) -> set[str]:
-    """Keyword options the backend's pipeline accepts (deployment keys vary with the runtime)."""
-    if backend == "inline":
-        from ..runtime.inline import InlinePipeline as cls
+def _fit(name: str, stages: int, wanted: dict[str, Any], cores: int) -> dict[str, Any]:
+    """``wanted`` (replicas, threads per stage) cut down to what ``cores`` cores hold."""
+    r, t = wanted.get("replicas", 1), wanted.get("threads_per_stage", 1)
+    if r * stages * t <= cores or stages > cores:
+        return dict(wanted)  # fits; or nothing does, and load() says so
+    if stages * t <= cores:
+        fitted = {"replicas": cores // (stages * t), "threads_per_stage": t}
     else:
-        from ..runtime.local import LocalPipeline as cls  # type: ignore[assignment]
-    return set(inspect.signature(cls.__init__).parameters)
+        fitted = {"replicas": 1, "threads_per_stage": cores // stages}
+    log.warning("model %s: its deployment (%d replicas x %d stages x %d threads) needs %d cores and has %d; "
+                "serving %d replicas x %d threads", name, r, stages, t, r * stages * t, cores,
+                fitted["replicas"], fitted["threads_per_stage"])
+    return fitted
 
 
 def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
@@ -111,8 +118,7 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
         raise CorepipeError(f"--model-cores names models {unknown} that are not in {str(path)!r}: "
                             f"its models are {sorted(sources)}")
     artifacts = {name: open_artifact(root) for name, root in sources.items()}
-    deployments = {name: deployment_of(root) for name, root in sources.items()}
-    accepts = _backend_accepts(config.backend)
+    deployments = {name: _options(art.plan) for name, art in artifacts.items()}
     needs = {
         name: art.plan.num_cores * deployments[name].get("threads_per_stage", 1) * deployments[name].get("replicas", 1)
         for name, art in artifacts.items()
@@ -129,17 +135,8 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                 options.update(cores=cores[name], restart=config.restart, max_deaths=config.max_deaths,
                                death_window=config.death_window, backoff_s=config.backoff_s,
                                backoff_max_s=config.backoff_max_s)
-                for key, value in deployments[name].items():
-                    if key in accepts:
-                        options[key] = value
-                    else:
-                        log.warning("model %s: the manifest asks for %s=%s, which this runtime does not "
-                                    "support; serving without it", name, key, value)
-                threads = options.get("threads_per_stage", 1)
-                if threads > 1 and threads * art.plan.num_cores > len(cores[name]):
-                    log.warning("model %s: the deployment's %s threads per stage do not fit its %d cores; "
-                                "using an even share", name, options["threads_per_stage"], len(cores[name]))
-                    options.pop("threads_per_stage")
+                if deployments[name]:
+                    options.update(_fit(name, art.plan.num_cores, deployments[name], len(cores[name])))
             log.info("model %s: %d stages on cores %s", name, art.plan.num_cores, cores[name])
             try:
                 pipe = load(art.root, backend=config.backend, **options)
@@ -154,7 +151,7 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
             models.append(ServedModel(
                 name, art.root, art.plan.inputs, art.plan.outputs, pipe, load_error=error,
                 max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
-                deployment={k: v for k, v in options.items() if k in deployments[name]},  # as applied
+                deployment={k: options[k] for k in ("replicas", "threads_per_stage") if k in options},  # as applied
             ))
             version = sources[name].resolve().name
             if version.isdigit() and version != name:  # a versioned layout: report that version

@@ -1,0 +1,93 @@
+"""From a cut to an artifact: check each stage's engine, describe the stages as a `Plan`, and
+write the stage files. `compile` uses it once; ``balance="load"`` once per cut it measures, so
+what it measures is exactly what ships."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact.deployment import Deployment
+from ..artifact.plan import Plan
+from ..artifact.target import Target
+from ..artifact.writer import write_artifact
+from . import solver
+from .choose import Choice, candidates
+from .graph import ModelGraph
+from .partition import build_stage_model, links_for, place_stages, stage_plans
+
+__all__ = ["check_engines", "make_plan", "write_stages", "engine_notes"]
+
+
+def check_engines(
+    graph: ModelGraph, bounds: Sequence[int], example_inputs: Mapping[str, np.ndarray] | None,
+    engine: str, precision: str, report: Callable[[str, int, int], None],
+) -> list[Choice]:
+    """Each stage's engine without timing: onnxruntime when that is all there is to choose,
+    else each stage run once on each candidate engine and checked against onnxruntime."""
+    if candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
+        return [Choice("onnxruntime", "fp32") for _ in range(len(bounds) - 1)]
+    from .measure import time_stages_on
+
+    report("check engines", 0, 1)
+    order = candidates(engine)
+    trials = time_stages_on(graph, list(bounds), example_inputs, order, precision, repeats=0)
+    report("check engines", 1, 1)
+    return [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
+
+
+def make_plan(
+    graph: ModelGraph, problem: solver.Problem, tgt: Target, bounds: Sequence[int], balance: str,
+    choices: Sequence[Choice], *, measured: Sequence[float] | None = None,
+    loaded: Sequence[float] | None = None, deployment: Deployment | None = None,
+    notes: Sequence[str] = (),
+) -> Plan:
+    """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
+    (``measured``) or under load (``loaded``), and the deployment to record."""
+    k = len(bounds) - 1
+    seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
+    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
+    stages = [
+        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback,
+                            loaded_s=None if loaded is None else float(loaded[s]))
+        for s, (st, c) in enumerate(zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured,
+                                                    place_stages(tgt, seconds)), choices))
+    ]
+    return Plan(
+        target=tgt,
+        inputs=tuple(graph.inputs),
+        outputs=tuple(graph.outputs),
+        boundaries=tuple(tuple(graph.boundary(b)) for b in bounds[:-1]) + (tuple(graph.outputs),),
+        stages=tuple(stages),
+        num_nodes=graph.n,
+        balance=balance,
+        notes=tuple(notes),
+        deployment=deployment,
+    )
+
+
+def write_stages(graph: ModelGraph, plan: Plan, bounds: Sequence[int], out: Path,
+                 on_stage: Callable[[int], None] | None = None) -> Plan:
+    """Write ``plan``'s stage graphs and manifest to ``out`` (atomically); the plan with hashes."""
+    k = len(bounds) - 1
+    models = (build_stage_model(graph, bounds[s], bounds[s + 1], s == k - 1) for s in range(k))
+    return write_artifact(out, plan, models, source_sha256=graph.source_sha256, on_stage=on_stage)
+
+
+def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list[str]:
+    """What the plan says about its engines: what was asked, what each stage measured, and why
+    any stage runs elsewhere."""
+    notes = [f"engine {engine!r}, precision {precision!r}: stages run on "
+             + ", ".join(f"{s}: {c.engine} {c.precision}" for s, c in enumerate(choices))]
+    if engine == "auto" and candidates("auto") == ["onnxruntime"]:
+        notes.append("openvino is not installed, so every stage runs on onnxruntime (pip install openvino)")
+    for s, c in enumerate(choices):
+        if len(c.seconds) > 1:
+            notes.append(f"stage {s} on one core: " + ", ".join(
+                f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
+        if c.fallback:
+            notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
+    return notes

@@ -1,0 +1,129 @@
+"""Balance under load and `corepipe tune`, end to end on tiny models with real processes: the plans
+they write, the artifact with its deployment and picture, the capacity answer and its errors,
+and that an artifact appears whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from graphcases import big_weight_model, run_reference
+
+import corepipe
+from corepipe import zoo
+from corepipe.cli.tune import run_tune
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+CORES = len(os.sched_getaffinity(0))
+FAST = {"seconds": 0.25, "rounds": 1}
+
+
+def _same(out, ref):
+    for name in ref:
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+
+
+def test_balance_under_load_writes_a_valid_plan_with_the_times_measured_under_load(tmp_path):
+    case = big_weight_model([256 * 1024] * 6)
+    steps = []
+    dep = corepipe.Deployment(replicas=1, threads_per_stage=1, cores=2)
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=2, balance="load",
+                          deployment=dep, load_rounds=2, load_seconds=0.2,
+                          progress=lambda step, done, total: steps.append(step))
+    plan = corepipe.CompiledModel.open(cm.path).plan  # verified from disk
+    assert plan.balance == "load"
+    assert all(st.loaded_s is not None and st.loaded_s > 0 for st in plan.stages)
+    assert any("balanced under load" in n for n in plan.notes)
+    assert plan.deployment is not None and plan.deployment.throughput and plan.deployment.latency_p50_s
+    assert any(s.startswith("balance under load: cut [") and "req/s" in s for s in steps)
+    ref = run_reference(case.model, case.feeds)
+    with corepipe.load(cm.path) as pipe:
+        _same(pipe.run(case.feeds), ref)
+    with pytest.raises(corepipe.CompileError, match="balance='load' runs every stage on its own cores"):
+        corepipe.compile(case.model, tmp_path / "b", example_inputs=case.inputs(), num_cores=CORES + 1,
+                         balance="load")
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, COLUMNS="160")
+    return subprocess.run([sys.executable, "-m", "corepipe", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_tune_end_to_end_writes_a_loadable_artifact_with_its_deployment_and_picture(tmp_path):
+    out = tmp_path / "tuned"
+    r = _cli("tune", "zoo:mlp", "-o", str(out), "--num-cores", "2", "--seconds", "0.25", "--rounds", "1",
+             "--rate", "200", "--p99", "500ms")
+    assert r.returncode == 0, r.stderr
+    for peer in ("ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
+                 "openvino THROUGHPUT (2 streams, fp32)", "openvino LATENCY (2 threads, 1 in flight, fp32)"):
+        assert peer in r.stdout, peer
+    assert "★ corepipe" in r.stdout and "Capacity: 200 req/s within p99 500 ms" in r.stdout
+    assert "Erlang C" in r.stdout
+    figures = json.loads((out / "tune.json").read_text())
+    assert {p["kind"] for p in figures["points"]} == {"candidate", "peer"}
+    assert figures["chosen"] in [p["name"] for p in figures["points"] if p["kind"] == "candidate"]
+    assert figures["capacity"]["replicas"] >= 1
+    png = (out / "tune.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    dep = corepipe.CompiledModel.open(out).plan.deployment
+    assert dep is not None and dep.objective == "throughput" and dep.cores == 2
+    assert dep.replicas * len(corepipe.CompiledModel.open(out).stages) * dep.threads_per_stage <= 2
+    chosen = next(p for p in figures["points"] if p["name"] == figures["chosen"])
+    assert dep.throughput == pytest.approx(chosen["throughput"])
+    model, feeds = zoo.get("mlp")
+    ref = run_reference(model, feeds)
+    with corepipe.load(out) as pipe:  # the deployment is the default...
+        assert pipe.replicas == dep.replicas
+        _same(pipe.run(feeds), ref)
+    with corepipe.load(out, replicas=1, threads_per_stage=1) as pipe:  # ...and arguments override it
+        assert pipe.replicas == 1
+        _same(pipe.run(feeds), ref)
+    shown = _cli("inspect", str(out))
+    assert shown.returncode == 0 and "deployment:" in shown.stdout and "tuned for throughput" in shown.stdout
+
+
+def test_tune_errors_write_nothing(tmp_path):
+    out = tmp_path / "never"
+    r = _cli("tune", "zoo:mlp", "-o", str(out), "-k", "2", "--no-peers", "--max-candidates", "1",
+             "--seconds", "0.2", "--rate", "10", "--p99", "1us")
+    assert r.returncode == 2 and "error: no core count holds a p99 of 0.001 ms" in r.stderr, r.stderr
+    assert not out.exists()
+    with pytest.raises(corepipe.DeploymentError, match="no measured plan meets the p99 latency budget"):
+        run_tune("zoo:mlp", out, cores=2, objective="latency", latency_budget_s=1e-7, peers=False,
+                 max_candidates=1, **FAST)
+    with pytest.raises(corepipe.DeploymentError, match="no core count up to 2 holds"):
+        run_tune("zoo:mlp", out, cores=2, rate=1e9, p99_s=1.0, max_cores=2, peers=False, max_candidates=1, **FAST)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no half-written sibling either
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    seen = []
+    with pytest.raises(corepipe.ArtifactError, match="not a corepipe artifact"):
+        run_tune("zoo:mlp", foreign, cores=2, progress=lambda m, d, t: seen.append(m), **FAST)
+    assert seen == [], "a directory that cannot be written is refused before any measuring"
+
+
+def test_an_interrupted_tune_leaves_the_old_artifact_as_it_was(tmp_path):
+    out = tmp_path / "art"
+    model, feeds = zoo.get("mlp")
+    corepipe.compile(model, out, example_inputs=feeds, num_cores=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    seen = []
+
+    def interrupt(message, done, total):
+        seen.append(message)
+        if "measure under load" in message and len([m for m in seen if "measure under load" in m]) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises, in the middle of the search
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tune("zoo:mlp", out, cores=2, peers=False, progress=interrupt, **FAST)
+    assert any(m.startswith("measured ") for m in seen), "one candidate was measured before the interrupt"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
