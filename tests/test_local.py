@@ -202,3 +202,25 @@ def test_done_callback_may_submit_again_when_full(chain):
             time.sleep(0.01)
         for i, fut in enumerate(follow_ups):
             _assert_same(fut.result(timeout=1), refs[i + 1])
+
+
+def test_pipeline_started_in_a_short_lived_thread_outlives_it(chain):
+    """Linux kills a child when the *thread* that forked it exits (PR_SET_PDEATHSIG): a pipeline
+    loaded inside a worker thread (an executor, asyncio.to_thread) must keep its workers."""
+    path, feeds, refs = chain
+    box = {}
+    starter = threading.Thread(target=lambda: box.setdefault("pipe", corepipe.load(path)))
+    starter.start()
+    starter.join()
+    pipe = box["pipe"]
+    try:
+        pids = pipe.worker_pids()
+        time.sleep(0.5)
+        outs = list(pipe.map(feeds[:10]))
+        for out, ref in zip(outs, refs[:10]):
+            _assert_same(out, ref)
+        st = pipe.stats()
+        assert [s.restarts for s in st.stages] == [0, 0, 0]
+        assert pipe.worker_pids() == pids
+    finally:
+        pipe.close()

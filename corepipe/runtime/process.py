@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerProcess", "assign_cores", "module_command"]
+__all__ = ["WorkerProcess", "assign_cores", "module_command", "spawn"]
 
 
 def module_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
@@ -28,13 +29,25 @@ def module_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, *safe, "-m", module, *args], env
 
 
+#: Linux ties PR_SET_PDEATHSIG to the *thread* that forked the child, not to the process: a
+#: worker started from a short-lived thread (an executor, ``asyncio.to_thread``) would be killed
+#: when that thread exits. Every worker is therefore forked by this one thread, which lives as
+#: long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corepipe-spawner")
+
+
+def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **popen)``, forked by the process-lifetime spawner thread."""
+    return _SPAWNER.submit(subprocess.Popen, list(argv), **popen).result()
+
+
 class WorkerProcess:
     """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
     re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
 
     def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
         argv, env = module_command("corepipe.runtime.worker", json.dumps(config))
-        self.popen = subprocess.Popen(
+        self.popen = spawn(
             argv, env=env, cwd="/", pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL,
             close_fds=True,
         )

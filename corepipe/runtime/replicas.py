@@ -36,9 +36,8 @@ def start_replicas(start: Callable[[int], Pipeline], count: int) -> list[Pipelin
     """Start ``count`` replicas (``start(r)`` starts replica ``r``); if one fails, close those
     that started and raise its error.
 
-    One after another, in the calling thread: a worker process asks Linux to kill it when the
-    *thread* that started it ends (``PR_SET_PDEATHSIG``), so starting replicas from short-lived
-    helper threads would kill their workers as soon as the helpers finish.
+    One after another: a failure stops the rest early. (Worker processes are forked by
+    ``process.spawn``'s process-lifetime thread, so any thread may start replicas.)
     """
     started: list[Pipeline] = []
     try:

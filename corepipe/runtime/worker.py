@@ -124,14 +124,16 @@ def worker_main(config_json: str) -> None:
                 status, error = ERROR, encode_error(exc, k)
         if control.epoch != epoch:
             continue  # a recovery began while we ran: this result belongs to a dead epoch
+        # Count before publishing: once the result is visible the client may read stats(), and
+        # they must already include this request.
+        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (time.time() - start))
+        control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
+        control.set(k, Control.BUSY_SINCE, 0.0)
         ring_out.stamp(s, ring_in, k, enter, time.monotonic())  # this request's path, for timelines
         ring_out.publish(s, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
         out_full.ring()
         ring_in.free(s)
         in_free.ring()
-        control.set(k, Control.BUSY_SINCE, 0.0)
-        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (time.time() - start))
-        control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
         idx += 1
     ring_in.close()
     ring_out.close()
