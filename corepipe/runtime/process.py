@@ -38,7 +38,10 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corepipe-spawne
 
 def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **popen)``, forked by the process-lifetime spawner thread."""
-    return _SPAWNER.submit(subprocess.Popen, list(argv), **popen).result()
+    def fork() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), **popen)
+
+    return _SPAWNER.submit(fork).result()
 
 
 class WorkerProcess:
