@@ -1,5 +1,9 @@
 """corepipe: compile one ONNX model into a pipeline across many cores, and run it.
 
+`compile` also takes a TensorFlow SavedModel directory or a ``torch.nn.Module`` (converted by the
+front-ends in `corepipe.frontends`); ``import corepipe.tensorflow as tfn`` gives
+tensorflow-neuron's ``tfn.saved_model.compile`` call.
+
     >>> import corepipe
     >>> cm = corepipe.compile("model.onnx", "model_compiled/", num_cores="auto")  # doctest: +SKIP
     >>> with corepipe.load("model_compiled/") as pipe:                           # doctest: +SKIP

@@ -227,3 +227,19 @@ def test_large_json_is_decoded_off_the_event_loop(tmp_path):
     assert threads[1] != threads[0], threads  # the small one on the loop's thread, the big one not
     out = np.array(big.json()["outputs"][0]["data"], np.float32).reshape(big.json()["outputs"][0]["shape"])
     np.testing.assert_allclose(out, next(iter(refs[0].values())), rtol=1e-5, atol=1e-5)
+
+
+def test_discover_reads_the_versioned_layout(tmp_path):
+    """TF-Serving / Triton's ``name/<version>/``: the model is named after the directory and served
+    at its highest version, whether PATH is the version, the model directory or a repository."""
+    from corepipe.serve.repository import discover
+
+    for rel in ("repo/rn50/1", "repo/rn50/2", "repo/rn50/notes", "repo/bert", "repo/mlp/3"):
+        (tmp_path / rel).mkdir(parents=True)
+        if not rel.endswith("notes"):
+            (tmp_path / rel / "manifest.json").write_text("{}")
+    repo = tmp_path / "repo"
+    assert discover(repo / "rn50" / "1") == {"rn50": repo / "rn50" / "1"}
+    assert discover(repo / "rn50") == {"rn50": repo / "rn50" / "2"}
+    assert discover(repo) == {"bert": repo / "bert", "mlp": repo / "mlp" / "3", "rn50": repo / "rn50" / "2"}
+    assert discover(repo / "bert") == {"bert": repo / "bert"}

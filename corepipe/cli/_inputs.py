@@ -24,6 +24,7 @@ __all__ = [
     "load_npz",
     "npz_requests",
     "parse_input_flag",
+    "parse_input_shape",
     "random_requests",
 ]
 
@@ -43,12 +44,19 @@ def parse_input_flag(text: str) -> tuple[str, np.ndarray]:
     The dtype is optional (default float32); ``NAME=scalar:DTYPE`` gives a 0-d array. The values
     are ones: they only fix shapes, and a one is a valid token id, mask value and divisor.
     """
+    name, shape, dtype = parse_input_shape(text)
+    return name, np.ones(shape, dtype=np.dtype(dtype or "float32"))
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...], str | None]:
+    """``"input_ids=1x128:int64"`` -> ``("input_ids", (1, 128), "int64")``; the dtype is None
+    when the flag gives none (a SavedModel input then takes its signature's dtype)."""
     name, eq, rest = text.partition("=")
     usage = "use NAME=SHAPE:DTYPE, e.g. --input input_ids=1x128:int64"
     if not eq or not name.strip():
         raise typer.BadParameter(f"--input {text!r} has no NAME=: {usage}")
-    shape_text, _, dtype = rest.rpartition(":") if ":" in rest else (rest, "", "float32")
-    if dtype not in DTYPES:
+    shape_text, _, dtype = rest.rpartition(":") if ":" in rest else (rest, "", None)
+    if dtype is not None and dtype not in DTYPES:
         raise typer.BadParameter(
             f"--input {text!r}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}"
         )
@@ -61,7 +69,7 @@ def parse_input_flag(text: str) -> tuple[str, np.ndarray]:
                 f"'x'; {usage}"
             )
         shape = tuple(int(d) for d in dims)
-    return name.strip(), np.ones(shape, dtype=np.dtype(dtype))
+    return name.strip(), shape, dtype
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.text import Text
 
@@ -14,6 +15,7 @@ from ..artifact.manifest import open_artifact
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
+from ..frontends.tensorflow import convert_saved_model, is_saved_model
 from . import report
 from ._app import (
     app,
@@ -26,7 +28,7 @@ from ._app import (
     start_pipeline,
     stream,
 )
-from ._inputs import load_model, load_npz, npz_requests, parse_input_flag, random_requests
+from ._inputs import load_model, load_npz, npz_requests, parse_input_shape, random_requests
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
 from .report import plural
@@ -39,8 +41,9 @@ __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 @app.command("compile")
 def compile_cmd(
     model: Annotated[str, typer.Argument(
-        help="Path to an .onnx file, or zoo:NAME for a built-in model (zoo:resnet50, zoo:bert, "
-        "zoo:mlp, ...).", show_default=False)],
+        help="Path to an .onnx file, a TensorFlow SavedModel directory (its serving_default "
+        "signature, converted by tf2onnx), or zoo:NAME for a built-in model (zoo:resnet50, "
+        "zoo:bert, zoo:mlp, ...).", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Artifact directory to write (an existing artifact is replaced).",
         show_default=False)],
@@ -59,8 +62,12 @@ def compile_cmd(
     inputs: Annotated[list[str] | None, typer.Option(
         "--input", "-i", metavar="NAME=SHAPE:DTYPE",
         help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the "
-        "values are ones; overrides --inputs).",
+        "values are ones; overrides --inputs). For a SavedModel, NAME is a signature input "
+        "('input_1:0' style names work) and DTYPE defaults to the signature's.",
         show_default=False)] = None,
+    signature: Annotated[str, typer.Option(
+        "--signature", metavar="KEY", help="SavedModel only: the signature to compile.",
+    )] = "serving_default",
     inputs_file: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz", help="Example input arrays, one per model input name.",
         show_default=False)] = None,
@@ -106,6 +113,7 @@ def compile_cmd(
     corepipe compile model.onnx -o out/ --compiler-arg=--num-neuroncores=4
     corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
     corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
+    corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
@@ -127,13 +135,28 @@ def compile_cmd(
                 f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
-        onnx_model, examples = load_model(model)
+        onnx_model, loaded = load_model(model)
+        examples: dict[str, Any] = dict(loaded)
         if inputs_file is not None:
             examples.update(load_npz(inputs_file))
-        examples.update(parse_input_flag(text) for text in inputs or ())
+        savedmodel = is_saved_model(model)
+        for text in inputs or ():
+            name, shape, dtype = parse_input_shape(text)
+            # A SavedModel input given no dtype takes its signature's: pass the shape alone.
+            examples[name] = shape if savedmodel and dtype is None else np.ones(shape, np.dtype(dtype or "float32"))
         with report.compile_progress(err) as progress:
+            if savedmodel:
+                progress("convert TF", 0, 1)
+                conv = convert_saved_model(model, examples, signature=signature)
+                progress("convert TF", 1, 1)
+                for feed, name in conv.feed_names.items():
+                    if feed != name:
+                        err.print(Text(f"input {feed!r} feeds signature input {name!r}"))
+            elif signature != "serving_default":
+                raise typer.BadParameter(f"--signature applies to SavedModel directories; {model!r} is not one")
             cm = compile_model(
-                onnx_model, output, example_inputs=examples or None,
+                conv if savedmodel else onnx_model, output,
+                example_inputs=None if savedmodel else (examples or None),
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
                 engine=engine, precision=precision, progress=progress, deployment=deployment,

@@ -25,15 +25,18 @@ from .cost import estimate_node_seconds
 from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
 from .partition import links_for, make_problem
+from .sources import float16_precision, model_source
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
 
-__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress", "BALANCES"]
+__all__ = ["compile", "CompiledModel", "parse_compiler_args", "Progress", "BALANCES", "FRONT_END"]
 
 #: How stages are balanced: analytic estimate, timed one core at a time, or timed all at once.
 BALANCES = ("estimate", "measure", "load")
 
+#: Prefix of the plan notes a front-end adds (casts it made, the precision an fp16 source chose).
+FRONT_END = "front-end: "
 #: ``progress(step, done, total)``: called as long steps advance (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
 
@@ -143,10 +146,10 @@ def _not_fit(
 
 
 def compile(
-    model: str | os.PathLike[str] | onnx.ModelProto,
+    model: str | os.PathLike[str] | onnx.ModelProto | Any,
     output_dir: str | os.PathLike[str],
     *,
-    example_inputs: Mapping[str, np.ndarray] | None = None,
+    example_inputs: Mapping[str, Any] | Sequence[Any] | Any | None = None,
     num_cores: int | str = "auto",
     core_memory: int | str | None = None,
     target: str | Target = "cpu",
@@ -159,15 +162,23 @@ def compile(
     deployment: Deployment | None = None,
     load_rounds: int = 4,
     load_seconds: float = 3.0,
+    output_names: Sequence[str] | None = None,
+    export_path: str | os.PathLike[str] | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
     Args:
-        model: path to an ``.onnx`` file (external-data weights beside it are fine) or a
-            ``ModelProto`` (copied, never modified).
+        model: path to an ``.onnx`` file (external-data weights beside it are fine), a
+            ``ModelProto`` (copied, never modified), a TensorFlow SavedModel directory
+            (its ``serving_default`` signature, converted by tf2onnx; see
+            `corepipe.frontends.tensorflow`) or its `corepipe.frontends.Conversion`, or a
+            ``torch.nn.Module`` (exported by torch.onnx from ``example_inputs``; see
+            `corepipe.frontends.torchmodule`).
         output_dir: artifact directory to write; an existing artifact there is replaced.
         example_inputs: name -> array; fixes symbolic dims (like Neuron's ``model_feed_dict``)
-            and is used when a tensor's shape can only be learnt by running the model.
+            and is used when a tensor's shape can only be learnt by running the model. For a
+            SavedModel, feed names as in tensorflow-neuron (``'input_1:0'``); for a torch
+            module, ``(x, ...)`` positional or ``{"name": x}`` (tensors or arrays).
         num_cores: stage count, or ``"auto"``: the smallest count whose stages each fit
             ``core_memory``, then balanced within that count.
         core_memory: resident-weight capacity of one core (bytes or "64MiB"); default from target.
@@ -189,13 +200,19 @@ def compile(
         precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
             with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
             ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
-            Neuron flags in ``compiler_args`` say, else fp32.
+            Neuron flags in ``compiler_args`` say, else fp32 -- except for a SavedModel or
+            torch module that computes in fp16 or is given fp16 examples: fp16 where this CPU
+            has fp16 math, else ``"auto"`` (`corepipe.compiler.sources.float16_precision`).
         progress: optional ``progress(step, done, total)`` callback.
         deployment: replicas x threads per stage on ``deployment.cores`` cores, written into
             the artifact for `load` and `serve` to use by default (and what ``balance="load"``
             measures in). Default: none recorded; ``balance="load"`` then uses 1 x 1.
         load_rounds: cuts ``balance="load"`` measures at most (then the best two again).
         load_seconds: how long ``balance="load"`` streams requests through each cut.
+        output_names: torch modules only: names for the outputs (default: the keys of a
+            returned dict or ``ModelOutput``, such as ``last_hidden_state`` or ``logits``).
+        export_path: keep the ONNX file exported from a torch module or converted from a
+            SavedModel at this path (by default it is a temporary file, removed).
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
@@ -203,7 +220,9 @@ def compile(
     Raises:
         CompileError: invalid model or options, missing example input, too many cores; an
             engine that is not installed or cannot run a stage (naming the node and op); a
-            precision the engine or this CPU cannot run fast (naming what the CPU has).
+            precision the engine or this CPU cannot run fast (naming what the CPU has); a
+            directory that is not a SavedModel, or a front-end that cannot convert the model
+            (with the framework's reason, or the extra to install).
         DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
 
     Example:
@@ -220,10 +239,42 @@ def compile(
         num_cores = flags["num_cores"]
     if balance not in BALANCES:
         raise CompileError(f"balance must be one of {list(BALANCES)}, got {balance!r}")
-    precision = resolve_precision(precision, flags.get("precision"))
-    check_request(engine, precision)
+    resolved = resolve_precision(precision, flags.get("precision"))  # bad values fail before any work
+    check_request(engine, resolved)
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
+    with model_source(
+        model, example_inputs, output_names=output_names, export_path=export_path, report=report
+    ) as src:
+        notes = [f"{FRONT_END}{n}" for n in src.notes]
+        wanted = float16_precision(src.float16, precision, flags.get("precision"), engine)
+        if wanted != precision:
+            resolved = resolve_precision(wanted)
+            notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
+                         f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
+        return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
+                        cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
+                        deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds)
+
+
+def _compile(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    output_dir: str | os.PathLike[str],
+    example_inputs: Mapping[str, np.ndarray] | None,
+    *,
+    num_cores: int | str,
+    tgt: Target,
+    balance: str,
+    cuts: Sequence[int] | None,
+    engine: str,
+    precision: str,
+    notes: list[str],
+    report: Progress,
+    deployment: Deployment | None,
+    load_rounds: int,
+    load_seconds: float,
+) -> CompiledModel:
+    """`compile` once the model is ONNX and the options are checked."""
     report("analyse graph", 0, 1)
     graph = analyze(model, example_inputs)
     report("analyse graph", 1, 1)
@@ -274,7 +325,6 @@ def compile(
             "is made for; lower its replicas or threads_per_stage, or raise its cores"
         )
     measured = loaded = None
-    notes: list[str] = []
     if balance == "measure":
         from .measure import measured_balance
 

@@ -38,10 +38,10 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corepipe-spawne
 
 def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **popen)``, forked by the process-lifetime spawner thread."""
-    def start() -> subprocess.Popen[bytes]:
+    def fork() -> subprocess.Popen[bytes]:
         return subprocess.Popen(list(argv), **popen)
 
-    return _SPAWNER.submit(start).result()
+    return _SPAWNER.submit(fork).result()
 
 
 class WorkerProcess:

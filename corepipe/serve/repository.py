@@ -2,10 +2,14 @@
 
 PATH is one artifact (a directory with ``manifest.json``: one model, named after the directory),
 or a repository: a directory whose subdirectories are artifacts, one model each, named after the
-subdirectory. Each model gets its own pipeline on its share of the cores (`split_cores`), with
-the deployment its plan records (``Plan.deployment``: R replicas x T threads per stage, written
-by ``corepipe tune``) where it has one; where its share of the cores cannot hold that, the most
-replicas (then threads) that fit, with a warning.
+subdirectory. TF-Serving's and Triton's versioned layout works too: a model directory whose
+subdirectories are numbered versions (``rn50_compiled/1/``, as ``corepipe.tensorflow`` writes)
+is one model, named after that directory and served at its highest version; PATH may be such a
+model directory, a version directory in it, or a repository of them. Each model gets its own
+pipeline on its share of the cores (`split_cores`), with the deployment its plan records
+(``Plan.deployment``: R replicas x T threads per stage, written by ``corepipe tune``) where it
+has one; where its share of the cores cannot hold that, the most replicas (then threads) that
+fit, with a warning.
 """
 
 from __future__ import annotations
@@ -39,10 +43,18 @@ def discover(path: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         raise ArtifactError(f"{str(root)!r} is not a directory: pass an artifact directory or a "
                             "repository directory of artifacts")
+    found: dict[str, Path] = {}
     if (root / "manifest.json").exists():
-        found = {root.resolve().name: root}
+        here = root.resolve()
+        found = {here.parent.name if here.name.isdigit() else here.name: root}  # name/1: a version
+    elif (latest := _latest_version(root)) is not None:
+        found = {root.resolve().name: latest}
     else:
-        found = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "manifest.json").exists()}
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and (p / "manifest.json").exists():
+                found[p.name] = p
+            elif p.is_dir() and (latest := _latest_version(p)) is not None:
+                found[p.name] = latest
     if not found:
         raise ArtifactError(
             f"{str(root)!r} holds no artifact: expected manifest.json in it (one model) or in its "
@@ -53,6 +65,12 @@ def discover(path: str | Path) -> dict[str, Path]:
             raise ArtifactError(f"model name {name!r} (a directory name) must be letters, digits, "
                                 "'_', '.' or '-': rename the directory")
     return found
+
+
+def _latest_version(model_dir: Path) -> Path | None:
+    """The highest numbered version directory holding an artifact, in a versioned model directory."""
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").exists()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
 def deployment_of(root: Path) -> dict[str, Any]:
@@ -141,6 +159,9 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                 max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
                 deployment={k: options[k] for k in ("replicas", "threads_per_stage") if k in options},  # as applied
             ))
+            version = sources[name].resolve().name
+            if version.isdigit() and version != name:  # a versioned layout: report that version
+                models[-1].version = version
     except BaseException:
         for m in models:
             m.close(timeout=0)

@@ -1,0 +1,320 @@
+"""TensorFlow SavedModels through tensorflow-neuron's call (``corepipe.tensorflow``), the CLI and
+`corepipe.compile`: the pipeline's outputs equal TensorFlow's own for the same inputs.
+
+Tolerances. fp32 (fp32 examples of fp32 models): TensorFlow and the pipeline (OpenVINO or
+onnxruntime, fp32) agree to rtol 1e-4, atol 1e-6 (observed on ResNet-50's softmax: 3.5e-10,
+relative 3e-7). An fp16 example or an fp16 model compiles at precision "auto" (bf16 on a CPU with
+avx512_bf16, like this one; fp32 elsewhere): at bf16, the documented bf16 tolerance of
+`corepipe.engines.tolerance` (cosine >= 0.999 and relative L2 <= 2 % per output; observed on
+ResNet-50: relative L2 0.05 %) against TensorFlow on the same fp16 inputs cast to fp32 (the
+pipeline's first node casts them too), or, for the fp16 model, against TensorFlow's own fp16
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+import corepipe
+import corepipe.tensorflow as tfn
+from corepipe.cli import app
+from corepipe.engines import cpu_math
+from corepipe.engines.tolerance import close_enough
+
+SEED_FLAGS = ["--static-weights", "--num-neuroncores", "16"]
+
+
+def _tf_reference(saved: Path) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """TensorFlow's own answer: the SavedModel's serving_default signature, fp16 feeds cast to fp32
+    where the signature takes fp32 (what the pipeline's first node does)."""
+    sig = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    specs = sig.structured_input_signature[1]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = {k: tf.constant(v.astype(specs[k].dtype.as_numpy_dtype)) for k, v in feeds.items()}
+        return {k: v.numpy() for k, v in sig(**args).items()}
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Keras 3 models exported as SavedModels, once per session: ResNet-50 (weights=None), a small
+    text model with two int32 inputs, and a small CNN that computes in float16."""
+    root = tmp_path_factory.mktemp("savedmodels")
+    keras.utils.set_random_seed(0)
+    keras.applications.ResNet50(weights=None).export(str(root / "rn50"), verbose=False)
+
+    ids = keras.Input((16,), dtype="int32", name="input_ids")
+    mask = keras.Input((16,), dtype="int32", name="attention_mask")
+    x = keras.layers.Embedding(100, 32)(ids)
+    x = x * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    x = keras.layers.LayerNormalization()(x + keras.layers.MultiHeadAttention(2, 16)(x, x))
+    logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x))
+    keras.Model([ids, mask], logits).export(str(root / "text"), verbose=False)
+
+    keras.config.set_dtype_policy("float16")
+    try:
+        image = keras.Input((32, 32, 3))
+        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3)(image)))
+        y = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(y))
+        keras.Model(image, y).export(str(root / "cnn_fp16"), verbose=False)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+    class NoSignature(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+        def double(self, x: tf.Tensor) -> tf.Tensor:
+            return 2 * x
+
+    class Unsupported(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def f(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.math.igamma(x + 2.0, x * x + 1.0)}  # no ONNX counterpart in tf2onnx
+
+    unsupported = Unsupported()
+    tf.saved_model.save(unsupported, str(root / "unsupported"), signatures={"serving_default": unsupported.f})
+    module = NoSignature()
+    tf.saved_model.save(module, str(root / "free_dims"), signatures={"serving_default": module.double})
+    weights_only = tf.Module()
+    weights_only.w = tf.Variable([1.0])
+    tf.saved_model.save(weights_only, str(root / "no_signature"))
+    return {p.name: p for p in root.iterdir()}
+
+
+def _precision(cm: corepipe.CompiledModel) -> str:
+    """The loosest precision any stage runs at: its tolerance applies to the outputs."""
+    return next((p for p in ("bf16", "fp16") if any(st.precision == p for st in cm.stages)), "fp32")
+
+
+def _check(got: np.ndarray, want: np.ndarray, precision: str) -> None:
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    else:
+        ok, figures = close_enough(got.astype(np.float32), want.astype(np.float32), precision)
+        assert ok, f"{precision}: {figures}"
+
+
+def _images(n: int, dtype: str) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((1, 224, 224, 3)).astype(dtype) for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_seed_call_fp16_example(saved_models: dict[str, Path], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's call, as written: fp16 example, 16 cores, a versioned output directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rn50_fp16").symlink_to(saved_models["rn50"])
+    example_input = np.zeros([1, 224, 224, 3], dtype="float16")
+    result = tfn.saved_model.compile("rn50_fp16", "rn50_fp16_compiled/1",
+                                     model_feed_dict={"input_1:0": example_input},
+                                     compiler_args=SEED_FLAGS)
+    assert result["OnNeuronRatio"] * 100 > 50 and result.success  # what Neuron's scripts check
+    assert result.path == Path("rn50_fp16_compiled/1") and result["num_cores"] == 16
+    assert result["inputs"] == {"input_1:0": "keras_tensor"}  # Keras 3's name for Keras 2's input_1
+    cm = corepipe.CompiledModel.open("rn50_fp16_compiled/1")
+    assert [(s.name, s.dtype, s.shape) for s in cm.inputs] == [("keras_tensor", "float16", (1, 224, 224, 3))]
+    assert [(s.name, s.dtype) for s in cm.outputs] == [("output_0", "float32")]
+
+    # An fp16 example asks for 16-bit speed: precision "auto" (bf16 here, fp32 without avx512_bf16).
+    precision = _precision(cm)
+    assert precision == ("bf16" if cpu_math().bf16 else "fp32")
+    assert any("fp16 example inputs: precision 'auto'" in note for note in result["notes"])
+    reference = _tf_reference(saved_models["rn50"])
+    with corepipe.load(result.path, backend="inline") as pipe:
+        for x in _images(2, "float16"):
+            got = pipe.run({"keras_tensor": x})
+            _check(got["output_0"], reference({"keras_tensor": x})["output_0"], precision)
+        with pytest.raises(corepipe.InputError, match="float16"):
+            pipe.run({"keras_tensor": x.astype(np.float32)})
+
+
+@pytest.mark.slow
+def test_fp32_resnet50_streams_through_local_workers(saved_models: dict[str, Path], tmp_path: Path,
+                                                     no_leaks: None) -> None:
+    out = tmp_path / "rn50_compiled" / "1"
+    result = tfn.saved_model.compile(
+        str(saved_models["rn50"]), out, model_feed_dict={"keras_tensor:0": np.zeros([1, 224, 224, 3], "float32")},
+        compiler_args=["--static-weights", "--num-neuroncores", "2"])
+    assert result["notes"] == [] and result["num_cores"] == 2 and _precision(result.compiled) == "fp32"
+    reference = _tf_reference(saved_models["rn50"])
+    images = _images(3, "float32")
+    with corepipe.load(out) as pipe:  # the local backend: one worker process per stage
+        outputs = list(pipe.map({"keras_tensor": x} for x in images))
+    for x, got in zip(images, outputs):
+        np.testing.assert_allclose(got["output_0"], reference({"keras_tensor": x})["output_0"],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_text_model_with_int32_inputs(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    feeds = {"input_ids:0": np.ones((1, 16), np.int32), "attention_mask": np.ones((1, 16), np.int32)}
+    result = tfn.saved_model.compile(saved_models["text"], tmp_path / "text" / "1", model_feed_dict=feeds,
+                                     num_cores=2)
+    assert result["inputs"] == {"input_ids:0": "input_ids", "attention_mask": "attention_mask"}
+    reference = _tf_reference(saved_models["text"])
+    rng = np.random.default_rng(2)
+    with corepipe.load(result.path, backend="inline") as pipe:
+        assert {s.name: s.dtype for s in pipe.plan.inputs} == {"input_ids": "int32", "attention_mask": "int32"}
+        for _ in range(4):
+            request = {"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int32),
+                       "attention_mask": (rng.random((1, 16)) < 0.8).astype(np.int32)}
+            np.testing.assert_allclose(pipe.run(request)["output_0"], reference(request)["output_0"],
+                                       rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_savedmodel_is_served(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """``tfn``'s versioned output ``text_compiled/1`` behind ``corepipe serve``, as model
+    ``text_compiled`` version 1, answering tritonclient with TensorFlow's outputs."""
+    pytest.importorskip("uvicorn")
+    httpclient = pytest.importorskip("tritonclient.http")
+    from serving import Server
+
+    feeds = {"input_ids:0": np.ones((1, 16), np.int32), "attention_mask:0": np.ones((1, 16), np.int32)}
+    tfn.saved_model.compile(saved_models["text"], tmp_path / "text_compiled" / "1", model_feed_dict=feeds,
+                            num_cores=2)
+    reference = _tf_reference(saved_models["text"])
+    server = Server.start(tmp_path / "text_compiled", "--num-cores", "2")
+    try:
+        client = httpclient.InferenceServerClient(server.http)
+        assert client.get_model_metadata("text_compiled", "1")["versions"] == ["1"]
+        rng = np.random.default_rng(4)
+        for _ in range(3):
+            request = {"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int32),
+                       "attention_mask": (rng.random((1, 16)) < 0.8).astype(np.int32)}
+            tensors = []
+            for name, value in request.items():
+                tensor = httpclient.InferInput(name, list(value.shape), "INT32")
+                tensor.set_data_from_numpy(value)
+                tensors.append(tensor)
+            got = client.infer("text_compiled", tensors, model_version="1").as_numpy("output_0")
+            np.testing.assert_allclose(got, reference(request)["output_0"], rtol=1e-4, atol=1e-6)
+    finally:
+        assert server.stop() == 0, "\n".join(server.lines)
+
+
+def test_float16_model_answers_in_float16(saved_models: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    example = np.zeros((1, 32, 32, 3), np.float16)
+    result = tfn.saved_model.compile(saved_models["cnn_fp16"], tmp_path / "cnn" / "1",
+                                     model_feed_dict={"input_1:0": example}, num_cores=2)
+    assert any("float16" in note and "float32" in note for note in result["notes"])
+    name = result["inputs"]["input_1:0"]
+    reference = _tf_reference(saved_models["cnn_fp16"])
+    with corepipe.load(result.path, backend="inline") as pipe:
+        assert [s.dtype for s in pipe.plan.outputs] == ["float16"]
+        x = np.random.default_rng(3).standard_normal(example.shape).astype(np.float16)
+        got, ref = pipe.run({name: x})["output_0"], reference({name: x})["output_0"]
+    assert got.dtype == ref.dtype == np.float16
+    precision = _precision(result.compiled)
+    assert precision == ("bf16" if cpu_math().bf16 else "fp32")
+    if precision == "fp32":  # fp32 arithmetic against TensorFlow's fp16 rounding: a few fp16 ulps
+        np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=0, atol=1e-2)
+    else:
+        _check(got, ref, precision)
+
+
+def test_numpy_default_dtypes_stand_for_the_signatures(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """np.zeros(shape) is float64 and np.ones(shape, int) int64: the pipeline keeps the model's dtypes."""
+    result = tfn.saved_model.compile(saved_models["text"], tmp_path / "text", num_cores=1, model_feed_dict={
+        "input_ids": np.ones((1, 16), int), "attention_mask": np.ones((1, 16), int)})
+    assert {s.dtype for s in result.compiled.inputs} == {"int32"}
+    result = tfn.saved_model.compile(saved_models["cnn_fp16"], tmp_path / "cnn", num_cores=1,
+                                     model_feed_dict={"x": np.zeros((1, 32, 32, 3))})
+    assert [s.dtype for s in result.compiled.inputs] == ["float32"]
+
+
+def test_compile_and_cli_take_a_savedmodel_directory(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    cm = corepipe.compile(saved_models["text"], tmp_path / "api", num_cores=2,
+                          export_path=tmp_path / "text.onnx")  # no feeds: batch 1 from the signature
+    assert {s.name: s.shape for s in cm.inputs} == {"input_ids": (1, 16), "attention_mask": (1, 16)}
+    assert (tmp_path / "text.onnx").is_file()
+
+    result = CliRunner().invoke(app, ["compile", str(saved_models["text"]), "-o", str(tmp_path / "cli"),
+                                      "-n", "2", "--input", "input_ids:0=1x16", "--input", "attention_mask=1x16"])
+    assert result.exit_code == 0, result.output
+    assert "input 'input_ids:0' feeds signature input 'input_ids'" in result.output
+    assert {s.name: s.dtype for s in corepipe.CompiledModel.open(tmp_path / "cli").inputs} == {
+        "input_ids": "int32", "attention_mask": "int32"}
+
+    bad = CliRunner().invoke(app, ["compile", str(saved_models["text"]), "-o", str(tmp_path / "x"),
+                                   "--input", "input_ids=1x8"])
+    assert bad.exit_code == 2 and "expected shape [?, 16], got [1, 8]" in " ".join(bad.output.split())
+
+
+# ------------------------------------------------------------------------------------ errors
+def _compile(saved: Path | str, out: Path, **kwargs: object) -> tfn.CompileResult:
+    return tfn.saved_model.compile(saved, out, **kwargs)  # type: ignore[arg-type]
+
+
+def test_error_not_a_savedmodel(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(corepipe.CompileError, match=r"not a TensorFlow SavedModel: expected a directory "
+                       r"with saved_model.pb .*found a directory without saved_model.pb \(holds: model.onnx\)"):
+        _compile(tmp_path, tmp_path / "out")
+    with pytest.raises(corepipe.CompileError, match=r"not a TensorFlow SavedModel.*found no such directory"):
+        _compile(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(corepipe.CompileError, match="not a TensorFlow SavedModel"):
+        corepipe.compile(tmp_path, tmp_path / "out")  # a directory given to corepipe.compile too
+
+
+def test_error_missing_signature(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(corepipe.CompileError, match=r"has no signature 'serving_default' \(its signatures: none\)"):
+        _compile(saved_models["no_signature"], tmp_path / "out")
+    with pytest.raises(corepipe.CompileError, match=r"no signature 'predict' \(its signatures: 'serve', 'serving_default'\)"):
+        _compile(saved_models["text"], tmp_path / "out", signature_def_key="predict")
+
+
+def test_error_feed_not_in_signature(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    ids = np.ones((1, 16), np.int32)
+    with pytest.raises(corepipe.CompileError, match=r"feed 'input_1:0' is not an input of signature "
+                       r"'serving_default' .*expected one of \{attention_mask: int32\[\?,16\], input_ids: int32\[\?,16\]\}"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_1:0": ids})
+    with pytest.raises(corepipe.CompileError, match="feeds 'input_ids' and 'input_ids:0' both name input 'input_ids'"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": ids, "input_ids:0": ids})
+
+
+def test_error_wrong_example_shape_or_dtype(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(corepipe.CompileError, match=r"feed 'input_1:0' \(signature input 'keras_tensor_\d+'\): "
+                       r"expected shape \[\?, 32, 32, 3\], got \[1, 100, 100, 3\]"):
+        _compile(saved_models["cnn_fp16"], tmp_path / "out",
+                 model_feed_dict={"input_1:0": np.zeros([1, 100, 100, 3], "float16")})
+    with pytest.raises(corepipe.CompileError, match="expected dtype int32, got float32"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": np.ones((1, 16), np.float32)})
+    with pytest.raises(corepipe.CompileError, match="values outside int32's range"):
+        _compile(saved_models["text"], tmp_path / "out", model_feed_dict={"input_ids": np.full((1, 16), 2**40)})
+    with pytest.raises(corepipe.CompileError, match=r"free dims besides the batch"):
+        _compile(saved_models["free_dims"], tmp_path / "out")
+
+
+def test_error_unknown_compiler_flag_before_any_conversion(tmp_path: Path) -> None:
+    # The directory does not even exist: the flag is checked first, before TensorFlow is touched.
+    with pytest.raises(corepipe.CompileError, match="unknown compiler argument '--bogus'"):
+        _compile(tmp_path / "nope", tmp_path / "out", compiler_args=["--static-weights", "--bogus"])
+    with pytest.raises(corepipe.CompileError, match=r"tensorflow-neuron options \['minimum_segment_size'\]"):
+        _compile(tmp_path / "nope", tmp_path / "out", minimum_segment_size=4)
+
+
+def test_error_op_tf2onnx_cannot_convert(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(corepipe.CompileError, match=r"tf2onnx cannot convert 1 TensorFlow ops of signature "
+                       r"'serving_default' .*: Igamma \("):
+        _compile(saved_models["unsupported"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("missing", ["tf2onnx", "tensorflow"])
+def test_error_frontend_not_installed(saved_models: dict[str, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    with pytest.raises(corepipe.CompileError, match=r"needs tensorflow and tf2onnx .*pip install 'corepipe\[tensorflow\]'"):
+        _compile(saved_models["text"], tmp_path / "out")
