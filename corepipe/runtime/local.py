@@ -27,9 +27,10 @@ from ..artifact.manifest import Artifact
 from ..artifact.signature import check_feeds
 from ..errors import CorepipeError, PipelineClosedError
 from .base import Pipeline, PipelineStats, StageStats
+from .intake import Request
 from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
-from .supervisor import Request, Supervisor, Worker
+from .supervisor import Supervisor, Worker
 from .timeline import RequestTrace
 
 __all__ = ["LocalPipeline"]
@@ -170,54 +171,16 @@ class LocalPipeline(Supervisor, Pipeline):
         checked = check_feeds(self.plan.inputs, feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
         kept = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
-        if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
-            raise TimeoutError(
-                f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
-                "raise max_in_flight or the timeout, or consume results faster"
-            )
+        self._take_place(timeout)
         fut: Future[dict[str, np.ndarray]] = Future()
         with self._cv:
-            if self._closing or self._broken is not None:
-                self._admit.release()
-                self._check_open()
-                raise PipelineClosedError("the pipeline is closing")
+            self._refuse_if_closing()
             req = Request(next(self._ids), kept, fut, time.monotonic())  # the workers' clock too
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
             self._cv.notify_all()
         return fut
-
-    def readiness(self) -> tuple[bool, str, float]:
-        with self._cv:
-            down = self._down
-        if self._broken is not None:
-            return False, f"the pipeline broke: {self._broken}", 0.0
-        if self._closing or self._closed:
-            return False, "the pipeline is closed", 0.0
-        if down is not None:
-            return False, down[0], max(0.0, down[1] - time.monotonic())
-        return True, "", 0.0
-
-    def _check_open(self) -> None:
-        if self._broken is not None:
-            raise PipelineClosedError(f"the pipeline broke and takes no more requests: {self._broken}")
-        if self._closing or self._closed:
-            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
-
-    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
-        # Free the request's place first: done-callbacks run right here (on the collector
-        # thread), and one that submits again must find room rather than wait on itself.
-        self._admit.release()
-        if error is None:
-            self._completed += 1
-            self._latencies.add(time.monotonic() - req.submitted)
-            if not req.future.done():
-                req.future.set_result(result)  # type: ignore[arg-type]
-        else:
-            self._failed += 1
-            if not req.future.done():
-                req.future.set_exception(error)
 
     # -- feeder / collector ------------------------------------------------------------------
     def _feed_loop(self) -> None:

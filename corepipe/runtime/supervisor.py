@@ -22,33 +22,18 @@ import collections
 import os
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from ..artifact.manifest import Artifact
 from ..artifact.plan import Plan
 from ..errors import CorepipeError, PipelineClosedError, StageError
+from .intake import Intake, Request
 from .process import WorkerProcess
 from .shm import Bell, Control, Ring
 from .timeline import TraceLog
 
 __all__ = ["Request", "Worker", "Supervisor"]
-
-
-@dataclass
-class Request:
-    """One admitted request: its inputs are kept until it completes, for replay."""
-
-    rid: int
-    feeds: dict[str, np.ndarray]
-    future: Future[dict[str, np.ndarray]]
-    submitted: float
-    deaths: int = 0
-    replays: int = 0
-    fed: float = 0.0  # time.monotonic() when it first entered the first ring (for timelines)
 
 
 @dataclass
@@ -61,7 +46,7 @@ class Worker:
     hold_s: float = 0.0  # backoff to wait before the next start (restart policy "backoff")
 
 
-class Supervisor:
+class Supervisor(Intake):
     """Mixin for `LocalPipeline`: starting workers, the monitor thread's loop, and recovery."""
 
     path: Path
@@ -153,9 +138,6 @@ class Supervisor:
                     + (f": {detail}" if detail else ""), stage=k,
                 )
             time.sleep(0.01)
-
-    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
-        raise NotImplementedError
 
     def _monitor_loop(self) -> None:
         assert self._control is not None
@@ -269,15 +251,10 @@ class Supervisor:
         """Count a death of stage ``k``'s worker. Past the limit, break the pipeline (True) under
         the ``give-up`` policy, or set the backoff before its next start under ``backoff``."""
         w = self._workers[k]
-        now = time.monotonic()
-        w.deaths.append(now)
-        while w.deaths and w.deaths[0] < now - self._death_window:
-            w.deaths.popleft()
-        if len(w.deaths) < self._max_deaths:
+        if self._deaths_in_window(w.deaths) < self._max_deaths:
             return False
         if self._restart == "backoff":
-            base, cap = self._backoff
-            w.hold_s = min(cap, base * 2 ** (len(w.deaths) - self._max_deaths))
+            w.hold_s = self._backoff_s(len(w.deaths))
             reason = why or f"its worker died (exit code {w.process.exitcode})"
             self._set_down(
                 f"stage {k} is down: {reason}; {len(w.deaths)} deaths within "
@@ -290,25 +267,7 @@ class Supervisor:
         ))
         return True
 
-    def _set_down(self, reason: str, for_s: float) -> None:
-        with self._cv:
-            self._down = (reason, time.monotonic() + for_s)
-
     def _hold(self, k: int, w: Worker) -> None:
         """Wait out stage ``k``'s backoff (if any) before starting it again; a close ends it."""
-        until = time.monotonic() + w.hold_s
-        w.hold_s = 0.0
-        while time.monotonic() < until:
-            if self._closed:
-                raise PipelineClosedError("the pipeline closed while a stage was backing off")
-            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
-
-    def _break(self, error: CorepipeError) -> None:
-        with self._cv:
-            self._broken = error
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
-            self._cv.notify_all()
-        for req in doomed:
-            self._finish(req, None, error)
+        hold, w.hold_s = w.hold_s, 0.0
+        self._wait_out(hold)

@@ -31,7 +31,7 @@ from ...artifact.signature import check_feeds
 from ...artifact.transfer import manifest_sha256
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from ..base import Pipeline, PipelineStats
-from ..supervisor import Request
+from ..intake import Request
 from ..timeline import RequestTrace
 from .actor import OK
 from .cluster import (
@@ -216,17 +216,10 @@ class RayPipeline(Recovery, Pipeline):
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
         # One copy, into the object store: stage 0 reads it in place, and a replay sends it again.
         kept = self._ray.put([checked[name] for name in self._names[0]])  # C-contiguous already
-        if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
-            raise TimeoutError(
-                f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
-                "raise max_in_flight or the timeout, or consume results faster"
-            )
+        self._take_place(timeout)
         fut: Future[dict[str, np.ndarray]] = Future()
         with self._cv:
-            if self._closing or self._broken is not None:
-                self._admit.release()
-                self._check_open()
-                raise PipelineClosedError("the pipeline is closing")
+            self._refuse_if_closing()
             req = _Request(next(self._ids), {}, fut, time.monotonic(), inputs=kept)
             fut.request_id = req.rid  # type: ignore[attr-defined]
             fut.set_running_or_notify_cancel()
@@ -242,36 +235,6 @@ class RayPipeline(Recovery, Pipeline):
         self._inflight[req.rid] = req
         req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
         self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs, [])
-
-    def readiness(self) -> tuple[bool, str, float]:
-        with self._cv:
-            down = self._down
-        if self._broken is not None:
-            return False, f"the pipeline broke: {self._broken}", 0.0
-        if self._closing or self._closed:
-            return False, "the pipeline is closed", 0.0
-        if down is not None:
-            return False, down[0], max(0.0, down[1] - time.monotonic())
-        return True, "", 0.0
-
-    def _check_open(self) -> None:
-        if self._broken is not None:
-            raise PipelineClosedError(f"the pipeline broke and takes no more requests: {self._broken}")
-        if self._closing or self._closed:
-            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
-
-    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
-        # Free the request's place first: a done-callback that submits again must find room.
-        self._admit.release()
-        if error is None:
-            self._completed += 1
-            self._latencies.add(time.monotonic() - req.submitted)
-            if not req.future.done():
-                req.future.set_result(result)  # type: ignore[arg-type]
-        else:
-            self._failed += 1
-            if not req.future.done():
-                req.future.set_exception(error)
 
     # -- collector ---------------------------------------------------------------------------
     def _collect_loop(self) -> None:

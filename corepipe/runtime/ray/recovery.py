@@ -24,7 +24,7 @@ from typing import Any
 from ...artifact.manifest import Artifact
 from ...artifact.plan import Plan
 from ...errors import CorepipeError, PipelineClosedError, StageError
-from ..supervisor import Request
+from ..intake import Intake, Request
 from ..timeline import TraceLog
 from .startup import StageActors, Unplaceable
 from .stats import RayStats
@@ -34,7 +34,7 @@ __all__ = ["Recovery"]
 _PING_S = 0.2
 
 
-class Recovery(StageActors, RayStats):
+class Recovery(Intake, StageActors, RayStats):
     """Mixin for `RayPipeline`: the monitor thread's loop, recovery and the restart policy."""
 
     path: Path
@@ -80,9 +80,6 @@ class Recovery(StageActors, RayStats):
         self._clock: dict[str, collections.deque[tuple[float, float]]] = {}
 
     def _send(self, req: Request) -> None:
-        raise NotImplementedError
-
-    def _finish(self, req: Request, result: Any, error: BaseException | None) -> None:
         raise NotImplementedError
 
     # -- monitoring --------------------------------------------------------------------------
@@ -214,19 +211,13 @@ class Recovery(StageActors, RayStats):
         """Count a death of stage ``k``'s actor. Past the limit, break the pipeline (True) under
         the ``give-up`` policy, or set the backoff before its next start under ``backoff``."""
         deaths = self._deaths[k]
-        now = time.monotonic()
-        deaths.append(now)
-        while deaths and deaths[0] < now - self._death_window:
-            deaths.popleft()
-        if len(deaths) < self._max_deaths:
+        if self._deaths_in_window(deaths) < self._max_deaths:
             return False
         if self._restart == "backoff":
-            base, cap = self._backoff
-            self._hold_s[k] = min(cap, base * 2 ** (len(deaths) - self._max_deaths))
-            with self._cv:
-                self._down = (f"stage {k} is down: its actor {what}; {len(deaths)} deaths within "
-                              f"{self._death_window:.0f} s, restarting in {self._hold_s[k]:.1f} s",
-                              now + self._hold_s[k])
+            self._hold_s[k] = self._backoff_s(len(deaths))
+            self._set_down(f"stage {k} is down: its actor {what}; {len(deaths)} deaths within "
+                           f"{self._death_window:.0f} s, restarting in {self._hold_s[k]:.1f} s",
+                           self._hold_s[k])
             return False
         self._break(StageError(
             f"stage {k} actor {what}: {len(deaths)} deaths within {self._death_window:.0f} s; "
@@ -236,19 +227,5 @@ class Recovery(StageActors, RayStats):
 
     def _hold(self, k: int) -> None:
         """Wait out stage ``k``'s backoff (if any) before starting it again; a close ends it."""
-        until = time.monotonic() + self._hold_s[k]
-        self._hold_s[k] = 0.0
-        while time.monotonic() < until:
-            if self._closed:
-                raise PipelineClosedError("the pipeline closed while a stage was backing off")
-            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
-
-    def _break(self, error: CorepipeError) -> None:
-        with self._cv:
-            self._broken = error
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
-            self._cv.notify_all()
-        for req in doomed:
-            self._finish(req, None, error)
+        hold, self._hold_s[k] = self._hold_s[k], 0.0
+        self._wait_out(hold)

@@ -1,0 +1,144 @@
+"""The request book the ``local`` and ``ray`` backends share: a request kept for replay, the
+bounded window that admits it, finishing and failing requests, readiness, and the restart
+policy's arithmetic (deaths within a window, backoff).
+
+Both backends stream requests through processes they supervise (worker processes, Ray actors);
+what differs is how a request travels and how a dead stage is noticed, not how a request is
+admitted, answered or failed. That part lives here, once.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CorepipeError, PipelineClosedError
+from .base import _Latencies
+
+__all__ = ["Intake", "Request"]
+
+
+@dataclass
+class Request:
+    """One admitted request: its inputs are kept until it completes, for replay."""
+
+    rid: int
+    feeds: dict[str, np.ndarray]
+    future: Future[dict[str, np.ndarray]]
+    submitted: float
+    deaths: int = 0
+    replays: int = 0
+    fed: float = 0.0  # time.monotonic() when it first entered the first stage (for timelines)
+
+
+class Intake:
+    """Mixin: admission, answers, failures, readiness and the restart policy's arithmetic.
+
+    The backend sets these in its ``__init__``; every method here takes ``_cv`` where it reads
+    or changes what the backend's threads share.
+    """
+
+    max_in_flight: int
+    _cv: threading.Condition
+    _admit: threading.BoundedSemaphore
+    _pending: collections.deque[Request]
+    _inflight: dict[int, Request]
+    _completed: int
+    _failed: int
+    _latencies: _Latencies
+    _closing: bool
+    _closed: bool
+    _broken: CorepipeError | None
+    _down: tuple[str, float] | None
+    _max_deaths: int
+    _death_window: float
+    _backoff: tuple[float, float]
+
+    def readiness(self) -> tuple[bool, str, float]:
+        with self._cv:
+            down = self._down
+        if self._broken is not None:
+            return False, f"the pipeline broke: {self._broken}", 0.0
+        if self._closing or self._closed:
+            return False, "the pipeline is closed", 0.0
+        if down is not None:
+            return False, down[0], max(0.0, down[1] - time.monotonic())
+        return True, "", 0.0
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise PipelineClosedError(f"the pipeline broke and takes no more requests: {self._broken}")
+        if self._closing or self._closed:
+            raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
+
+    def _take_place(self, timeout: float | None) -> None:
+        """Take a place in the in-flight window, waiting up to ``timeout`` (None: for ever)."""
+        if not self._admit.acquire(timeout=timeout if timeout is None or timeout >= 0 else 0):
+            raise TimeoutError(
+                f"pipeline full: {self.max_in_flight} requests stayed in flight for {timeout} s; "
+                "raise max_in_flight or the timeout, or consume results faster"
+            )
+
+    def _refuse_if_closing(self) -> None:
+        """With ``_cv`` held, after `_take_place`: give the place back and refuse if the pipeline
+        began closing (or broke) meanwhile."""
+        if self._closing or self._broken is not None:
+            self._admit.release()
+            self._check_open()
+            raise PipelineClosedError("the pipeline is closing")
+
+    def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        # Free the request's place first: done-callbacks run right here (on the collector
+        # thread), and one that submits again must find room rather than wait on itself.
+        self._admit.release()
+        if error is None:
+            self._completed += 1
+            self._latencies.add(time.monotonic() - req.submitted)
+            if not req.future.done():
+                req.future.set_result(result)  # type: ignore[arg-type]
+        else:
+            self._failed += 1
+            if not req.future.done():
+                req.future.set_exception(error)
+
+    def _break(self, error: CorepipeError) -> None:
+        """Fail every request in flight or waiting with ``error``; take no more."""
+        with self._cv:
+            self._broken = error
+            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+            self._inflight.clear()
+            self._pending.clear()
+            self._cv.notify_all()
+        for req in doomed:
+            self._finish(req, None, error)
+
+    # -- the restart policy ------------------------------------------------------------------
+    def _deaths_in_window(self, deaths: collections.deque[float]) -> int:
+        """Record a death now in ``deaths`` and return how many fall within ``death_window``."""
+        now = time.monotonic()
+        deaths.append(now)
+        while deaths and deaths[0] < now - self._death_window:
+            deaths.popleft()
+        return len(deaths)
+
+    def _backoff_s(self, deaths: int) -> float:
+        """Policy ``backoff``: ``backoff_s * 2**(deaths - max_deaths)``, at most ``backoff_max_s``."""
+        base, cap = self._backoff
+        return float(min(cap, base * 2 ** (deaths - self._max_deaths)))
+
+    def _set_down(self, reason: str, for_s: float) -> None:
+        with self._cv:
+            self._down = (reason, time.monotonic() + for_s)
+
+    def _wait_out(self, seconds: float) -> None:
+        """Sleep ``seconds`` of backoff before a stage starts again; a close ends the wait."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self._closed:
+                raise PipelineClosedError("the pipeline closed while a stage was backing off")
+            time.sleep(min(0.05, max(0.0, until - time.monotonic())))
