@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CorepipeError, PipelineClosedError
+from ..errors import CorepipeError, PipelineClosedError, StageError
 from .base import _Latencies
 
 __all__ = ["Intake", "Request"]
@@ -116,6 +116,48 @@ class Intake:
             self._cv.notify_all()
         for req in doomed:
             self._finish(req, None, error)
+
+    def _drain(self, timeout: float | None) -> bool:
+        """Begin closing: refuse new requests, wait up to ``timeout`` seconds (None: for ever) for
+        those admitted to complete, then fail the rest with `PipelineClosedError`. False when the
+        pipeline was closed already (nothing to do)."""
+        with self._cv:
+            if self._closed:
+                return False
+            self._closing = True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (self._pending or self._inflight) and self._broken is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cv.wait(0.05 if left is None else min(0.05, left))
+            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+            self._inflight.clear()
+            self._pending.clear()
+        for req in doomed:
+            self._finish(req, None, PipelineClosedError(
+                f"request {req.rid} was still in flight when the pipeline closed"))
+        return True
+
+    def _fail_poisoned(self, suspects: dict[int, int], what: str) -> None:
+        """Count a death against the request each dead stage held (``suspects``: stage -> request
+        id); one that has now killed its stage's ``what`` (worker, actor) twice is failed alone,
+        so the others can go on."""
+        poisoned = []
+        with self._cv:
+            for k, rid in suspects.items():
+                req = self._inflight.get(rid)
+                if req is None:
+                    continue
+                req.deaths += 1
+                if req.deaths >= 2:
+                    del self._inflight[rid]
+                    poisoned.append((k, req))
+        for k, req in poisoned:
+            self._finish(req, None, StageError(
+                f"stage {k} {what} died twice while running request {req.rid}; "
+                "the request is dropped so the others can go on", stage=k, request_id=req.rid,
+            ))
 
     # -- the restart policy ------------------------------------------------------------------
     def _deaths_in_window(self, deaths: collections.deque[float]) -> int:

@@ -25,7 +25,7 @@ import psutil
 
 from ..artifact.manifest import Artifact
 from ..artifact.signature import check_feeds
-from ..errors import CorepipeError, PipelineClosedError
+from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
 from .intake import Request
 from .process import assign_cores
@@ -306,23 +306,8 @@ class LocalPipeline(Supervisor, Pipeline):
             threading.Thread(target=self.close, kwargs={"timeout": timeout},
                              name="corepipe-close", daemon=True).start()
             return
-        with self._cv:
-            if self._closed:
-                return
-            self._closing = True
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while (self._pending or self._inflight) and self._broken is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cv.wait(0.05 if left is None else min(0.05, left))
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
-        for req in doomed:
-            self._finish(req, None, PipelineClosedError(
-                f"request {req.rid} was still in flight when the pipeline closed"))
-        self._shutdown()
+        if self._drain(timeout):
+            self._shutdown()
 
     def _shutdown(self) -> None:
         # Two closes at once (a server's drain and a second signal) must not free anything twice.

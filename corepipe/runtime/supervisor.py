@@ -200,22 +200,7 @@ class Supervisor(Intake):
                 return
         for ring in self._rings:
             ring.reset()
-        poisoned = []
-        with self._cv:
-            for k, rid in suspects.items():
-                req = self._inflight.get(rid)
-                if req is None:
-                    continue
-                req.deaths += 1
-                if req.deaths >= 2:  # the request itself kills the worker: fail it, keep the rest
-                    del self._inflight[rid]
-                    poisoned.append((k, req))
-        for k, req in poisoned:
-            self._finish(req, None, StageError(
-                f"stage {k} worker died twice while running request {req.rid}; "
-                "the request is dropped so the others can go on",
-                stage=k, request_id=req.rid,
-            ))
+        self._fail_poisoned(suspects, "worker")
         for k in sorted(restart):
             while True:
                 w = self._workers[k]

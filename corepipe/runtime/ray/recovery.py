@@ -155,21 +155,7 @@ class Recovery(Intake, StageActors, RayStats):
         for k in sorted(restart):
             if self._record_death(k, "died"):
                 return
-        poisoned = []
-        with self._cv:
-            for k, rid in suspects.items():
-                req = self._inflight.get(rid)
-                if req is None:
-                    continue
-                req.deaths += 1
-                if req.deaths >= 2:  # the request itself kills the actor: fail it, keep the rest
-                    del self._inflight[rid]
-                    poisoned.append((k, req))
-        for k, req in poisoned:
-            self._finish(req, None, StageError(
-                f"stage {k} actor died twice while running request {req.rid}; "
-                "the request is dropped so the others can go on", stage=k, request_id=req.rid,
-            ))
+        self._fail_poisoned(suspects, "actor")
         for k in sorted(restart):
             self._outstanding.pop(k, None)
             self._last_ping.pop(k, None)
