@@ -10,6 +10,7 @@ admitted, answered or failed. That part lives here, once.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 from concurrent.futures import Future
@@ -51,13 +52,39 @@ class Intake:
     _completed: int
     _failed: int
     _latencies: _Latencies
+    _ids: itertools.count[int]
+    _paused: bool
+    _replayed: int
     _closing: bool
     _closed: bool
     _broken: CorepipeError | None
     _down: tuple[str, float] | None
     _max_deaths: int
     _death_window: float
+    _restart: str
     _backoff: tuple[float, float]
+
+    def _init_intake(self, *, max_deaths: int, death_window: float, restart: str, backoff_s: float,
+                     backoff_max_s: float) -> None:
+        """Set the state this mixin keeps; the backend calls it from ``__init__`` (after
+        ``max_in_flight``)."""
+        self._max_deaths = max_deaths
+        self._death_window = death_window
+        self._restart = restart
+        self._backoff = (backoff_s, backoff_max_s)
+        self._down = None
+        self._cv = threading.Condition()
+        self._pending = collections.deque()
+        self._inflight = {}
+        self._admit = threading.BoundedSemaphore(self.max_in_flight)
+        self._ids = itertools.count()
+        self._paused = False
+        self._closing = False
+        self._closed = False
+        self._broken = None
+        self._completed = 0
+        self._failed = 0
+        self._replayed = 0
 
     def readiness(self) -> tuple[bool, str, float]:
         with self._cv:
@@ -116,6 +143,17 @@ class Intake:
             self._cv.notify_all()
         for req in doomed:
             self._finish(req, None, error)
+
+    def _requeue_inflight(self) -> None:
+        """With ``_cv`` held, at the end of a recovery: the stage is up again, and every request
+        still in flight goes back to the front of the queue, in order, to be sent again."""
+        self._down = None
+        replay = sorted(self._inflight.values(), key=lambda r: r.rid)
+        self._replayed += len(replay)
+        for req in replay:
+            req.replays += 1
+        self._inflight.clear()
+        self._pending.extendleft(reversed(replay))
 
     def _drain(self, timeout: float | None) -> bool:
         """Begin closing: refuse new requests, wait up to ``timeout`` seconds (None: for ever) for

@@ -12,8 +12,6 @@ stage deadlines and runs recovery. All three are daemons; `close` (or interprete
 from __future__ import annotations
 
 import atexit
-import collections
-import itertools
 import threading
 import time
 import weakref
@@ -116,28 +114,13 @@ class LocalPipeline(Supervisor, Pipeline):
         self._trace_slots = slots
         self._stage_timeout = stage_timeout
         self._start_timeout = start_timeout
-        self._max_deaths = max_deaths
-        self._death_window = death_window
-        self._restart = restart
-        self._backoff = (backoff_s, backoff_max_s)
-        self._down: tuple[str, float] | None = None
+        self._init_intake(max_deaths=max_deaths, death_window=death_window, restart=restart,
+                          backoff_s=backoff_s, backoff_max_s=backoff_max_s)
         self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
-        self._cv = threading.Condition()
-        self._pending: collections.deque[Request] = collections.deque()
-        self._inflight: dict[int, Request] = {}
-        self._admit = threading.BoundedSemaphore(self.max_in_flight)
-        self._ids = itertools.count()
         self._epoch = 0
-        self._paused = False
-        self._closing = False
-        self._closed = False
-        self._broken: CorepipeError | None = None
         self._final_stats: PipelineStats | None = None
         self._feed_seq = 0
         self._collect_seq = 0
-        self._completed = 0
-        self._failed = 0
-        self._replayed = 0
         self._rings: list[Ring] = []
         self._control: Control | None = None
         self._workers: list[Worker] = []

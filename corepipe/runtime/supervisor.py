@@ -217,14 +217,8 @@ class Supervisor(Intake):
                     if self._record_death(k, str(exc)):
                         return
         with self._cv:
-            self._down = None
-            replay = sorted(self._inflight.values(), key=lambda r: r.rid)
-            self._replayed += len(replay)
-            for req in replay:
-                req.replays += 1
             self._traces.recovered(began, time.monotonic(), tuple(sorted(restart)))
-            self._inflight.clear()
-            self._pending.extendleft(reversed(replay))
+            self._requeue_inflight()
             self._feed_seq = self._collect_seq = 0
             control.go_epoch = epoch
             self._paused = False

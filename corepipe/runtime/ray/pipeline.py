@@ -13,8 +13,6 @@ notices dead, stuck or vanished ones, and runs recovery. Both are daemons; `clos
 from __future__ import annotations
 
 import atexit
-import collections
-import itertools
 import os
 import threading
 import time
@@ -157,31 +155,16 @@ class RayPipeline(Recovery, Pipeline):
         self._stage_source = stage_source
         self._stage_timeout = stage_timeout
         self._start_timeout = start_timeout
-        self._max_deaths = max_deaths
-        self._death_window = death_window
-        self._restart = restart
-        self._backoff = (backoff_s, backoff_max_s)
-        self._down: tuple[str, float] | None = None
+        self._init_intake(max_deaths=max_deaths, death_window=death_window, restart=restart,
+                          backoff_s=backoff_s, backoff_max_s=backoff_max_s)
         # Actors stamp with their wall clocks; timelines are in this process's monotonic clock.
         self._mono_minus_wall = time.monotonic() - time.time()
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._names = [[t.name for t in b] for b in artifact.plan.boundaries]
-        self._cv = threading.Condition()
-        self._pending: collections.deque[Request] = collections.deque()
-        self._inflight: dict[int, Request] = {}
-        self._admit = threading.BoundedSemaphore(self.max_in_flight)
-        self._ids = itertools.count()
         self._epoch = 0
         self._seq = 0
-        self._paused = False
-        self._closing = False
-        self._closed = False
-        self._broken: CorepipeError | None = None
         self._final_stats: PipelineStats | None = None
-        self._completed = 0
-        self._failed = 0
-        self._replayed = 0
         self._out_handoffs = [0, 0.0]  # last stage -> client: count, raw seconds
         self._actors: list[Any] = []
         self._connected = False

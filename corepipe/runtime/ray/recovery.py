@@ -179,14 +179,8 @@ class Recovery(Intake, StageActors, RayStats):
             self._answered[k] = time.monotonic()
         self._wire(epoch)
         with self._cv:
-            self._down = None
-            replay = sorted(self._inflight.values(), key=lambda r: r.rid)
-            self._replayed += len(replay)
-            for req in replay:
-                req.replays += 1
             self._traces.recovered(began, time.monotonic(), tuple(sorted(restart)))
-            self._inflight.clear()
-            self._pending.extendleft(reversed(replay))
+            self._requeue_inflight()
             self._seq = 0
             self._paused = False
             while self._pending and not self._paused:
