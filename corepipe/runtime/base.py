@@ -36,6 +36,16 @@ class StageStats:
     restarts: int = 0
     replica: int = 0
 
+    @classmethod
+    def measured(cls, index: int, pid: int | None, core: str, requests: int, busy_s: float, elapsed_s: float,
+                 queue_depth: int = 0, restarts: int = 0) -> StageStats:
+        """A stage's figures from what it counted: its busy share of ``elapsed_s`` and its mean
+        service time are derived here, once for every backend."""
+        return cls(index=index, pid=pid, core=core, requests=requests, busy_s=busy_s,
+                   busy_pct=100.0 * busy_s / elapsed_s if elapsed_s else 0.0,
+                   mean_service_s=busy_s / requests if requests else 0.0, queue_depth=queue_depth,
+                   restarts=restarts)
+
 
 @dataclass(frozen=True)
 class BoundaryStats:
@@ -129,6 +139,18 @@ class Pipeline(ABC):
         self._started = time.perf_counter()
         self._traces = TraceLog()
         self._trace_slots = 0  # hand-off slots per ring, for `Timeline.waits` (0: no rings)
+
+    def _summary(self, elapsed_s: float, stages: list[StageStats], in_flight: int,
+                 boundaries: list[BoundaryStats] | None = None) -> PipelineStats:
+        """The whole pipeline's figures around its stages' (every backend's `stats` ends here)."""
+        completed, failed = self._completed, self._failed  # type: ignore[attr-defined]
+        p50, p90, p99 = self._latencies.percentiles()
+        return PipelineStats(
+            backend=self.backend, completed=completed, failed=failed, in_flight=in_flight,
+            elapsed_s=elapsed_s, throughput=completed / elapsed_s if elapsed_s else 0.0,
+            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
+            boundaries=boundaries or [],
+        )
 
     @abstractmethod
     def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:

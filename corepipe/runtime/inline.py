@@ -82,21 +82,9 @@ class InlinePipeline(Pipeline):
 
     def stats(self) -> PipelineStats:
         elapsed = time.perf_counter() - self._started
-        p50, p90, p99 = self._latencies.percentiles()
-        stages = [
-            StageStats(
-                index=k, pid=os.getpid(), core="caller", requests=self._count[k],
-                busy_s=self._busy[k], busy_pct=100.0 * self._busy[k] / elapsed if elapsed else 0.0,
-                mean_service_s=self._busy[k] / self._count[k] if self._count[k] else 0.0,
-                queue_depth=0,
-            )
-            for k in range(len(self._runners))
-        ]
-        return PipelineStats(
-            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=0,
-            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
-            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-        )
+        stages = [StageStats.measured(k, os.getpid(), "caller", self._count[k], self._busy[k], elapsed)
+                  for k in range(len(self._runners))]
+        return self._summary(elapsed, stages, in_flight=0)
 
     def close(self, *, timeout: float | None = 30.0) -> None:
         with self._lock:

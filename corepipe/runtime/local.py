@@ -244,7 +244,6 @@ class LocalPipeline(Supervisor, Pipeline):
         if self._final_stats is not None:  # closed: the figures as they stood at the end
             return self._final_stats
         elapsed = time.perf_counter() - self._started
-        p50, p90, p99 = self._latencies.percentiles()
         stages = []
         control = self._control
         for k in range(self._n):
@@ -252,19 +251,13 @@ class LocalPipeline(Supervisor, Pipeline):
             busy = control.get(k, Control.BUSY_S) if control else 0.0
             pid = int(control.get(k, Control.PID)) if control else None
             depth = self._rings[k].full_slots() if self._rings and not self._closed else 0
-            stages.append(StageStats(
-                index=k, pid=pid, core=",".join(str(c) for c in self._cores[k]), requests=requests,
-                busy_s=busy, busy_pct=100.0 * busy / elapsed if elapsed else 0.0,
-                mean_service_s=busy / requests if requests else 0.0, queue_depth=depth,
+            stages.append(StageStats.measured(
+                k, pid, ",".join(str(c) for c in self._cores[k]), requests, busy, elapsed, depth,
                 restarts=self._workers[k].restarts if k < len(self._workers) else 0,
             ))
         with self._cv:
             in_flight = len(self._inflight) + len(self._pending)
-        return PipelineStats(
-            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
-            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
-            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-        )
+        return self._summary(elapsed, stages, in_flight)
 
     @property
     def replayed(self) -> int:

@@ -48,26 +48,18 @@ class RayStats:
         if self._final_stats is not None:  # closed: the figures as they stood at the end
             return self._final_stats
         elapsed = time.perf_counter() - self._started
-        p50, p90, p99 = self._latencies.percentiles()
         pings = self._fresh_pings()
         stages = []
         for k in range(self._n):
             p, where = pings.get(k) or {}, self._where[k] if k < len(self._where) else {}
             requests, busy = int(p.get("requests", 0)), float(p.get("busy_s", 0.0))
-            stages.append(StageStats(
-                index=k, pid=where.get("pid"), core=f"{where.get('ip', '?')} node {where.get('node_id', '?')[:8]}",
-                requests=requests, busy_s=busy, busy_pct=100.0 * busy / elapsed if elapsed else 0.0,
-                mean_service_s=busy / requests if requests else 0.0, queue_depth=int(p.get("queued", 0)),
-                restarts=self._restarts[k],
+            stages.append(StageStats.measured(
+                k, where.get("pid"), f"{where.get('ip', '?')} node {where.get('node_id', '?')[:8]}",
+                requests, busy, elapsed, int(p.get("queued", 0)), restarts=self._restarts[k],
             ))
         with self._cv:
             in_flight = len(self._inflight) + len(self._pending)
-        return PipelineStats(
-            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
-            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
-            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-            boundaries=self._boundary_stats(pings),
-        )
+        return self._summary(elapsed, stages, in_flight, self._boundary_stats(pings))  # type: ignore[attr-defined]
 
     def _boundary_stats(self, pings: Mapping[int, Mapping[str, Any]]) -> list[BoundaryStats]:
         """Mean send-to-arrival time per boundary, clocks of other hosts corrected by their offsets."""
