@@ -112,7 +112,10 @@ class Server:
     def worker_of(self, model_dir: str, stage: int) -> psutil.Process:
         """The live worker of ``stage`` of the model served from ``model_dir``."""
         for w in self.workers():
-            cmd = " ".join(w.cmdline())
+            try:
+                cmd = " ".join(w.cmdline())
+            except psutil.Error:  # a worker being replaced just now
+                continue
             if f'/{model_dir}", "stage": {stage},' in cmd:
                 return w
         raise AssertionError(f"no worker for {model_dir} stage {stage}")
