@@ -69,3 +69,27 @@ def test_bench_cli_errors(args, message):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2
     assert message in res.output
+
+
+def test_the_stage_path_and_boundaries_add_up_per_stage_index_over_replicas():
+    """With replicas, a request crosses one copy of each stage: its path's run time is the
+    per-index mean (busy over requests, both summed over the copies), not the copies' sum."""
+    from dataclasses import replace
+
+    from corepipe.cli.bench import _boundary_means, _path_service_s
+    from corepipe.runtime.base import BoundaryStats, PipelineStats, StageStats
+
+    def snap(busy: list[list[float]], n: list[list[int]], hand: list[list[tuple[int, float]]]) -> PipelineStats:
+        stages = [replace(StageStats.measured(i, None, "0", n[r][i], busy[r][i], 1.0), replica=r)
+                  for r in range(2) for i in range(2)]
+        bounds = [BoundaryStats(index=i, nbytes=4, handoffs=c, mean_s=m, replica=r)
+                  for r in range(2) for i, (c, m) in enumerate(hand[r])]
+        return PipelineStats("local", 0, 0, 0, 1.0, 0.0, 0.0, 0.0, 0.0, stages, bounds, replicas=2)
+
+    before = snap([[1.0, 2.0], [1.0, 2.0]], [[10, 10], [10, 10]], [[(10, 0.001)] * 3, [(10, 0.001)] * 3])
+    # 4 more requests, 3 on replica 0 and 1 on replica 1: stage 0 takes 0.1 s, stage 1 0.2 s
+    after = snap([[1.3, 2.6], [1.1, 2.2]], [[13, 13], [11, 11]],
+                 [[(13, (0.01 + 3 * 0.002) / 13)] * 3, [(11, (0.01 + 0.002) / 11)] * 3])
+    assert _path_service_s(before, after) == pytest.approx(0.3)
+    assert _boundary_means(before, after) == pytest.approx([0.002] * 3)
+    assert _path_service_s(before, before) == 0.0 and _boundary_means(before, before) == [0.0] * 3

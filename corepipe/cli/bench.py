@@ -352,13 +352,44 @@ def _stage_pids(pipe: Any) -> list[int]:
     return [int(w["pid"]) for w in pipe.placement()]  # ray: actors on this host in a bench
 
 
-def _boundary_means(before: Any, after: Any) -> list[float]:
-    """Mean hand-off per boundary between two stats snapshots (backends that time them)."""
-    out = []
-    for a, b in zip(before.boundaries, after.boundaries):
-        n = b.handoffs - a.handoffs
-        out.append((b.mean_s * b.handoffs - a.mean_s * a.handoffs) / n if n > 0 else 0.0)
+def _by_index(stats: Any) -> dict[int, tuple[float, int]]:
+    """Busy seconds and requests per stage index, over all replicas (a request crosses one
+    copy of each stage, whichever replica served it)."""
+    out: dict[int, tuple[float, int]] = {}
+    for s in stats.stages:
+        busy, n = out.get(s.index, (0.0, 0))
+        out[s.index] = (busy + s.busy_s, n + s.requests)
     return out
+
+
+def _path_service_s(before: Any, after: Any) -> float:
+    """Mean run time of one request's stages between two stats snapshots: per stage index,
+    busy seconds over requests (both summed over replicas), added along the path."""
+    a, b = _by_index(before), _by_index(after)
+    total = 0.0
+    for index, (busy, n) in b.items():
+        busy0, n0 = a.get(index, (0.0, 0))
+        total += (busy - busy0) / max(1, n - n0)
+    return total
+
+
+def _boundary_means(before: Any, after: Any) -> list[float]:
+    """Mean hand-off per boundary index between two stats snapshots (backends that time
+    them), over all replicas."""
+    def totals(stats: Any) -> dict[int, tuple[float, int]]:
+        out: dict[int, tuple[float, int]] = {}
+        for x in stats.boundaries:
+            t, n = out.get(x.index, (0.0, 0))
+            out[x.index] = (t + x.mean_s * x.handoffs, n + x.handoffs)
+        return out
+
+    a, b = totals(before), totals(after)
+    means = []
+    for index in sorted(b):
+        t, n = b[index]
+        t0, n0 = a.get(index, (0.0, 0))
+        means.append((t - t0) / (n - n0) if n > n0 else 0.0)
+    return means
 
 
 def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, backend: str,
@@ -386,10 +417,7 @@ def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmu
             pipe.run(feeds)
             lat.append(time.perf_counter() - t0)
         after = pipe.stats()
-        service = sum(
-            (b.busy_s - a.busy_s) / max(1, b.requests - a.requests)
-            for a, b in zip(before.stages, after.stages)
-        )
+        service = _path_service_s(before, after)
         rss, uss = [], []
         for pid in _stage_pids(pipe):
             info = psutil.Process(pid).memory_full_info()
