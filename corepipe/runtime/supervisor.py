@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import collections
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifact.manifest import Artifact
 from ..artifact.plan import Plan
-from ..errors import CorepipeError, PipelineClosedError, StageError
+from ..errors import PipelineClosedError, StageError
 from .intake import Intake, Request
 from .process import WorkerProcess
 from .shm import Bell, Control, Ring
@@ -62,22 +61,10 @@ class Supervisor(Intake):
     _workers: list[Worker]
     _rings: list[Ring]
     _wake: list[Bell]
-    _cv: threading.Condition
-    _pending: collections.deque[Request]
-    _inflight: dict[int, Request]
     _epoch: int
-    _paused: bool
-    _closed: bool
-    _broken: CorepipeError | None
     _feed_seq: int
     _collect_seq: int
-    _replayed: int
     _stage_timeout: float
-    _max_deaths: int
-    _death_window: float
-    _restart: str
-    _backoff: tuple[float, float]
-    _down: tuple[str, float] | None
     _traces: TraceLog
 
     def _spawn(self, k: int) -> WorkerProcess:

@@ -16,14 +16,13 @@ one busy on a request (or silent) for longer than ``stage_timeout`` is stuck and
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ...artifact.manifest import Artifact
 from ...artifact.plan import Plan
-from ...errors import CorepipeError, PipelineClosedError, StageError
+from ...errors import PipelineClosedError, StageError
 from ..intake import Intake, Request
 from ..timeline import TraceLog
 from .startup import StageActors, Unplaceable
@@ -48,23 +47,11 @@ class Recovery(Intake, StageActors, RayStats):
     _stage_source: str
     _pg: Any
     _actors: list[Any]
-    _cv: threading.Condition
-    _pending: collections.deque[Request]
-    _inflight: dict[int, Request]
     _epoch: int
     _seq: int
-    _paused: bool
-    _closed: bool
-    _broken: CorepipeError | None
-    _replayed: int
     _stage_timeout: float
     _start_timeout: float
-    _max_deaths: int
-    _death_window: float
     _driver_ip: str
-    _restart: str
-    _backoff: tuple[float, float]
-    _down: tuple[str, float] | None
     _traces: TraceLog
 
     def _init_recovery(self) -> None:
