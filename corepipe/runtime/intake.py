@@ -133,13 +133,18 @@ class Intake:
             if not req.future.done():
                 req.future.set_exception(error)
 
+    def _take_all(self) -> list[Request]:
+        """With ``_cv`` held: every request in flight (by id) then every waiting one, removed."""
+        doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
+        self._inflight.clear()
+        self._pending.clear()
+        return doomed
+
     def _break(self, error: CorepipeError) -> None:
         """Fail every request in flight or waiting with ``error``; take no more."""
         with self._cv:
             self._broken = error
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
+            doomed = self._take_all()
             self._cv.notify_all()
         for req in doomed:
             self._finish(req, None, error)
@@ -169,9 +174,7 @@ class Intake:
                 if left is not None and left <= 0:
                     break
                 self._cv.wait(0.05 if left is None else min(0.05, left))
-            doomed = sorted(self._inflight.values(), key=lambda r: r.rid) + list(self._pending)
-            self._inflight.clear()
-            self._pending.clear()
+            doomed = self._take_all()
         for req in doomed:
             self._finish(req, None, PipelineClosedError(
                 f"request {req.rid} was still in flight when the pipeline closed"))
