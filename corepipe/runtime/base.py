@@ -141,7 +141,7 @@ class Pipeline(ABC):
         self._trace_slots = 0  # hand-off slots per ring, for `Timeline.waits` (0: no rings)
 
     def _summary(self, elapsed_s: float, stages: list[StageStats], in_flight: int,
-                 boundaries: list[BoundaryStats] | None = None) -> PipelineStats:
+                 boundaries: list[BoundaryStats] | None = None, replicas: int = 1) -> PipelineStats:
         """The whole pipeline's figures around its stages' (every backend's `stats` ends here)."""
         completed, failed = self._completed, self._failed  # type: ignore[attr-defined]
         p50, p90, p99 = self._latencies.percentiles()
@@ -149,7 +149,7 @@ class Pipeline(ABC):
             backend=self.backend, completed=completed, failed=failed, in_flight=in_flight,
             elapsed_s=elapsed_s, throughput=completed / elapsed_s if elapsed_s else 0.0,
             latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-            boundaries=boundaries or [],
+            boundaries=boundaries or [], replicas=replicas,
         )
 
     @abstractmethod

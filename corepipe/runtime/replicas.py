@@ -194,16 +194,10 @@ class ReplicatedPipeline(Pipeline):
             inner = pipe.stats()
             stages.extend(replace(s, replica=r) for s in inner.stages)
             boundaries.extend(replace(b, replica=r) for b in inner.boundaries)
-        elapsed = time.perf_counter() - self._started
-        p50, p90, p99 = self._latencies.percentiles()
         with self._lock:
             in_flight = sum(1 for e in self._order if not e.abandoned)
-        return PipelineStats(
-            backend=self.backend, completed=self._completed, failed=self._failed, in_flight=in_flight,
-            elapsed_s=elapsed, throughput=self._completed / elapsed if elapsed else 0.0,
-            latency_p50_s=p50, latency_p90_s=p90, latency_p99_s=p99, stages=stages,
-            boundaries=boundaries, replicas=len(self._replicas),
-        )
+        return self._summary(time.perf_counter() - self._started, stages, in_flight, boundaries,
+                             replicas=len(self._replicas))
 
     def timeline(self, last: int | None = None, *, replica: int = 0) -> Timeline:
         """Replica ``replica``'s request timeline (each replica keeps its own; their request
