@@ -11,14 +11,12 @@ process.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,126 +31,9 @@ from ..compiler.driver import compile as compile_model
 from ..engines import missing_engine
 from ..runtime import Timeline
 from ..runtime.process import module_command
+from .benchresult import BenchResult, BenchRow, parallel_row, threads_row
 
 __all__ = ["BenchRow", "BenchResult", "run_bench", "example_feeds", "resolve_model"]
-
-
-@dataclass
-class BenchRow:
-    name: str
-    throughput: float  # requests per second
-    latency_p50_s: float  # one request in flight
-    rss_bytes: list[int] = field(default_factory=list)  # per process
-    uss_bytes: list[int] = field(default_factory=list)
-    handoff_s: float | None = None  # pipeline only: latency minus the stages' own run times
-    boundary_s: list[float] = field(default_factory=list)  # ray: mean send-to-arrival per boundary
-
-
-@dataclass
-class BenchResult:
-    model: str
-    cores: int
-    requests: int
-    weight_bytes: int
-    rows: list[BenchRow]
-    stages: list[dict[str, Any]]
-    compile_s: float
-    host: str
-    precision: str = "fp32"
-    engine: str = "auto"
-    #: The pipeline's requests of the throughput measurement (fill included), for a Gantt chart.
-    timeline: Timeline | None = field(default=None, repr=False)
-    stage_cores: list[str] = field(default_factory=list)  # the cores each stage ran on
-    backend: str = "local"  # the "corepipe" row's; another adds a "corepipe local" row
-
-    def row(self, name: str) -> BenchRow:
-        return next(r for r in self.rows if r.name == name)
-
-    def find(self, prefix: str) -> BenchRow | None:
-        """The row whose name starts with ``prefix`` (peers name their precision), if run."""
-        return next((r for r in self.rows if r.name.startswith(prefix)), None)
-
-    def memory_ratio(self) -> float | None:
-        """Resident memory of all corepipe workers together over one OpenVINO THROUGHPUT process."""
-        peer = self.find("openvino THROUGHPUT")
-        if peer is None or not peer.rss_bytes:
-            return None
-        return sum(self.row("corepipe").rss_bytes) / sum(peer.rss_bytes)
-
-    def ratios(self) -> dict[str, float]:
-        pipe = self.row("corepipe").throughput
-        one = self.row("ort 1 thread").throughput
-        out = {
-            "vs 1 thread": pipe / one,
-            f"vs {self.cores} x 1 thread (ideal)": pipe / (self.cores * one),
-            f"vs {threads_row(self.cores)[4:]}": pipe / self.row(threads_row(self.cores)).throughput,
-            f"vs {parallel_row(self.cores)}": pipe / self.row(parallel_row(self.cores)).throughput,
-        }
-        for label, prefix in ((f"vs 1 session shared by {plural(self.cores, 'thread')}", "ort 1 session shared"),
-                              ("vs openvino THROUGHPUT", "openvino THROUGHPUT"),
-                              ("vs openvino LATENCY", "openvino LATENCY")):
-            peer = self.find(prefix)
-            if peer is not None:
-                out[label] = pipe / peer.throughput
-        if self.backend != "local":
-            out[f"{self.backend} vs local backend"] = pipe / self.row("corepipe local").throughput
-        return out
-
-    def handoff_per_boundary_s(self) -> float | None:
-        """Hand-off cost alone: one-in-flight latency minus the stages' run times, over the
-        N + 1 hand-offs (client -> stage 0 -> ... -> client)."""
-        h = self.row("corepipe").handoff_s
-        return None if h is None else h / (len(self.stages) + 1)
-
-    def added_latency_per_boundary_s(self) -> float:
-        boundaries = max(1, len(self.stages) - 1)
-        return (self.row("corepipe").latency_p50_s - self.row("ort 1 thread").latency_p50_s) / boundaries
-
-    def latency_text(self) -> str:
-        """What the pipeline adds to latency, in words; the difference to the 1-thread
-        onnxruntime session only where the stages run onnxruntime fp32 too."""
-        handoff = f"{(self.handoff_per_boundary_s() or 0) * 1e3:.2f} ms"
-        if all(s.get("engine", "onnxruntime") == "onnxruntime" and s.get("precision", "fp32") == "fp32"
-               for s in self.stages):
-            return (f"Latency added per stage boundary (one request in flight, pipeline vs one 1-thread "
-                    f"session): {self.added_latency_per_boundary_s() * 1e3:.2f} ms; hand-off alone (latency "
-                    f"minus the stages' run times, per hand-off incl. client in/out): {handoff}")
-        return (f"Hand-off alone (one request in flight: latency minus the stages' run times, per hand-off "
-                f"incl. client in/out): {handoff} (the stages run another engine or precision than the "
-                "1-thread onnxruntime session, so the latency difference to it is not the pipeline's cost)")
-
-    def bound_text(self) -> str | None:
-        """The pipeline's own bound, 1 / slowest stage measured on one core, against the
-        strongest peer and against what the pipeline reached."""
-        measured = [s["measured_s"] for s in self.stages if s.get("measured_s")]
-        if len(measured) != len(self.stages):
-            return None
-        bound = 1.0 / max(measured)
-        text = f"Pipeline bound (1 / slowest stage on one core, {max(measured) * 1e3:.1f} ms): {bound:.2f} req/s"
-        peer = self.find("openvino THROUGHPUT")
-        if peer is not None:
-            text += f" = {bound / peer.throughput:.2f} x openvino THROUGHPUT"
-        return text + f"; reached {self.row('corepipe').throughput / bound:.0%} of it"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(dataclasses.replace(self, timeline=None))
-        del d["timeline"]
-        d["ratios"] = self.ratios()
-        d["added_latency_per_boundary_s"] = self.added_latency_per_boundary_s()
-        d["handoff_per_boundary_s"] = self.handoff_per_boundary_s()
-        d["memory_ratio_vs_openvino_throughput"] = self.memory_ratio()
-        d["pipeline_bound"] = self.bound_text()
-        return d
-
-
-def threads_row(k: int) -> str:
-    """Name of the one-session, K-thread baseline (distinct from the 1-thread one when K is 1)."""
-    return f"ort {k} threads" if k > 1 else "ort K=1 thread"
-
-
-def parallel_row(k: int) -> str:
-    """Name of the K-sessions-in-parallel baseline."""
-    return f"{k} sessions in parallel" if k > 1 else "K=1 session"
 
 
 def example_feeds(specs: tuple[TensorSpec, ...] | list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
@@ -352,44 +233,36 @@ def _stage_pids(pipe: Any) -> list[int]:
     return [int(w["pid"]) for w in pipe.placement()]  # ray: actors on this host in a bench
 
 
-def _by_index(stats: Any) -> dict[int, tuple[float, int]]:
-    """Busy seconds and requests per stage index, over all replicas (a request crosses one
-    copy of each stage, whichever replica served it)."""
-    out: dict[int, tuple[float, int]] = {}
-    for s in stats.stages:
-        busy, n = out.get(s.index, (0.0, 0))
-        out[s.index] = (busy + s.busy_s, n + s.requests)
+def _added_per_index(before: list[Any], after: list[Any], amount: Callable[[Any], float],
+                     count: Callable[[Any], int]) -> dict[int, float]:
+    """Per index (stage or boundary), over all replicas: what ``amount`` added between two stats
+    snapshots over what ``count`` added (0 where nothing was counted)."""
+    def totals(items: list[Any]) -> dict[int, tuple[float, int]]:
+        out: dict[int, tuple[float, int]] = {}
+        for x in items:
+            t, n = out.get(x.index, (0.0, 0))
+            out[x.index] = (t + amount(x), n + count(x))
+        return out
+
+    earlier, out = totals(before), {}
+    for i, (t, n) in sorted(totals(after).items()):
+        t0, n0 = earlier.get(i, (0.0, 0))
+        out[i] = (t - t0) / (n - n0) if n > n0 else 0.0
     return out
 
 
 def _path_service_s(before: Any, after: Any) -> float:
-    """Mean run time of one request's stages between two stats snapshots: per stage index,
-    busy seconds over requests (both summed over replicas), added along the path."""
-    a, b = _by_index(before), _by_index(after)
-    total = 0.0
-    for index, (busy, n) in b.items():
-        busy0, n0 = a.get(index, (0.0, 0))
-        total += (busy - busy0) / max(1, n - n0)
-    return total
+    """Mean run time of one request's stages between two stats snapshots: a request crosses one
+    copy of each stage, whichever replica served it, so per stage index it is busy seconds over
+    requests (both summed over replicas), added along the path."""
+    return sum(_added_per_index(before.stages, after.stages, lambda s: s.busy_s, lambda s: s.requests).values())
 
 
 def _boundary_means(before: Any, after: Any) -> list[float]:
     """Mean hand-off per boundary index between two stats snapshots (backends that time
     them), over all replicas."""
-    def totals(stats: Any) -> dict[int, tuple[float, int]]:
-        out: dict[int, tuple[float, int]] = {}
-        for x in stats.boundaries:
-            t, n = out.get(x.index, (0.0, 0))
-            out[x.index] = (t + x.mean_s * x.handoffs, n + x.handoffs)
-        return out
-
-    a, b = totals(before), totals(after)
-    means = []
-    for index in sorted(b):
-        t, n = b[index]
-        t0, n0 = a.get(index, (0.0, 0))
-        means.append((t - t0) / (n - n0) if n > n0 else 0.0)
-    return means
+    return list(_added_per_index(before.boundaries, after.boundaries, lambda x: x.mean_s * x.handoffs,
+                                 lambda x: x.handoffs).values())
 
 
 def _pipeline_row(path: Path, feeds: dict[str, np.ndarray], requests: int, warmup: int, backend: str,

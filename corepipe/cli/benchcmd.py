@@ -13,7 +13,8 @@ from rich.table import Table
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ._app import app, cli_errors, err, out
 from ._inputs import load_npz
-from .bench import BenchResult, run_bench
+from .bench import run_bench
+from .benchresult import BenchResult
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline
 from .report import plural

@@ -49,7 +49,8 @@ from ..tune import (
     slowest_shares,
 )
 from ..tune.plot import render_png
-from .bench import _parallel, _serial, example_feeds, parallel_row, resolve_model, strong_peers, threads_row
+from .bench import _parallel, _serial, example_feeds, resolve_model, strong_peers
+from .benchresult import parallel_row, threads_row
 
 __all__ = ["TuneResult", "run_tune"]
 
