@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.deployment import Deployment
+from ..artifact.dims import Shapes
 from ..artifact.plan import Plan
 from ..artifact.target import Target
 from ..artifact.writer import write_artifact
@@ -43,10 +44,13 @@ def make_plan(
     graph: ModelGraph, problem: solver.Problem, tgt: Target, bounds: Sequence[int], balance: str,
     choices: Sequence[Choice], *, measured: Sequence[float] | None = None,
     loaded: Sequence[float] | None = None, deployment: Deployment | None = None,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), shapes: Shapes | None = None, modes: Sequence[str] | None = None,
+    shape_costs: Sequence[Mapping[str, float]] | None = None,
 ) -> Plan:
     """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
-    (``measured``) or under load (``loaded``), and the deployment to record."""
+    (``measured``) or under load (``loaded``), and the deployment to record. Over dynamic dims:
+    ``shapes``, each stage's shape mode (default ``"dynamic"``) and its costs at the bounds; an
+    OpenVINO stage holding static buckets counts one copy of its weights per bucket graph."""
     k = len(bounds) - 1
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
@@ -56,6 +60,13 @@ def make_plan(
         for s, (st, c) in enumerate(zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured,
                                                     place_stages(tgt, seconds)), choices))
     ]
+    if shapes is not None:
+        graphs = int(np.prod([len(v) for v in shapes.buckets.values()])) if shapes.buckets else 1
+        modes = list(modes or ["dynamic"] * k)
+        stages = [dataclasses.replace(
+            st, shape_mode=modes[s], shape_costs=dict(shape_costs[s]) if shape_costs else None,
+            resident_bytes=st.resident_bytes * (graphs if modes[s] == "buckets" and st.engine == "openvino" else 1),
+        ) for s, st in enumerate(stages)]
     return Plan(
         target=tgt,
         inputs=tuple(graph.inputs),
@@ -66,6 +77,7 @@ def make_plan(
         balance=balance,
         notes=tuple(notes),
         deployment=deployment,
+        shapes=shapes,
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..artifact.target import Target
 from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
+from ..engines.base import Ranges
 from . import solver
 from .choose import Choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
@@ -76,10 +77,11 @@ def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -
 
 
 def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: str,
-         feeds: Mapping[str, np.ndarray], repeats: int) -> tuple[list[np.ndarray], float | None]:
+         feeds: Mapping[str, np.ndarray], repeats: int,
+         variants: Sequence[Ranges] | None = None) -> tuple[list[np.ndarray], float | None]:
     """Load the stage on engine ``name`` with one thread, run it (and time ``repeats`` runs)."""
     engine = engine_class(name)(raw, inputs=inputs, outputs=outputs, threads=1,
-                                precision=engine_precision(name, precision))
+                                precision=engine_precision(name, precision), variants=variants)
     try:
         values = engine.run(feeds)  # warm-up, and the next stage's inputs
     except Exception as exc:  # it compiled but cannot run these inputs
@@ -95,6 +97,7 @@ def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: 
 def _try_stage(
     path: str, inputs: list[str], outputs: list[str], boundary: Mapping[str, np.ndarray],
     order: Sequence[str], engines: Sequence[str], precision: str, repeats: int,
+    variants: Sequence[Ranges] | None = None,
 ) -> tuple[StageTime, dict[str, list[np.ndarray]]]:
     """One stage on each engine of ``order``; each candidate checked against onnxruntime."""
     feeds = {name: boundary[name] for name in inputs}
@@ -103,7 +106,7 @@ def _try_stage(
     for name in order:
         try:
             produced[name], sec = _try(name, path, inputs, outputs, precision, feeds,
-                                       repeats if name in engines else 0)
+                                       repeats if name in engines else 0, variants)
         except LoadFailure as exc:
             trial.failures[name] = exc
             continue
@@ -129,16 +132,22 @@ def time_stages_on(
     precision: str = "fp32",
     *,
     repeats: int = 5,
+    variants: Sequence[Sequence[Ranges] | None] | None = None,
 ) -> list[StageTime]:
     """Each stage of ``bounds`` run on one core (one thread) on each of ``engines`` and, with
     ``repeats`` > 0, timed: the fastest of ``repeats`` runs, since interference from a busy
     machine only ever adds time. onnxruntime runs every stage as the reference (its outputs feed
     the next stage); another engine whose outputs differ from it (`differs`) fails that stage.
+    ``variants``: per stage, the input shapes each engine compiles it for (over dynamic dims).
 
     Raises:
         CompileError: a stage that none of ``engines`` can run.
     """
     k = len(bounds) - 1
+    if variants is None:  # over dynamic dims: each stage's bounded dynamic graph
+        from .dynamic import stage_variants
+
+        variants = stage_variants(graph, list(bounds))
     boundary = dict(_feeds(graph, example_inputs))
     reference = missing_engine("onnxruntime") is None
     order = (["onnxruntime"] if reference else []) + [e for e in engines if e != "onnxruntime"]
@@ -150,7 +159,8 @@ def time_stages_on(
             # Written as the artifact will hold it, so each engine reads what a worker reads.
             raw = str(save_stage_model(model, Path(tmp), "stage.onnx", "stage.weights"))
             del model
-            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats)
+            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats,
+                                         variants[s] if variants is not None else None)
         if not trial.passed:
             failed = [trial.failures[e] for e in engines if e in trial.failures]
             raise failure_error(s, failed[0], "auto" if len(engines) > 1 else engines[0])

@@ -149,7 +149,7 @@ class LocalPipeline(Supervisor, Pipeline):
             t.start()
 
     # -- client API --------------------------------------------------------------------------
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
         checked = check_feeds(self.plan.inputs, feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
