@@ -193,6 +193,9 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
         kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
     lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
         f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
+    from .shapeopts import shape_lines
+
+    lines.extend(shape_lines(plan))
     fallbacks = [f"  * stage {st.index}: {st.fallback}" for st in plan.stages if st.fallback]
     if fallbacks:
         lines.append("engine fallbacks (* in the table):")
