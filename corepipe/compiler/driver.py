@@ -223,7 +223,9 @@ def compile(
         dynamic_dims: symbolic dims (ONNX ``dim_param`` names) that requests may vary in,
             with their ``(min, max)``: ``{"sequence": (1, 128), "batch": (1, 8)}``. The others
             are fixed by ``example_inputs``. Slots and memory are sized for the max; the cut is
-            the same for every shape. See `corepipe.compiler.dynamic`.
+            the same for every shape. See `corepipe.compiler.dynamic`. A torch module takes
+            torch.export's ``dynamic_shapes`` here (``{"x": {1: Dim("sequence", max=128)}}``);
+            a SavedModel's free dims are named ``"batch"`` (axis 0) and ``"<input>:<axis>"``.
         buckets: with ``dynamic_dims``: ``"auto"`` (default: per stage, a bounded dynamic graph
             or static buckets, whichever measures faster, bucket sizes chosen for the profile),
             ``None`` (every stage dynamic) or ``{"sequence": [16, 32, 64, 128]}``. Requests are
@@ -265,7 +267,8 @@ def compile(
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     with model_source(
-        model, example_inputs, output_names=output_names, export_path=export_path, report=report
+        model, example_inputs, output_names=output_names, export_path=export_path, report=report,
+        dynamic_dims=dynamic_dims,
     ) as src:
         notes = [f"{FRONT_END}{n}" for n in src.notes]
         wanted = float16_precision(src.float16, precision, flags.get("precision"), engine)
@@ -273,7 +276,7 @@ def compile(
             resolved = resolve_precision(wanted)
             notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
                          f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
-        shaping = ShapeOptions.make(dynamic_dims, buckets, pad_values, shape_profile)
+        shaping = ShapeOptions.make(src.dynamic_dims or dynamic_dims, buckets, pad_values, shape_profile)
         return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
                         cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
                         deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds,
