@@ -178,3 +178,40 @@ def test_replicas_run_mixed_shapes(embed, tmp_path):
         assert pipe.replicas == 2
         for out, x in zip(pipe.map(feeds), feeds):
             assert_same(out, reference(embed, x))
+
+
+@pytest.mark.slow
+def test_ray_runs_mixed_shapes(embed, compiled):
+    ray = pytest.importorskip("ray")
+    rng = np.random.default_rng(6)
+    feeds = [ids(rng, 1 + n % 4, n) for n in (3, 24, 1, 9, 17, 2, 12)]
+    with corepipe.load(compiled, backend="ray") as pipe:
+        for out, x in zip(pipe.map(feeds), feeds):
+            assert_same(out, reference(embed, x))
+        with pytest.raises(corepipe.InputError, match="outside its range"):
+            pipe.submit(ids(rng, 1, 30))
+    assert not ray.is_initialized()
+
+
+def test_cli_compiles_with_dynamic_dims_and_inspect_lists_symbolic_dims(embed, tmp_path):
+    from typer.testing import CliRunner
+
+    from corepipe.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", str(embed)])
+    assert res.exit_code == 0, res.output
+    assert "symbolic dims: 'batch' (input 'ids' axis 0" in " ".join(res.output.split())
+    np.savez(tmp_path / "ex.npz", **EXAMPLE)
+    res = runner.invoke(app, ["compile", str(embed), "-o", str(tmp_path / "a"), "-n", "2", "--inputs",
+                              str(tmp_path / "ex.npz"), "--dynamic", "sequence=1:24", "--dynamic", "batch=1:4",
+                              "--buckets", "sequence=8,16", "--engine", "onnxruntime", "--pad-value", "ids=0"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "dynamic dims: sequence 1..24, batch 1..4 (batch: batch)" in text
+    assert "buckets: sequence [8, 16, 24]; pad values {'ids': 0}" in text and "stage 1: buckets" in text
+    res = runner.invoke(app, ["compile", str(embed), "-o", str(tmp_path / "b"), "--inputs", str(tmp_path / "ex.npz"),
+                              "--dynamic", "seq=1:24"])
+    assert res.exit_code != 0 and "not a symbolic dim" in " ".join(res.output.split())
+    res = runner.invoke(app, ["compile", str(embed), "-o", str(tmp_path / "c"), "--dynamic", "sequence=24"])
+    assert res.exit_code != 0 and "NAME=MIN:MAX" in res.output

@@ -71,7 +71,9 @@ def check_arrays(specs: list[TensorSpec], arrays: Any, where: str) -> list[np.nd
             got = f"{arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
             raise CorepipeError(f"{where}: {spec.name!r} should be {spec.describe()}, got {got}")
         fits = arr.ndim == len(spec.shape) and (
-            all(a <= b for a, b in zip(arr.shape, spec.shape)) if spec.dynamic else arr.shape == spec.shape
+            all(a <= b for a, b in zip(arr.shape, spec.shape)) if spec.dynamic
+            else arr.shape == spec.shape if spec.is_static
+            else all(lo <= a <= hi for a, (lo, hi) in zip(arr.shape, spec.ranges()))  # over dynamic dims
         )
         if not fits:
             raise CorepipeError(
