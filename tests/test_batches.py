@@ -60,9 +60,9 @@ def test_split_batch_refuses_ragged_or_batchless_requests(models, tmp_path):
         assert pipe.stats().completed == 0  # a bad batch queues nothing
     two = corepipe.compile(model, tmp_path / "two", example_inputs={"ids": np.zeros((2, 6), np.int64)},
                            engine="onnxruntime").path
-    with corepipe.load(two, backend="inline") as pipe:
-        with pytest.raises(corepipe.InputError, match=r"split_batch needs a batch axis.*input 'ids' is int64\[2,6\]"):
-            pipe.run({"ids": np.zeros((4, 6), np.int64)}, split_batch=True)
+    with corepipe.load(two, backend="inline") as pipe, \
+            pytest.raises(corepipe.InputError, match=r"split_batch needs a batch axis.*input 'ids' is int64\[2,6\]"):
+        pipe.run({"ids": np.zeros((4, 6), np.int64)}, split_batch=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,7 +90,7 @@ def test_a_bad_request_among_merged_ones_fails_alone(models, backend):
         futs: list = []
         for i, f in enumerate(good):
             if i == 2:
-                with pytest.raises(corepipe.InputError, match="dim 'sequence'|expected int64"):
+                with pytest.raises(corepipe.InputError, match=r"dim 'sequence'|expected int64"):
                     pipe.submit({"ids": np.zeros((1, 7), np.int64)})  # checked before it can merge
                 try:
                     futs.append((None, pipe.submit(bad)))

@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import corepipe  # noqa: E402
-from corepipe.engines import cpu_math, missing_engine  # noqa: E402
-from corepipe.engines.tolerance import close_enough  # noqa: E402
+import corepipe
+from corepipe.engines import cpu_math, missing_engine
+from corepipe.engines.tolerance import close_enough
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks")]
 
