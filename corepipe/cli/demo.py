@@ -17,6 +17,7 @@ from rich.text import Text
 
 from .. import zoo
 from ..artifact.target import host_cores
+from ..bench.steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 from ..compiler.choose import PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..engines.ort import make_session
@@ -25,7 +26,6 @@ from . import report
 from ._app import app, cli_errors, err, out, print_plan, start_pipeline
 from .demoreport import explain
 from .options import CoresAlias, core_count, core_flag
-from .steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 
 __all__ = ["demo_backend", "demo_cmd"]
 

@@ -10,9 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..artifact.plan import Plan
+from ..bench.steady import NOISY, Rounds
 from ..runtime import PipelineStats, Timeline
 from . import report
-from .steady import NOISY, Rounds
 
 __all__ = ["explain", "service_per_core"]
 

@@ -7,7 +7,7 @@ compiles or runs a model, so the commands in `corepipe.cli` stay thin and these 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from ..runtime import PipelineStats
 __all__ = [
     "MIB",
     "bottleneck",
+    "fit",
     "compile_progress",
     "latency_line",
     "plan_summary",
@@ -97,24 +98,33 @@ def _fits(table: Table, width: int) -> bool:
     return probe.measure(table).maximum <= width
 
 
+def fit(build: Callable[[Sequence[str]], Table], width: int | None, droppable: Sequence[str]) -> Table:
+    """``build(hidden)`` with as few columns left out as it takes to fit ``width``.
+
+    No value is ever wrapped or cut: while the table is wider than ``width``, the next column of
+    ``droppable`` is left out, and a caption names the ones left out.
+    """
+    hidden: list[str] = []
+    table = build(hidden)
+    for name in droppable:
+        if width is None or _fits(table, width):
+            break
+        hidden.append(name)
+        table = build(hidden)
+    if hidden:
+        names = " and ".join(f"'{h}'" for h in reversed(hidden))
+        table.caption = f"({names} not shown at {width} columns; wider: COLUMNS={max(width or 0, 80) + 40})"
+        table.caption_justify = "left"
+    return table
+
+
 def plan_table(plan: Plan, *, title: str | None = None, width: int | None = None) -> Table:
     """One row per stage: nodes, first/last op, placement, memory, time share, hand-off size.
 
     No value is ever wrapped or cut: when the table would be wider than ``width``, the first
     and last op columns (then the memory share) are left out and a caption says so.
     """
-    hidden: list[str] = []
-    table = _plan_table(plan, title, hidden)
-    for name in _DROPPABLE:
-        if width is None or _fits(table, width):
-            break
-        hidden.append(name)
-        table = _plan_table(plan, title, hidden)
-    if hidden:
-        names = " and ".join(f"'{h}'" for h in reversed(hidden))
-        table.caption = f"({names} not shown at {width} columns; wider: COLUMNS=120)"
-        table.caption_justify = "left"
-    return table
+    return fit(lambda hidden: _plan_table(plan, title, hidden), width, _DROPPABLE)
 
 
 def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:

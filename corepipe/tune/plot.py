@@ -30,25 +30,25 @@ def render_png(points: Sequence[Point], chosen: Point, *, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     try:
         front = pareto_front(points)
-        ax.step([p.latency_p50_s * 1e3 for p in front], [p.throughput for p in front], where="post",
+        ax.step([p.p50_s * 1e3 for p in front], [p.req_per_s for p in front], where="post",
                 color="0.55", linestyle="--", linewidth=1.2, label="Pareto front", zorder=1)
         cands = [p for p in points if p.kind == "candidate"]
         peers = [p for p in points if p.kind == "peer"]
-        ax.scatter([p.latency_p50_s * 1e3 for p in cands], [p.throughput for p in cands],
+        ax.scatter([p.p50_s * 1e3 for p in cands], [p.req_per_s for p in cands],
                    marker="o", s=46, color="tab:blue", label="corepipe candidates", zorder=3)
-        ax.scatter([p.latency_p50_s * 1e3 for p in peers], [p.throughput for p in peers],
+        ax.scatter([p.p50_s * 1e3 for p in peers], [p.req_per_s for p in peers],
                    marker="s", s=46, color="tab:orange", label="peers", zorder=3)
-        ax.scatter([chosen.latency_p50_s * 1e3], [chosen.throughput], marker="*", s=320,
+        ax.scatter([chosen.p50_s * 1e3], [chosen.req_per_s], marker="*", s=320,
                    color="tab:red", edgecolor="black", linewidth=0.6, label=f"chosen: {chosen.name}", zorder=4)
         for p in points:
-            ax.annotate(p.name, (p.latency_p50_s * 1e3, p.throughput), textcoords="offset points",
+            ax.annotate(p.name, (p.p50_s * 1e3, p.req_per_s), textcoords="offset points",
                         xytext=(6, 4), fontsize=7.5, color="0.2")
         ax.set_xlabel("p50 latency per request under load (ms)")
         ax.set_ylabel("throughput (requests/s)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0, right=max(p.latency_p50_s for p in points) * 1e3 * 1.3)
+        ax.set_xlim(left=0, right=max(p.p50_s for p in points) * 1e3 * 1.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
