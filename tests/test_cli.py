@@ -269,3 +269,23 @@ def test_run_local_backend_default(artifact: Path) -> None:
     result = invoke("run", artifact, "--requests", "5", "--max-in-flight", "2")
     assert result.exit_code == 0, result.output
     assert "(local backend, 2 stages)" in result.stdout
+
+
+def test_pipeline_stats_print_as_the_run_table() -> None:
+    """`print(pipe.stats())`, as the README suggests, reads as `corepipe run`'s table, not a repr."""
+    from dataclasses import replace
+
+    from corepipe.runtime.base import BoundaryStats, PipelineStats, StageStats
+
+    stages = [replace(StageStats.measured(i, 100 + i, str(i), 40, 0.2 * (i + 1), 2.0, restarts=i), replica=0)
+              for i in range(2)]
+    bounds = [BoundaryStats(i, 4096, 40, 0.0001 * (i + 1)) for i in range(3)]
+    stats = PipelineStats("local", 40, 1, 2, 2.0, 20.0, 0.05, 0.06, 0.08, stages, bounds)
+    text = str(stats)
+    lines = text.splitlines()
+    assert lines[0].startswith("40 requests done (1 failed, 2 in flight) in the 2.00 s")
+    assert "20.0 req/s" in lines[0] and lines[1] == "latency p50 50.00 ms, p90 60.00 ms, p99 80.00 ms"
+    assert "in 0.10 ms, 1 0.20 ms, out 0.30 ms" in lines[2]
+    assert lines[3].split() == ["stage", "pid", "core", "requests", "busy %", "service", "ms", "queue", "restarts"]
+    assert lines[5].split() == ["1", "101", "1", "40", "20.0", "10.000", "0", "1"]
+    assert "PipelineStats(" not in text and "PipelineStats(" in repr(stats)

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from .. import zoo
 from ..artifact.target import host_cores
+from ..bench.pipeline import path_service_s
 from ..bench.steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 from ..compiler.choose import PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
@@ -187,7 +188,10 @@ def demo_cmd(
                 loaded = pipe.timeline(last=requests)
                 after = pipe.stats()
                 solo = feeds[: min(5, requests)]
-                pipe_solo, session_solo = solo_latency(pipe.run, solo), solo_latency(session, solo)
+                solo_before = pipe.stats()
+                pipe_solo = solo_latency(pipe.run, solo)
+                solo_stages = path_service_s(solo_before, pipe.stats())  # the stages' own run times
+                session_solo = solo_latency(session, solo)
             except KeyboardInterrupt:
                 pipe.close(timeout=2.0)
                 raise
@@ -199,6 +203,7 @@ def demo_cmd(
             out, plan=cm.plan, backend=backend, pipe=Rounds(tuple(pipe_rates)),
             session=Rounds(tuple(session_rates)), before=before, after=after, loaded=loaded,
             in_flight=pipe.max_in_flight, pipe_solo_s=pipe_solo, session_solo_s=session_solo,
+            solo_stages_s=solo_stages,
             load=load_before, cores=host_cores(),
         )
         ok, summary = _compare(got, want, used)
