@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from corepipe import zoo
 import corepipe
+from corepipe import zoo
 from corepipe.bench import BenchResult, BenchRow, Ratio
 from corepipe.cli import app
 from corepipe.engines import cpu_math

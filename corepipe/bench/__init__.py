@@ -14,11 +14,12 @@ level: import the types from here, ``from corepipe.bench import BenchResult``).
 from __future__ import annotations
 
 from .peers import PeerSetup, peer_setups
+from .pipeline import path_service_s
 from .result import BenchResult, BenchRow, Ratio
 from .run import BACKENDS, BenchProgress, bench
 from .traffic import ModelSource, Traffic, example_feeds, resolve_model
 
 __all__ = [
     "bench", "BenchResult", "BenchRow", "Ratio", "BenchProgress", "BACKENDS",
-    "Traffic", "ModelSource", "example_feeds", "resolve_model", "PeerSetup", "peer_setups",
+    "Traffic", "ModelSource", "example_feeds", "resolve_model", "PeerSetup", "peer_setups", "path_service_s",
 ]

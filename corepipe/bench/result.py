@@ -14,15 +14,19 @@ from typing import Any
 from ..artifact.sizes import format_bytes, plural
 from ..runtime import Timeline
 
-__all__ = ["BenchRow", "BenchResult", "Ratio", "ideal_key", "ms"]
+__all__ = ["BenchRow", "BenchResult", "Ratio", "ideal_key", "ms", "num"]
+
+
+def num(x: float) -> str:
+    """Three significant figures without exponents: 64,770 / 8.21 / 0.0155."""
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
 
 
 def ms(seconds: float) -> str:
     """Milliseconds with three significant figures and no exponent: 41.3, 2.05, 0.0123."""
-    x = seconds * 1e3
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
+    return num(seconds * 1e3)
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class BenchResult:
             return None
         bound = 1.0 / max(measured)
         text = f"Pipeline bound (1 / slowest stage measured alone on one core, {ms(max(measured))} ms): " \
-               f"{bound:,.4g} req/s"
+               f"{num(bound)} req/s"
         peer = self.find("openvino THROUGHPUT")
         if peer is not None:
             text += f" = {bound / peer.req_per_s:.2f} x openvino THROUGHPUT"

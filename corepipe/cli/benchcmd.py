@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bench import BACKENDS, BenchResult, bench
-from ..bench.result import ms
+from ..bench.result import ms, num
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
 from ._app import app, cli_errors, err, out
@@ -47,7 +47,7 @@ def table(result: BenchResult, width: int | None = None) -> Table:
             if col not in hidden:
                 t.add_column(col, justify="left" if col in ("setup", "precision") else "right", no_wrap=True)
         for row in result.rows:
-            cells = {"setup": row.setup, "precision": row.precision, "req/s": f"{row.req_per_s:,.2f}",
+            cells = {"setup": row.setup, "precision": row.precision, "req/s": num(row.req_per_s),
                      "x ort 1 thread": "-" if ref is None else f"{row.req_per_s / ref.req_per_s:.2f}",
                      "p50 ms": ms(row.p50_s), "p99 ms": ms(row.p99_s), "in flight": str(row.in_flight),
                      "RSS MiB": _rss(row.process_rss)}

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from .. import zoo
 from ..artifact.target import host_cores
-from ..bench.pipeline import path_service_s
+from ..bench import path_service_s
 from ..bench.steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 from ..compiler.choose import PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model

@@ -29,12 +29,13 @@ def steady_throughput(timeline: Timeline) -> float | None:
 def request_colour(request_id: int) -> tuple[float, float, float]:
     """A colour per request that neighbours never share and that does not repeat for hundreds
     of requests: the hue steps by the golden ratio (so consecutive requests sit far apart on the
-    colour wheel), and saturation and brightness alternate on two other periods."""
+    colour wheel), brightness cycles through three levels (so ids 5 or 8 apart, whose hues the
+    golden ratio brings close, still differ) and saturation alternates every 7 requests."""
     import colorsys
 
     hue = (request_id * 0.6180339887) % 1.0
-    saturation = (0.85, 0.55)[(request_id // 5) % 2]
-    value = (0.92, 0.70)[(request_id // 3) % 2]
+    saturation = (0.85, 0.5)[(request_id // 7) % 2]
+    value = (0.95, 0.72, 0.55)[request_id % 3]
     return colorsys.hsv_to_rgb(hue, saturation, value)
 
 

@@ -8,19 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact.deployment import OBJECTIVES
+from ..bench.result import num
 from ..errors import DeploymentError
 from .capacity import CapacityAnswer
 from .choose import Point, choose, dominated_by, pareto_front
 from .space import Candidate
 
 __all__ = ["TuneResult", "num"]
-
-
-def num(x: float) -> str:
-    """Three significant figures without exponents: 64,770 / 8.21 / 0.0155."""
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
 
 
 @dataclass
