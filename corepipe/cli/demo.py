@@ -4,6 +4,7 @@ outputs against one onnxruntime session on the whole model."""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -188,9 +189,10 @@ def demo_cmd(
                 loaded = pipe.timeline(last=requests)
                 after = pipe.stats()
                 solo = feeds[: min(5, requests)]
-                solo_before = pipe.stats()
+                solo_before, started = pipe.stats(), time.perf_counter()
                 pipe_solo = solo_latency(pipe.run, solo)
-                solo_stages = path_service_s(solo_before, pipe.stats())  # the stages' own run times
+                # means over the same requests: their time in the stages, and in all
+                solo_split = (path_service_s(solo_before, pipe.stats()), (time.perf_counter() - started) / len(solo))
                 session_solo = solo_latency(session, solo)
             except KeyboardInterrupt:
                 pipe.close(timeout=2.0)
@@ -203,7 +205,7 @@ def demo_cmd(
             out, plan=cm.plan, backend=backend, pipe=Rounds(tuple(pipe_rates)),
             session=Rounds(tuple(session_rates)), before=before, after=after, loaded=loaded,
             in_flight=pipe.max_in_flight, pipe_solo_s=pipe_solo, session_solo_s=session_solo,
-            solo_stages_s=solo_stages,
+            solo_split=solo_split,
             load=load_before, cores=host_cores(),
         )
         ok, summary = _compare(got, want, used)

@@ -51,7 +51,8 @@ def _speed_table(plan: Plan, backend: str, pipe: Rounds, session: Rounds,
 def explain(
     console: Console, *, plan: Plan, backend: str, pipe: Rounds, session: Rounds,
     before: PipelineStats, after: PipelineStats, loaded: Timeline, in_flight: int,
-    pipe_solo_s: float, session_solo_s: float, load: float | None, cores: int, solo_stages_s: float | None = None,
+    pipe_solo_s: float, session_solo_s: float, load: float | None, cores: int,
+    solo_split: tuple[float, float] | None = None,
 ) -> None:
     """Print the speed table and what each figure means (see the module docstring)."""
     console.print(_speed_table(plan, backend, pipe, session, pipe_solo_s, session_solo_s))
@@ -92,7 +93,7 @@ def explain(
         if plan_slowest < 1e-3:
             rows.append(("", "stages this short are dominated by the fixed cost of each hand-off "
                              "(about 0.1 ms): pipelining pays off when a stage runs for milliseconds"))
-    rows.append(("latency", _solo_text(plan, pipe_solo_s, session_solo_s, solo_stages_s)))
+    rows.append(("latency", _solo_text(plan, pipe_solo_s, session_solo_s, solo_split)))
     waits = [r.completed - r.submitted for r in loaded.requests]
     if waits and backend != "inline":
         p50, rate = float(np.median(waits)), pipe.rates[-1]
@@ -125,20 +126,19 @@ def _noise(pipe: Rounds, session: Rounds, load: float | None, cores: int) -> tup
     return ("noise", f"{spread}; within {NOISY:.0%}, so the speed figures hold on this machine now")
 
 
-def _solo_text(plan: Plan, pipe_s: float, session_s: float, stages_s: float | None) -> str:
-    """One request alone, through the pipeline and through one session, and why they differ:
-    the stages' own run time (which need not equal the session's: other engine or precision)
-    and the hand-offs (the rest)."""
-    text = f"one request alone: {_ms(pipe_s)} ms through the pipeline, {_ms(session_s)} ms in one session"
-    if stages_s is None or stages_s <= 0:
+def _solo_text(plan: Plan, pipe_s: float, session_s: float, split: tuple[float, float] | None) -> str:
+    """One request alone (medians), through the pipeline and through one session, and why they
+    differ: over the same requests, the mean time in the stages (which need not equal the
+    session's: another engine or precision) and in the hand-offs (the rest)."""
+    text = f"one request alone: {_ms(pipe_s)} ms through the pipeline, {_ms(session_s)} ms in one session (medians)"
+    if split is None or split[0] <= 0:
         return text
-    handoffs = plan.num_cores + 1  # client -> stage 0 -> ... -> client
-    text += (f"; the pipeline's {_ms(pipe_s)} ms = {_ms(stages_s)} ms running its "
-             f"{report.plural(plan.num_cores, 'stage')} + {_ms(max(pipe_s - stages_s, 0.0))} ms for "
-             f"{handoffs} hand-offs (client in, between stages, out) and the client")
+    stages_s, mean_s = split
+    text += (f"; on average {_ms(mean_s)} ms through the pipeline = {_ms(stages_s)} ms running its "
+             f"{report.plural(plan.num_cores, 'stage')} + {_ms(max(mean_s - stages_s, 0.0))} ms for the "
+             f"{plan.num_cores + 1} hand-offs (client in, between stages, out) and the client")
     engines = sorted({f"{s.engine} {s.precision}" for s in plan.stages})
     if engines != ["onnxruntime fp32"]:
         text += (f"; the stages run {', '.join(engines)} and the session onnxruntime fp32, so the stages "
-                 f"alone take {'less' if stages_s < session_s else 'more'} than the session "
-                 f"({_ms(stages_s)} vs {_ms(session_s)} ms)")
+                 "alone need not take what the session takes")
     return text
