@@ -42,20 +42,20 @@ def table(result: BenchResult, width: int | None = None) -> Table:
         t = Table(title=f"{result.model}: {plural(result.requests, 'request')} at batch 1, "
                         f"{plural(result.cores, 'core')} ({result.host})",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-        columns = ["setup", "precision", "req/s", "x ort 1 thread", "p50 ms", "p99 ms", "in flight", "RSS MiB"]
+        columns = ["setup", "precision", "req/s", "x 1 thread", "p50 ms", "p99 ms", "in flight", "RSS MiB"]
         for col in columns:
             if col not in hidden:
                 t.add_column(col, justify="left" if col in ("setup", "precision") else "right", no_wrap=True)
         for row in result.rows:
             cells = {"setup": row.setup, "precision": row.precision, "req/s": num(row.req_per_s),
-                     "x ort 1 thread": "-" if ref is None else f"{row.req_per_s / ref.req_per_s:.2f}",
+                     "x 1 thread": "-" if ref is None else f"{row.req_per_s / ref.req_per_s:.2f}",
                      "p50 ms": ms(row.p50_s), "p99 ms": ms(row.p99_s), "in flight": str(row.in_flight),
                      "RSS MiB": _rss(row.process_rss)}
             t.add_row(*[cells[c] for c in columns if c not in hidden],
                       style="bold" if row.kind == "corepipe" else None)
         return t
 
-    return fit(build, width, ("RSS MiB", "p99 ms", "in flight"))
+    return fit(build, width, ("RSS MiB", "p99 ms", "in flight", "x 1 thread"))
 
 
 def _report(result: BenchResult) -> None:

@@ -67,7 +67,7 @@ def points_table(points: list[Point], *, chosen: Point | None = None, title: str
             table.add_row(*[cells[c] for c in columns], style="bold" if p is chosen else None)
         return table
 
-    return fit(build, width, ("predicted req/s, ms", "others' CPU", "p99 ms", "precision"))
+    return fit(build, width, ("predicted req/s, ms", "others' CPU", "p99 ms", "precision", "Pareto", "x best peer"))
 
 
 @contextmanager
