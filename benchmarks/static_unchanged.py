@@ -1,7 +1,8 @@
 """Nothing lost when unused: a static model's throughput on this tree against another tree (the
 commit before variable shapes), in one run, on the same artifacts.
 
-Each setup streams requests through the ``local`` backend in a fresh process whose PYTHONPATH
+Each setup streams requests through a backend (``local`` by default; ``inline`` runs every stage
+in the client, so the figure is the per-request CPU alone) in a fresh process whose PYTHONPATH
 is the tree measured (the artifact is compiled once, by the baseline tree, and both read it:
 static plans are manifest version 2 on both). Trees alternate A, B, A, B, ... so drift on a
 shared machine spreads over both; the ratio is the median of each B over the A before it.
@@ -25,8 +26,8 @@ HERE = Path(__file__).resolve().parents[1]
 
 _CLIENT = """
 import json, sys, time, numpy as np, corepipe
-path, seconds = sys.argv[1], float(sys.argv[2])
-with corepipe.load(path) as pipe:
+path, seconds, backend = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+with corepipe.load(path, backend=backend) as pipe:
     feeds = {s.name: np.random.default_rng(0).standard_normal(s.shape).astype(s.dtype) if np.dtype(s.dtype).kind == "f"
              else np.zeros(s.shape, s.dtype) for s in pipe.plan.inputs}
     list(pipe.map([feeds] * 20))  # warm
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--backend", default="local",
+                    help="local (processes), or inline (one process: the per-request CPU alone, no scheduling noise)")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     rows = []
@@ -69,13 +72,13 @@ def main() -> None:
             _run(args.base, _COMPILE, name, str(art), str(args.cores))
             base, new, ratios = [], [], []
             for _ in range(args.rounds):
-                a = json.loads(_run(args.base, _CLIENT, str(art), str(args.seconds)))
-                b = json.loads(_run(HERE, _CLIENT, str(art), str(args.seconds)))
+                a = json.loads(_run(args.base, _CLIENT, str(art), str(args.seconds), args.backend))
+                b = json.loads(_run(HERE, _CLIENT, str(art), str(args.seconds), args.backend))
                 base.append(a)
                 new.append(b)
                 ratios.append(b["rps"] / a["rps"])
             row = {
-                "model": name, "base_rps": statistics.median(r["rps"] for r in base),
+                "model": f"{name} ({args.backend})", "base_rps": statistics.median(r["rps"] for r in base),
                 "new_rps": statistics.median(r["rps"] for r in new), "ratio": statistics.median(ratios),
                 "ratios": [round(r, 3) for r in ratios],
                 "base_p99_ms": statistics.median(r["p99_ms"] for r in base),

@@ -52,7 +52,8 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
                 f"input {spec.name!r}: expected a numpy array {spec.describe()}, got "
                 f"{type(value).__name__}; wrap it with np.asarray(..., dtype=np.{spec.dtype})"
             )
-        if not spec.is_static and str(value.dtype) == spec.dtype and value.ndim == len(spec.shape):
+        # min_shape, not is_static: a static request pays one attribute read for dynamic dims
+        if spec.min_shape and str(value.dtype) == spec.dtype and value.ndim == len(spec.shape):
             _check_dims(spec, value, seen)
         elif str(value.dtype) != spec.dtype or tuple(value.shape) != spec.shape:
             hint = ""
