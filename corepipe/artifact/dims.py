@@ -139,6 +139,13 @@ class ShapeProfile:
             f"cannot read {text!r} as a shape profile: write NAME=LO:HI (uniform), NAME=V,V,... "
             "(values seen) or NAME~MEDIAN:CAP (log-normal)")
 
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.names:
+            values = [dict(d)[name] for d, _ in self.points if name in dict(d)]
+            parts.append(f"{name}: {len(set(values))} values {min(values)}..{max(values)}, median {self.typical()[name]}")
+        return f"ShapeProfile({'; '.join(parts)})"
+
     @property
     def names(self) -> list[str]:
         return sorted({name for dims, _ in self.points for name, _ in dims})

@@ -84,7 +84,7 @@ def _check_dims(spec: TensorSpec, value: np.ndarray, seen: dict[str, tuple[str, 
         name = spec.dims[axis]
         what = f"dim {name!r} (axis {axis})" if name else f"axis {axis}"
         if not lo <= size <= hi:
-            hint = "; split the request or pad it" if size > hi else ""
+            hint = "; split a larger batch with submit(..., split_batch=True)" if size > hi and axis == 0 else ""
             raise InputError(
                 f"input {spec.name!r}: {what} is {size}, outside its range {lo}..{hi} "
                 f"(expected {spec.describe()}, got {_describe(value)}){hint}")
