@@ -152,7 +152,9 @@ INTERESTING: dict[str, tuple[str, Check]] = {
                          lambda s: outer_read(s, "Loop", "t")),
     "scan_outer_scope": ("a stage running Scan takes outer 'o' as input",
                          lambda s: outer_read(s, "Scan", "o")),
-    "shared_weight_far": ("two stages both hold and count emb_table", check_shared_weight),
+    "shared_weight_far": ("two stages both hold and count emb_table, and none a transposed copy",
+                          lambda s: check_shared_weight(s)
+                          and not any(weight_in_stages(d, p, "emb_t") for p, d in zip(s.plans, s.dirs))),
     "optional_empty_inputs": ("'c2' and 'p2' cross", lambda s: crosses(s, "c2") and crosses(s, "p2")),
     # The static input shape decides the arithmetic: its values are folded into weights.
     "shape_arith_int64": ("'new_shape' is a constant: it never crosses, the last stage emits it",
