@@ -149,3 +149,20 @@ def test_a_stage_openvino_reads_as_not_static_is_said_loudly(tmp_path):
         shown = runner.invoke(app, args).stdout
         lines = [line for line in shown.splitlines() if line.startswith("warning: stage 1")]
         assert lines and "not static" in " ".join(lines), shown
+
+
+def test_a_shape_slice_of_static_dims_is_constant_beside_a_dynamic_dim():
+    """NonZero's output is [rank of x, ?] ([1, ?] here): the count of non-zeros depends on the
+    data, the rank does not, so Shape(start=0, end=1) of it is a constant (folded), while the
+    whole Shape is not."""
+    n = helper.make_node
+    nodes = [n("NonZero", ["x"], ["nz"]), n("Shape", ["nz"], ["rank"], start=0, end=1),
+             n("Shape", ["nz"], ["whole"]), n("Cast", ["nz"], ["nzf"], to=F32),
+             n("ReduceSum", ["nzf", "rank"], ["y"], keepdims=0), n("Cast", ["whole"], ["z"], to=F32)]
+    graph = helper.make_graph(nodes, "slice", [helper.make_tensor_value_info("x", F32, [8])],
+                              [helper.make_tensor_value_info("y", F32, ["n"]), helper.make_tensor_value_info("z", F32, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    g = analyze(model, {"x": np.arange(8, dtype=np.float32)})
+    np.testing.assert_array_equal(numpy_helper.to_array(g.initializers["rank"]), [1])
+    assert "whole" not in g.initializers and "whole" not in g.cones
+    assert [node.op_type for node in g.nodes] == ["NonZero", "Shape", "Cast", "ReduceSum", "Cast"]

@@ -95,25 +95,26 @@ def infer(proto: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto]) -> onnx
         return None
 
 
-def _static(vi: onnx.ValueInfoProto) -> tuple[int, tuple[int, ...]] | None:
-    """(element type, static shape) of a tensor value info, or None where any dim is unknown."""
+Dims = tuple[int | None, ...]  # None: a dim not known statically
+
+
+def _dims(vi: onnx.ValueInfoProto) -> tuple[int, Dims] | None:
+    """(element type, dims) of a tensor value info, an unknown dim as None; None without a shape."""
     if not vi.type.HasField("tensor_type"):
         return None
     tt = vi.type.tensor_type
     if tt.elem_type == 0 or not tt.HasField("shape"):
         return None
-    if any(not d.HasField("dim_value") for d in tt.shape.dim):
-        return None
-    return tt.elem_type, tuple(int(d.dim_value) for d in tt.shape.dim)
+    return tt.elem_type, tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
 
 
 def _known(inferred: onnx.ModelProto | None, inputs: Sequence[TensorSpec],
-           inits: Mapping[str, onnx.TensorProto]) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """name -> (element type, static shape) for every tensor whose static shape is known."""
-    out: dict[str, tuple[int, tuple[int, ...]]] = {}
+           inits: Mapping[str, onnx.TensorProto]) -> dict[str, tuple[int, Dims]]:
+    """name -> (element type, dims) for every tensor whose rank is known."""
+    out: dict[str, tuple[int, Dims]] = {}
     if inferred is not None:
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            found = _static(vi)
+            found = _dims(vi)
             if found is not None:
                 out[vi.name] = found
     for spec in inputs:
@@ -134,27 +135,35 @@ def _computable(node: onnx.NodeProto) -> bool:
     return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
-def _shape_read(node: onnx.NodeProto, known: Mapping[str, tuple[int, tuple[int, ...]]]) -> np.ndarray | None:
-    """The output of a Shape or Size node whose input's static shape is known, else None."""
+def _shape_read(node: onnx.NodeProto, known: Mapping[str, tuple[int, Dims]]) -> np.ndarray | None:
+    """The output of a Shape or Size node when the dims it reads are static, else None (a
+    Shape-15 slice of the static dims of a tensor with other, dynamic dims is constant too)."""
     if not _standard(node) or node.op_type not in ("Shape", "Size") or node.input[0] not in known:
         return None
-    shape = known[node.input[0]][1]
+    dims = known[node.input[0]][1]
+    if node.op_type == "Shape":
+        attrs = {a.name: a.i for a in node.attribute}
+        dims = dims[attrs.get("start", 0):attrs.get("end", len(dims))]  # clamped like a Python slice
+    static = [d for d in dims if d is not None]
+    if len(static) != len(dims):
+        return None
     if node.op_type == "Size":
-        return np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
-    attrs = {a.name: a.i for a in node.attribute}
-    # Shape-15's start/end clamp like a Python slice of the dims.
-    return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], dtype=np.int64)
+        return np.array(int(np.prod(static, dtype=np.int64)), dtype=np.int64)
+    return np.array(static, dtype=np.int64)
 
 
-def _nbytes(name: str, known: Mapping[str, tuple[int, tuple[int, ...]]]) -> int | None:
+def _nbytes(name: str, known: Mapping[str, tuple[int, Dims]]) -> int | None:
     if name not in known:
         return None
-    elem, shape = known[name]
+    elem, dims = known[name]
+    static = [d for d in dims if d is not None]
+    if len(static) != len(dims):
+        return None
     try:
         size = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize
     except Exception:
         return None
-    return int(np.prod(shape, dtype=np.int64)) * size
+    return int(np.prod(static, dtype=np.int64)) * size
 
 
 def _evaluate(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str],
@@ -198,7 +207,7 @@ def _ancestors(nodes: Sequence[onnx.NodeProto], chosen: Iterable[int], producer:
 
 
 def _fold_round(proto: onnx.ModelProto, inits: dict[str, onnx.TensorProto], weights_dir: str | None,
-                known: Mapping[str, tuple[int, tuple[int, ...]]], keep: set[str]) -> list[int] | None:
+                known: Mapping[str, tuple[int, Dims]], keep: set[str]) -> list[int] | None:
     """Classify the nodes of ``proto`` once and fold its small constants: their values go into
     ``inits``, their nodes out of the graph. Returns None when something was folded (classify
     again, after inference), else the indices of the constant nodes, which stay nodes."""
