@@ -70,7 +70,9 @@ class _Stats:
     success: _Duration = field(default_factory=_Duration)
     fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)  # decoding the request, reading shared memory
     compute: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)  # encoding the response, writing shared memory
     last_ms: int = 0
 
 
@@ -198,6 +200,14 @@ class ServedModel:
         if self.on_finish is not None:
             self.on_finish(self, ok, (now - t0) / 1e9, (t1 - t0) / 1e9)
 
+    def record_io(self, decode_ns: int, encode_ns: int) -> None:
+        """Count the time a front end spent decoding a successful request's inputs (and copying
+        them in from shared memory) and encoding its outputs (Triton's ``compute_input`` and
+        ``compute_output``)."""
+        with self._lock:
+            self.stats.compute_input.add(decode_ns)
+            self.stats.compute_output.add(encode_ns)
+
     def reject_input(self, exc: InputError) -> None:
         """Count a request refused for bad input as a failure (statistics and metrics)."""
         t = time.perf_counter_ns()
@@ -248,9 +258,8 @@ class ServedModel:
                 "name": self.name, "version": self.version, "last_inference": s.last_ms,
                 "inference_count": s.success.count, "execution_count": s.success.count,
                 "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
-                                    "compute_input": {"count": s.compute.count, "ns": 0},
-                                    "compute_infer": d(s.compute),
-                                    "compute_output": {"count": s.compute.count, "ns": 0}},
+                                    "compute_input": d(s.compute_input), "compute_infer": d(s.compute),
+                                    "compute_output": d(s.compute_output)},
                 "batch_stats": [],
             }
 
