@@ -144,9 +144,8 @@ def test_regions_are_bounds_checked(segment):
             read_inputs(regions, {"x": ShmRef("r", 0, 12, "FP32", (2,))})
         with pytest.raises(Rejected, match="output 'y': needs 400 bytes but region 'r' gives it 64"):
             check_room(regions, {"y": ShmRef("r")}, [TensorSpec("y", "float32", (1, 100))])
-    with pytest.raises(Rejected, match="region 'nope' is not registered") as info:
-        with reg.lease(["r", "nope"]):
-            pass
+    with pytest.raises(Rejected, match="region 'nope' is not registered") as info, reg.lease(["r", "nope"]):
+        pass
     assert info.value.status == 400
     reg.register("r2", key, 0, 8)
     with pytest.raises(Rejected, match="at most 2"):

@@ -167,13 +167,18 @@ def make_app(svc: Service) -> Starlette:
         try:
             svc.authorize(request.headers.get("authorization"))
             model = model_of(request)
-            body = await inflate(request, await read_body(request, model.body_limit), model.body_limit)
+            body = await read_body(request, model.body_limit)
+            t0 = time.perf_counter_ns()
+            body = await inflate(request, body, model.body_limit)
             feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs) if len(body) > BIG
                           else parse_predict(body, model.inputs))
+            t1 = time.perf_counter_ns()
             results = await asyncio.gather(*(model.infer(f) for f in feeds))
+            t2 = time.perf_counter_ns()
             size = sum(r[o.name].size for r in results for o in model.outputs)
             data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt) if size > BIG // 8
                     else encode_predict(results, model.outputs, fmt))
+            model.record_io(t1 - t0, time.perf_counter_ns() - t2, len(feeds))
             return await reply(request, data, "application/json")
         except Exception as exc:
             response, status = error_response(exc)

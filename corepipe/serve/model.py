@@ -60,8 +60,8 @@ class _Duration:
     count: int = 0
     ns: int = 0
 
-    def add(self, ns: int) -> None:
-        self.count += 1
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
         self.ns += ns
 
 
@@ -200,13 +200,13 @@ class ServedModel:
         if self.on_finish is not None:
             self.on_finish(self, ok, (now - t0) / 1e9, (t1 - t0) / 1e9)
 
-    def record_io(self, decode_ns: int, encode_ns: int) -> None:
-        """Count the time a front end spent decoding a successful request's inputs (and copying
-        them in from shared memory) and encoding its outputs (Triton's ``compute_input`` and
-        ``compute_output``)."""
+    def record_io(self, decode_ns: int, encode_ns: int, requests: int = 1) -> None:
+        """Count the time a front end spent decoding successful requests' inputs (and copying
+        them in from shared memory) and encoding their outputs (Triton's ``compute_input`` and
+        ``compute_output``); ``requests``: pipeline requests it decoded at once (a TF-Serving batch)."""
         with self._lock:
-            self.stats.compute_input.add(decode_ns)
-            self.stats.compute_output.add(encode_ns)
+            self.stats.compute_input.add(decode_ns, requests)
+            self.stats.compute_output.add(encode_ns, requests)
 
     def reject_input(self, exc: InputError) -> None:
         """Count a request refused for bad input as a failure (statistics and metrics)."""
