@@ -24,7 +24,6 @@ import resource
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -44,9 +43,9 @@ def run(binary: str, env: dict[str, str], name: str, url: str, proto: str, shm: 
            "--stability-percentage", "25", *(["--shared-memory", "system"] if shm else []), "-f", str(out)]
     server = psutil.Process(server_pid)
     cpu0, n0 = sum(server.cpu_times()[:2]), _served(http, name)
-    ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    ru1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     served = _served(http, name) - n0
     cpu_server = sum(server.cpu_times()[:2]) - cpu0
     if res.returncode != 0 or not out.exists():
@@ -54,7 +53,10 @@ def run(binary: str, env: dict[str, str], name: str, url: str, proto: str, shm: 
     with open(out) as f:
         row = next(csv.DictReader(f))
     pa_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    us = lambda key: float(row[key]) / 1e3  # noqa: E731 - perf_analyzer writes microseconds
+
+    def us(key: str) -> float:  # perf_analyzer writes microseconds
+        return float(row[key]) / 1e3
+
     return {
         "throughput": float(row["Inferences/Second"]), "p50_ms": us("p50 latency"),
         "client_send_ms": us("Client Send"), "client_recv_ms": us("Client Recv"),
@@ -101,15 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=120)
-    table = {k: {f: median(x[f] for x in v) for f in FIELDS} | {"command": v[0]["command"]} for k, v in runs.items()}
-    ratios = {}
+    table: dict[str, dict[str, Any]] = {
+        k: {**{f: median(x[f] for x in v) for f in FIELDS}, "command": v[0]["command"]} for k, v in runs.items()}
+    ratios: dict[str, dict[str, float]] = {}
     for c in concs:
         for proto in ("grpc", "http"):
-            none, shm = runs[f"{proto} none c={c}"], runs[f"{proto} shm c={c}"]
+            pairs = list(zip(runs[f"{proto} none c={c}"], runs[f"{proto} shm c={c}"], strict=True))
             ratios[f"{proto} c={c}"] = {
-                "throughput": median(s["throughput"] / n["throughput"] for n, s in zip(none, shm)),
-                "p50_saved_ms": median(n["p50_ms"] - s["p50_ms"] for n, s in zip(none, shm)),
-                "server_cpu": median(s["server_cpu_ms_per_req"] / n["server_cpu_ms_per_req"] for n, s in zip(none, shm)),
+                "throughput": median(s["throughput"] / n["throughput"] for n, s in pairs),
+                "p50_saved_ms": median(n["p50_ms"] - s["p50_ms"] for n, s in pairs),
+                "server_cpu": median(s["server_cpu_ms_per_req"] / n["server_cpu_ms_per_req"] for n, s in pairs),
             }
     result = {"artifact": str(art), "stages": stages, "window": window, "rounds": args.rounds,
               "table": table, "ratios": ratios, "server_exit": code}
