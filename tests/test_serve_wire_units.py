@@ -122,7 +122,8 @@ def test_registered_regions_are_read_and_written_by_value(segment):
         feeds = read_inputs(regions, {"x": ref})
         np.testing.assert_array_equal(feeds["x"], x)
         write_outputs(regions, {"y": ShmRef("out", 8)}, {"y": x * 2})
-        del feeds
+        segment.buf[16:20] = np.float32(9).tobytes()  # the client reuses its region at once
+        assert feeds["x"][0, 0] == 0 and feeds["x"].flags.aligned  # the request holds a copy
     got = np.frombuffer(bytes(segment.buf[3008:3056]), np.float32).reshape(3, 4)
     np.testing.assert_array_equal(got, x * 2)
     reg.close()
@@ -140,8 +141,10 @@ def test_regions_are_bounds_checked(segment):
     with reg.lease(["r"]) as regions:
         with pytest.raises(Rejected, match=r"offset 60 \+ shared_memory_byte_size 8 runs past the end of region 'r'"):
             read_inputs(regions, {"x": ShmRef("r", 60, 8, "FP32", (2,))})
-        with pytest.raises(InputError, match="needs 8 bytes of binary data, got 12"):
+        with pytest.raises(Rejected, match="FP32 \\[2\\] needs 8 bytes, but shared_memory_byte_size is 12"):
             read_inputs(regions, {"x": ShmRef("r", 0, 12, "FP32", (2,))})
+        with pytest.raises(Rejected, match="needs 4000000000000 bytes but region 'r' gives it 64"):  # before allocating
+            read_inputs(regions, {"x": ShmRef("r", 0, None, "FP32", (10**12,))})
         with pytest.raises(Rejected, match="output 'y': needs 400 bytes but region 'r' gives it 64"):
             check_room(regions, {"y": ShmRef("r")}, [TensorSpec("y", "float32", (1, 100))])
     with pytest.raises(Rejected, match="region 'nope' is not registered") as info, reg.lease(["r", "nope"]):
@@ -179,9 +182,15 @@ def test_symlinks_are_not_followed(segment, tmp_path):
 def test_a_shrunk_segment_is_an_error_not_a_crash(segment):
     reg = SystemSharedMemory()
     reg.register("r", segment.name, 0, 4096)
-    os.truncate(f"/dev/shm/{segment.name}", 1024)  # reading the region now would be a SIGBUS
-    with reg.lease(["r"]) as regions, pytest.raises(Rejected, match="is now 1024 bytes"):
-        read_inputs(regions, {"x": ShmRef("r", 2048, 8, "FP32", (2,))})
+    os.truncate(f"/dev/shm/{segment.name}", 1024)  # through a mapping, reading it now would be a SIGBUS
+    with reg.lease(["r"]) as regions:
+        with pytest.raises(Rejected, match="is now 1024 bytes"):
+            read_inputs(regions, {"x": ShmRef("r", 2048, 8, "FP32", (2,))})
+        with pytest.raises(Rejected, match="is now 1024 bytes"):
+            read_inputs(regions, {"x": ShmRef("r", 1020, 8, "FP32", (2,))})  # half there
+        with pytest.raises(Rejected, match="is now 1024 bytes"):
+            write_outputs(regions, {"y": ShmRef("r", 2048)}, {"y": np.ones(2, np.float32)})
+    assert os.path.getsize(f"/dev/shm/{segment.name}") == 1024  # not grown back
     reg.close()
 
 
@@ -193,7 +202,7 @@ def test_unregistering_a_region_in_use_unmaps_it_when_the_request_ends(segment):
         reg.unregister("r")
         assert reg.status() == [] and region.retired
         write_outputs(regions, {"y": ShmRef("r")}, {"y": np.ones(4, np.float32)})  # still mapped
-    assert region._mm is None  # unmapped once the request let go
+    assert region._fd is None  # closed once the request let go
     reg.unregister("never-registered")  # a no-op, as in Triton
     reg.register("r", segment.name, 0, 64)  # the name is free again
     reg.unregister()
