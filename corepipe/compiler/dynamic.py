@@ -301,9 +301,9 @@ def analyze_dynamic(model: str | Any, dynamic_dims: Mapping[str, Any], examples:
     proto = load_checked(model)[0]
     feeds = prepare_dims(proto, dynamic_dims, examples, profile)
     del proto
-    high = analyze(model, feeds.high)
-    low = analyze(model, feeds.low)
-    typ = analyze(model, feeds.examples)
+    high = analyze(model, feeds.high, dynamic=feeds.axes)
+    low = analyze(model, feeds.low, dynamic=feeds.axes)
+    typ = analyze(model, feeds.examples, dynamic=feeds.axes)
     if not low.n == high.n == typ.n:
         raise CompileError(f"the graph has {low.n}, {typ.n} and {high.n} nodes at the smallest, typical and "
                            "largest shapes; corepipe cuts one graph for every shape in range")
