@@ -12,7 +12,7 @@ both bounds; an axis that varies without such a derivation stays unnamed, never 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -185,15 +185,22 @@ def _typical(dims: dict[str, tuple[int, int]], axes: dict[str, tuple[str | None,
 
 # -- naming the axes -------------------------------------------------------------------------------
 def derive_axes(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorProto], feeds: DimFeeds,
-                fixed: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str | None, ...]]:
+                fixed: Mapping[str, tuple[int, ...]], constants: Sequence[onnx.NodeProto] = ()
+                ) -> dict[str, tuple[str | None, ...]]:
     """Per tensor, the dynamic dim each axis carries according to symbolic shape inference (None
     where it says another symbol, an expression or nothing). ``fixed``: every input's shape at
-    the typical values (its other dims stay fixed). Empty when inference cannot run."""
+    the typical values (its other dims stay fixed); ``constants``: the nodes that compute the
+    constants the graph's nodes read (`corepipe.compiler.constants.Cones`). Empty when inference
+    cannot run."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # sympy missing: nothing is named, every varying axis stays unnamed
         return {}
     m = structure(model)
+    if constants:  # they read weights only: ahead of every node, the order stays topological
+        nodes = list(m.graph.node)
+        del m.graph.node[:]
+        m.graph.node.extend([*constants, *nodes])
     for vi in m.graph.input:
         if vi.name not in fixed:
             continue
@@ -307,7 +314,7 @@ def analyze_dynamic(model: str | Any, dynamic_dims: Mapping[str, Any], examples:
     if not low.n == high.n == typ.n:
         raise CompileError(f"the graph has {low.n}, {typ.n} and {high.n} nodes at the smallest, typical and "
                            "largest shapes; corepipe cuts one graph for every shape in range")
-    named = derive_axes(high.model, high.initializers, feeds, {t.name: t.shape for t in typ.inputs})
+    named = derive_axes(high.model, high.initializers, feeds, {t.name: t.shape for t in typ.inputs}, high.cones.nodes)
     named.update(feeds.axes)
     specs = annotate(high.tensors, low.tensors, named, feeds)
     high.tensors = specs

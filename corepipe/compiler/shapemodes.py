@@ -167,11 +167,48 @@ def _measure(chain: _Chain, graph: ModelGraph, bounds: list[int], choices: Seque
             variants = fixed[v]
             assert variants is not None
             engine = cls(chain.files[s], inputs=ins, outputs=outs, threads=1, precision=prec, variants=variants[s])
-            static_s[v] = _seconds(engine, boundary[v][s], repeats)
+            # A static graph that gets this size wrong is never chosen for it.
+            wrong = _wrong(engine, boundary[v], s, outs, prec)
+            static_s[v] = float("inf") if wrong else _seconds(engine, boundary[v][s], repeats)
             del engine
         fits = free_bytes[s] // weights[s] if weights[s] else None
         out.append(ModeTimes(dyn_s, static_s, extra_bytes=weights[s], fits=int(fits) if fits is not None else None))
     report("measure shapes", len(choices), len(choices))
+    return out
+
+
+def _wrong(engine: Any, boundary: list[dict[str, np.ndarray]], s: int, outs: list[str], precision: str) -> str | None:
+    """How stage ``s`` on ``engine`` differs from onnxruntime on one request (``boundary``:
+    the chain's tensors, stage ``s + 1``'s inputs or the outputs after it), or None."""
+    after = boundary[s + 1]
+    for name, got in zip(outs, engine.run(boundary[s])):
+        problem = differs(got, after[name], precision)
+        if problem is not None:
+            return f"output {name!r} {problem}"
+    return None
+
+
+def _static_problems(chain: _Chain, graph: ModelGraph, bounds: list[int], choices: Sequence[Choice], dyn: DynamicGraph,
+                     sizes: Mapping[str, Sequence[int]], precision: str) -> dict[int, str]:
+    """Stage -> why its static bucket graphs get a bucket wrong (checked at every bucket against
+    onnxruntime), for the OpenVINO stages."""
+    combos: list[dict[str, int]] = [{}]
+    for dim, values in sizes.items():
+        combos = [{**c, dim: v} for c in combos for v in values]
+    out: dict[int, str] = {}
+    for combo in combos:
+        boundary = chain.inputs(dyn.feeds.at(combo))
+        fixed = stage_variants(graph, bounds, at=combo)
+        assert fixed is not None
+        for s, choice in enumerate(choices):
+            if choice.engine == "onnxruntime" or s in out:
+                continue
+            ins, outs = chain.io[s]
+            engine = engine_class(choice.engine)(chain.files[s], inputs=ins, outputs=outs, threads=1,
+                                                 precision=engine_precision(choice.engine, precision), variants=fixed[s])
+            wrong = _wrong(engine, boundary, s, outs, engine_precision(choice.engine, precision))
+            if wrong:
+                out[s] = f"its static graph for {combo} gets {wrong}"
     return out
 
 
@@ -236,17 +273,19 @@ def choose_shapes(
         sizes = _check_buckets(buckets, feeds.dims)
         shapes = replace(base, buckets=sizes)
         problem = _padding_problem(chain, dyn, shapes, graph.outputs)
-    if problem is not None:
-        raise CompileError(f"buckets {dict(sizes)}: {problem}; pass pad_values= (e.g. the model's pad token, "
-                           "0 for attention masks) or compile with buckets=None")
+        if problem is not None:
+            raise CompileError(f"buckets {dict(sizes)}: {problem}; pass pad_values= (e.g. the model's pad "
+                               "token, 0 for attention masks) or compile with buckets=None")
+        wrong = _static_problems(chain, graph, bounds, choices, dyn, sizes, precision)
     variants = int(np.prod([len(v) for v in sizes.values()]))
-    modes = ["buckets" if choice.engine == "onnxruntime" or variants <= (free[s] // weights[s] if weights[s] else variants)
-             else "dynamic" for s, choice in enumerate(choices)]
+    modes = ["buckets" if s not in wrong and (choice.engine == "onnxruntime" or variants <= (
+        free[s] // weights[s] if weights[s] else variants)) else "dynamic" for s, choice in enumerate(choices)]
     notes = [f"buckets {dict(sizes)} as asked"] + [
-        f"stage {s} runs the buckets on a bounded dynamic graph: {variants} static copies of its "
-        f"{format_bytes(weights[s])} of weights would not fit the core memory" for s, m in enumerate(modes) if m == "dynamic"]
+        f"stage {s} runs the buckets on a bounded dynamic graph: " + (wrong[s] if s in wrong else (
+            f"{variants} static copies of its {format_bytes(weights[s])} of weights would not fit the core memory"))
+        for s, m in enumerate(modes) if m == "dynamic"]
     if "buckets" not in modes:
-        raise CompileError(f"no stage can hold {variants} static bucket graphs within the core memory; "
+        raise CompileError(f"buckets {dict(sizes)}: no stage can run them as static graphs ({'; '.join(notes[1:])}); "
                            "use fewer buckets, buckets=None, or more core_memory")
     return ShapeChoice(shapes, modes, costs, notes)
 
