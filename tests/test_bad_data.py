@@ -161,6 +161,49 @@ def test_indices_from_shapes_need_nothing_and_computed_ones_need_onnxruntime():
     assert "node 'gather' (Gather) takes its indices from node 'square', from request data" in found.onnxruntime[1]
 
 
+def _positions_model(rows: int, cast_to: int = TP.INT64):
+    """RoBERTa's position ids: cumsum(ids != pad) * (ids != pad) + pad, gathered from ``rows``."""
+    ids = h.make_tensor_value_info("ids", TP.INT64, [1, 6])
+    inits = [numpy_helper.from_array(np.arange(rows * 2, dtype=np.float32).reshape(rows, 2), "pos"),
+             numpy_helper.from_array(np.array(1, np.int64), "pad")]
+    nodes = [h.make_node("Equal", ["ids", "pad"], ["eq"]), h.make_node("Not", ["eq"], ["ne"]),
+             h.make_node("Cast", ["ne"], ["m"], to=TP.INT32), h.make_node("CumSum", ["m", "pad"], ["cs"]),
+             h.make_node("Mul", ["cs", "m"], ["masked"]), h.make_node("Cast", ["masked"], ["mi"], to=cast_to),
+             h.make_node("Add", ["mi", "pad"], ["positions"]),
+             h.make_node("Gather", ["pos", "positions"], ["y"], name="positions_gather")]
+    return _model(nodes, [ids], [h.make_tensor_value_info("y", TP.FLOAT, [1, 6, 2])], inits)
+
+
+def test_computed_indices_proven_in_range_keep_openvino_and_the_others_do_not():
+    feeds = {"ids": np.array([[0, 5, 1, 7, 1, 1]], np.int64)}
+    # 6 tokens: positions within 1..7, so a table of 8 rows holds every one, whatever the ids.
+    assert find_unchecked(analyze(_positions_model(8), feeds)).onnxruntime == {}
+    short = find_unchecked(analyze(_positions_model(7), feeds)).onnxruntime
+    assert list(short.values()) == [
+        "node 'positions_gather' (Gather) takes its indices from node 'Mul_4', from request data, and openvino "
+        "does not check it (reads 0, or another row); onnxruntime does"]
+    # A cast that could wrap around (int8 of up to 7 is fine; uint8 of a negative is not) is no proof.
+    assert find_unchecked(analyze(_positions_model(8, TP.INT8), feeds)).onnxruntime == {}
+
+
+def test_an_argmax_index_is_proven_and_an_unbounded_product_is_not():
+    x = h.make_tensor_value_info("x", TP.FLOAT, [3, 5])
+    ids = h.make_tensor_value_info("ids", TP.INT64, [3])
+    table = numpy_helper.from_array(np.ones((5, 2), np.float32), "table")
+    for nodes, inputs, proven in [
+        ([h.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0)], [x], True),
+        ([h.make_node("Mul", ["ids", "ids"], ["idx"])], [ids], False),
+        ([h.make_node("Clip", ["ids", "zero", "four"], ["idx"])], [ids], True),
+    ]:
+        m = _model(nodes + [h.make_node("Gather", ["table", "idx"], ["y"], name="g")], inputs,
+                   [h.make_tensor_value_info("y", TP.FLOAT, [3, 2])],
+                   [table, numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                    numpy_helper.from_array(np.array(4, np.int64), "four")])
+        feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim],
+                                  np.float32 if i.type.tensor_type.elem_type == TP.FLOAT else np.int64) for i in inputs}
+        assert (find_unchecked(analyze(m, feeds)).onnxruntime == {}) is proven, nodes[0].op_type
+
+
 def test_bert_checks_its_token_ids_at_intake_and_keeps_openvino():
     from corepipe import zoo
 

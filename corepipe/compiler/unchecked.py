@@ -12,7 +12,9 @@ such operand (`OPERANDS`) of the model, this analysis follows its values back:
   every request, where the operand's rule can be stated on the values (an index range, a
   Reshape target); for the other operands, the node's stage runs on onnxruntime;
 - to request data through anything else: the node's stage runs on onnxruntime, which checks,
-  and the plan says why (`StagePlan.fallback`).
+  and the plan says why (`StagePlan.fallback`) -- unless interval arithmetic over the graph
+  proves the values in range whatever the request holds (RoBERTa's position ids: a cumulative
+  sum of a 0/1 mask plus one stay within 1..seq+1; `corepipe.compiler.intervals`).
 
 A node with subgraphs (If, Loop, Scan) that holds such an operator and reads request data runs
 on onnxruntime too. The analysis reads a `ModelGraph` and nothing else; it is pure and cheap
@@ -32,6 +34,7 @@ from onnx import numpy_helper
 
 from ..artifact.valuechecks import ValueCheck
 from .graph import ModelGraph
+from .intervals import Intervals
 from .shapes import dtype_of
 
 __all__ = ["OPERANDS", "Operand", "Findings", "find_unchecked", "onnxruntime_stages", "check_notes"]
@@ -185,6 +188,18 @@ class _Graph:
             return _Source("derived", label)
 
 
+def _proven(g: _Graph, intervals: Intervals, i: int, operand: Operand) -> bool:
+    """Whether the values of ``operand`` of node ``i`` stay within what it allows, whatever the
+    request holds (interval arithmetic; only for rules that are ranges)."""
+    name = g.nodes[i].input[operand.index]
+    allowed = _check(g, i, operand, _Source("input", name))
+    bound = intervals.of(name)
+    if allowed is None or allowed.kind != "range" or bound is None:
+        return False
+    return all((lo is None or lo <= bound[0]) and (hi is None or bound[1] <= hi)
+               for lo, hi in zip(allowed.lo, allowed.hi))
+
+
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(a.i) for a in node.attribute if a.name == name), default)
 
@@ -256,6 +271,7 @@ def find_unchecked(graph: ModelGraph) -> Findings:
     """Every operand of `OPERANDS` that request data reaches: an intake check where it comes
     directly from a graph input and its rule can be stated, else onnxruntime for its node."""
     g = _Graph(graph)
+    intervals = Intervals(graph)
     found = Findings()
     for i, node in enumerate(g.nodes):
         if node.domain not in ("", "ai.onnx"):
@@ -277,6 +293,8 @@ def find_unchecked(graph: ModelGraph) -> Findings:
             if check is not None:
                 if check not in found.checks:
                     found.checks.append(check)
+                continue
+            if _proven(g, intervals, i, operand):
                 continue
             how = f"input {src.name!r}" if src.kind == "input" else f"node {src.name!r}, from request data"
             found.onnxruntime.setdefault(i, (
