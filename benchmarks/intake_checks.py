@@ -1,9 +1,12 @@
-"""What the intake's value checks cost per request: BERT-base's token ids against its vocabulary.
+"""What the bad-data checks cost per request: BERT-base's token ids against its vocabulary at
+intake, and a stage output against its compiled spec.
 
 The model is the zoo's BERT-base (seq 128, random weights); the compiler's analysis
 (`corepipe.compiler.unchecked`) finds the checks a compiled plan would hold, and the checker
 the pipelines build from them runs on one request's arrays, as `submit` does, next to the
-signature check every request already paid (`check_feeds`). Timings are the median of
+signature check every request already paid (`check_feeds`); the output check is
+`tensor_problem` on a [1, seq, 768] hidden state, as a stage runs it on each output it writes
+by copy (outputs bound in place need none). Timings are the median of
 ``--repeats`` runs of ``--loops`` calls each.
 
     python benchmarks/intake_checks.py
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from corepipe import zoo
-    from corepipe.artifact.signature import check_feeds
+    from corepipe.artifact.plan import TensorSpec
+    from corepipe.artifact.signature import check_feeds, tensor_problem
     from corepipe.artifact.valuechecks import ValueChecker
     from corepipe.compiler.graph import analyze
     from corepipe.compiler.unchecked import find_unchecked
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| signature check (names, dtypes, shapes; what every request paid before) | {signature * 1e6:.2f} |")
     print(f"| value checks (token ids within the vocabulary) | {values * 1e6:.2f} |")
     print(f"| value checks, every id at the top of the range | {at_edge * 1e6:.2f} |")
+    hidden = TensorSpec("hidden", "float32", (1, args.seq, 768))
+    array = np.zeros(hidden.shape, np.float32)
+    output = _per_call(lambda: tensor_problem(hidden, array), args.loops, args.repeats)
+    print(f"| output check, one stage output (dtype, shape) | {output * 1e6:.2f} |")
     print(f"| ratio value / signature | {values / signature:.3f} |")
 
 
