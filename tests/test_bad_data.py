@@ -345,3 +345,15 @@ def test_the_manifest_holds_the_checks_and_older_artifacts_load_without_them(ope
     stray = dataclasses.replace(cm.plan, input_checks=(ValueCheck("nope", "n", "Gather", "indices"),))
     with pytest.raises(ValueError, match=r"input checks name \['nope'\]"):
         stray.validate()
+
+
+def test_inspect_shows_the_intake_checks_and_why_a_stage_runs_on_onnxruntime(operands):
+    from typer.testing import CliRunner
+
+    from corepipe.cli import app
+
+    cm, _ = operands
+    shown = " ".join(CliRunner().invoke(app, ["inspect", str(cm.path)], terminal_width=400).stdout.split())
+    assert "intake checks input 'ids': in -10..9 (node 'emb', Gather indices)" in shown, shown
+    assert "intake checks input 'shape': a valid reshape of [7, 8]" in shown, shown
+    assert "node 'pick' (Gather) takes its indices from node 'shift', from request data" in shown, shown
