@@ -152,6 +152,8 @@ def test_the_analysis_follows_casts_reshapes_and_constant_shifts_to_the_input():
 def test_indices_from_shapes_need_nothing_and_computed_ones_need_onnxruntime():
     x = h.make_tensor_value_info("x", TP.FLOAT, [2, 5])
     from_shape = _table_model([h.make_node("Shape", ["x"], ["s"]), h.make_node("Sub", ["s", "one"], ["idx"])], [x])
+    from_shape.graph.node.append(h.make_node("Relu", ["x"], ["r"]))  # an output that is not a constant
+    from_shape.graph.output.append(h.make_tensor_value_info("r", TP.FLOAT, [2, 5]))
     found = find_unchecked(analyze(from_shape, {"x": np.zeros((2, 5), np.float32)}))
     assert not found.checks and not found.onnxruntime
     ids = h.make_tensor_value_info("ids", TP.INT64, [3])
