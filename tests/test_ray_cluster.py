@@ -154,13 +154,13 @@ def test_stage_that_keeps_dying_backs_off_under_the_backoff_policy(cluster, chai
     path, feeds, refs = chain
     with corepipe.load(path, backend="ray", restart="backoff", max_deaths=1, backoff_s=1.5) as pipe:
         _check([pipe.run(feeds[0], timeout=60)], refs[:1])
-        futs = [pipe.submit(f) for f in feeds[:6]]
         ray.kill(pipe.actors()[0], no_restart=True)
         deadline = time.monotonic() + 10
         while pipe.readiness()[0] and time.monotonic() < deadline:
             time.sleep(0.02)
         ready, why, retry = pipe.readiness()
         assert not ready and "stage 0 is down" in why and 0 < retry <= 1.5
+        futs = [pipe.submit(f) for f in feeds[:6]]  # taken while the stage is down
         _check([f.result(timeout=60) for f in futs], refs[:6])  # kept, and run once it is back
         assert pipe.readiness() == (True, "", 0.0)
 

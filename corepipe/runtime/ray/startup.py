@@ -16,6 +16,7 @@ from ...artifact.plan import Plan
 from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from .actor import GROUPS, StageActor
+from .stream import Inlet, Outlet
 
 __all__ = ["StageActors", "Unplaceable"]
 
@@ -44,6 +45,10 @@ class StageActors:
     _actor_class: Any
     _where: list[dict[str, Any]]
     _shipped: dict[int, Any]
+    _token: bytes | None
+    _data_path: str
+    _inlet: Inlet | None
+    _outlet: Outlet | None
 
     def _new_actor(self, k: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -64,7 +69,7 @@ class StageActors:
         plan = self.plan
         return self._actor_class.options(**options).remote(
             k, self._n, [t.to_dict() for t in plan.boundaries[k]],
-            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k],
+            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k], self._token,
         )
 
     def _load_stages(self, stages: list[int]) -> None:
@@ -87,7 +92,7 @@ class StageActors:
                     f"{info['module']!r}, the driver corepipe {_driver_version}: install the same "
                     "corepipe on every node (or pass it in runtime_env)"
                 )
-            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module")}
+            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module", "inlet")}
             ship = self._stage_source == "ship" or (self._stage_source == "auto" and not info["sees_artifact"])
             if self._stage_source == "path" and not info["sees_artifact"]:
                 raise StageError(
@@ -137,13 +142,28 @@ class StageActors:
         except Exception:
             return "unknown"
 
-    def _wire(self, epoch: int) -> None:
-        """Start ``epoch`` on every actor, each told where its results go."""
-        refs = [a.reset.remote(epoch, self._actors[k + 1] if k + 1 < self._n else None)
-                for k, a in enumerate(self._actors)]
+    def _wire(self, epoch: int) -> list[tuple[int, str]]:
+        """Start ``epoch`` on every actor, each told where its results go. On the stream, each
+        connects to its downstream end now; returns the boundaries that could not be reached,
+        as ``(boundary, why)`` (the boundary into stage ``b``; ``n``: the results' way back)."""
+        stream = self._data_path == "stream"
+        if stream and self._inlet is not None:
+            self._inlet.reset(epoch)
+            ends = [self._where[k + 1].get("inlet") for k in range(self._n - 1)] + [list(self._inlet.address)]
+        else:
+            ends = [self._actors[k + 1] if k + 1 < self._n else None for k in range(self._n)]
+        refs = [a.reset.remote(epoch, ends[k], stream) for k, a in enumerate(self._actors)]
         deadline = time.monotonic() + max(self._stage_timeout, 5.0)
+        lost = []
         for k, ref in enumerate(refs):
-            self._get(k, ref, deadline, "start its epoch")
+            why = self._get(k, ref, deadline, "start its epoch")
+            if why:
+                lost.append((k + 1, f"stage {k} cannot reach its downstream end: {why}"))
+        if stream and self._outlet is not None:
+            self._outlet.reset(epoch, tuple(self._where[0]["inlet"]))
+            if why := self._outlet.connect(5.0):
+                lost.insert(0, (0, f"the client cannot reach stage 0: {why}"))
+        return lost
 
     def _kill_actors(self, actors: list[Any]) -> None:
         """Kill ``actors`` and wait (a few seconds at most) until Ray reports each one dead."""
