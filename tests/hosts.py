@@ -44,9 +44,12 @@ PORT = 6379
 _CLONE_NEWNET = 0x40000000
 _NAME = re.compile(rf"^{PREFIX}(\d+)[nbv]\d*$")
 #: What every Ray process of the rig (and its driver) needs across namespaces: Ray's multi-node
-#: switch (off in this test suite, on here) and no token auth (its token is per machine user).
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
+#: switch (off in this test suite, on here) and token auth, everywhere the same mode (Ray enables
+#: token auth for the whole process once a local instance started in it) and the same token
+#: (``~/.ray/auth_token``: the rig's hosts share this machine's home).
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0"}
+TOKEN = Path.home() / ".ray" / "auth_token"
 #: A silent node is declared dead after 3 missed checks 0.5 s apart, each waiting 0.5 s.
 HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
           "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
@@ -132,11 +135,12 @@ class Hosts:
         hidden: per host, directories it gets an empty view of (it cannot see their files).
         object_store: each node's object-store bytes.
         health: the head's health-check settings (see `HEALTH`).
+        ray: start the Ray nodes (False: the network alone).
     """
 
     def __init__(self, n: int, *, cpus: int | Sequence[int] = 1, memory: int | Sequence[int] | None = None,
                  gbit: float | None = None, hidden: Mapping[int, Sequence[str | os.PathLike[str]]] | None = None,
-                 object_store: int = 256 * 2**20, health: Mapping[str, int] = HEALTH) -> None:
+                 object_store: int = 256 * 2**20, health: Mapping[str, int] = HEALTH, ray: bool = True) -> None:
         self.n = n
         self.cpus = [cpus] * n if isinstance(cpus, int) else list(cpus)
         self.memory = [memory] * n if memory is None or isinstance(memory, int) else list(memory)
@@ -144,6 +148,7 @@ class Hosts:
         self.hidden = {i: [str(p) for p in ps] for i, ps in (hidden or {}).items()}
         self.object_store = object_store
         self.health = dict(health)
+        self.ray = ray
         self.tag = f"{PREFIX}{os.getpid()}"
         self.bridge = f"{self.tag}b"
         self.temp = f"/tmp/{self.tag}"
@@ -211,6 +216,10 @@ class Hosts:
             if self.gbit:
                 self.cap(i, self.gbit)
         os.makedirs(self.temp, exist_ok=True)
+        if not self.ray:
+            return
+        if not TOKEN.exists():
+            _run(sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate")
         self.procs[0] = self._start_node(0)
         self._wait_started([0])
         for i in range(1, self.n):
@@ -281,6 +290,24 @@ class Hosts:
         _kill_pids(pids)
         return pids
 
+    def restart(self, i: int) -> None:
+        """Bring host ``i`` back after a kill or a partition: its link up, whatever still runs
+        there killed (a raylet Ray declared dead exits by itself when it hears so), a fresh node
+        started and joined."""
+        self.link(i, True)
+        self.kill(i)
+        p = self.procs[i]
+        if p is not None:
+            with contextlib.suppress(Exception):
+                p.wait(timeout=10)
+        self.procs[i] = self._start_node(i)
+        self._wait_started([i])
+
+    def alive(self, i: int) -> bool:
+        """Whether host ``i``'s `ray start` still runs (it exits when its node dies)."""
+        p = self.procs[i]
+        return p is not None and p.poll() is None
+
     def pids(self, i: int) -> list[int]:
         return [p for p in _netns_pids(self.ns(i)) if p != os.getpid()]
 
@@ -318,11 +345,13 @@ class Hosts:
         multi-node switch and auth mode set while connected); yields the ``ray`` module."""
         import ray
         from ray._private import ray_constants
+        from ray._raylet import Config
 
         saved = {k: os.environ.get(k) for k in RAY_ENV}
         old_switch = ray_constants.ENABLE_RAY_CLUSTER
         self.enter(0)
         os.environ.update(RAY_ENV)
+        Config.initialize("")  # Ray's C++ side reads the auth mode again from the environment
         ray_constants.ENABLE_RAY_CLUSTER = True
         try:
             ray.init(address=self.address, _node_ip_address=self.ip(0), log_to_driver=False,
@@ -339,6 +368,7 @@ class Hosts:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            Config.initialize("")
             self.leave()
 
 
@@ -355,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why := missing():
         print(f"hosts.py: {why}", file=sys.stderr)
         return 2
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)  # tear the rig down on the way out
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     with Hosts(args.n, cpus=args.cpus, memory=args.memory, gbit=args.gbit) as hosts:
         print(f"{args.n} hosts up: head {hosts.address}, hosts {[hosts.ip(i) for i in range(args.n)]}",
               file=sys.stderr)

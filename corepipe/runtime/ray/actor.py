@@ -33,7 +33,8 @@ import ray
 
 from ...artifact.plan import TensorSpec
 from ...errors import CorepipeError, StageError
-from .stream import Frame, Framing, Inlet, Outlet
+from .framing import Frame, Framing
+from .stream import Inlet, Outlet
 
 __all__ = ["StageActor", "OK", "ERROR", "GROUPS"]
 

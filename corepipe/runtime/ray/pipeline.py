@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -45,8 +44,9 @@ from .cluster import (
     disconnect,
     import_ray,
 )
+from .framing import Frame, Framing, streamable
 from .recovery import Recovery
-from .stream import Frame, Framing, Inlet, Outlet, streamable
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["RayPipeline"]
 
@@ -193,6 +193,7 @@ class RayPipeline(Recovery, Pipeline):
         self._inlet: Inlet | None = None
         self._outlet: Outlet | None = None
         self._token: bytes | None = None
+        self._clock_probe: ClockProbe | None = None
         self._data_path = "object-store"
         self._framing = Framing(artifact.plan.boundaries[0], n, 0)
         self._init_recovery()
@@ -213,6 +214,8 @@ class RayPipeline(Recovery, Pipeline):
             if lost:  # auto: a stage cannot reach its neighbour directly; Ray's path still works
                 self._close_stream()
                 self._wire(0)
+            for _ in range(8):  # clock offsets from the start, not only after the monitor's rounds
+                self._probe_clocks()
             self._answered = [time.monotonic()] * n
         except BaseException:
             self._shutdown()
@@ -223,32 +226,6 @@ class RayPipeline(Recovery, Pipeline):
                 threading.Thread(target=self._collect_loop, name="corepipe-ray-collector", daemon=True))
         for t in self._threads:
             t.start()
-
-    def _open_stream(self, data_path: str, unframable: bool) -> None:
-        """Choose the data path; for the stream, the client's two ends: the outlet to stage 0 and
-        the inlet the last stage sends results to."""
-        client = False
-        try:
-            client = bool(self._ray.util.client.ray.is_connected())
-        except Exception:  # a Ray without the client: not one
-            pass
-        if data_path == "stream" and client:
-            raise CorepipeError("data_path='stream' needs the driver on a node of the cluster; a Ray "
-                                "Client (ray://) driver is not: use data_path='object-store' or 'auto'")
-        stream = not (data_path == "object-store" or unframable or client)
-        self._data_path = "stream" if stream else "object-store"
-        self._token = secrets.token_bytes(16) if stream else None
-        if self._token is not None:
-            n = self._n
-            self._inlet = Inlet(self._driver_ip, self._token, Framing(self.plan.boundaries[n], n, n),
-                                self._take_results, "corepipe-ray-client")
-            self._outlet = Outlet(self._token, 0, "corepipe-ray-client")
-
-    def _close_stream(self) -> None:
-        self._data_path = "object-store"
-        for end in (self._inlet, self._outlet):
-            if end is not None:
-                end.close()
 
     @property
     def data_path(self) -> str:

@@ -32,7 +32,7 @@ from ..intake import Intake, Request
 from ..timeline import TraceLog
 from .startup import StageActors, Unplaceable
 from .stats import RayStats
-from .stream import Inlet, Outlet
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["Recovery"]
 
@@ -61,6 +61,7 @@ class Recovery(Intake, StageActors, RayStats):
     _traces: TraceLog
     _outlet: Outlet | None
     _inlet: Inlet | None
+    _clock_probe: ClockProbe | None
     _data_path: str
 
     def _init_recovery(self) -> None:
@@ -133,7 +134,20 @@ class Recovery(Intake, StageActors, RayStats):
         for k in range(len(actors)):
             if k not in dead and k not in hung and now - self._answered[k] > max(self._stage_timeout, 1.0):
                 hung.append(k)
+        self._probe_clocks()
         return dead, hung, broken
+
+    def _probe_clocks(self) -> None:
+        """On the stream, one clock probe per actor on another host, over the data's own network
+        path: raw TCP round trips are far shorter than a Ray call's, so the offsets they give
+        (at most half a round trip off) win the shortest-round-trip choice."""
+        if self._data_path != "stream" or self._clock_probe is None:
+            return
+        ends = {k: (w["ip"], tuple(w["inlet"])) for k, w in enumerate(self._where) if w.get("inlet")}
+        self._clock_probe.keep({end for _, end in ends.values()})
+        for k, (ip, end) in ends.items():
+            if ip != self._driver_ip and (got := self._clock_probe.sample(end, 0.05)):
+                self._clock_sample(k, *got)
 
     def _lost_host(self, k: int) -> str:
         """How stage ``k``'s actor died: with its host, if Ray declared that node dead."""

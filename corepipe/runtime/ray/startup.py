@@ -1,11 +1,13 @@
 """Starting the ``ray`` backend's stage actors: one in its placement-group bundle, checked to
 import this corepipe, its stage loaded once (from the shared artifact directory, or from bytes the
 driver puts into the object store once and the actor verifies on arrival), and told where its
-results go. Also killing them, and waiting until Ray reports them dead.
+results go; for the stream data path, the client's own ends. Also killing the actors, and waiting
+until Ray reports them dead.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from ...artifact.plan import Plan
 from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from .actor import GROUPS, StageActor
-from .stream import Inlet, Outlet
+from .framing import Framing
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["StageActors", "Unplaceable"]
 
@@ -49,6 +52,38 @@ class StageActors:
     _data_path: str
     _inlet: Inlet | None
     _outlet: Outlet | None
+    _clock_probe: ClockProbe | None
+    _driver_ip: str
+
+    def _take_results(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def _open_stream(self, data_path: str, unframable: bool) -> None:
+        """Choose the data path; for the stream, the client's two ends: the outlet to stage 0 and
+        the inlet the last stage sends results to."""
+        client = False
+        try:
+            client = bool(self._ray.util.client.ray.is_connected())
+        except Exception:  # a Ray without the client: not one
+            pass
+        if data_path == "stream" and client:
+            raise CorepipeError("data_path='stream' needs the driver on a node of the cluster; a Ray "
+                                "Client (ray://) driver is not: use data_path='object-store' or 'auto'")
+        stream = not (data_path == "object-store" or unframable or client)
+        self._data_path = "stream" if stream else "object-store"
+        self._token = secrets.token_bytes(16) if stream else None
+        if self._token is not None:
+            n = self._n
+            self._inlet = Inlet(self._driver_ip, self._token, Framing(self.plan.boundaries[n], n, n),
+                                self._take_results, "corepipe-ray-client")
+            self._outlet = Outlet(self._token, 0, "corepipe-ray-client")
+            self._clock_probe = ClockProbe(self._token)
+
+    def _close_stream(self) -> None:
+        self._data_path = "object-store"
+        for end in (self._inlet, self._outlet, self._clock_probe):
+            if end is not None:
+                end.close()
 
     def _new_actor(self, k: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
