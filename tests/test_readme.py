@@ -10,7 +10,8 @@ wrote), each as ``python -m corepipe ...`` in its own process:
 What is swapped, the only changes, so the whole README runs in well under a minute here:
 
 - `SMALL`: the big built-in models become small ones of the same kind (``zoo:bert`` ->
-  ``zoo:mlp``...); ``demo`` runs ``--model tiny_cnn``;
+  ``zoo:mlp``...), in commands and in Python (``zoo.get("bert")``, ``"zoo:resnet50"``); ``demo``
+  runs ``--model tiny_cnn``;
 - an ``.onnx`` file a command reads that no earlier step wrote is written by the test: a
   one-layer BERT with BERT's inputs when its name says ``bert``, else the MLP.
 
@@ -169,6 +170,7 @@ def test_readme_command(command: str, workdir: Path) -> None:
 def test_readme_python(index: int, workdir: Path) -> None:
     code = python_snippets(TEXT)[index]
     code = re.sub(r'zoo\.get\("(\w+)"', lambda m: f'zoo.get("{SMALL.get(m.group(1), m.group(1))}"', code)
+    code = re.sub(r'"zoo:(\w+)"', lambda m: f'"zoo:{SMALL.get(m.group(1), m.group(1))}"', code)
     script = workdir / f"readme_{index}.py"
     script.write_text(code)
     argv, env = module_command("corepipe")

@@ -13,6 +13,7 @@ import numpy as np
 
 from .deployment import Deployment
 from .target import Target
+from .valuechecks import ValueCheck
 
 __all__ = ["TensorSpec", "StagePlan", "Plan"]
 
@@ -140,6 +141,9 @@ class Plan:
 
     ``deployment``: how to run it (replicas x threads per stage on K cores), when `tune` chose
     one or `compile` was given one; ``None`` leaves it to `load`'s arguments.
+
+    ``input_checks``: what request values the model's index and size operands allow, checked
+    at intake (`corepipe.artifact.valuechecks`); absent from artifacts compiled before them.
     """
 
     target: Target
@@ -151,6 +155,7 @@ class Plan:
     balance: str = "estimate"
     notes: tuple[str, ...] = field(default=())
     deployment: Deployment | None = None
+    input_checks: tuple[ValueCheck, ...] = ()
 
     @property
     def num_cores(self) -> int:
@@ -161,9 +166,19 @@ class Plan:
         return sum(s.resident_bytes for s in self.stages)
 
     def stage_seconds(self) -> list[float]:
-        """Each stage's time per request: measured where the plan was balanced by measurement,
-        else estimated."""
+        """Each stage's time per request, the best figure the plan has (`stage_seconds_kind`):
+        busy time under load where it was balanced under load, else measured alone on one core
+        where it was balanced by measurement, else estimated."""
+        kind = self.stage_seconds_kind()
+        if kind == "under load":
+            return [float(s.loaded_s or 0.0) for s in self.stages]
         return [s.measured_s if s.measured_s is not None else s.estimated_s for s in self.stages]
+
+    def stage_seconds_kind(self) -> str:
+        """Where `stage_seconds` come from: ``"under load"``, ``"measured alone"`` or ``"estimated"``."""
+        if self.stages and all(s.loaded_s is not None for s in self.stages):
+            return "under load"
+        return "measured alone" if any(s.measured_s is not None for s in self.stages) else "estimated"
 
     def core_seconds(self) -> dict[tuple[int, int], float]:
         """Time per request of each ``(device, core)``: the times of the stages it runs, added
@@ -226,6 +241,9 @@ class Plan:
             raise ValueError("the last boundary must hold exactly the model outputs, in order")
         if self.deployment is not None:
             self.deployment.validate(n)
+        unknown = sorted({c.input for c in self.input_checks} - model_inputs)
+        if unknown:
+            raise ValueError(f"input checks name {unknown}, which are not model inputs")
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -240,6 +258,8 @@ class Plan:
         }
         if self.deployment is not None:  # absent in artifacts without one, as before
             out["deployment"] = self.deployment.to_dict()
+        if self.input_checks:  # absent where there is nothing to check, as in older artifacts
+            out["input_checks"] = [c.to_dict() for c in self.input_checks]
         return out
 
     @classmethod
@@ -256,4 +276,5 @@ class Plan:
             balance=str(data.get("balance", "estimate")),
             notes=tuple(str(x) for x in data.get("notes", ())),
             deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
+            input_checks=tuple(ValueCheck.from_dict(c) for c in data.get("input_checks", [])),
         )
