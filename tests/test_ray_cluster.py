@@ -17,7 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from graphcases import all_cases, big_weight_model, case_index_from_request, run_reference
+from graphcases import big_weight_model, case_index_from_request, run_reference
 
 import corepipe
 
