@@ -11,8 +11,10 @@ thread into host 0's namespace and connects to the cluster there. ``hidden`` giv
 view of chosen directories (an empty tmpfs over each): that host cannot see what they hold.
 
 Teardown, whatever happens: every process in each namespace is killed (``ip netns pids``, by
-PID), then the namespaces, veths and bridge are deleted by name; a rig whose maker died (a test
-run killed with ``kill -9``) is cleaned up by the next one. Needs root and iproute2.
+PID), then the namespaces, veths and bridge are deleted by name, and what Ray's killed processes
+left in ``/dev/shm`` since the rig started (named semaphores, plasma files) that no live process
+holds; a rig whose maker died (a test run killed with ``kill -9``) is cleaned up by the next one.
+Needs root and iproute2.
 
     sudo python tests/hosts.py 3 --gbit 10 -- corepipe run art/ --backend ray --address auto
 
@@ -51,6 +53,10 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0"}
 TOKEN = Path.home() / ".ray" / "auth_token"
 #: A silent node is declared dead after 3 missed checks 0.5 s apart, each waiting 0.5 s.
+#: What Ray's processes leave in /dev/shm when they die unclean: the named semaphores of its
+#: mutable objects (``sem_open("/hdr...")``, ``"/obj..."``: Compiled Graph channels) and plasma files.
+RAY_SHM = re.compile(r"^(sem\.hdr|sem\.obj|plasma)")
+SHM = Path("/dev/shm")
 HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
           "health_check_failure_threshold": 3, "health_check_initial_delay_ms": 0}
 
@@ -104,6 +110,35 @@ def _remove(owner: int, namespaces: Sequence[str], links: Sequence[str]) -> None
     shutil.rmtree(f"/tmp/{PREFIX}{owner}", ignore_errors=True)
 
 
+def shm_names() -> set[str]:
+    """The names in /dev/shm now."""
+    return set(os.listdir(SHM)) if SHM.is_dir() else set()
+
+
+def shm_in_use() -> set[str]:
+    """The names in /dev/shm that a live process maps or holds open."""
+    used: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            used.update(m.split()[0] for m in maps.split(f"{SHM}/")[1:])
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if (target := os.readlink(f"/proc/{pid}/fd/{fd}")).startswith(f"{SHM}/"):
+                        used.add(target[len(str(SHM)) + 1 :].split()[0])
+    return used
+
+
+def clean_shm(before: set[str]) -> list[str]:
+    """Remove what Ray left in /dev/shm since ``before`` (`RAY_SHM` names no live process holds:
+    another user's live Ray keeps its own); returns the names removed."""
+    left = sorted({n for n in shm_names() - before if RAY_SHM.match(n)} - shm_in_use())
+    for name in left:
+        with contextlib.suppress(OSError):
+            (SHM / name).unlink()
+    return left
+
+
 def clean_stale() -> list[str]:
     """Remove every rig whose maker is no longer alive (namespaces, links, processes); returns
     the names removed."""
@@ -155,6 +190,7 @@ class Hosts:
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
         self._made: tuple[list[str], list[str]] = ([], [])
         self._root_fd: int | None = None
+        self._shm_before = shm_names()
 
     # -- names -------------------------------------------------------------------------------
     def ns(self, i: int) -> str:
@@ -199,6 +235,7 @@ class Hosts:
         if why := missing():
             raise RuntimeError(why)
         clean_stale()
+        self._shm_before = shm_names()
         namespaces, links = self._made
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         links.append(self.bridge)
@@ -278,6 +315,7 @@ class Hosts:
                     p.wait(timeout=5)
         namespaces.clear()
         links.clear()
+        clean_shm(self._shm_before)
 
     # -- faults and caps ---------------------------------------------------------------------
     def link(self, i: int, up: bool) -> None:

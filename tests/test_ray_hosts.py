@@ -20,7 +20,7 @@ import psutil
 import pytest
 from conftest import wait_gone
 from graphcases import all_cases, big_weight_model, run_reference
-from hosts import HEALTH, Hosts, missing
+from hosts import HEALTH, RAY_SHM, Hosts, missing, shm_names
 
 import corepipe
 
@@ -45,12 +45,15 @@ BOUND_S = DETECT_S + START_S  # a new request after a host is lost is answered w
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     private = tmp_path_factory.mktemp("private")
+    shm = shm_names()
     h = Hosts(4, cpus=[0, 1, 1, 1], memory=[None, BUDGET, BUDGET, BUDGET], hidden={3: [private]})
     with h, h.driver():
         yield h, private
     assert not [ns for ns in _names("netns") if ns.startswith(h.tag)], "a namespace was left behind"
     assert not [ln for ln in _names("link") if ln.startswith(h.tag)], "a link was left behind"
     assert wait_gone([p for p in psutil.pids() if _in_rig(p, h.tag)]) == [], "a rig process was left behind"
+    left = [n for n in shm_names() - shm if RAY_SHM.match(n)]
+    assert not left, f"Ray's files were left in /dev/shm: {left}"
 
 
 def _names(kind: str) -> list[str]:
