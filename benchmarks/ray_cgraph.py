@@ -111,9 +111,7 @@ def _cgraph(h: Any, path: Path, feeds: dict, args: argparse.Namespace) -> dict[s
             lat.append(time.perf_counter() - t1)
             hops.append(hop)
     finally:
-        cg.teardown()
-        for a in actors:
-            ray.kill(a)
+        cg.teardown(kill_actors=True)  # a plain teardown waited forever here once (Ray 2.60)
     return {"rate": rate, "p50": statistics.median(lat) * 1e3, "hops": [float("nan"), statistics.mean(hops) * 1e3,
                                                                           float("nan")],
             "cpu": cpu, "busy": busy}

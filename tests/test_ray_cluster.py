@@ -82,9 +82,11 @@ def test_cluster_stays_on_the_loopback(cluster):
     assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
 
 
-def test_killed_actor_mid_stream_loses_nothing_and_keeps_order(cluster, chain):
+@pytest.mark.parametrize("data_path", ["stream", "object-store"])
+def test_killed_actor_mid_stream_loses_nothing_and_keeps_order(cluster, chain, data_path):
     path, feeds, refs = chain
-    with corepipe.load(path, backend="ray", max_in_flight=6) as pipe:
+    with corepipe.load(path, backend="ray", max_in_flight=6, data_path=data_path) as pipe:
+        assert pipe.data_path == data_path
         done = []
         for i, out in enumerate(pipe.map(feeds)):
             done.append(out)
