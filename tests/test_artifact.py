@@ -430,7 +430,7 @@ def fuzz_root(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(shutil.copytree(pristine, tmp_path_factory.mktemp("fuzz") / "art"))
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_fuzz_manifest_mutations(pristine: Path, fuzz_root: Path, data: st.DataObject) -> None:
     m = data.draw(mutated(read(pristine)), label="manifest")
