@@ -21,10 +21,10 @@ What runs (tests/readme_runner.py):
   - Any other command fails the test until the runner learns it or its block is marked.
 - ```` ```python ```` blocks, each as a script in its own process. Names a block uses without
   defining them come from the preludes its marker names, ``<!-- readme-test: with bert -->``
-  (`PRELUDES`: ``model, feeds`` of zoo BERT; small torch and transformers modules; a SavedModel
+  (`readme_swaps.PRELUDES`: ``model, feeds`` of zoo BERT; small torch and transformers modules; a SavedModel
   with ResNet-50's signature).
 - ```` ```text ```` blocks marked ``<!-- readme-test: errors -->``: every line is the text of an
-  error corepipe really raises (`real_errors`), so a quoted message cannot drift.
+  error corepipe really raises (`readme_swaps.real_errors`), so a quoted message cannot drift.
 - A block marked ``<!-- readme-test: skip (why) -->`` is skipped saying why: only for what needs
   16 cores or several hosts. Blocks with no language (diagrams) are prose.
 
@@ -50,7 +50,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from readme_runner import SMALL, Runner, Step, blocks, real_errors, small, small_python, steps
+from readme_runner import Runner, Step, blocks, steps
+from readme_swaps import SMALL, real_errors, small, small_python
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text()
@@ -113,8 +114,9 @@ def runner(tmp_path_factory: pytest.TempPathFactory):
     r.check_no_leaks()
 
 
-@pytest.mark.parametrize("step", STEPS, ids=[s.id for s in STEPS])
+@pytest.mark.parametrize("step", [pytest.param(s, id=s.id, marks=pytest.mark.slow) for s in STEPS])
 def test_readme(step: Step, runner: Runner) -> None:
+    """One step of the README (slow: the steps start processes, servers and a Ray head)."""
     if step.kind in ("skip", "not-run", "unknown"):
         pytest.skip(step.why)  # unknown ones fail in test_no_block_is_left_unrunnable
     if step.kind == "errors":
@@ -145,6 +147,7 @@ def _core_memory_claims() -> list[tuple[str, str]]:
     return claims
 
 
+@pytest.mark.slow
 def test_core_memory_in_the_readme_fits_the_real_model() -> None:
     """The swap to small models must not hide a README example that fails on the real one
     (issue 12: BERT-base with --core-memory 64MiB). Plans it without writing an artifact."""
