@@ -37,7 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's corepipe
 import corepipe
 from corepipe.artifact.deployment import Deployment
-from corepipe.cli.bench import _parallel, _pipeline_row, _serial, resolve_model, strong_peers
+from corepipe.bench import Traffic, peer_setups
+from corepipe.bench.peers import run_parallel, run_serial
+from corepipe.bench.pipeline import measure_pipeline
+from corepipe.bench.traffic import resolve_model
 
 T0 = time.monotonic()
 
@@ -99,34 +102,36 @@ def main(argv: list[str]) -> None:
             out = work / f"{model}_{prec}_{name.replace(' ', '_')}"
             cm = corepipe.compile(path, out, example_inputs=feeds, precision=prec, **compile_kw)
             compile_s = time.perf_counter() - t
-            row, _, _ = _pipeline_row(cm.path, feeds, reqs[model], 5, use)
+            stages = [{"engine": s.engine, "precision": s.precision} for s in cm.stages]
+            row, _, _ = measure_pipeline(cm.path, feeds, Traffic(requests=reqs[model], warmup=5), "local",
+                                         {"cores": use}, stages=stages)
             record(section, model, prec, name, {
-                "throughput": row.throughput, "latency_p50_s": row.latency_p50_s, "compile_s": compile_s,
-                "handoff_s": row.handoff_s, "uss_mib": sum(row.uss_bytes) / 2**20,
+                "throughput": row.req_per_s, "latency_p50_s": row.p50_s, "compile_s": compile_s,
+                "handoff_s": row.handoff_s, "uss_mib": sum(row.process_uss) / 2**20,
                 "engines": sorted({s.engine for s in cm.stages}),
                 "stage_ms": [round(1e3 * (s.measured_s or s.estimated_s or 0), 2) for s in cm.stages],
             })
 
         def peer(section: str, model: str, prec: str, mode: str, name: str, threads: int) -> None:
             path, _, inputs = src[model]
-            r = _serial(path, inputs, threads, reqs[model], 5, use if threads > 1 else use[:1], mode=mode,
+            r = run_serial(path, inputs, threads, reqs[model], 5, use if threads > 1 else use[:1], mode=mode,
                         precision=prec)
             record(section, model, prec, name, {"throughput": r["requests"] / r["elapsed_s"],
                                                 "latency_p50_s": r["latency_p50_s"],
                                                 "uss_mib": r["uss_bytes"] / 2**20})
 
         def ov_peer(model: str, prec: str, mode: str, section: str = "peers") -> None:
-            name = next(p[1] for p in strong_peers(k, prec) if p[0] == mode)
+            name = next(p.setup for p in peer_setups(k, prec) if p.mode == mode)
             step(f"{model} {name}", lambda: peer(section, model, prec, mode, name, k))
 
         def ort_peers(model: str) -> None:
             step(f"{model} ort 1 thread", lambda: peer("peers", model, "fp32", "serial", "ort 1 thread", 1))
-            shared = next(p[1] for p in strong_peers(k, "fp32") if p[0] == "shared")
+            shared = next(p.setup for p in peer_setups(k, "fp32") if p.mode == "shared")
             step(f"{model} {shared}", lambda: peer("peers", model, "fp32", "shared", shared, k))
 
             def parallel() -> None:
                 path, _, inputs = src[model]
-                rate, results = _parallel(path, inputs, reqs[model], 5, use)
+                rate, results = run_parallel(path, inputs, reqs[model], 5, use)
                 record("peers", model, "fp32", f"{k} sessions in parallel", {
                     "throughput": rate, "latency_p50_s": float(np.median([x["latency_p50_s"] for x in results]))})
 

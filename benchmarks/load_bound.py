@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's corepipe, not an installed one
 import corepipe
-from corepipe.cli.bench import _parallel, _serial, resolve_model
+from corepipe.bench.peers import run_parallel, run_serial
+from corepipe.bench.traffic import resolve_model
 from corepipe.compiler.graph import analyze
 from corepipe.compiler.loadbalance import CpuWatch, measure_under_load
 from corepipe.compiler.measure import time_stages
@@ -60,10 +61,10 @@ def main(argv: list[str]) -> None:
                               load_rounds=args.rounds, load_seconds=args.seconds)
         compile_s = time.perf_counter() - t0
         n1 = max(8, int(args.seconds / (sum(s.loaded_s or 0 for s in cm.stages) or 1)))
-        one = _serial(path, inputs, 1, n1, 2, use[:1])
+        one = run_serial(path, inputs, 1, n1, 2, use[:1])
         t1 = one["elapsed_s"] / one["requests"]
         watch = CpuWatch()
-        rate, results = _parallel(path, inputs, n1 * k, 2, use)
+        rate, results = run_parallel(path, inputs, n1 * k, 2, use)
         sessions_foreign = watch.foreign_share()
         per_session = float(np.mean([r["elapsed_s"] / r["requests"] for r in results]))
         # The pipeline's default window (2 x stages + 2, as `corepipe bench` and `run` stream):
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> None:
         m = measure_under_load(cm.path, feeds, cores=use, seconds=args.seconds, window=2 * k + 2)
         bounds = [st.node_start for st in cm.stages] + [cm.plan.num_nodes]
         alone = time_stages(analyze(path, feeds), bounds, feeds, engines=[args.engine])
-        one_again = _serial(path, inputs, 1, n1, 2, use[:1])
+        one_again = run_serial(path, inputs, 1, n1, 2, use[:1])
         t1 = min(t1, one_again["elapsed_s"] / one_again["requests"])  # the quieter of two runs
     busy = m.stage_busy_s
     ideal = k / t1

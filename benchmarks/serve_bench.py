@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 
 import corepipe
-from corepipe.cli.bench import resolve_model
+from corepipe.bench.traffic import resolve_model
 from corepipe.runtime.process import module_command
 
 

@@ -116,3 +116,34 @@ def test_plurals() -> None:
     model = zoo.mlp(widths=(4, 4))  # MatMul + Add: 2 nodes
     with pytest.raises(corepipe.CompileError, match="3 cores for 2 nodes"):
         corepipe.compile(model, "/nonexistent/never-written", num_cores=3)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_bench_and_tune_tables_fit_without_cutting_a_value(width: int) -> None:
+    """The longest setup names, six-figure rates: columns are left out (and named), never cut."""
+    import io
+
+    from rich.console import Console
+
+    from corepipe.bench import BenchResult, BenchRow
+    from corepipe.cli.benchcmd import table
+    from corepipe.cli.tunecmd import points_table
+    from corepipe.tune import Candidate, Point
+
+    names = ["ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
+             "openvino THROUGHPUT (2 streams)", "openvino LATENCY (2 threads, 1 in flight)"]
+    rows = [BenchRow(n, "peer", "onnxruntime", "fp32", 110_791.5 - i, 1e-5, 2e-5, 2, (2**27,), (2**27,))
+            for i, n in enumerate(names)]
+    rows.append(BenchRow("corepipe", "corepipe", "openvino", "bf16", 3178.0, 0.02, 0.03, 1, (2**26,) * 4, (2**26,) * 4))
+    result = BenchResult("zoo:bert", 2, 64, 2**20, rows, [], 1.0, "test", precision="bf16")
+    points = [Point(n, "peer", 110_791.5 - i, 1e-5, precision="fp32", foreign_cpu=0.3) for i, n in enumerate(names)]
+    points.append(Point("16r x 16s x 16t", "candidate", 4450.1, 2e-4, 3e-4, candidate=Candidate(16, 16, 16),
+                        predicted=(39_207.0, 2.5e-5), foreign_cpu=0.35, precision="bf16"))
+    for rendered in (table(result, width), points_table(points, chosen=points[-1], width=width, title="t")):
+        console = Console(width=width, file=io.StringIO(), record=True)
+        console.print(rendered)
+        text = console.export_text()
+        assert "…" not in text, text
+        assert all(len(line.rstrip()) <= width for line in text.splitlines())
+        for n in names:
+            assert n in text

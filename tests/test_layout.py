@@ -1,12 +1,12 @@
 """The package layout shows the architecture: imports point down the layers (design.md).
 
-    cli ─► serve ─► runtime ─► engines ─► artifact ─► errors
+    cli ─► serve / tune ─► bench ─► runtime ─► engines ─► artifact ─► errors
+    tune, bench ─► compiler (candidates, the pipeline measured) ─► runtime (balance under load)
     cli ─► plots (pictures of plans and timelines) ─► runtime, artifact
-    cli ─► compiler ─► runtime (balance under load, CompiledModel.load), engines (timing stages)
-    cli ─► tune (pure: search space, choice, capacity, picture) ─► artifact
     compiler ─► frontends (framework models in)
 
-The runtime never imports the compiler, and the artifact layer imports no other package.
+The runtime never imports the compiler, and the artifact layer imports no other package. The CLI
+is a shell: no module of cli/ measures (`test_the_cli_does_not_measure`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "frontends": {"errors"},
     "compiler": {"runtime", "engines", "artifact", "errors", "_version", "frontends"},
     "serve": {"runtime", "engines", "artifact", "errors", "_version"},
-    "tune": {"artifact", "errors"},
+    "bench": {"compiler", "runtime", "engines", "artifact", "errors", "_version", "zoo"},
+    "tune": {"bench", "compiler", "runtime", "artifact", "errors"},
     "zoo": set(),
     "plots": {"runtime", "artifact", "errors"},
 }
@@ -46,6 +47,12 @@ def _package_of(path: Path) -> str:
 
 def _imported_packages(path: Path) -> set[str]:
     """The top-level corepipe packages that ``path`` imports, at any depth of the module."""
+    return {m.split(".")[0] for m in _imported_modules(path) if not m.startswith("!")}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The corepipe modules ``path`` imports, dotted below ``corepipe`` (``compiler.loadbalance``;
+    ``from ..bench import x`` gives ``bench.x``), and other top-level modules as ``!name``."""
     tree = ast.parse(path.read_text(), str(path))
     here = path.relative_to(PKG).with_suffix("").parts
     out: set[str] = set()
@@ -55,19 +62,40 @@ def _imported_packages(path: Path) -> set[str]:
                 base = list(here[:-1])
                 base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 parts = base + (node.module.split(".") if node.module else [])
-                if not parts:  # `from . import x` at the top: x is the package
-                    out.update(alias.name for alias in node.names)
-                    continue
-                out.add(parts[0])
+                out.update(".".join(parts + [alias.name]) if parts else alias.name for alias in node.names)
             elif node.module and node.module.split(".")[0] == "corepipe":
-                parts = node.module.split(".")
-                out.add(parts[1] if len(parts) > 1 else "__init__")
+                parts = node.module.split(".")[1:] or ["__init__"]
+                out.update(".".join(parts + [alias.name]) for alias in node.names)
+            elif node.module:
+                out.add("!" + node.module.split(".")[0])
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "corepipe" and len(parts) > 1:
-                    out.add(parts[1])
+                    out.add(".".join(parts[1:]))
+                elif parts[0] != "corepipe":
+                    out.add("!" + parts[0])
     return out
+
+
+#: What no module of cli/ may import: the measuring (balance under load, the peers' processes,
+#: the pipeline's bench row, the tune loop's measurements) and the means to start a process.
+MEASURING = ("compiler.loadbalance", "bench.peers", "bench.proc", "bench.pipeline", "bench.run", "tune.measure",
+             "tune.search", "runtime.process", "!subprocess", "!multiprocessing")
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_the_cli_does_not_measure(path: Path) -> None:
+    """cli/ parses flags, calls the library (`corepipe.bench`, `corepipe.tune`...) and renders:
+    it never starts a peer or measures under load itself."""
+    wrong = sorted(m for m in _imported_modules(path) if any(m == x or m.startswith(x + ".") for x in MEASURING))
+    assert not wrong, f"cli/{path.name} imports {wrong}: measuring belongs in corepipe.bench or corepipe.tune"
+
+
+def test_the_layout_check_sees_measuring_imports() -> None:
+    """Guard against a parser that silently finds nothing."""
+    assert "compiler.loadbalance.CpuWatch" in _imported_modules(PKG / "tune" / "measure.py")
+    assert "!subprocess" in _imported_modules(PKG / "bench" / "peers.py")
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))

@@ -53,7 +53,7 @@ def test_plan_figure_has_one_bar_per_stage_in_each_panel(artifact) -> None:
     assert np.argmax([b.get_height() for b in _bars(fig, "handoff")]) == np.argmax(handoff)
     labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert labels == [f"stage {k}\ncore {s.device}:{s.core}" for k, s in enumerate(plan.stages)]
-    assert "predicted speed-up" in fig._suptitle.get_text()
+    assert "speed-up these stage times allow" in fig._suptitle.get_text()
 
 
 def test_inspect_and_compile_draw_the_plan(artifact, tmp_path: Path) -> None:
@@ -103,3 +103,16 @@ def test_without_matplotlib_the_flags_fail_at_once(artifact, tmp_path: Path, mon
         assert "pip install 'corepipe[plot]'" in result.stderr
         assert "requests in" not in result.stdout  # refused before any work
     assert not list(tmp_path.iterdir())
+
+
+def test_request_colours_do_not_repeat_and_neighbours_differ() -> None:
+    """200 requests: 200 colours, and any two within 10 of each other clearly apart (so a
+    request can be followed down the lanes); fill and drain shading is not faint."""
+    from corepipe.plots import timeline as tl
+
+    colours = [tl.request_colour(i) for i in range(200)]
+    assert len({tuple(round(c, 3) for c in col) for col in colours}) == 200
+    for i in range(200):
+        for j in range(i + 1, min(i + 10, 200)):
+            assert sum(abs(a - b) for a, b in zip(colours[i], colours[j])) > 0.15, (i, j)
+    assert tl._PHASE_ALPHA >= 0.2

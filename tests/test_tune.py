@@ -15,11 +15,11 @@ from graphcases import big_weight_model, run_reference
 
 import corepipe
 from corepipe import zoo
-from corepipe.cli.tune import run_tune
+from corepipe.tune import TuneResult
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 CORES = len(os.sched_getaffinity(0))
-FAST = {"seconds": 0.25, "rounds": 1}
+FAST = {"seconds": 0.25, "load_rounds": 1}
 
 
 def _same(out, ref):
@@ -56,11 +56,11 @@ def _cli(*args, timeout=300):
 
 def test_tune_end_to_end_writes_a_loadable_artifact_with_its_deployment_and_picture(tmp_path):
     out = tmp_path / "tuned"
-    r = _cli("tune", "zoo:mlp", "-o", str(out), "--num-cores", "2", "--seconds", "0.25", "--rounds", "1",
+    r = _cli("tune", "zoo:mlp", "-o", str(out), "--num-cores", "2", "--seconds", "0.25", "--load-rounds", "1",
              "--rate", "200", "--p99", "500ms")
     assert r.returncode == 0, r.stderr
     for peer in ("ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
-                 "openvino THROUGHPUT (2 streams, fp32)", "openvino LATENCY (2 threads, 1 in flight, fp32)"):
+                 "openvino THROUGHPUT (2 streams)", "openvino LATENCY (2 threads, 1 in flight)"):
         assert peer in r.stdout, peer
     assert "★ corepipe" in r.stdout and "Capacity: 200 req/s within p99 500 ms" in r.stdout
     assert "Erlang C" in r.stdout
@@ -74,7 +74,9 @@ def test_tune_end_to_end_writes_a_loadable_artifact_with_its_deployment_and_pict
     assert dep is not None and dep.objective == "throughput" and dep.cores == 2
     assert dep.replicas * len(corepipe.CompiledModel.open(out).stages) * dep.threads_per_stage <= 2
     chosen = next(p for p in figures["points"] if p["name"] == figures["chosen"])
-    assert dep.throughput == pytest.approx(chosen["throughput"])
+    assert dep.throughput == pytest.approx(chosen["req_per_s"])
+    assert all(p["precision"] == "fp32" for p in figures["points"])
+    assert "…" not in r.stdout, "a value cut in the table"
     model, feeds = zoo.get("mlp")
     ref = run_reference(model, feeds)
     with corepipe.load(out) as pipe:  # the deployment is the default...
@@ -94,10 +96,11 @@ def test_tune_errors_write_nothing(tmp_path):
     assert r.returncode == 2 and "error: no core count holds a p99 of 0.001 ms" in r.stderr, r.stderr
     assert not out.exists()
     with pytest.raises(corepipe.DeploymentError, match="no measured plan meets the p99 latency budget"):
-        run_tune("zoo:mlp", out, cores=2, objective="latency", latency_budget_s=1e-7, peers=False,
-                 max_candidates=1, **FAST)
+        corepipe.tune("zoo:mlp", out, num_cores=2, objective="latency", latency_budget=1e-7, peers=False,
+                      max_candidates=1, **FAST)
     with pytest.raises(corepipe.DeploymentError, match="no core count up to 2 holds"):
-        run_tune("zoo:mlp", out, cores=2, rate=1e9, p99_s=1.0, max_cores=2, peers=False, max_candidates=1, **FAST)
+        corepipe.tune("zoo:mlp", out, num_cores=2, rate=1e9, p99="1s", max_cores=2, peers=False, max_candidates=1,
+                      **FAST)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no half-written sibling either
     foreign = tmp_path / "mine"
@@ -105,7 +108,7 @@ def test_tune_errors_write_nothing(tmp_path):
     (foreign / "notes.txt").write_text("keep me")
     seen = []
     with pytest.raises(corepipe.ArtifactError, match="not a corepipe artifact"):
-        run_tune("zoo:mlp", foreign, cores=2, progress=lambda m, d, t: seen.append(m), **FAST)
+        corepipe.tune("zoo:mlp", foreign, num_cores=2, progress=lambda m, d, t: seen.append(m), **FAST)
     assert seen == [], "a directory that cannot be written is refused before any measuring"
 
 
@@ -123,7 +126,29 @@ def test_an_interrupted_tune_leaves_the_old_artifact_as_it_was(tmp_path):
             raise KeyboardInterrupt  # what Ctrl-C raises, in the middle of the search
 
     with pytest.raises(KeyboardInterrupt):
-        run_tune("zoo:mlp", out, cores=2, peers=False, progress=interrupt, **FAST)
+        corepipe.tune("zoo:mlp", out, num_cores=2, peers=False, progress=interrupt, **FAST)
     assert any(m.startswith("measured ") for m in seen), "one candidate was measured before the interrupt"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_tune_from_python_returns_what_it_wrote(tmp_path):
+    """The library call: a `TuneResult` whose chosen plan is the artifact's deployment, whose
+    figures are tune.json's, with every point reported to ``on_point`` as it was measured."""
+    model, feeds = zoo.get("mlp")
+    seen, steps = [], []
+    result = corepipe.tune(model, tmp_path / "t", num_cores=2, peers=False, max_candidates=2, example_inputs=feeds,
+                           on_point=seen.append, progress=lambda m, d, t: steps.append((d, t)), **FAST)
+    assert isinstance(result, TuneResult) and result.path == tmp_path / "t" and result.model == "ModelProto"
+    ch = result.chosen
+    assert (ch.replicas, ch.stages, ch.threads) == (ch.candidate.replicas, ch.candidate.stages, ch.candidate.threads)
+    assert ch.replicas * ch.stages * ch.threads == 2 and ch.req_per_s > 0 and ch.p50_s > 0
+    assert {p.name for p in seen} == {p.name for p in result.points} and result.peers == []
+    assert result.pareto and all(p in result.points for p in result.pareto)
+    assert all(d <= t for d, t in steps) and steps[-1][0] == steps[-1][1]
+    dep = corepipe.CompiledModel.open(result.path).plan.deployment
+    assert (dep.replicas, dep.threads_per_stage) == (ch.replicas, ch.threads)
+    figures = json.loads((result.path / "tune.json").read_text())
+    assert figures == json.loads(json.dumps(result.to_dict(), default=float))
+    text = result.to_markdown()
+    assert f"**{ch.name}** (chosen)" in text and "| R x S x T |" in text

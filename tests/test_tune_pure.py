@@ -137,3 +137,46 @@ def test_points_round_trip_and_the_picture_is_a_png():
     assert [Point.from_dict(p.to_dict()) for p in pts] == pts
     png = render_png(pts, pts[0], title="test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_the_picture_names_every_point_without_overlaps_and_shows_a_one_point_front():
+    """Crowded peers (same latency, close throughputs) each get a label of their own; a Pareto
+    front of one point still has a visible mark and legend entry."""
+    from corepipe.tune.plot import tune_figure
+
+    peers = [_p(name, thr, 0.0250, kind="peer") for name, thr in (
+        ("ort 1 session shared by 2 threads", 13450), ("2 sessions in parallel", 12320), ("ort 2 threads", 7070))]
+    peers += [_p("openvino LATENCY (2 threads, 1 in flight)", 7580, 0.054, kind="peer"),
+              _p("ort 1 thread", 36550, 0.0249, kind="peer")]
+    cands = [_p("1r x 1s x 2t", 4450, 0.22, cand=Candidate(1, 1, 2)), _p("2r x 1s x 1t", 3400, 0.51,
+                                                                        cand=Candidate(2, 1, 1))]
+    fig = tune_figure(peers + cands, cands[0], title="crowded")
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in labels) == sorted(p.name for p in peers + cands)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two labels overlap"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Pareto front (1 point)" in legend  # ort 1 thread beats everything here
+    ring = next(c for c in ax.collections if c.get_label() == "Pareto front (1 point)")
+    assert len(ring.get_offsets()) == 1
+
+
+def test_the_search_space_is_one_object():
+    from corepipe.tune import SearchSpace
+
+    space = SearchSpace(16)
+    assert space.candidates() == candidates(16) and space.stage_counts() == [1, 2, 4, 8, 16]
+    bounded = space.bounded(2, 4)
+    assert {c.stages for c in bounded.candidates()} == {2, 4} and bounded.cores == 16
+    assert SearchSpace(2).candidates() == [Candidate(2, 1, 1), Candidate(1, 1, 2), Candidate(1, 2, 1)]
+
+
+def test_points_name_their_plan_and_precision():
+    p = Point("2r x 4s x 1t", "candidate", 10.0, 0.1, candidate=Candidate(2, 4, 1), precision="bf16")
+    assert (p.replicas, p.stages, p.threads, p.precision) == (2, 4, 1, "bf16")
+    peer = Point("ort 1 thread", "peer", 5.0, 0.2)
+    assert peer.replicas is None and peer.precision == "fp32"

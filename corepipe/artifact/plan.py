@@ -161,9 +161,19 @@ class Plan:
         return sum(s.resident_bytes for s in self.stages)
 
     def stage_seconds(self) -> list[float]:
-        """Each stage's time per request: measured where the plan was balanced by measurement,
-        else estimated."""
+        """Each stage's time per request, the best figure the plan has (`stage_seconds_kind`):
+        busy time under load where it was balanced under load, else measured alone on one core
+        where it was balanced by measurement, else estimated."""
+        kind = self.stage_seconds_kind()
+        if kind == "under load":
+            return [float(s.loaded_s or 0.0) for s in self.stages]
         return [s.measured_s if s.measured_s is not None else s.estimated_s for s in self.stages]
+
+    def stage_seconds_kind(self) -> str:
+        """Where `stage_seconds` come from: ``"under load"``, ``"measured alone"`` or ``"estimated"``."""
+        if self.stages and all(s.loaded_s is not None for s in self.stages):
+            return "under load"
+        return "measured alone" if any(s.measured_s is not None for s in self.stages) else "estimated"
 
     def core_seconds(self) -> dict[tuple[int, int], float]:
         """Time per request of each ``(device, core)``: the times of the stages it runs, added

@@ -28,6 +28,7 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .._version import __version__
@@ -35,19 +36,33 @@ from ..artifact.plan import Plan
 from ..errors import CorepipeError
 from ..runtime import Pipeline, load
 from . import report
+from .options import remember_args
 
 __all__ = [
     "app", "backend_options", "cli_errors", "err", "out", "print_plan", "print_run",
     "start_pipeline", "stream", "CorepipeCommand",
 ]
 
-#: Library parameter names -> the flag a command-line user types for them.
+#: Library parameter names -> the flag a command-line user types for them. An error from the
+#: library names its parameters; the CLI shows the flag instead: a name with an underscore
+#: wherever it appears, every name in the ``name=value`` and ``name=`` forms fixes are given in.
 API_FLAGS = {
     "num_cores": "--num-cores",
     "core_memory": "--core-memory",
     "max_in_flight": "--max-in-flight",
     "compiler_args": "--compiler-arg",
     "example_inputs": "--input",
+    "threads_per_stage": "--threads-per-stage",
+    "latency_budget": "--latency-budget",
+    "load_rounds": "--load-rounds",
+    "precision": "--precision",
+    "engine": "--engine",
+    "balance": "--balance",
+    "replicas": "--replicas",
+    "target": "--target",
+    "backend": "--backend",
+    "objective": "--objective",
+    "address": "--address",
 }
 _TYPE_METAVARS = {int: "N", float: "NUMBER", Path: "PATH", str: "TEXT"}
 
@@ -70,8 +85,39 @@ def _tidy(param: Any) -> None:
             lambda: name if param.required else f"[{name}]")
 
 
-class CorepipeCommand(TyperCommand):
-    """A command whose options print with plain metavars (see `_tidy`)."""
+def _usage_error(exc: UsageError) -> None:
+    """A malformed command line (a missing --output, an unknown flag, a value out of range) as
+    the one ``error:`` line every other error gets, exit 2, instead of click's boxed usage."""
+    where = exc.ctx.command_path if exc.ctx is not None else "corepipe"
+    message = " ".join(exc.format_message().split())
+    message = message[:1].lower() + message[1:]
+    _fail(Text(f"error: {message.rstrip('.')} (`{where} --help` lists the {'commands' if message.startswith('no such command') else 'options'})", style="red"), 2)
+
+
+class _OneLineUsage:
+    """Mixed into the group and every command: usage errors print as one ``error:`` line, and
+    the command's arguments as typed are kept so errors can name a flag as the user spelled it
+    (`corepipe.cli.options.core_flag`)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[misc]
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            _usage_error(exc)
+            raise  # unreachable: _usage_error exits
+        return ctx
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not isinstance(self, TyperGroup):
+            remember_args(list(args))
+        return super().parse_args(ctx, args)  # type: ignore[misc,no-any-return]
+
+
+class CorepipeCommand(_OneLineUsage, TyperCommand):
+    """A command whose options print with plain metavars (see `_tidy`) and whose usage errors
+    are one line (see `_OneLineUsage`)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
@@ -84,12 +130,19 @@ class CorepipeCommand(TyperCommand):
 ORDER = ("demo", "compile", "inspect", "run", "bench")
 
 
-class _Group(TyperGroup):
+class _Group(_OneLineUsage, TyperGroup):
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         for p in params:
             _tidy(p)
         return params
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as exc:  # no such command
+            _usage_error(exc)
+            raise
 
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
@@ -120,9 +173,18 @@ _state: dict[str, Any] = {"debug": False}
 
 
 def _flag_names(message: str, flags: Mapping[str, str]) -> str:
-    names = {**API_FLAGS, **flags}
-    pattern = r"\b(" + "|".join(re.escape(k) for k in names) + r")\b"
-    return re.sub(pattern, lambda m: names[m.group(1)], message)
+    """``message`` with the library's parameter names as the flags the user types (`API_FLAGS`,
+    ``flags`` first): ``precision='bf16'`` -> ``--precision bf16``, ``replicas=`` -> ``--replicas``."""
+    names = {**API_FLAGS, "cores": flags.get("num_cores", API_FLAGS["num_cores"]), **flags}
+    keys = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
+
+    def assigned(m: re.Match[str]) -> str:
+        value = next((g for g in m.groups()[1:] if g is not None), "")
+        return names[m.group(1)] + (f" {value}" if value else "")
+
+    message = re.sub(rf"\b({keys})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;:)'\"]+))?", assigned, message)
+    bare = "|".join(re.escape(k) for k in names if "_" in k)
+    return re.sub(rf"(?<![-\w])({bare})\b", lambda m: names[m.group(1)], message) if bare else message
 
 
 @contextmanager
@@ -174,10 +236,13 @@ def _root(
     corepipe inspect resnet_compiled/ --plot plan.png
     corepipe run resnet_compiled/ --requests 200 --timeline timeline.png
     corepipe bench zoo:resnet50 --num-cores 2
+    corepipe tune zoo:resnet50 -o resnet_tuned/ --num-cores 2
     ```
 
-    MODEL is an .onnx file or zoo:NAME (zoo:resnet50, zoo:bert, zoo:mlp, ...). Every command
-    takes --help. Errors print one line and exit 2; Ctrl-C exits 130.
+    MODEL is an .onnx file or zoo:NAME (zoo:resnet50, zoo:bert, zoo:mlp, ...); compile also
+    takes a TensorFlow SavedModel directory. Every command takes --help. Errors print one line
+    and exit 2; Ctrl-C exits 130. Every command is a library call too: corepipe.compile, load,
+    bench, tune.
     """
     _state["debug"] = debug
     columns = os.environ.get("COLUMNS", "")

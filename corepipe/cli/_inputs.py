@@ -20,6 +20,7 @@ from ..artifact.plan import TensorSpec
 __all__ = [
     "DTYPES",
     "RANDOM_INT_HIGH",
+    "check_model",
     "load_model",
     "load_npz",
     "npz_requests",
@@ -93,6 +94,30 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {name: data[name] for name in data.files}
         except ValueError as exc:  # object arrays need pickle
             raise typer.BadParameter(f"--inputs {str(path)!r}: {exc}") from None
+
+
+def check_model(spec: str, *, saved_model: bool = False) -> None:
+    """Refuse a MODEL argument that cannot be read, before any work: an unknown ``zoo:NAME``, a
+    path that does not exist, or (where ``saved_model`` is False) a directory.
+
+    Raises:
+        typer.BadParameter: naming MODEL, what came, and what it may be.
+    """
+    from .. import zoo
+
+    kinds = "an .onnx file, a TensorFlow SavedModel directory or zoo:NAME" if saved_model else "an .onnx file or zoo:NAME"
+    if spec.startswith("zoo:"):
+        if spec[4:] not in zoo.names():
+            raise typer.BadParameter(
+                f"unknown built-in model {spec!r}: use one of " + ", ".join(f"zoo:{n}" for n in zoo.names()))
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise typer.BadParameter(f"MODEL {spec!r} does not exist: give {kinds} (zoo:mlp, zoo:resnet50, ...)")
+    if path.is_dir() and not saved_model:
+        raise typer.BadParameter(
+            f"MODEL {spec!r} is a directory: this command measures {kinds}; convert a SavedModel to "
+            "ONNX first, or compile it with `corepipe compile` and run the artifact with `corepipe run`")
 
 
 def load_model(spec: str) -> tuple[str | onnx.ModelProto, dict[str, np.ndarray]]:

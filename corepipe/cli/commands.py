@@ -28,7 +28,7 @@ from ._app import (
     start_pipeline,
     stream,
 )
-from ._inputs import load_model, load_npz, npz_requests, parse_input_shape, random_requests
+from ._inputs import check_model, load_model, load_npz, npz_requests, parse_input_shape, random_requests
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
 from .report import plural
@@ -58,7 +58,9 @@ def compile_cmd(
         help="Resident-weight capacity of one core, e.g. 64MiB (default: the target's).",
         show_default=False)] = None,
     target: Annotated[str, typer.Option(
-        "--target", "-t", help="Hardware: cpu (this host) or inf1 (16 devices x 4 cores).")] = "cpu",
+        "--target", "-t", metavar="cpu|inf1|ray|ray:N",
+        help="Hardware: cpu (this host), inf1 (16 devices x 4 cores), ray (one stage per Ray node; ray:N: at "
+        "most N nodes, --core-memory a node's budget for weights).")] = "cpu",
     inputs: Annotated[list[str] | None, typer.Option(
         "--input", "-i", metavar="NAME=SHAPE:DTYPE",
         help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the "
@@ -73,8 +75,9 @@ def compile_cmd(
         show_default=False)] = None,
     balance: Annotated[str, typer.Option(
         "--balance", metavar="estimate|measure|load",
-        help="Balance stages on the analytic cost estimate, on stages timed one core at a time, or "
-        "on the whole pipeline run under load (every stage busy; needs a core per stage).",
+        help="Balance stages on the analytic cost estimate (the default here: no model runs, so it "
+        "takes seconds), on stages timed one core at a time, or on the whole pipeline run under load "
+        "(every stage busy; needs a core per stage). bench defaults to measure, tune to load.",
     )] = "estimate",
     plot: Annotated[Path | None, typer.Option(
         "--plot", metavar="FILE.png",
@@ -135,6 +138,7 @@ def compile_cmd(
                 f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         flags = [f for arg in compiler_args or () for f in arg.split()]
         parse_compiler_args(flags)  # fail on a bad flag before any work
+        check_model(model, saved_model=True)
         onnx_model, loaded = load_model(model)
         examples: dict[str, Any] = dict(loaded)
         if inputs_file is not None:

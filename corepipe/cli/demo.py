@@ -4,6 +4,7 @@ outputs against one onnxruntime session on the whole model."""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,8 @@ from rich.text import Text
 
 from .. import zoo
 from ..artifact.target import host_cores
+from ..bench import path_service_s
+from ..bench.steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 from ..compiler.choose import PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..engines.ort import make_session
@@ -25,7 +28,6 @@ from . import report
 from ._app import app, cli_errors, err, out, print_plan, start_pipeline
 from .demoreport import explain
 from .options import CoresAlias, core_count, core_flag
-from .steady import Rounds, load_average, pipeline_round, session_round, solo_latency
 
 __all__ = ["demo_backend", "demo_cmd"]
 
@@ -187,7 +189,11 @@ def demo_cmd(
                 loaded = pipe.timeline(last=requests)
                 after = pipe.stats()
                 solo = feeds[: min(5, requests)]
-                pipe_solo, session_solo = solo_latency(pipe.run, solo), solo_latency(session, solo)
+                solo_before, started = pipe.stats(), time.perf_counter()
+                pipe_solo = solo_latency(pipe.run, solo)
+                # means over the same requests: their time in the stages, and in all
+                solo_split = (path_service_s(solo_before, pipe.stats()), (time.perf_counter() - started) / len(solo))
+                session_solo = solo_latency(session, solo)
             except KeyboardInterrupt:
                 pipe.close(timeout=2.0)
                 raise
@@ -199,6 +205,7 @@ def demo_cmd(
             out, plan=cm.plan, backend=backend, pipe=Rounds(tuple(pipe_rates)),
             session=Rounds(tuple(session_rates)), before=before, after=after, loaded=loaded,
             in_flight=pipe.max_in_flight, pipe_solo_s=pipe_solo, session_solo_s=session_solo,
+            solo_split=solo_split,
             load=load_before, cores=host_cores(),
         )
         ok, summary = _compare(got, want, used)

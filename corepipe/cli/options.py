@@ -20,7 +20,16 @@ import typer
 
 from ..artifact.sizes import plural
 
-__all__ = ["NumCores", "CoresAlias", "core_count", "core_flag", "usable_cores"]
+__all__ = ["NumCores", "CoresAlias", "core_count", "core_flag", "remember_args", "usable_cores"]
+
+#: The running command's arguments as typed (set by `corepipe.cli._app` while parsing), so an
+#: error can name the spelling of a flag the user typed.
+_TYPED: list[str] = []
+
+
+def remember_args(args: list[str]) -> None:
+    _TYPED[:] = args
+
 
 NumCores = Annotated[str | None, typer.Option(
     "--num-cores", "-n", metavar="N",
@@ -40,8 +49,13 @@ def usable_cores() -> list[int]:
 
 
 def core_flag(num_cores: str | None, cores: str | None) -> str:
-    """The spelling of the core-count flag the user typed (``--num-cores`` when neither)."""
-    return "--cores" if cores is not None and num_cores is None else "--num-cores"
+    """The spelling of the core-count flag the user typed: ``--num-cores`` (also for ``-n``, and
+    when neither was given), or the alias as typed, ``--cores`` or ``-k`` (hidden from --help,
+    so an error names the very letters on the command line)."""
+    if cores is None or num_cores is not None:
+        return "--num-cores"
+    short = any(a == "-k" or (a.startswith("-k") and not a.startswith("--")) for a in _TYPED)
+    return "-k" if short and not any(a == "--cores" or a.startswith("--cores=") for a in _TYPED) else "--cores"
 
 
 def core_count(
@@ -60,7 +74,7 @@ def core_count(
             f"--num-cores {num_cores} and --cores {cores} are the same option: give it once"
         )
     flag = core_flag(num_cores, cores)
-    raw = cores if flag == "--cores" else num_cores
+    raw = num_cores if flag == "--num-cores" else cores
     if raw is None:
         return None, flag
     text = raw.strip().lower()

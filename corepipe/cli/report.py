@@ -7,7 +7,7 @@ compiles or runs a model, so the commands in `corepipe.cli` stay thin and these 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from ..runtime import PipelineStats
 __all__ = [
     "MIB",
     "bottleneck",
+    "fit",
     "compile_progress",
     "latency_line",
     "plan_summary",
@@ -47,19 +48,11 @@ __all__ = [
 
 MIB = 2**20
 _SHORT = {"openvino": "ov", "onnxruntime": "ort"}  # the plan table's engine column
-_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``"1 request"``, ``"2 requests"``: see `corepipe.artifact.sizes.plural`."""
     return _plural(count, word, many)
-
-
-def _unit(n: float) -> tuple[str, int]:
-    for name, size in _UNITS:
-        if n >= size:
-            return name, size
-    return "KiB", 2**10
 
 
 def stage_seconds(plan: Plan) -> list[float]:
@@ -97,40 +90,48 @@ def _fits(table: Table, width: int) -> bool:
     return probe.measure(table).maximum <= width
 
 
+def fit(build: Callable[[Sequence[str]], Table], width: int | None, droppable: Sequence[str]) -> Table:
+    """``build(hidden)`` with as few columns left out as it takes to fit ``width``.
+
+    No value is ever wrapped or cut: while the table is wider than ``width``, the next column of
+    ``droppable`` is left out, and a caption names the ones left out.
+    """
+    hidden: list[str] = []
+    table = build(hidden)
+    for name in droppable:
+        if width is None or _fits(table, width):
+            break
+        hidden.append(name)
+        table = build(hidden)
+    if hidden:
+        names = " and ".join(f"'{h}'" for h in reversed(hidden))
+        table.caption = f"({names} not shown at {width} columns; wider: COLUMNS={max(width or 0, 80) + 40})"
+        table.caption_justify = "left"
+    return table
+
+
 def plan_table(plan: Plan, *, title: str | None = None, width: int | None = None) -> Table:
     """One row per stage: nodes, first/last op, placement, memory, time share, hand-off size.
 
     No value is ever wrapped or cut: when the table would be wider than ``width``, the first
     and last op columns (then the memory share) are left out and a caption says so.
     """
-    hidden: list[str] = []
-    table = _plan_table(plan, title, hidden)
-    for name in _DROPPABLE:
-        if width is None or _fits(table, width):
-            break
-        hidden.append(name)
-        table = _plan_table(plan, title, hidden)
-    if hidden:
-        names = " and ".join(f"'{h}'" for h in reversed(hidden))
-        table.caption = f"({names} not shown at {width} columns; wider: COLUMNS=120)"
-        table.caption_justify = "left"
-    return table
+    return fit(lambda hidden: _plan_table(plan, title, hidden), width, _DROPPABLE)
 
 
 def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:
     seconds = stage_seconds(plan)
     total = sum(seconds) or 1.0
     slow = bottleneck(plan)
-    measured = any(s.measured_s is not None for s in plan.stages)
+    kind = plan.stage_seconds_kind()
     out_bytes = [sum(t.nbytes for t in plan.boundaries[k + 1]) for k in range(plan.num_cores)]
-    out_unit, out_size = _unit(max(out_bytes))
     table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     columns = [
         ("stage", "right"), ("nodes", "right"), ("first op", "left"), ("last op", "left"),
         ("core", "center"), ("engine", "left"), ("resident", "right"), ("mem %", "right"),
-        ("measured ms" if measured else "est. ms", "right"), ("share", "left"),
-        (f"out {out_unit}", "right"),
+        ({"under load": "loaded ms", "measured alone": "measured ms"}.get(kind, "est. ms"), "right"),
+        ("share", "left"), ("out", "right"),
     ]
     keep = [i for i, (name, _) in enumerate(columns) if name not in hidden]
     for i in keep:
@@ -145,7 +146,7 @@ def _plan_table(plan: Plan, title: str | None, hidden: Sequence[str]) -> Table:
             f"{_SHORT.get(st.engine, st.engine)} {st.precision}" + (" *" if st.fallback else ""),
             format_bytes(st.resident_bytes), f"{pct:.0f}%" if pct >= 1 or pct == 0 else "<1%",
             _ms(seconds[k]), f"{100.0 * seconds[k] / total:.1f}%" + (" ◀" if is_slow else ""),
-            f"{out_bytes[k] / out_size:.2f}",
+            format_bytes(out_bytes[k]),
         ]
         table.add_row(*[cells[i] for i in keep], style="bold yellow" if is_slow else None)
     return table
@@ -168,12 +169,26 @@ def _bottleneck_line(plan: Plan, slowest: float, kind: str) -> str:
             f"{', '.join(map(str, slow))} ({_ms(slowest)} ms {kind} in all)")
 
 
+def stage_warnings(plan: Plan) -> list[str]:
+    """One ``warning:`` line per stage that fell back to another engine (``*`` in the table) or
+    whose graph OpenVINO reads as not static, with the reason the plan keeps."""
+    lines = [f"warning: stage {st.index} falls back to {st.engine} {st.precision} (* in the table): {st.fallback}"
+             for st in plan.stages if st.fallback]
+    lines += [f"warning: {n}" for n in plan.notes if n.startswith("stage ") and " is not static: " in n]
+    return lines
+
+
 def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
-    """Cores, bottleneck, estimated throughput pipelined (1/max) vs one core (1/sum), artifact."""
+    """Cores, bottleneck, what the stage times allow pipelined (1/max) vs one core (1/sum), artifact.
+
+    The stage times are the plan's best figure (`Plan.stage_seconds_kind`): under load,
+    measured alone on one core, or estimated; the rate they allow is an upper bound, named as
+    such, not a measured rate (`corepipe run` and `corepipe bench` measure that).
+    """
     seconds = stage_seconds(plan)
     speedup, slowest, shared = predicted_speedup(plan)
     total = sum(seconds)
-    kind = "measured" if any(s.measured_s is not None for s in plan.stages) else "estimated"
+    kind = plan.stage_seconds_kind()
     tgt = plan.target
     lines = [
         (f"{plural(plan.num_cores, 'stage')} on target {tgt.name} ({plural(tgt.devices, 'device')} x "
@@ -184,19 +199,17 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     ]
     if slowest > 0 and total > 0:
         lines.append(
-            f"{kind} throughput: {1.0 / slowest:,.1f} req/s pipelined "
+            f"from stage times {kind}: {1.0 / slowest:,.1f} req/s pipelined "
             f"({'1/busiest core: stages share cores' if shared else '1/max stage'}) vs "
-            f"{1.0 / total:,.1f} req/s on one core (1/sum): {speedup:.2f}x"
+            f"{1.0 / total:,.1f} req/s on one core (1/sum): {speedup:.2f}x at most "
+            "(`corepipe run` measures the real rate)"
         )
     kinds: dict[str, list[int]] = {}
     for st in plan.stages:
         kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
     lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
         f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
-    fallbacks = [f"  * stage {st.index}: {st.fallback}" for st in plan.stages if st.fallback]
-    if fallbacks:
-        lines.append("engine fallbacks (* in the table):")
-        lines.extend(fallbacks)
+    lines.extend(stage_warnings(plan))
     lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
     timed = [n for n in plan.notes if " on one core: " in n]
     if timed:
@@ -207,9 +220,10 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
             f"; measured {dep.throughput:,.4g} req/s, p50 {(dep.latency_p50_s or 0) * 1e3:.4g} ms")
         lines.append(f"deployment: {dep.describe(plan.num_cores)} of {dep.cores}"
                      f"{' (tuned for ' + dep.objective + ')' if dep.objective else ''}{figures}")
-    loaded = [s.loaded_s for s in plan.stages]
-    if all(t is not None for t in loaded):
-        lines.append("under load: " + " / ".join(f"{_ms(t or 0.0)}" for t in loaded) + " ms busy per request")
+    measured = [s.measured_s for s in plan.stages]
+    if kind == "under load" and all(t is not None for t in measured):  # the table shows the loaded times
+        lines.append("measured alone on one core: " + " / ".join(f"{_ms(t or 0.0)}" for t in measured)
+                     + " ms per request")
     if path is not None:
         lines.append(f"artifact: {path}")
     return Text("\n".join(lines))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shlex
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -23,55 +24,50 @@ from rich.table import Table
 from rich.text import Text
 
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
-from ..tune import Point, parse_duration
+from ..compiler.driver import BALANCES
+from ..tune import Point, TuneResult, parse_duration, tune
+from ..tune.result import num, ordered
 from ._app import app, cli_errors, err, out
-from ._inputs import load_npz
+from ._inputs import check_model, load_npz
 from .options import CoresAlias, core_count, core_flag, usable_cores
-from .tune import TuneResult, run_tune
+from .report import fit
 
 __all__ = ["tune_cmd", "points_table"]
 
-
-def _num(x: float) -> str:
-    """Three significant figures without exponents: 64,770 / 8.21 / 0.0155."""
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if x >= 0.001 else f"{x:.2g}"
+_COLUMNS = ("setup", "precision", "req/s", "x best peer", "p50 ms", "p99 ms", "Pareto", "predicted req/s, ms",
+            "others' CPU")
 
 
-def _others(p: Point) -> str:
-    """Other processes' share of the CPUs during the point's run, when watched."""
-    return "" if p.foreign_cpu is None else f"{p.foreign_cpu:.0%}"
-
-
-def points_table(points: list[Point], *, chosen: Point | None = None, title: str | None = None) -> Table:
-    """One row per measured point: R, S, T, req/s, x best peer, p50, p99, Pareto, predicted."""
+def points_table(points: list[Point], *, chosen: Point | None = None, title: str | None = None,
+                 width: int | None = None) -> Table:
+    """One row per measured point: setup (R x S x T), precision, req/s, x best peer, p50, p99,
+    Pareto front, predicted, others' CPU. Fits ``width`` (see `report.fit`)."""
     from ..tune import pareto_front
 
     peers = [p for p in points if p.kind == "peer"]
-    best = max((p.throughput for p in peers), default=0.0)
+    best = max((p.req_per_s for p in peers), default=0.0)
     front = {id(p) for p in pareto_front(points)} if points else set()
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-    for col in ("setup (R x S x T)", "req/s", "x best peer", "p50 ms", "p99 ms", "front", "predicted req/s, ms",
-                "others' CPU"):
-        table.add_column(col, justify="left" if col in ("setup (R x S x T)", "front") else "right", no_wrap=True)
-    for p in sorted(points, key=lambda p: (p.kind != "candidate", -p.throughput)):
-        c = p.candidate
-        name = p.name if c is None else f"corepipe {p.name}"
-        if p is chosen:
-            name = "★ " + name
-        table.add_row(
-            name,
-            _num(p.throughput),
-            f"{p.throughput / best:.2f}" if best else "-",
-            _num(p.latency_p50_s * 1e3),
-            "-" if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3),
-            "●" if id(p) in front else "",
-            "" if p.predicted is None else f"{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}",
-            _others(p),
-            style="bold" if p is chosen else None,
-        )
-    return table
+
+    def build(hidden: Sequence[str]) -> Table:
+        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+        columns = [c for c in _COLUMNS if c not in hidden]
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("setup", "precision", "Pareto") else "right",
+                             no_wrap=True)
+        for p in ordered(points):
+            name = p.name if p.candidate is None else f"corepipe {p.name}"
+            cells = {
+                "setup": ("★ " if p is chosen else "") + name, "precision": p.precision,
+                "req/s": num(p.req_per_s), "x best peer": f"{p.req_per_s / best:.2f}" if best else "-",
+                "p50 ms": num(p.p50_s * 1e3), "p99 ms": "-" if p.p99_s is None else num(p.p99_s * 1e3),
+                "Pareto": "●" if id(p) in front else "",
+                "predicted req/s, ms": "" if p.predicted is None else f"{num(p.predicted[0])}, {num(p.predicted[1] * 1e3)}",
+                "others' CPU": "" if p.foreign_cpu is None else f"{p.foreign_cpu:.0%}",
+            }
+            table.add_row(*[cells[c] for c in columns], style="bold" if p is chosen else None)
+        return table
+
+    return fit(build, width, ("predicted req/s, ms", "others' CPU", "p99 ms", "precision", "Pareto", "x best peer"))
 
 
 @contextmanager
@@ -88,7 +84,7 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
 
     if not enabled:
         def on_point_plain(p: Point) -> None:
-            err.print(Text(f"measured {p.name}: {p.throughput:,.4g} req/s, p50 {p.latency_p50_s * 1e3:.4g} ms"
+            err.print(Text(f"measured {p.name}: {p.req_per_s:,.4g} req/s, p50 {p.p50_s * 1e3:.4g} ms"
                            + (f" (best of {p.runs})" if p.runs > 1 else "")))
 
         yield (lambda *a: None), on_point_plain
@@ -96,73 +92,22 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
     with Live(Group(progress), console=err, transient=True, refresh_per_second=4) as live:
         def on_point(p: Point) -> None:
             points[:] = [q for q in points if q.name != p.name] + [p]
-            live.update(Group(points_table(points, title="measured so far"), progress))
+            live.update(Group(points_table(points, title="measured so far", width=err.width), progress))
 
         yield on_progress, on_point
 
 
-def markdown(result: TuneResult, command: str) -> str:
-    """The run as a Markdown section for benchmarks/RESULTS.md."""
-    peers = [p for p in result.points if p.kind == "peer"]
-    best = max((p.throughput for p in peers), default=0.0)
-    front = {p.name for p in result.front}
-    lines = [
-        f"### tune {result.model}, {result.cores} cores, objective {result.objective}", "",
-        f"`{command}` ({result.host}; {result.seconds:.0f} s"
-        + (f"; each point the best of {result.repeats} measurements" if result.repeats > 1 else "") + ")", "",
-        "| setup | R x S x T | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms | others' CPU |",
-        "|---|---|---:|---:|---:|---:|---|---|---:|",
-    ]
-    for p in sorted(result.points, key=lambda p: (p.kind != "candidate", -p.throughput)):
-        c = p.candidate
-        name = (("**" + p.name + "** (chosen)") if p is result.chosen else p.name) if c is not None else p.name
-        lines.append(
-            f"| {'corepipe ' if c else ''}{name} | {'-' if c is None else f'{c.replicas} x {c.stages} x {c.threads}'} | "
-            f"{_num(p.throughput)} | {p.throughput / best:.2f} | {_num(p.latency_p50_s * 1e3)} | "
-            f"{'-' if p.latency_p99_s is None else _num(p.latency_p99_s * 1e3)} | {'yes' if p.name in front else ''} | "
-            f"{'' if p.predicted is None else f'{_num(p.predicted[0])}, {_num(p.predicted[1] * 1e3)}'} | {_others(p)} |")
-    lines += ["", *_summary(result), ""]
-    return "\n".join(lines)
-
-
-def _summary(result: TuneResult) -> list[str]:
-    ch = result.chosen
-    best, fast = result.best_peer(), result.best_peer("latency")
-    lines = []
-    if best is not None and fast is not None:
-        lines.append(f"Chosen {ch.name}: throughput {ch.throughput / best.throughput:.2f}x the best peer's "
-                     f"({best.name}); p50 {ch.latency_p50_s / fast.latency_p50_s:.2f}x the lowest-latency "
-                     f"peer's ({fast.name}).")
-        beaten = result.dominating_peers()
-        lines.append("No peer is both faster and lower-latency." if not beaten else
-                     "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
-    other = "latency" if result.objective == "throughput" else "throughput"
-    alt = result.choice_for(other)
-    if alt is not None and alt is not ch:
-        lines.append(f"--objective {other} would choose {alt.name}: {alt.throughput:,.4g} req/s, "
-                     f"p50 {alt.latency_p50_s * 1e3:.4g} ms (same measurements).")
-    if result.pruned:
-        lines.append("Pruned by the cost model (predicted): " + "; ".join(
-            f"{c.label} {_num(pred[0])} req/s {_num(pred[1] * 1e3)} ms" for c, pred in result.pruned) + ".")
-    for name, error in result.failed:
-        lines.append(f"Not measured: {name}: {error}")
-    if result.capacity is not None:
-        lines.append("Capacity: " + result.capacity.text() + ".")
-        lines.append("Capacity model: " + result.capacity.model + ".")
-    return lines
-
-
 def _report(result: TuneResult) -> None:
-    out.print(points_table(result.points, chosen=result.chosen, title=(
+    out.print(points_table(result.points, chosen=result.chosen, width=out.width, title=(
         f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run"
         + (f", each point the best of {result.repeats} measurements" if result.repeats > 1 else "")
         + "; ★ chosen, ● Pareto front; others' CPU: the share of the CPUs other processes used meanwhile)")))
     ch = result.chosen
-    lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.throughput:,.4g} req/s, "
-             f"p50 {ch.latency_p50_s * 1e3:.4g} ms, p99 {(ch.latency_p99_s or 0) * 1e3:.4g} ms"]
-    lines += _summary(result)
-    lines.append(f"artifact: {result.output} (deployment in manifest.json; picture {result.output / 'tune.png'}; "
-                 f"figures {result.output / 'tune.json'}); {result.seconds:.0f} s")
+    lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.req_per_s:,.4g} req/s, "
+             f"p50 {ch.p50_s * 1e3:.4g} ms, p99 {(ch.p99_s or 0) * 1e3:.4g} ms"]
+    lines += result.summary()
+    lines.append(f"artifact: {result.path} (deployment in manifest.json; picture {result.path / 'tune.png'}; "
+                 f"figures {result.path / 'tune.json'}); {result.seconds:.0f} s")
     out.print(Text("\n".join(lines)))
 
 
@@ -187,8 +132,8 @@ def tune_cmd(
         show_default=False)] = None,
     precision: Annotated[str | None, typer.Option(
         "--precision", "-p", metavar="fp32|bf16|fp16|auto",
-        help="Compile precision of every candidate; the OpenVINO peers run at it too (default fp32).",
-        show_default=False)] = None,
+        help="Compile precision of every candidate; the OpenVINO peers run at it too, onnxruntime's stay "
+        "fp32 (default fp32).", show_default=False)] = None,
     engine: Annotated[str, typer.Option(
         "--engine", "-e", metavar="auto|onnxruntime|openvino",
         help="Compile engine of every candidate (auto: per stage).")] = "auto",
@@ -205,8 +150,10 @@ def tune_cmd(
         "--max-candidates", min=1, metavar="N", help="Candidate plans to measure; the cost model prunes the rest.")] = 6,
     balance: Annotated[str, typer.Option(
         "--balance", metavar="estimate|measure|load",
-        help="How multi-stage candidates are cut: under load, one core at a time, or on the estimate.")] = "load",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, metavar="N", help="Cuts balance=load measures per candidate.")] = 3,
+        help="How multi-stage candidates are cut: under load (the default here: the load they are measured "
+        "at), one core at a time, or on the estimate.")] = "load",
+    load_rounds: Annotated[int, typer.Option(
+        "--load-rounds", min=1, metavar="N", help="Cuts --balance load tries per candidate.")] = 3,
     seconds: Annotated[float, typer.Option(
         "--seconds", min=0.05, metavar="S", help="Seconds of requests per measurement (longer: steadier figures).")] = 3.0,
     tie: Annotated[float, typer.Option(
@@ -230,10 +177,11 @@ def tune_cmd(
 
     Each candidate the cost model keeps is compiled (multi-stage ones balanced under load in
     their own deployment) and measured with one request per stage worker in flight. The peers
-    run in the same run. The chosen artifact goes to OUTPUT with its deployment in the
+    run in the same run. The chosen artifact goes to --output with its deployment in the
     manifest (`corepipe run`, `corepipe.load` and `serve` use it unless told otherwise), with
     tune.png (throughput against p50 latency: candidates, chosen plan, peers, Pareto front)
-    and tune.json (every figure). OUTPUT is written whole at the end, or not at all.
+    and tune.json (every figure), written whole at the end or not at all. From Python:
+    corepipe.tune(...).
 
     Examples:
 
@@ -244,37 +192,38 @@ def tune_cmd(
     corepipe tune zoo:resnet50 -o rn/ -n 16 --rate 500 --p99 100ms
     ```
     """
-    with cli_errors({"num_cores": core_flag(num_cores, cores)}):
+    with cli_errors({"num_cores": core_flag(num_cores, cores), "latency_budget": "--latency-budget",
+                     "load_rounds": "--load-rounds", "example_inputs": "--inputs", "rate": "--rate",
+                     "p99": "--p99", "out": "--output"}):
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if objective not in ("throughput", "latency"):
             raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
-        if balance not in ("load", "measure", "estimate"):
-            raise typer.BadParameter(f"--balance must be 'load', 'measure' or 'estimate', got {balance!r}")
+        if balance not in BALANCES:
+            raise typer.BadParameter(f"--balance must be one of {', '.join(BALANCES)}, got {balance!r}")
         if precision is not None and precision not in PRECISION_CHOICES:
             raise typer.BadParameter(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
         if engine not in ENGINE_CHOICES:
             raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
         if (rate is None) != (p99 is None):
             raise typer.BadParameter("--rate and --p99 go together: how many req/s, within which p99 latency")
-        if not model.startswith("zoo:") and not Path(model).is_file():
-            raise typer.BadParameter(f"model file {model!r} does not exist")
+        check_model(model)
         budget = parse_duration(latency_budget) if latency_budget is not None else None
         p99_s = parse_duration(p99) if p99 is not None else None
         feeds = load_npz(inputs) if inputs is not None else None
         with _display(err.is_terminal) as (on_progress, on_point):
-            result = run_tune(
-                model, output, cores=None if k is None else int(k), objective=objective, latency_budget_s=budget, rate=rate,
-                p99_s=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
-                rounds=rounds, seconds=seconds, repeats=repeats, tie=tie, precision=precision, engine=engine,
-                peers=not no_peers, example_inputs=feeds,
+            result = tune(
+                model, output, num_cores=None if k is None else int(k), objective=objective, latency_budget=budget,
+                rate=rate, p99=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
+                load_rounds=load_rounds, seconds=seconds, repeats=repeats, tie=tie, precision=precision,
+                engine=engine, peers=not no_peers, example_inputs=feeds,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)
         if md_out is not None:
-            cmd = " ".join(["corepipe tune", model, "-o", str(output), "-n", str(result.cores), "--objective",
-                            objective, "--seconds", f"{seconds:g}", "--repeats", str(repeats)]
-                           + (["--precision", precision] if precision else [])
-                           + (["--latency-budget", latency_budget] if latency_budget else [])
-                           + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else []))
+            cmd = shlex.join(["corepipe", "tune", model, "-o", str(output), "-n", str(result.cores), "--objective",
+                              objective, "--seconds", f"{seconds:g}", "--repeats", str(repeats)]
+                             + (["--precision", precision] if precision else [])
+                             + (["--latency-budget", latency_budget] if latency_budget else [])
+                             + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else []))
             with open(md_out, "a") as f:
-                f.write(markdown(result, cmd) + "\n")
+                f.write(result.to_markdown(cmd))

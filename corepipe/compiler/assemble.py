@@ -19,7 +19,10 @@ from .choose import Choice, candidates
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for, place_stages, stage_plans
 
-__all__ = ["check_engines", "make_plan", "write_stages", "engine_notes"]
+__all__ = ["check_engines", "make_plan", "write_stages", "engine_notes", "NOT_STATIC"]
+
+#: How a plan note says that a stage graph is not static (``NOT_STATIC.format(stage)`` + why).
+NOT_STATIC = "stage {} is not static: "
 
 
 def check_engines(
@@ -90,4 +93,6 @@ def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list
                 f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
         if c.fallback:
             notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
+        elif c.dynamic:
+            notes.append(f"{NOT_STATIC.format(s)}{c.dynamic}")
     return notes

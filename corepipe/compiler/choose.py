@@ -36,12 +36,14 @@ PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")
 
 @dataclass
 class Choice:
-    """One stage's engine and precision, why (``fallback``), and its one-core times if measured."""
+    """One stage's engine and precision, why (``fallback``), its one-core times if measured, and
+    why OpenVINO's reader finds the stage graph not static (``dynamic``), if it does."""
 
     engine: str
     precision: str
     fallback: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    dynamic: str | None = None
 
 
 def resolve_precision(precision: str | None, from_flags: str | None = None) -> str:

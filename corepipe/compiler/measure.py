@@ -37,6 +37,7 @@ class StageTime:
     passed: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
+    dynamic: str | None = None  # why OpenVINO's reader finds the stage not static, if it does
 
     def choice(self, order: Sequence[str], precision: str, stage: int, engine: str) -> Choice:
         """The engine to use: the fastest one timed (else the first in ``order`` that passed) at
@@ -49,7 +50,10 @@ class StageTime:
         timed = [e for e in same if e in self.seconds]
         best = min(timed, key=lambda e: self.seconds[e]) if timed else same[0]
         failed = [f for e, f in self.failures.items() if e in order]
-        return Choice(best, engine_precision(best, precision), fallback_note(failed), dict(self.seconds))
+        note = fallback_note(failed)
+        if note and self.dynamic:  # the likely cause of the fallback first
+            note = f"the stage is not static ({self.dynamic}); {note}"
+        return Choice(best, engine_precision(best, precision), note, dict(self.seconds), self.dynamic)
 
     @property
     def best(self) -> float:
@@ -99,6 +103,15 @@ def _try_stage(
     """One stage on each engine of ``order``; each candidate checked against onnxruntime."""
     feeds = {name: boundary[name] for name in inputs}
     trial = StageTime()
+    if "openvino" in order:  # read as OpenVINO reads it: every op's output static?
+        from ..engines.ov import dynamic_outputs
+
+        try:
+            found = dynamic_outputs(path)
+        except LoadFailure:
+            found = []  # the engine's own load below says why
+        if found:
+            trial.dynamic = "OpenVINO reads " + "; ".join(found)
     produced: dict[str, list[np.ndarray]] = {}
     for name in order:
         try:

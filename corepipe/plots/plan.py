@@ -21,8 +21,8 @@ def _label_bars(ax: Any, bars: Any, texts: list[str]) -> None:
 
 
 def plan_figure(plan: Plan, title: str | None = None) -> Any:
-    """Three bar charts sharing the stage axis: time per stage (measured where the plan was
-    balanced by measurement, else estimated), resident weights against the core's memory, and
+    """Three bar charts sharing the stage axis: time per stage (the plan's best figure: under
+    load, measured alone on one core, or estimated), resident weights against the core's memory, and
     the bytes each stage hands to the next one (the last one's: the outputs to the client).
     Bars are coloured by the core (``device:core``) that runs the stage.
 
@@ -39,7 +39,8 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
 
     n = plan.num_cores
     stages = plan.stages
-    measured = [s.measured_s is not None for s in stages]
+    source = plan.stage_seconds_kind()
+    measured = [source == "under load" or s.measured_s is not None for s in stages]
     seconds = plan.stage_seconds()
     per_core = plan.core_seconds()
     cores = sorted(per_core)
@@ -57,13 +58,13 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
 
     fig = figure_cls(figsize=(min(max(7.5, 0.9 * n + 3.5), 20.0), 8.0), layout="constrained")
     ax_t, ax_m, ax_b = fig.subplots(3, 1, sharex=True)
-    kind = "measured" if all(measured) else "estimated" if not any(measured) else "measured / estimated"
+    kind = source if all(measured) else "estimated" if not any(measured) else "measured / estimated"
     fig.suptitle(
         f"{title + ': ' if title else ''}{n} stage{'s' if n != 1 else ''} on target {plan.target.name} "
         f"({plan.target.devices} x {plan.target.cores_per_device} cores of "
         f"{format_bytes(plan.target.core_memory)}), balanced by {plan.balance}\n"
-        f"predicted speed-up over one core {predicted:.2f}x "
-        f"(sum of stage times / {'busiest core' if shared else 'slowest stage'})",
+        f"speed-up these stage times allow over one core: {predicted:.2f}x "
+        f"(sum of stage times / {'busiest core' if shared else 'slowest stage'}; times {kind})",
         fontsize=10,
     )
 

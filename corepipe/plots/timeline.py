@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.timeline import STALL_MIN_S, STALL_SHARE, Timeline
 from ._mpl import TIME_UNITS, require_matplotlib, scale
 
-__all__ = ["timeline_figure", "steady_throughput"]
+__all__ = ["request_colour", "timeline_figure", "steady_throughput"]
 
 _BLOCKED = "#A0A0A0"
 _STALL = "#111111"
@@ -24,6 +24,23 @@ def steady_throughput(timeline: Timeline) -> float | None:
     if len(done) < 2 or drain_start <= fill_end:
         return None
     return (len(done) - 1) / (max(done) - min(done)) if max(done) > min(done) else None
+
+
+def request_colour(request_id: int) -> tuple[float, float, float]:
+    """A colour per request that neighbours never share and that does not repeat for hundreds
+    of requests: the hue steps by the golden ratio (so consecutive requests sit far apart on the
+    colour wheel), brightness cycles through three levels (so ids 5 or 8 apart, whose hues the
+    golden ratio brings close, still differ) and saturation alternates every 7 requests."""
+    import colorsys
+
+    hue = (request_id * 0.6180339887) % 1.0
+    saturation = (0.85, 0.5)[(request_id // 7) % 2]
+    value = (0.95, 0.72, 0.55)[request_id % 3]
+    return colorsys.hsv_to_rgb(hue, saturation, value)
+
+
+#: How strongly the fill and drain phases are shaded (behind the bars, so they stay readable).
+_FILL, _DRAIN, _PHASE_ALPHA = "#4c78a8", "#8c8c8c", 0.22
 
 
 def timeline_figure(timeline: Timeline, title: str | None = None,
@@ -56,9 +73,6 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
     lane = 0.75 if n <= 16 else max(0.2, 12.0 / n)  # inches per stage: tall enough, never huge
     fig = figure_cls(figsize=(12.0, 2.6 + lane * n + 1.4), layout="constrained")
     ax_q, ax = fig.subplots(2, 1, sharex=True, height_ratios=[1.4, max(1.6, lane * n)])
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
     labels = list(stage_labels) if stage_labels else [f"stage {k}" for k in range(n)]
     for k in range(n):
         for replayed, gid in ((False, f"run-{k}"), (True, f"replay-{k}")):
@@ -67,7 +81,7 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
                 continue
             spans = [(x(r.stages[k][0]), max((r.stages[k][1] - r.stages[k][0]) / size, 0.0))
                      for r in chosen]
-            faces = [cmap(r.request_id % 20) if r.ok else "white" for r in chosen]
+            faces = [request_colour(r.request_id) if r.ok else "white" for r in chosen]
             edges = ["black" if replayed or not r.ok else "none" for r in chosen]
             ax.broken_barh(spans, (k - 0.38, 0.76), facecolors=faces, gid=gid, edgecolors=edges,
                            hatch="///" if replayed else None, linewidth=0.6)
@@ -86,9 +100,11 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
 
     start, fill_end, drain_start, end = timeline.phases()
     for ax_ in (ax, ax_q):
-        ax_.axvspan(x(start), x(fill_end), color="#1f77b4", alpha=0.08, linewidth=0)
+        ax_.axvspan(x(start), x(fill_end), color=_FILL, alpha=_PHASE_ALPHA, linewidth=0, zorder=0)
+        ax_.axvline(x(fill_end), color=_FILL, linewidth=1.0, linestyle=":", zorder=0)
         if drain_start < end:
-            ax_.axvspan(x(drain_start), x(end), color="#7f7f7f", alpha=0.10, linewidth=0)
+            ax_.axvspan(x(drain_start), x(end), color=_DRAIN, alpha=_PHASE_ALPHA, linewidth=0, zorder=0)
+            ax_.axvline(x(drain_start), color=_DRAIN, linewidth=1.0, linestyle=":", zorder=0)
     for name, a, b in (("fill", start, fill_end), ("steady state", fill_end, drain_start),
                        ("drain", drain_start, end)):
         if b > a and (b - a) / span > 0.04:
@@ -133,12 +149,12 @@ def timeline_figure(timeline: Timeline, title: str | None = None,
     fig.suptitle((title or f"Request timeline: {shown} through {n} stage{'s' if n != 1 else ''}")
                  + "\n" + "; ".join(facts), fontsize=11)
     handles = [
-        Patch(facecolor=cmap(0), label="running (one colour per request)"),
+        Patch(facecolor=request_colour(0), label="running (one colour per request)"),
         Patch(facecolor=_BLOCKED, label="blocked: its output slot still held downstream"),
         Patch(facecolor=_STALL, label=f"stall: input and output ready, idle > max({STALL_MIN_S * 1e3:g} ms, "
                                       f"{STALL_SHARE:.0%} of its median run)"),
-        Patch(facecolor="#1f77b4", alpha=0.2, label="fill"),
-        Patch(facecolor="#7f7f7f", alpha=0.25, label="drain"),
+        Patch(facecolor=_FILL, alpha=_PHASE_ALPHA, label="fill (the pipeline filling up)"),
+        Patch(facecolor=_DRAIN, alpha=_PHASE_ALPHA, label="drain (emptying)"),
     ]
     if replays:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="///",

@@ -78,6 +78,32 @@ class PipelineStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """What ``corepipe run`` prints: requests, throughput and latency, the hand-offs, and one
+        line per stage (``print(pipe.stats())``); `repr` keeps every field."""
+        lines = [
+            f"{self.completed:,} requests done ({self.failed:,} failed, {self.in_flight:,} in flight) in the "
+            f"{self.elapsed_s:.2f} s since the pipeline started ({self.throughput:,.1f} req/s over that time; "
+            f"{self.backend} backend" + (f", {self.replicas} replicas" if self.replicas > 1 else "") + ")",
+            f"latency p50 {self.latency_p50_s * 1e3:.2f} ms, p90 {self.latency_p90_s * 1e3:.2f} ms, "
+            f"p99 {self.latency_p99_s * 1e3:.2f} ms",
+        ]
+        if self.boundaries:
+            last = max(b.index for b in self.boundaries)
+            lines.append("hand-off per boundary (send to arrival, mean): " + ", ".join(
+                f"{'in' if b.index == 0 else 'out' if b.index == last else b.index} {b.mean_s * 1e3:.2f} ms"
+                for b in self.boundaries if b.replica == 0))
+        head = (["replica"] if self.replicas > 1 else []) + ["stage", "pid", "core", "requests", "busy %",
+                                                             "service ms", "queue", "restarts"]
+        rows = [([str(s.replica)] if self.replicas > 1 else []) + [
+            str(s.index), "-" if s.pid is None else str(s.pid), s.core, f"{s.requests:,}", f"{s.busy_pct:.1f}",
+            f"{s.mean_service_s * 1e3:.3f}", str(s.queue_depth), str(s.restarts)] for s in self.stages]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            lines.append("  ".join(c.ljust(w) if head[i] == "core" else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        return "\n".join(lines)
+
 
 class _Latencies:
     """The latest request latencies (bounded), for percentiles."""

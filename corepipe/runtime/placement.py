@@ -140,8 +140,13 @@ def place(
     if need > k:
         origin = ""
         if source != "arguments" and dep is not None:
-            origin = (f" (the artifact's deployment, chosen{' for ' + dep.objective if dep.objective else ''} "
-                      f"on {_plural(dep.cores, 'core')}; pass replicas= and threads_per_stage= to override it)")
+            # name exactly what came from the artifact: a user who gave replicas= did not give T
+            taken = [f"{n}={v}" for n, v, given in (("replicas", r, replicas), ("threads_per_stage", t, threads_per_stage))
+                     if given is None]
+            what = "the artifact's deployment" if len(taken) == 2 else f"{taken[0]} from the artifact's deployment"
+            origin = (f" ({what}, chosen{' for ' + dep.objective if dep.objective else ''} "
+                      f"on {_plural(dep.cores, 'core')}; pass {' and '.join(x.split('=')[0] + '=' for x in taken)} "
+                      "to override it)")
         fits = _what_fits(s, k)
         raise DeploymentError(
             f"{_plural(r, 'replica')} x {_plural(s, 'stage')} x {_plural(t, 'thread')} per stage "

@@ -1,17 +1,28 @@
-"""Tuning: the (replicas, stages, threads) search space and its cost model, the choice by
-objective on measured points, the capacity answer, and the picture. Pure numbers and plots:
-`corepipe.cli.tune` measures the points (through the compiler, the runtime and bench's peers)
-and feeds them here.
+"""Tuning: find the deployment (R replicas x S stages x T threads per stage) of a model on K cores
+by measurement, against the peers, and answer capacity questions.
+
+``corepipe.tune(...)`` is `tune` (the package's name is taken by the function at the top level:
+import the types from here, ``from corepipe.tune import TuneResult``).
+
+- `space`: the search space (`SearchSpace`, `Candidate`) and the cost model that prunes it;
+- `choose`: measured points, the Pareto front, the choice by objective;
+- `capacity`: cores and replicas for a request rate within a p99 budget;
+- `measure`: the peers (bench's harness) and the candidates, measured under load;
+- `search`: the loop that ties them together and writes the artifact; `result`: what it found;
+- `plot`: the picture (``tune.png``).
 """
 
 from __future__ import annotations
 
 from .capacity import CapacityAnswer, answer, parse_duration
 from .choose import Point, choose, dominated_by, pareto_front
-from .space import Candidate, CostModel, candidates, select, slowest_shares
+from .result import TuneResult
+from .search import TuneProgress, tune
+from .space import Candidate, CostModel, SearchSpace, candidates, select, slowest_shares
 
 __all__ = [
-    "Candidate", "CostModel", "candidates", "select", "slowest_shares",
+    "tune", "TuneResult", "TuneProgress",
+    "SearchSpace", "Candidate", "CostModel", "candidates", "select", "slowest_shares",
     "Point", "choose", "dominated_by", "pareto_front",
     "CapacityAnswer", "answer", "parse_duration",
 ]

@@ -141,30 +141,30 @@ def answer(points: Sequence[Point], rate: float, p99_budget_s: float, *, measure
     """
     if rate <= 0:
         raise DeploymentError(f"--rate must be a positive number of requests per second, got {rate}")
-    plans = [p for p in points if p.kind == "candidate" and p.candidate is not None and p.latency_p99_s]
+    plans = [p for p in points if p.kind == "candidate" and p.candidate is not None and p.p99_s]
     if not plans:
         raise DeploymentError("no measured plan has a p99 latency to answer a capacity question from")
-    fast = [p for p in plans if (p.latency_p99_s or 0) < p99_budget_s]
+    fast = [p for p in plans if (p.p99_s or 0) < p99_budget_s]
     if not fast:
-        best = min(plans, key=lambda p: p.latency_p99_s or math.inf)
-        possible = f"a p99 budget above {(best.latency_p99_s or 0) * 1e3:.4g} ms"
+        best = min(plans, key=lambda p: p.p99_s or math.inf)
+        possible = f"a p99 budget above {(best.p99_s or 0) * 1e3:.4g} ms"
         raise DeploymentError(
             f"no core count holds a p99 of {p99_budget_s * 1e3:.4g} ms: even unloaded, the lowest p99 "
-            f"measured is {(best.latency_p99_s or 0) * 1e3:.4g} ms ({best.name}), and more replicas "
+            f"measured is {(best.p99_s or 0) * 1e3:.4g} ms ({best.name}), and more replicas "
             f"only shorten the wait, not a request; possible: {possible}, or tune with more threads "
             "per stage (more cores) to shorten each request", possible=possible)
     options = []
     for p in fast:
         c = p.candidate
-        assert c is not None and p.latency_p99_s is not None
+        assert c is not None and p.p99_s is not None
         per = c.stages * c.threads
-        mu = p.throughput / c.replicas
-        n = _replicas_needed(rate, mu, p.latency_p99_s, p99_budget_s, max_cores // per)
+        mu = p.req_per_s / c.replicas
+        n = _replicas_needed(rate, mu, p.p99_s, p99_budget_s, max_cores // per)
         if n is not None:
-            options.append((n * per, p99_latency(n, rate, mu, p.latency_p99_s), p, n, mu))
+            options.append((n * per, p99_latency(n, rate, mu, p.p99_s), p, n, mu))
     if not options:
         held = [(_max_rate(max_cores // (p.candidate.stages * p.candidate.threads),  # type: ignore[union-attr]
-                           p.throughput / p.candidate.replicas, p.latency_p99_s or 0, p99_budget_s), p)  # type: ignore[union-attr]
+                           p.req_per_s / p.candidate.replicas, p.p99_s or 0, p99_budget_s), p)  # type: ignore[union-attr]
                 for p in fast]
         top, plan = max(held, key=lambda x: x[0])
         possible = (f"at most {top:,.4g} req/s within p99 {p99_budget_s * 1e3:.4g} ms on {max_cores} cores "
@@ -174,11 +174,11 @@ def answer(points: Sequence[Point], rate: float, p99_budget_s: float, *, measure
             f"possible: {possible}", possible=possible)
     cores, p99, plan, n, mu = min(options, key=lambda o: (o[0], o[1]))
     c = plan.candidate
-    assert c is not None and plan.latency_p99_s is not None
+    assert c is not None and plan.p99_s is not None
     per = c.stages * c.threads
     chunks = [x / c.replicas for x in plan.chunk_throughputs] or [mu]
-    optimistic = _replicas_needed(rate, max(chunks + [mu]), plan.latency_p99_s, p99_budget_s, max_cores // per)
-    pessimistic = _replicas_needed(rate, min(chunks + [mu]), plan.latency_p99_s, p99_budget_s, max_cores // per)
+    optimistic = _replicas_needed(rate, max(chunks + [mu]), plan.p99_s, p99_budget_s, max_cores // per)
+    pessimistic = _replicas_needed(rate, min(chunks + [mu]), plan.p99_s, p99_budget_s, max_cores // per)
     lo = min(n, optimistic or n)
     reasons = []
     if len(chunks) > 1:

@@ -14,14 +14,16 @@ __all__ = ["Point", "pareto_front", "choose", "dominated_by"]
 
 @dataclass(frozen=True)
 class Point:
-    """One configuration measured in the tune run.
+    """One configuration measured in the tune run (a candidate plan or a peer); its figures are
+    named as a bench row's (`corepipe.bench.BenchRow`).
 
     Attributes:
         name: what it is (``"2r x 4s x 1t"``, ``"ort 2 threads"``...).
         kind: ``"candidate"`` (a corepipe plan) or ``"peer"`` (a configuration a user would
             otherwise pick).
-        throughput: requests per second. latency_p50_s / latency_p99_s: per request, under the
-            same load the throughput was measured at (``p99`` may be ``None`` for peers).
+        req_per_s: throughput, requests per second. p50_s / p99_s: latency per request, under
+            the same load the throughput was measured at (``p99_s`` may be ``None`` for peers).
+        precision: what it computed at (``"fp32"``, ``"bf16"``; onnxruntime peers: fp32).
         candidate: the (R, S, T) of a corepipe plan.
         predicted: the cost model's (throughput, latency) for a candidate.
         chunk_throughputs: the measurement cut into consecutive chunks (for its spread).
@@ -33,15 +35,29 @@ class Point:
 
     name: str
     kind: str
-    throughput: float
-    latency_p50_s: float
-    latency_p99_s: float | None = None
+    req_per_s: float
+    p50_s: float
+    p99_s: float | None = None
     candidate: Candidate | None = None
     predicted: tuple[float, float] | None = None
     chunk_throughputs: list[float] = field(default_factory=list)
     note: str = ""
     runs: int = 1
     foreign_cpu: float | None = None
+    precision: str = "fp32"
+
+    @property
+    def replicas(self) -> int | None:
+        """R of a candidate plan (``None`` for a peer); likewise `stages` (S) and `threads` (T)."""
+        return None if self.candidate is None else self.candidate.replicas
+
+    @property
+    def stages(self) -> int | None:
+        return None if self.candidate is None else self.candidate.stages
+
+    @property
+    def threads(self) -> int | None:
+        return None if self.candidate is None else self.candidate.threads
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,14 +76,14 @@ class Point:
 
 def _beats(a: Point, b: Point) -> bool:
     """``a`` is at least as good as ``b`` on both axes and better on one."""
-    return (a.throughput >= b.throughput and a.latency_p50_s <= b.latency_p50_s
-            and (a.throughput > b.throughput or a.latency_p50_s < b.latency_p50_s))
+    return (a.req_per_s >= b.req_per_s and a.p50_s <= b.p50_s
+            and (a.req_per_s > b.req_per_s or a.p50_s < b.p50_s))
 
 
 def pareto_front(points: Sequence[Point]) -> list[Point]:
     """The points no other point beats on both throughput and p50 latency, fastest p50 first."""
     front = [p for p in points if not any(_beats(o, p) for o in points if o is not p)]
-    return sorted(front, key=lambda p: (p.latency_p50_s, -p.throughput))
+    return sorted(front, key=lambda p: (p.p50_s, -p.req_per_s))
 
 
 def dominated_by(point: Point, others: Sequence[Point]) -> list[Point]:
@@ -78,7 +94,7 @@ def dominated_by(point: Point, others: Sequence[Point]) -> list[Point]:
 def _within(p: Point, budget_s: float | None) -> bool:
     if budget_s is None:
         return True
-    return (p.latency_p99_s if p.latency_p99_s is not None else p.latency_p50_s) <= budget_s
+    return (p.p99_s if p.p99_s is not None else p.p50_s) <= budget_s
 
 
 def choose(points: Sequence[Point], objective: str, latency_budget_s: float | None = None, *,
@@ -99,23 +115,23 @@ def choose(points: Sequence[Point], objective: str, latency_budget_s: float | No
         raise DeploymentError("no candidate plan was measured; nothing to choose from")
     ok = [p for p in plans if _within(p, latency_budget_s)]
     if not ok:
-        best = min(plans, key=lambda p: p.latency_p99_s if p.latency_p99_s is not None else p.latency_p50_s)
-        p99 = best.latency_p99_s if best.latency_p99_s is not None else best.latency_p50_s
+        best = min(plans, key=lambda p: p.p99_s if p.p99_s is not None else p.p50_s)
+        p99 = best.p99_s if best.p99_s is not None else best.p50_s
         assert latency_budget_s is not None
         possible = (f"a latency budget of at least {p99 * 1e3:.4g} ms, or more cores (more threads "
                     "per stage shorten each request)")
         raise DeploymentError(
             f"no measured plan meets the p99 latency budget of {latency_budget_s * 1e3:.4g} ms: the "
-            f"lowest p99 measured is {p99 * 1e3:.4g} ms ({best.name}, {best.throughput:.4g} req/s); "
+            f"lowest p99 measured is {p99 * 1e3:.4g} ms ({best.name}, {best.req_per_s:.4g} req/s); "
             f"possible: {possible}",
             possible=possible,
         )
     if objective == "latency":
-        fastest = min(p.latency_p50_s for p in ok)
-        near = [p for p in ok if p.latency_p50_s <= fastest * (1 + tie)]
-        return max(near, key=lambda p: (p.throughput, -p.latency_p50_s))
+        fastest = min(p.p50_s for p in ok)
+        near = [p for p in ok if p.p50_s <= fastest * (1 + tie)]
+        return max(near, key=lambda p: (p.req_per_s, -p.p50_s))
     if objective == "throughput":
-        most = max(p.throughput for p in ok)
-        near = [p for p in ok if p.throughput >= most * (1 - tie)]
-        return min(near, key=lambda p: (p.latency_p50_s, -p.throughput))
+        most = max(p.req_per_s for p in ok)
+        near = [p for p in ok if p.req_per_s >= most * (1 - tie)]
+        return min(near, key=lambda p: (p.p50_s, -p.req_per_s))
     raise DeploymentError(f"objective must be 'throughput' or 'latency', got {objective!r}")

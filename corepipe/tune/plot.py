@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import CorepipeError
 from .choose import Point, pareto_front
 
-__all__ = ["render_png"]
+__all__ = ["render_png", "tune_figure"]
 
 
 def render_png(points: Sequence[Point], chosen: Point, *, title: str) -> bytes:
@@ -18,41 +19,98 @@ def render_png(points: Sequence[Point], chosen: Point, *, title: str) -> bytes:
     Raises:
         CorepipeError: matplotlib is not installed (``pip install 'corepipe[plot]'``).
     """
-    try:
-        import matplotlib
+    buf = io.BytesIO()
+    tune_figure(points, chosen, title=title).savefig(buf, format="png")
+    return buf.getvalue()
 
-        matplotlib.use("Agg", force=True)  # files only: never open a window
-        import matplotlib.pyplot as plt
+
+def tune_figure(points: Sequence[Point], chosen: Point, *, title: str) -> Any:
+    """Throughput against p50 latency: candidates, peers, the chosen plan, the Pareto front
+    (rings, and a line where it has several points), every point named where its label
+    overlaps nothing else. A matplotlib ``Figure`` (no pyplot state).
+
+    Raises:
+        CorepipeError: matplotlib is not installed (``pip install 'corepipe[plot]'``).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise CorepipeError(
             "the tune picture needs matplotlib: pip install 'corepipe[plot]' (or matplotlib)"
         ) from None
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    try:
-        front = pareto_front(points)
-        ax.step([p.latency_p50_s * 1e3 for p in front], [p.throughput for p in front], where="post",
-                color="0.55", linestyle="--", linewidth=1.2, label="Pareto front", zorder=1)
-        cands = [p for p in points if p.kind == "candidate"]
-        peers = [p for p in points if p.kind == "peer"]
-        ax.scatter([p.latency_p50_s * 1e3 for p in cands], [p.throughput for p in cands],
-                   marker="o", s=46, color="tab:blue", label="corepipe candidates", zorder=3)
-        ax.scatter([p.latency_p50_s * 1e3 for p in peers], [p.throughput for p in peers],
-                   marker="s", s=46, color="tab:orange", label="peers", zorder=3)
-        ax.scatter([chosen.latency_p50_s * 1e3], [chosen.throughput], marker="*", s=320,
-                   color="tab:red", edgecolor="black", linewidth=0.6, label=f"chosen: {chosen.name}", zorder=4)
-        for p in points:
-            ax.annotate(p.name, (p.latency_p50_s * 1e3, p.throughput), textcoords="offset points",
-                        xytext=(6, 4), fontsize=7.5, color="0.2")
-        ax.set_xlabel("p50 latency per request under load (ms)")
-        ax.set_ylabel("throughput (requests/s)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0, right=max(p.latency_p50_s for p in points) * 1e3 * 1.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(9, 6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.step([p.p50_s * 1e3 for p in front], [p.req_per_s for p in front], where="post",
+                color="0.55", linestyle="--", linewidth=1.2, zorder=1)
+    # a ring around each point of the front: visible (and in the legend) even for one point
+    ax.scatter([p.p50_s * 1e3 for p in front], [p.req_per_s for p in front], s=190, facecolors="none",
+               edgecolors="0.45", linewidths=1.2, linestyle="--", zorder=2,
+               label=f"Pareto front ({len(front)} point{'s' if len(front) != 1 else ''})")
+    cands = [p for p in points if p.kind == "candidate"]
+    peers = [p for p in points if p.kind == "peer"]
+    ax.scatter([p.p50_s * 1e3 for p in cands], [p.req_per_s for p in cands],
+               marker="o", s=46, color="tab:blue", label="corepipe candidates", zorder=3)
+    ax.scatter([p.p50_s * 1e3 for p in peers], [p.req_per_s for p in peers],
+               marker="s", s=46, color="tab:orange", label="peers", zorder=3)
+    ax.scatter([chosen.p50_s * 1e3], [chosen.req_per_s], marker="*", s=320,
+               color="tab:red", edgecolor="black", linewidth=0.6, label=f"chosen: {chosen.name}", zorder=4)
+    ax.set_xlabel("p50 latency per request under load (ms)")
+    ax.set_ylabel("throughput (requests/s)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0, top=max(p.req_per_s for p in points) * 1.12)
+    ax.set_xlim(left=0, right=max(p.p50_s for p in points) * 1e3 * 1.35)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    _label(fig, ax, points, chosen)
+    return fig
+
+
+#: Where a label may go, in points from its marker, tried in turn: right, below, above, left...
+_OFFSETS = ((7, 4), (7, -11), (7, 13), (-7, 4), (-7, -11), (-7, 13), (7, -22), (7, 24), (-7, -22), (-7, 24),
+            (7, -33), (7, 35), (14, 4), (14, -11), (-14, 4), (-14, -11))
+
+
+def _label(fig: Any, ax: Any, points: Sequence[Point], chosen: Point) -> None:
+    """Name every point where its label overlaps no other label, no marker and the legend:
+    the first free place of `_OFFSETS`, else the one that overlaps least."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend()
+    taken = [legend.get_window_extent(renderer)] if legend is not None else []
+    front = {id(p) for p in pareto_front(points)}
+    for p in points:  # the markers themselves (the chosen star and the front's rings are bigger)
+        x, y = ax.transData.transform((p.p50_s * 1e3, p.req_per_s))
+        r = 15 if p is chosen else 12 if id(p) in front else 6
+        taken.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
+    frame = ax.get_window_extent(renderer)
+    for p in sorted(points, key=lambda q: (q.kind != "candidate", -q.req_per_s)):
+        best: tuple[float, Any] | None = None
+        for dx, dy in _OFFSETS:
+            text = ax.annotate(p.name, (p.p50_s * 1e3, p.req_per_s), textcoords="offset points", xytext=(dx, dy),
+                               fontsize=7.5, color="0.15", ha="left" if dx > 0 else "right", va="center",
+                               zorder=5)
+            box = text.get_window_extent(renderer).expanded(1.04, 1.15)
+            outside = box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1
+            overlap = sum(_area(box, t) for t in taken) + (1e6 if outside else 0.0)
+            if best is None or overlap < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (overlap, text)
+            else:
+                text.remove()
+            if overlap == 0:
+                break
+        assert best is not None
+        taken.append(best[1].get_window_extent(renderer))
+
+
+def _area(a: Any, b: Any) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0

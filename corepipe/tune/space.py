@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Candidate", "CostModel", "candidates", "select"]
+__all__ = ["Candidate", "CostModel", "SearchSpace", "candidates", "select", "slowest_shares"]
 
 
 @dataclass(frozen=True, order=True)
@@ -60,6 +60,33 @@ def candidates(cores: int, *, min_stages: int = 1, max_stages: int | None = None
             if (cores // s) % t == 0:
                 out.append(Candidate(replicas=cores // (s * t), stages=s, threads=t))
     return sorted(out, key=lambda c: (c.stages, c.threads))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Every plan `corepipe.tune` may measure on ``cores`` cores: R x S x T = ``cores``, with S
+    between the fewest stages the model's memory allows and the most cuts it has.
+
+    The one place the candidates come from: a new dimension of the search (a batch size, say)
+    is a field here and a field of `Candidate`.
+    """
+
+    cores: int
+    min_stages: int = 1
+    max_stages: int | None = None
+
+    def stage_counts(self) -> list[int]:
+        """The S worth analysing: divisors of ``cores`` within the bounds."""
+        return sorted({c.stages for c in self.candidates()})
+
+    def candidates(self) -> list[Candidate]:
+        return candidates(self.cores, min_stages=self.min_stages, max_stages=self.max_stages)
+
+    def bounded(self, min_stages: int, max_stages: int) -> SearchSpace:
+        """This space within a model's bounds (from `corepipe.compiler.estimate`)."""
+        low = max(self.min_stages, min_stages)
+        high = max_stages if self.max_stages is None else min(self.max_stages, max_stages)
+        return SearchSpace(self.cores, low, high)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,10 @@ def case_skip_far() -> GraphCase:
 
 
 def case_shared_weight_far() -> GraphCase:
-    """Tied embeddings: one table feeds a Gather at the start and a MatMul (via Transpose) at the end."""
-    vocab, dim = 16, 8
+    """Tied embeddings: one table feeds a Gather at the start and a MatMul (via Transpose) at the end.
+    The table (5 KiB) is over `FOLD_BYTES`, so its Transpose stays a node that each reader copies,
+    instead of a folded second copy of the table."""
+    vocab, dim = 160, 8
     nodes = [
         node("Gather", ["emb_table", "ids"], ["emb"]),
         node("MatMul", ["emb", "w1"], ["h1"]),

@@ -1,6 +1,6 @@
-"""Baseline processes for `corepipe bench`: one peer setup, timed in its own process.
+"""One peer setup, timed in its own process (`corepipe.bench.peers` starts it).
 
-Run as ``python -m corepipe.cli.benchproc CONFIG_JSON``. Modes:
+Run as ``python -m corepipe.bench.proc CONFIG_JSON``. Modes:
 - ``serial``: one onnxruntime session with ``threads`` intra-op threads runs ``requests`` requests
   one by one.
 - ``parallel``: one of K copies; loads, warms up, prints ``ready``, waits for a line on stdin,
@@ -13,7 +13,7 @@ Run as ``python -m corepipe.cli.benchproc CONFIG_JSON``. Modes:
   request in flight.
 OpenVINO runs at ``precision`` (fp32 also asks for ``EXECUTION_MODE_HINT=ACCURACY``, since a
 bf16-capable CPU would otherwise default to bf16). Results are one JSON line on stdout (plain
-numbers, no pickle).
+numbers, no pickle): elapsed seconds, requests, p50 and p99 latency, RSS and USS.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None
         "elapsed_s": elapsed,
         "requests": len(latencies),
         "latency_p50_s": float(np.percentile(latencies, 50)),
+        "latency_p99_s": float(np.percentile(latencies, 99)),
         "rss_bytes": int(mem.rss),
         "uss_bytes": int(getattr(mem, "uss", mem.rss)),
         **(extra or {}),

@@ -1,0 +1,159 @@
+"""The peers: the setups a user would pick instead of a pipeline, each timed in its own process
+(`corepipe.bench.proc`) on the same inputs and cores.
+
+- onnxruntime, one session with 1 thread (the reference every "x 1 thread" ratio is over);
+- onnxruntime, one session with K threads;
+- K onnxruntime sessions of 1 thread in parallel, one per core, started together;
+- one onnxruntime session (1 thread) shared by K Python threads;
+- OpenVINO's THROUGHPUT hint with K streams, and its LATENCY hint with K threads, one in flight.
+
+onnxruntime has no fast bf16 kernels on x86-64, so its setups always run fp32; the OpenVINO ones
+run at the precision asked for. Each setup's row says its precision, and how many requests were
+in flight while its latency was taken.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact.sizes import plural
+from ..engines import missing_engine
+from ..runtime.process import module_command
+from .result import BenchRow
+
+__all__ = ["PeerSetup", "peer_setups", "measure_peer", "run_serial", "run_parallel", "threads_row", "parallel_row"]
+
+
+def threads_row(k: int) -> str:
+    """Name of the one-session, K-thread setup (distinct from the 1-thread one when K is 1)."""
+    return f"ort {k} threads" if k > 1 else "ort K=1 thread"
+
+
+def parallel_row(k: int) -> str:
+    """Name of the K-sessions-in-parallel setup."""
+    return f"{k} sessions in parallel" if k > 1 else "K=1 session"
+
+
+@dataclass(frozen=True)
+class PeerSetup:
+    """One peer: how `corepipe.bench.proc` runs it (``mode``, ``threads``) and how it is shown.
+
+    Attributes:
+        setup: the row's name (``"ort 1 thread"``, ``"openvino THROUGHPUT (2 streams)"``...).
+        mode: `corepipe.bench.proc`'s mode; ``"parallel"`` runs K processes of 1 thread.
+        engine, precision: what computes it, at which precision.
+        threads: threads (or OpenVINO streams) of the one process; K processes for ``parallel``.
+        in_flight: requests in flight while its latency is taken.
+        what: a phrase for progress displays.
+        one_core: it runs on one core (the reference), else on all K.
+    """
+
+    setup: str
+    mode: str
+    engine: str
+    precision: str
+    threads: int
+    in_flight: int
+    what: str
+    one_core: bool = False
+
+
+def peer_setups(k: int, precision: str, *, strong: bool = True) -> list[PeerSetup]:
+    """The peers on ``k`` cores, in the order they are measured and shown.
+
+    Args:
+        precision: the OpenVINO peers' (onnxruntime's stay fp32).
+        strong: include the strongest peers (one shared session, OpenVINO THROUGHPUT and
+            LATENCY); OpenVINO's are left out when it is not installed.
+    """
+    out = [PeerSetup("ort 1 thread", "serial", "onnxruntime", "fp32", 1, 1, "onnxruntime, 1 thread", one_core=True),
+           PeerSetup(threads_row(k), "serial", "onnxruntime", "fp32", k, 1, f"onnxruntime, {plural(k, 'thread')}"),
+           PeerSetup(parallel_row(k), "parallel", "onnxruntime", "fp32", 1, 1,
+                     f"{plural(k, 'onnxruntime session')} in parallel")]
+    if not strong:
+        return out
+    out.append(PeerSetup(f"ort 1 session shared by {plural(k, 'thread')}", "shared", "onnxruntime", "fp32", k, k,
+                         f"onnxruntime, 1 session shared by {plural(k, 'thread')}"))
+    if missing_engine("openvino") is None:
+        out += [PeerSetup(f"openvino THROUGHPUT ({plural(k, 'stream')})", "ov_throughput", "openvino", precision,
+                          k, k, "openvino THROUGHPUT"),
+                PeerSetup(f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight)", "ov_latency", "openvino",
+                          precision, k, 1, "openvino LATENCY")]
+    return out
+
+
+def _config(model: Path, inputs: Path, mode: str, threads: int, requests: int, warmup: int,
+            cores: Sequence[int], precision: str = "fp32") -> str:
+    return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode,
+                       "threads": threads, "requests": requests, "warmup": warmup, "cores": list(cores),
+                       "precision": precision})
+
+
+def run_serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: Sequence[int],
+               mode: str = "serial", precision: str = "fp32") -> dict[str, Any]:
+    """One peer process in ``mode``, to completion: its JSON report (see `corepipe.bench.proc`)."""
+    argv, env = module_command("corepipe.bench.proc",
+                               _config(model, inputs, mode, threads, requests, warmup, cores, precision))
+    out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"peer process ({mode}, {threads} threads) failed: {out.stderr.strip()[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run_parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: Sequence[int]
+                 ) -> tuple[float, list[dict[str, Any]]]:
+    """K 1-thread sessions, one per core, started together on a broadcast ``go``; ``(requests
+    per second of the whole, each process's report)``."""
+    share = [requests // len(cores) + (1 if i < requests % len(cores) else 0) for i in range(len(cores))]
+    procs = [
+        subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for argv, env in (
+            module_command("corepipe.bench.proc", _config(model, inputs, "parallel", 1, share[i], warmup, [c]))
+            for i, c in enumerate(cores)
+        )
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"peer process failed to start: {line!r}")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.communicate(timeout=3600)[0].strip().splitlines()[-1]) for p in procs]
+        # Each process times its own share; they start together on the broadcast "go", so the
+        # slowest one's time is the wall time of the whole, without our pipe round trips.
+        wall = max(r["elapsed_s"] for r in results)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return sum(share) / wall, results
+
+
+def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int], requests: int,
+                 warmup: int) -> BenchRow:
+    """Time ``peer`` on ``cores`` (the first one only for a one-core peer) with ``requests``
+    requests after ``warmup``; the row of what it did."""
+    use = list(cores[:1] if peer.one_core else cores)
+    if peer.mode == "parallel":
+        rate, results = run_parallel(model, inputs, requests, warmup, use)
+        return BenchRow(
+            peer.setup, "peer", peer.engine, peer.precision, rate,
+            float(np.median([x["latency_p50_s"] for x in results])),
+            max(float(x.get("latency_p99_s", x["latency_p50_s"])) for x in results), peer.in_flight,
+            tuple(int(x["rss_bytes"]) for x in results), tuple(int(x["uss_bytes"]) for x in results))
+    r = run_serial(model, inputs, peer.threads, requests, warmup, use, mode=peer.mode, precision=peer.precision)
+    return BenchRow(peer.setup, "peer", peer.engine, peer.precision, r["requests"] / r["elapsed_s"],
+                    float(r["latency_p50_s"]), float(r.get("latency_p99_s", r["latency_p50_s"])), peer.in_flight,
+                    (int(r["rss_bytes"]),), (int(r["uss_bytes"]),))

@@ -1,0 +1,109 @@
+"""The corepipe pipeline as one bench row: throughput while full, latency with one request alone,
+what the hand-offs cost, and the resident memory of its workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from ..runtime import PipelineStats, Timeline, load
+from .result import BenchRow
+from .traffic import Traffic
+
+__all__ = ["measure_pipeline", "path_service_s", "boundary_means", "stage_precision", "stage_engine"]
+
+#: Requests timed one at a time for the pipeline's latency (at most; fewer when fewer are sent).
+SOLO = 50
+
+
+def stage_precision(stages: Sequence[Mapping[str, Any]]) -> str:
+    """The precision the stages computed at: ``"bf16"``, or ``"bf16+fp32"`` when they differ."""
+    return "+".join(sorted({str(s.get("precision", "fp32")) for s in stages})) or "fp32"
+
+
+def stage_engine(stages: Sequence[Mapping[str, Any]]) -> str:
+    """The engine of the stages: ``"openvino"``, or ``"onnxruntime+openvino"`` when they differ."""
+    return "+".join(sorted({str(s.get("engine", "onnxruntime")) for s in stages})) or "onnxruntime"
+
+
+def _stage_pids(pipe: Any) -> list[int]:
+    if hasattr(pipe, "worker_pids"):
+        return list(pipe.worker_pids())
+    return [int(w["pid"]) for w in pipe.placement()]  # ray: actors on this host in a bench
+
+
+def _added_per_index(before: Sequence[Any], after: Sequence[Any], amount: Callable[[Any], float],
+                     count: Callable[[Any], int]) -> dict[int, float]:
+    """Per index (stage or boundary), over all replicas: what ``amount`` added between two stats
+    snapshots over what ``count`` added (0 where nothing was counted)."""
+    def totals(items: Sequence[Any]) -> dict[int, tuple[float, int]]:
+        out: dict[int, tuple[float, int]] = {}
+        for x in items:
+            t, n = out.get(x.index, (0.0, 0))
+            out[x.index] = (t + amount(x), n + count(x))
+        return out
+
+    earlier, out = totals(before), {}
+    for i, (t, n) in sorted(totals(after).items()):
+        t0, n0 = earlier.get(i, (0.0, 0))
+        out[i] = (t - t0) / (n - n0) if n > n0 else 0.0
+    return out
+
+
+def path_service_s(before: PipelineStats, after: PipelineStats) -> float:
+    """Mean run time of one request's stages between two stats snapshots: a request crosses one
+    copy of each stage, whichever replica served it, so per stage index it is busy seconds over
+    requests (both summed over replicas), added along the path."""
+    return sum(_added_per_index(before.stages, after.stages, lambda s: s.busy_s, lambda s: s.requests).values())
+
+
+def boundary_means(before: PipelineStats, after: PipelineStats) -> list[float]:
+    """Mean hand-off per boundary index between two stats snapshots (backends that time
+    them), over all replicas."""
+    return list(_added_per_index(before.boundaries, after.boundaries, lambda x: x.mean_s * x.handoffs,
+                                 lambda x: x.handoffs).values())
+
+
+def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray], traffic: Traffic, backend: str,
+                     options: Mapping[str, Any], *, stages: Sequence[Mapping[str, Any]], setup: str = "corepipe",
+                     ) -> tuple[BenchRow, Timeline, list[str]]:
+    """Load the artifact at ``path`` on ``backend`` and measure it: ``(row, the timeline of the
+    throughput run, the cores each stage ran on)``.
+
+    Throughput: ``traffic.requests`` streamed right behind the warm-up, so the pipeline is full
+    when the clock starts (its fill is a one-off, like a session's first run, and the peers
+    have none to pay). Latency: up to `SOLO` requests one at a time; the stages' run times
+    during them give the hand-off cost.
+    """
+    with load(path, backend=backend, **options) as pipe:
+        fill = max(traffic.warmup, 2 * pipe.plan.num_cores)
+        requests = traffic.requests
+        start = time.perf_counter()
+        for i, out in enumerate(pipe.map(feeds for _ in range(fill + requests))):
+            del out
+            if i == fill - 1:
+                start = time.perf_counter()
+        rate = requests / (time.perf_counter() - start)
+        timeline = pipe.timeline()
+        lat = []
+        before = pipe.stats()
+        for _ in range(min(requests, SOLO)):
+            t0 = time.perf_counter()
+            pipe.run(feeds)
+            lat.append(time.perf_counter() - t0)
+        after = pipe.stats()
+        rss, uss = [], []
+        for pid in _stage_pids(pipe):
+            info = psutil.Process(pid).memory_full_info()
+            rss.append(int(info.rss))
+            uss.append(int(getattr(info, "uss", info.rss)))
+    row = BenchRow(setup, "corepipe", stage_engine(stages), stage_precision(stages), rate,
+                   float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), 1, tuple(rss), tuple(uss),
+                   handoff_s=float(np.mean(lat)) - path_service_s(before, after),
+                   boundary_s=tuple(boundary_means(before, after)))
+    return row, timeline, [s.core for s in after.stages]

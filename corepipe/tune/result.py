@@ -1,0 +1,164 @@
+"""What one `corepipe.tune` run measured and decided (`TuneResult`), and its Markdown."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifact.deployment import OBJECTIVES
+from ..bench.result import num
+from ..errors import DeploymentError
+from .capacity import CapacityAnswer
+from .choose import Point, choose, dominated_by, pareto_front
+from .space import Candidate
+
+__all__ = ["TuneResult", "num"]
+
+
+@dataclass
+class TuneResult:
+    """Everything one tune run measured and decided (``tune.json`` is its `to_dict`).
+
+    Attributes:
+        chosen: the plan written to `path`: ``.replicas``, ``.stages``, ``.threads`` (R, S, T),
+            ``.req_per_s``, ``.p50_s``, ``.p99_s``.
+        points: every candidate measured and every peer, each once (its best run).
+        pruned: candidates the cost model kept from measuring, with their predicted
+            (req/s, latency s).
+        capacity: the answer to the capacity question (``rate=`` and ``p99=``), if asked.
+        failed: candidates that could not be compiled or run, with why.
+        path: the artifact directory written, with ``tune.png`` and ``tune.json`` in it.
+        seconds: how long the whole run took.
+    """
+
+    model: str
+    cores: int
+    objective: str
+    latency_budget_s: float | None
+    points: list[Point]
+    pruned: list[tuple[Candidate, tuple[float, float]]]
+    chosen: Point
+    path: Path
+    host: str
+    seconds: float
+    capacity: CapacityAnswer | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    repeats: int = 1
+    tie: float = 0.03
+    precision: str = "fp32"
+
+    @property
+    def peers(self) -> list[Point]:
+        return [p for p in self.points if p.kind == "peer"]
+
+    @property
+    def candidates(self) -> list[Point]:
+        return [p for p in self.points if p.kind == "candidate"]
+
+    @property
+    def pareto(self) -> list[Point]:
+        """The points no other beats on both throughput and p50 latency, fastest p50 first."""
+        return pareto_front(self.points)
+
+    def best_peer(self, by: str = "throughput") -> Point | None:
+        """The peer with the most req/s (``by="latency"``: the least p50), if any ran."""
+        peers = self.peers
+        if not peers:
+            return None
+        if by == "latency":
+            return min(peers, key=lambda p: p.p50_s)
+        return max(peers, key=lambda p: p.req_per_s)
+
+    def choice_for(self, objective: str) -> Point | None:
+        """The plan the other objective would have chosen from the same measurements (within
+        the same latency budget), or ``None`` when none meets it."""
+        try:
+            return choose(self.points, objective, self.latency_budget_s, tie=self.tie)
+        except DeploymentError:
+            return None
+
+    def dominating_peers(self) -> list[Point]:
+        """Peers both faster and lower-latency than the chosen plan (the target: none)."""
+        return dominated_by(self.chosen, self.peers)
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best_peer()
+        return {
+            "model": self.model, "cores": self.cores, "objective": self.objective, "precision": self.precision,
+            "latency_budget_s": self.latency_budget_s, "host": self.host, "seconds": self.seconds,
+            "repeats": self.repeats, "tie": self.tie,
+            "points": [p.to_dict() for p in self.points],
+            "pruned": [{"candidate": dataclasses.asdict(c), "predicted": list(pred)} for c, pred in self.pruned],
+            "failed": [{"name": n, "error": e} for n, e in self.failed],
+            "chosen": self.chosen.name,
+            "choice_by_objective": {o: getattr(self.choice_for(o), "name", None) for o in OBJECTIVES},
+            "pareto_front": [p.name for p in self.pareto],
+            "dominating_peers": [p.name for p in self.dominating_peers()],
+            "vs_best_peer_throughput": None if best is None else self.chosen.req_per_s / best.req_per_s,
+            "capacity": None if self.capacity is None else dataclasses.asdict(self.capacity),
+        }
+
+    def summary(self) -> list[str]:
+        """The decision in sentences: against the peers, the other objective's choice, what was
+        pruned or failed, and the capacity answer."""
+        ch = self.chosen
+        best, fast = self.best_peer(), self.best_peer("latency")
+        lines = []
+        if best is not None and fast is not None:
+            lines.append(f"Chosen {ch.name}: throughput {ch.req_per_s / best.req_per_s:.2f}x the best peer's "
+                         f"({best.name}{_across(ch, best)}); p50 {ch.p50_s / fast.p50_s:.2f}x the lowest-latency "
+                         f"peer's ({fast.name}{_across(ch, fast)}).")
+            beaten = self.dominating_peers()
+            lines.append("No peer is both faster and lower-latency." if not beaten else
+                         "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
+        other = "latency" if self.objective == "throughput" else "throughput"
+        alt = self.choice_for(other)
+        if alt is not None and alt is not ch:
+            lines.append(f"--objective {other} would choose {alt.name}: {alt.req_per_s:,.4g} req/s, "
+                         f"p50 {alt.p50_s * 1e3:.4g} ms (same measurements).")
+        if self.pruned:
+            lines.append("Pruned by the cost model (predicted): " + "; ".join(
+                f"{c.label} {num(pred[0])} req/s {num(pred[1] * 1e3)} ms" for c, pred in self.pruned) + ".")
+        for name, error in self.failed:
+            lines.append(f"Not measured: {name}: {error}")
+        if self.capacity is not None:
+            lines.append("Capacity: " + self.capacity.text() + ".")
+            lines.append("Capacity model: " + self.capacity.model + ".")
+        return lines
+
+    def to_markdown(self, command: str | None = None) -> str:
+        """The run as a Markdown section (for benchmarks/RESULTS.md); ``command``: what produced
+        it, quoted under the heading."""
+        best = max((p.req_per_s for p in self.peers), default=0.0)
+        front = {p.name for p in self.pareto}
+        how = (f"{self.host}; {self.seconds:.0f} s"
+               + (f"; each point the best of {self.repeats} measurements" if self.repeats > 1 else ""))
+        lines = [
+            f"### tune {self.model}, {self.cores} cores, objective {self.objective}", "",
+            (f"`{command}` ({how})" if command else f"({how})"), "",
+            "| setup | R x S x T | precision | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms "
+            "| others' CPU |",
+            "|---|---|---|---:|---:|---:|---:|---|---|---:|",
+        ]
+        for p in ordered(self.points):
+            c = p.candidate
+            name = p.name if c is None else "corepipe " + (f"**{p.name}** (chosen)" if p is self.chosen else p.name)
+            lines.append(
+                f"| {name} | {'-' if c is None else f'{c.replicas} x {c.stages} x {c.threads}'} | {p.precision} | "
+                f"{num(p.req_per_s)} | {f'{p.req_per_s / best:.2f}' if best else '-'} | {num(p.p50_s * 1e3)} | "
+                f"{'-' if p.p99_s is None else num(p.p99_s * 1e3)} | {'yes' if p.name in front else ''} | "
+                f"{'' if p.predicted is None else f'{num(p.predicted[0])}, {num(p.predicted[1] * 1e3)}'} | "
+                f"{'' if p.foreign_cpu is None else f'{p.foreign_cpu:.0%}'} |")
+        return "\n".join([*lines, "", *self.summary(), ""]) + "\n"
+
+
+def ordered(points: list[Point]) -> list[Point]:
+    """Candidates first, then peers, each by throughput, most first."""
+    return sorted(points, key=lambda p: (p.kind != "candidate", -p.req_per_s))
+
+
+def _across(a: Point, b: Point) -> str:
+    """``"; bf16 over fp32"`` where the two ran at different precisions, else nothing."""
+    return "" if a.precision == b.precision else f"; {a.precision} over {b.precision}"

@@ -1,0 +1,255 @@
+"""`corepipe.tune`: measure candidate (replicas, stages, threads) plans under real load against the
+peers, choose one by objective, and write it as an artifact with its deployment.
+
+Steps: analyse the model (cost model per stage count); measure the peers with bench's own
+harness (same inputs, same run); predict every candidate of the `SearchSpace` and prune;
+compile each kept candidate (balanced under load in its own deployment when it has stages to
+balance) and measure it with one request per stage worker in flight; choose; answer the
+capacity question when asked; then write the chosen artifact, ``tune.png`` and ``tune.json``
+into the output directory in one atomic step, so a failure or Ctrl-C anywhere before leaves it
+untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from ..artifact.deployment import OBJECTIVES, Deployment
+from ..artifact.manifest import open_artifact
+from ..artifact.writer import check_output_dir, republish_artifact
+from ..bench.traffic import ModelSource, Traffic, resolve_model
+from ..compiler.choose import check_request, resolve_precision
+from ..compiler.driver import BALANCES
+from ..compiler.driver import compile as compile_model
+from ..compiler.estimate import estimate_model
+from ..errors import CorepipeError, DeploymentError
+from ..runtime.placement import resolve_cores
+from .capacity import answer, parse_duration
+from .choose import Point, choose
+from .measure import Peers, measure_candidate, watched
+from .plot import render_png
+from .result import TuneResult
+from .space import Candidate, CostModel, SearchSpace, select, slowest_shares
+
+__all__ = ["tune", "TuneProgress"]
+
+#: ``progress(message, done, total)``: the search so far, as `corepipe.compile`'s progress.
+TuneProgress = Callable[[str, int, int], None]
+
+
+def tune(
+    model: ModelSource,
+    out: str | os.PathLike[str],
+    *,
+    num_cores: int | None = None,
+    objective: str = "throughput",
+    latency_budget: float | str | None = None,
+    precision: str | None = None,
+    engine: str = "auto",
+    rate: float | None = None,
+    p99: float | str | None = None,
+    repeats: int = 1,
+    progress: TuneProgress | None = None,
+    on_point: Callable[[Point], None] | None = None,
+    peers: bool = True,
+    seconds: float = 3.0,
+    balance: str = "load",
+    load_rounds: int = 3,
+    max_candidates: int = 6,
+    max_cores: int = 1024,
+    tie: float = 0.03,
+    example_inputs: Mapping[str, np.ndarray] | None = None,
+) -> TuneResult:
+    """Measure plans of R replicas x S stages x T threads per stage (R x S x T = K cores) under
+    load, against the peers, and write the best as an artifact with its deployment.
+
+    >>> result = corepipe.tune("zoo:mlp", "mlp_tuned/", num_cores=2, seconds=0.5)   # doctest: +SKIP
+    >>> result.chosen.replicas, result.chosen.stages, result.chosen.threads          # doctest: +SKIP
+    >>> [(p.name, p.req_per_s) for p in result.pareto]                               # doctest: +SKIP
+
+    Args:
+        model: an ``.onnx`` path, ``"zoo:NAME"`` or a ModelProto.
+        out: the artifact directory to write (new, empty, or an artifact to replace).
+        num_cores: K (default: every core this process may run on).
+        objective: ``"throughput"`` (most req/s) or ``"latency"`` (least p50 under load).
+        latency_budget: only plans whose measured p99 is within it are chosen: seconds, or a
+            duration such as ``"150ms"``.
+        precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"``: every candidate
+            is compiled at it and the OpenVINO peers run at it (see `corepipe.compile`).
+        engine: the candidates' compile engine (``"auto"``: per stage).
+        rate, p99: the capacity question, in req/s and seconds (or ``"100ms"``): the cores and replicas of a
+            measured plan that hold ``rate`` within a p99 latency of ``p99`` (at most ``max_cores``).
+        repeats: measure every point this many times, in turn, keeping each one's best run
+            (interference from other work on the machine only ever slows a run).
+        progress: called with ``(message, done, total)`` as the search advances.
+        on_point: called with each `Point` as it is measured (a live table).
+        peers: measure the peers in the same run: onnxruntime 1 and K threads, K sessions, one
+            session shared by K threads, OpenVINO THROUGHPUT and LATENCY.
+        seconds: how long each measurement streams requests (longer: steadier figures).
+        balance: how candidates with several stages are cut: ``"load"`` (default: under the
+            load they are measured at), ``"measure"`` or ``"estimate"``.
+        load_rounds: the cuts ``balance="load"`` tries per candidate (as `corepipe.compile`).
+        max_candidates: candidates measured (the cost model prunes the rest).
+        tie: figures within this fraction of the best on the objective count as equal; the
+            better one on the other axis is chosen among them (`corepipe.tune.choose`).
+        example_inputs: the request to send (default: the built-in model's, else random).
+
+    Returns:
+        A `TuneResult`: ``.chosen``, ``.points``, ``.peers``, ``.pareto``, ``.capacity``,
+        ``.path``; the artifact, ``tune.png`` and ``tune.json`` are in ``out``.
+
+    Raises:
+        DeploymentError: K over the cores available, no plan within the latency budget, or a
+            rate no core count up to ``max_cores`` holds. Nothing is written then.
+        CompileError, ArtifactError: as `corepipe.compile`; ``out`` holds foreign files.
+        CorepipeError: no matplotlib (``tune.png`` is part of what it writes).
+    """
+    started = time.perf_counter()
+    latency_budget, p99 = _seconds(latency_budget), _seconds(p99)
+    if objective not in OBJECTIVES:
+        raise DeploymentError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if (rate is None) != (p99 is None):
+        raise DeploymentError("the capacity question needs both a rate and a p99 latency: pass rate= and p99=")
+    if balance not in BALANCES:
+        raise CorepipeError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    traffic = Traffic(inputs=example_inputs, seconds=seconds)
+    use = resolve_cores(num_cores)
+    k = len(use)
+    prec = resolve_precision(precision)
+    check_request(engine, prec)
+    check_output_dir(out)  # before minutes of measuring, not after
+    if importlib.util.find_spec("matplotlib") is None:  # tune.png is part of the artifact it writes
+        raise CorepipeError("tune draws tune.png with matplotlib: pip install 'corepipe[plot]'")
+    best: dict[str, Point] = {}  # name -> the best of its repeats (interference only slows)
+    failed: list[tuple[str, str]] = []
+    state = {"done": 0, "total": 4}
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message, state["done"], state["total"])
+
+    def add(point: Point) -> None:
+        state["done"] += 1
+        old = best.get(point.name)
+        if old is not None:
+            keep = point if point.req_per_s > old.req_per_s else old
+            point = dataclasses.replace(keep, runs=old.runs + 1)
+        best[point.name] = point
+        if on_point is not None:
+            on_point(point)
+        say(f"measured {point.name}")
+
+    with tempfile.TemporaryDirectory(prefix="corepipe-tune-") as tmp:
+        work = Path(tmp)
+        say("analyse the model")
+        path, zoo_feeds = resolve_model(model, work)
+        inputs = traffic.inputs or zoo_feeds
+        space = SearchSpace(k)
+        est = estimate_model(path, set(space.stage_counts()), example_inputs=inputs)
+        feeds = traffic.feeds(list(est.inputs), zoo_feeds)
+        pool = space.bounded(est.min_stages, est.max_stages).candidates()
+        if not pool:
+            raise DeploymentError(
+                f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
+                f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
+        harness = Peers(path, feeds, use, traffic, prec, work)
+        peer_runs = harness.measurers() if peers else []
+        state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
+        for what, measure in peer_runs:
+            say(f"peer: {what}")
+            add(watched(measure))
+        one_s, kthreads_s = harness.calibrated(best)
+        costs = CostModel(one_core_s=one_s or est.one_core_s, cores=k, k_thread_s=kthreads_s,
+                          slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
+                          memory_bytes=int(psutil.virtual_memory().available * 0.8))
+        chosen_c, pruned_c = select(pool, costs, objective=objective, keep=max_candidates)
+        state["total"] = repeats * (len(peer_runs) + len(chosen_c))
+        artifacts: dict[str, tuple[Candidate, Path]] = {}
+
+        def run_candidate(c: Candidate, art: Path) -> Point:
+            how = balance if c.stages > 1 else "estimate"
+            return measure_candidate(c, art, feeds, use, traffic, costs, how, prec, say)
+
+        for i, c in enumerate(chosen_c):
+            how = balance if c.stages > 1 else "estimate"
+            say(f"{c.label}: compile ({how} balance)")
+
+            def sub(step: str, done: int, total: int, label: str = c.label) -> None:
+                say(f"{label}: {step}" + (f" {done}/{total}" if total > 1 and ": " not in step else ""))
+
+            try:
+                cm = compile_model(
+                    path, work / f"cand{i}", num_cores=c.stages, example_inputs=inputs, balance=how,
+                    engine=engine, precision=prec,
+                    deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=k),
+                    load_rounds=load_rounds, load_seconds=seconds, progress=sub)
+            except CorepipeError as exc:  # e.g. a cut the graph does not allow: the others go on
+                failed.append((c.label, str(exc)))
+                state["total"] -= repeats
+                continue
+            artifacts[c.label] = (c, cm.path)
+            add(run_candidate(c, cm.path))
+        for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
+            for what, measure_peer in peer_runs:
+                say(f"peer: {what} (again)")
+                add(watched(measure_peer))
+            for c, art in artifacts.values():
+                add(run_candidate(c, art))
+        points = list(best.values())
+        chosen = choose(points, objective, latency_budget, tie=tie)
+        capacity = None
+        if rate is not None and p99 is not None:
+            capacity = answer(points, rate, p99, measured_cores=k, max_cores=max_cores)
+        result = TuneResult(
+            model=_name(model), cores=k, objective=objective, latency_budget_s=latency_budget, points=points,
+            pruned=[(c, costs.predict(c)) for c in pruned_c if costs.fits(c)], chosen=chosen,
+            path=Path(out), host=f"{os.uname().machine}, {len(resolve_cores(None))} cores",
+            seconds=0.0, capacity=capacity, failed=failed, repeats=repeats, tie=tie, precision=prec,
+        )
+        say("write the artifact")
+        result.seconds = time.perf_counter() - started
+        _write(result, artifacts[chosen.name][1])
+    return result
+
+
+def _seconds(value: float | str | None) -> float | None:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if value is not None and not value > 0:
+        raise DeploymentError(f"a latency must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def _name(model: ModelSource) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return "ModelProto"
+
+
+def _write(result: TuneResult, source: Path) -> None:
+    """The chosen artifact with its deployment, the picture and the figures, in one step."""
+    chosen, c = result.chosen, result.chosen.candidate
+    assert c is not None
+    art = open_artifact(source)
+    deployment = Deployment(
+        replicas=c.replicas, threads_per_stage=c.threads, cores=result.cores,
+        objective=result.objective, throughput=chosen.req_per_s, latency_p50_s=chosen.p50_s,
+        latency_p99_s=chosen.p99_s,
+    )
+    plan = dataclasses.replace(art.plan, deployment=deployment,
+                               notes=art.plan.notes + (f"tuned for {result.objective} on {result.cores} cores",))
+    title = (f"{result.model}: {result.cores} cores, objective {result.objective} "
+             f"(chosen {chosen.name}: {chosen.req_per_s:,.4g} req/s, p50 {chosen.p50_s * 1e3:.4g} ms)")
+    png = render_png(result.points, chosen, title=title)
+    data = (json.dumps(result.to_dict(), indent=1, default=float) + "\n").encode()
+    republish_artifact(art, result.path, plan, extras={"tune.png": png, "tune.json": data})
