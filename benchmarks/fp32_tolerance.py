@@ -25,7 +25,7 @@ from corepipe import zoo
 from corepipe.engines.tolerance import fp32_excess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from graphcases import all_cases  # noqa: E402
+from graphcases import all_cases
 
 seen: list[tuple[float, float]] = []
 _differs = measure.differs
