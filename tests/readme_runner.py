@@ -263,6 +263,7 @@ class Runner:
 
     def python(self, step: Step) -> None:
         code = small_python(self.swap("".join(PRELUDES[name] for name in step.prelude) + step.text))
+        write_missing_models(re.findall(r'"([\w./-]+\.onnx)"', code), self.workdir)
         script = self.workdir / f"readme_L{step.line}.py"
         script.write_text(code)
         argv, _ = module_command("corepipe")

@@ -4,13 +4,16 @@ README quotes, produced for real."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import onnx
 
 from corepipe import zoo
+from corepipe.runtime.process import module_command
 
 #: Built-in models swapped for small ones of the same kind (same input names and dtypes).
 SMALL = {"resnet50": "tiny_cnn", "densenet121": "tiny_cnn", "inception_v1": "tiny_cnn", "bert": "mlp"}
@@ -86,8 +89,8 @@ def small_python(code: str) -> str:
 
 
 def write_missing_models(args: list[str], workdir: Path) -> None:
-    """An ``.onnx`` file a command reads that no earlier step wrote: a one-layer BERT with BERT's
-    inputs when its name says ``bert``, else the MLP."""
+    """An ``.onnx`` file a command or a Python block reads that no earlier step wrote: a one-layer
+    BERT with BERT's inputs when its name says ``bert``, else the MLP."""
     for i, word in enumerate(args):
         if not word.endswith(".onnx") or (i and args[i - 1] in WRITES) or (workdir / word).exists():
             continue
@@ -98,27 +101,39 @@ def write_missing_models(args: list[str], workdir: Path) -> None:
         onnx.save(model, str(workdir / word))
 
 
+_ERRORS_SCRIPT = """
+import json, sys
+import numpy as np
+import corepipe
+from corepipe import zoo
+from corepipe.runtime.process import module_command
+
+out = []
+for name, kwargs in (("bert", {"core_memory": "64MiB"}), ("resnet50", {"core_memory": "32MiB", "num_cores": 2})):
+    model, feeds = zoo.get(name)
+    try:
+        corepipe.compile(model, f"errors_{name}", example_inputs=feeds, **kwargs)
+    except corepipe.CorepipeError as exc:
+        out.append(str(exc))
+model = zoo.bert(num_layers=1, hidden=64, heads=2, intermediate=128, vocab=1000)
+feeds = zoo.example_inputs(model)
+cm = corepipe.compile(model, "errors_bert_small", example_inputs=feeds, num_cores=1)
+with corepipe.load(cm.path, backend="inline") as pipe:
+    try:
+        pipe.run({**feeds, "input_ids": np.zeros((1, 64), np.float32)})
+    except corepipe.InputError as exc:
+        out.append(str(exc))
+print(json.dumps(out))
+"""
+
+
 def real_errors(workdir: Path) -> list[str]:
     """The text of errors corepipe raises for the README's examples of them: BERT-base in cores of
     64 MiB, ResNet-50 in 2 cores of 32 MiB, and a request of the wrong dtype and shape for BERT's
-    signature (a one-layer BERT with BERT-base's inputs)."""
-    import numpy as np
-
-    import corepipe
-
-    out = []
-    for name, kwargs in (("bert", {"core_memory": "64MiB"}), ("resnet50", {"core_memory": "32MiB", "num_cores": 2})):
-        model, feeds = zoo.get(name)
-        try:
-            corepipe.compile(model, workdir / f"errors_{name}", example_inputs=feeds, **kwargs)  # type: ignore[arg-type]
-        except corepipe.CorepipeError as exc:
-            out.append(str(exc))
-    model = zoo.bert(num_layers=1, hidden=64, heads=2, intermediate=128, vocab=1000)
-    feeds = zoo.example_inputs(model)
-    cm = corepipe.compile(model, workdir / "errors_bert_small", example_inputs=feeds, num_cores=1)
-    with corepipe.load(cm.path, backend="inline") as pipe:
-        try:
-            pipe.run({**feeds, "input_ids": np.zeros((1, 64), np.float32)})
-        except corepipe.InputError as exc:
-            out.append(str(exc))
-    return out
+    signature (a one-layer BERT with BERT-base's inputs). In a process of its own: BERT-base's
+    418 MiB would otherwise stay in the test process's heap."""
+    argv, env = module_command("corepipe")
+    argv = argv[: argv.index("-m")] + ["-c", _ERRORS_SCRIPT]
+    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -33,7 +33,7 @@ What is swapped, the only changes, so that it runs in a few minutes here:
 - `SMALL`: the big built-in models become small ones of the same kind (``zoo:bert`` ->
   ``zoo:mlp``...), in commands and in Python (``zoo.get("bert")``, ``"zoo:resnet50"``, and
   ResNet-50's input shape for tiny_cnn's); ``demo`` runs ``--model tiny_cnn``; an ``.onnx`` file a
-  command reads that no earlier step wrote is written by the test (a one-layer BERT when its name
+  command or a Python block reads that no earlier step wrote is written by the test (a one-layer BERT when its name
   says ``bert``, else the MLP); Neuron's ``--num-neuroncores 16`` in Python becomes 2.
 - The ports the README names (8000, 8001, 8080, 8081, 6379) become free ones, ``HEAD_IP`` the
   loopback, ``$TOKEN`` a token; perf_analyzer measures in count windows (`PERF_ANALYZER_ARGS`).

@@ -54,6 +54,9 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Keras 3 models exported as SavedModels, once per session: ResNet-50 (weights=None), a small
     text model with two int32 inputs, and a small CNN that computes in float16."""
     root = tmp_path_factory.mktemp("savedmodels")
+    # Keras 3 names unnamed inputs keras_tensor, keras_tensor_1, ... by a process-wide count: start
+    # it afresh, as the seed's own script would, whatever Keras models earlier tests made.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     keras.applications.ResNet50(weights=None).export(str(root / "rn50"), verbose=False)
 
