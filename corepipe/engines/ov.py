@@ -211,12 +211,24 @@ class OpenVinoEngine(Engine):
 
         if not self._bindable or any(a.size == 0 or not a.flags.c_contiguous for a in (*inputs, *outputs)):
             return None  # the caller runs and copies instead
+        if not self._fixed_outputs([a.shape for a in outputs]):
+            return None  # the caller runs, checks and copies instead
         request = self.compiled.create_infer_request()  # one per slot: its tensors stay set
         for port, arr in zip(self._in_ports, inputs):
             request.set_input_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
         for port, arr in zip(self._out_ports, outputs):
             request.set_output_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
         return (request, list(inputs), list(outputs))
+
+    def _fixed_outputs(self, shapes: Sequence[tuple[int, ...]]) -> bool:
+        """Whether OpenVINO compiled every output port to exactly ``shapes``. A port whose shape
+        depends on the data would reshape a bound tensor in place to whatever it computes (an
+        impossible Reshape gives (0, 0)), while the slot still says the compiled shape."""
+        for port, shape in zip(self._out_ports, shapes):
+            ps = self.compiled.outputs[port].get_partial_shape()
+            if not ps.is_static or tuple(int(d) for d in ps.to_shape()) != tuple(shape):
+                return False
+        return True
 
     def run_bound(self, binding: Any) -> None:
         if self.outputs:
