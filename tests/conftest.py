@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NoReturn
 
 # Keep every test's Ray traffic on the loopback: Ray reads this when it is imported, and binds the
 # machine's other interface without it (the clusters' nodes also name node_ip_address=127.0.0.1).
@@ -46,7 +47,7 @@ def pytest_make_collect_report(collector):
     _fail_missing_packages_in_ci(outcome.get_result())
 
 
-def skip_unless_ci(reason: str) -> None:
+def skip_unless_ci(reason: str) -> NoReturn:
     """Skip a test that cannot run here, saying why; in CI (``CI=true``) fail it instead: CI must
     run everything the README promises, so a missing tool there is a broken CI, not a skip."""
     if IN_CI:
