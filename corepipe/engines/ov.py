@@ -183,9 +183,16 @@ class OpenVinoEngine(Engine):
         return (request, list(inputs), list(outputs))
 
     def run_bound(self, binding: Any) -> None:
-        if self.outputs:
-            request = binding[0]
-            request.start_async()  # not infer(): that would copy every output into a new array
+        if not self.outputs:
+            return
+        request = binding[0]
+        if self.threads == 1:
+            # One thread: run on the calling thread (its core), with no hand-over to OpenVINO's
+            # stream thread and back. share_outputs: the results are views of the bound tensors,
+            # never copies (benchmarks/RESULTS.md, "OpenVINO settings against the THROUGHPUT peer").
+            request.infer(share_outputs=True)
+        else:  # several threads: the stream's own threads (its arena) run it
+            request.start_async()
             request.wait()
 
     def addresses(self, binding: Any) -> tuple[list[int], list[int]]:
