@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from conftest import compiled_chain
-from graphcases import all_cases, run_reference
+from graphcases import case_index_from_request, run_reference
 
 import corepipe
 from corepipe.runtime.process import module_command
@@ -35,7 +35,9 @@ def auth() -> dict[str, str]:
 @dataclass
 class Repo:
     """``chain``: 3 stages, output depends on input (feeds + onnxruntime answers on the whole
-    model); ``gather``: 2 stages whose Gather fails on out-of-range ids (a stage error)."""
+    model); ``gather``: 2 stages whose Gather fails on out-of-range ids (a stage error);
+    ``simple``: Triton's example model (INT32 INPUT0, INPUT1 [1,16] -> their sum OUTPUT0 and
+    difference OUTPUT1), which Triton's client examples call."""
 
     path: Path
     feeds: list[dict[str, np.ndarray]]
@@ -50,13 +52,30 @@ def build_repo(directory: Path) -> Repo:
     repo = directory / "repo"
     repo.mkdir()
     shutil.copytree(path, repo / "chain")
-    case = next(c for c in all_cases() if c.name == "shared_weight_far")
-    # onnxruntime checks Gather's indices; OpenVINO reads 0 out of range (see engines/ov.py).
+    case = case_index_from_request()  # an index computed from the request: only its stage can check it
     corepipe.compile(case.model, repo / "gather", example_inputs=case.inputs(), num_cores=2, engine="onnxruntime")
+    build_simple(repo / "simple")
     ids = next(n for n, v in case.feeds.items() if v.dtype == np.int64)
     bad = dict(case.feeds)
     bad[ids] = np.full_like(case.feeds[ids], 10**9)  # out of the table: Gather raises in stage 0
     return Repo(repo, feeds, refs, dict(case.feeds), run_reference(case.model, case.feeds), bad)
+
+
+def build_simple(path: Path) -> None:
+    """Triton's ``simple`` model (its client examples' model), compiled into ``path`` (2 stages)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.INT32, [1, 16]) for n in ("INPUT0", "INPUT1")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.INT32, [1, 16]) for n in ("OUTPUT0", "OUTPUT1")]
+    graph = helper.make_graph([
+        helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"], name="add"),
+        helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"], name="sub"),
+    ], "simple", io, outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    x = {"INPUT0": np.arange(16, dtype=np.int32).reshape(1, 16), "INPUT1": np.ones((1, 16), np.int32)}
+    corepipe.compile(model, path, example_inputs=x, num_cores=2)
 
 
 def check(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:

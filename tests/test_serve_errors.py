@@ -95,9 +95,9 @@ def test_malformed_json_and_binary_header_are_400(served, serve_repo):
 
 def test_unknown_model_is_404_and_not_found(served, serve_repo):
     status, error, _ = _http_error(served, json_request(serve_repo.feeds[0]), model="nope")
-    assert status == 404 and "unknown model 'nope'" in error and "chain" in error
+    assert status == 404 and "Request for unknown model: 'nope' is not found" in error and "chain" in error
     code, details = _grpc_error(served, _grpc_request(serve_repo.feeds[0], model="nope"))
-    assert code == grpc.StatusCode.NOT_FOUND and "unknown model 'nope'" in details
+    assert code == grpc.StatusCode.NOT_FOUND and "Request for unknown model: 'nope'" in details
     client = httpclient.InferenceServerClient(served.http)
     with pytest.raises(InferenceServerException, match="404"):
         client.get_model_metadata("nope", headers=auth())

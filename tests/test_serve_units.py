@@ -15,7 +15,7 @@ from corepipe import CorepipeError, InputError
 from corepipe.artifact.plan import TensorSpec
 from corepipe.serve.codec import encode_response, parse_request, select_outputs
 from corepipe.serve.config import split_cores
-from corepipe.serve.grpc_service import feeds_of
+from corepipe.serve.grpc_service import request_of
 from corepipe.serve.proto import grpc_service_pb2 as pb
 from corepipe.serve.tfserving import encode_predict, parse_predict
 
@@ -50,8 +50,12 @@ def test_json_and_binary_tensors_decode_to_the_same_arrays():
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},'
      b' {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', "given twice"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1],'
-     b' "parameters": {"shared_memory_region": "r"}}]}', "not supported"),
-    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', "neither"),
+     b' "parameters": {"shared_memory_region": "r"}}]}', "gives data and parameters.shared_memory_region"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"shared_memory_offset": 4}}]}',
+     "need a shared_memory_region"),
+    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}', "classification"),
+    (b'{"id": true, "inputs": []}', '"id" must be a string or a number'),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', "none of"),
 ])
 def test_malformed_requests_say_what_is_wrong(body, message):
     with pytest.raises(InputError, match=message):
@@ -91,7 +95,7 @@ def test_tfserving_row_and_columnar_batches_split_into_batch_1_requests():
     assert json.loads(rows) == {"predictions": [[1.0, 2.0], [1.0, 2.0]]}
     cols = encode_predict([{"y": np.array([[1.0, 2.0]])}] * 2, [TensorSpec("y", "float32", (1, 2))], "columnar")
     assert json.loads(cols) == {"outputs": [[1.0, 2.0], [1.0, 2.0]]}
-    with pytest.raises(InputError, match="fractional"):
+    with pytest.raises(InputError, match="INT64 values must be whole numbers"):
         parse_predict(b'{"instances": [{"x": [1, 2, 3], "ids": [1.5, 2]}]}', [X, IDS])
     with pytest.raises(InputError, match="either"):
         parse_predict(b'{"instances": [], "inputs": []}', [X])
@@ -112,14 +116,24 @@ def test_grpc_typed_and_raw_contents():
     req = pb.ModelInferRequest(model_name="m")
     t = req.inputs.add(name="ids", datatype="INT64", shape=[1, 2])
     t.contents.int64_contents.extend([3, 4])
-    np.testing.assert_array_equal(feeds_of(req)["ids"], [[3, 4]])
+    np.testing.assert_array_equal(request_of(req).feeds["ids"], [[3, 4]])
     raw = pb.ModelInferRequest(model_name="m")
     raw.inputs.add(name="x", datatype="FP32", shape=[1, 3])
     raw.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
-    np.testing.assert_array_equal(feeds_of(raw)["x"], np.ones((1, 3)))
+    np.testing.assert_array_equal(request_of(raw).feeds["x"], np.ones((1, 3)))
     raw.inputs.add(name="y", datatype="FP32", shape=[1])
     with pytest.raises(InputError, match="1 entries for 2 inputs"):
-        feeds_of(raw)
+        request_of(raw)
+    # An input in shared memory takes no raw contents: the others line up without it.
+    raw.inputs[0].parameters["shared_memory_region"].string_param = "in"
+    raw.inputs[0].parameters["shared_memory_byte_size"].int64_param = 12
+    raw.raw_input_contents[0] = np.full((1,), 7, np.float32).tobytes()
+    req = request_of(raw)
+    assert req.shm_inputs["x"].region == "in" and req.shm_inputs["x"].byte_size == 12
+    np.testing.assert_array_equal(req.feeds["y"], [7])
+    raw.raw_input_contents.append(b"\0" * 4)
+    with pytest.raises(InputError, match=r"2 entries for 1 inputs \(1 more are in shared memory\)"):
+        request_of(raw)
 
 
 def test_admission_window_bridges_futures_without_blocking_the_loop(tmp_path):

@@ -119,7 +119,7 @@ def weight_in_stages(out: Path, plan: Plan, weight: str) -> int:
 
 
 def check_shared_weight(seen: Seen) -> bool:
-    table = 16 * 8 * 4  # emb_table: float32[16, 8]
+    table = 160 * 8 * 4  # emb_table: float32[160, 8]
     for plan, out in zip(seen.plans, seen.dirs):
         heavy = [st for st in plan.stages if st.resident_bytes >= table]
         if len(heavy) >= 2 and weight_in_stages(out, plan, "emb_table") >= 2:
@@ -152,10 +152,14 @@ INTERESTING: dict[str, tuple[str, Check]] = {
                          lambda s: outer_read(s, "Loop", "t")),
     "scan_outer_scope": ("a stage running Scan takes outer 'o' as input",
                          lambda s: outer_read(s, "Scan", "o")),
-    "shared_weight_far": ("two stages both hold and count emb_table", check_shared_weight),
+    "shared_weight_far": ("two stages both hold and count emb_table, and none a transposed copy",
+                          lambda s: check_shared_weight(s)
+                          and not any(weight_in_stages(d, p, "emb_t") for p, d in zip(s.plans, s.dirs))),
     "optional_empty_inputs": ("'c2' and 'p2' cross", lambda s: crosses(s, "c2") and crosses(s, "p2")),
-    "shape_arith_int64": ("int64[2] 'new_shape' crosses",
-                          lambda s: crosses(s, "new_shape") and has_dtype(s, "int64", (2,))),
+    # The static input shape decides the arithmetic: its values are folded into weights.
+    "shape_arith_int64": ("'new_shape' is a constant: it never crosses, the last stage emits it",
+                          lambda s: never_crosses(s, "new_shape", "d12", "pos_2d")
+                          and all("new_shape" in p.stages[-1].outputs for p in s.plans)),
     "constant_nodes": ("'x' crosses; folded constants never do",
                        lambda s: crosses(s, "x") and never_crosses(s, *CONSTANTS)),
     "input_is_output": ("input 'x' is carried to the outputs", lambda s: carried(s, "x")),
@@ -163,9 +167,9 @@ INTERESTING: dict[str, tuple[str, Check]] = {
                               last_stage_emits_w_and_two_stages_hold_it),
     "output_early": ("output 'early' is carried past a stage", lambda s: carried(s, "early")),
     "float16": ("a float16 tensor crosses", lambda s: has_dtype(s, "float16")),
-    "symbolic_dims": ("inputs fixed to [2,5,8]; 'pos_col' crosses",
+    "symbolic_dims": ("inputs fixed to [2,5,8]; 'pos_col', made from the fixed seq, never crosses",
                       lambda s: all(p.inputs[0].shape == (2, 5, 8) for p in s.plans)
-                      and crosses(s, "pos_col")),
+                      and never_crosses(s, "pos_col", "shp", "seq_len")),
     "multi_io": ("'out_early' and int64 'ids' cross together",
                  lambda s: crosses(s, "out_early", "ids") and carried(s, "out_early")),
     "unused_input": ("'unused' stays a model input but never crosses",

@@ -13,6 +13,7 @@ import numpy as np
 
 from .deployment import Deployment
 from .target import Target
+from .valuechecks import ValueCheck
 
 __all__ = ["TensorSpec", "StagePlan", "Plan"]
 
@@ -140,6 +141,9 @@ class Plan:
 
     ``deployment``: how to run it (replicas x threads per stage on K cores), when `tune` chose
     one or `compile` was given one; ``None`` leaves it to `load`'s arguments.
+
+    ``input_checks``: what request values the model's index and size operands allow, checked
+    at intake (`corepipe.artifact.valuechecks`); absent from artifacts compiled before them.
     """
 
     target: Target
@@ -151,6 +155,7 @@ class Plan:
     balance: str = "estimate"
     notes: tuple[str, ...] = field(default=())
     deployment: Deployment | None = None
+    input_checks: tuple[ValueCheck, ...] = ()
 
     @property
     def num_cores(self) -> int:
@@ -236,6 +241,9 @@ class Plan:
             raise ValueError("the last boundary must hold exactly the model outputs, in order")
         if self.deployment is not None:
             self.deployment.validate(n)
+        unknown = sorted({c.input for c in self.input_checks} - model_inputs)
+        if unknown:
+            raise ValueError(f"input checks name {unknown}, which are not model inputs")
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -250,6 +258,8 @@ class Plan:
         }
         if self.deployment is not None:  # absent in artifacts without one, as before
             out["deployment"] = self.deployment.to_dict()
+        if self.input_checks:  # absent where there is nothing to check, as in older artifacts
+            out["input_checks"] = [c.to_dict() for c in self.input_checks]
         return out
 
     @classmethod
@@ -266,4 +276,5 @@ class Plan:
             balance=str(data.get("balance", "estimate")),
             notes=tuple(str(x) for x in data.get("notes", ())),
             deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
+            input_checks=tuple(ValueCheck.from_dict(c) for c in data.get("input_checks", [])),
         )

@@ -169,6 +169,15 @@ def _bottleneck_line(plan: Plan, slowest: float, kind: str) -> str:
             f"{', '.join(map(str, slow))} ({_ms(slowest)} ms {kind} in all)")
 
 
+def stage_warnings(plan: Plan) -> list[str]:
+    """One ``warning:`` line per stage that fell back to another engine (``*`` in the table) or
+    whose graph OpenVINO reads as not static, with the reason the plan keeps."""
+    lines = [f"warning: stage {st.index} falls back to {st.engine} {st.precision} (* in the table): {st.fallback}"
+             for st in plan.stages if st.fallback]
+    lines += [f"warning: {n}" for n in plan.notes if n.startswith("stage ") and " is not static: " in n]
+    return lines
+
+
 def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     """Cores, bottleneck, what the stage times allow pipelined (1/max) vs one core (1/sum), artifact.
 
@@ -200,11 +209,9 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
         kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
     lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
         f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
-    fallbacks = [f"  * stage {st.index}: {st.fallback}" for st in plan.stages if st.fallback]
-    if fallbacks:
-        lines.append("engine fallbacks (* in the table):")
-        lines.extend(fallbacks)
+    lines.extend(stage_warnings(plan))
     lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
+    lines.extend(n for n in plan.notes if n.startswith("intake checks "))  # what request values may hold
     timed = [n for n in plan.notes if " on one core: " in n]
     if timed:
         lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))

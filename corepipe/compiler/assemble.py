@@ -18,8 +18,12 @@ from . import solver
 from .choose import Choice, candidates
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for, place_stages, stage_plans
+from .unchecked import check_notes, find_unchecked, onnxruntime_stages
 
-__all__ = ["check_engines", "make_plan", "write_stages", "engine_notes"]
+__all__ = ["check_engines", "make_plan", "write_stages", "engine_notes", "NOT_STATIC"]
+
+#: How a plan note says that a stage graph is not static (``NOT_STATIC.format(stage)`` + why).
+NOT_STATIC = "stage {} is not static: "
 
 
 def check_engines(
@@ -36,7 +40,8 @@ def check_engines(
     order = candidates(engine)
     trials = time_stages_on(graph, list(bounds), example_inputs, order, precision, repeats=0)
     report("check engines", 1, 1)
-    return [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
+    unchecked = onnxruntime_stages(graph, bounds)
+    return [t.choice(order, precision, s, engine, unchecked.get(s)) for s, t in enumerate(trials)]
 
 
 def make_plan(
@@ -46,7 +51,9 @@ def make_plan(
     notes: Sequence[str] = (),
 ) -> Plan:
     """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
-    (``measured``) or under load (``loaded``), and the deployment to record."""
+    (``measured``) or under load (``loaded``), the deployment to record, and the checks the
+    intake makes on request values (`corepipe.compiler.unchecked`)."""
+    checks = find_unchecked(graph).checks
     k = len(bounds) - 1
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
@@ -64,8 +71,9 @@ def make_plan(
         stages=tuple(stages),
         num_nodes=graph.n,
         balance=balance,
-        notes=tuple(notes),
+        notes=tuple(notes) + tuple(check_notes(checks)),
         deployment=deployment,
+        input_checks=tuple(checks),
     )
 
 
@@ -90,4 +98,6 @@ def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list
                 f"{e} {sec * 1e3:.2f} ms" for e, sec in sorted(c.seconds.items(), key=lambda kv: kv[1])))
         if c.fallback:
             notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
+        elif c.dynamic:
+            notes.append(f"{NOT_STATIC.format(s)}{c.dynamic}")
     return notes

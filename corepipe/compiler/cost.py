@@ -67,7 +67,7 @@ def folded_nodes(graph: ModelGraph) -> set[int]:
     """Nodes that read only weights (or other such nodes' outputs): onnxruntime folds them into
     constants when a session starts, so they cost nothing per request. GPT-2's Transpose of
     its tied embedding is one."""
-    const = set(graph.weight_bytes)
+    const = set(graph.weight_bytes) | set(graph.cones.producer)
     folded = set()
     for info in graph.nodes:
         if info.reads and info.op_type not in _RANDOM and all(r in const for r in info.reads):

@@ -380,7 +380,7 @@ def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
     if any(b >= a for a, b in zip(bounds[1:], bounds)) or bounds[-2] >= n:
         raise CompileError(
             f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}; they "
-            "index the nodes left after Constant nodes are folded into weights "
+            "index the nodes left once the model's constants are taken out "
             "(corepipe.compiler.graph.analyze(model).nodes)"
         )
     return bounds

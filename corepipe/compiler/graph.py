@@ -2,8 +2,9 @@
 static tensor types, and the tensors alive across every possible cut.
 
 `analyze` loads and checks the model, fixes symbolic dims from example inputs, turns top-level
-Constant nodes into initializers (so each stage holds its own copy instead of shipping them
-across boundaries), and infers every tensor's static type.
+Constant nodes into initializers, takes every other constant out of the node list (folded into
+a weight, or a cone of nodes each stage that reads it copies: `corepipe.compiler.constants`), so
+that no constant ever crosses a boundary, and infers every tensor's static type.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..artifact.plan import TensorSpec
-from ..artifact.protoio import load_checked, skeleton, tensor_nbytes
+from ..artifact.protoio import load_checked, tensor_nbytes
 from ..errors import CompileError
+from .constants import Cones, fold_constants, subgraph_reads
 from .probe import probe_shapes
 from .shapes import CROSSABLE, dtype_of, fix_inputs
 
@@ -32,29 +34,46 @@ class NodeInfo:
     op_type: str
     reads: tuple[str, ...]  # non-empty names read, outer-scope reads of subgraphs included
     writes: tuple[str, ...]  # non-empty names written
-    weights: tuple[str, ...]  # initializers among `reads`
+    weights: tuple[str, ...]  # initializers it needs: those it reads, and those behind constants it reads
 
 
 @dataclass
 class ModelGraph:
     """A checked model with static types and the facts a partitioner needs."""
 
-    model: onnx.ModelProto  # nodes, inputs, outputs, opsets; weights live in `initializers`
+    model: onnx.ModelProto  # nodes (`nodes`, in order), inputs, outputs, opsets; weights in `initializers`
     initializers: dict[str, onnx.TensorProto]
     nodes: list[NodeInfo]
     weight_bytes: dict[str, int]
     tensors: dict[str, TensorSpec]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    const_outputs: list[str]  # model outputs that are initializers: the last stage emits them
+    const_outputs: list[str]  # model outputs that are constants: the last stage emits them
     source_sha256: str
     live: list[list[str]]  # live[p]: tensors crossing a cut before node p (len = n + 1)
     uncrossable: dict[str, str] = field(default_factory=dict)  # name -> why it cannot cross
     weights_dir: str | None = None  # where external weights live (read when a stage needs them)
+    cones: Cones = field(default_factory=Cones)  # constants computed by nodes each reader copies
 
     @property
     def n(self) -> int:
         return len(self.nodes)
+
+    def is_constant(self, name: str) -> bool:
+        """Whether ``name`` is a weight or a constant computed from weights: never a boundary."""
+        return name in self.weight_bytes or name in self.cones
+
+    def weights_for(self, names: Iterable[str]) -> list[str]:
+        """The initializers a stage needs to hold to have ``names`` (weights or constants)."""
+        out = dict.fromkeys(n for n in names if n in self.weight_bytes)
+        out.update(dict.fromkeys(self.cones.weights_for(names)))
+        return list(out)
+
+    def stage_nodes(self, start: int, end: int, extra: Iterable[str] = ()) -> list[onnx.NodeProto]:
+        """Nodes ``start .. end - 1`` with, first, the cones of the constants they (and
+        ``extra``) read."""
+        consts = [r for node in self.nodes[start:end] for r in node.reads if r in self.cones]
+        return self.cones.nodes_for([*consts, *extra]) + list(self.model.graph.node[start:end])
 
     def boundary(self, p: int) -> list[TensorSpec]:
         return [self.tensors[name] for name in self.live[p]]
@@ -108,27 +127,6 @@ def _spec_from_value_info(vi: onnx.ValueInfoProto) -> TensorSpec | None:
             return None
         dims.append(int(d.dim_value))
     return TensorSpec(vi.name, dtype_of(tt.elem_type), tuple(dims))
-
-
-def subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names that ``node``'s subgraphs (If/Loop/Scan bodies) read, recursively."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs = [attr.g]
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs = list(attr.graphs)
-        else:
-            continue
-        for g in graphs:
-            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
-            defined |= {t.values.name for t in g.sparse_initializer}
-            for inner in g.node:
-                for name in list(inner.input) + sorted(subgraph_reads(inner)):
-                    if name and name not in defined:
-                        reads.add(name)
-                defined.update(o for o in inner.output if o)
-    return reads
 
 
 def _constant_to_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -228,16 +226,13 @@ def analyze(
         g.input.extend(keep)
     output_names = list(dict.fromkeys(o.name for o in g.output))  # a name listed twice is one output
     _fold_constants(g, set(output_names), initializers)
+    inferred, cones = fold_constants(proto, initializers, weights_dir, inputs, output_names)
+    if len(g.node) == 0:
+        raise CompileError("every output of the model is a constant (computed from its weights alone, "
+                           "whatever the inputs): there is nothing to pipeline")
     inits = set(initializers)
     weight_bytes = {name: tensor_nbytes(t) for name, t in initializers.items()}
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(
-            skeleton(proto, initializers), check_type=False, strict_mode=False, data_prop=True
-        )
-    except Exception as exc:  # inference is best effort; the probe below fills gaps
-        inferred = None
-        del exc
     tensors: dict[str, TensorSpec] = {t.name: t for t in inputs}
     uncrossable: dict[str, str] = {}
     if inferred is not None:
@@ -267,7 +262,7 @@ def analyze(
             if name and name not in reads:
                 reads.append(name)
         writes = tuple(o for o in node.output if o)
-        weights = tuple(r for r in reads if r in inits)
+        weights = tuple(dict.fromkeys([r for r in reads if r in inits] + cones.weights_for(reads)))
         label = node.name or f"{node.op_type}_{i}"
         nodes.append(NodeInfo(i, label, node.op_type, tuple(reads), writes, weights))
         if node.op_type in _NON_TENSOR_OPS and node.domain in ("", "ai.onnx"):
@@ -275,15 +270,17 @@ def analyze(
                 uncrossable.setdefault(name, "a sequence or optional")
 
     input_names = [t.name for t in inputs]
-    const_outputs = [o for o in output_names if o in inits]
-    live = _liveness(nodes, input_names, [o for o in output_names if o not in inits])
-    needed = sorted({name for names in live for name in names
+    const_outputs = [o for o in output_names if o in inits or o in cones]
+    live = _liveness(nodes, input_names, [o for o in output_names if o not in const_outputs])
+    # Every tensor inference left untyped, not just those alive across a cut: stage graphs
+    # declare a type for each of their values.
+    needed = sorted({name for node in nodes for name in node.writes
                      if name not in tensors and name not in uncrossable})
     if needed:
         cut_ok = [p in (0, len(nodes)) or not any(t in uncrossable for t in names)
                   for p, names in enumerate(live)]
         probed, odd = probe_shapes(proto, nodes, initializers, weights_dir, needed, inputs,
-                                   example_inputs, cut_ok)
+                                   example_inputs, cut_ok, cones)
         tensors.update(probed)
         uncrossable.update(odd)
     bad_out = [o for o in output_names if o in uncrossable]
@@ -306,4 +303,5 @@ def analyze(
         live=live,
         uncrossable=uncrossable,
         weights_dir=weights_dir,
+        cones=cones,
     )

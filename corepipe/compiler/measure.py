@@ -22,9 +22,10 @@ from ..artifact.target import Target
 from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
 from . import solver
-from .choose import Choice, differs, engine_precision, failure_error, fallback_note, io_names
+from .choose import Choice, data_choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
+from .unchecked import onnxruntime_stages
 
 __all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on", "example_feeds"]
 
@@ -37,19 +38,28 @@ class StageTime:
     passed: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
+    dynamic: str | None = None  # why OpenVINO's reader finds the stage not static, if it does
 
-    def choice(self, order: Sequence[str], precision: str, stage: int, engine: str) -> Choice:
+    def choice(self, order: Sequence[str], precision: str, stage: int, engine: str,
+               unchecked: str | None = None) -> Choice:
         """The engine to use: the fastest one timed (else the first in ``order`` that passed) at
         the precision asked for; one that runs another precision (onnxruntime when bf16 was
-        asked for) only where none at that precision passed."""
+        asked for) only where none at that precision passed. ``unchecked``: why the stage must
+        run on onnxruntime (request data reaches an operand openvino does not check)."""
         ok = [e for e in order if e in self.passed]
         if not ok:
             raise failure_error(stage, next(iter(self.failures.values())), engine)
+        if unchecked is not None:
+            return data_choice(stage, unchecked, engine, "onnxruntime" in self.passed, self.seconds,
+                               fallback_note([f for e, f in self.failures.items() if e in order]))
         same = [e for e in ok if engine_precision(e, precision) == precision] or ok
         timed = [e for e in same if e in self.seconds]
         best = min(timed, key=lambda e: self.seconds[e]) if timed else same[0]
         failed = [f for e, f in self.failures.items() if e in order]
-        return Choice(best, engine_precision(best, precision), fallback_note(failed), dict(self.seconds))
+        note = fallback_note(failed)
+        if note and self.dynamic:  # the likely cause of the fallback first
+            note = f"the stage is not static ({self.dynamic}); {note}"
+        return Choice(best, engine_precision(best, precision), note, dict(self.seconds), self.dynamic)
 
     @property
     def best(self) -> float:
@@ -99,6 +109,15 @@ def _try_stage(
     """One stage on each engine of ``order``; each candidate checked against onnxruntime."""
     feeds = {name: boundary[name] for name in inputs}
     trial = StageTime()
+    if "openvino" in order:  # read as OpenVINO reads it: every op's output static?
+        from ..engines.ov import dynamic_outputs
+
+        try:
+            found = dynamic_outputs(path)
+        except LoadFailure:
+            found = []  # the engine's own load below says why
+        if found:
+            trial.dynamic = "OpenVINO reads " + "; ".join(found)
     produced: dict[str, list[np.ndarray]] = {}
     for name in order:
         try:
@@ -209,7 +228,8 @@ def measured_balance(
             for e, sec in old.seconds.items():
                 new.seconds[e] = min(sec, new.seconds.get(e, sec))
         timed[cut] = timings
-        seen[cut] = [t.choice(engines, precision, s, engine) for s, t in enumerate(timings)]
+        unchecked = onnxruntime_stages(graph, cut)
+        seen[cut] = [t.choice(engines, precision, s, engine, unchecked.get(s)) for s, t in enumerate(timings)]
         return seen[cut]
 
     def slowest(choices: list[Choice]) -> float:

@@ -29,9 +29,9 @@ def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -
     """The solver's view of ``graph``: numbers only."""
     ids = {name: i for i, name in enumerate(graph.weight_bytes)}
     node_weights = [[ids[w] for w in node.weights] for node in graph.nodes]
-    # Outputs that are initializers are emitted by the last stage: charge it their bytes.
+    # Outputs that are constants are emitted by the last stage: charge it their weights.
     if graph.const_outputs:
-        node_weights[-1] = node_weights[-1] + [ids[w] for w in graph.const_outputs]
+        node_weights[-1] = node_weights[-1] + [ids[w] for w in graph.weights_for(graph.const_outputs)]
     return Problem(
         compute=list(compute),
         node_weights=node_weights,
@@ -60,7 +60,7 @@ def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list
     reads: list[str] = []
     for node in graph.nodes[start:end]:
         for name in node.reads:
-            if name not in produced and name not in graph.weight_bytes and name not in reads:
+            if name not in produced and not graph.is_constant(name) and name not in reads:
                 reads.append(name)
         produced.update(node.writes)
     after = list(graph.live[end])
@@ -72,18 +72,22 @@ def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list
 
 
 def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> onnx.ModelProto:
-    """A standalone ONNX model computing nodes ``start .. end - 1`` of ``graph``."""
+    """A standalone ONNX model computing nodes ``start .. end - 1`` of ``graph``: the cones of
+    the constants it reads first, then its nodes; every value typed (``value_info``)."""
     src = graph.model
     reads, outputs, _ = _stage_io(graph, start, end, last)
     g = onnx.GraphProto(name=f"{src.graph.name or 'model'}_stage")
-    g.node.extend(src.graph.node[start:end])
+    g.node.extend(graph.stage_nodes(start, end, graph.const_outputs if last else ()))
     g.input.extend(_value_info(graph.tensors[n]) for n in reads)
     g.output.extend(_value_info(graph.tensors[n]) for n in outputs)
     wanted: list[str] = []
     for node in graph.nodes[start:end]:
         wanted.extend(w for w in node.weights if w not in wanted)
     if last:
-        wanted.extend(w for w in graph.const_outputs if w not in wanted)
+        wanted.extend(w for w in graph.weights_for(graph.const_outputs) if w not in wanted)
+    io = set(reads) | set(outputs)
+    inner = [o for node in g.node for o in node.output if o and o not in io and o in graph.tensors]
+    g.value_info.extend(_value_info(graph.tensors[n]) for n in dict.fromkeys(inner))
     for w in wanted:  # external weights are read now, this stage's alone
         fill_tensor(g.initializer.add(), graph.initializers[w], graph.weights_dir)
     model = helper.make_model(g, opset_imports=list(src.opset_import), ir_version=src.ir_version)
@@ -116,6 +120,8 @@ def stage_plans(
         start, end = bounds[s], bounds[s + 1]
         reads, outputs, carried = _stage_io(graph, start, end, s == k - 1)
         weights = {w for node in graph.nodes[start:end] for w in node.weights}
+        if s == k - 1:
+            weights.update(graph.weights_for(graph.const_outputs))
         device, core = placement[s] if placement is not None else target.place(s)
         first, last_node = graph.nodes[start], graph.nodes[end - 1]
         plans.append(

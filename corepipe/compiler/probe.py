@@ -25,6 +25,7 @@ from ..artifact.plan import TensorSpec
 from ..artifact.protoio import tensor_nbytes
 from ..artifact.weights import materialize, weight_array
 from ..errors import CompileError
+from .constants import Cones
 from .shapes import CROSSABLE
 
 __all__ = ["CHUNK_BYTES", "probe_shapes"]
@@ -87,11 +88,11 @@ def _run(model: onnx.ModelProto, feeds: dict[str, Any], names: list[str]) -> lis
     return list(sess.run(names, feeds))
 
 
-def _chunk_model(proto: onnx.ModelProto, start: int, end: int, ins: dict[str, Any],
+def _chunk_model(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], ins: dict[str, Any],
                  big: dict[str, onnx.TensorProto], small: list[onnx.TensorProto],
                  outs: list[str]) -> onnx.ModelProto:
     g = onnx.GraphProto(name="probe")
-    g.node.extend(proto.graph.node[start:end])
+    g.node.extend(nodes)
     g.input.extend(_value_info(name, value) for name, value in ins.items())
     g.input.extend(helper.make_tensor_value_info(w, t.data_type, list(t.dims)) for w, t in big.items())
     g.initializer.extend(small)
@@ -103,7 +104,7 @@ def _chunk_model(proto: onnx.ModelProto, start: int, end: int, ins: dict[str, An
 
 def _probe_chunked(proto: onnx.ModelProto, nodes: Sequence[_Node], inits: Mapping[str, onnx.TensorProto],
                    weights_dir: str | None, names: list[str], values: dict[str, Any],
-                   bounds: list[tuple[int, int]]) -> dict[str, Any]:
+                   bounds: list[tuple[int, int]], cones: Cones) -> dict[str, Any]:
     wanted = set(names)
     last_read: dict[str, int] = {}
     for i, node in enumerate(nodes):
@@ -115,18 +116,18 @@ def _probe_chunked(proto: onnx.ModelProto, nodes: Sequence[_Node], inits: Mappin
         ins: dict[str, Any] = {}
         weights: list[str] = []
         for node in nodes[start:end]:
+            weights.extend(w for w in node.weights if w not in weights)  # a constant's weights too
             for name in node.reads:
-                if name in inits:
-                    if name not in weights:
-                        weights.append(name)
-                elif name not in made and name in values:
+                if name not in inits and name not in cones and name not in made and name in values:
                     ins[name] = values[name]
             made.update(node.writes)
+        consts = [r for node in nodes[start:end] for r in node.reads if r in cones]
         outs = [w for node in nodes[start:end] for w in node.writes
                 if w in wanted or last_read.get(w, -1) >= end]
         big = {w: inits[w] for w in weights if tensor_nbytes(inits[w]) > _SMALL}
         small = [materialize(inits[w], weights_dir) for w in weights if w not in big]
-        model = _chunk_model(proto, start, end, ins, big, small, outs)
+        model = _chunk_model(proto, cones.nodes_for(consts) + list(proto.graph.node[start:end]), ins, big,
+                             small, outs)
         feeds = dict(ins)
         feeds.update((w, weight_array(t, weights_dir)) for w, t in big.items())
         try:
@@ -145,10 +146,13 @@ def _probe_chunked(proto: onnx.ModelProto, nodes: Sequence[_Node], inits: Mappin
 
 
 def _probe_whole(proto: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], weights_dir: str | None,
-                 names: list[str], feeds: dict[str, Any]) -> dict[str, Any]:
+                 names: list[str], feeds: dict[str, Any], cones: Cones) -> dict[str, Any]:
     from ..artifact.protoio import structure
 
     probe = structure(proto)
+    nodes = cones.nodes + list(probe.graph.node)  # constants read only weights: first is in order
+    del probe.graph.node[:]
+    probe.graph.node.extend(nodes)
     for t in inits.values():
         probe.graph.initializer.append(materialize(t, weights_dir))
     have = {o.name for o in probe.graph.output}
@@ -159,14 +163,16 @@ def _probe_whole(proto: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], 
 def probe_shapes(
     proto: onnx.ModelProto, nodes: Sequence[_Node], inits: Mapping[str, onnx.TensorProto],
     weights_dir: str | None, names: list[str], inputs: list[TensorSpec],
-    example_inputs: Mapping[str, np.ndarray] | None, cut_ok: Sequence[bool],
+    example_inputs: Mapping[str, np.ndarray] | None, cut_ok: Sequence[bool], cones: Cones | None = None,
 ) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """Run the model (chunk by chunk) to read the types of ``names``, which inference missed.
+    ``cones``: the constants taken out of ``proto``'s nodes, which chunks reading them compute.
     Returns their specs, and the values that turned out not to be plain tensors.
 
     Raises:
         CompileError: the model does not run on the example inputs.
     """
+    cones = cones if cones is not None else Cones()
     feeds: dict[str, Any] = {}
     for spec in inputs:
         if example_inputs and spec.name in example_inputs:
@@ -177,9 +183,9 @@ def probe_shapes(
     bounds = _chunks(nodes, inits, cut_ok, max(CHUNK_BYTES, largest))
     try:
         try:
-            found = _probe_chunked(proto, nodes, inits, weights_dir, names, dict(feeds), bounds)
+            found = _probe_chunked(proto, nodes, inits, weights_dir, names, dict(feeds), bounds, cones)
         except _CannotChunk:
-            found = _probe_whole(proto, inits, weights_dir, names, feeds)
+            found = _probe_whole(proto, inits, weights_dir, names, feeds, cones)
     except Exception as exc:
         raise CompileError(
             f"could not infer static shapes for {names[:5]} (and running the model once on the "

@@ -30,7 +30,7 @@ import numpy as np
 
 from .base import Engine, LoadFailure
 
-__all__ = ["OpenVinoEngine", "ov_node_from_message", "tidy"]
+__all__ = ["OpenVinoEngine", "dynamic_outputs", "ov_node_from_message", "tidy"]
 
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _RUNTIME_NODE_RE = re.compile(r"(\w+) node with name '([^']*)'")  # [CPU] <Type> node with name '<name>'
@@ -87,6 +87,41 @@ def _onnx_names(source: str | bytes) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {}
     by_output = {out: node.name for node in model.graph.node for out in node.output if out}
     return by_output, {node.name: node.op_type for node in model.graph.node}
+
+
+def dynamic_outputs(model: str, limit: int = 3) -> list[str]:
+    """What OpenVINO's own reader leaves not fully static in the stage graph at ``model`` (a
+    path): up to ``limit`` lines ``"node 'name' (Op): f32[1,?,64]"``, the first in graph order
+    first; ``[]`` when every op's every output has a static shape. A stage graph whose inputs
+    are static can still read as dynamic here (a shape computed from a tensor's values), and
+    OpenVINO's transformations then fail on it or run slower than on static shapes.
+
+    Raises:
+        LoadFailure: OpenVINO cannot read the graph.
+    """
+    try:
+        graph = _ov_core().read_model(model)
+    except Exception as exc:
+        raise LoadFailure("openvino", tidy(str(exc))) from None
+    found = []
+    for op in graph.get_ordered_ops():
+        for out in op.outputs():
+            shape = out.get_partial_shape()
+            if shape.is_dynamic:
+                found.append(f"node {op.get_friendly_name()!r} ({op.get_type_name()}): "
+                             f"{out.get_element_type().to_string()}{shape}")
+                break
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _canonical(arr: np.ndarray) -> np.ndarray:
+    """``arr`` viewed with numpy's canonical dtype for its kind and size: onnxruntime returns
+    some int64 arrays as ``longlong`` (another numpy type of the same bytes), which OpenVINO's
+    Python binding refuses ("Unsupported data type: int64")."""
+    canonical = np.dtype(arr.dtype.str)
+    return arr if arr.dtype.num == canonical.num else arr.view(canonical)
 
 
 class OpenVinoEngine(Engine):
@@ -165,7 +200,8 @@ class OpenVinoEngine(Engine):
             return []
         # OpenVINO shares only writeable memory: a read-only input (Ray's object store hands
         # those out) is copied, a writeable one read in place.
-        data = {port: np.require(feeds[name], requirements=["C", "W"]) for port, name in zip(self._in_ports, self.inputs)}
+        data = {port: _canonical(np.require(feeds[name], requirements=["C", "W"]))
+                for port, name in zip(self._in_ports, self.inputs)}
         result = self._request.infer(data, share_inputs=True, share_outputs=False)  # outputs: fresh copies
         values = result.to_tuple()
         return [values[port] for port in self._out_ports]
@@ -175,12 +211,24 @@ class OpenVinoEngine(Engine):
 
         if not self._bindable or any(a.size == 0 or not a.flags.c_contiguous for a in (*inputs, *outputs)):
             return None  # the caller runs and copies instead
+        if not self._fixed_outputs([a.shape for a in outputs]):
+            return None  # the caller runs, checks and copies instead
         request = self.compiled.create_infer_request()  # one per slot: its tensors stay set
         for port, arr in zip(self._in_ports, inputs):
-            request.set_input_tensor(port, ov.Tensor(arr, shared_memory=True))
+            request.set_input_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
         for port, arr in zip(self._out_ports, outputs):
-            request.set_output_tensor(port, ov.Tensor(arr, shared_memory=True))
+            request.set_output_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
         return (request, list(inputs), list(outputs))
+
+    def _fixed_outputs(self, shapes: Sequence[tuple[int, ...]]) -> bool:
+        """Whether OpenVINO compiled every output port to exactly ``shapes``. A port whose shape
+        depends on the data would reshape a bound tensor in place to whatever it computes (an
+        impossible Reshape gives (0, 0)), while the slot still says the compiled shape."""
+        for port, shape in zip(self._out_ports, shapes):
+            ps = self.compiled.outputs[port].get_partial_shape()
+            if not ps.is_static or tuple(int(d) for d in ps.to_shape()) != tuple(shape):
+                return False
+        return True
 
     def run_bound(self, binding: Any) -> None:
         if not self.outputs:

@@ -1,7 +1,8 @@
 """Serving: `corepipe serve` speaks KServe v2 (Open Inference Protocol) over HTTP and gRPC, with
-Triton's model configuration and statistics extensions (so tritonclient and perf_analyzer drive it
-unmodified), TensorFlow Serving's REST predict, and Prometheus metrics; one pipeline per model of
-a repository of artifacts.
+Triton's model configuration, statistics and system shared memory extensions (so tritonclient and
+perf_analyzer drive it unmodified; the others answer that they are not offered), TensorFlow
+Serving's REST predict, and Prometheus metrics; one pipeline per model of a repository of
+artifacts.
 
     >>> from corepipe.serve import ServeConfig, serve
     >>> serve("models/", ServeConfig(http_port=8000, grpc_port=8001, token="s3cret"))  # doctest: +SKIP

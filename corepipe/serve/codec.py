@@ -1,10 +1,14 @@
-"""KServe v2 tensors over HTTP: datatypes, JSON tensors and the binary tensor data extension.
+"""KServe v2 tensors over HTTP: datatypes, JSON tensors, the binary tensor data extension, and
+where a tensor lives in system shared memory.
 
 A request body is a JSON header, optionally followed by raw tensor bytes; the header's length is
 in the ``Inference-Header-Content-Length`` HTTP header, and each binary input says how many of
 those bytes are its own (``parameters.binary_data_size``), in input order. Outputs come back as
 JSON ``data`` or, when asked (``binary_data_output`` for all, ``binary_data`` per output), as raw
-bytes after the response's JSON header in the same way. Every malformed request raises
+bytes after the response's JSON header in the same way. An input or output may instead name a
+shared memory region (``shared_memory_region``, ``_offset``, ``_byte_size``): the request then
+carries a `ShmRef` for it, resolved against the registered regions by `corepipe.serve.shm`. The
+request ``id`` (a string or a number) comes back as given. Every malformed request raises
 `InputError` with the rule, the values and the fix; names, dtypes and shapes are then checked
 against the model's signature by `check_feeds`, as for any pipeline request.
 """
@@ -25,13 +29,16 @@ from ..errors import InputError
 __all__ = [
     "DATATYPES",
     "InferRequest",
+    "ShmRef",
     "contiguous",
     "datatype_of",
     "dtype_of",
     "encode_response",
     "parse_request",
     "select_outputs",
+    "shm_ref",
     "tensor_from_data",
+    "whole_numbers",
 ]
 
 #: KServe datatype -> numpy dtype name (BYTES and BF16 have no numpy twin that can cross stages).
@@ -70,14 +77,47 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def whole_numbers(raw: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse values an integer or boolean tensor cannot hold: numpy's cast would truncate 1.5 to 1
+    and wrap 5e9 in int32 without a word.
+
+    Raises:
+        InputError: the first such value, with its flat position.
+    """
+    if dtype.kind not in "iub" or raw.dtype.kind not in "fiu" or np.can_cast(raw.dtype, dtype, "safe"):
+        return
+    lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    flat = raw.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = (flat < lo) | (flat > hi)
+        if raw.dtype.kind == "f":
+            bad |= ~np.isfinite(flat) | (flat != np.trunc(flat))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"{what}: {datatype_of(str(dtype))} values must be whole numbers from {lo} to {hi}, "
+                         f"got {flat[i].item()!r} at flat position {i}; send values the datatype holds "
+                         "(they are never truncated or wrapped)")
+
+
 def tensor_from_data(name: str, datatype: Any, shape: Any, data: Any) -> np.ndarray:
     """A JSON tensor (``data`` flat or nested, row-major) as an array of ``shape``."""
     dtype = dtype_of(datatype, name)
     dims = _shape(shape, name)
     try:
-        arr = np.asarray(data, dtype=dtype)
+        raw = np.asarray(data) if dtype.kind in "iub" else np.asarray(data, dtype=dtype)
+        if raw.dtype == object or raw.dtype.kind in "USV":
+            raise ValueError("values must be numbers (or true/false), in nested lists")
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"input {name!r}: data is not a list of {datatype} values: {exc}") from None
+    whole_numbers(raw, dtype, f"input {name!r}")  # refused, never truncated or wrapped
+    if raw.dtype.kind == "f" and dtype.kind in "iu":
+        try:  # from the values as sent: 2**64 - 1 among small ints came in as a float
+            with np.errstate(all="raise"):
+                arr = np.asarray(data, dtype=dtype)
+        except (FloatingPointError, OverflowError, ValueError) as exc:
+            raise InputError(f"input {name!r}: {datatype} cannot hold the values sent: {exc}") from None
+    else:
+        arr = raw.astype(dtype, copy=False)
     if arr.size != math.prod(dims):
         raise InputError(
             f"input {name!r}: shape {list(dims)} holds {math.prod(dims)} values but data has "
@@ -98,25 +138,73 @@ def tensor_from_bytes(name: str, datatype: Any, shape: Any, raw: bytes | memoryv
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a tensor lives in system shared memory: a registered region, an offset into it and a
+    byte size (None: what the tensor needs, for an input; the rest of the region, for an output);
+    for an input, its datatype and shape too."""
+
+    region: str
+    offset: int = 0
+    byte_size: int | None = None
+    datatype: str = ""
+    shape: tuple[int, ...] = ()
+
+
 @dataclass
 class InferRequest:
     """A decoded KServe infer request: its inputs, and which outputs to return, how."""
 
-    id: str | None
+    id: Any  # a string or a number, echoed as given; None when the request has none
     feeds: dict[str, np.ndarray]
     outputs: list[str] | None = None  # None: every output
     binary: dict[str, bool] = field(default_factory=dict)  # per requested output
     binary_default: bool = False
+    shm_inputs: dict[str, ShmRef] = field(default_factory=dict)  # inputs to read from shared memory
+    shm_outputs: dict[str, ShmRef] = field(default_factory=dict)  # outputs to write there
+
+    def regions(self) -> set[str]:
+        """The shared memory regions the request names."""
+        return {r.region for r in (*self.shm_inputs.values(), *self.shm_outputs.values())}
+
+
+def shm_ref(params: Mapping[str, Any], where: str) -> ShmRef | None:
+    """The shared memory placement a tensor's parameters give, or None when they name no region.
+
+    Raises:
+        InputError: an offset or byte size without a region, or values of the wrong type.
+    """
+    region = params.get("shared_memory_region")
+    offset, size = params.get("shared_memory_offset"), params.get("shared_memory_byte_size")
+    if region is None:
+        if offset is not None or size is not None:
+            raise InputError(f"{where}: shared_memory_offset and shared_memory_byte_size need a "
+                             "shared_memory_region naming a registered region")
+        return None
+    if not isinstance(region, str) or not region:
+        raise InputError(f"{where}: shared_memory_region must be a region name, got {region!r}")
+    for key, value in (("shared_memory_offset", offset), ("shared_memory_byte_size", size)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InputError(f"{where}: {key} must be a non-negative integer, got {value!r}")
+    return ShmRef(region, offset or 0, size)
 
 
 def _params(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
         raise InputError(f"{where}: parameters must be a JSON object, got {params!r}")
-    for key in ("shared_memory_region", "classification"):
-        if key in params:
-            raise InputError(f"{where}: parameter {key!r} is not supported by corepipe serve")
+    if "classification" in params:
+        raise InputError(f"{where}: parameter 'classification' (Triton's classification extension) is "
+                         "not offered by corepipe serve: ask for the output tensor and take its top-k")
     return params
+
+
+def _request_id(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    raise InputError(f'"id" must be a string or a number (it is echoed in the response), got {value!r}')
 
 
 def parse_request(body: bytes, header_length: int | None) -> InferRequest:
@@ -141,15 +229,29 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
         raise InputError('request must be a JSON object with an "inputs" list of tensors')
     feeds: dict[str, np.ndarray] = {}
+    feeds_names: set[str] = set()
+    req_shm: dict[str, ShmRef] = {}
     offset = end
     for i, tensor in enumerate(head["inputs"]):
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise InputError(f"inputs[{i}] must be an object with a string \"name\"")
         name = tensor["name"]
-        if name in feeds:
+        if name in feeds_names:
             raise InputError(f"input {name!r} is given twice")
-        size = _params(tensor, f"input {name!r}").get("binary_data_size")
-        if size is not None:
+        feeds_names.add(name)
+        params = _params(tensor, f"input {name!r}")
+        size = params.get("binary_data_size")
+        ref = shm_ref(params, f"input {name!r}")
+        given = [k for k, v in (("data", tensor.get("data")), ("parameters.binary_data_size", size),
+                                ("parameters.shared_memory_region", ref)) if v is not None]
+        if len(given) > 1:
+            raise InputError(f"input {name!r} gives {' and '.join(given)}: give exactly one")
+        if ref is not None:
+            dtype_of(tensor.get("datatype"), name)
+            ref = ShmRef(ref.region, ref.offset, ref.byte_size, tensor["datatype"],
+                         _shape(tensor.get("shape"), name))
+            req_shm[name] = ref
+        elif size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(body):
                 raise InputError(
                     f"input {name!r}: binary_data_size {size!r} runs past the {len(body) - end} "
@@ -161,10 +263,11 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         elif "data" in tensor:
             feeds[name] = tensor_from_data(name, tensor.get("datatype"), tensor.get("shape"), tensor["data"])
         else:
-            raise InputError(f"input {name!r} has neither \"data\" nor parameters.binary_data_size")
+            raise InputError(f"input {name!r} has none of \"data\", parameters.binary_data_size and "
+                             "parameters.shared_memory_region")
     if offset != len(body):
         raise InputError(f"{len(body) - offset} bytes of binary data after the JSON header belong to no input")
-    req = InferRequest(head.get("id") if isinstance(head.get("id"), str) else None, feeds)
+    req = InferRequest(_request_id(head.get("id")), feeds, shm_inputs=req_shm)
     req.binary_default = bool(_params(head, "request").get("binary_data_output", False))
     if head.get("outputs") is not None:
         if not isinstance(head["outputs"], list):
@@ -174,8 +277,15 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise InputError(f"outputs[{i}] must be an object with a string \"name\"")
             req.outputs.append(out["name"])
-            flag = _params(out, f"output {out['name']!r}").get("binary_data")
-            if flag is not None:
+            params = _params(out, f"output {out['name']!r}")
+            flag = params.get("binary_data")
+            ref = shm_ref(params, f"output {out['name']!r}")
+            if ref is not None:
+                if flag:
+                    raise InputError(f"output {out['name']!r} asks for both shared_memory_region and "
+                                     "binary_data: give one")
+                req.shm_outputs[out["name"]] = ref
+            elif flag is not None:
                 req.binary[out["name"]] = bool(flag)
     return req
 
@@ -200,7 +310,10 @@ def encode_response(
     for name in names:
         arr = contiguous(results[name])
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(str(arr.dtype)), "shape": list(arr.shape)}
-        if req.binary.get(name, req.binary_default):
+        if name in req.shm_outputs:
+            pass  # written to its region: listed without data or parameters, as Triton does (the
+            # C++ client reads any output parameters as binary_data_size)
+        elif req.binary.get(name, req.binary_default):
             entry["parameters"] = {"binary_data_size": arr.nbytes}
             blobs.append(arr.reshape(-1).view(np.uint8).data)  # joined below: one copy, not two
         else:

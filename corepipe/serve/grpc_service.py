@@ -1,10 +1,13 @@
 """The gRPC front end: KServe v2's ``inference.GRPCInferenceService`` on grpcio's asyncio server.
 
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer
-(typed ``contents`` or ``raw_input_contents``; outputs always as ``raw_output_contents``, as
-Triton answers), ModelStreamInfer, and Triton's ModelConfig, ModelStatistics and
-RepositoryIndex, which perf_analyzer and tritonclient read. The other RPCs of the service
-(shared memory, tracing, logging, model load/unload) answer UNIMPLEMENTED.
+(typed ``contents``, ``raw_input_contents``, or a registered shared memory region per input;
+outputs as ``raw_output_contents``, as Triton answers, or written to a region), ModelStreamInfer,
+Triton's ModelConfig, ModelStatistics and RepositoryIndex, which perf_analyzer and tritonclient
+read, and SystemSharedMemory{Status,Register,Unregister}. CUDA shared memory registration, model
+load/unload, TraceSetting and LogSettings answer UNIMPLEMENTED saying what they are and that
+corepipe serve does not offer them (CUDA shared memory's status lists no region and its
+unregister is a no-op, as over HTTP).
 
 Handlers are registered with grpcio's generic handler from the messages in `corepipe.serve.proto`,
 so no generated ``*_pb2_grpc`` module is needed.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,11 +26,23 @@ import numpy as np
 from google.protobuf import json_format
 
 from ..errors import InputError
-from .codec import contiguous, datatype_of, select_outputs, tensor_from_bytes, tensor_from_data
+from .codec import (
+    InferRequest,
+    ShmRef,
+    contiguous,
+    datatype_of,
+    dtype_of,
+    select_outputs,
+    shm_ref,
+    tensor_from_bytes,
+    tensor_from_data,
+)
+from .model import Rejected
 from .proto import grpc_service_pb2 as pb
-from .service import Service, classify
+from .service import NOT_OFFERED, Service, classify, not_offered
+from .shm import check_room, read_inputs, write_outputs
 
-__all__ = ["SERVICE", "add_service"]
+__all__ = ["SERVICE", "add_service", "request_of"]
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -37,43 +53,76 @@ _CONTENTS = {
     "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
 }
 _STATUS_OF_CODE = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "NOT_FOUND": 404,
-                   "RESOURCE_EXHAUSTED": 503, "UNAVAILABLE": 503, "INTERNAL": 500}
+                   "RESOURCE_EXHAUSTED": 503, "UNAVAILABLE": 503, "INTERNAL": 500, "UNIMPLEMENTED": 501}
 
 
-def feeds_of(request: Any) -> dict[str, np.ndarray]:
-    """The input arrays of a ModelInferRequest.
+def _params(tensor: Any) -> dict[str, Any]:
+    """A tensor's parameters map as plain values (each InferParameter's one set field)."""
+    out = {}
+    for key, param in tensor.parameters.items():
+        which = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, which) if which else None
+    return out
+
+
+def request_of(request: Any) -> InferRequest:
+    """A ModelInferRequest decoded: the input arrays it carries, the inputs and outputs it places
+    in shared memory, the outputs it asks for.
 
     Raises:
-        InputError: raw contents that do not line up with the inputs, a datatype without a typed
-            field, duplicate names, or data of the wrong size.
+        InputError: raw contents that do not line up with the inputs not in shared memory, a
+            datatype without a typed field, duplicate names, or data of the wrong size.
     """
+    placed = {t.name: shm_ref(_params(t), f"input {t.name!r}") for t in request.inputs}
+    inline = [t for t in request.inputs if placed[t.name] is None]
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: "
-                         "give every input raw contents, in input order, or none")
-    feeds: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
-        if tensor.name in feeds:
-            raise InputError(f"input {tensor.name!r} is given twice")
-        shape = list(tensor.shape)
+    if raw and len(raw) != len(inline):
+        in_shm = len(request.inputs) - len(inline)
+        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(inline)} inputs"
+                         + (f" ({in_shm} more are in shared memory)" if in_shm else "")
+                         + ": give every input not in shared memory raw contents, in input order, or none")
+    req = InferRequest(request.id or None, {})
+    next_raw = 0
+    for tensor in request.inputs:
+        name, shape = tensor.name, list(tensor.shape)
+        if name in req.feeds or name in req.shm_inputs:
+            raise InputError(f"input {name!r} is given twice")
+        ref = placed[name]
+        if ref is not None:
+            dtype_of(tensor.datatype, name)
+            req.shm_inputs[name] = ShmRef(ref.region, ref.offset, ref.byte_size, tensor.datatype, tuple(shape))
+            continue
         if raw:
-            feeds[tensor.name] = tensor_from_bytes(tensor.name, tensor.datatype, shape, raw[i])
+            req.feeds[name] = tensor_from_bytes(name, tensor.datatype, shape, raw[next_raw])
+            next_raw += 1
             continue
         field = _CONTENTS.get(tensor.datatype)
         if field is None:
-            raise InputError(f"input {tensor.name!r}: datatype {tensor.datatype!r} travels only in "
+            raise InputError(f"input {name!r}: datatype {tensor.datatype!r} travels only in "
                              "raw_input_contents")
-        feeds[tensor.name] = tensor_from_data(tensor.name, tensor.datatype, shape,
-                                              list(getattr(tensor.contents, field)))
-    return feeds
+        req.feeds[name] = tensor_from_data(name, tensor.datatype, shape, list(getattr(tensor.contents, field)))
+    for out in request.outputs:
+        ref = shm_ref(_params(out), f"output {out.name!r}")
+        if ref is not None:
+            req.shm_outputs[out.name] = ref
+    req.outputs = [o.name for o in request.outputs] or None
+    return req
 
 
-def response_of(model: Any, request_id: str, results: dict[str, np.ndarray], names: list[str]) -> Any:
-    resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request_id)
+def response_of(model: Any, req: InferRequest, results: dict[str, np.ndarray], names: list[str]) -> Any:
+    """The ModelInferResponse: every output listed; ``raw_output_contents`` has an entry per
+    output, empty for one written to shared memory (as Triton answers)."""
+    resp = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=req.id or "")
     for name in names:
         arr = contiguous(results[name])
-        resp.outputs.add(name=name, datatype=datatype_of(str(arr.dtype)), shape=list(arr.shape))
-        resp.raw_output_contents.append(arr.tobytes())
+        out = resp.outputs.add(name=name, datatype=datatype_of(str(arr.dtype)), shape=list(arr.shape))
+        ref = req.shm_outputs.get(name)
+        if ref is None:
+            resp.raw_output_contents.append(arr.tobytes())
+            continue
+        out.parameters["shared_memory_region"].string_param = ref.region
+        out.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
+        resp.raw_output_contents.append(b"")
     return resp
 
 
@@ -104,10 +153,19 @@ class _Servicer:
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._auth(context)
         model = self.svc.get(request.model_name, request.model_version)
-        feeds = feeds_of(request)
-        names = select_outputs([o.name for o in request.outputs] or None, model.outputs)
-        results = await model.infer(feeds)
-        return response_of(model, request.id, results, names)
+        t0 = time.perf_counter_ns()
+        req = request_of(request)
+        names = select_outputs(req.outputs, model.outputs)
+        with self.svc.shm.lease(req.regions()) as regions:
+            feeds = {**req.feeds, **read_inputs(regions, req.shm_inputs)}
+            check_room(regions, req.shm_outputs, model.outputs)
+            t1 = time.perf_counter_ns()
+            results = await model.infer(feeds)
+            t2 = time.perf_counter_ns()
+            write_outputs(regions, req.shm_outputs, results)
+        response = response_of(model, req, results, names)
+        model.record_io(t1 - t0, time.perf_counter_ns() - t2)
+        return response
 
     async def model_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         status, error = 200, None
@@ -187,6 +245,38 @@ class _Servicer:
         rows = [r for r in self.svc.index() if not request.ready or r["state"] == "READY"]
         return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
+    # -- shared memory ---------------------------------------------------------------------------
+    def shm_status(self, request: Any, context: Any) -> Any:
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.svc.shm.status(request.name):
+            resp.regions[str(r["name"])].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
+        return resp
+
+    def shm_register(self, request: Any, context: Any) -> Any:
+        if not request.name:
+            raise InputError("a region needs a name: set SystemSharedMemoryRegisterRequest.name")
+        self.svc.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def shm_unregister(self, request: Any, context: Any) -> Any:
+        self.svc.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def cuda_status(self, request: Any, context: Any) -> Any:
+        if request.name:
+            raise Rejected(404, f"no CUDA shared memory region {request.name!r} is registered: "
+                           + NOT_OFFERED["cuda_shared_memory"], code="NOT_FOUND")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    def cuda_unregister(self, request: Any, context: Any) -> Any:
+        return pb.CudaSharedMemoryUnregisterResponse()  # none can be registered: unregistering any is done
+
+    @staticmethod
+    def refuse(extension: str) -> Callable[[Any, Any], Any]:
+        def handler(request: Any, context: Any) -> Any:
+            raise not_offered(extension)
+        return handler
+
 
 def add_service(server: grpc.aio.Server, svc: Service) -> None:
     """Register the inference service of ``svc`` on ``server``."""
@@ -205,6 +295,24 @@ def add_service(server: grpc.aio.Server, svc: Service) -> None:
         "ModelConfig": unary(s.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
         "ModelStatistics": unary(s.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
         "RepositoryIndex": unary(s.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "SystemSharedMemoryStatus": unary(s.shm_status, pb.SystemSharedMemoryStatusRequest,
+                                          pb.SystemSharedMemoryStatusResponse),
+        "SystemSharedMemoryRegister": unary(s.shm_register, pb.SystemSharedMemoryRegisterRequest,
+                                            pb.SystemSharedMemoryRegisterResponse),
+        "SystemSharedMemoryUnregister": unary(s.shm_unregister, pb.SystemSharedMemoryUnregisterRequest,
+                                              pb.SystemSharedMemoryUnregisterResponse),
+        "CudaSharedMemoryStatus": unary(s.cuda_status, pb.CudaSharedMemoryStatusRequest,
+                                        pb.CudaSharedMemoryStatusResponse),
+        "CudaSharedMemoryRegister": unary(s.refuse("cuda_shared_memory"), pb.CudaSharedMemoryRegisterRequest,
+                                          pb.CudaSharedMemoryRegisterResponse),
+        "CudaSharedMemoryUnregister": unary(s.cuda_unregister, pb.CudaSharedMemoryUnregisterRequest,
+                                            pb.CudaSharedMemoryUnregisterResponse),
+        "RepositoryModelLoad": unary(s.refuse("model_repository"), pb.RepositoryModelLoadRequest,
+                                     pb.RepositoryModelLoadResponse),
+        "RepositoryModelUnload": unary(s.refuse("model_repository"), pb.RepositoryModelUnloadRequest,
+                                       pb.RepositoryModelUnloadResponse),
+        "TraceSetting": unary(s.refuse("trace"), pb.TraceSettingRequest, pb.TraceSettingResponse),
+        "LogSettings": unary(s.refuse("logging"), pb.LogSettingsRequest, pb.LogSettingsResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             s.model_infer, request_deserializer=pb.ModelInferRequest.FromString,
             response_serializer=pb.ModelInferResponse.SerializeToString),

@@ -1,72 +1,72 @@
-"""The HTTP/REST front end (a Starlette ASGI app): KServe v2, Triton's model configuration and
-statistics extensions, TensorFlow Serving predict, and Prometheus metrics.
+"""The HTTP/REST front end (a Starlette ASGI app): KServe v2, Triton's model configuration,
+statistics and system shared memory extensions, TensorFlow Serving predict, and Prometheus metrics.
 
 Routes (``{v}``: an optional ``/versions/1``):
 
-- ``GET /v2/health/live``, ``GET /v2/health/ready`` (no token needed: probes);
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (no token needed: probes; the status alone,
+  200 or 503, with an empty body, as the Open Inference Protocol says);
 - ``GET /v2``: server metadata; ``POST /v2/repository/index``: every model and its state;
-- ``GET /v2/models/{name}{v}``, ``.../ready``, ``.../config``, ``.../stats``; ``GET /v2/models/stats``;
-- ``POST /v2/models/{name}{v}/infer``: JSON tensors or the binary tensor data extension;
+- ``GET /v2/models/{name}{v}``, ``.../ready`` (status alone), ``.../config``, ``.../stats``;
+  ``GET /v2/models/stats``;
+- ``POST /v2/models/{name}{v}/infer``: JSON tensors, the binary tensor data extension, or tensors
+  in registered shared memory regions;
+- ``/v2/systemsharedmemory/...`` and the routes of the extensions not offered: `http_ext`;
 - ``POST /v1/models/{name}:predict``, ``GET /v1/models/{name}``: TensorFlow Serving;
 - ``GET /metrics``: Prometheus text format.
 
-Errors are ``{"error": "..."}`` with the status from `corepipe.serve.service.classify`.
+Request bodies may come compressed (``Content-Encoding: gzip|deflate``); infer and predict
+responses are compressed when ``Accept-Encoding`` asks. Errors, unknown routes and wrong methods
+included, are ``{"error": "..."}`` with the status from `corepipe.serve.service.classify` (404
+and 405 for routes, as Triton answers them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .codec import encode_response, parse_request, select_outputs
+from .http_ext import extension_routes
+from .httpio import BIG, error_response, inflate, json_response, read_body, reply
 from .metrics import CONTENT_TYPE_LATEST
 from .model import Rejected
-from .service import Service, classify
+from .service import Service
+from .shm import check_room, read_inputs, write_outputs
 from .tfserving import encode_predict, parse_predict
 
 __all__ = ["make_app"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-#: JSON bodies above this many bytes (or JSON outputs above an eighth as many values) are decoded
-#: and encoded on a worker thread instead of the event loop.
-_BIG = 64 * 1024
+
+def _header_length(request: Request) -> int | None:
+    length = request.headers.get("inference-header-content-length")
+    if length is not None and not length.strip().isdigit():
+        raise Rejected(400, f"Inference-Header-Content-Length {length!r} is not a byte count",
+                       code="INVALID_ARGUMENT")
+    return int(length) if length is not None else None
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status,
-                    media_type="application/json", headers=headers)
-
-
-def _error(exc: BaseException) -> tuple[Response, int]:
-    status, _, message, retry = classify(exc)
-    headers = {"Retry-After": str(math.ceil(retry))} if retry is not None else None
-    return _json({"error": message}, status, headers), status
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) one over ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Rejected(413, f"request body of {declared} bytes is over this model's limit of {limit} "
-                       "bytes; send tensors in binary (tritonclient's default) or raise --max-body-bytes",
-                       code="RESOURCE_EXHAUSTED")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, f"request body is over this model's limit of {limit} bytes; raise "
-                           "--max-body-bytes", code="RESOURCE_EXHAUSTED")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """Unknown routes (404) and wrong methods (405) as JSON errors, like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}: use {allow or 'another method'}"
+    elif exc.status_code == 404:
+        message = (f"no route {request.method} {request.url.path}: corepipe serve answers KServe v2 "
+                   "(/v2/...), TF-Serving (/v1/models/NAME:predict) and /metrics")
+    else:
+        message = str(exc.detail)
+    return json_response({"error": message}, exc.status_code, dict(exc.headers or {}) or None)
 
 
 def make_app(svc: Service) -> Starlette:
@@ -79,19 +79,18 @@ def make_app(svc: Service) -> Starlette:
                 svc.authorize(request.headers.get("authorization"))
                 out = await fn(request)
             except Exception as exc:
-                return _error(exc)[0]
-            return out if isinstance(out, Response) else _json(out)
+                return error_response(exc)[0]
+            return out if isinstance(out, Response) else json_response(out)
         return handler
 
     def model_of(request: Request) -> Any:
         return svc.get(request.path_params["name"], request.path_params.get("version", ""))
 
     async def live(request: Request) -> Response:
-        return _json({"live": True})
+        return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        ok = svc.ready()
-        return _json({"ready": ok}, 200 if ok else 503)
+        return Response(status_code=200 if svc.ready() else 503)
 
     async def server_metadata(request: Request) -> dict[str, Any]:
         return svc.metadata()
@@ -103,9 +102,7 @@ def make_app(svc: Service) -> Starlette:
         return model_of(request).metadata()
 
     async def model_ready(request: Request) -> Response:
-        model = model_of(request)
-        ok, why, _ = model.readiness()
-        return _json({"name": model.name, "ready": ok, **({"reason": why} if why else {})}, 200 if ok else 503)
+        return Response(status_code=200 if model_of(request).ready else 503)  # why not: the index says
 
     async def model_config(request: Request) -> dict[str, Any]:
         return model_of(request).config()
@@ -124,28 +121,34 @@ def make_app(svc: Service) -> Starlette:
         try:
             svc.authorize(request.headers.get("authorization"))
             model = model_of(request)
-            body = await _body(request, model.body_limit)
-            length = request.headers.get("inference-header-content-length")
-            if length is not None and not length.strip().isdigit():
-                raise Rejected(400, f"Inference-Header-Content-Length {length!r} is not a byte count",
-                               code="INVALID_ARGUMENT")
-            header = int(length) if length is not None else None
+            body = await read_body(request, model.body_limit)
+            t0 = time.perf_counter_ns()
+            body = await inflate(request, body, model.body_limit)
+            header = _header_length(request)
             # Large JSON tensors take milliseconds to decode and encode: do that off the event
             # loop, so other requests (and the pipeline's results) keep flowing meanwhile.
-            big_json = (header if header is not None else len(body)) > _BIG
+            big_json = (header if header is not None else len(body)) > BIG
             req = await asyncio.to_thread(parse_request, body, header) if big_json else parse_request(body, header)
             names = select_outputs(req.outputs, model.outputs)
-            results = await model.infer(req.feeds)
-            json_values = sum(results[n].size for n in names if not req.binary.get(n, req.binary_default))
+            with svc.shm.lease(req.regions()) as regions:
+                feeds = {**req.feeds, **read_inputs(regions, req.shm_inputs)}
+                check_room(regions, req.shm_outputs, model.outputs)
+                t1 = time.perf_counter_ns()
+                results = await model.infer(feeds)
+                t2 = time.perf_counter_ns()
+                write_outputs(regions, req.shm_outputs, results)
+            json_values = sum(results[n].size for n in names
+                              if n not in req.shm_outputs and not req.binary.get(n, req.binary_default))
             encode = (model.name, model.version, req, results, names)
-            data, header_len = (await asyncio.to_thread(encode_response, *encode) if json_values > _BIG // 8
+            data, header_len = (await asyncio.to_thread(encode_response, *encode) if json_values > BIG // 8
                                 else encode_response(*encode))
+            model.record_io(t1 - t0, time.perf_counter_ns() - t2)
             if header_len is None:
-                return Response(data, media_type="application/json")
-            return Response(data, media_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(header_len)})
+                return await reply(request, data, "application/json")
+            return await reply(request, data, "application/octet-stream",
+                               {"Inference-Header-Content-Length": str(header_len)})
         except Exception as exc:
-            response, status = _error(exc)
+            response, status = error_response(exc)
             return response
         finally:
             svc.metrics.count(svc.label(name), "http", status)
@@ -163,16 +166,21 @@ def make_app(svc: Service) -> Starlette:
         try:
             svc.authorize(request.headers.get("authorization"))
             model = model_of(request)
-            body = await _body(request, model.body_limit)
-            feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs) if len(body) > _BIG
+            body = await read_body(request, model.body_limit)
+            t0 = time.perf_counter_ns()
+            body = await inflate(request, body, model.body_limit)
+            feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs) if len(body) > BIG
                           else parse_predict(body, model.inputs))
+            t1 = time.perf_counter_ns()
             results = await asyncio.gather(*(model.infer(f) for f in feeds))
+            t2 = time.perf_counter_ns()
             size = sum(r[o.name].size for r in results for o in model.outputs)
-            data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt) if size > _BIG // 8
+            data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt) if size > BIG // 8
                     else encode_predict(results, model.outputs, fmt))
-            return Response(data, media_type="application/json")
+            model.record_io(t1 - t0, time.perf_counter_ns() - t2)
+            return await reply(request, data, "application/json")
         except Exception as exc:
-            response, status = _error(exc)
+            response, status = error_response(exc)
             return response
         finally:
             svc.metrics.count(svc.label(name), "tfserving", status)
@@ -195,4 +203,5 @@ def make_app(svc: Service) -> Starlette:
             Route(f"/v1/models/{{name}}{v}:predict", tf_predict, methods=["POST"]),
             Route(f"/v1/models/{{name}}{v}", guarded(tf_status)),
         ]
-    return Starlette(routes=routes)
+    routes += extension_routes(svc, guarded)
+    return Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})

@@ -71,6 +71,12 @@ class _Stats:
     fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
     compute: _Duration = field(default_factory=_Duration)
+    # Decoding requests (and reading shared memory), encoding answers (and writing it): their
+    # counts are compute's, as Triton's are, since perf_analyzer refuses statistics whose
+    # compute_input, compute_infer and compute_output counts differ (a request between the
+    # pipeline's answer and its encoding would make them differ).
+    input_ns: int = 0
+    output_ns: int = 0
     last_ms: int = 0
 
 
@@ -198,6 +204,14 @@ class ServedModel:
         if self.on_finish is not None:
             self.on_finish(self, ok, (now - t0) / 1e9, (t1 - t0) / 1e9)
 
+    def record_io(self, decode_ns: int, encode_ns: int) -> None:
+        """Add the time a front end spent decoding successful requests' inputs (and copying
+        them in from shared memory) and encoding their outputs (Triton's ``compute_input`` and
+        ``compute_output``)."""
+        with self._lock:
+            self.stats.input_ns += decode_ns
+            self.stats.output_ns += encode_ns
+
     def reject_input(self, exc: InputError) -> None:
         """Count a request refused for bad input as a failure (statistics and metrics)."""
         t = time.perf_counter_ns()
@@ -248,9 +262,9 @@ class ServedModel:
                 "name": self.name, "version": self.version, "last_inference": s.last_ms,
                 "inference_count": s.success.count, "execution_count": s.success.count,
                 "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
-                                    "compute_input": {"count": s.compute.count, "ns": 0},
+                                    "compute_input": {"count": s.compute.count, "ns": s.input_ns},
                                     "compute_infer": d(s.compute),
-                                    "compute_output": {"count": s.compute.count, "ns": 0}},
+                                    "compute_output": {"count": s.compute.count, "ns": s.output_ns}},
                 "batch_stats": [],
             }
 

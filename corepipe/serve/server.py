@@ -179,6 +179,7 @@ async def _run(models: list[ServedModel], config: ServeConfig, sock: socket.sock
         log.info("draining: in-flight requests finish, then the pipelines close")
         http.should_exit = True
         await asyncio.gather(rpc.stop(grace=config.drain_s), http_task, return_exceptions=True)
+        svc.shm.close()  # the clients' regions: unmapped, never unlinked (they are the clients')
         await loop.run_in_executor(None, _close_all, models, config.drain_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

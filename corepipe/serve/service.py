@@ -10,6 +10,7 @@ metadata, and one mapping from errors to HTTP statuses and gRPC codes.
 | model not ready (a stage down, or it could not start), server draining | 503 + Retry-After | UNAVAILABLE |
 | missing or wrong bearer token | 401 | UNAUTHENTICATED |
 | `StageError` (the request failed in a stage) | 500 | INTERNAL |
+| an extension corepipe does not offer (CUDA shared memory, model load/unload, trace, log settings) | 501 | UNIMPLEMENTED |
 """
 
 from __future__ import annotations
@@ -23,13 +24,34 @@ from .._version import __version__
 from ..errors import CorepipeError, InputError, PipelineClosedError, StageError
 from .metrics import Metrics
 from .model import Rejected, ServedModel
+from .shm import SystemSharedMemory
 
-__all__ = ["EXTENSIONS", "Service", "classify"]
+__all__ = ["EXTENSIONS", "NOT_OFFERED", "Service", "classify", "not_offered"]
 
 log = logging.getLogger("corepipe.serve")
 
-#: Protocol extensions the server implements (reported in its metadata).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+#: Protocol extensions the server implements, by Triton's names (reported in its metadata). The
+#: repository index is served too, but not model_repository's load and unload.
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "system_shared_memory"]
+
+#: Triton's extensions corepipe serve does not offer: what each is, why, and what to do instead.
+NOT_OFFERED = {
+    "cuda_shared_memory": "CUDA shared memory (Triton's cuda_shared_memory extension) is not offered by "
+    "corepipe serve: its pipelines run on CPU cores; register system shared memory instead "
+    "(/v2/systemsharedmemory, gRPC SystemSharedMemoryRegister)",
+    "model_repository": "loading and unloading models (Triton's model_repository extension) is not offered "
+    "by corepipe serve: it serves the models it was started with; restart it on the repository you want "
+    "(the index, POST /v2/repository/index, lists them)",
+    "trace": "trace settings (Triton's trace extension) are not offered by corepipe serve: per-stage "
+    "timings are in /metrics and in each model's /stats",
+    "logging": "log settings (Triton's logging extension) are not offered by corepipe serve: start it with "
+    "--verbose for more log lines",
+}
+
+
+def not_offered(extension: str) -> Rejected:
+    """The error for a route of an extension in `NOT_OFFERED`: 501 / UNIMPLEMENTED, saying so."""
+    return Rejected(501, NOT_OFFERED[extension], code="UNIMPLEMENTED")
 
 
 def classify(exc: BaseException) -> tuple[int, str, str, float | None]:
@@ -55,6 +77,7 @@ class Service:
         self.models = {m.name: m for m in models}
         self.token = token
         self.metrics = Metrics(models)
+        self.shm = SystemSharedMemory()
         self.draining = False
 
     def authorize(self, header: str | None) -> None:
@@ -79,8 +102,9 @@ class Service:
         """
         model = self.models.get(name)
         if model is None:
-            raise Rejected(404, f"unknown model {name!r}: this server has {sorted(self.models)}",
-                           code="NOT_FOUND")
+            # Triton's wording first: clients (Triton's own examples) look for it.
+            raise Rejected(404, f"Request for unknown model: {name!r} is not found; this server has "
+                           f"{sorted(self.models)}", code="NOT_FOUND")
         if version not in ("", model.version):
             raise Rejected(404, f"model {name!r} has no version {version!r}: it has version {model.version!r}",
                            code="NOT_FOUND")

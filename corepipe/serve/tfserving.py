@@ -19,6 +19,7 @@ import numpy as np
 
 from ..artifact.plan import TensorSpec
 from ..errors import InputError
+from .codec import whole_numbers
 
 __all__ = ["parse_predict", "encode_predict"]
 
@@ -33,11 +34,10 @@ def _array(value: Any, spec: TensorSpec, what: str) -> np.ndarray:
         raw = np.asarray(value)
         if raw.dtype == object or raw.dtype.kind in "US":
             raise ValueError("values must be numbers (or true/false), in nested lists")
-        if dtype.kind in "iub" and raw.dtype.kind == "f" and not np.all(np.mod(raw, 1) == 0):
-            raise ValueError(f"{spec.dtype} input given fractional values")
-        return raw.astype(dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"{what}: not a tensor of {spec.dtype}: {exc}") from None
+    whole_numbers(raw, dtype, what)  # the KServe route's check: the same error on both
+    return raw.astype(dtype)
 
 
 def _split(arr: np.ndarray, spec: TensorSpec, what: str) -> list[np.ndarray]:

@@ -35,8 +35,10 @@ def case_skip_far() -> GraphCase:
 
 
 def case_shared_weight_far() -> GraphCase:
-    """Tied embeddings: one table feeds a Gather at the start and a MatMul (via Transpose) at the end."""
-    vocab, dim = 16, 8
+    """Tied embeddings: one table feeds a Gather at the start and a MatMul (via Transpose) at the end.
+    The table (5 KiB) is over `FOLD_BYTES`, so its Transpose stays a node that each reader copies,
+    instead of a folded second copy of the table."""
+    vocab, dim = 160, 8
     nodes = [
         node("Gather", ["emb_table", "ids"], ["emb"]),
         node("MatMul", ["emb", "w1"], ["h1"]),
@@ -66,6 +68,20 @@ def case_shared_weight_far() -> GraphCase:
         inits,
     )
     return GraphCase("shared_weight_far", model, {"ids": ids})
+
+
+def case_index_from_request() -> GraphCase:
+    """`case_shared_weight_far` with its token ids reaching the Gather through an Abs: an index
+    computed from request data, which no intake check covers, so its stage runs on onnxruntime
+    (whatever the engine asked for) and ids past the table fail there, with a `StageError`.
+    ``bad``: such a request (the ids far past the table)."""
+    case = case_shared_weight_far()
+    graph = case.model.graph
+    gather = next(n for n in graph.node if n.op_type == "Gather")
+    gather.input[1] = "ids_abs"
+    graph.node.insert(0, node("Abs", ["ids"], ["ids_abs"]))
+    case.name = "index_from_request"
+    return case
 
 
 def case_shape_arith_int64() -> GraphCase:
