@@ -1,0 +1,82 @@
+"""OpenVINO's snippets per stage: on where the compiler's check against onnxruntime passes with
+them, off (SNIPPETS_MODE=DISABLE) where they compute the stage wrong, and off in artifacts
+compiled before the choice existed (they were checked without)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from graphcases import run_reference
+from onnx import TensorProto as TP
+from onnx import helper as h
+
+import corepipe
+from corepipe.artifact.plan import StagePlan
+from corepipe.engines import missing_engine
+
+pytestmark = pytest.mark.skipif(missing_engine("openvino") is not None, reason="openvino is not installed")
+
+
+def _eltwise_chain() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Add, Mul, Relu, Exp, Add, Mul, Relu: OpenVINO fuses each run of these into one snippet."""
+    one = h.make_tensor("one", TP.FLOAT, [1, 64, 32], np.ones(64 * 32, np.float32))
+    nodes = [h.make_node("Add", ["x", "one"], ["a"], name="add0"), h.make_node("Mul", ["a", "a"], ["b"], name="mul0"),
+             h.make_node("Relu", ["b"], ["c"], name="relu0"), h.make_node("Exp", ["c"], ["d"], name="exp0"),
+             h.make_node("Add", ["d", "x"], ["e"], name="add1"), h.make_node("Mul", ["e", "e"], ["f"], name="mul1"),
+             h.make_node("Relu", ["f"], ["y"], name="relu1")]
+    graph = h.make_graph(nodes, "chain", [h.make_tensor_value_info("x", TP.FLOAT, [1, 64, 32])],
+                         [h.make_tensor_value_info("y", TP.FLOAT, [1, 64, 32])], [one])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 64, 32)).astype(np.float32)
+    return model, {"x": x}
+
+
+def _layer_types(engine) -> set[str]:
+    return {op.get_rt_info()["layerType"].astype(str) for op in engine.compiled.get_runtime_model().get_ops()}
+
+
+def test_engine_compiles_snippets_only_when_asked(tmp_path: Path) -> None:
+    from corepipe.engines.ov import OpenVinoEngine
+
+    model, feeds = _eltwise_chain()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    off = OpenVinoEngine(str(path), inputs=["x"], outputs=["y"])
+    on = OpenVinoEngine(str(path), inputs=["x"], outputs=["y"], snippets=True)
+    assert "Subgraph" not in _layer_types(off)  # SNIPPETS_MODE=DISABLE: plain Eltwise nodes
+    assert "Subgraph" in _layer_types(on)  # a snippet: OpenVINO's generated kernel
+    np.testing.assert_allclose(on.run(feeds)[0], off.run(feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_stage_the_check_passes_keeps_snippets_and_the_workers_use_them(tmp_path: Path) -> None:
+    model, feeds = _eltwise_chain()
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, cuts=[3], engine="openvino")
+    assert [s.snippets for s in cm.plan.stages] == [True, True]
+    manifest = json.loads((cm.path / "manifest.json").read_text())
+    stages = manifest.get("plan", manifest)["stages"]
+    assert [s["snippets"] for s in stages] == [True, True]
+    from corepipe.artifact.manifest import open_artifact
+    from corepipe.engines import StageRunner
+
+    runner = StageRunner(open_artifact(cm.path), 1)
+    assert "Subgraph" in _layer_types(runner.engine)
+    with corepipe.load(cm.path) as pipe:
+        np.testing.assert_allclose(pipe.run(feeds)["y"], run_reference(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_artifacts_from_before_the_choice_run_without_snippets() -> None:
+    """A manifest without the field is one checked with snippets off: it loads as off."""
+    base = StagePlan(index=0, node_start=0, node_end=1, first_node="n", last_node="n", first_op="Relu",
+                     last_op="Relu", inputs=("x",), outputs=("y",), carried=(), weights=0, resident_bytes=0,
+                     estimated_s=0.0, device=0, core=0, engine="openvino")
+    data = base.to_dict()
+    assert data["snippets"] is False
+    del data["snippets"]
+    assert StagePlan.from_dict(data).snippets is False
+    assert StagePlan.from_dict({**data, "snippets": True}).snippets is True
+    with pytest.raises(ValueError, match="snippets must be true or false"):
+        StagePlan.from_dict({**data, "snippets": "yes"})
