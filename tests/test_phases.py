@@ -1,4 +1,4 @@
-"""Per-request accounting of the hot path (COREPIPE_PHASES) and the workers' huge-page heap."""
+"""Per-request accounting of the hot path (COREPIPE_PHASES) and the workers' opt-in huge-page heap."""
 
 from __future__ import annotations
 
@@ -70,16 +70,18 @@ def test_phases_change_no_answer(tmp_path, monkeypatch):
         np.testing.assert_array_equal(counted[name], value)
 
 
-def test_huge_pages_env_keeps_user_tunables():
-    assert huge_pages_env({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
-    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
-        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+def test_huge_pages_env_only_when_asked_and_keeps_user_tunables():
+    assert "GLIBC_TUNABLES" not in huge_pages_env({})  # off by default
     assert "GLIBC_TUNABLES" not in huge_pages_env({HUGEPAGES_ENV: "0"})
+    on = {HUGEPAGES_ENV: "1"}
+    assert huge_pages_env(dict(on))["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert huge_pages_env({**on, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert huge_pages_env({**on, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
 
 
-@pytest.mark.parametrize("switch,expected", [(None, True), ("0", False)])
-def test_workers_start_with_huge_pages_unless_told(tmp_path, monkeypatch, switch, expected):
+@pytest.mark.parametrize("switch,expected", [(None, False), ("0", False), ("1", True)])
+def test_workers_start_with_huge_pages_only_when_asked(tmp_path, monkeypatch, switch, expected):
     model, feeds = zoo.get("mlp")
     cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2)
     if switch is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["HUGEPAGES_ENV", "WorkerProcess", "assign_cores", "huge_pages_env", "module_command", "spawn"]
 
-#: Set to ``0`` to start workers without transparent huge pages for their heap (see `huge_pages_env`).
+#: Set to ``1`` to start workers with transparent huge pages for their heap (see `huge_pages_env`).
 HUGEPAGES_ENV = "COREPIPE_HUGEPAGES"
 _HUGETLB = "glibc.malloc.hugetlb=1"
 
@@ -50,17 +50,14 @@ def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
 
 def huge_pages_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` with glibc's malloc asking for transparent huge pages (``GLIBC_TUNABLES``
-    ``glibc.malloc.hugetlb=1``, glibc >= 2.35; older ones ignore it).
+    ``glibc.malloc.hugetlb=1``, glibc >= 2.35; older ones ignore it) when ``COREPIPE_HUGEPAGES=1``;
+    else ``env`` unchanged. Tunables the user set are kept.
 
-    A worker's heap holds its engine's weights (repacked by OpenVINO) and activations, and an
-    inference streams through all of them: with 4 KiB pages that is a TLB miss every few
-    cache lines. Linux's default THP mode, ``madvise``, gives huge pages only to memory that
-    asks, and glibc asks only when told to. Measured: 3-4 % less time per request on BERT-base,
-    up to 3 % on ResNet-50, resident memory unchanged (benchmarks/RESULTS.md, "Where one
-    request's CPU goes"). Tunables the user set are kept; ``COREPIPE_HUGEPAGES=0`` leaves the
-    environment alone.
+    Off by default: measured on 2 cores (benchmarks/RESULTS.md, "Where one request's CPU goes"),
+    huge pages cost BERT-base fp32 workers 13-17 % more CPU per request (likely: fresh 2 MiB pages
+    faulted in and zeroed where OpenVINO allocates), and moved ResNet-50 by -1 to +3 %, within noise.
     """
-    if env.get(HUGEPAGES_ENV, "1") == "0":
+    if env.get(HUGEPAGES_ENV, "0") != "1":
         return env
     tunables = env.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" not in tunables:
@@ -71,7 +68,7 @@ def huge_pages_env(env: dict[str, str]) -> dict[str, str]:
 class WorkerProcess:
     """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
     re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard).
-    Its heap asks for transparent huge pages (`huge_pages_env`)."""
+    With ``COREPIPE_HUGEPAGES=1`` its heap asks for transparent huge pages (`huge_pages_env`)."""
 
     def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
         argv, env = module_command("corepipe.runtime.worker", json.dumps(config))
