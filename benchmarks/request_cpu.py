@@ -148,10 +148,12 @@ def run_pipeline(art: Path, feeds: Mapping[str, np.ndarray], shape: Shape, cores
 
 
 def run_peers(path: Path, inputs: Path, cores: Sequence[int], precision: str, requests: int,
-              thp: bool = False) -> list[dict[str, Any]]:
+              thp: bool = False, as_exported: Path | None = None) -> list[dict[str, Any]]:
     """The peers, each in its own process: OpenVINO THROUGHPUT with one request per stream and
     with one more waiting per stream, LATENCY with 1 and 2 in flight, onnxruntime shared by K
-    threads and K sessions; ``thp``: the OpenVINO ones again with huge pages for their heap."""
+    threads and K sessions; ``thp``: the OpenVINO ones again with huge pages for their heap;
+    ``as_exported``: OpenVINO THROUGHPUT again on that file (the model with its dynamic dims,
+    where ``path`` has them fixed at the request's shapes)."""
     k = len(cores)
     setups = [(f"openvino THROUGHPUT ({k} streams, {k} in flight)", "ov_throughput", k, precision, k, ""),
               (f"openvino THROUGHPUT ({k} streams, {2 * k} in flight)", "ov_throughput", k, precision, 2 * k, ""),
@@ -162,6 +164,11 @@ def run_peers(path: Path, inputs: Path, cores: Sequence[int], precision: str, re
         setups += [(f"openvino THROUGHPUT ({k} streams, {2 * k} in flight), huge pages", "ov_throughput", k,
                     precision, 2 * k, "glibc.malloc.hugetlb=1")]
     out = []
+    if as_exported is not None:
+        r = run_serial(as_exported, inputs, k, requests, 3, cores, mode="ov_throughput", precision=precision)
+        out.append({"setup": f"openvino THROUGHPUT ({k} streams), the model as exported (dynamic dims)",
+                    "precision": precision, "req_per_s": r["requests"] / r["elapsed_s"],
+                    "cpu_s": r["cpu_s"] / r["requests"], "p50_s": r["latency_p50_s"]})
     for label, mode, threads, prec, in_flight, tunables in setups:
         old = os.environ.get("GLIBC_TUNABLES")
         if tunables:
@@ -214,13 +221,13 @@ def markdown(model: str, precision: str, runs: Sequence[Mapping[str, Any]], peer
         workers = "; ".join(f"r{w['replica']}s{w['stage']} {_us(w['cpu_s'])} ({_us(w['main_thread_cpu_s'])}; "
                             f"{_us(w['cpu_s'] - w['main_thread_cpu_s'])})" for w in run["workers"])
         busy = " / ".join(f"{v * 1e3:.2f}" for v in run["busy_s"].values())
-        thp = "" if run.get("huge_pages", True) else ", no huge pages"
+        thp = ", huge pages" if run.get("huge_pages") else ""
         lines.append(f"| corepipe {r}r x {s}s x {t}t, window {run['window']}{thp} | {run['req_per_s']:.2f} | "
                      f"{_us(1 / run['req_per_s'])} | {_us(total)} | {_us(run['client_cpu_s'])} ({threads}) | "
                      f"{workers} | {busy} | {run['foreign_cpu']:.0%} |")
     for run in runs:
         r, s, t = run["shape"]
-        thp = "" if run.get("huge_pages", True) else ", no huge pages"
+        thp = ", huge pages" if run.get("huge_pages") else ""
         lines += ["", f"Phases of corepipe {r}r x {s}s x {t}t, window {run['window']}{thp} (means over the pipeline's life, "
                   "warm-up included):", "",
                   "| process | phase | count | wall µs | thread CPU µs | process CPU µs |", "|---|---|---:|---:|---:|---:|"]
@@ -231,6 +238,9 @@ def markdown(model: str, precision: str, runs: Sequence[Mapping[str, Any]], peer
 def main(argv: Sequence[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50", help="zoo model name, or an .onnx path")
+    ap.add_argument("--inputs", type=Path, help="an .npz of the request (an .onnx path's own; default: random)")
+    ap.add_argument("--peer-model", type=Path,
+                    help="the peers run this file (the model with static dims); the model itself too, once")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--shapes", nargs="+", default=["1x2x1"], help="deployments RxSxT (R x S x T = cores)")
@@ -243,7 +253,7 @@ def main(argv: Sequence[str]) -> None:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-phases", action="store_true", help="leave the per-phase counters off")
     ap.add_argument("--thp-peer", action="store_true", help="also OpenVINO THROUGHPUT with huge pages")
-    ap.add_argument("--no-thp", action="store_true", help="workers without huge pages (COREPIPE_HUGEPAGES=0)")
+    ap.add_argument("--thp", action="store_true", help="workers with huge pages (COREPIPE_HUGEPAGES=1)")
     ap.add_argument("--thp-ab", action="store_true", help="each pipeline run without and with huge pages")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--work", type=Path, help="keep compiled artifacts here")
@@ -257,6 +267,9 @@ def main(argv: Sequence[str]) -> None:
         source = args.model if args.model.endswith(".onnx") else f"zoo:{args.model}"
         (work / "model").mkdir(exist_ok=True)
         path, zoo_feeds = resolve_model(source, work / "model")
+        if args.inputs is not None:
+            with np.load(args.inputs) as npz:
+                zoo_feeds = {k: npz[k] for k in npz.files}
         if zoo_feeds is None:
             from corepipe.bench.traffic import example_feeds
             from corepipe.compiler.graph import analyze
@@ -268,17 +281,18 @@ def main(argv: Sequence[str]) -> None:
         arts = {s: compile_for(path, zoo_feeds, work, s, args.precision, args.balance) for s in {sh[1] for sh in shapes}}
         if args.compile_only:
             return
-        if args.no_thp:
-            os.environ["COREPIPE_HUGEPAGES"] = "0"
-        peers = [] if args.no_peers else run_peers(path, inputs, use, args.precision, args.requests, args.thp_peer)
+        if args.thp:
+            os.environ["COREPIPE_HUGEPAGES"] = "1"
+        peers = [] if args.no_peers else run_peers(args.peer_model or path, inputs, use, args.precision, args.requests,
+                                                   args.thp_peer, path if args.peer_model else None)
         runs = []
         for sh in shapes:
             for w in args.window:
-                for thp in (("0", "1") if args.thp_ab else (os.environ.get("COREPIPE_HUGEPAGES", "1"),)):
+                for thp in (("0", "1") if args.thp_ab else (os.environ.get("COREPIPE_HUGEPAGES", "0"),)):
                     os.environ["COREPIPE_HUGEPAGES"] = thp
                     run = run_pipeline(arts[sh[1]], zoo_feeds, sh, use, args.requests, window_for(w, sh),
                                        args.warmup, not args.no_phases)
-                    run["huge_pages"] = thp != "0"
+                    run["huge_pages"] = thp == "1"
                     runs.append(run)
     command = "python benchmarks/request_cpu.py " + " ".join(argv)
     text = markdown(args.model, args.precision, runs, peers, command)
