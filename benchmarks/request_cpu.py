@@ -17,6 +17,9 @@ tune` measures; ``+1`` keeps one request queued per replica), after a warm-up. I
 
     python benchmarks/request_cpu.py --model resnet50 --precision bf16 --shapes 1x2x1 2x1x1 --markdown out.md
 
+``--summary LABEL=RUN.json ...`` (runs written with ``--json``) prints the breakdown table of
+benchmarks/RESULTS.md, one row per pipeline run, every figure per request.
+
 ``--work DIR`` keeps the compiled artifacts between runs (compile under cp-test, then measure
 under cp-bench with the same DIR).
 """
@@ -235,7 +238,49 @@ def markdown(model: str, precision: str, runs: Sequence[Mapping[str, Any]], peer
     return "\n".join(lines) + "\n"
 
 
+def _per_call(files: Sequence[Mapping[str, Any]], role: str, phase: str, key: str = "cpu_ns") -> float:
+    """Mean µs per call of ``phase`` over every file of ``role`` (replicas: several)."""
+    got = [f["phases"][phase] for f in files if f["role"] == role and phase in f["phases"]]
+    n = sum(p["count"] for p in got)
+    return sum(p[key] for p in got) / n / 1e3 if n else 0.0
+
+
+def summary(labelled: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """One row per pipeline run (huge pages off) of each ``(label, request_cpu --json)``: the
+    breakdown of one request's CPU, in µs, against the OpenVINO THROUGHPUT peer's."""
+    lines = ["| model, precision | plan | req/s | x OV THROUGHPUT | client: submit / copy in / completion | "
+             "client threads in all | each worker outside the engine: wait / header / bind / after + publish | "
+             "engine CPU per request, each stage (preempted) | CPU per request, all processes | "
+             "OV THROUGHPUT's CPU per request |",
+             "|---|---|---:|---:|---|---:|---|---|---:|---:|"]
+    for label, data in labelled:
+        ovt = [p for p in data["peers"] if p["setup"].startswith("openvino THROUGHPUT") and "exported" not in p["setup"]
+               and "huge" not in p["setup"]]
+        best_ovt = max(ovt, key=lambda p: p["req_per_s"])
+        for run in data["runs"]:
+            if run.get("huge_pages"):
+                continue
+            r, st, t = run["shape"]
+            files = run["phases"]
+            client = " / ".join(f"{_per_call(files, 'client', ph):,.0f}" for ph in ("submit", "feed", "collect"))
+            stages = sorted({f["role"] for f in files if f["role"] != "client"})
+            outside = "; ".join(
+                f"s{x[5:]}: " + " / ".join(f"{_per_call(files, x, ph):,.0f}" for ph in ("wait", "header", "bind"))
+                + f" / {_per_call(files, x, 'after') + _per_call(files, x, 'publish'):,.0f}" for x in stages)
+            engine = "; ".join(f"s{x[5:]}: {_per_call(files, x, 'engine') / 1e3:,.2f} ms "
+                               f"({(_per_call(files, x, 'engine', 'wall_ns') - _per_call(files, x, 'engine')) / 1e3:,.2f})"
+                               for x in stages)
+            total = run["client_cpu_s"] + sum(w["cpu_s"] for w in run["workers"])
+            lines.append(f"| {label} | {r}r x {st}s x {t}t | {run['req_per_s']:.2f} | "
+                         f"{run['req_per_s'] / best_ovt['req_per_s']:.3f} | {client} | {_us(run['client_cpu_s'])} | "
+                         f"{outside} | {engine} | {_us(total)} | {_us(best_ovt['cpu_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str]) -> None:
+    if argv and argv[0] == "--summary":  # --summary LABEL=FILE.json ...: the breakdown table
+        print(summary([(a.split("=", 1)[0], json.loads(Path(a.split("=", 1)[1]).read_text())) for a in argv[1:]]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50", help="zoo model name, or an .onnx path")
     ap.add_argument("--inputs", type=Path, help="an .npz of the request (an .onnx path's own; default: random)")

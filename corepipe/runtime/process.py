@@ -53,9 +53,9 @@ def huge_pages_env(env: dict[str, str]) -> dict[str, str]:
     ``glibc.malloc.hugetlb=1``, glibc >= 2.35; older ones ignore it) when ``COREPIPE_HUGEPAGES=1``;
     else ``env`` unchanged. Tunables the user set are kept.
 
-    Off by default: measured on 2 cores (benchmarks/RESULTS.md, "Where one request's CPU goes"),
-    huge pages cost BERT-base fp32 workers 13-17 % more CPU per request (likely: fresh 2 MiB pages
-    faulted in and zeroed where OpenVINO allocates), and moved ResNet-50 by -1 to +3 %, within noise.
+    Off by default: measured on 2 cores, same runs (benchmarks/RESULTS.md, "Where one request's
+    CPU goes"), huge pages cost the BERT-base fp32 workers 13-17 % more CPU per request, gave
+    BERT-base bf16 4-5 % more throughput, and moved ResNet-50 by -1 to +3 %: no default fits all.
     """
     if env.get(HUGEPAGES_ENV, "0") != "1":
         return env
