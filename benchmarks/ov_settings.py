@@ -10,7 +10,8 @@ Variants (each changes one thing from ``worker``, corepipe's `OpenVinoEngine` co
 ``snippets`` (SNIPPETS_MODE left at its default), ``pinning`` (ENABLE_CPU_PINNING on),
 ``denormals`` (CPU_DENORMALS_OPTIMIZATION on), ``hint`` (PERFORMANCE_HINT=THROUGHPUT with one
 stream, the peer's per-stream configuration, instead of explicit streams and threads), ``sync``
-(``infer()`` on the calling thread instead of ``start_async()`` + ``wait()``), ``fresh`` (inputs
+(``infer()`` on the calling thread, as one-thread stages now run, instead of ``start_async()`` +
+``wait()``, as stages of several threads run and the reference does), ``fresh`` (inputs
 copied and outputs allocated per request, as the peer's ``AsyncInferQueue`` does, instead of
 tensors bound once to fixed buffers), ``batch2`` (the moonshot's idea: two requests run as one
 batch of 2, the graph reshaped to batch 2; its figures are per request, half a call's).
@@ -38,7 +39,7 @@ _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def worker_config(precision: str, threads: int = 1) -> dict[str, Any]:
-    """What `corepipe.engines.ov.OpenVinoEngine` asks for."""
+    """What `corepipe.engines.ov.OpenVinoEngine` asks for, snippets off (as on a stage the check found wrong)."""
     return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False,
             "INFERENCE_PRECISION_HINT": _HINT[precision],
             "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
