@@ -54,8 +54,9 @@ def huge_pages_env(env: dict[str, str]) -> dict[str, str]:
     else ``env`` unchanged. Tunables the user set are kept.
 
     Off by default: measured on 2 cores, same runs (benchmarks/RESULTS.md, "Where one request's
-    CPU goes"), huge pages cost the BERT-base fp32 workers 13-17 % more CPU per request, gave
-    BERT-base bf16 4-5 % more throughput, and moved ResNet-50 by -1 to +3 %: no default fits all.
+    CPU goes"), huge pages cost the BERT-base fp32 workers 15-18 % more CPU per request (5 and
+    13 % less throughput), gave BERT-base bf16 4-5 % more throughput, and moved ResNet-50 by
+    -1 to +3 %: no default fits all.
     """
     if env.get(HUGEPAGES_ENV, "0") != "1":
         return env
