@@ -90,17 +90,17 @@ def peer_setups(k: int, precision: str, *, strong: bool = True) -> list[PeerSetu
 
 
 def _config(model: Path, inputs: Path, mode: str, threads: int, requests: int, warmup: int,
-            cores: Sequence[int], precision: str = "fp32") -> str:
+            cores: Sequence[int], precision: str = "fp32", in_flight: int | None = None) -> str:
     return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode,
                        "threads": threads, "requests": requests, "warmup": warmup, "cores": list(cores),
-                       "precision": precision})
+                       "precision": precision, "in_flight": in_flight})
 
 
 def run_serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: Sequence[int],
-               mode: str = "serial", precision: str = "fp32") -> dict[str, Any]:
+               mode: str = "serial", precision: str = "fp32", in_flight: int | None = None) -> dict[str, Any]:
     """One peer process in ``mode``, to completion: its JSON report (see `corepipe.bench.proc`)."""
     argv, env = module_command("corepipe.bench.proc",
-                               _config(model, inputs, mode, threads, requests, warmup, cores, precision))
+                               _config(model, inputs, mode, threads, requests, warmup, cores, precision, in_flight))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"peer process ({mode}, {threads} threads) failed: {out.stderr.strip()[-2000:]}")

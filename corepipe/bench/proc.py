@@ -8,12 +8,14 @@ Run as ``python -m corepipe.bench.proc CONFIG_JSON``. Modes:
 - ``shared``: one onnxruntime session (1 intra-op thread) shared by ``threads`` Python threads,
   each running requests back to back (onnxruntime releases the GIL while it runs).
 - ``ov_throughput``: OpenVINO ``PERFORMANCE_HINT=THROUGHPUT`` with ``threads`` streams, fed by an
-  ``AsyncInferQueue`` with one request in flight per stream.
+  ``AsyncInferQueue`` with ``in_flight`` requests (default one per stream; two per stream keep
+  one waiting inside OpenVINO, so a stream never idles while Python hands it the next).
 - ``ov_latency``: OpenVINO ``PERFORMANCE_HINT=LATENCY`` with ``threads`` inference threads, one
-  request in flight.
+  request in flight (``in_flight`` > 1: fed by an ``AsyncInferQueue`` of that many).
 OpenVINO runs at ``precision`` (fp32 also asks for ``EXECUTION_MODE_HINT=ACCURACY``, since a
 bf16-capable CPU would otherwise default to bf16). Results are one JSON line on stdout (plain
-numbers, no pickle): elapsed seconds, requests, p50 and p99 latency, RSS and USS.
+numbers, no pickle): elapsed seconds, requests, p50 and p99 latency, the process's CPU seconds
+over the timed requests (every thread: what the setup costs the machine per request), RSS and USS.
 """
 
 from __future__ import annotations
@@ -58,12 +60,18 @@ def _ov(cfg: dict[str, Any], hint: str) -> Any:
     return ov.Core().compile_model(cfg["model"], "CPU", config)
 
 
-def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None = None) -> None:
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None = None, *, cpu_s: float) -> None:
     import psutil
 
     mem = psutil.Process().memory_full_info()
     print(json.dumps({
         "elapsed_s": elapsed,
+        "cpu_s": _cpu_s() - cpu_s,
         "requests": len(latencies),
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "latency_p99_s": float(np.percentile(latencies, 99)),
@@ -81,12 +89,12 @@ def _serial(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.
         print("ready", flush=True)
         sys.stdin.readline()
     latencies = []
-    start = time.perf_counter()
+    cpu, start = _cpu_s(), time.perf_counter()
     for _ in range(int(cfg["requests"])):
         t0 = time.perf_counter()
         run(feeds)
         latencies.append(time.perf_counter() - t0)
-    _report(time.perf_counter() - start, latencies)
+    _report(time.perf_counter() - start, latencies, cpu_s=cpu)
 
 
 def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray],
@@ -109,19 +117,19 @@ def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.
                 latencies.append(time.perf_counter() - t0)
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
-    start = time.perf_counter()
+    cpu, start = _cpu_s(), time.perf_counter()
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    _report(time.perf_counter() - start, latencies)
+    _report(time.perf_counter() - start, latencies, cpu_s=cpu)
 
 
-def _ov_throughput(compiled: Any, feeds: dict[str, np.ndarray], cfg: dict[str, Any]) -> None:
+def _ov_queue(compiled: Any, feeds: dict[str, np.ndarray], cfg: dict[str, Any]) -> None:
     import openvino as ov
 
     streams = int(compiled.get_property("NUM_STREAMS"))
-    queue = ov.AsyncInferQueue(compiled, max(streams, int(cfg["threads"])))
+    queue = ov.AsyncInferQueue(compiled, int(cfg.get("in_flight") or max(streams, int(cfg["threads"]))))
     latencies: list[float] = []
     queue.set_callback(lambda request, _: latencies.append(request.latency / 1e3))  # ms -> s
 
@@ -134,8 +142,9 @@ def _ov_throughput(compiled: Any, feeds: dict[str, np.ndarray], cfg: dict[str, A
 
     stream(max(int(cfg["warmup"]), 1) * len(queue))
     latencies.clear()
+    cpu = _cpu_s()
     elapsed = stream(int(cfg["requests"]))
-    _report(elapsed, latencies, {"streams": streams})
+    _report(elapsed, latencies, {"streams": streams}, cpu_s=cpu)
 
 
 def main(config_json: str) -> None:
@@ -150,7 +159,9 @@ def main(config_json: str) -> None:
     elif mode == "shared":
         _shared(_ort(cfg, 1), feeds, cfg)
     elif mode == "ov_throughput":
-        _ov_throughput(_ov(cfg, "THROUGHPUT"), feeds, cfg)
+        _ov_queue(_ov(cfg, "THROUGHPUT"), feeds, cfg)
+    elif mode == "ov_latency" and int(cfg.get("in_flight") or 1) > 1:
+        _ov_queue(_ov(cfg, "LATENCY"), feeds, cfg)
     elif mode == "ov_latency":
         request = _ov(cfg, "LATENCY").create_infer_request()
         _serial(lambda f: request.infer(f), feeds, cfg)
