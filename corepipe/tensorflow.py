@@ -30,6 +30,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .compiler import CompiledModel
 from .compiler import compile as _compile
 from .compiler.driver import FRONT_END
@@ -43,7 +45,7 @@ __all__ = ["saved_model", "CompileResult"]
 #: TensorFlow; corepipe runs the whole graph in its stages, so they have no meaning here.
 _NEURON_ONLY = frozenset({
     "minimum_segment_size", "no_fuse_ops", "force_fuse_ops", "compiler_workdir",
-    "compiler_timeout", "compiler_recovery", "dynamic_batch_size", "convert_constants_to_variables",
+    "compiler_timeout", "compiler_recovery", "convert_constants_to_variables",
     "strip_default_attrs", "protected_op_names", "op_whitelist", "supported_op_types",
 })
 
@@ -84,6 +86,7 @@ def _compile_saved_model(
     tags: list[str] | None = None,
     signature_def_key: str | None = None,
     compiler_args: list[str] | None = None,
+    dynamic_batch_size: bool | int = False,
     **options: Any,
 ) -> CompileResult:
     """Compile the SavedModel at ``model_dir`` into a corepipe artifact at ``new_model_dir``.
@@ -98,6 +101,11 @@ def _compile_saved_model(
         tags: MetaGraph tags (default: the SavedModel's only one).
         signature_def_key: the signature (default ``serving_default``).
         compiler_args: Neuron-style flags (``--static-weights``, ``--num-neuroncores N``, ...).
+        dynamic_batch_size: tensorflow-neuron's flag: the pipeline takes any batch. ``True``
+            keeps axis 0 of the signature's inputs free as corepipe's dynamic dim ``"batch"``,
+            1..max(8, the example's batch); an int N sets that max. A larger batch runs in
+            chunks (``pipe.run(feeds, split_batch=True)``; `serve` does it by itself), and
+            ``corepipe.load(..., max_batch=N)`` merges waiting requests along it.
         **options: `corepipe.compile` options (``num_cores``, ``core_memory``, ``target``,
             ``balance``, ``engine``, ``precision``, ``export_path``, ``progress``...).
 
@@ -124,10 +132,19 @@ def _compile_saved_model(
         if name in feeds:
             raise CompileError(f"feed {name!r} is in both model_feed_dict and model_shape_feed_dict; give it once")
         feeds[name] = value
+    dims = dict(options.pop("dynamic_dims", None) or {})
+    if dynamic_batch_size:
+        if isinstance(dynamic_batch_size, bool):
+            rows = [int(v[0] if isinstance(v, tuple) else np.shape(v)[0]) for v in feeds.values() if np.ndim(v)]
+            top = max([8, batch_size, *rows])
+        else:
+            top = int(dynamic_batch_size)
+        dims.setdefault("batch", (1, top))
     conv = convert_saved_model(
-        model_dir, feeds, signature=signature_def_key or "serving_default", tags=tags, batch_size=batch_size
+        model_dir, feeds, signature=signature_def_key or "serving_default", tags=tags, batch_size=batch_size,
+        dynamic=list(dims),
     )
-    compiled = _compile(conv, new_model_dir, compiler_args=compiler_args, **options)
+    compiled = _compile(conv, new_model_dir, compiler_args=compiler_args, dynamic_dims=dims or None, **options)
     notes = [n.removeprefix(FRONT_END) for n in compiled.plan.notes if n.startswith(FRONT_END)]
     return CompileResult(compiled, Path(new_model_dir), conv.feed_names, notes)
 

@@ -89,16 +89,39 @@ def small_python(code: str) -> str:
 
 
 def write_missing_models(args: list[str], workdir: Path) -> None:
-    """An ``.onnx`` file a command or a Python block reads that no earlier step wrote: a one-layer
-    BERT with BERT's inputs when its name says ``bert``, else the MLP."""
+    """An ``.onnx`` file a command or a Python block reads that no earlier step wrote: BERT's
+    inputs over dims batch and sequence when its name says ``dyn``, a one-layer BERT with BERT's
+    inputs when it says ``bert``, else the MLP."""
     for i, word in enumerate(args):
         if not word.endswith(".onnx") or (i and args[i - 1] in WRITES) or (workdir / word).exists():
             continue
-        if "bert" in Path(word).name:
+        if "dyn" in Path(word).name:
+            model = _dynamic_bert_inputs()
+        elif "bert" in Path(word).name:
             model = zoo.bert(num_layers=1, hidden=64, heads=2, intermediate=128, vocab=1000)
         else:
             model, _ = zoo.get("mlp")
         onnx.save(model, str(workdir / word))
+
+
+def _dynamic_bert_inputs() -> onnx.ModelProto:
+    """BERT's inputs over dims ``batch`` and ``sequence``: an embedding masked position by
+    position, so padding changes no real position's answer."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((1000, 16)).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axis"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["last_hidden_state"])]
+    dims = ["batch", "sequence"]
+    g = helper.make_graph(nodes, "bert_dyn", [helper.make_tensor_value_info(n, TensorProto.INT64, dims)
+                                              for n in ("input_ids", "attention_mask")],
+                          [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*dims, 16])],
+                          [table, numpy_helper.from_array(np.array([-1], np.int64), "axis")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 _ERRORS_SCRIPT = """

@@ -191,6 +191,27 @@ def test_text_model_with_int32_inputs(saved_models: dict[str, Path], tmp_path: P
                                        rtol=1e-4, atol=1e-6)
 
 
+def test_dynamic_batch_size_takes_a_batch_as_one_tensor(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """tensorflow-neuron's ``dynamic_batch_size=True``: axis 0 stays free (corepipe's dim
+    ``batch``, 1..8 here), so a batch-N request is one tensor; larger ones run in chunks."""
+    feeds = {"input_ids:0": np.ones((1, 16), np.int32), "attention_mask": np.ones((1, 16), np.int32)}
+    result = tfn.saved_model.compile(saved_models["text"], tmp_path / "text" / "1", model_feed_dict=feeds,
+                                     num_cores=2, dynamic_batch_size=True)
+    reference = _tf_reference(saved_models["text"])
+    rng = np.random.default_rng(3)
+    with corepipe.load(result.path, backend="inline") as pipe:
+        assert pipe.plan.shapes.batch == "batch" and dict(pipe.plan.shapes.dims) == {"batch": (1, 8)}
+        for rows in (3, 8, 11):
+            request = {"input_ids": rng.integers(0, 100, (rows, 16)).astype(np.int32),
+                       "attention_mask": (rng.random((rows, 16)) < 0.8).astype(np.int32)}
+            out = pipe.run(request, split_batch=rows > 8)["output_0"]
+            assert out.shape[0] == rows
+            np.testing.assert_allclose(out, reference(request)["output_0"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(corepipe.CompileError, match=r"not free dims of .* free \(None\) dims are \['batch'\]"):
+        tfn.saved_model.compile(saved_models["text"], tmp_path / "b", model_feed_dict=feeds,
+                                dynamic_dims={"sequence": (1, 16)})
+
+
 @pytest.mark.slow
 def test_compiled_savedmodel_is_served(saved_models: dict[str, Path], tmp_path: Path) -> None:
     """``tfn``'s versioned output ``text_compiled/1`` behind ``corepipe serve``, as model

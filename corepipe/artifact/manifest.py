@@ -30,14 +30,16 @@ from .plan import Plan, StagePlan
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "EXTRA_FILES", "read_manifest", "Artifact",
-    "open_artifact", "copy_stage",
+    "open_artifact", "copy_stage", "manifest_version",
 ]
 
 FORMAT = "corepipe-artifact"
 #: Version 2 adds each stage's engine, precision and fallback; version 1 artifacts (every stage
-#: on onnxruntime in fp32) still load.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: on onnxruntime in fp32) still load. Version 3 adds dynamic dims (the plan's ``shapes``, each
+#: tensor's ``min_shape`` and ``dims``, each stage's ``shape_mode``); it is written only for
+#: plans that have them, so artifacts of static shapes stay version 2 (`manifest_version`).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
@@ -101,8 +103,17 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
 _V2_STAGE_KEYS = ("engine", "precision")
 
 
+def manifest_version(plan: Plan) -> int:
+    """The format version a manifest of ``plan`` is written in: 3 with dynamic dims, else 2."""
+    return 3 if plan.shapes is not None else 2
+
+
 def _check_version_fields(data: dict[str, Any]) -> None:
-    """Version 1 stages predate engines (onnxruntime, fp32); version 2 stages must name theirs."""
+    """Version 1 stages predate engines (onnxruntime, fp32); version 2 stages must name theirs;
+    only version 3 may name dynamic dims."""
+    if data["format_version"] < 3 and ("shapes" in data["plan"]
+                                       or any("shape_mode" in st for st in data["plan"]["stages"])):
+        raise ArtifactError(f"a version {data['format_version']} manifest cannot name dynamic dims; they came in version 3")
     stages = data["plan"]["stages"]
     for k, st in enumerate(stages):
         named = [key for key in (*_V2_STAGE_KEYS, "fallback") if key in st]

@@ -6,12 +6,14 @@ is written and after it is read (`Plan.validate`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .deployment import Deployment
+from .dims import SHAPE_MODES, Shapes
 from .target import Target
 from .valuechecks import ValueCheck
 
@@ -20,7 +22,12 @@ __all__ = ["TensorSpec", "StagePlan", "Plan"]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor with a numpy dtype name and a static shape.
+    """A named tensor with a numpy dtype name and a shape.
+
+    ``shape`` is the largest shape the tensor takes: it sizes the hand-off buffers. A static
+    tensor has exactly that shape. A tensor over dynamic dims (`corepipe.artifact.dims`) also
+    has ``min_shape``, the smallest, and ``dims``: per axis, the dynamic dim it carries
+    (``"sequence"``) or None (a static axis, or one that varies with no dim of its own).
 
     ``dynamic``: the shape depends on the data (NonZero, Unique...). ``shape`` is then the one
     seen on the example inputs, which sizes the hand-off buffers: a request may produce a
@@ -31,6 +38,8 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     dynamic: bool = False
+    dims: tuple[str | None, ...] = ()
+    min_shape: tuple[int, ...] = ()
 
     #: Largest tensor a manifest may declare (1 TiB): a bound on what a tampered one can ask.
     MAX_BYTES = 2**40
@@ -39,14 +48,50 @@ class TensorSpec:
     def nbytes(self) -> int:
         return int(np.dtype(self.dtype).itemsize * int(np.prod(self.shape, dtype=np.int64)))
 
+    @property
+    def is_static(self) -> bool:
+        """Whether every request's tensor has exactly ``shape`` (no dynamic dims)."""
+        return not self.min_shape
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """``(min, max)`` of each axis."""
+        low = self.min_shape or self.shape
+        return list(zip(low, self.shape))
+
+    def shape_for(self, values: Mapping[str, int]) -> tuple[int, ...] | None:
+        """The shape when the dynamic dims take ``values``; None where an axis varies without a
+        dim of its own (or a dim is not in ``values``)."""
+        if self.is_static:
+            return self.shape
+        out = []
+        for axis, (lo, hi) in enumerate(self.ranges()):
+            name = self.dims[axis]
+            if lo == hi:
+                out.append(hi)
+            elif name is not None and name in values:
+                out.append(int(values[name]))
+            else:
+                return None
+        return tuple(out)
+
     def describe(self) -> str:
-        """``float32[1,128]``: the form error messages use."""
-        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        """``float32[1,128]``, or ``int64[1,sequence=1..128]`` over dynamic dims: the form error
+        messages use."""
+        if self.is_static:
+            return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        parts = []
+        for axis, (lo, hi) in enumerate(self.ranges()):
+            name = self.dims[axis]
+            parts.append(str(hi) if lo == hi else f"{name + '=' if name else ''}{lo}..{hi}")
+        return f"{self.dtype}[{','.join(parts)}]"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
         if self.dynamic:
             out["dynamic"] = True
+        if not self.is_static:  # absent for static tensors, as before dynamic dims
+            out["min_shape"] = list(self.min_shape)
+            out["dims"] = list(self.dims)
         return out
 
     @classmethod
@@ -59,7 +104,19 @@ class TensorSpec:
         dynamic = data.get("dynamic", False)
         if type(dynamic) is not bool:
             raise ValueError(f"tensor {name!r}: 'dynamic' must be true or false")
-        spec = cls(name=name, dtype=str(np.dtype(data["dtype"])), shape=tuple(dims), dynamic=dynamic)
+        low, axes = data.get("min_shape", []), data.get("dims", [])
+        if low or axes:
+            if (not isinstance(low, list) or not isinstance(axes, list) or len(low) != len(dims)
+                    or len(axes) != len(dims)):
+                raise ValueError(f"tensor {name!r}: 'min_shape' and 'dims' need one entry per axis")
+            if any(type(a) is not int or not 0 <= a <= b for a, b in zip(low, dims)):
+                raise ValueError(f"tensor {name!r}: min_shape {low!r} must be ints within 0..shape {dims!r}")
+            if any(a is not None and not isinstance(a, str) for a in axes):
+                raise ValueError(f"tensor {name!r}: 'dims' are dim names or null, got {axes!r}")
+        if list(low) == list(dims):  # nothing varies: a static tensor
+            low, axes = [], []
+        spec = cls(name=name, dtype=str(np.dtype(data["dtype"])), shape=tuple(dims), dynamic=dynamic,
+                   dims=tuple(axes), min_shape=tuple(low))
         if spec.nbytes > cls.MAX_BYTES:
             raise ValueError(f"tensor {name!r} declares {spec.nbytes} bytes, over the 1 TiB limit")
         return spec
@@ -81,6 +138,14 @@ class StagePlan:
     asked for (an op the other cannot run), or is None. ``snippets``: an OpenVINO stage runs
     with OpenVINO's snippets on (its check against onnxruntime passed with them); False where they
     computed it wrong, and in artifacts compiled before the choice, which were checked without.
+
+    ``shape_mode`` (plans over dynamic dims): ``"dynamic"``, one bounded dynamic graph runs
+    every shape in range, or ``"buckets"``, one static graph per bucket of `Plan.shapes` (on
+    onnxruntime, one session fed the bucket shapes); ``"static"`` otherwise. When a plan has
+    buckets, requests are padded to their bucket at intake and every stage sees bucket shapes. ``shape_costs``: the stage's seconds at
+    the smallest, typical and largest shapes (``min_s``, ``typical_s``, ``max_s``) and, where
+    the compiler chose the mode by measuring, each mode's mean over the shape profile
+    (``dynamic_s``, ``buckets_s``).
     """
 
     index: int
@@ -107,6 +172,8 @@ class StagePlan:
     engine: str = "onnxruntime"
     precision: str = "fp32"
     fallback: str | None = None
+    shape_mode: str = "static"
+    shape_costs: Mapping[str, float] | None = None
     snippets: bool = False
 
     #: What a manifest may name (a plan is untrusted data until validated).
@@ -123,6 +190,12 @@ class StagePlan:
             d[key] = list(d[key])
         if d["loaded_s"] is None:  # absent in artifacts balanced without load
             del d["loaded_s"]
+        if d["shape_mode"] == "static":  # absent in plans without dynamic dims, as before them
+            del d["shape_mode"]
+        if d["shape_costs"] is None:
+            del d["shape_costs"]
+        else:
+            d["shape_costs"] = dict(d["shape_costs"])
         return d
 
     @classmethod
@@ -137,6 +210,12 @@ class StagePlan:
             raise ValueError(f"stage snippets must be true or false, got {d['snippets']!r}")
         if d.get("fallback") is not None and not isinstance(d["fallback"], str):
             raise ValueError(f"stage fallback must be a string or null, got {d['fallback']!r}")
+        if d.get("shape_mode", "static") not in SHAPE_MODES:
+            raise ValueError(f"stage shape_mode must be one of {list(SHAPE_MODES)}, got {d['shape_mode']!r}")
+        costs = d.get("shape_costs")
+        if costs is not None and (not isinstance(costs, dict) or any(
+                not isinstance(k, str) or type(v) not in (int, float) for k, v in costs.items())):
+            raise ValueError(f"stage shape_costs must map names to seconds, got {costs!r}")
         return cls(**d)
 
 
@@ -147,6 +226,8 @@ class Plan:
     ``deployment``: how to run it (replicas x threads per stage on K cores), when `tune` chose
     one or `compile` was given one; ``None`` leaves it to `load`'s arguments.
 
+    ``shapes``: the dynamic dims requests may vary in, with their buckets and pad values
+    (`corepipe.artifact.dims.Shapes`); ``None`` for a plan of static shapes.
     ``input_checks``: what request values the model's index and size operands allow, checked
     at intake (`corepipe.artifact.valuechecks`); absent from artifacts compiled before them.
     """
@@ -160,6 +241,7 @@ class Plan:
     balance: str = "estimate"
     notes: tuple[str, ...] = field(default=())
     deployment: Deployment | None = None
+    shapes: Shapes | None = None
     input_checks: tuple[ValueCheck, ...] = ()
 
     @property
@@ -249,6 +331,32 @@ class Plan:
         unknown = sorted({c.input for c in self.input_checks} - model_inputs)
         if unknown:
             raise ValueError(f"input checks name {unknown}, which are not model inputs")
+        self._validate_shapes()
+
+    def _validate_shapes(self) -> None:
+        """Dynamic dims: every varying input axis named by `shapes`, within its range; buckets
+        named exactly when some stage runs them (requests are then padded at intake)."""
+        modes = [st.shape_mode for st in self.stages]
+        if self.shapes is None:
+            if any(m != "static" for m in modes) or any(not t.is_static for t in self.inputs):
+                raise ValueError("a plan with dynamic shapes or stage shape modes needs its 'shapes'")
+            return
+        self.shapes.validate()
+        if "static" in modes:
+            raise ValueError(f"every stage of a plan over dynamic dims is 'dynamic' or 'buckets', got {modes}")
+        if ("buckets" in modes) != bool(self.shapes.buckets):
+            raise ValueError(f"stage modes {modes} and buckets {dict(self.shapes.buckets)} disagree: a plan "
+                             "names buckets exactly when a stage runs them")
+        for spec in self.inputs:
+            for axis, (lo, hi) in enumerate(spec.ranges()):
+                name = spec.dims[axis] if spec.dims else None
+                if lo == hi:
+                    continue
+                if name is None or name not in self.shapes.dims:
+                    raise ValueError(f"input {spec.name!r} axis {axis} varies but names no dynamic dim")
+                if (lo, hi) != tuple(self.shapes.dims[name]):
+                    raise ValueError(f"input {spec.name!r} axis {axis} spans {lo}..{hi}, dim {name!r} "
+                                     f"spans {self.shapes.dims[name]}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -263,6 +371,8 @@ class Plan:
         }
         if self.deployment is not None:  # absent in artifacts without one, as before
             out["deployment"] = self.deployment.to_dict()
+        if self.shapes is not None:  # absent in plans of static shapes, as before dynamic dims
+            out["shapes"] = self.shapes.to_dict()
         if self.input_checks:  # absent where there is nothing to check, as in older artifacts
             out["input_checks"] = [c.to_dict() for c in self.input_checks]
         return out
@@ -281,5 +391,6 @@ class Plan:
             balance=str(data.get("balance", "estimate")),
             notes=tuple(str(x) for x in data.get("notes", ())),
             deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
+            shapes=Shapes.from_dict(data["shapes"]) if data.get("shapes") is not None else None,
             input_checks=tuple(ValueCheck.from_dict(c) for c in data.get("input_checks", [])),
         )

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import InputError
 from .plan import TensorSpec
 
-__all__ = ["Dim", "check_feeds", "expected_dims", "tensor_problem"]
+__all__ = ["Dim", "check_feeds", "expected_dims", "feed_dims", "tensor_problem"]
 
 #: A dim as the signature allows it: an int where static, ``(lo, hi)`` where it varies
 #: (``hi`` None: bounded only by the compiled size of the tensor).
@@ -26,7 +26,8 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
     """Return C-contiguous arrays for ``feeds``, or raise `InputError` saying what is wrong.
 
     Every input must be present, named exactly, a numpy array (or numpy scalar), and match its
-    compiled dtype and static shape. The message names what was expected and what came:
+    compiled dtype and static shape, or, over dynamic dims, lie within each dim's range with
+    one value per dim across the inputs. The message names what was expected and what came:
     ``input 'input_ids': expected int64[1,128], got float32[1,64]``.
     """
     if not isinstance(feeds, Mapping):
@@ -46,6 +47,7 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
         want = ", ".join(f"{s.name}: {s.describe()}" for s in specs)
         raise InputError(f"inputs do not match the model: {'; '.join(parts)}; expected {{{want}}}")
     out: dict[str, np.ndarray] = {}
+    seen: dict[str, tuple[str, int]] = {}  # dynamic dim -> (input that fixed it, value)
     for spec in specs:
         value = feeds[spec.name]
         if isinstance(value, np.generic):
@@ -55,12 +57,19 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
                 f"input {spec.name!r}: expected a numpy array {spec.describe()}, got "
                 f"{type(value).__name__}; wrap it with np.asarray(..., dtype=np.{spec.dtype})"
             )
-        if str(value.dtype) != spec.dtype or tuple(value.shape) != spec.shape:
+        # min_shape, not is_static: a static request pays one attribute read for dynamic dims
+        if spec.min_shape and str(value.dtype) == spec.dtype and value.ndim == len(spec.shape):
+            _check_dims(spec, value, seen)
+        elif str(value.dtype) != spec.dtype or tuple(value.shape) != spec.shape:
             hint = ""
-            if str(value.dtype) != spec.dtype and tuple(value.shape) == spec.shape:
+            fits = tuple(value.shape) == spec.shape or (not spec.is_static and value.ndim == len(spec.shape))
+            if str(value.dtype) != spec.dtype and fits:
                 hint = f"; convert with .astype(np.{spec.dtype})"
-            elif tuple(value.shape) != spec.shape:
-                hint = "; the pipeline runs the static shapes it was compiled for (batch 1)"
+            elif not fits and spec.is_static:
+                hint = ("; the pipeline runs the static shapes it was compiled for (split a batch with "
+                        "split_batch=True, or compile with dynamic_dims= to take other shapes)")
+            elif not fits:
+                hint = f"; it takes {len(spec.shape)} dims"
             raise InputError(
                 f"input {spec.name!r}: expected {spec.describe()}, got {_describe(value)}{hint}"
             )
@@ -72,10 +81,49 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
     return out
 
 
+# -- dynamic dims -------------------------------------------------------------------------------
+def _check_dims(spec: TensorSpec, value: np.ndarray, seen: dict[str, tuple[str, int]]) -> None:
+    """Each axis of ``value`` within its range, and each dynamic dim the same in every input
+    (``seen``: the values met so far): a ragged batch or mismatched lengths fail here."""
+    for axis, ((lo, hi), size) in enumerate(zip(spec.ranges(), value.shape)):
+        name = spec.dims[axis]
+        what = f"dim {name!r} (axis {axis})" if name else f"axis {axis}"
+        if not lo <= size <= hi:
+            hint = "; split a larger batch with submit(..., split_batch=True)" if size > hi and axis == 0 else ""
+            raise InputError(
+                f"input {spec.name!r}: {what} is {size}, outside its range {lo}..{hi} "
+                f"(expected {spec.describe()}, got {_describe(value)}){hint}")
+        if name is None or lo == hi:
+            continue
+        if name in seen and seen[name][1] != size:
+            first, had = seen[name]
+            raise InputError(
+                f"inputs disagree on dim {name!r}: {first!r} has {had}, {spec.name!r} has {size}; "
+                "every input carrying a dim must have the same size along it")
+        seen.setdefault(name, (spec.name, int(size)))
+
+
+def feed_dims(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The value of each dynamic dim in checked ``feeds`` (empty for static inputs)."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        if spec.is_static:
+            continue
+        for axis, name in enumerate(spec.dims):
+            if name is not None:
+                out.setdefault(name, int(feeds[spec.name].shape[axis]))
+    return out
+
+
 def expected_dims(spec: TensorSpec) -> tuple[Dim, ...]:
-    """The dims ``spec`` allows: its static shape, or for a data-dependent tensor (``dynamic``)
-    any size per dim, the whole within the compiled bytes."""
-    return tuple((0, None) for _ in spec.shape) if spec.dynamic else spec.shape
+    """The dims ``spec`` allows: its static shape; over dynamic dims, each varying axis within
+    its range; for a data-dependent tensor (``dynamic``) any size per dim, the whole within
+    the compiled bytes."""
+    if spec.dynamic:
+        return tuple((0, None) for _ in spec.shape)
+    if spec.is_static:
+        return spec.shape
+    return tuple(hi if lo == hi else (lo, hi) for lo, hi in spec.ranges())
 
 
 def tensor_problem(spec: TensorSpec, value: np.ndarray, dims: Sequence[Dim] | None = None) -> str | None:

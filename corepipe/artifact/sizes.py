@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_size", "format_bytes", "plural"]
+__all__ = ["parse_size", "parse_duration", "format_bytes", "plural"]
 
 _UNITS = {
     "": 1,
@@ -55,6 +55,31 @@ def parse_size(value: int | float | str) -> int:
     if size <= 0:
         raise ValueError(f"a size must be positive, got {value!r}")
     return size
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(us|µs|ms|s|)\s*$")
+_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "": 1.0}
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from a number of seconds or a string such as ``"500us"``, ``"2ms"``, ``"0.1s"``.
+
+    Raises:
+        ValueError: negative, or not a duration; the message lists the accepted units.
+
+    >>> parse_duration("500us")
+    0.0005
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a duration must be a finite number of seconds >= 0, got {value!r}")
+        return float(value)
+    match = _DURATION_RE.match(str(value))
+    if match is None:
+        raise ValueError(f"cannot read {value!r} as a duration: use a number with us, ms or s, e.g. '500us'")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 def format_bytes(n: float) -> str:

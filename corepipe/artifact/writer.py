@@ -25,11 +25,11 @@ from .manifest import (
     _ARTIFACT_FILE,
     EXTRA_FILES,
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     Artifact,
     _sha256_file,
     copy_stage,
+    manifest_version,
 )
 from .plan import Plan
 
@@ -59,7 +59,7 @@ def check_output_dir(out_dir: str | os.PathLike[str]) -> None:
 def _manifest_text(plan: Plan, source_sha256: str) -> str:
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": manifest_version(plan),
         "corepipe_version": __version__,
         "source_sha256": source_sha256,
         "plan": plan.to_dict(),

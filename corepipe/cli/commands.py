@@ -33,6 +33,7 @@ from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
 from .report import plural
 from .save import NpzWriter
+from .shapeopts import Buckets, Dynamic, PadValues, Profile, model_summary, shape_kwargs
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
 
@@ -103,6 +104,10 @@ def compile_cmd(
     threads_per_stage: Annotated[int | None, typer.Option(
         "--threads-per-stage", "-T", min=1, metavar="T", help="Deployment to record: cores per stage.",
         show_default=False)] = None,
+    dynamic: Dynamic = None,
+    buckets: Buckets = None,
+    pad_values: PadValues = None,
+    shape_profile: Profile = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -117,10 +122,13 @@ def compile_cmd(
     corepipe compile model.onnx -o out/ --compiler-arg=--auto-cast=none
     corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
     corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
+    corepipe compile m.onnx -o d/ --dynamic sequence=1:128 --dynamic batch=1:8
+    corepipe compile m.onnx -o b/ --dynamic sequence=1:128 --buckets sequence=64
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         count, _ = core_count(num_cores, cores, auto=True)
+        shaping = shape_kwargs(dynamic, buckets, pad_values, shape_profile)
         if plot is not None:
             check_plot(plot, "--plot")
         if balance not in BALANCES:
@@ -163,7 +171,7 @@ def compile_cmd(
                 example_inputs=None if savedmodel else (examples or None),
                 num_cores="auto" if count is None else count,
                 core_memory=core_memory, target=target, compiler_args=flags, balance=balance,
-                engine=engine, precision=precision, progress=progress, deployment=deployment,
+                engine=engine, precision=precision, progress=progress, deployment=deployment, **shaping,
             )
         print_plan(cm.plan, cm.path, f"{model}: {plural(cm.num_cores, 'stage')}")
         if plot is not None:
@@ -174,7 +182,8 @@ def compile_cmd(
 @app.command("inspect")
 def inspect_cmd(
     artifact: Annotated[Path, typer.Argument(
-        help="Artifact directory written by `corepipe compile`.", show_default=False)],
+        help="Artifact directory written by `corepipe compile`, or an .onnx model (its inputs, "
+        "outputs and symbolic dims, the names --dynamic takes).", show_default=False)],
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest's plan as JSON (stable, sorted keys) instead.")] = False,
     plot: Annotated[Path | None, typer.Option(
@@ -192,9 +201,13 @@ def inspect_cmd(
     corepipe inspect resnet_compiled/ --plot plan.png
     corepipe inspect resnet_compiled/ --json | jq '.stages[].resident_bytes'
     corepipe inspect out/ --json | jq '.stages[] | [.engine, .precision]'
+    corepipe inspect bert.onnx
     ```
     """
     with cli_errors():
+        if artifact.is_file():
+            out.print(Text(model_summary(artifact)))
+            return
         if plot is not None:
             check_plot(plot, "--plot")
         art = open_artifact(artifact)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.deployment import Deployment
+from ..artifact.dims import Shapes
 from ..artifact.plan import Plan
 from ..artifact.target import Target
 from ..artifact.writer import write_artifact
@@ -48,11 +49,14 @@ def make_plan(
     graph: ModelGraph, problem: solver.Problem, tgt: Target, bounds: Sequence[int], balance: str,
     choices: Sequence[Choice], *, measured: Sequence[float] | None = None,
     loaded: Sequence[float] | None = None, deployment: Deployment | None = None,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), shapes: Shapes | None = None, modes: Sequence[str] | None = None,
+    shape_costs: Sequence[Mapping[str, float]] | None = None,
 ) -> Plan:
     """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
     (``measured``) or under load (``loaded``), the deployment to record, and the checks the
-    intake makes on request values (`corepipe.compiler.unchecked`)."""
+    intake makes on request values (`corepipe.compiler.unchecked`). Over dynamic dims:
+    ``shapes``, each stage's shape mode (default ``"dynamic"``) and its costs at the bounds; an
+    OpenVINO stage holding static buckets counts one copy of its weights per bucket graph."""
     checks = find_unchecked(graph).checks
     k = len(bounds) - 1
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
@@ -63,6 +67,13 @@ def make_plan(
         for s, (st, c) in enumerate(zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured,
                                                     place_stages(tgt, seconds)), choices))
     ]
+    if shapes is not None:
+        graphs = int(np.prod([len(v) for v in shapes.buckets.values()])) if shapes.buckets else 1
+        modes = list(modes or ["dynamic"] * k)
+        stages = [dataclasses.replace(
+            st, shape_mode=modes[s], shape_costs=dict(shape_costs[s]) if shape_costs else None,
+            resident_bytes=st.resident_bytes * (graphs if modes[s] == "buckets" and st.engine == "openvino" else 1),
+        ) for s, st in enumerate(stages)]
     return Plan(
         target=tgt,
         inputs=tuple(graph.inputs),
@@ -73,6 +84,7 @@ def make_plan(
         balance=balance,
         notes=tuple(notes) + tuple(check_notes(checks)),
         deployment=deployment,
+        shapes=shapes,
         input_checks=tuple(checks),
     )
 

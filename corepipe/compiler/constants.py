@@ -117,8 +117,9 @@ def _known(inferred: onnx.ModelProto | None, inputs: Sequence[TensorSpec],
             found = _dims(vi)
             if found is not None:
                 out[vi.name] = found
-    for spec in inputs:
-        out[spec.name] = (helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), spec.shape)
+    for spec in inputs:  # an axis carrying a dynamic dim is not known statically
+        dims = tuple(None if spec.dims and spec.dims[a] else d for a, d in enumerate(spec.shape))
+        out[spec.name] = (helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)), dims)
     for t in inits.values():
         out[t.name] = (t.data_type, tuple(int(d) for d in t.dims))
     return out

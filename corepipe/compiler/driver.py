@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..artifact.deployment import Deployment
+from ..artifact.dims import ShapeProfile
 from ..artifact.manifest import open_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes, plural
@@ -22,9 +23,11 @@ from . import solver
 from .assemble import check_engines, engine_notes, make_plan, write_stages
 from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
+from .dynamic import analyze_dynamic
 from .flags import parse_compiler_args
 from .graph import ModelGraph, analyze
 from .partition import links_for, make_problem
+from .shapemodes import ShapeOptions, check_bounds
 from .sources import float16_precision, model_source
 
 if TYPE_CHECKING:
@@ -164,6 +167,10 @@ def compile(
     load_seconds: float = 3.0,
     output_names: Sequence[str] | None = None,
     export_path: str | os.PathLike[str] | None = None,
+    dynamic_dims: Mapping[str, tuple[int, int]] | None = None,
+    buckets: str | Mapping[str, Sequence[int]] | None = "auto",
+    pad_values: Mapping[str, float] | None = None,
+    shape_profile: ShapeProfile | str | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
@@ -213,12 +220,28 @@ def compile(
             returned dict or ``ModelOutput``, such as ``last_hidden_state`` or ``logits``).
         export_path: keep the ONNX file exported from a torch module or converted from a
             SavedModel at this path (by default it is a temporary file, removed).
+        dynamic_dims: symbolic dims (ONNX ``dim_param`` names) that requests may vary in,
+            with their ``(min, max)``: ``{"sequence": (1, 128), "batch": (1, 8)}``. The others
+            are fixed by ``example_inputs``. Slots and memory are sized for the max; the cut is
+            the same for every shape. See `corepipe.compiler.dynamic`. A torch module takes
+            torch.export's ``dynamic_shapes`` here (``{"x": {1: Dim("sequence", max=128)}}``);
+            a SavedModel's free dims are named ``"batch"`` (axis 0) and ``"<input>:<axis>"``.
+        buckets: with ``dynamic_dims``: ``"auto"`` (default: per stage, a bounded dynamic graph
+            or static buckets, whichever measures faster, bucket sizes chosen for the profile),
+            ``None`` (every stage dynamic) or ``{"sequence": [16, 32, 64, 128]}``. Requests are
+            padded up to their bucket and outputs trimmed back (`corepipe.compiler.shapemodes`).
+        pad_values: model input -> the value padding fills it with (default 0).
+        shape_profile: the shapes traffic brings, to balance the cut and choose buckets for:
+            a `corepipe.artifact.dims.ShapeProfile` or its text (``"sequence~24:128"``, a
+            log-normal with median 24); default: the example inputs' shapes.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
 
     Raises:
-        CompileError: invalid model or options, missing example input, too many cores; an
+        CompileError: invalid model or options, missing example input, too many cores; a
+            dynamic dim the model does not have (listing those it has); buckets whose padding
+            changes an answer; an
             engine that is not installed or cannot run a stage (naming the node and op); a
             precision the engine or this CPU cannot run fast (naming what the CPU has); a
             directory that is not a SavedModel, or a front-end that cannot convert the model
@@ -244,7 +267,8 @@ def compile(
     tgt = resolve_target(target, core_memory)
     report = progress or (lambda step, done, total: None)
     with model_source(
-        model, example_inputs, output_names=output_names, export_path=export_path, report=report
+        model, example_inputs, output_names=output_names, export_path=export_path, report=report,
+        dynamic_dims=dynamic_dims,
     ) as src:
         notes = [f"{FRONT_END}{n}" for n in src.notes]
         wanted = float16_precision(src.float16, precision, flags.get("precision"), engine)
@@ -252,9 +276,11 @@ def compile(
             resolved = resolve_precision(wanted)
             notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
                          f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
+        shaping = ShapeOptions.make(src.dynamic_dims or dynamic_dims, buckets, pad_values, shape_profile)
         return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
                         cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
-                        deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds)
+                        deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds,
+                        shaping=shaping)
 
 
 def _compile(
@@ -273,15 +299,21 @@ def _compile(
     deployment: Deployment | None,
     load_rounds: int,
     load_seconds: float,
+    shaping: ShapeOptions,
 ) -> CompiledModel:
     """`compile` once the model is ONNX and the options are checked."""
     report("analyse graph", 0, 1)
-    graph = analyze(model, example_inputs)
+    dyn = None
+    if shaping.dims is None:
+        graph = analyze(model, example_inputs)
+        compute = estimate_node_seconds(graph, tgt)
+    else:
+        dyn = analyze_dynamic(model, shaping.dims, example_inputs, shaping.profile, tgt)
+        graph, compute, example_inputs = dyn.graph, dyn.compute, dyn.feeds.examples
     report("analyse graph", 1, 1)
     if cuts is not None:
         num_cores = len(_check_cuts(cuts, graph.n)) - 1
     k = _resolve_cores(num_cores, graph.n, tgt)
-    compute = estimate_node_seconds(graph, tgt)
     problem = make_problem(graph, compute, tgt.core_memory)
     try:
         need = solver.min_stages(problem)
@@ -360,8 +392,14 @@ def _compile(
     else:
         choices = check_engines(graph, bounds, example_inputs, engine, precision, report)
     report("partition", 1, 1)
+    shaped = None
+    if dyn is not None:
+        choices = check_bounds(graph, bounds, dyn, choices, candidates(engine), precision)
+        shaped = shaping.choose(graph, bounds, choices, dyn, precision, tgt, problem, report)
+        notes += shaped.notes
     plan = make_plan(graph, problem, tgt, bounds, balance, choices, measured=measured, loaded=loaded,
-                     deployment=deployment, notes=engine_notes(engine, precision, choices) + notes)
+                     deployment=deployment, notes=engine_notes(engine, precision, choices) + notes,
+                     **(shaped.plan_fields() if shaped else {}))
     report("write stages", 0, k)
     try:
         final = write_stages(graph, plan, bounds, Path(output_dir), lambda s: report("write stages", s + 1, k))

@@ -9,6 +9,7 @@ that no constant ever crosses a boundary, and infers every tensor's static type.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -203,11 +204,35 @@ def _liveness(
     return live
 
 
+def _keep_dynamic(g: onnx.GraphProto, inputs: list[TensorSpec],
+                  dynamic: Mapping[str, tuple[str | None, ...]]) -> list[TensorSpec]:
+    """Declare the dynamic axes of the graph's inputs symbolic again (`fix_inputs` fixed them to
+    the example) and name them in the inputs' specs: constant folding leaves them symbolic."""
+    named = {vi.name: vi for vi in g.input}
+    out = []
+    for spec in inputs:
+        axes = dynamic.get(spec.name)
+        if axes:
+            for d, dim in zip(named[spec.name].type.tensor_type.shape.dim, axes):
+                if dim is not None:
+                    d.dim_param = dim
+            spec = dataclasses.replace(spec, dims=tuple(axes))
+        out.append(spec)
+    return out
+
+
 def analyze(
     model: str | os.PathLike[str] | onnx.ModelProto,
     example_inputs: Mapping[str, np.ndarray] | None = None,
+    *,
+    dynamic: Mapping[str, tuple[str | None, ...]] | None = None,
 ) -> ModelGraph:
     """Load, check and describe a model for partitioning.
+
+    ``dynamic``: input name -> the dynamic dim of each axis (None: fixed), for a compile over
+    dynamic dims (`corepipe.compiler.dynamic`). Those axes stay symbolic in the graph, so no
+    shape that depends on them is folded into a constant; the tensors' shapes are those of the
+    example inputs.
 
     Raises:
         CompileError: unreadable or invalid model, a symbolic dim without an example input,
@@ -219,6 +244,8 @@ def analyze(
         raise CompileError("the model has no nodes: there is nothing to pipeline")
     inits = set(initializers)
     inputs = fix_inputs(g, inits, example_inputs)
+    if dynamic:
+        inputs = _keep_dynamic(g, inputs, dynamic)
     # Drop initializers listed as inputs (IR < 4 style): they are weights, not requests.
     if any(i.name in inits for i in g.input):
         keep = [i for i in g.input if i.name not in inits]

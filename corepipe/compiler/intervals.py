@@ -1,7 +1,7 @@
 """Bounds on the values of a graph's tensors, whatever its request holds: interval arithmetic.
 
 Inputs are unbounded (bool ones 0..1), initializers span their min..max, shapes are the
-compiled shapes, and a small set of ops map their inputs' bounds to their output's soundly
+compiled shapes (over dynamic dims, anything in their ranges), and a small set of ops map their inputs' bounds to their output's soundly
 (comparisons give 0..1, ArgMax 0..dim-1, a cumulative sum of n values in lo..hi stays within
 n*lo..n*hi, Add/Sub/Mul combine the bounds...). Any other op, or an integer result that could
 wrap around its type, has no bound. `corepipe.compiler.unchecked` uses it to prove an index
@@ -86,8 +86,11 @@ class Intervals:
             shape = self._shape(args[0])
             if shape is None:
                 return None
-            values = [math.prod(shape)] if op == "Size" else list(shape)
-            return (float(min(values)), float(max(values))) if values else None
+            spec = self.graph.tensors[args[0]]
+            smallest = spec.min_shape or shape  # over dynamic dims, any shape from min_shape to shape
+            if op == "Size":
+                return (float(math.prod(smallest)), float(math.prod(shape)))
+            return (float(min(smallest)), float(max(shape))) if shape else None
         if op in _BOOLEAN:
             return (0.0, 1.0)
         if op in ("ArgMax", "ArgMin"):

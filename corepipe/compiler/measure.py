@@ -21,6 +21,7 @@ import numpy as np
 from ..artifact.target import Target
 from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
+from ..engines.base import Ranges
 from . import solver
 from .choose import Choice, data_choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
@@ -90,12 +91,13 @@ def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -
 
 
 def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: str,
-         feeds: Mapping[str, np.ndarray], repeats: int, snippets: bool = False) -> tuple[list[np.ndarray], float | None]:
+         feeds: Mapping[str, np.ndarray], repeats: int, variants: Sequence[Ranges] | None = None,
+         snippets: bool = False) -> tuple[list[np.ndarray], float | None]:
     """Load the stage on engine ``name`` with one thread, run it (and time ``repeats`` runs);
     ``snippets``: OpenVINO's snippets on."""
     options = {"snippets": snippets} if name == "openvino" else {}
     engine = engine_class(name)(raw, inputs=inputs, outputs=outputs, threads=1,
-                                precision=engine_precision(name, precision), **options)
+                                precision=engine_precision(name, precision), variants=variants, **options)
     try:
         values = engine.run(feeds)  # warm-up, and the next stage's inputs
     except Exception as exc:  # it compiled but cannot run these inputs
@@ -111,6 +113,7 @@ def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: 
 def _try_stage(
     path: str, inputs: list[str], outputs: list[str], boundary: Mapping[str, np.ndarray],
     order: Sequence[str], engines: Sequence[str], precision: str, repeats: int,
+    variants: Sequence[Ranges] | None = None,
 ) -> tuple[StageTime, dict[str, list[np.ndarray]]]:
     """One stage on each engine of ``order``; each candidate checked against onnxruntime."""
     feeds = {name: boundary[name] for name in inputs}
@@ -118,8 +121,10 @@ def _try_stage(
     if "openvino" in order:  # read as OpenVINO reads it: every op's output static?
         from ..engines.ov import dynamic_outputs
 
+        # Over dynamic dims, static at their bounds: each input at the largest shape it takes.
+        bounds = {n: [hi for _, hi in axes] for n, axes in zip(inputs, variants[-1])} if variants else None
         try:
-            found = dynamic_outputs(path)
+            found = dynamic_outputs(path, shapes=bounds)
         except LoadFailure:
             found = []  # the engine's own load below says why
         if found:
@@ -132,7 +137,7 @@ def _try_stage(
             trial.failures.pop(name, None)
             try:
                 values, sec = _try(name, path, inputs, outputs, precision, feeds,
-                                   repeats if name in engines else 0, snippets)
+                                   repeats if name in engines else 0, variants, snippets)
             except LoadFailure as exc:
                 trial.failures[name] = exc
                 if snippets:
@@ -169,16 +174,22 @@ def time_stages_on(
     precision: str = "fp32",
     *,
     repeats: int = 5,
+    variants: Sequence[Sequence[Ranges] | None] | None = None,
 ) -> list[StageTime]:
     """Each stage of ``bounds`` run on one core (one thread) on each of ``engines`` and, with
     ``repeats`` > 0, timed: the fastest of ``repeats`` runs, since interference from a busy
     machine only ever adds time. onnxruntime runs every stage as the reference (its outputs feed
     the next stage); another engine whose outputs differ from it (`differs`) fails that stage.
+    ``variants``: per stage, the input shapes each engine compiles it for (over dynamic dims).
 
     Raises:
         CompileError: a stage that none of ``engines`` can run.
     """
     k = len(bounds) - 1
+    if variants is None:  # over dynamic dims: each stage's bounded dynamic graph
+        from .dynamic import stage_variants
+
+        variants = stage_variants(graph, list(bounds))
     boundary = dict(_feeds(graph, example_inputs))
     reference = missing_engine("onnxruntime") is None
     order = (["onnxruntime"] if reference else []) + [e for e in engines if e != "onnxruntime"]
@@ -190,7 +201,8 @@ def time_stages_on(
             # Written as the artifact will hold it, so each engine reads what a worker reads.
             raw = str(save_stage_model(model, Path(tmp), "stage.onnx", "stage.weights"))
             del model
-            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats)
+            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats,
+                                         variants[s] if variants is not None else None)
         if not trial.passed:
             failed = [trial.failures[e] for e in engines if e in trial.failures]
             raise failure_error(s, failed[0], "auto" if len(engines) > 1 else engines[0])

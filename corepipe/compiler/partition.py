@@ -22,7 +22,7 @@ from ..artifact.weights import fill_tensor
 from .graph import ModelGraph
 from .solver import Problem
 
-__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages"]
+__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages", "stage_reads"]
 
 
 def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -> Problem:
@@ -71,6 +71,11 @@ def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list
     return reads, outputs, carried
 
 
+def stage_reads(graph: ModelGraph, start: int, end: int) -> list[str]:
+    """The boundary tensors the stage holding nodes start..end-1 reads (its graph's inputs)."""
+    return _stage_io(graph, start, end, False)[0]
+
+
 def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> onnx.ModelProto:
     """A standalone ONNX model computing nodes ``start .. end - 1`` of ``graph``: the cones of
     the constants it reads first, then its nodes; every value typed (``value_info``)."""
@@ -99,7 +104,10 @@ def build_stage_model(graph: ModelGraph, start: int, end: int, last: bool) -> on
 def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
     # A data-dependent shape is declared with free dims, so the next stage takes any size.
-    dims: list[int | None] = [None] * len(spec.shape) if spec.dynamic else list(spec.shape)
+    dims: list[int | str | None] = [None] * len(spec.shape) if spec.dynamic else list(spec.shape)
+    if not spec.is_static and not spec.dynamic:
+        # Over dynamic dims: an axis carrying one is named after it, one that varies otherwise is free.
+        dims = [hi if lo == hi else spec.dims[a] for a, (lo, hi) in enumerate(spec.ranges())]
     return helper.make_tensor_value_info(spec.name, elem, dims)
 
 

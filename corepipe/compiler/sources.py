@@ -70,6 +70,8 @@ class Source:
     examples: Mapping[str, np.ndarray] | None
     float16: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: A torch module's dynamic dims read from its torch.export ``Dim`` s (None: as given).
+    dynamic_dims: dict[str, tuple[int, int]] | None = None
 
 
 @contextlib.contextmanager
@@ -80,12 +82,15 @@ def model_source(
     output_names: Sequence[str] | None,
     export_path: str | os.PathLike[str] | None,
     report: Report,
+    dynamic_dims: Any = None,
 ) -> Iterator[Source]:
     """Yield the `Source` for ``model``: an ONNX path or ModelProto as it is, a SavedModel
     directory converted, a `corepipe.frontends.Conversion` (a SavedModel converted already, as
     ``corepipe.tensorflow`` and the CLI do, to choose the signature), or a torch module
     exported. Temporary files last as long as the ``with`` block; ``export_path`` keeps the
-    exported or converted ONNX file there.
+    exported or converted ONNX file there. ``dynamic_dims``: a torch module's are torch.export's
+    ``dynamic_shapes`` (the export keeps those dims, named after their ``Dim`` s); a SavedModel's
+    name its free (None) dims: ``"batch"`` for axis 0, ``"<input>:<axis>"`` for the others.
 
     Raises:
         CompileError: a directory that is not a SavedModel, a front-end's error, or
@@ -94,14 +99,17 @@ def model_source(
     from ..frontends.tensorflow import Conversion  # imports no framework
 
     if is_torch_module(model):
-        from ..frontends.torchmodule import export_module
+        from ..frontends.torchmodule import export_module, torch_dims
 
+        dims = torch_dims(dynamic_dims) if dynamic_dims else None
         with tempfile.TemporaryDirectory(prefix="corepipe_export_") as tmp:
             path = Path(export_path) if export_path is not None else Path(tmp) / "model.onnx"
             report("export torch", 0, 1)
-            feeds = export_module(model, example_inputs, path, output_names=output_names)
+            feeds = export_module(model, example_inputs, path, output_names=output_names,
+                                  dynamic_shapes=dynamic_dims or None)
             report("export torch", 1, 1)
-            yield Source(path, feeds, "examples" if any(a.dtype == np.float16 for a in feeds.values()) else None)
+            yield Source(path, feeds, "examples" if any(a.dtype == np.float16 for a in feeds.values()) else None,
+                         dynamic_dims=dims)
         return
     if output_names is not None:
         raise CompileError(
@@ -112,7 +120,8 @@ def model_source(
         from ..frontends.tensorflow import convert_saved_model
 
         report("convert TF", 0, 1)
-        model = convert_saved_model(model, example_inputs)  # raises "not a SavedModel" as needed
+        # raises "not a SavedModel" as needed
+        model = convert_saved_model(model, example_inputs, dynamic=list(dynamic_dims or ()))
         report("convert TF", 1, 1)
     elif isinstance(model, Conversion) and example_inputs is not None:
         raise CompileError("a Conversion carries its own example inputs: pass example_inputs=None")

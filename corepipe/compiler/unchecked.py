@@ -138,8 +138,10 @@ class _Graph:
                 self.dependent.update(info.writes)
 
     def shape(self, name: str) -> tuple[int, ...] | None:
+        """The tensor's shape where every request has it; None where it depends on the data or
+        varies with dynamic dims (a rule stated at one size would be wrong at another)."""
         spec = self.graph.tensors.get(name)
-        return None if spec is None or spec.dynamic else spec.shape
+        return None if spec is None or spec.dynamic or not spec.is_static else spec.shape
 
     def scalar(self, name: str) -> int | float | None:
         """The value of a one-element initializer, or None."""

@@ -14,7 +14,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ENGINES", "Engine", "LoadFailure", "engine_class", "missing_engine"]
+__all__ = ["ENGINES", "Engine", "LoadFailure", "Ranges", "engine_class", "missing_engine"]
+
+#: The input shapes one compiled form of a stage takes: per input (in `Engine.inputs` order), per
+#: axis, ``(min, max)``. A static shape has min == max on every axis.
+Ranges = tuple[tuple[tuple[int, int], ...], ...]
 
 #: Engine names, in the order ``engine="auto"`` prefers them when it does not measure.
 ENGINES = ("openvino", "onnxruntime")
@@ -55,6 +59,9 @@ class Engine(ABC):
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (engines that cannot run one refuse it).
         spin: whether idle inference threads may spin; a pipeline worker waiting for its next
             request passes False so it does not burn the core a neighbour needs.
+        variants: for a stage graph over dynamic dims, the input shapes to compile it for: one
+            `Ranges` (a bounded dynamic graph) or several static ones (one graph per bucket, run
+            by the one whose shapes a request has). ``None``: the shapes the graph declares.
 
     Raises:
         LoadFailure: the engine cannot load, compile or run this graph at this precision.
@@ -63,11 +70,13 @@ class Engine(ABC):
     name: ClassVar[str]
 
     def __init__(self, model: str | bytes, *, inputs: Sequence[str], outputs: Sequence[str],
-                 threads: int = 1, precision: str = "fp32", spin: bool = True) -> None:
+                 threads: int = 1, precision: str = "fp32", spin: bool = True,
+                 variants: Sequence[Ranges] | None = None) -> None:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.threads = max(1, int(threads))
         self.precision = precision
+        self.variants = tuple(variants or ())
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -78,10 +87,10 @@ class Engine(ABC):
         """A reusable binding that reads ``inputs`` and writes ``outputs`` in place.
 
         The arrays must stay alive and at their addresses while the binding is used; outputs
-        must have the compiled shapes. Binding is done once per buffer set, not per request.
-        Returns None (the caller runs and copies) where the engine cannot bind these buffers,
-        or cannot promise to write exactly their shapes (an output whose shape depends on the
-        data): a bound output is never checked per request.
+        must have the shapes the inputs' shapes give. Binding is done once per buffer set, not
+        per request. Returns None (the caller runs and copies) where the engine cannot bind these
+        buffers, or cannot promise to write exactly their shapes (an output whose shape depends
+        on the data): a bound output is never checked per request.
         """
 
     @abstractmethod

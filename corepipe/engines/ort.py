@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Engine, LoadFailure
+from .base import Engine, LoadFailure, Ranges
 
 __all__ = ["OrtEngine", "make_session", "node_from_message"]
 
@@ -44,13 +44,20 @@ def make_session(model: bytes | str, threads: int, *, spin: bool = True):  # typ
 
 
 class OrtEngine(Engine):
-    """A stage on one onnxruntime CPU session; in-place runs go through IO bindings."""
+    """A stage on one onnxruntime CPU session; in-place runs go through IO bindings.
+
+    One session runs every shape a stage graph over dynamic dims takes, buckets included:
+    onnxruntime's CPU kernels do not specialise on shapes, so ``variants`` need no session of
+    their own (and the weights stay one copy).
+    """
 
     name = "onnxruntime"
 
     def __init__(self, model: str | bytes, *, inputs: Sequence[str], outputs: Sequence[str],
-                 threads: int = 1, precision: str = "fp32", spin: bool = True) -> None:
-        super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin)
+                 threads: int = 1, precision: str = "fp32", spin: bool = True,
+                 variants: Sequence[Ranges] | None = None) -> None:
+        super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin,
+                         variants=variants)
         if precision != "fp32":
             raise LoadFailure(self.name, (
                 f"precision {precision!r} is not fast on onnxruntime's CPU provider (it has no "

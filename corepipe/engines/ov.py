@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Engine, LoadFailure
+from .base import Engine, LoadFailure, Ranges
 
 __all__ = ["OpenVinoEngine", "dynamic_outputs", "ov_node_from_message", "tidy"]
 
@@ -93,18 +93,23 @@ def _onnx_names(source: str | bytes) -> tuple[dict[str, str], dict[str, str]]:
     return by_output, {node.name: node.op_type for node in model.graph.node}
 
 
-def dynamic_outputs(model: str, limit: int = 3) -> list[str]:
+def dynamic_outputs(model: str, limit: int = 3, shapes: Mapping[str, Sequence[int]] | None = None) -> list[str]:
     """What OpenVINO's own reader leaves not fully static in the stage graph at ``model`` (a
     path): up to ``limit`` lines ``"node 'name' (Op): f32[1,?,64]"``, the first in graph order
     first; ``[]`` when every op's every output has a static shape. A stage graph whose inputs
     are static can still read as dynamic here (a shape computed from a tensor's values), and
-    OpenVINO's transformations then fail on it or run slower than on static shapes.
+    OpenVINO's transformations then fail on it or run slower than on static shapes. ``shapes``:
+    input name -> shape to read it at (a stage over dynamic dims, checked at their bounds).
 
     Raises:
         LoadFailure: OpenVINO cannot read the graph.
     """
     try:
         graph = _ov_core().read_model(model)
+        if shapes:
+            import openvino as ov
+
+            graph.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
     except Exception as exc:
         raise LoadFailure("openvino", tidy(str(exc))) from None
     found = []
@@ -129,15 +134,23 @@ def _canonical(arr: np.ndarray) -> np.ndarray:
 
 
 class OpenVinoEngine(Engine):
-    """A stage compiled by OpenVINO for the CPU, one stream, ``threads`` threads."""
+    """A stage compiled by OpenVINO for the CPU, one stream, ``threads`` threads.
+
+    Over dynamic dims, each of ``variants`` is compiled from one read of the graph: a bounded
+    dynamic variant (OpenVINO's ``Dimension(min, max)``) or static ones, one per bucket. Each
+    compiled variant holds its own repacked copy of the weights: OpenVINO 2026.4 shares them
+    within a compiled model, not across (benchmarks/RESULTS.md, "Variable shapes").
+    """
 
     name = "openvino"
 
     def __init__(self, model: str | bytes, *, inputs: Sequence[str], outputs: Sequence[str],
-                 threads: int = 1, precision: str = "fp32", spin: bool = True, snippets: bool = False) -> None:
+                 threads: int = 1, precision: str = "fp32", spin: bool = True,
+                 variants: Sequence[Ranges] | None = None, snippets: bool = False) -> None:
         """See `Engine`; ``snippets``: compile with OpenVINO's snippets on (only where checked
         against onnxruntime: they miscompile some bf16 graphs)."""
-        super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin)
+        super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin,
+                         variants=variants)
         self.snippets = bool(snippets)
         if precision not in _HINT:
             raise LoadFailure(self.name, f"unknown precision {precision!r}")
@@ -168,17 +181,51 @@ class OpenVinoEngine(Engine):
             **({} if self.snippets else {"SNIPPETS_MODE": "DISABLE"}),
         }
         try:
-            self.compiled = core.compile_model(graph, "CPU", config)
+            self._variants = [core.compile_model(g, "CPU", config) for g in self._reshaped(graph)]
+        except LoadFailure:
+            raise
         except Exception as exc:
             raise self._load_failure(str(exc), model) from None
-        del graph  # the compiled model keeps what it needs
+        del graph  # the compiled models keep what they need
+        self.compiled = self._variants[0]
         self._in_ports = [self._port(self.compiled.inputs, name, "input") for name in self.inputs]
         self._out_ports = [self._port(self.compiled.outputs, name, "output") for name in self.outputs]
         # Two outputs on one port (OpenVINO merged an Identity): a slot cannot bind both.
         self._bindable = len(set(self._out_ports)) == len(self._out_ports)
-        self._request = self.compiled.create_infer_request()
+        self._requests = [c.create_infer_request() for c in self._variants]
+        self._request = self._requests[0]
+        self._static = [all(lo == hi for ranges in v for lo, hi in ranges) for v in self.variants] or [True]
         # Runtime errors name OpenVINO's nodes, which are named after their output tensors.
         self._node_of, self._ops = _onnx_names(model) if isinstance(model, str) else ({}, {})
+
+    # -- dynamic dims ------------------------------------------------------------------------
+    def _reshaped(self, graph: Any) -> list[Any]:
+        """The graph once per variant, its inputs reshaped to the variant's ranges (the graph
+        itself when there are no variants). Clones share the weights' memory."""
+        if not self.variants:
+            return [graph]
+        import openvino as ov
+
+        out = []
+        for i, ranges in enumerate(self.variants):
+            g = graph if i == len(self.variants) - 1 else graph.clone()
+            try:
+                g.reshape({name: ov.PartialShape([ov.Dimension(lo, hi) for lo, hi in axes])
+                           for name, axes in zip(self.inputs, ranges)})
+            except Exception as exc:
+                raise LoadFailure(self.name, f"cannot reshape the graph's inputs to {ranges}: {tidy(str(exc))}") from None
+            out.append(g)
+        return out
+
+    def _variant(self, shapes: Sequence[tuple[int, ...]]) -> int:
+        """The compiled variant that takes inputs of these shapes (the first that fits)."""
+        if len(self._variants) == 1:
+            return 0
+        for v, ranges in enumerate(self.variants):
+            if all(len(shape) == len(axes) and all(lo <= d <= hi for d, (lo, hi) in zip(shape, axes))
+                   for shape, axes in zip(shapes, ranges)):
+                return v
+        raise ValueError(f"no compiled shape of this stage takes inputs of shapes {list(shapes)}")
 
     def _port(self, ports: Sequence[Any], name: str, kind: str) -> int:
         for i, port in enumerate(ports):
@@ -206,7 +253,8 @@ class OpenVinoEngine(Engine):
         # those out) is copied, a writeable one read in place.
         data = {port: _canonical(np.require(feeds[name], requirements=["C", "W"]))
                 for port, name in zip(self._in_ports, self.inputs)}
-        result = self._request.infer(data, share_inputs=True, share_outputs=False)  # outputs: fresh copies
+        request = self._request if len(self._requests) == 1 else self._requests[self._variant([a.shape for a in data.values()])]
+        result = request.infer(data, share_inputs=True, share_outputs=False)  # outputs: fresh copies
         values = result.to_tuple()
         return [values[port] for port in self._out_ports]
 
@@ -215,21 +263,34 @@ class OpenVinoEngine(Engine):
 
         if not self._bindable or any(a.size == 0 or not a.flags.c_contiguous for a in (*inputs, *outputs)):
             return None  # the caller runs and copies instead
-        if not self._fixed_outputs([a.shape for a in outputs]):
+        v = self._variant([a.shape for a in inputs])
+        if self._static[v] and not self._fixed_outputs(v, [a.shape for a in outputs]):
             return None  # the caller runs, checks and copies instead
-        request = self.compiled.create_infer_request()  # one per slot: its tensors stay set
-        for port, arr in zip(self._in_ports, inputs):
-            request.set_input_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
-        for port, arr in zip(self._out_ports, outputs):
-            request.set_output_tensor(port, ov.Tensor(_canonical(arr), shared_memory=True))
+        tensors = ([ov.Tensor(_canonical(a), shared_memory=True) for a in inputs],
+                   [ov.Tensor(_canonical(a), shared_memory=True) for a in outputs])
+        if not self._static[v]:
+            # A bounded dynamic variant: one request, its tensors set before each run (a request
+            # per shape and slot would hold memory for every shape ever seen). Its output shapes
+            # follow the inputs', so `run_bound` checks each one after the run.
+            return (self._requests[v], list(inputs), list(outputs), tensors)
+        request = self._variants[v].create_infer_request()  # one per slot: its tensors stay set
+        self._set(request, tensors)
         return (request, list(inputs), list(outputs))
 
-    def _fixed_outputs(self, shapes: Sequence[tuple[int, ...]]) -> bool:
-        """Whether OpenVINO compiled every output port to exactly ``shapes``. A port whose shape
-        depends on the data would reshape a bound tensor in place to whatever it computes (an
-        impossible Reshape gives (0, 0)), while the slot still says the compiled shape."""
+    def _set(self, request: Any, tensors: tuple[list[Any], list[Any]]) -> None:
+        for port, t in zip(self._in_ports, tensors[0]):
+            request.set_input_tensor(port, t)
+        for port, t in zip(self._out_ports, tensors[1]):
+            request.set_output_tensor(port, t)
+
+    def _fixed_outputs(self, variant: int, shapes: Sequence[tuple[int, ...]]) -> bool:
+        """Whether OpenVINO compiled every output port of ``variant`` to exactly ``shapes``. A
+        port whose shape depends on the data would reshape a bound tensor in place to whatever it
+        computes (an impossible Reshape gives (0, 0)), while the slot still says the compiled
+        shape."""
+        compiled = self._variants[variant]
         for port, shape in zip(self._out_ports, shapes):
-            ps = self.compiled.outputs[port].get_partial_shape()
+            ps = compiled.outputs[port].get_partial_shape()
             if not ps.is_static or tuple(int(d) for d in ps.to_shape()) != tuple(shape):
                 return False
         return True
@@ -238,6 +299,8 @@ class OpenVinoEngine(Engine):
         if not self.outputs:
             return
         request = binding[0]
+        if len(binding) == 4:  # a dynamic variant's shared request
+            self._set(request, binding[3])
         if self.threads == 1:
             # One thread: run on the calling thread (its core), with no hand-over to OpenVINO's
             # stream thread and back. share_outputs: the results are views of the bound tensors,
@@ -246,6 +309,12 @@ class OpenVinoEngine(Engine):
         else:  # several threads: the stream's own threads (its arena) run it
             request.start_async()
             request.wait()
+        if len(binding) == 4:  # OpenVINO reshapes a dynamic port's tensor to what it computed
+            for name, port, arr in zip(self.outputs, self._out_ports, binding[2]):
+                got = tuple(request.get_output_tensor(port).shape)
+                if got != arr.shape:
+                    raise RuntimeError(f"output {name!r} came out {list(got)}, where the request's "
+                                       f"shapes give {list(arr.shape)}")
 
     def addresses(self, binding: Any) -> tuple[list[int], list[int]]:
         request = binding[0]

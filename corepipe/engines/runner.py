@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..artifact.manifest import Artifact
-from ..artifact.plan import StagePlan
+from ..artifact.plan import Plan, StagePlan
 from ..artifact.signature import tensor_problem
 from ..errors import ArtifactError, StageError
-from .base import Engine, LoadFailure, engine_class
+from .base import Engine, LoadFailure, Ranges, engine_class
 from .cpu import precision_problem
 
-__all__ = ["StageRunner", "load_engine"]
+__all__ = ["StageRunner", "load_engine", "stage_variants"]
 
 
 def _release_free_memory() -> None:
@@ -75,10 +75,37 @@ def _load(artifact: Artifact, index: int, threads: int, spin: bool) -> tuple[Eng
             path = artifact.copy_stage(index, private)
             options = {"snippets": plan.snippets} if plan.engine == "openvino" else {}
             engine = cls(str(path), inputs=plan.inputs, outputs=plan.outputs, threads=threads,
-                         precision=plan.precision, spin=spin, **options)
+                         precision=plan.precision, spin=spin, variants=stage_variants(artifact.plan, index),
+                         **options)
             return engine, _producers(path, plan.outputs)
     except LoadFailure as exc:
         raise ArtifactError(f"stage {index} cannot be loaded: {exc}; recompile with engine='auto'") from None
+
+
+def stage_variants(plan: Plan, index: int) -> list[Ranges] | None:
+    """The input shapes stage ``index`` is compiled for (see `Engine`): None for static shapes;
+    each input's ranges for a ``"dynamic"`` stage; one static set per bucket (per combination
+    of buckets, with several bucketed dims) for a ``"buckets"`` stage."""
+    if plan.shapes is None:
+        return None
+    st = plan.stages[index]
+    before = {t.name: t for t in plan.boundaries[index]}
+    specs = [before[name] for name in st.inputs]
+    if st.shape_mode != "buckets":
+        return [tuple(tuple(spec.ranges()) for spec in specs)]
+    combos: list[dict[str, int]] = [{}]
+    for dim, sizes in plan.shapes.buckets.items():
+        combos = [{**c, dim: size} for c in combos for size in sizes]
+    return [
+        tuple(tuple(_fixed(spec.dims[a] if spec.dims else None, combo, r) for a, r in enumerate(spec.ranges()))
+              for spec in specs)
+        for combo in combos
+    ]
+
+
+def _fixed(dim: str | None, values: dict[str, int], rng: tuple[int, int]) -> tuple[int, int]:
+    """An axis's range with its dim fixed at ``values[dim]`` (when it has one there)."""
+    return (values[dim], values[dim]) if dim is not None and dim in values else rng
 
 
 class StageRunner:
@@ -100,6 +127,10 @@ class StageRunner:
         self._bindings: dict[Any, Any] = {}
         after = {t.name: t for t in artifact.plan.boundaries[index + 1]}
         self._dynamic_out = any(after[name].dynamic for name in self._outputs if name in after)
+        # Over dynamic dims, each request's output shapes follow from its input shapes.
+        self._varying = artifact.plan.shapes is not None
+        self._before = {t.name: t for t in artifact.plan.boundaries[index]}
+        self._after = after
         self._checks = [(i, after[name]) for i, name in enumerate(self._outputs) if name in after]
         _release_free_memory()
 
@@ -109,7 +140,7 @@ class StageRunner:
             values = self.engine.run({name: boundary[name] for name in self.plan.inputs})
         except Exception as exc:
             raise self._error(exc, request_id) from None
-        self._check_outputs(values, request_id)
+        self._check_outputs(values, request_id, self._shapes(boundary) if self._varying else None)
         out = {name: boundary[name] for name in self.plan.carried}
         out.update(zip(self._outputs, values))
         return out
@@ -123,7 +154,9 @@ class StageRunner:
         Slots sit at fixed addresses, so the binding for a (slot, input buffers) pair is made
         once and reused: per request, the engine just runs.
         """
-        binding = None if self._dynamic_out else self._binding(boundary, ring, slot)
+        shapes = self._shapes(boundary) if self._varying else None
+        unknown = self._dynamic_out or (self._varying and shapes is None)
+        binding = None if unknown else self._binding(boundary, ring, slot, shapes)
         if binding is None:  # sizes known only after the run, or unbindable: run, then copy
             ring.write(slot, self.run(boundary, request_id))
             return
@@ -132,35 +165,62 @@ class StageRunner:
         except Exception as exc:
             raise self._error(exc, request_id) from None
         if self.plan.carried:
-            views = ring.static_views(slot)
+            views = ring.static_views(slot) if shapes is None else ring.views(slot, shapes)
             for name in self.plan.carried:
                 src = boundary[name]
                 if src.shape != views[name].shape:
                     ring.write(slot, self.run(boundary, request_id))
                     return
                 views[name][...] = src
-        ring.mark_static(slot)
+        if shapes is None:
+            ring.mark_static(slot)
+        else:
+            ring.mark(slot, shapes)
 
-    def _binding(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int) -> Any:
+    def _shapes(self, boundary: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
+        """The shape of every tensor this stage writes for a request over dynamic dims: its
+        outputs' from the dims its inputs carry, the carried ones as they came; None when an
+        output's shape is not a function of named dims (then it is copied after the run)."""
+        values: dict[str, int] = {}
+        for name in self.plan.inputs:
+            spec = self._before[name]
+            for axis, dim in enumerate(spec.dims):
+                if dim is not None:
+                    values[dim] = boundary[name].shape[axis]
+        shapes: dict[str, tuple[int, ...]] = {name: boundary[name].shape for name in self.plan.carried}
+        for name in self._outputs:
+            shape = self._after[name].shape_for(values)
+            if shape is None:
+                return None
+            shapes[name] = shape
+        return shapes
+
+    def _binding(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
         arrays = [boundary[name] for name in self.plan.inputs]
         # __array_interface__, not .ctypes: that makes a reference cycle per call, i.e. garbage
         # for the collector on every request.
         key = (id(ring), slot, tuple((a.__array_interface__["data"][0], a.shape, a.dtype.str) for a in arrays))
         if key in self._bindings:
             return self._bindings[key][0]
-        if len(self._bindings) >= 64:  # inputs that are not ring slots (never in the worker)
-            self._bindings.clear()
-        views = ring.static_views(slot)
+        if len(self._bindings) >= 64:
+            # Inputs that are not ring slots (never in the worker), or many request shapes over
+            # dynamic dims: drop the oldest binding (dicts keep insertion order).
+            del self._bindings[next(iter(self._bindings))]
+        views = ring.static_views(slot) if shapes is None else ring.views(slot, shapes)
         outputs = [views[name] for name in self._outputs]
         binding = self.engine.bind(arrays, outputs)
         self._bindings[key] = (binding, arrays, views)  # keep the buffers alive with it
         return binding
 
-    def _check_outputs(self, values: Sequence[np.ndarray], request_id: int | None) -> None:
-        """Each output against its compiled spec: a `StageError` naming the node that wrote one
-        that does not fit (an engine that does not check data may return an empty tensor)."""
+    def _check_outputs(self, values: Sequence[np.ndarray], request_id: int | None,
+                       shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """Each output against its compiled spec, or over dynamic dims against the shape the
+        request's dims give it (``shapes``, where known): a `StageError` naming the node that
+        wrote one that does not fit (an engine that does not check data may return an empty
+        tensor)."""
         for i, spec in self._checks:
-            why = tensor_problem(spec, values[i])
+            why = tensor_problem(spec, values[i], None if shapes is None else shapes.get(spec.name))
             if why is not None:
                 node, op = self._producers.get(spec.name, ("", ""))
                 where = f"node {node!r} ({op}) wrote {spec.name!r}" if node else f"output {spec.name!r}"

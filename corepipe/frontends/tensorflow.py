@@ -45,7 +45,8 @@ from onnx import helper
 from ..errors import CompileError
 from .casts import float16_to_float32, has_float16, rename_uses, set_io_dtypes
 
-__all__ = ["INSTALL_HINT", "SignatureInput", "Conversion", "is_saved_model", "match_feeds", "convert_saved_model"]
+__all__ = ["INSTALL_HINT", "SignatureInput", "Conversion", "is_saved_model", "match_feeds", "convert_saved_model",
+           "saved_model_dim"]
 
 INSTALL_HINT = "pip install 'corepipe[tensorflow]'"
 _OP_NAME = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")  # TensorFlow's rule for op names
@@ -252,6 +253,24 @@ def _signature(tf: Any, path: Path, signature: str, tags: Sequence[str] | None) 
     return (loaded, fn), inputs
 
 
+def saved_model_dim(key: str, axis: int) -> str:
+    """The name a SavedModel's free dim takes: ``"batch"`` for axis 0, else ``"<key>:<axis>"``."""
+    return "batch" if axis == 0 else f"{key}:{axis}"
+
+
+def _free_dims(inputs: Sequence[SignatureInput], dynamic: Sequence[str], where: str) -> dict[tuple[str, int], str]:
+    """(input key, axis) -> name of each free dim named in ``dynamic``; CompileError for a name
+    that is no free dim of the signature (listing those it has)."""
+    have = {(i.key, a): saved_model_dim(i.key, a) for i in inputs if i.shape is not None
+            for a, d in enumerate(i.shape) if d is None}
+    unknown = sorted(set(dynamic) - set(have.values()))
+    if unknown:
+        names = sorted(set(have.values()))
+        raise CompileError(f"dynamic dims {unknown} are not free dims of {where}; its free (None) dims are "
+                           f"{names or 'none'} (axis 0 is 'batch', others '<input>:<axis>')")
+    return {k: v for k, v in have.items() if v in set(dynamic)}
+
+
 def convert_saved_model(
     path: str | os.PathLike[str],
     feeds: Mapping[str, Feed] | None = None,
@@ -260,8 +279,10 @@ def convert_saved_model(
     tags: Sequence[str] | None = None,
     batch_size: int = 1,
     opset: int = 17,
+    dynamic: Sequence[str] = (),
 ) -> Conversion:
-    """Convert one signature of the SavedModel at ``path`` to ONNX with static shapes.
+    """Convert one signature of the SavedModel at ``path`` to ONNX with static shapes (but for
+    the free dims named in ``dynamic``).
 
     Args:
         path: the SavedModel directory.
@@ -271,6 +292,10 @@ def convert_saved_model(
         tags: the MetaGraph tags (default: the SavedModel's only MetaGraph).
         batch_size: the batch of inputs without a feed.
         opset: the ONNX opset tf2onnx writes.
+        dynamic: free (None) dims of the signature to keep free, by name: ``"batch"`` is axis 0
+            of every input whose axis 0 is free, ``"<key>:<axis>"`` any other free dim; the
+            graph's inputs carry these names (`saved_model_dim`) for ``compile``'s
+            ``dynamic_dims``.
 
     Returns:
         A `Conversion`: graph inputs named after the signature's keys, static shapes, float16
@@ -301,9 +326,10 @@ def convert_saved_model(
     keys = [i.key for i in inputs]
     # Named after the keys, tf2onnx names the graph's inputs so; a key TF cannot use as an op
     # name is left unnamed and the input renamed by position below.
+    free = _free_dims(inputs, dynamic, where)
     specs = [
-        tf.TensorSpec(examples[i.key].shape, tf.as_dtype(np.dtype(i.dtype)),
-                      name=i.key if _OP_NAME.fullmatch(i.key) else None)
+        tf.TensorSpec([None if (i.key, a) in free else d for a, d in enumerate(examples[i.key].shape)],
+                      tf.as_dtype(np.dtype(i.dtype)), name=i.key if _OP_NAME.fullmatch(i.key) else None)
         for i in inputs
     ]
 
@@ -336,6 +362,10 @@ def convert_saved_model(
             rename_uses(model.graph, old, new, outputs_too=False)
             model.graph.input[keys.index(new)].name = new
 
+    for vi in model.graph.input:  # name the free dims as `compile`'s dynamic_dims does
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if (vi.name, axis) in free:
+                d.dim_param = free[(vi.name, axis)]
     conv = Conversion(model, examples, {name: key for key, (name, _) in given.items()})
     out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     if has_float16(model):

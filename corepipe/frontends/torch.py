@@ -183,8 +183,10 @@ def _export(
     output_names: Sequence[str] | None,
     dynamo: bool,
     external_data: bool | None,
+    dynamic_shapes: Any = None,
 ) -> pathlib.Path:
-    """Run torch.onnx.export (quietly, eval mode, no grad) and bring the file to ``opset``."""
+    """Run torch.onnx.export (quietly, eval mode, no grad) and bring the file to ``opset``;
+    ``dynamic_shapes`` (torch.export's form) keeps those dims free, named after their `Dim`s."""
     torch = _import_torch()
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
@@ -198,6 +200,8 @@ def _export(
     options: dict[str, Any] = {}
     if dynamo:
         options.update(external_data=external_data, verbose=False)
+        if dynamic_shapes is not None:
+            options["dynamic_shapes"] = dynamic_shapes
     with torch.no_grad(), _quiet_export():
         torch.onnx.export(
             module,

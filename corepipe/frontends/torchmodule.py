@@ -24,7 +24,7 @@ from .torch import _INSTALL_HINT, _export, _forward_params, _import_torch
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["export_module"]
+__all__ = ["torch_dims", "export_module"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def export_module(
     *,
     output_names: Sequence[str] | None = None,
     opset: int = 17,
+    dynamic_shapes: Any = None,
 ) -> dict[str, np.ndarray]:
     """Export ``module`` to ``path`` for ``corepipe.compile(module, ...)``; return its example feeds.
 
@@ -137,6 +138,9 @@ def export_module(
         path: the ``.onnx`` file to write.
         output_names: names for the graph's outputs, one per tensor the module returns.
         opset: the ONNX opset.
+        dynamic_shapes: dims to keep free, as torch.export takes them (``{"input_ids": {1:
+            Dim("sequence", max=128)}}``); the graph's ``dim_param`` names are the `Dim` names
+            (`torch_dims` reads their ranges).
 
     Returns:
         graph input name -> numpy example, for the compiler.
@@ -166,7 +170,7 @@ def export_module(
             )
         try:
             _export(module, args, kwargs, path, opset=opset, input_names=None,
-                    output_names=None, dynamo=True, external_data=None)
+                    output_names=None, dynamo=True, external_data=None, dynamic_shapes=dynamic_shapes)
         except ImportError as exc:
             raise CompileError(f"exporting a torch module needs onnxscript ({exc}): {_INSTALL_HINT}") from None
         except Exception as exc:
@@ -220,3 +224,36 @@ def _feeds(model: onnx.ModelProto, args: tuple[Any, ...], kwargs: dict[str, Any]
             f"cannot match the exported graph's inputs {graph_inputs} to the example inputs {names}"
         )
     return {n: t.detach().cpu().numpy() for n, t in zip(graph_inputs, chosen)}
+
+
+def torch_dims(dynamic_shapes: Any) -> dict[str, tuple[int, int]]:
+    """The ``{name: (min, max)}`` of the torch.export `Dim`s in ``dynamic_shapes`` (any nesting
+    of dicts, lists and tuples, as torch.export takes it).
+
+    Raises:
+        CompileError: an entry that is not a `Dim`, or a `Dim` without a max (a pipeline sizes
+            its buffers for the max), or one name with two ranges.
+    """
+    found: dict[str, tuple[int, int]] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif value is not None:
+            name, lo, hi = getattr(value, "__name__", None), getattr(value, "min", None), getattr(value, "max", None)
+            if not isinstance(name, str) or not isinstance(lo, int):
+                raise CompileError(f"dynamic_dims for a torch module are torch.export's dynamic_shapes: "
+                                   f"{{input: {{axis: torch.export.Dim(name, min=, max=)}}}}; got {value!r}")
+            if not isinstance(hi, int) or hi > 2**31:
+                raise CompileError(f"Dim {name!r} has no max: give Dim({name!r}, max=N); the pipeline sizes "
+                                   "its buffers for the largest shape")
+            if name in found and found[name] != (max(1, lo), hi):
+                raise CompileError(f"Dim {name!r} is given two ranges, {found[name]} and {(lo, hi)}")
+            found[name] = (max(1, lo), hi)
+
+    walk(dynamic_shapes)
+    return found

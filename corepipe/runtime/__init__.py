@@ -28,6 +28,8 @@ def load(
     replicas: int | None = None,
     threads_per_stage: int | None = None,
     cores: int | Sequence[int] | None = None,
+    max_batch: int | None = None,
+    batch_delay: float | str = 0.0,
     **options: Any,
 ) -> Pipeline:
     """Verify the artifact at ``path`` and start a pipeline on it.
@@ -45,6 +47,12 @@ def load(
             least busy replica and results still come back in submission order.
         threads_per_stage: T, cores (and inference threads) per stage; on ``ray`` the CPUs each
             stage's bundle reserves (default 1).
+        max_batch: dynamic batching (`corepipe.runtime.batcher`): merge up to this many rows of
+            waiting requests that agree in shape (or bucket) into one request along the model's
+            dynamic batch dim, and split the answers back. ``None`` or 1: no merging.
+        batch_delay: how long the oldest waiting request may wait for others to join it:
+            seconds, or a string such as ``"500us"`` or ``"2ms"`` (default 0: merge only what
+            is already waiting).
         cores: the cores to use: a count K (the first K this process may run on) or a list of
             core ids (default: all this process may run on). ``inline`` pins nothing: there
             ``cores`` only bounds R x S x T when given. ``ray`` refuses it: Ray places each
@@ -60,8 +68,9 @@ def load(
 
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
-        DeploymentError: R x S x T exceeds the cores given (the message lists what fits), or
-            ``cores`` given to the ``ray`` backend.
+        DeploymentError: R x S x T exceeds the cores given (the message lists what fits),
+            ``cores`` given to the ``ray`` backend, or ``max_batch`` > 1 for an artifact without
+            a dynamic batch dim (or past its max).
 
     Example:
         >>> with corepipe.load("bert_compiled/", replicas=2, threads_per_stage=2) as pipe:  # doctest: +SKIP
@@ -70,6 +79,11 @@ def load(
     if backend not in BACKENDS:
         raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
     artifact = open_artifact(path)
+    if max_batch is not None and max_batch > 1:
+        from .batcher import batched
+
+        return batched(lambda: load(path, backend=backend, replicas=replicas, threads_per_stage=threads_per_stage,
+                                    cores=cores, **options), artifact.plan, max_batch, batch_delay)
     plan = artifact.plan
     if backend == "inline":
         from .inline import InlinePipeline

@@ -133,9 +133,13 @@ class Pipeline(ABC):
     Contract (every backend keeps it):
 
     - **Requests** are dicts ``name -> numpy array`` matching the compiled signature exactly
-      (names, dtypes, static shapes), whose index and size inputs hold values the model allows
-      (a token id within the vocabulary; `Plan.input_checks`). They are checked before they
-      enter the pipeline; a bad one raises `InputError` from `submit`/`run` and nothing is queued.
+      (names, dtypes, static shapes, or any shape within the ranges of dynamic dims), whose
+      index and size inputs hold values the model allows (a token id within the vocabulary;
+      `Plan.input_checks`). They are checked before they enter the pipeline; a bad one raises
+      `InputError` from `submit`/`run` and nothing is queued. Requests of different shapes
+      stream through together, in order. With ``split_batch=True`` a batch along axis 0 runs as
+      requests of the model's batch (`corepipe.runtime.batches`); with buckets, a request is
+      padded in and trimmed out.
     - **Ownership.** `submit` copies the request's arrays into pipeline-owned buffers (shared
       memory for ``local``) before it returns, so the caller may reuse its arrays at once. Result
       arrays belong to the caller; they are never views of pipeline buffers.
@@ -170,6 +174,8 @@ class Pipeline(ABC):
         self._started = time.perf_counter()
         self._traces = TraceLog()
         self._trace_slots = 0  # hand-off slots per ring, for `Timeline.waits` (0: no rings)
+        # A plan with buckets pads each request at `submit` (corepipe.runtime.batches).
+        self._pads = plan.shapes if plan.shapes is not None and plan.shapes.buckets else None
         self._value_checks = ValueChecker(plan.input_checks)
 
     def _checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -191,20 +197,45 @@ class Pipeline(ABC):
             boundaries=boundaries or [], replicas=replicas,
         )
 
-    @abstractmethod
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None,
+               split_batch: bool = False) -> Future[dict[str, np.ndarray]]:
         """Queue one request; return a future of its outputs (``name -> array``).
 
+        Args:
+            feeds: input name -> array.
+            timeout: seconds to wait for room in the pipeline (``None``: for ever).
+            split_batch: ``feeds`` is a batch along axis 0 (every input the same number of
+                rows N): run it as requests of the model's batch (N requests for a model
+                compiled at batch 1; chunks of the max for a dynamic batch dim), streamed one
+                after another, and concatenate the answers along axis 0.
+
         Raises:
-            InputError: the request does not match the signature.
+            InputError: the request does not match the signature (a dim outside its range
+                names the input, the dim, its range and the value); with ``split_batch``, a
+                ragged batch or a model without a batch axis.
             TimeoutError: the pipeline stayed full for ``timeout`` seconds.
             PipelineClosedError: the pipeline is closed.
         """
+        if split_batch:
+            from .batches import submit_split
 
-    def run(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Run one request and wait for its outputs (at most ``timeout`` seconds in all)."""
+            return submit_split(self, feeds, timeout)
+        if self._pads is not None:
+            from .batches import submit_padded
+
+            return submit_padded(self, feeds, timeout, self._pads)
+        return self._submit(feeds, timeout=timeout)
+
+    @abstractmethod
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        """The backend's `submit` of one pipeline request (checked here, as `submit` says)."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None,
+            split_batch: bool = False) -> dict[str, np.ndarray]:
+        """Run one request and wait for its outputs (at most ``timeout`` seconds in all);
+        ``split_batch`` as in `submit`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        fut = self.submit(feeds, timeout=timeout)
+        fut = self.submit(feeds, timeout=timeout, split_batch=split_batch)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return fut.result(timeout=remaining)

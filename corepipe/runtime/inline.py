@@ -39,7 +39,7 @@ class InlinePipeline(Pipeline):
         self._completed = 0
         self._failed = 0
 
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         if self._closed:
             raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
         checked = self._checked(feeds)

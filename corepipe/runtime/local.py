@@ -150,7 +150,7 @@ class LocalPipeline(Supervisor, Pipeline):
             t.start()
 
     # -- client API --------------------------------------------------------------------------
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         ph = self._ph
         if ph is not None:
             t0, c0 = time.perf_counter_ns(), time.thread_time_ns()

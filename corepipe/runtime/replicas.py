@@ -101,7 +101,7 @@ class ReplicatedPipeline(Pipeline):
         return self._replicas[index]
 
     # -- client API --------------------------------------------------------------------------
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
         checked = self._checked(feeds)  # InputError before anything is queued
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
@@ -128,7 +128,7 @@ class ReplicatedPipeline(Pipeline):
             self._order.append(entry)
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            inner = self._replicas[r].submit(checked, timeout=left)
+            inner = self._replicas[r]._submit(checked, timeout=left)  # padded here already
         except BaseException:
             with self._lock:
                 entry.abandoned = True

@@ -213,6 +213,22 @@ class Ring:
         for i, spec in enumerate(self.specs):
             self._set_shape(s, i, spec.shape)
 
+    # -- dynamic dims: tensors of the shapes a request has, in slots sized for the largest ----
+    def views(self, s: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Writable views of slot ``s``'s tensors shaped ``shapes`` (each at most its compiled
+        size), for writing outputs of a request over dynamic dims in place."""
+        out = {}
+        for i, spec in enumerate(self.specs):
+            shape = shapes[spec.name]
+            count = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            out[spec.name] = self.regions[s][i][:count].view(spec.dtype).reshape(shape)
+        return out
+
+    def mark(self, s: int, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Record ``shapes`` as slot ``s``'s shapes (after an in-place write of `views`)."""
+        for i, spec in enumerate(self.specs):
+            self._set_shape(s, i, shapes[spec.name])
+
     def write(self, s: int, tensors: dict[str, np.ndarray]) -> None:
         """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
         for i, spec in enumerate(self.specs):

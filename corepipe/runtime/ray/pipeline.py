@@ -232,7 +232,7 @@ class RayPipeline(Recovery, Pipeline):
         return self._data_path
 
     # -- client API --------------------------------------------------------------------------
-    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
         checked = self._checked(feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
