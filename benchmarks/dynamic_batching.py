@@ -31,7 +31,7 @@ import traffic_support as ts
 import corepipe
 from corepipe.artifact.manifest import open_artifact
 from corepipe.bench.mixed import batch_sizes, plan_mixed
-from corepipe.bench.peers import peer_setups, measure_peer
+from corepipe.bench.peers import measure_peer, peer_setups
 from corepipe.bench.pipeline import measure_pipeline
 from corepipe.bench.reqfile import write_requests
 from corepipe.bench.traffic import Traffic

@@ -78,7 +78,7 @@ def _read_file(path: Path) -> ShapeProfile:
             continue
         dims: dict[str, int] = {}
         for part in line.replace(",", " ").split():
-            name, sep, value = part.rpartition("=") if "=" in part else (UNNAMED, "=", part)
+            name, _, value = part.rpartition("=") if "=" in part else (UNNAMED, "=", part)
             if not value.isdigit() or int(value) < 1 or not name:
                 raise CorepipeError(f"{path}, line {number}: cannot read {line!r}: write one request per line, "
                                     "its length (37) or its dims (sequence=37 batch=2)")

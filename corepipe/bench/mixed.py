@@ -22,7 +22,15 @@ import onnx
 
 from ..artifact.dims import ShapeProfile, check_dims
 from ..errors import CorepipeError
-from .lengths import batch_axis_dim, check_in_range, input_axes, name_profile, pad_request, parse_lengths, request_at
+from .lengths import (
+    batch_axis_dim,
+    check_in_range,
+    input_axes,
+    name_profile,
+    pad_request,
+    parse_lengths,
+    request_at,
+)
 from .traffic import Traffic
 
 __all__ = ["MixedTraffic", "plan_mixed", "batch_sizes"]

@@ -26,7 +26,7 @@ from .reqfile import write_requests
 from .result import BenchResult, BenchRow
 from .traffic import ModelSource, Traffic, example_feeds
 
-__all__ = ["bench_mixed", "stage_rows", "BenchProgress"]
+__all__ = ["bench_mixed", "stage_rows", "base_request", "BenchProgress"]
 
 #: ``progress(step, done, total)``: which setup runs now, of how many (as `corepipe.compile`'s).
 BenchProgress = Callable[[str, int, int], None]
@@ -43,7 +43,7 @@ def stage_rows(cm: CompiledModel) -> list[dict[str, Any]]:
     ]
 
 
-def _base(model: onnx.ModelProto, mixed: MixedTraffic, given: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def base_request(model: onnx.ModelProto, mixed: MixedTraffic, given: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """The request every drawn one is cut from: the one given, else inputs of the model's
     signature at the largest shape: random floats (`example_feeds`), ints all 1 (a token id,
     a mask and a segment id any text model takes)."""
@@ -72,7 +72,7 @@ def bench_mixed(model: ModelSource, path: Path, work: Path, mixed: MixedTraffic,
     k = len(use)
     graph = onnx.load(str(path), load_external_data=False)
     traffic = replace(traffic, profile=mixed.profile)
-    base = _base(graph, mixed, traffic.inputs or zoo_feeds)
+    base = base_request(graph, mixed, traffic.inputs or zoo_feeds)
     reqs = mixed.requests(base, traffic)
     typical = mixed.profile.typical() if mixed.profile is not None else {}
     one = {mixed.batch: 1} if mixed.batch else {}

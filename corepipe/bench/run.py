@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..artifact.dims import ShapeProfile
 from ..artifact.protoio import tensor_nbytes
 from ..artifact.sizes import plural
 from ..compiler.choose import check_request, resolve_precision
@@ -21,7 +22,6 @@ from ..compiler.driver import BALANCES
 from ..compiler.driver import compile as compile_model
 from ..errors import CorepipeError
 from ..runtime.placement import resolve_cores
-from ..artifact.dims import ShapeProfile
 from .mixed import plan_mixed
 from .mixedrun import BenchProgress, bench_mixed, stage_rows
 from .peers import measure_peer, peer_setups
