@@ -10,8 +10,9 @@ import threading
 import time
 
 import numpy as np
+import onnx
 import pytest
-from shapemodels import assert_same, concat_model, embed_model, ids, mean_model, reference
+from shapemodels import VOCAB, assert_same, concat_model, embed_model, ids, mean_model, reference
 
 import corepipe
 from corepipe.engines import missing_engine
@@ -215,3 +216,49 @@ def test_cli_compiles_with_dynamic_dims_and_inspect_lists_symbolic_dims(embed, t
     assert res.exit_code != 0 and "not a symbolic dim" in " ".join(res.output.split())
     res = runner.invoke(app, ["compile", str(embed), "-o", str(tmp_path / "c"), "--dynamic", "sequence=24"])
     assert res.exit_code != 0 and "NAME=MIN:MAX" in res.output
+
+
+# -- value checks (issue 18) over dynamic dims ------------------------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("buckets", [None, {"sequence": [8, 16, 24]}], ids=["dynamic", "buckets"])
+def test_a_request_of_any_shape_gets_range_and_value_checks(embed, tmp_path, engine, buckets):
+    cm = _compile(embed, tmp_path / "a", engine=engine, buckets=buckets)
+    assert [(c.input, c.lo, c.hi) for c in cm.plan.input_checks] == [("ids", (-VOCAB,), (VOCAB - 1,))]
+    rng = np.random.default_rng(7)
+    with corepipe.load(cm.path, backend="inline") as pipe:
+        bad = ids(rng, 2, 13)
+        bad["ids"][1, 11] = VOCAB + 3  # a token id past the table: OpenVINO would read zeros
+        with pytest.raises(corepipe.InputError, match=rf"value {VOCAB + 3} at \[1, 11\] is out of range"):
+            pipe.run(bad)
+        with pytest.raises(corepipe.InputError, match=r"dim 'sequence' .* outside its range 1..24"):
+            pipe.run(ids(rng, 1, 25))
+        for batch, length in [(2, 13), (1, 1), (4, 24)]:
+            feeds = ids(rng, batch, length)
+            assert_same(pipe.run(feeds), reference(embed, feeds))
+        assert pipe.stats().completed == 3
+
+
+def test_an_index_into_a_varying_axis_has_no_static_rule_and_runs_on_onnxruntime(tmp_path):
+    """An index into the sequence axis allows 0..length-1 at each length: no bound stated at one
+    size holds at another, so the node's stage runs on onnxruntime, which checks."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "sequence", 8])
+    pick = helper.make_tensor_value_info("pick", TensorProto.INT64, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8])
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "pick"], ["y"], axis=1, name="pick_row")],
+                              "g", [x, pick], [y])
+    model = tmp_path / "pick.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    example = {"x": np.ones((1, 8, 8), np.float32), "pick": np.array([3], np.int64)}
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=example, num_cores=1,
+                          dynamic_dims={"sequence": (1, 16)}, buckets=None)
+    assert not cm.plan.input_checks
+    if "openvino" in ENGINES:
+        assert cm.stages[0].engine == "onnxruntime" and "pick_row" in cm.stages[0].fallback
+    with corepipe.load(cm.path, backend="inline") as pipe:
+        x5 = np.arange(40, dtype=np.float32).reshape(1, 5, 8)
+        np.testing.assert_array_equal(pipe.run({"x": x5, "pick": np.array([4])})["y"], x5[:, 4:5])
+        with pytest.raises(corepipe.StageError):
+            pipe.run({"x": x5, "pick": np.array([7])})  # in range at 16, not at 5
+        np.testing.assert_array_equal(pipe.run({"x": x5, "pick": np.array([0])})["y"], x5[:, 0:1])

@@ -15,6 +15,7 @@ import numpy as np
 from .deployment import Deployment
 from .dims import SHAPE_MODES, Shapes
 from .target import Target
+from .valuechecks import ValueCheck
 
 __all__ = ["TensorSpec", "StagePlan", "Plan"]
 
@@ -222,6 +223,8 @@ class Plan:
 
     ``shapes``: the dynamic dims requests may vary in, with their buckets and pad values
     (`corepipe.artifact.dims.Shapes`); ``None`` for a plan of static shapes.
+    ``input_checks``: what request values the model's index and size operands allow, checked
+    at intake (`corepipe.artifact.valuechecks`); absent from artifacts compiled before them.
     """
 
     target: Target
@@ -234,6 +237,7 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     deployment: Deployment | None = None
     shapes: Shapes | None = None
+    input_checks: tuple[ValueCheck, ...] = ()
 
     @property
     def num_cores(self) -> int:
@@ -319,6 +323,9 @@ class Plan:
             raise ValueError("the last boundary must hold exactly the model outputs, in order")
         if self.deployment is not None:
             self.deployment.validate(n)
+        unknown = sorted({c.input for c in self.input_checks} - model_inputs)
+        if unknown:
+            raise ValueError(f"input checks name {unknown}, which are not model inputs")
         self._validate_shapes()
 
     def _validate_shapes(self) -> None:
@@ -361,6 +368,8 @@ class Plan:
             out["deployment"] = self.deployment.to_dict()
         if self.shapes is not None:  # absent in plans of static shapes, as before dynamic dims
             out["shapes"] = self.shapes.to_dict()
+        if self.input_checks:  # absent where there is nothing to check, as in older artifacts
+            out["input_checks"] = [c.to_dict() for c in self.input_checks]
         return out
 
     @classmethod
@@ -378,4 +387,5 @@ class Plan:
             notes=tuple(str(x) for x in data.get("notes", ())),
             deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
             shapes=Shapes.from_dict(data["shapes"]) if data.get("shapes") is not None else None,
+            input_checks=tuple(ValueCheck.from_dict(c) for c in data.get("input_checks", [])),
         )

@@ -1,4 +1,5 @@
-"""Check requests against the model's input signature before they enter a pipeline."""
+"""Check tensors against the compiled signature: requests before they enter a pipeline
+(`check_feeds`), and what each stage writes (`tensor_problem`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import numpy as np
 from ..errors import InputError
 from .plan import TensorSpec
 
-__all__ = ["check_feeds", "feed_dims"]
+__all__ = ["Dim", "check_feeds", "expected_dims", "feed_dims", "tensor_problem"]
+
+#: A dim as the signature allows it: an int where static, ``(lo, hi)`` where it varies
+#: (``hi`` None: bounded only by the compiled size of the tensor).
+Dim = int | tuple[int, int | None]
 
 
 def _describe(value: np.ndarray) -> str:
@@ -108,3 +113,41 @@ def feed_dims(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> d
             if name is not None:
                 out.setdefault(name, int(feeds[spec.name].shape[axis]))
     return out
+
+
+def expected_dims(spec: TensorSpec) -> tuple[Dim, ...]:
+    """The dims ``spec`` allows: its static shape; over dynamic dims, each varying axis within
+    its range; for a data-dependent tensor (``dynamic``) any size per dim, the whole within
+    the compiled bytes."""
+    if spec.dynamic:
+        return tuple((0, None) for _ in spec.shape)
+    if spec.is_static:
+        return spec.shape
+    return tuple(hi if lo == hi else (lo, hi) for lo, hi in spec.ranges())
+
+
+def tensor_problem(spec: TensorSpec, value: np.ndarray, dims: Sequence[Dim] | None = None) -> str | None:
+    """Why ``value`` does not fit ``spec`` (dtype; rank; each dim exact or within its range;
+    bytes within the compiled size), in words; None when it fits. ``dims``: the allowed dims
+    (default `expected_dims`). Costs a dtype and a shape comparison when it fits statically.
+    """
+    if value.dtype != spec.dtype:
+        return f"is {value.dtype}, compiled as {spec.dtype}"
+    if value.shape == spec.shape and not spec.dynamic:
+        return None
+    want = expected_dims(spec) if dims is None else tuple(dims)
+    got = f"{_describe(value)}"
+    if value.ndim != len(want):
+        return f"came out {got}, with {value.ndim} dims; compiled as {spec.describe()}"
+    for i, (d, w) in enumerate(zip(value.shape, want)):
+        if isinstance(w, int):
+            if d != w:
+                return f"came out {got}; compiled as {spec.describe()} (dim {i} is {d}, not {w})"
+        elif d < w[0] or (w[1] is not None and d > w[1]):
+            top = "" if w[1] is None else f"..{w[1]}"
+            return f"came out {got}; compiled as {spec.describe()} (dim {i} is {d}, outside {w[0]}{top})"
+    if value.nbytes > spec.nbytes:
+        return (f"came out {got}, larger than the compiled {spec.describe()} ({value.nbytes} bytes, room for "
+                f"{spec.nbytes}): sizes from request data may make a tensor smaller, never larger; "
+                "compile with example inputs of the largest size")
+    return None

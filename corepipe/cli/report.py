@@ -214,6 +214,7 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     lines.extend(shape_lines(plan))
     lines.extend(stage_warnings(plan))
     lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
+    lines.extend(n for n in plan.notes if n.startswith("intake checks "))  # what request values may hold
     timed = [n for n in plan.notes if " on one core: " in n]
     if timed:
         lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))

@@ -19,6 +19,7 @@ from . import solver
 from .choose import Choice, candidates
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for, place_stages, stage_plans
+from .unchecked import check_notes, find_unchecked, onnxruntime_stages
 
 __all__ = ["check_engines", "make_plan", "write_stages", "engine_notes", "NOT_STATIC"]
 
@@ -40,7 +41,8 @@ def check_engines(
     order = candidates(engine)
     trials = time_stages_on(graph, list(bounds), example_inputs, order, precision, repeats=0)
     report("check engines", 1, 1)
-    return [t.choice(order, precision, s, engine) for s, t in enumerate(trials)]
+    unchecked = onnxruntime_stages(graph, bounds)
+    return [t.choice(order, precision, s, engine, unchecked.get(s)) for s, t in enumerate(trials)]
 
 
 def make_plan(
@@ -51,9 +53,11 @@ def make_plan(
     shape_costs: Sequence[Mapping[str, float]] | None = None,
 ) -> Plan:
     """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
-    (``measured``) or under load (``loaded``), and the deployment to record. Over dynamic dims:
+    (``measured``) or under load (``loaded``), the deployment to record, and the checks the
+    intake makes on request values (`corepipe.compiler.unchecked`). Over dynamic dims:
     ``shapes``, each stage's shape mode (default ``"dynamic"``) and its costs at the bounds; an
     OpenVINO stage holding static buckets counts one copy of its weights per bucket graph."""
+    checks = find_unchecked(graph).checks
     k = len(bounds) - 1
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
@@ -78,9 +82,10 @@ def make_plan(
         stages=tuple(stages),
         num_nodes=graph.n,
         balance=balance,
-        notes=tuple(notes),
+        notes=tuple(notes) + tuple(check_notes(checks)),
         deployment=deployment,
         shapes=shapes,
+        input_checks=tuple(checks),
     )
 
 

@@ -10,6 +10,10 @@
   falls back to the other, and its `StagePlan.fallback` says why. onnxruntime runs fp32 only,
   so a bf16 stage that falls back runs fp32, and the plan says that too.
 
+A stage where request data reaches an operand openvino does not check (a Gather index, a Reshape
+target computed from the inputs; `corepipe.compiler.unchecked`) and no intake check covers it
+runs on onnxruntime, which checks; with ``engine="openvino"`` that is a `CompileError`.
+
 Every stage an engine other than onnxruntime would run is first run on the example inputs and
 checked against onnxruntime (`corepipe.engines.tolerance.differs`): OpenVINO computes some valid graphs wrongly (an If
 whose body reads a tensor that is also a stage output, in 2026.4), and a stage it gets wrong
@@ -27,7 +31,7 @@ from ..engines import LoadFailure, cpu_math, missing_engine, precision_problem
 from ..engines.tolerance import differs
 from ..errors import CompileError
 
-__all__ = ["ENGINE_CHOICES", "Choice", "candidates", "check_request", "differs", "engine_precision",
+__all__ = ["ENGINE_CHOICES", "Choice", "candidates", "check_request", "data_choice", "differs", "engine_precision",
            "failure_error", "io_names", "resolve_precision", "PRECISION_CHOICES"]
 
 ENGINE_CHOICES = ("auto", "onnxruntime", "openvino")
@@ -112,6 +116,24 @@ def failure_error(stage: int, failure: LoadFailure, engine: str) -> CompileError
     return CompileError(
         f"stage {stage}: {failure}; use engine='auto' to run it on the engine that can"
         if engine != "auto" else f"stage {stage}: no engine can run it: {failure}")
+
+
+def data_choice(stage: int, why: str, engine: str, ort_ran: bool, seconds: dict[str, float],
+                fallback: str | None) -> Choice:
+    """The choice for a stage that must run on onnxruntime because request data reaches an operand
+    openvino does not check (``why``; `corepipe.compiler.unchecked`): onnxruntime in fp32, the
+    plan saying why.
+
+    Raises:
+        CompileError: ``engine="openvino"`` was asked for, or onnxruntime cannot run the stage.
+    """
+    if engine == "openvino":
+        raise CompileError(
+            f"stage {stage}: {why}, so openvino would answer bad requests wrongly without a word; compile with "
+            "engine='auto' (that stage then runs on onnxruntime) or engine='onnxruntime'")
+    if not ort_ran:
+        raise CompileError(f"stage {stage}: {why}, and onnxruntime cannot run it: {fallback}")
+    return Choice("onnxruntime", "fp32", why, dict(seconds))
 
 
 def fallback_note(failures: Sequence[LoadFailure]) -> str | None:

@@ -23,9 +23,10 @@ from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
 from ..engines.base import Ranges
 from . import solver
-from .choose import Choice, differs, engine_precision, failure_error, fallback_note, io_names
+from .choose import Choice, data_choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
 from .partition import build_stage_model, links_for
+from .unchecked import onnxruntime_stages
 
 __all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on", "example_feeds"]
 
@@ -40,13 +41,18 @@ class StageTime:
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     dynamic: str | None = None  # why OpenVINO's reader finds the stage not static, if it does
 
-    def choice(self, order: Sequence[str], precision: str, stage: int, engine: str) -> Choice:
+    def choice(self, order: Sequence[str], precision: str, stage: int, engine: str,
+               unchecked: str | None = None) -> Choice:
         """The engine to use: the fastest one timed (else the first in ``order`` that passed) at
         the precision asked for; one that runs another precision (onnxruntime when bf16 was
-        asked for) only where none at that precision passed."""
+        asked for) only where none at that precision passed. ``unchecked``: why the stage must
+        run on onnxruntime (request data reaches an operand openvino does not check)."""
         ok = [e for e in order if e in self.passed]
         if not ok:
             raise failure_error(stage, next(iter(self.failures.values())), engine)
+        if unchecked is not None:
+            return data_choice(stage, unchecked, engine, "onnxruntime" in self.passed, self.seconds,
+                               fallback_note([f for e, f in self.failures.items() if e in order]))
         same = [e for e in ok if engine_precision(e, precision) == precision] or ok
         timed = [e for e in same if e in self.seconds]
         best = min(timed, key=lambda e: self.seconds[e]) if timed else same[0]
@@ -234,7 +240,8 @@ def measured_balance(
             for e, sec in old.seconds.items():
                 new.seconds[e] = min(sec, new.seconds.get(e, sec))
         timed[cut] = timings
-        seen[cut] = [t.choice(engines, precision, s, engine) for s, t in enumerate(timings)]
+        unchecked = onnxruntime_stages(graph, cut)
+        seen[cut] = [t.choice(engines, precision, s, engine, unchecked.get(s)) for s, t in enumerate(timings)]
         return seen[cut]
 
     def slowest(choices: list[Choice]) -> float:

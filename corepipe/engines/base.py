@@ -88,7 +88,9 @@ class Engine(ABC):
 
         The arrays must stay alive and at their addresses while the binding is used; outputs
         must have the shapes the inputs' shapes give. Binding is done once per buffer set, not
-        per request. None: these buffers cannot be bound (the caller runs and copies instead).
+        per request. Returns None (the caller runs and copies) where the engine cannot bind these
+        buffers, or cannot promise to write exactly their shapes (an output whose shape depends
+        on the data): a bound output is never checked per request.
         """
 
     @abstractmethod

@@ -260,11 +260,14 @@ class OpenVinoEngine(Engine):
         if not self._bindable or any(a.size == 0 or not a.flags.c_contiguous for a in (*inputs, *outputs)):
             return None  # the caller runs and copies instead
         v = self._variant([a.shape for a in inputs])
+        if self._static[v] and not self._fixed_outputs(v, [a.shape for a in outputs]):
+            return None  # the caller runs, checks and copies instead
         tensors = ([ov.Tensor(_canonical(a), shared_memory=True) for a in inputs],
                    [ov.Tensor(_canonical(a), shared_memory=True) for a in outputs])
         if not self._static[v]:
             # A bounded dynamic variant: one request, its tensors set before each run (a request
-            # per shape and slot would hold memory for every shape ever seen).
+            # per shape and slot would hold memory for every shape ever seen). Its output shapes
+            # follow the inputs', so `run_bound` checks each one after the run.
             return (self._requests[v], list(inputs), list(outputs), tensors)
         request = self._variants[v].create_infer_request()  # one per slot: its tensors stay set
         self._set(request, tensors)
@@ -276,6 +279,18 @@ class OpenVinoEngine(Engine):
         for port, t in zip(self._out_ports, tensors[1]):
             request.set_output_tensor(port, t)
 
+    def _fixed_outputs(self, variant: int, shapes: Sequence[tuple[int, ...]]) -> bool:
+        """Whether OpenVINO compiled every output port of ``variant`` to exactly ``shapes``. A
+        port whose shape depends on the data would reshape a bound tensor in place to whatever it
+        computes (an impossible Reshape gives (0, 0)), while the slot still says the compiled
+        shape."""
+        compiled = self._variants[variant]
+        for port, shape in zip(self._out_ports, shapes):
+            ps = compiled.outputs[port].get_partial_shape()
+            if not ps.is_static or tuple(int(d) for d in ps.to_shape()) != tuple(shape):
+                return False
+        return True
+
     def run_bound(self, binding: Any) -> None:
         if self.outputs:
             request = binding[0]
@@ -283,6 +298,12 @@ class OpenVinoEngine(Engine):
                 self._set(request, binding[3])
             request.start_async()  # not infer(): that would copy every output into a new array
             request.wait()
+            if len(binding) == 4:  # OpenVINO reshapes a dynamic port's tensor to what it computed
+                for name, port, arr in zip(self.outputs, self._out_ports, binding[2]):
+                    got = tuple(request.get_output_tensor(port).shape)
+                    if got != arr.shape:
+                        raise RuntimeError(f"output {name!r} came out {list(got)}, where the request's "
+                                           f"shapes give {list(arr.shape)}")
 
     def addresses(self, binding: Any) -> tuple[list[int], list[int]]:
         request = binding[0]

@@ -3,18 +3,25 @@
 It loads the stage from a verified private copy, passes carried tensors through without any
 engine seeing them, and either runs a request into fresh arrays (`run`) or straight into a
 hand-off slot (`run_into`), binding the slot's buffers once and reusing the binding.
+
+Every tensor the engine writes fits the compiled signature, or the request fails with a
+`StageError` naming the node that wrote it: `run` checks each output's dtype and shape (a
+comparison per output), and an in-place binding is only made where the engine itself
+guarantees the compiled shape (`Engine.bind`), so it needs no check per request.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..artifact.manifest import Artifact
 from ..artifact.plan import Plan, StagePlan
+from ..artifact.signature import tensor_problem
 from ..errors import ArtifactError, StageError
 from .base import Engine, LoadFailure, Ranges, engine_class
 from .cpu import precision_problem
@@ -40,6 +47,22 @@ def load_engine(artifact: Artifact, index: int, *, threads: int = 1, spin: bool 
         ArtifactError: the engine is not installed here, this CPU cannot run the stage's
             precision fast, or the engine cannot load the stage.
     """
+    return _load(artifact, index, threads, spin)[0]
+
+
+def _producers(path: Path, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Output name -> (node name, op) of the node in the stage graph at ``path`` that writes it."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    wanted = set(names)
+    return {out: (node.name or f"{node.op_type}_{i}", node.op_type)
+            for i, node in enumerate(graph.node) for out in node.output if out in wanted}
+
+
+def _load(artifact: Artifact, index: int, threads: int, spin: bool) -> tuple[Engine, dict[str, tuple[str, str]]]:
+    """`load_engine`, and which node writes each of the stage's outputs (read from the same
+    verified copy)."""
     plan = artifact.plan.stages[index]
     problem = precision_problem(plan.precision)
     if problem is not None:
@@ -50,8 +73,9 @@ def load_engine(artifact: Artifact, index: int, *, threads: int = 1, spin: bool 
         # the engine holds the weights (a mapping outlives its file's name on Linux).
         with tempfile.TemporaryDirectory(prefix=f"corepipe-stage{index}-") as private:
             path = artifact.copy_stage(index, private)
-            return cls(str(path), inputs=plan.inputs, outputs=plan.outputs, threads=threads,
-                       precision=plan.precision, spin=spin, variants=stage_variants(artifact.plan, index))
+            engine = cls(str(path), inputs=plan.inputs, outputs=plan.outputs, threads=threads,
+                         precision=plan.precision, spin=spin, variants=stage_variants(artifact.plan, index))
+            return engine, _producers(path, plan.outputs)
     except LoadFailure as exc:
         raise ArtifactError(f"stage {index} cannot be loaded: {exc}; recompile with engine='auto'") from None
 
@@ -96,7 +120,7 @@ class StageRunner:
     def __init__(self, artifact: Artifact, index: int, *, threads: int = 1, spin: bool = True) -> None:
         self.plan: StagePlan = artifact.plan.stages[index]
         self.index = index
-        self.engine = load_engine(artifact, index, threads=threads, spin=spin)
+        self.engine, self._producers = _load(artifact, index, threads, spin)
         self._outputs = list(self.plan.outputs)
         self._bindings: dict[Any, Any] = {}
         after = {t.name: t for t in artifact.plan.boundaries[index + 1]}
@@ -105,6 +129,7 @@ class StageRunner:
         self._varying = artifact.plan.shapes is not None
         self._before = {t.name: t for t in artifact.plan.boundaries[index]}
         self._after = after
+        self._checks = [(i, after[name]) for i, name in enumerate(self._outputs) if name in after]
         _release_free_memory()
 
     def run(self, boundary: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
@@ -113,6 +138,7 @@ class StageRunner:
             values = self.engine.run({name: boundary[name] for name in self.plan.inputs})
         except Exception as exc:
             raise self._error(exc, request_id) from None
+        self._check_outputs(values, request_id, self._shapes(boundary) if self._varying else None)
         out = {name: boundary[name] for name in self.plan.carried}
         out.update(zip(self._outputs, values))
         return out
@@ -184,6 +210,21 @@ class StageRunner:
         binding = self.engine.bind(arrays, outputs)
         self._bindings[key] = (binding, arrays, views)  # keep the buffers alive with it
         return binding
+
+    def _check_outputs(self, values: Sequence[np.ndarray], request_id: int | None,
+                       shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """Each output against its compiled spec, or over dynamic dims against the shape the
+        request's dims give it (``shapes``, where known): a `StageError` naming the node that
+        wrote one that does not fit (an engine that does not check data may return an empty
+        tensor)."""
+        for i, spec in self._checks:
+            why = tensor_problem(spec, values[i], None if shapes is None else shapes.get(spec.name))
+            if why is not None:
+                node, op = self._producers.get(spec.name, ("", ""))
+                where = f"node {node!r} ({op}) wrote {spec.name!r}" if node else f"output {spec.name!r}"
+                raise StageError(
+                    f"stage {self.index} failed on request {request_id} ({self.plan.engine}): {where}, which {why}",
+                    stage=self.index, request_id=request_id, node=node or None)
 
     def _error(self, exc: BaseException, request_id: int | None) -> StageError:
         node = self.engine.failing_node(str(exc))

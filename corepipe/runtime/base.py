@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..artifact.plan import Plan
+from ..artifact.signature import check_feeds
+from ..artifact.valuechecks import ValueChecker
 from .timeline import Timeline, TraceLog
 
 __all__ = ["Pipeline", "StageStats", "BoundaryStats", "PipelineStats"]
@@ -131,11 +133,13 @@ class Pipeline(ABC):
     Contract (every backend keeps it):
 
     - **Requests** are dicts ``name -> numpy array`` matching the compiled signature exactly
-      (names, dtypes, static shapes, or any shape within the ranges of dynamic dims). They are
-      checked before they enter the pipeline; a bad one raises `InputError` from `submit`/`run`
-      and nothing is queued. Requests of different shapes stream through together, in order.
-      With ``split_batch=True`` a batch along axis 0 runs as requests of the model's batch
-      (`corepipe.runtime.batches`); with buckets, a request is padded in and trimmed out.
+      (names, dtypes, static shapes, or any shape within the ranges of dynamic dims), whose
+      index and size inputs hold values the model allows (a token id within the vocabulary;
+      `Plan.input_checks`). They are checked before they enter the pipeline; a bad one raises
+      `InputError` from `submit`/`run` and nothing is queued. Requests of different shapes
+      stream through together, in order. With ``split_batch=True`` a batch along axis 0 runs as
+      requests of the model's batch (`corepipe.runtime.batches`); with buckets, a request is
+      padded in and trimmed out.
     - **Ownership.** `submit` copies the request's arrays into pipeline-owned buffers (shared
       memory for ``local``) before it returns, so the caller may reuse its arrays at once. Result
       arrays belong to the caller; they are never views of pipeline buffers.
@@ -150,7 +154,9 @@ class Pipeline(ABC):
     - **Callbacks.** Futures' done-callbacks run on the pipeline's collector thread (``local``)
       or the submitting thread (``inline``). Keep them short; they may call `submit`.
     - **Failures.** A request that fails inside a stage fails only its own future, with a
-      `StageError` naming the stage, node and request; the pipeline goes on.
+      `StageError` naming the stage, node and request; the pipeline goes on. So does one for
+      which a stage wrote a tensor that does not fit the compiled signature (an empty or
+      wrong-shaped tensor from an engine that does not check data): never a quiet wrong answer.
     - **End of stream.** `close` stops intake, lets requests already submitted finish (up to its
       ``timeout``; the rest fail with `PipelineClosedError`), then stops every worker and frees
       every buffer. Using a pipeline after `close` raises `PipelineClosedError`. ``with`` closes.
@@ -170,6 +176,14 @@ class Pipeline(ABC):
         self._trace_slots = 0  # hand-off slots per ring, for `Timeline.waits` (0: no rings)
         # A plan with buckets pads each request at `submit` (corepipe.runtime.batches).
         self._pads = plan.shapes if plan.shapes is not None and plan.shapes.buckets else None
+        self._value_checks = ValueChecker(plan.input_checks)
+
+    def _checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feeds`` checked against the signature and the plan's value checks, as C-contiguous
+        arrays: what every backend's `submit` admits. Raises `InputError`."""
+        checked = check_feeds(self.plan.inputs, feeds)
+        self._value_checks(checked)
+        return checked
 
     def _summary(self, elapsed_s: float, stages: list[StageStats], in_flight: int,
                  boundaries: list[BoundaryStats] | None = None, replicas: int = 1) -> PipelineStats:

@@ -8,8 +8,8 @@ along the batch dim (or, with buckets, the same bucket), up to ``max_batch`` row
 request never overtakes one queued before it, so batches form in submission order and, since
 the pipeline answers in order, so do the requests' futures.
 
-Every request is checked (`check_feeds`) when it is submitted, before it can be merged: a bad
-one raises `InputError` from `submit` alone. A merged batch that fails inside a stage (a fault
+Every request is checked (its signature and its values, `Pipeline._checked`) when it is
+submitted, before it can be merged: a bad one raises `InputError` from `submit` alone. A merged batch that fails inside a stage (a fault
 no check can see) is sent again one request at a time, so only the request that causes it
 fails. The pipeline underneath replays a batch as one request when a worker dies.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..artifact.padding import bucket_of, pad_feeds, trim_outputs
 from ..artifact.plan import Plan
-from ..artifact.signature import check_feeds, feed_dims
+from ..artifact.signature import feed_dims
 from ..artifact.sizes import parse_duration
 from ..errors import DeploymentError, PipelineClosedError, StageError
 from .base import Pipeline, PipelineStats
@@ -138,7 +138,7 @@ class BatchingPipeline(Pipeline):
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[Result]:
         if self._closing:
             raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
-        checked = check_feeds(self.plan.inputs, feeds)  # a bad request fails here, alone
+        checked = self._checked(feeds)  # a bad request (shape or values) fails here, alone
         values = feed_dims(self.plan.inputs, checked)
         target = {**values, **bucket_of(self._shapes, values)}
         key = tuple((t.name, tuple(target.get(d, n) if d else n for d, n in zip(t.dims, checked[t.name].shape))[1:])

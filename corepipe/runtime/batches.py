@@ -124,8 +124,9 @@ def submit_split(pipe: Pipeline, feeds: Mapping[str, np.ndarray], timeout: float
 
 def submit_padded(pipe: Pipeline, feeds: Mapping[str, np.ndarray], timeout: float | None,
                   shapes: Shapes) -> Future[Result]:
-    """`Pipeline.submit` for a plan with buckets: padded in, trimmed out."""
-    checked = check_feeds(pipe.plan.inputs, feeds)
+    """`Pipeline.submit` for a plan with buckets: checked as sent (signature and values), padded
+    in, trimmed out."""
+    checked = pipe._checked(feeds)
     padded, values = pad_feeds(pipe.plan.inputs, checked, shapes)
     inner = pipe._submit(padded, timeout=timeout)
     dims = list(shapes.buckets)

@@ -15,7 +15,6 @@ from concurrent.futures import Future
 import numpy as np
 
 from ..artifact.manifest import Artifact
-from ..artifact.signature import check_feeds
 from ..engines import StageRunner
 from ..errors import PipelineClosedError, StageError
 from .base import Pipeline, PipelineStats, StageStats
@@ -43,7 +42,7 @@ class InlinePipeline(Pipeline):
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         if self._closed:
             raise PipelineClosedError("the pipeline is closed; load the artifact again to run more requests")
-        checked = check_feeds(self.plan.inputs, feeds)
+        checked = self._checked(feeds)
         fut: Future[dict[str, np.ndarray]] = Future()
         fut.set_running_or_notify_cancel()
         submitted = time.monotonic()

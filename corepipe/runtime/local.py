@@ -22,7 +22,6 @@ import numpy as np
 import psutil
 
 from ..artifact.manifest import Artifact
-from ..artifact.signature import check_feeds
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
 from .intake import Request
@@ -151,7 +150,7 @@ class LocalPipeline(Supervisor, Pipeline):
     # -- client API --------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
-        checked = check_feeds(self.plan.inputs, feeds)
+        checked = self._checked(feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
         kept = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
         self._take_place(timeout)

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact.plan import Plan
-from ..artifact.signature import check_feeds
 from ..errors import PipelineClosedError
 from .base import BoundaryStats, Pipeline, PipelineStats, StageStats
 from .timeline import Timeline
@@ -104,7 +103,7 @@ class ReplicatedPipeline(Pipeline):
     # -- client API --------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
-        checked = check_feeds(self.plan.inputs, feeds)  # InputError before anything is queued
+        checked = self._checked(feeds)  # InputError before anything is queued
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         if not self._admit.acquire(timeout=None if timeout is None else max(0.0, timeout)):
             raise TimeoutError(

@@ -69,11 +69,9 @@ def _make(name: str, path: Path) -> dict[str, np.ndarray] | None:
         onnx.save(model, str(path))
         return feeds
     if arch == "keras":
-        from .keras_model import build_and_convert
+        from .keras_model import convert_in_subprocess
 
-        model, feeds = build_and_convert()
-        onnx.save(model, str(path))
-        return feeds
+        return convert_in_subprocess(path)
     if how == "optimum":
         from .optimum_export import export
 

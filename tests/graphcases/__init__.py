@@ -26,6 +26,7 @@ from .dataflow import (
     case_constant_nodes,
     case_diamond_branches,
     case_identity_chain_output_twice,
+    case_index_from_request,
     case_initializer_is_output,
     case_input_is_output,
     case_multi_io,
@@ -45,7 +46,8 @@ from .tensors import (
     case_symbolic_dims,
 )
 
-__all__ = ["CASES", "GraphCase", "all_cases", "big_weight_model", "broken_models", "run_reference"]
+__all__ = ["CASES", "GraphCase", "all_cases", "big_weight_model", "broken_models", "case_index_from_request",
+           "run_reference"]
 
 CASES: list[Callable[[], GraphCase]] = [
     case_skip_far,

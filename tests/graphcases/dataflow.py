@@ -70,6 +70,20 @@ def case_shared_weight_far() -> GraphCase:
     return GraphCase("shared_weight_far", model, {"ids": ids})
 
 
+def case_index_from_request() -> GraphCase:
+    """`case_shared_weight_far` with its token ids reaching the Gather through an Abs: an index
+    computed from request data, which no intake check covers, so its stage runs on onnxruntime
+    (whatever the engine asked for) and ids past the table fail there, with a `StageError`.
+    ``bad``: such a request (the ids far past the table)."""
+    case = case_shared_weight_far()
+    graph = case.model.graph
+    gather = next(n for n in graph.node if n.op_type == "Gather")
+    gather.input[1] = "ids_abs"
+    graph.node.insert(0, node("Abs", ["ids"], ["ids_abs"]))
+    case.name = "index_from_request"
+    return case
+
+
 def case_shape_arith_int64() -> GraphCase:
     """Int64 shape arithmetic (Shape/Gather/Mul/Unsqueeze/Concat) made early, used late by
     Reshape, ConstantOfShape, Range and Expand; the computed shape is also an output."""

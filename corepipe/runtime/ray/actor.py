@@ -28,6 +28,7 @@ import numpy as np
 import ray
 
 from ...artifact.plan import TensorSpec
+from ...artifact.signature import tensor_problem
 from ...errors import CorepipeError, StageError
 
 __all__ = ["StageActor", "OK", "ERROR", "GROUPS"]
@@ -70,12 +71,7 @@ def check_arrays(specs: list[TensorSpec], arrays: Any, where: str) -> list[np.nd
         if type(arr) is not np.ndarray or str(arr.dtype) != spec.dtype:
             got = f"{arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
             raise CorepipeError(f"{where}: {spec.name!r} should be {spec.describe()}, got {got}")
-        fits = arr.ndim == len(spec.shape) and (
-            all(a <= b for a, b in zip(arr.shape, spec.shape)) if spec.dynamic
-            else arr.shape == spec.shape if spec.is_static
-            else all(lo <= a <= hi for a, (lo, hi) in zip(arr.shape, spec.ranges()))  # over dynamic dims
-        )
-        if not fits:
+        if tensor_problem(spec, arr) is not None:  # the rule every stage's outputs are held to
             raise CorepipeError(
                 f"{where}: {spec.name!r} should be {spec.describe()}, got shape {list(arr.shape)}"
             )

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ...artifact.manifest import Artifact
-from ...artifact.signature import check_feeds
 from ...artifact.transfer import manifest_sha256
 from ...errors import CorepipeError, StageError
 from ..base import Pipeline, PipelineStats
@@ -195,7 +194,7 @@ class RayPipeline(Recovery, Pipeline):
     # -- client API --------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
-        checked = check_feeds(self.plan.inputs, feeds)
+        checked = self._checked(feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
         # One copy, into the object store: stage 0 reads it in place, and a replay sends it again.
         kept = self._ray.put([checked[name] for name in self._names[0]])  # C-contiguous already
