@@ -1,7 +1,7 @@
 """What bounds the pipeline on mixed lengths (benchmarks/mixed_lengths.py's artifacts): each
 stage's busy time per request while the pipeline streams the mixed requests, against the same
-requests sorted by length (shape changes rare), against one length repeated, and each stage's
-engine timed alone in this process on the same requests (no pipeline, no other stage running).
+requests sorted by length (shape changes rare), against one length repeated, and with deeper
+hand-off rings (8 slots, 16 in flight: room for a short request to queue behind a long one).
 
     /work/bin/cp-bench python benchmarks/mixed_lengths.py ... (prepare first)
     /work/bin/cp-bench python benchmarks/mixed_bound.py /tmp/ml --traffic lognormal
@@ -28,8 +28,8 @@ from corepipe.bench.mixed import plan_mixed
 from corepipe.bench.traffic import Traffic
 
 
-def stream(art: Path, reqs: list, cores: list[int]) -> dict:
-    with corepipe.load(art, cores=cores) as pipe:
+def stream(art: Path, reqs: list, cores: list[int], **options: object) -> dict:
+    with corepipe.load(art, cores=cores, **options) as pipe:
         list(pipe.map(reqs[:10]))
         before = pipe.stats()
         me = psutil.Process()
@@ -57,10 +57,12 @@ def main() -> None:
     mean = round(np.mean([r["input_ids"].shape[1] for r in reqs]))
     cores = sorted(os.sched_getaffinity(0))[:2]
     art = a.dir / f"dyn_{a.traffic}"
-    for name, rs in [("mixed, interleaved", reqs),
-                     ("mixed, sorted by length", sorted(reqs, key=lambda r: r["input_ids"].shape[1])),
-                     (f"one length ({mean}) repeated", [mixed.example(feeds, {"sequence": mean})] * len(reqs))]:
-        print(name, stream(art, rs, cores), flush=True)
+    for name, rs, options in [
+            ("mixed, interleaved", reqs, {}),
+            ("mixed, sorted by length", sorted(reqs, key=lambda r: r["input_ids"].shape[1]), {}),
+            (f"one length ({mean}) repeated", [mixed.example(feeds, {"sequence": mean})] * len(reqs), {}),
+            ("mixed, interleaved, 8 slots per ring, 16 in flight", reqs, {"slots": 8, "max_in_flight": 16})]:
+        print(name, options, stream(art, rs, cores, **options), flush=True)
 
 
 if __name__ == "__main__":
