@@ -210,7 +210,7 @@ def tune_cmd(
     corepipe tune model.onnx -o out/ -n 16 --objective latency
     corepipe tune model.onnx -o out/ -n 16 --latency-budget 50ms
     corepipe tune zoo:resnet50 -o rn/ -n 16 --rate 500 --p99 100ms
-    corepipe tune bert_dyn.onnx -o bert_tuned/ -n 2 --inputs feeds.npz --lengths "~24:128"
+    corepipe tune bert.onnx -o bt/ -n 2 --inputs feeds.npz --lengths "~24:128"
     corepipe tune resnet_dyn.onnx -o rn_tuned/ -n 2 --max-batch 8
     ```
     """
