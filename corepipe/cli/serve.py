@@ -95,6 +95,14 @@ def serve_cmd(
         "it doubles with each further death.")] = 0.5,
     backoff_max: Annotated[float, typer.Option(
         "--backoff-max", min=0, metavar="SECONDS", help="Longest wait, in seconds, before restarting a stage.")] = 30.0,
+    max_batch: Annotated[int | None, typer.Option(
+        "--max-batch", min=1, metavar="N", help="Models with a dynamic batch dim: the most rows one request may "
+        "carry (Triton's max_batch_size; default: the dim's max), and dynamic batching: waiting requests merged "
+        "up to N rows. Models compiled at batch 1 take batches as their items, streamed.",
+        show_default=False)] = None,
+    batch_delay: Annotated[str, typer.Option(
+        "--batch-delay", metavar="DURATION", help="With --max-batch: how long the oldest waiting request waits "
+        "for others to merge with it, e.g. 500us or 2ms.")] = "0",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log model loading and shutdown.")] = False,
 ) -> None:
     """Serve compiled models over KServe v2 (HTTP and gRPC), TF-Serving REST and Prometheus.
@@ -113,9 +121,13 @@ def serve_cmd(
 
       corepipe serve models/ --core-ids 0-7 --model-cores bert=0-3
 
+      corepipe serve bert_dynamic/ --max-batch 8 --batch-delay 500us
+
       COREPIPE_SERVE_TOKEN=s3cret corepipe serve models/ --host 0.0.0.0
 
       perf_analyzer -m resnet_compiled -u 127.0.0.1:8001 -i grpc --concurrency-range 1:4
+
+      perf_analyzer -m bert_dynamic -u 127.0.0.1:8001 -i grpc -b 4 --shape input_ids:37
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -138,7 +150,7 @@ def serve_cmd(
             max_in_flight=max_in_flight, max_queue=max_queue,
             max_body_bytes=parse_size(max_body) if max_body else None, token=token, drain_s=drain,
             restart=restart, max_deaths=max_deaths, backoff_s=backoff, backoff_max_s=backoff_max,
-            address=address,
+            address=address, max_batch=max_batch, batch_delay=batch_delay,
         )
 
         def ready(ep: Endpoints) -> None:

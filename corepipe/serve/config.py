@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..artifact.sizes import parse_duration
 from ..errors import CorepipeError
 
 __all__ = ["ServeConfig", "split_cores"]
@@ -35,6 +36,11 @@ class ServeConfig:
         restart, max_deaths, death_window, backoff_s, backoff_max_s: the pipelines' restart
             policy (``backoff``: a stage that keeps dying is restarted after a growing wait and
             never given up on; see `corepipe.runtime.local`).
+        max_batch: for models with a dynamic batch dim, the most rows one request may carry
+            (Triton's ``max_batch_size``; default: the dim's max), and dynamic batching: waiting
+            requests merged up to it (at most the dim's max) along the batch dim.
+        batch_delay: how long the oldest waiting request waits for others to merge with it
+            (``"500us"``, ``"2ms"``; default 0: only what is already waiting).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +61,8 @@ class ServeConfig:
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
     address: str | None = None
+    max_batch: int | None = None
+    batch_delay: str | float = 0.0
 
     def check(self) -> None:
         """Raise `CorepipeError` for settings that cannot work, saying which and why."""
@@ -76,6 +84,12 @@ class ServeConfig:
             raise CorepipeError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_body_bytes is not None and self.max_body_bytes < 1024:
             raise CorepipeError(f"--max-body-bytes {self.max_body_bytes} is too small: allow at least 1 KiB")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise CorepipeError(f"--max-batch must be >= 1, got {self.max_batch}")
+        try:
+            parse_duration(self.batch_delay)
+        except ValueError as exc:
+            raise CorepipeError(f"--batch-delay: {exc}") from None
         if self.token is not None and not self.token.strip():
             raise CorepipeError("--token is empty: give a secret, or leave the flag out")
         avail = set(os.sched_getaffinity(0))

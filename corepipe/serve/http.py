@@ -169,14 +169,15 @@ def make_app(svc: Service) -> Starlette:
             body = await read_body(request, model.body_limit)
             t0 = time.perf_counter_ns()
             body = await inflate(request, body, model.body_limit)
-            feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs) if len(body) > BIG
-                          else parse_predict(body, model.inputs))
+            batched = model.batching.rows is not None  # N instances: one batch-N request
+            feeds, fmt = (await asyncio.to_thread(parse_predict, body, model.inputs, batched=batched)
+                          if len(body) > BIG else parse_predict(body, model.inputs, batched=batched))
             t1 = time.perf_counter_ns()
             results = await asyncio.gather(*(model.infer(f) for f in feeds))
             t2 = time.perf_counter_ns()
             size = sum(r[o.name].size for r in results for o in model.outputs)
-            data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt) if size > BIG // 8
-                    else encode_predict(results, model.outputs, fmt))
+            data = (await asyncio.to_thread(encode_predict, results, model.outputs, fmt, batched=batched)
+                    if size > BIG // 8 else encode_predict(results, model.outputs, fmt, batched=batched))
             model.record_io(t1 - t0, time.perf_counter_ns() - t2)
             return await reply(request, data, "application/json")
         except Exception as exc:

@@ -27,6 +27,8 @@ import numpy as np
 from ..artifact.plan import TensorSpec
 from ..errors import CorepipeError, InputError, PipelineClosedError
 from ..runtime import Pipeline
+from ..runtime.batches import chain
+from .batching import Batching, kserve_shape, parts_of, triton_dims
 from .codec import datatype_of
 
 __all__ = ["Rejected", "ServedModel", "default_body_limit"]
@@ -50,9 +52,10 @@ class Rejected(CorepipeError):
         self.retry_after = retry_after
 
 
-def default_body_limit(specs: tuple[TensorSpec, ...] | list[TensorSpec]) -> int:
-    """Room for every input sent as JSON (24 characters a value covers any float or int64), + 1 MiB."""
-    return 2**20 + sum(24 * math.prod(s.shape) for s in specs)
+def default_body_limit(specs: tuple[TensorSpec, ...] | list[TensorSpec], requests: int = 1) -> int:
+    """Room for every input sent as JSON (24 characters a value covers any float or int64), + 1 MiB;
+    ``requests``: how many pipeline requests' worth one request may carry (a batch)."""
+    return 2**20 + requests * sum(24 * math.prod(s.shape) for s in specs)
 
 
 @dataclass
@@ -78,19 +81,21 @@ class _Stats:
     input_ns: int = 0
     output_ns: int = 0
     last_ms: int = 0
+    rows: int = 0  # batch rows answered (Triton's inference_count for a model that batches)
 
 
 class ServedModel:
     """A model behind the server: a name, its verified artifact's signature, and its pipeline.
 
     ``pipe`` is None when the pipeline could not start; ``load_error`` then says why, and every
-    request gets 503 with that reason.
+    request gets 503 with that reason. ``batching``: how it takes batches (`corepipe.serve.batching`).
     """
 
     def __init__(
         self, name: str, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
         pipe: Pipeline | None, *, load_error: str | None = None, max_queue: int | None = None,
         body_limit: int | None = None, cores: list[int] | None = None, deployment: dict[str, Any] | None = None,
+        batching: Batching | None = None,
     ) -> None:
         self.name = name
         self.version = VERSION
@@ -103,7 +108,9 @@ class ServedModel:
         self.deployment = deployment or {}
         self.max_in_flight = pipe.max_in_flight if pipe is not None else 0
         self.max_queue = 4 * self.max_in_flight if max_queue is None else max_queue
-        self.body_limit = body_limit or default_body_limit(inputs)
+        self.batching = batching or Batching()
+        b = self.batching
+        self.body_limit = body_limit or default_body_limit(inputs, max(1, -(-b.max_batch_size // (b.rows or 1))))
         self._slots: asyncio.Semaphore | None = None  # made on the serving loop
         self.waiting = 0
         self.running = 0
@@ -124,10 +131,12 @@ class ServedModel:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one request through the pipeline without blocking the event loop.
+        """Run one request through the pipeline without blocking the event loop. A batch larger
+        than one pipeline request holds runs as several, streamed one after another, each
+        taking its own place in the window (`corepipe.serve.batching`).
 
         Raises:
-            InputError: the request does not match the signature.
+            InputError: the request does not match the signature (or is over max_batch_size).
             Rejected: not ready (503 UNAVAILABLE) or full (503 RESOURCE_EXHAUSTED).
             StageError: the request failed inside a stage (the others go on).
         """
@@ -142,13 +151,42 @@ class ServedModel:
                 code="RESOURCE_EXHAUSTED", retry_after=1.0)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_in_flight)
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter_ns()
+        futures: list[Future[dict[str, np.ndarray]]] = []
         self.waiting += 1
         try:
-            await self._slots.acquire()
+            for part in parts_of(self.pipe.plan, self.batching, feeds):
+                futures.append(await self._submit(part))
+        except Rejected:
+            raise
+        except Exception:
+            self._record(False, t0, time.perf_counter_ns())
+            raise
         finally:
             self.waiting -= 1
         t1 = time.perf_counter_ns()
+        self.running += 1
+        names = [t.name for t in self.outputs]
+        fut = futures[0] if len(futures) == 1 else chain(
+            futures, lambda rs: {n: np.concatenate([r[n] for r in rs], axis=0) for n in names})
+        done: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+
+        def landed(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+            try:
+                loop.call_soon_threadsafe(self._complete, f, done, t0, t1)
+            except RuntimeError:  # the loop is gone (shutting down): nobody is waiting
+                pass
+
+        fut.add_done_callback(landed)
+        return await done
+
+    async def _submit(self, feeds: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
+        """One pipeline request, once the window has room for it; its place is given back when
+        it completes (on the loop)."""
+        assert self._slots is not None and self.pipe is not None
+        loop = asyncio.get_running_loop()
+        await self._slots.acquire()
         try:
             fut = self.pipe.submit(feeds, timeout=0)
         except TimeoutError:  # cannot happen while the semaphore mirrors the window; be safe
@@ -161,28 +199,24 @@ class ServedModel:
                            retry_after=1.0) from None
         except BaseException:
             self._slots.release()
-            self._record(False, t0, t1)
             raise
-        self.running += 1
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
 
-        def landed(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+        def free(_: Future[dict[str, np.ndarray]]) -> None:
             try:
-                loop.call_soon_threadsafe(self._complete, f, done, t0, t1)
-            except RuntimeError:  # the loop is gone (shutting down): nobody is waiting
+                loop.call_soon_threadsafe(self._slots.release)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is gone
                 pass
 
-        fut.add_done_callback(landed)
-        return await done
+        fut.add_done_callback(free)
+        return fut
 
     def _complete(self, f: Future[dict[str, np.ndarray]], done: asyncio.Future[dict[str, np.ndarray]],
                   t0: int, t1: int) -> None:
         self.running -= 1
-        assert self._slots is not None
-        self._slots.release()
         exc = f.exception()
-        self._record(exc is None, t0, t1)
+        result = f.result() if exc is None else None
+        rows = next((int(v.shape[0]) for v in (result or {}).values() if v.ndim), 1)
+        self._record(exc is None, t0, t1, rows)
         if done.cancelled():
             return
         if exc is not None:
@@ -191,13 +225,14 @@ class ServedModel:
                                code="UNAVAILABLE", retry_after=1.0)
             done.set_exception(exc)
         else:
-            done.set_result(f.result())
+            done.set_result(result)  # type: ignore[arg-type]
 
-    def _record(self, ok: bool, t0: int, t1: int) -> None:
+    def _record(self, ok: bool, t0: int, t1: int, rows: int = 1) -> None:
         now = time.perf_counter_ns()
         with self._lock:
             (self.stats.success if ok else self.stats.fail).add(now - t0)
             if ok:
+                self.stats.rows += rows
                 self.stats.queue.add(t1 - t0)
                 self.stats.compute.add(now - t1)
             self.stats.last_ms = int(time.time() * 1000)
@@ -221,7 +256,7 @@ class ServedModel:
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata."""
         def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": list(s.shape)} for s in specs]
+            return [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": kserve_shape(s)} for s in specs]
 
         return {"name": self.name, "versions": [self.version], "platform": "corepipe",
                 "inputs": tensors(self.inputs), "outputs": tensors(self.outputs)}
@@ -229,17 +264,21 @@ class ServedModel:
     def config(self) -> dict[str, Any]:
         """Triton's model configuration (JSON form), as perf_analyzer and tritonclient read it.
 
-        The compiled shapes are static with the batch dimension included, so ``max_batch_size``
-        is 0 (no server-side batching); one instance group per pipeline replica.
+        ``max_batch_size`` and ``dims`` as Triton gives them (`corepipe.serve.batching`): N > 0
+        with dims past the batch dim for a model with a dynamic batch dim, else 0 with the full
+        shapes; ``-1`` where a dim varies; ``dynamic_batching`` when requests are merged. One
+        instance group per pipeline replica.
         """
+        b = self.batching
+
         def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
             return [{"name": s.name, "data_type": "TYPE_" + ("STRING" if datatype_of(s.dtype) == "BYTES"
                                                               else datatype_of(s.dtype)),
-                     "dims": list(s.shape)} for s in specs]
+                     "dims": triton_dims(s, b)} for s in specs]
 
         stages = self.pipe.plan.num_cores if self.pipe is not None else 0
-        return {
-            "name": self.name, "platform": "corepipe", "backend": "corepipe", "max_batch_size": 0,
+        out: dict[str, Any] = {
+            "name": self.name, "platform": "corepipe", "backend": "corepipe", "max_batch_size": b.max_batch_size,
             "input": tensors(self.inputs), "output": tensors(self.outputs),
             "instance_group": [{"name": f"{self.name}_pipeline", "kind": "KIND_CPU",
                                 "count": int(self.deployment.get("replicas", 1))}],
@@ -249,6 +288,9 @@ class ServedModel:
                 "max_in_flight": {"string_value": str(self.max_in_flight)},
             },
         }
+        if b.merge:
+            out["dynamic_batching"] = {"preferred_batch_size": [b.merge], "max_queue_delay_microseconds": b.delay_us}
+        return out
 
     def statistics(self) -> dict[str, Any]:
         """Triton's statistics extension (JSON form) for this model."""
@@ -260,7 +302,8 @@ class ServedModel:
 
             return {
                 "name": self.name, "version": self.version, "last_inference": s.last_ms,
-                "inference_count": s.success.count, "execution_count": s.success.count,
+                "inference_count": s.rows if self.batching.max_batch_size else s.success.count,
+                "execution_count": s.success.count,
                 "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
                                     "compute_input": {"count": s.compute.count, "ns": s.input_ns},
                                     "compute_infer": d(s.compute),

@@ -22,8 +22,10 @@ from typing import Any
 
 from ..artifact.manifest import open_artifact
 from ..artifact.plan import Plan
+from ..artifact.sizes import parse_duration
 from ..errors import ArtifactError, CorepipeError
 from ..runtime import load
+from .batching import batching_of
 from .config import ServeConfig, split_cores
 from .model import ServedModel
 
@@ -143,6 +145,12 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                     fit = config.backend == "local" or config.address is None
                     options.update(_fit(name, art.plan.num_cores, deployments[name], len(cores[name]))
                                    if fit else deployments[name])
+            batching = batching_of(art.plan, config.max_batch, parse_duration(config.batch_delay))
+            if batching.merge:
+                options.update(max_batch=batching.merge, batch_delay=config.batch_delay)
+            elif config.max_batch is not None and batching.max_batch_size == 0:
+                log.warning("model %s has no dynamic batch dim: --max-batch does not apply to it (a batch "
+                            "along axis 0 runs as its items, streamed)", name)
             log.info("model %s: %d stages on cores %s", name, art.plan.num_cores, cores[name])
             try:
                 pipe = load(art.root, backend=config.backend, **options)
@@ -158,6 +166,7 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                 name, art.root, art.plan.inputs, art.plan.outputs, pipe, load_error=error,
                 max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
                 deployment={k: options[k] for k in ("replicas", "threads_per_stage") if k in options},  # as applied
+                batching=batching,
             ))
             version = sources[name].resolve().name
             if version.isdigit() and version != name:  # a versioned layout: report that version

@@ -4,9 +4,11 @@ from tensorflow-model-server.
 Both request formats: row (``{"instances": [...]}``: one entry per example; with several inputs
 each entry is an object name -> value) and columnar (``{"inputs": ...}``: one value, or an object
 name -> value, batch first). Answers come back in the same format: ``{"predictions": [...]}`` or
-``{"outputs": ...}``. corepipe runs batch-1 pipelines, so a batch of N examples becomes N pipeline
-requests that stream through the stages together; their answers are stacked back in order.
-An input whose compiled leading dimension is not 1 takes exactly one example with its full shape.
+``{"outputs": ...}``. For a model that takes batches along axis 0 (a dynamic batch dim, or one
+compiled at batch 1: `corepipe.serve.batching`), a list of N instances is one batch-N request:
+one tensor where the batch dim allows N, else its rows streamed through the stages one after
+another. Instances must then agree in shape (ragged ones are refused, naming the first that
+differs). For any other model, each instance is one request with the full compiled shape.
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ def _split(arr: np.ndarray, spec: TensorSpec, what: str) -> list[np.ndarray]:
     return [arr]
 
 
-def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], str]:
-    """Batch-1 feeds for each example of a predict request, and its format (``row``/``columnar``).
+def parse_predict(body: bytes, specs: Sequence[TensorSpec], *, batched: bool = False
+                  ) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The feeds of a predict request, and its format (``row``/``columnar``): with ``batched``,
+    one batch of every example; else one request per example.
 
     Raises:
-        InputError: malformed JSON, both or neither of instances/inputs, shapes or names wrong.
+        InputError: malformed JSON, both or neither of instances/inputs, shapes or names wrong,
+            ragged instances.
     """
     try:
         req = json.loads(body)
@@ -66,6 +71,8 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[dict[s
         raise InputError('a predict request is a JSON object with either "instances" (row format) '
                          'or "inputs" (columnar format)')
     names = [s.name for s in specs]
+    if batched:
+        return [_batch(req, specs)], "row" if "instances" in req else "columnar"
     columns: dict[str, list[np.ndarray]] = {}
     if "instances" in req:
         fmt, instances = "row", req["instances"]
@@ -98,13 +105,54 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec]) -> tuple[list[dict[s
     return [{name: columns[name][i] for name in names} for i in range(n)], fmt
 
 
-def encode_predict(results: Sequence[Mapping[str, np.ndarray]], specs: Sequence[TensorSpec], fmt: str) -> bytes:
-    """The predict response for the examples' results, in the request's format."""
+def _batch(req: dict[str, Any], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """A predict request as one batch along axis 0: instances stacked (row format), or the
+    inputs as sent, batch first (columnar)."""
+    names = [s.name for s in specs]
+    if "inputs" in req:
+        inputs = req["inputs"]
+        if not isinstance(inputs, dict) and len(specs) == 1:
+            inputs = {names[0]: inputs}
+        if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
+            raise InputError(f'"inputs" must be an object with the inputs {names}')
+        return {s.name: _array(inputs[s.name], s, f"input {s.name!r}") for s in specs}
+    instances = req["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise InputError('"instances" must be a non-empty list, one entry per example')
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i, inst in enumerate(instances):
+        if len(specs) > 1 or isinstance(inst, dict):
+            if not isinstance(inst, dict) or sorted(inst) != sorted(names):
+                raise InputError(f"instances[{i}] must be an object with the inputs {names}")
+            values = inst
+        else:
+            values = {names[0]: inst}
+        for spec in specs:
+            arr = _array(values[spec.name], spec, f"instances[{i}] input {spec.name!r}")
+            first = rows[spec.name][0] if rows[spec.name] else arr
+            if arr.shape != first.shape:
+                raise InputError(
+                    f"ragged instances: input {spec.name!r} is {list(first.shape)} in instances[0] and "
+                    f"{list(arr.shape)} in instances[{i}]; the instances of one request are one batch and "
+                    "need one shape: pad them to one length, or send them as separate requests")
+            rows[spec.name].append(arr)
+    return {n: np.stack(rows[n]) for n in names}
+
+
+def encode_predict(results: Sequence[Mapping[str, np.ndarray]], specs: Sequence[TensorSpec], fmt: str,
+                   *, batched: bool = False) -> bytes:
+    """The predict response for the examples' results, in the request's format (``batched``:
+    one result whose rows are the examples)."""
     def stacked(name: str) -> np.ndarray:
         parts = [r[name] for r in results]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     names = [s.name for s in specs]
+    if batched and fmt == "row":
+        (batch,) = results
+        examples = [{name: batch[name][i].tolist() for name in names} for i in range(batch[names[0]].shape[0])]
+        return json.dumps({"predictions": [e[names[0]] if len(names) == 1 else e for e in examples]},
+                          separators=(",", ":")).encode()
     if fmt == "row":
         rows: list[Any] = []
         for r in results:
