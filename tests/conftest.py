@@ -1,9 +1,10 @@
-"""Shared fixtures: leak checks for processes and shared memory."""
+"""Shared fixtures: leak checks for processes and shared memory; what a skip means in CI."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import NoReturn
 
 # Keep every test's Ray traffic on the loopback: Ray reads this when it is imported, and binds the
 # machine's other interface without it (the clusters' nodes also name node_ip_address=127.0.0.1).
@@ -11,6 +12,47 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import psutil
 import pytest
+
+try:  # No test may fail for taking long (tests/test_lint.py keeps it so): no hypothesis deadline.
+    from hypothesis import settings as _hypothesis
+
+    _hypothesis.register_profile("corepipe", deadline=None)
+    _hypothesis.load_profile("corepipe")
+except ImportError:  # hypothesis is a dev extra; the tests that use it import it themselves
+    pass
+
+#: Whether this run is CI's (``CI=true``, as .ci/run and most CI services set it).
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _fail_missing_packages_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
+    """In CI, a test or module skipped because a package is missing fails: every package the
+    tests import is in the dev extra that CI installs, so the skip would hide a broken install."""
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if "could not import" in reason:
+            report.outcome = "failed"
+            report.longrepr = f"CI=true, and the dev extra must provide this: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_missing_packages_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_missing_packages_in_ci(outcome.get_result())
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip a test that cannot run here, saying why; in CI (``CI=true``) fail it instead: CI must
+    run everything the README promises, so a missing tool there is a broken CI, not a skip."""
+    if IN_CI:
+        pytest.fail(f"CI=true, and this must run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def _ours(pid: int) -> bool:
@@ -37,6 +79,27 @@ def shm_segments() -> set[str]:
         if parts[0] == "corepipe" and len(parts) == 3 and parts[1].isdigit() and _ours(int(parts[1])):
             out.add(name)
     return out
+
+
+def skip_unless_bf16(directory) -> None:
+    """On a CPU without native bf16 (or with it masked: ``COREPIPE_CPU_MASK=bf16``), check what
+    such a CPU must do, refuse bf16 with the error naming the CPU and the fix, then skip the rest
+    of the test, which needs bf16 math; on a CPU with bf16, do nothing."""
+    import corepipe
+    from corepipe import zoo
+    from corepipe.engines import cpu_math
+
+    cpu = cpu_math()
+    if cpu.bf16:
+        return
+    model, feeds = zoo.get("mlp")
+    with pytest.raises(corepipe.CompileError) as info:
+        corepipe.compile(model, directory, example_inputs=feeds, num_cores=2, precision="bf16")
+    text = str(info.value)
+    assert text.startswith("bf16 needs native bf16 math (avx512_bf16 or amx_bf16)"), text
+    assert cpu.describe() in text and "use precision='fp32'" in text, text
+    pytest.skip(f"no native bf16 on this CPU ({cpu.describe()}): checked that bf16 is refused, "
+                "naming the CPU; running bf16 needs bf16 math")
 
 
 def corepipe_children() -> list[psutil.Process]:

@@ -4,6 +4,7 @@ per stage with its fallbacks, mixed-engine pipelines, and every error on the way
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import tracemalloc
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import skip_unless_bf16
 from graphcases import run_reference
 from onnx import TensorProto as TP
 from onnx import helper as h
@@ -18,7 +20,7 @@ from onnx import helper as h
 import corepipe
 from corepipe import zoo
 from corepipe.artifact.manifest import open_artifact
-from corepipe.engines import StageRunner, engine_class
+from corepipe.engines import StageRunner, cpu_math, engine_class
 from corepipe.engines.base import LoadFailure
 from corepipe.engines.ov import OpenVinoEngine, ov_node_from_message
 from corepipe.runtime.shm import Ring
@@ -143,6 +145,8 @@ def test_auto_falls_back_per_stage_and_the_plan_says_why(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_mixed_engine_pipeline_through_worker_processes(precision: str, tmp_path: Path, no_leaks: None) -> None:
+    if precision == "bf16":
+        skip_unless_bf16(tmp_path / "refused")
     model, feeds = det_then_matmuls()
     cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, cuts=[2], precision=precision)
     assert [(s.engine, s.precision) for s in cm.stages] == [("onnxruntime", "fp32"), ("openvino", precision)]
@@ -203,7 +207,8 @@ def test_measure_times_each_stage_on_each_engine(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kwargs,match", [
     ({"engine": "tensorrt"}, "engine must be one of"),
     ({"precision": "int8"}, "precision must be one of"),
-    ({"engine": "onnxruntime", "precision": "bf16"}, "not fast on onnxruntime"),
+    ({"engine": "onnxruntime", "precision": "bf16"},
+     "not fast on onnxruntime" if cpu_math().bf16 else "bf16 needs native bf16 math"),
     ({"precision": "bf16", "compiler_args": ["--auto-cast", "none"]}, "contradicts compiler_args"),
     ({"compiler_args": ["--auto-cast-type", "tf32"]}, "no CPU engine has tf32"),
     ({"compiler_args": ["--auto-cast", "some"]}, "--auto-cast 'some'"),
@@ -215,6 +220,17 @@ def test_bad_engine_and_precision_requests(kwargs: dict, match: str, tmp_path: P
     model, feeds = zoo.get("mlp")
     with pytest.raises(corepipe.CompileError, match=match):
         corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, **kwargs)
+
+
+def test_onnxruntime_refuses_16_bit_precisions_on_any_cpu() -> None:
+    """The engine's refusal does not depend on the CPU (compile checks the CPU first: on a CPU
+    without bf16 the request above is refused for the CPU's sake)."""
+    from corepipe.compiler.choose import check_request
+
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(corepipe.CompileError, match=f"precision '{precision}' is not fast on onnxruntime"):
+            check_request("onnxruntime", precision)
+    check_request("onnxruntime", "fp32")
 
 
 def test_fp16_without_fp16_math_is_refused_naming_what_the_cpu_has(tmp_path: Path) -> None:
@@ -245,14 +261,18 @@ def test_neuron_casting_flags_set_the_precision(tmp_path: Path) -> None:
     assert parse_compiler_args(["--fp32-cast", "all"]) == {"precision": "bf16"}
     assert parse_compiler_args(["--fp32-cast=none", "--auto-cast", "none"]) == {"precision": "fp32"}
     assert parse_compiler_args(["--static-weights"]) == {"static_weights": True}
-    if not cpu_math().bf16:
-        pytest.skip("this CPU has no bf16 math")
     model, feeds = zoo.get("mlp")
-    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds,
-                          compiler_args=["--num-neuroncores", "2", "--auto-cast", "all", "--auto-cast-type", "bf16"])
-    assert [s.precision for s in cm.stages] == ["bf16", "bf16"]
+    flags = ["--num-neuroncores", "2", "--auto-cast", "all", "--auto-cast-type", "bf16"]
+    native = "bf16" if cpu_math().bf16 else "fp32"
     cm = corepipe.compile(model, tmp_path / "b", example_inputs=feeds, num_cores=2, precision="auto")
-    assert [s.precision for s in cm.stages] == ["bf16", "bf16"]  # auto: bf16 where the CPU has it
+    assert [s.precision for s in cm.stages] == [native] * 2  # auto: bf16 where the CPU has it, else fp32
+    if not cpu_math().bf16:  # the flags ask for bf16, and a CPU without it refuses, naming itself
+        with pytest.raises(corepipe.CompileError, match="bf16 needs native bf16 math") as info:
+            corepipe.compile(model, tmp_path / "a", example_inputs=feeds, compiler_args=flags)
+        assert cpu_math().describe() in str(info.value)
+        return
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, compiler_args=flags)
+    assert [s.precision for s in cm.stages] == ["bf16", "bf16"]
 
 
 def test_missing_engine_is_a_compile_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,8 +280,13 @@ def test_missing_engine_is_a_compile_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does when it is not installed
     with pytest.raises(corepipe.CompileError, match=r"'openvino' is not installed.*pip install openvino"):
         corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, engine="openvino")
-    with pytest.raises(corepipe.CompileError, match="needs the openvino engine"):
-        corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, precision="bf16")
+    from corepipe.compiler.choose import check_request
+
+    with pytest.raises(corepipe.CompileError, match="precision 'bf16' needs the openvino engine"):
+        check_request("auto", "bf16")  # what compile checks once the CPU can do bf16
+    if cpu_math().bf16:
+        with pytest.raises(corepipe.CompileError, match="needs the openvino engine"):
+            corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, precision="bf16")
     cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2)
     assert [s.engine for s in cm.stages] == ["onnxruntime", "onnxruntime"]
     assert any("openvino is not installed" in n for n in cm.plan.notes)
@@ -272,13 +297,21 @@ def test_loading_where_the_engine_or_precision_is_missing(tmp_path: Path, monkey
     from corepipe.engines.cpu import CpuMath, precision_problem
 
     model, feeds = zoo.get("mlp")
-    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, precision="bf16")
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, engine="openvino")
+    # A bf16 artifact: a bf16 compile writes the same stage files and records the precision in
+    # the manifest (its engine's hint), so relabelling an fp32 one makes it on any CPU.
+    manifest = json.loads((cm.path / "manifest.json").read_text())
+    for st in manifest["plan"]["stages"]:
+        st["precision"] = "bf16"
+    (cm.path / "manifest.json").write_text(json.dumps(manifest))
     # The artifact moves to a CPU without bf16: refused at load, not run slowly.
     monkeypatch.setattr(runner, "precision_problem",
                         lambda p: precision_problem(p, CpuMath("old Xeon", frozenset({"avx2"}))))
     with pytest.raises(corepipe.ArtifactError, match=r"stage 0 was compiled for bf16.*old Xeon"):
         corepipe.load(cm.path, backend="inline")
-    monkeypatch.undo()
+    # ... and one with bf16 but no openvino installed: refused naming the package.
+    monkeypatch.setattr(runner, "precision_problem",
+                        lambda p: precision_problem(p, CpuMath("Xeon with AMX", frozenset({"amx_bf16"}))))
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(corepipe.ArtifactError, match=r"stage 0 cannot be loaded.*pip install openvino"):
         corepipe.load(cm.path, backend="inline")

@@ -239,7 +239,7 @@ def is_valid(feeds: Any) -> bool:
     return True
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200, deadline=None)
 @given(feeds=requests())
 def test_random_requests(pipe: corepipe.Pipeline, feeds: Any) -> None:
     event("valid" if is_valid(feeds) else "invalid")

@@ -32,8 +32,9 @@ def test_compile_into_the_working_directory_replaces_the_artifact(tmp_path, monk
     cm = corepipe.compile(m, ".", num_cores=1)
     assert cm.num_cores == 1
     assert sorted(os.listdir(art)) == ["manifest.json", "stage_000.onnx"]
-    with corepipe.load(art, backend="inline") as pipe:
-        assert pipe.run({"x": np.zeros(4, np.float32)})["y"].shape == (4,)
+    x = np.array([0.0, 0.5, -1.0, 3.0], np.float32)
+    with corepipe.load(art, backend="inline") as pipe:  # the new one-stage artifact, computing sin(cos(x))
+        np.testing.assert_allclose(pipe.run({"x": x})["y"], np.sin(np.cos(x)), rtol=1e-6, atol=1e-6)
 
 
 def test_nine_dim_input_streams_through_the_local_backend(tmp_path):

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import skip_unless_ci
 from serving import TOKEN, auth, check, get, inputs, json_request, metric, outputs, perf_analyzer, post
 
 pytest.importorskip("uvicorn")
@@ -146,9 +147,11 @@ def test_health_metadata_config_stats_and_metrics(server):
 
 
 def test_perf_analyzer_smoke(server):
+    """The README says perf_analyzer works as it is: locally a missing binary skips, saying how
+    to install it; with CI=true (.ci/run installs it) it fails the run."""
     binary, env, why = perf_analyzer()
     if binary is None:
-        pytest.skip(why)
+        skip_unless_ci(why)
     # A smoke test, not a measurement: any spread between windows counts as stable (on a busy
     # machine, 3 windows of 40 requests can differ by more than 2x, and perf_analyzer then
     # reports no figure for that concurrency).

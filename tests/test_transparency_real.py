@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import skip_unless_bf16
 from graphcases import run_reference
 
 import corepipe
 from corepipe import zoo
 from corepipe.artifact.plan import Plan
 from corepipe.compiler.graph import ModelGraph, analyze
-from corepipe.engines import cpu_math, make_session
+from corepipe.engines import make_session
 from corepipe.engines.tolerance import (
     BF16_MIN_COSINE,
     TOP1_MARGIN,
@@ -216,14 +217,11 @@ def test_auto_picks_the_smallest_core_count(tmp_path: Path) -> None:
 
 # --- bf16: the documented tolerances on real exported models -------------------------------------
 
-def _bf16_only() -> None:
-    if not cpu_math().bf16:
-        pytest.skip(f"no native bf16 on this CPU ({cpu_math().describe()}): bf16 is refused here")
 
 
 def test_bf16_bert_hidden_states_within_tolerance(hf_exports: dict[str, tuple[Path, dict]],
                                                   tmp_path: Path) -> None:
-    _bf16_only()
+    skip_unless_bf16(tmp_path / "refused")
     path, feeds = hf_exports["hf_bert"]
     arch = make_arch("hf_bert", str(path), feeds, HF_TINY["vocab"])
     cm = corepipe.compile(arch.model, tmp_path, example_inputs=feeds, num_cores=2, precision="bf16")
@@ -238,7 +236,7 @@ def test_bf16_bert_hidden_states_within_tolerance(hf_exports: dict[str, tuple[Pa
 
 
 def test_bf16_resnet50_top1_agreement(tmp_path: Path) -> None:
-    _bf16_only()
+    skip_unless_bf16(tmp_path / "refused")
     model, feeds = zoo.get("resnet50", image_size=64)
     cm = corepipe.compile(model, tmp_path, example_inputs=feeds, num_cores=2, precision="bf16")
     assert [(st.engine, st.precision) for st in cm.stages] == [("openvino", "bf16")] * 2

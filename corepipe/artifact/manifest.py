@@ -158,14 +158,14 @@ def open_artifact(root: str | os.PathLike[str], *, verify_hashes: bool = True) -
             f"manifest.json does not match the artifact schema: {type(exc).__name__}: {exc}"
         ) from None
     for st in plan.stages:
-        _check_stage_files(root, st, verify_hashes)
+        _check_stage_files(root, st, plan, verify_hashes)
     return Artifact(
         root=root, plan=plan, source_sha256=str(data.get("source_sha256", "")),
         corepipe_version=str(data.get("corepipe_version", "")),
     )
 
 
-def _check_stage_files(root: Path, st: StagePlan, verify_hashes: bool) -> None:
+def _check_stage_files(root: Path, st: StagePlan, plan: Plan, verify_hashes: bool) -> None:
     files = [(st.file, st.sha256, "stage file")]
     if st.weights_file is not None:
         files.append((st.weights_file, st.weights_sha256 or "", "weights file"))
@@ -181,7 +181,38 @@ def _check_stage_files(root: Path, st: StagePlan, verify_hashes: bool) -> None:
     weights_len = 0
     if st.weights_file is not None:
         weights_len = _plain_file(root, st.weights_file, f"stage {st.index} weights file").stat().st_size
-    _external_refs(_parse_stage(root, st), st, weights_len)
+    model = _parse_stage(root, st)
+    _external_refs(model, st, weights_len)
+    _check_stage_io(model, st, plan)
+
+
+def _check_stage_io(model: onnx.ModelProto, st: StagePlan, plan: Plan) -> None:
+    """The stage graph reads and writes the tensors the manifest names for it, with the dtypes
+    and static shapes its boundaries declare. The manifest is not hashed: edited to name other
+    tensors, it would leave an input unbound (an engine then reads whatever the slot holds) or
+    size a slot wrongly, and a wrong answer would come back without an error.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    sides = (("reads", [v for v in model.graph.input if v.name not in inits], st.inputs, st.index),
+             ("writes", list(model.graph.output), st.outputs, st.index + 1))
+    for verb, values, declared, boundary in sides:
+        names = sorted(v.name for v in values)
+        if names != sorted(declared):
+            raise ArtifactError(
+                f"stage {st.index}'s graph {verb} {names}, but the manifest says {sorted(declared)}: "
+                "the manifest was modified; recompile the artifact")
+        specs = {t.name: t for t in plan.boundaries[boundary]}
+        for v in values:
+            spec, tt = specs.get(v.name), v.type.tensor_type
+            if spec is None or not tt.elem_type:
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            fixed = not spec.dynamic and tt.HasField("shape") and None not in dims
+            if (dtype.kind != "O" and dtype.name != spec.dtype) or (fixed and tuple(dims) != tuple(spec.shape)):
+                raise ArtifactError(
+                    f"stage {st.index}'s graph {verb} {v.name!r} as {dtype.name}{dims}, but the manifest "
+                    f"declares {spec.dtype}{list(spec.shape)}: the manifest was modified; recompile the artifact")
 
 
 def _parse_stage(root: Path, st: StagePlan, raw: bytes | None = None) -> onnx.ModelProto:

@@ -4,14 +4,21 @@ Precision choices hang on this: ``precision="auto"`` means bf16 where the CPU ha
 (avx512_bf16 or AMX-BF16), and bf16 or fp16 asked for where the CPU would only emulate it is
 refused, never run down a silent slow path. Read from ``/proc/cpuinfo`` on Linux; elsewhere
 from OpenVINO's ``OPTIMIZATION_CAPABILITIES`` when it is installed.
+
+For tests, ``COREPIPE_CPU_MASK`` hides features from this detection, so that a machine with
+bf16 can check what happens on one without: ``COREPIPE_CPU_MASK=bf16,fp16,amx`` makes corepipe
+see an x86-64 CPU with neither bf16 nor fp16 math nor AMX (`MASK_WORDS`). Workers inherit it.
+It changes what corepipe decides (``"auto"`` picks fp32, bf16 is refused), not what the CPU or
+OpenVINO do: a stage compiled for fp32 runs fp32 either way. Not meant for production use.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
-__all__ = ["PRECISIONS", "CpuMath", "cpu_math", "precision_problem"]
+__all__ = ["MASK_ENV", "MASK_WORDS", "PRECISIONS", "CpuMath", "cpu_math", "mask_flags", "precision_problem"]
 
 #: Precisions a stage may run at; "fp32" is exact (the reference), the others cast matmuls and
 #: convolutions to 16 bits with fp32 accumulation.
@@ -20,6 +27,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _FP16_FLAGS = ("avx512_fp16", "amx_fp16")
 _SHOWN = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "f16c")
+_AMX = ("amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "amx_complex")
+
+#: The environment variable that hides CPU features from `cpu_math`, for tests (see the module).
+MASK_ENV = "COREPIPE_CPU_MASK"
+#: The words ``COREPIPE_CPU_MASK`` takes (comma-separated) and the flags each one hides; a flag
+#: of ``_SHOWN`` may also be named on its own.
+MASK_WORDS: dict[str, tuple[str, ...]] = {
+    "bf16": ("avx512_bf16", "amx_bf16"),
+    "fp16": ("avx512_fp16", "amx_fp16"),
+    "amx": _AMX,
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,9 @@ class CpuMath:
 
     name: str
     flags: frozenset[str]
+    #: flags the CPU has that ``COREPIPE_CPU_MASK`` hid (shown by `describe`, so an error
+    #: never blames the CPU for what a test masked)
+    masked: frozenset[str] = frozenset()
 
     @property
     def bf16(self) -> bool:
@@ -42,12 +63,48 @@ class CpuMath:
     def describe(self) -> str:
         """``'AMD EPYC (avx2, avx512f, avx512_bf16)'``: the name and the flags that matter."""
         shown = [f for f in _SHOWN if f in self.flags]
-        return f"{self.name} ({', '.join(shown) if shown else 'no vector extensions listed'})"
+        text = ", ".join(shown) if shown else "no vector extensions listed"
+        if self.masked:
+            text += f"; {MASK_ENV} hides {', '.join(sorted(self.masked))}"
+        return f"{self.name} ({text})"
+
+
+def mask_flags(value: str) -> frozenset[str]:
+    """The flags a ``COREPIPE_CPU_MASK`` value hides.
+
+    Args:
+        value: comma-separated words of `MASK_WORDS` (``"bf16,fp16,amx"``) or flag names.
+
+    Returns:
+        The instruction-set flags to hide (empty for an empty value).
+
+    Raises:
+        ValueError: a word that is neither a `MASK_WORDS` key nor a flag corepipe looks at.
+    """
+    out: set[str] = set()
+    for word in (w.strip().lower() for w in value.split(",")):
+        if not word:
+            continue
+        if word in MASK_WORDS:
+            out.update(MASK_WORDS[word])
+        elif word in _SHOWN or word in _AMX:
+            out.add(word)
+        else:
+            raise ValueError(
+                f"{MASK_ENV}={value!r}: unknown feature {word!r}; expected a comma-separated list of "
+                f"{sorted(MASK_WORDS)} or flags among {sorted(set(_SHOWN) | set(_AMX))}, "
+                f"e.g. {MASK_ENV}=bf16,fp16,amx (or unset it)")
+    return frozenset(out)
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_math() -> CpuMath:
-    """This machine's `CpuMath` (read once per process)."""
+    """This machine's `CpuMath` (read once per process), less what ``COREPIPE_CPU_MASK`` hides.
+
+    Raises:
+        ValueError: ``COREPIPE_CPU_MASK`` names something unknown (`mask_flags`).
+    """
+    hidden = mask_flags(os.environ.get(MASK_ENV, ""))
     name, flags = "this CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -68,7 +125,7 @@ def cpu_math() -> CpuMath:
             flags |= {"avx512_fp16"} if "FP16" in caps else set()
         except Exception:
             pass
-    return CpuMath(name, frozenset(flags))
+    return CpuMath(name, frozenset(flags - hidden), frozenset(flags & hidden))
 
 
 def precision_problem(precision: str, cpu: CpuMath | None = None) -> str | None:

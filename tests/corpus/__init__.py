@@ -109,7 +109,8 @@ def load(name: str) -> tuple[str, list[dict[str, np.ndarray]]]:
     """The cached export of ``name`` (made now if missing) and two requests for it.
 
     Raises:
-        RuntimeError: the export cannot be made here (optimum's environment missing), with why.
+        OptimumMissing: an optimum entry, and no optimum environment here, with why.
+        RuntimeError: an export failed, with the exporter's output.
     """
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{name}-{_key(name)}.onnx"

@@ -20,6 +20,11 @@ HERE = Path(__file__).resolve().parent
 VENV_PYTHON = "/tmp/corepipe-optimum/bin/python"
 
 
+class OptimumMissing(RuntimeError):
+    """No python with optimum-onnx here: the optimum entries cannot be exported (a skip locally,
+    a failure with ``CI=true``, where .ci/run must have made the environment)."""
+
+
 def optimum_python() -> tuple[str | None, str]:
     """(the python that has optimum-onnx, or None, and why not)."""
     python = os.environ.get("COREPIPE_OPTIMUM_PYTHON", VENV_PYTHON)
@@ -36,11 +41,12 @@ def export(arch: str, out: Path) -> None:
     """Export ``arch`` with optimum into ``out`` (the encoder file, see `hf.OPTIMUM`).
 
     Raises:
-        RuntimeError: no optimum environment, or the export failed (with its output).
+        OptimumMissing: no optimum environment, with why.
+        RuntimeError: the export failed (with its output).
     """
     python, why = optimum_python()
     if python is None:
-        raise RuntimeError(why)
+        raise OptimumMissing(why)
     env = dict(os.environ, PYTHONPATH=str(HERE.parent), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run([python, str(HERE / "optimum_export.py"), arch, str(out)], env=env,
                           capture_output=True, text=True)
