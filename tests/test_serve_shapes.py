@@ -151,3 +151,19 @@ def test_perf_analyzer_batches_and_shapes(server):
         items = int(after[name]["inference_count"]) - int(before[name]["inference_count"])
         assert runs >= 30 and items == rows * runs, (name, runs, items)
         assert after[name]["inference_stats"]["fail"] == before[name]["inference_stats"]["fail"]
+
+
+def test_concurrent_requests_merged_by_dynamic_batching_each_get_their_own_answer(server, repo):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = repo[0]
+    rng = np.random.default_rng(3)
+    feeds = [ids(rng, 1 + i % 2, 9 if i % 3 else 14) for i in range(16)]  # two shapes: two kinds of batch
+
+    def one(f):
+        return _infer(httpclient.InferenceServerClient(server.http), httpclient, "batched", f)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, feeds))
+    for f, out in zip(feeds, answers):
+        assert_same(out, reference(model, f))

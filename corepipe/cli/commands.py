@@ -123,7 +123,7 @@ def compile_cmd(
     corepipe compile zoo:resnet50 -o rn2/ --num-cores 2 --balance load
     corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     corepipe compile m.onnx -o d/ --dynamic sequence=1:128 --dynamic batch=1:8
-    corepipe compile m.onnx -o b/ --dynamic seq=1:128 --buckets seq=16,64,128
+    corepipe compile m.onnx -o b/ --dynamic sequence=1:128 --buckets sequence=64
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
