@@ -136,6 +136,7 @@ def test_cli_refuses_ray_flags_for_other_backends(art):
 @pytest.mark.parametrize("options,match", [
     ({"placement_strategy": "ANYWHERE"}, "placement_strategy"),
     ({"stage_source": "ftp"}, "stage_source"),
+    ({"data_path": "carrier-pigeon"}, "data_path must be one of"),
     ({"threads_per_stage": 0}, "threads_per_stage"),
     ({"threads_per_stage": [1, 1, 1]}, "one per stage"),
     ({"stage_resources": [{"gpu_node": 1}]}, "one dict per stage"),

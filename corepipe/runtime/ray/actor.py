@@ -1,17 +1,21 @@
 """A stage's Ray actor: loads its stage once (verified) and keeps the weights resident, runs the
 requests it receives in order, and pushes each result straight to the next stage's actor.
 
-Messages are plain data: ints, floats, short strings and lists of numpy arrays (Ray carries the
-arrays through its object store; the receiver reads them in place), plus each stage's (enter,
-leave) wall-clock stamps for the driver's request timelines. No exception object and no
-other Python object crosses: a failure travels as ``(stage, node, message)``. Every array that
-arrives is checked against the boundary's compiled dtype and shape before the stage sees it.
+Two data paths. ``stream`` (the default where it can run): each boundary is one TCP connection
+from producer to consumer carrying slot frames (`corepipe.runtime.ray.stream`), so no Ray call
+and no pickle is on a request's way. ``object-store``: messages are Ray calls of plain data, ints,
+floats, short strings and lists of numpy arrays (Ray carries the arrays through its object store;
+the receiver reads them in place). Either way each stage's (enter, leave) wall-clock stamps ride
+along for the driver's timelines, a failure travels as ``(stage, node, message)`` and never as an
+exception object, and every array is checked against the boundary's compiled dtype and shape on
+arrival, before the stage sees it.
 
-Threads inside the actor: Ray's ``data`` group runs `StageActor.push` (it only files the message
-by sequence number), the ``control`` group runs the driver's `reset`, `ping` and `take` calls, and
-the actor's own *compute* thread runs the stage on message ``seq`` = 0, 1, 2... of the current
-epoch, whatever order they arrived in. A `reset` to a new epoch (the driver is recovering from a
-dead actor) drops every message and result of the old one.
+Threads inside the actor: the stream's reader (or Ray's ``data`` group running `StageActor.push`)
+only files each message by sequence number; the ``control`` group runs the driver's `reset`,
+`ping` and `take` calls; the actor's own *compute* thread runs the stage on message ``seq`` = 0,
+1, 2... of the current epoch, whatever order they arrived in, and hands the result on (to the
+stream's sender thread, or as a Ray call). A `reset` to a new epoch (the driver is recovering from
+a dead actor) drops every message and result of the old one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import ray
 from ...artifact.plan import TensorSpec
 from ...artifact.signature import tensor_problem
 from ...errors import CorepipeError, StageError
+from .framing import Frame, Framing
+from .stream import Inlet, Outlet
 
 __all__ = ["StageActor", "OK", "ERROR", "GROUPS"]
 
@@ -85,10 +91,11 @@ def _failure(exc: BaseException, stage: int, rid: int) -> Failure:
 
 
 class StageActor:
-    """Stage ``index`` of ``num_stages``; ``specs_in``/``specs_out``: its boundaries as plain dicts."""
+    """Stage ``index`` of ``num_stages``; ``specs_in``/``specs_out``: its boundaries as plain dicts;
+    ``token``: the pipeline's stream token (None: the object-store path only)."""
 
     def __init__(self, index: int, num_stages: int, specs_in: list[dict[str, Any]],
-                 specs_out: list[dict[str, Any]], threads: int) -> None:
+                 specs_out: list[dict[str, Any]], threads: int, token: bytes | None = None) -> None:
         self.index = index
         self.last = index == num_stages - 1
         self._specs_in = [TensorSpec.from_dict(d) for d in specs_in]
@@ -102,6 +109,7 @@ class StageActor:
         self._inbox: dict[int, _Message] = {}
         self._results: collections.deque[tuple[Any, ...]] = collections.deque()
         self._downstream: Any = None
+        self._streaming = False
         self._busy_since = 0.0
         self._current = -1
         self._requests = 0
@@ -109,6 +117,16 @@ class StageActor:
         self._handoffs = 0
         self._handoff_s = 0.0
         self._stopped = False
+        self._inlet: Inlet | None = None
+        self._outlet: Outlet | None = None
+        self._framing_out: Framing | None = None
+        if token is not None:
+            specs_out_t = [TensorSpec.from_dict(d) for d in specs_out]
+            self._framing_out = Framing(specs_out_t, num_stages, index + 1)
+            self._inlet = Inlet(ray.util.get_node_ip_address(), token,
+                                Framing(self._specs_in, num_stages, index), self._take_frame,
+                                f"corepipe-stage{index}")
+            self._outlet = Outlet(token, index + 1, f"corepipe-stage{index}")
         self._thread = threading.Thread(target=self._compute_loop, name="corepipe-stage", daemon=True)
         self._thread.start()
 
@@ -131,6 +149,7 @@ class StageActor:
             "pid": os.getpid(), "node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
             "version": corepipe.__version__, "module": os.path.dirname(corepipe.__file__),
             "sees_artifact": sees, "now": time.time(),
+            "inlet": list(self._inlet.address) if self._inlet is not None else None,
         }
 
     def load(self, path: str | None, manifest: str, payload: dict[str, bytes] | None) -> float:
@@ -172,11 +191,19 @@ class StageActor:
         else:
             error = (int(error[0]), str(error[1]), str(error[2]))
             arrays = []
+        self._file(_Message(seq, rid, float(sent_at), arrived, status, error, arrays,
+                            _stamps(stamps, 2 * self.index)), epoch)
+
+    def _take_frame(self, frame: Frame) -> None:
+        """The stream's reader: a frame, read and checked against the boundary (`Framing.read`)."""
+        self._file(_Message(frame.seq, frame.rid, frame.sent_at, frame.arrived, frame.status,
+                            frame.error, frame.arrays, frame.stamps[: 2 * self.index]), frame.epoch)
+
+    def _file(self, msg: _Message, epoch: int) -> None:
         with self._cv:
-            if epoch != self._epoch or seq < self._next_seq:
+            if epoch != self._epoch or msg.seq < self._next_seq:
                 return
-            self._inbox[seq] = _Message(seq, rid, float(sent_at), arrived, status, error, arrays,
-                                        _stamps(stamps, 2 * self.index))
+            self._inbox[msg.seq] = msg
             self._cv.notify_all()
 
     def _compute_loop(self) -> None:
@@ -209,6 +236,11 @@ class StageActor:
                 if epoch != self._epoch:
                     continue  # a reset came while we ran: this result belongs to a dead epoch
                 downstream = self._downstream
+                if self._outlet is not None and self._framing_out is not None and self._streaming:
+                    self._outlet.send(epoch, self._framing_out.parts(
+                        epoch=epoch, seq=msg.seq, rid=msg.rid, status=status, error=error, arrays=out,
+                        stamps=stamps))
+                    continue
                 if self.last:
                     self._results.append((msg.seq, msg.rid, time.time(), status, error, out, stamps))
                     self._cv.notify_all()
@@ -217,16 +249,25 @@ class StageActor:
 
     # -- control (driver) --------------------------------------------------------------------
     @ray.method(concurrency_group="control")
-    def reset(self, epoch: int, downstream: Any) -> None:
+    def reset(self, epoch: int, downstream: Any, stream: bool = False) -> str:
         """Start ``epoch``: drop what the old one left, expect message 0 next, and send results
-        to ``downstream`` (the next stage's actor; ``None`` for the last stage)."""
+        to ``downstream``: on the object-store path the next stage's actor (``None`` for the last
+        stage); on the stream (``stream``), the ``[ip, port]`` of the next stage's or the
+        client's inlet, connected to now. Returns "" or why that connection failed."""
         with self._cv:
             self._epoch = epoch
             self._next_seq = 0
             self._inbox.clear()
             self._results.clear()
-            self._downstream = downstream
+            self._streaming = stream
+            self._downstream = None if stream else downstream
             self._cv.notify_all()
+        if self._inlet is None or self._outlet is None:
+            return "" if not stream else f"stage {self.index} was started without a stream"
+        self._inlet.reset(epoch)
+        address = (str(downstream[0]), int(downstream[1])) if stream and downstream else None
+        self._outlet.reset(epoch, address)
+        return self._outlet.connect(5.0) if address is not None else ""
 
     @ray.method(concurrency_group="control", enable_task_events=False)
     def take(self, epoch: int, wait_s: float) -> tuple[int, list[tuple[Any, ...]]]:
@@ -253,6 +294,8 @@ class StageActor:
                 "now": time.time(), "epoch": self._epoch, "busy_since": self._busy_since,
                 "current": self._current, "requests": self._requests, "busy_s": self._busy_s,
                 "queued": len(self._inbox), "handoffs": self._handoffs, "handoff_s": self._handoff_s,
+                "broken": self._outlet.broken() if self._outlet is not None and self._streaming else "",
+                "refused": self._inlet.refusal() if self._inlet is not None and self._streaming else "",
             }
 
     @ray.method(concurrency_group="control")
@@ -260,3 +303,6 @@ class StageActor:
         with self._cv:
             self._stopped = True
             self._cv.notify_all()
+        for end in (self._inlet, self._outlet):
+            if end is not None:
+                end.close()

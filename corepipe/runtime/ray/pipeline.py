@@ -1,13 +1,17 @@
 """The ``ray`` backend's client: one Ray actor per stage, placed through one placement group, with
-requests flowing stage to stage directly (each actor holds the next one's handle).
+requests flowing stage to stage directly: over one TCP stream per boundary (``data_path="stream"``,
+see `corepipe.runtime.ray.stream`), or as Ray calls through the object store (``"object-store"``:
+each actor holds the next one's handle).
 
 The client keeps every request's inputs until its outputs arrive, so when an actor or its node
 dies it starts a new actor (Ray re-places the bundle on a live node) and replays what had not
 completed; see `corepipe.runtime.ray.recovery`. The contract is `Pipeline`'s.
 
-Threads in the client: `submit` sends a request to stage 0 itself; the *collector* long-polls the
-last stage for finished results and completes futures in order; the *monitor* pings every actor,
-notices dead, stuck or vanished ones, and runs recovery. Both are daemons; `close` stops them.
+Threads in the client: `submit` hands a request to stage 0 (the stream's sender thread sends it;
+on the object-store path, `submit` calls stage 0 itself); results arrive on the stream's reader
+thread (or the *collector* long-polls the last stage) and complete futures in order; the
+*monitor* pings every actor, notices dead, stuck or vanished ones and broken streams, and runs
+recovery. All are daemons; `close` stops them.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from .cluster import (
     disconnect,
     import_ray,
 )
+from .framing import Frame, Framing, streamable
 from .recovery import Recovery
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["RayPipeline"]
 
@@ -48,9 +54,10 @@ _LIVE: weakref.WeakSet[RayPipeline] = weakref.WeakSet()
 
 @dataclass
 class _Request(Request):
-    inputs: Any = None  # ObjectRef of the input arrays in the object store, kept for replay
+    inputs: Any = None  # the input arrays (or their ObjectRef in the object store), kept for replay
 
 _SOURCES = ("auto", "path", "ship")
+DATA_PATHS = ("auto", "stream", "object-store")
 
 
 @atexit.register
@@ -87,6 +94,11 @@ class RayPipeline(Recovery, Pipeline):
             bundle, so no node gets more stages than its declared memory holds (default True).
         stage_source: ``"auto"`` (each actor reads the artifact directory when its node sees the
             very same one, else the driver ships the stage's bytes once), ``"path"``, ``"ship"``.
+        data_path: how requests travel. ``"stream"``: one TCP connection per boundary between
+            neighbouring actors (and the client), slot frames of raw tensor bytes checked on
+            arrival; ``"object-store"``: Ray calls through the object store. ``"auto"`` (default):
+            the stream, unless a boundary carries strings, the driver is a Ray Client
+            (``ray://``), or a stage cannot reach its neighbour at start (then the object store).
         runtime_env: Ray runtime environment when this call connects to a cluster.
         num_cpus: the CPUs a private instance (``address=None``) offers (default: this host's
             cores, or what the stages reserve if that is more); ignored when joining a cluster.
@@ -118,6 +130,7 @@ class RayPipeline(Recovery, Pipeline):
         stage_resources: Sequence[Mapping[str, float]] | None = None,
         reserve_memory: bool = True,
         stage_source: str = "auto",
+        data_path: str = "auto",
         runtime_env: Mapping[str, Any] | None = None,
         num_cpus: int | None = None,
         max_in_flight: int | None = None,
@@ -136,6 +149,13 @@ class RayPipeline(Recovery, Pipeline):
             raise CorepipeError(f"placement_strategy must be one of {list(STRATEGIES)}, got {placement_strategy!r}")
         if stage_source not in _SOURCES:
             raise CorepipeError(f"stage_source must be one of {list(_SOURCES)}, got {stage_source!r}")
+        if data_path not in DATA_PATHS:
+            raise CorepipeError(f"data_path must be one of {list(DATA_PATHS)}, got {data_path!r}")
+        unframable = [b for b, specs in enumerate(artifact.plan.boundaries) if not streamable(specs)]
+        if data_path == "stream" and unframable:
+            raise CorepipeError(
+                f"data_path='stream' frames raw tensor bytes, and boundary {unframable[0]} carries "
+                "strings or objects; use data_path='object-store' (or 'auto')")
         if self.max_in_flight < 1:
             raise CorepipeError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         if restart not in ("give-up", "backoff"):
@@ -169,6 +189,12 @@ class RayPipeline(Recovery, Pipeline):
         self._connected = False
         self._pg: Any = None
         self._threads: list[threading.Thread] = []
+        self._inlet: Inlet | None = None
+        self._outlet: Outlet | None = None
+        self._token: bytes | None = None
+        self._clock_probe: ClockProbe | None = None
+        self._data_path = "object-store"
+        self._framing = Framing(artifact.plan.boundaries[0], n, 0)
         self._init_recovery()
         _LIVE.add(self)
         try:
@@ -176,28 +202,46 @@ class RayPipeline(Recovery, Pipeline):
                     runtime_env=runtime_env)
             self._connected = True
             self._driver_ip = self._ray.util.get_node_ip_address()
+            self._open_stream(data_path, bool(unframable))
             self._pg = create_placement(self._bundles, strategy, start_timeout)
             self._actors = [self._new_actor(k) for k in range(n)]
             self._load_stages(list(range(n)))
-            self._wire(0)
+            lost = self._wire(0)
+            if lost and data_path == "stream":
+                raise CorepipeError(f"data_path='stream': {lost[0][1]}; open the port range between "
+                                    "the nodes, or use data_path='object-store'")
+            if lost:  # auto: a stage cannot reach its neighbour directly; Ray's path still works
+                self._close_stream()
+                self._wire(0)
+            for _ in range(8):  # clock offsets from the start, not only after the monitor's rounds
+                self._probe_clocks()
             self._answered = [time.monotonic()] * n
         except BaseException:
             self._shutdown()
             raise
-        self._threads = [
-            threading.Thread(target=self._collect_loop, name="corepipe-ray-collector", daemon=True),
-            threading.Thread(target=self._monitor_loop, name="corepipe-ray-monitor", daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._monitor_loop, name="corepipe-ray-monitor", daemon=True)]
+        if self._data_path != "stream":
+            self._threads.append(
+                threading.Thread(target=self._collect_loop, name="corepipe-ray-collector", daemon=True))
         for t in self._threads:
             t.start()
+
+    @property
+    def data_path(self) -> str:
+        """How requests travel: ``"stream"`` or ``"object-store"`` (see the class docstring)."""
+        return self._data_path
 
     # -- client API --------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
         self._check_open()
         checked = self._checked(feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
-        # One copy, into the object store: stage 0 reads it in place, and a replay sends it again.
-        kept = self._ray.put([checked[name] for name in self._names[0]])  # C-contiguous already
+        # One copy: kept here for the stream, or put into the object store (stage 0 reads it in
+        # place there, and a replay sends it again).
+        if self._data_path == "stream":
+            kept: Any = [np.array(checked[name], copy=True) for name in self._names[0]]
+        else:
+            kept = self._ray.put([checked[name] for name in self._names[0]])  # C-contiguous already
         self._take_place(timeout)
         fut: Future[dict[str, np.ndarray]] = Future()
         with self._cv:
@@ -216,7 +260,16 @@ class RayPipeline(Recovery, Pipeline):
         seq, self._seq = self._seq, self._seq + 1
         self._inflight[req.rid] = req
         req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
-        self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs, [])
+        if self._outlet is not None and self._data_path == "stream":
+            self._outlet.send(self._epoch, self._framing.parts(
+                epoch=self._epoch, seq=seq, rid=req.rid, status=OK, error=None, arrays=req.inputs, stamps=[]))
+        else:
+            self._actors[0].push.remote(self._epoch, seq, req.rid, time.time(), OK, None, req.inputs, [])
+
+    def _take_results(self, frame: Frame) -> None:
+        """The stream's reader thread: a result frame from the last stage, read and checked."""
+        self._deliver(frame.epoch, [(frame.seq, frame.rid, frame.sent_at, frame.status, frame.error,
+                                     frame.arrays, frame.stamps)], frame.arrived)
 
     # -- collector ---------------------------------------------------------------------------
     def _collect_loop(self) -> None:
@@ -241,8 +294,8 @@ class RayPipeline(Recovery, Pipeline):
                 continue
             self._deliver(got_epoch, results)
 
-    def _deliver(self, epoch: int, results: list[tuple[Any, ...]]) -> None:
-        received, now = time.time(), time.monotonic()
+    def _deliver(self, epoch: int, results: list[tuple[Any, ...]], received: float | None = None) -> None:
+        received, now = received or time.time(), time.monotonic()
         done = []
         with self._cv:
             if epoch != self._epoch or self._paused:
@@ -289,7 +342,7 @@ class RayPipeline(Recovery, Pipeline):
         return self._pg
 
     def close(self, *, timeout: float | None = 30.0) -> None:
-        if threading.current_thread() in self._threads:
+        if threading.current_thread() in self._threads + (self._inlet.threads if self._inlet else []):
             # From a done-callback on our collector: draining needs that very thread.
             threading.Thread(target=self.close, kwargs={"timeout": timeout},
                              name="corepipe-close", daemon=True).start()
@@ -314,6 +367,7 @@ class RayPipeline(Recovery, Pipeline):
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
+        self._close_stream()
         if self._connected:
             self._kill_actors(self._actors)
             if self._pg is not None:

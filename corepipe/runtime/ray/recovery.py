@@ -10,13 +10,18 @@ every request still in flight again, in order, ahead of the waiting ones; go. A 
 dying is given up on or backed off, by the same restart policy as ``local``.
 
 The monitor pings every actor once per `_PING_S`: an actor that answers with an error is dead,
-one busy on a request (or silent) for longer than ``stage_timeout`` is stuck and replaced.
+one busy on a request (or silent) for longer than ``stage_timeout`` is stuck and replaced. A
+stream connection that broke (`corepipe.runtime.ray.stream`: frames after a lost one cannot
+follow it) starts a recovery that replaces no actor: a new epoch, new connections, the replay.
+It counts as a death of the stage it feeds, so a link that keeps breaking meets the restart policy.
+A dead actor whose node Ray declared dead is reported as a lost host.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from ..intake import Intake, Request
 from ..timeline import TraceLog
 from .startup import StageActors, Unplaceable
 from .stats import RayStats
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["Recovery"]
 
@@ -53,6 +59,10 @@ class Recovery(Intake, StageActors, RayStats):
     _start_timeout: float
     _driver_ip: str
     _traces: TraceLog
+    _outlet: Outlet | None
+    _inlet: Inlet | None
+    _clock_probe: ClockProbe | None
+    _data_path: str
 
     def _init_recovery(self) -> None:
         self._actor_class: Any = None
@@ -74,23 +84,25 @@ class Recovery(Intake, StageActors, RayStats):
         while not self._closed:
             started = time.monotonic()
             try:
-                dead, hung = self._health()
+                dead, hung, broken = self._health()
             except Exception:  # the cluster connection is gone; close() will say so
                 time.sleep(_PING_S)
                 continue
-            if (dead or hung) and not self._closed and self._broken is None:
+            if (dead or hung or broken) and not self._closed and self._broken is None:
                 try:
-                    self._recover(dead, hung)
+                    self._recover(dead, hung, broken)
                 except PipelineClosedError:
                     return
                 except Exception as exc:  # recovery itself failed: give up cleanly
-                    self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+                    first = (dead + hung + [min(b, self._n - 1) for b, _ in broken])[0]
+                    self._break(StageError(f"recovery failed: {exc}", stage=first))
             # One round of pings per period: the actors answer in a millisecond, and polling
             # faster would only take CPU from the stages.
             time.sleep(max(0.0, _PING_S - (time.monotonic() - started)))
 
-    def _health(self) -> tuple[list[int], list[int]]:
-        """Ping every actor (one ping outstanding each); return the dead ones and the stuck ones."""
+    def _health(self) -> tuple[list[int], list[int], list[tuple[int, str]]]:
+        """Ping every actor (one ping outstanding each); return the dead ones, the stuck ones, and
+        the broken stream connections as ``(boundary, why)``."""
         ray = self._ray
         actors = list(self._actors)
         now = time.monotonic()
@@ -99,7 +111,9 @@ class Recovery(Intake, StageActors, RayStats):
                 self._outstanding[k] = (a.ping.remote(), time.time())
         refs = {ref: k for k, (ref, _) in self._outstanding.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_PING_S)
-        dead, hung = [], []
+        dead, hung, broken = [], [], []
+        if self._data_path == "stream" and self._outlet is not None and self._inlet is not None:
+            broken += [(b, why) for b, why in ((0, self._outlet.broken()), (self._n, self._inlet.refusal())) if why]
         for ref in ready:
             k = refs[ref]
             _, sent = self._outstanding.pop(k)
@@ -112,16 +126,43 @@ class Recovery(Intake, StageActors, RayStats):
                 continue
             self._answered[k] = now
             self._last_ping[k] = info
+            if info.get("epoch") == self._epoch:
+                broken += [(k + i, str(info[key])) for i, key in ((0, "refused"), (1, "broken")) if info.get(key)]
             self._clock_sample(k, sent, time.time(), info["now"])
             if info["busy_since"] > 0 and info["now"] - info["busy_since"] > self._stage_timeout:
                 hung.append(k)
         for k in range(len(actors)):
             if k not in dead and k not in hung and now - self._answered[k] > max(self._stage_timeout, 1.0):
                 hung.append(k)
-        return dead, hung
+        self._probe_clocks()
+        return dead, hung, broken
+
+    def _probe_clocks(self) -> None:
+        """On the stream, one clock probe per actor on another host, over the data's own network
+        path: raw TCP round trips are far shorter than a Ray call's, so the offsets they give
+        (at most half a round trip off) win the shortest-round-trip choice."""
+        if self._data_path != "stream" or self._clock_probe is None:
+            return
+        ends = {k: (w["ip"], tuple(w["inlet"])) for k, w in enumerate(self._where) if w.get("inlet")}
+        self._clock_probe.keep({end for _, end in ends.values()})
+        for k, (ip, end) in ends.items():
+            if ip != self._driver_ip and (got := self._clock_probe.sample(end, 0.05)):
+                self._clock_sample(k, *got)
+
+    def _lost_host(self, k: int) -> str:
+        """How stage ``k``'s actor died: with its host, if Ray declared that node dead."""
+        node = self._where[k].get("node_id")
+        try:
+            alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
+        except Exception:  # the cluster cannot say: an actor death, as far as we know
+            return "died"
+        if node and node not in alive:
+            return (f"was lost with its host {self._where[k].get('ip', '?')} (Ray declared node "
+                    f"{node[:8]} dead: it stopped answering or its processes were killed)")
+        return "died"
 
     # -- recovery ----------------------------------------------------------------------------
-    def _recover(self, dead: list[int], hung: list[int]) -> None:
+    def _recover(self, dead: list[int], hung: list[int], broken: Sequence[tuple[int, str]] = ()) -> None:
         ray = self._ray
         began = time.monotonic()
         with self._cv:
@@ -131,17 +172,25 @@ class Recovery(Intake, StageActors, RayStats):
         suspects = {k: int(p["current"]) for k in dead + hung
                     if (p := self._last_ping.get(k)) and p["busy_since"] > 0}
         restart = set(dead) | set(hung)
-        resets = {k: a.reset.remote(epoch, None) for k, a in enumerate(self._actors) if k not in restart}
+        stream = self._data_path == "stream"
+        resets = {k: a.reset.remote(epoch, None, stream) for k, a in enumerate(self._actors) if k not in restart}
         deadline = time.monotonic() + max(self._stage_timeout, 1.0)
         for k, ref in resets.items():
             try:
                 ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))
             except Exception:  # dead too, or stuck: replace it as well
                 restart.add(k)
+        how = {k: self._lost_host(k) if k in dead else "died" for k in restart}
         self._kill_actors([self._actors[k] for k in sorted(restart)])
         for k in sorted(restart):
-            if self._record_death(k, "died"):
+            if self._record_death(k, how[k]):
                 return
+        for b, why in broken:  # a stream connection broke where no actor died: count it, go on
+            k = min(b, self._n - 1)
+            if k not in restart:
+                if self._record_death(k, f"lost its input connection ({why})"):
+                    return
+                self._hold(k)
         self._fail_poisoned(suspects, "actor")
         for k in sorted(restart):
             self._outstanding.pop(k, None)

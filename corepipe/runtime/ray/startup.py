@@ -1,11 +1,13 @@
 """Starting the ``ray`` backend's stage actors: one in its placement-group bundle, checked to
 import this corepipe, its stage loaded once (from the shared artifact directory, or from bytes the
 driver puts into the object store once and the actor verifies on arrival), and told where its
-results go. Also killing them, and waiting until Ray reports them dead.
+results go; for the stream data path, the client's own ends. Also killing the actors, and waiting
+until Ray reports them dead.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from ...artifact.plan import Plan
 from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from .actor import GROUPS, StageActor
+from .framing import Framing
+from .stream import ClockProbe, Inlet, Outlet
 
 __all__ = ["StageActors", "Unplaceable"]
 
@@ -44,6 +48,42 @@ class StageActors:
     _actor_class: Any
     _where: list[dict[str, Any]]
     _shipped: dict[int, Any]
+    _token: bytes | None
+    _data_path: str
+    _inlet: Inlet | None
+    _outlet: Outlet | None
+    _clock_probe: ClockProbe | None
+    _driver_ip: str
+
+    def _take_results(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def _open_stream(self, data_path: str, unframable: bool) -> None:
+        """Choose the data path; for the stream, the client's two ends: the outlet to stage 0 and
+        the inlet the last stage sends results to."""
+        client = False
+        try:
+            client = bool(self._ray.util.client.ray.is_connected())
+        except Exception:  # a Ray without the client: not one
+            pass
+        if data_path == "stream" and client:
+            raise CorepipeError("data_path='stream' needs the driver on a node of the cluster; a Ray "
+                                "Client (ray://) driver is not: use data_path='object-store' or 'auto'")
+        stream = not (data_path == "object-store" or unframable or client)
+        self._data_path = "stream" if stream else "object-store"
+        self._token = secrets.token_bytes(16) if stream else None
+        if self._token is not None:
+            n = self._n
+            self._inlet = Inlet(self._driver_ip, self._token, Framing(self.plan.boundaries[n], n, n),
+                                self._take_results, "corepipe-ray-client")
+            self._outlet = Outlet(self._token, 0, "corepipe-ray-client")
+            self._clock_probe = ClockProbe(self._token)
+
+    def _close_stream(self) -> None:
+        self._data_path = "object-store"
+        for end in (self._inlet, self._outlet, self._clock_probe):
+            if end is not None:
+                end.close()
 
     def _new_actor(self, k: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -64,7 +104,7 @@ class StageActors:
         plan = self.plan
         return self._actor_class.options(**options).remote(
             k, self._n, [t.to_dict() for t in plan.boundaries[k]],
-            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k],
+            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k], self._token,
         )
 
     def _load_stages(self, stages: list[int]) -> None:
@@ -87,7 +127,7 @@ class StageActors:
                     f"{info['module']!r}, the driver corepipe {_driver_version}: install the same "
                     "corepipe on every node (or pass it in runtime_env)"
                 )
-            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module")}
+            self._where[k] = {key: info[key] for key in ("node_id", "ip", "pid", "module", "inlet")}
             ship = self._stage_source == "ship" or (self._stage_source == "auto" and not info["sees_artifact"])
             if self._stage_source == "path" and not info["sees_artifact"]:
                 raise StageError(
@@ -137,13 +177,28 @@ class StageActors:
         except Exception:
             return "unknown"
 
-    def _wire(self, epoch: int) -> None:
-        """Start ``epoch`` on every actor, each told where its results go."""
-        refs = [a.reset.remote(epoch, self._actors[k + 1] if k + 1 < self._n else None)
-                for k, a in enumerate(self._actors)]
+    def _wire(self, epoch: int) -> list[tuple[int, str]]:
+        """Start ``epoch`` on every actor, each told where its results go. On the stream, each
+        connects to its downstream end now; returns the boundaries that could not be reached,
+        as ``(boundary, why)`` (the boundary into stage ``b``; ``n``: the results' way back)."""
+        stream = self._data_path == "stream"
+        if stream and self._inlet is not None:
+            self._inlet.reset(epoch)
+            ends = [self._where[k + 1].get("inlet") for k in range(self._n - 1)] + [list(self._inlet.address)]
+        else:
+            ends = [self._actors[k + 1] if k + 1 < self._n else None for k in range(self._n)]
+        refs = [a.reset.remote(epoch, ends[k], stream) for k, a in enumerate(self._actors)]
         deadline = time.monotonic() + max(self._stage_timeout, 5.0)
+        lost = []
         for k, ref in enumerate(refs):
-            self._get(k, ref, deadline, "start its epoch")
+            why = self._get(k, ref, deadline, "start its epoch")
+            if why:
+                lost.append((k + 1, f"stage {k} cannot reach its downstream end: {why}"))
+        if stream and self._outlet is not None:
+            self._outlet.reset(epoch, tuple(self._where[0]["inlet"]))
+            if why := self._outlet.connect(5.0):
+                lost.insert(0, (0, f"the client cannot reach stage 0: {why}"))
+        return lost
 
     def _kill_actors(self, actors: list[Any]) -> None:
         """Kill ``actors`` and wait (a few seconds at most) until Ray reports each one dead."""

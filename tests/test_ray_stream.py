@@ -1,0 +1,221 @@
+"""The ``ray`` backend's stream data path on real sockets, without Ray: slot frames as they travel,
+what a receiver refuses before it reads a byte of tensor data, and the connection rules (the
+pipeline's token, epochs, one connection per epoch, a lost connection reported as broken)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from corepipe.artifact.plan import TensorSpec
+from corepipe.runtime.ray.framing import Conn, Frame, Framing, ProtocolError, streamable
+from corepipe.runtime.ray.stream import HELLO, MAGIC, ClockProbe, Inlet, Outlet
+from corepipe.runtime.shm import ERROR, OK
+
+SPECS = [TensorSpec("x", "float32", (1, 4, 3)), TensorSpec("n", "int64", ()),
+         TensorSpec("ids", "int32", (1, 8), dynamic=True)]
+TOKEN = b"t" * 16
+
+
+def _pair() -> tuple[Conn, Conn]:
+    a, b = socket.socketpair()
+    return Conn(a, lambda: False), Conn(b, lambda: False)
+
+
+def _arrays(k: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(k)
+    return [rng.standard_normal((1, 4, 3)).astype(np.float32), np.array(7 + k, np.int64),
+            np.arange(5, dtype=np.int32).reshape(1, 5)]
+
+
+def test_a_frame_arrives_as_sent_header_stamps_and_raw_tensors():
+    framing = Framing(SPECS, stages=3, boundary=1)
+    a, b = _pair()
+    arrays = _arrays()
+    parts = framing.parts(epoch=4, seq=0, rid=17, status=OK, error=None, arrays=arrays, stamps=[1.5, 2.5])
+    parts[0][0] = np.array([123.25]).view(np.uint64)[0]  # word 0: the send time, set by the sender
+    a.send(parts)
+    got = framing.read(b, epoch=4, seq=0)
+    assert (got.epoch, got.seq, got.rid, got.status, got.error, got.sent_at) == (4, 0, 17, OK, None, 123.25)
+    assert got.stamps[:2] == [1.5, 2.5] and len(got.stamps) == 6
+    for sent, came in zip(arrays, got.arrays):
+        assert came.dtype == sent.dtype and came.shape == sent.shape  # 0-d stays 0-d, dynamic keeps 5
+        np.testing.assert_array_equal(came, sent)
+        assert came.ctypes.data % 64 == 0  # aligned, as in a ring slot
+    # The header is the ring's slot header, word for word (word 0 aside).
+    assert framing.words == 6 + len(SPECS) * 9 + 2 * 3
+
+
+def test_a_failure_travels_as_text_without_tensors():
+    framing = Framing(SPECS, stages=2, boundary=1)
+    a, b = _pair()
+    a.send(framing.parts(epoch=0, seq=0, rid=3, status=ERROR, error=(0, "node-a", "Gather: index 9 out of range"),
+                         arrays=[], stamps=[]))
+    a.send(framing.parts(epoch=0, seq=1, rid=4, status=OK, error=None, arrays=_arrays(1), stamps=[]))
+    first, second = framing.read(b, 0, 0), framing.read(b, 0, 1)
+    assert first.status == ERROR and first.arrays == [] and first.error == (0, "node-a", "Gather: index 9 out of range")
+    assert second.rid == 4 and int(second.arrays[1]) == 8
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda h, f: h.__setitem__(1, 5), "expected message 0 of epoch 0, got 0 of 5"),
+    (lambda h, f: h.__setitem__(2, 3), "expected message 0 of epoch 0, got 3 of 0"),
+    (lambda h, f: h.__setitem__(4, 9), "bad status 9"),
+    (lambda h, f: h.__setitem__(6, 2), r"'x' should be float32\[1,4,3\], got shape \[1, 4\]"),
+    (lambda h, f: h.__setitem__(8, 400_000_000), r"'x' should be float32\[1,4,3\], got shape \[1, 400000000, 3\]"),
+    (lambda h, f: h.__setitem__(6 + 2 * 9 + 2, 9), r"'ids' should be int32\[1,8\], got shape \[1, 9\]"),
+    (lambda h, f: h.__setitem__(f.stamp_base, np.array([np.nan]).view(np.uint64)[0]), "not finite"),
+])
+def test_a_header_the_boundary_does_not_allow_is_refused_before_any_data(mutate, match):
+    framing = Framing(SPECS, stages=2, boundary=1)
+    a, b = _pair()
+    parts = framing.parts(epoch=0, seq=0, rid=1, status=OK, error=None, arrays=_arrays(), stamps=[])
+    mutate(parts[0], framing)
+    a.send(parts)
+    with pytest.raises(ProtocolError, match=match):
+        framing.read(b, 0, 0)
+    b.sock.settimeout(1)  # the tensor bytes are still unread: nothing was allocated for them
+    assert len(b.sock.recv(1 << 16)) == sum(np.asarray(x).nbytes for x in _arrays())
+
+
+def test_streamable_needs_fixed_size_dtypes():
+    assert streamable(SPECS)
+    assert not streamable([TensorSpec("s", "object", (1,))])
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.cv = threading.Condition()
+
+    def __call__(self, frame: Frame) -> None:
+        with self.cv:
+            self.frames.append(frame)
+            self.cv.notify_all()
+
+    def wait(self, n: int, timeout: float = 10) -> list[Frame]:
+        with self.cv:
+            self.cv.wait_for(lambda: len(self.frames) >= n, timeout)
+            return list(self.frames)
+
+
+@pytest.fixture
+def ends():
+    framing = Framing(SPECS, stages=2, boundary=1)
+    sink = _Sink()
+    inlet = Inlet("127.0.0.1", TOKEN, framing, sink, "test")
+    outlet = Outlet(TOKEN, 1, "test")
+    yield framing, sink, inlet, outlet
+    outlet.close()
+    inlet.close()
+
+
+def _send(outlet: Outlet, framing: Framing, epoch: int, seq: int) -> None:
+    outlet.send(epoch, framing.parts(epoch=epoch, seq=seq, rid=100 * epoch + seq, status=OK, error=None,
+                                     arrays=_arrays(seq), stamps=[]))
+
+
+def test_frames_flow_in_order_over_one_connection_per_epoch(ends):
+    framing, sink, inlet, outlet = ends
+    inlet.reset(0)
+    outlet.reset(0, inlet.address)
+    assert outlet.connect(5) == ""
+    for seq in range(5):
+        _send(outlet, framing, 0, seq)
+    got = sink.wait(5)
+    assert [f.rid for f in got] == [0, 1, 2, 3, 4]
+    assert all(f.arrived >= f.sent_at > 0 for f in got)
+    # A new epoch: a new connection, numbered from 0 again; the old epoch's frames are dropped.
+    inlet.reset(1)
+    outlet.reset(1, inlet.address)
+    _send(outlet, framing, 0, 5)  # an old epoch's frame: not sent
+    _send(outlet, framing, 1, 0)
+    assert [f.rid for f in sink.wait(6)][5:] == [100]
+    assert outlet.broken() == "" and inlet.refusal() == ""
+
+
+@pytest.mark.parametrize("hello", [
+    HELLO.pack(MAGIC, b"x" * 16, 0, 1),  # another token
+    HELLO.pack(MAGIC, TOKEN, 0, 2),  # another boundary
+    HELLO.pack(b"GET / HTTP/1.1\r\n", TOKEN, 0, 1),
+])
+def test_a_connection_without_the_pipelines_hello_is_dropped(ends, hello):
+    _, sink, inlet, _ = ends
+    inlet.reset(0)
+    with socket.create_connection(inlet.address, timeout=5) as s:
+        s.sendall(hello + bytes(4096))
+        assert s.recv(10) == b""  # closed by the inlet
+    assert sink.frames == []
+
+
+def test_an_older_epochs_connection_is_refused_and_a_newer_one_supersedes(ends):
+    framing, sink, inlet, outlet = ends
+    inlet.reset(3)
+    with socket.create_connection(inlet.address, timeout=5) as s:
+        s.sendall(HELLO.pack(MAGIC, TOKEN, 2, 1))
+        assert s.recv(10) == b""
+    old = socket.create_connection(inlet.address, timeout=5)
+    old.sendall(HELLO.pack(MAGIC, TOKEN, 3, 1))
+    time.sleep(0.3)
+    inlet.reset(4)  # the connection of epoch 3 is closed
+    old.settimeout(5)
+    assert old.recv(10) == b""
+    old.close()
+    outlet.reset(4, inlet.address)
+    _send(outlet, framing, 4, 0)
+    assert [f.rid for f in sink.wait(1)] == [400]
+
+
+def test_a_frame_breaking_the_order_drops_the_connection_and_says_why(ends):
+    framing, sink, inlet, outlet = ends
+    inlet.reset(0)
+    outlet.reset(0, inlet.address)
+    _send(outlet, framing, 0, 1)  # message 1 where 0 is due
+    deadline = time.monotonic() + 10
+    while not (inlet.refusal() and outlet.broken()) and time.monotonic() < deadline:
+        _send(outlet, framing, 0, 2)
+        time.sleep(0.05)
+    assert "expected message 0 of epoch 0, got 1 of 0" in inlet.refusal()
+    assert "boundary 1" in outlet.broken() and sink.frames == []
+
+
+def test_a_lost_receiver_leaves_the_outlet_broken_until_the_next_epoch(ends):
+    framing, sink, inlet, outlet = ends
+    inlet.reset(0)
+    outlet.reset(0, inlet.address)
+    _send(outlet, framing, 0, 0)
+    sink.wait(1)
+    inlet.close()  # the receiving stage is gone
+    deadline = time.monotonic() + 10
+    seq = 1
+    while not outlet.broken() and time.monotonic() < deadline:
+        _send(outlet, framing, 0, seq)
+        seq += 1
+        time.sleep(0.05)
+    assert outlet.broken()
+    outlet.reset(1, None)
+    assert outlet.broken() == ""
+    probe = Outlet(TOKEN, 1, "probe")  # connecting at once (a reset's probe) says why it cannot
+    try:
+        probe.reset(0, inlet.address)
+        assert "refused" in probe.connect(2).lower() and probe.broken()
+    finally:
+        probe.close()
+
+
+def test_clock_probes_measure_the_offset_over_the_data_path(ends):
+    _, sink, inlet, _ = ends
+    probe = ClockProbe(TOKEN)
+    try:
+        samples = [probe.sample(inlet.address, 1.0) for _ in range(20)]
+        assert all(s is not None for s in samples)
+        sent, received, remote = min(samples, key=lambda s: s[1] - s[0])
+        assert sent <= remote <= received  # one clock here: the actor's stamp lies within the trip
+        assert ClockProbe(b"x" * 16).sample(inlet.address, 1.0) is None  # another pipeline's token
+    finally:
+        probe.close()
+    assert sink.frames == []
