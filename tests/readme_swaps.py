@@ -89,9 +89,9 @@ def small_python(code: str) -> str:
 
 
 def write_missing_models(args: list[str], workdir: Path) -> None:
-    """An ``.onnx`` file a command or a Python block reads that no earlier step wrote: a one-layer
-    BERT with BERT's inputs when its name says ``bert`` (over dims batch and sequence when it also
-    says ``dyn``), else the MLP."""
+    """An ``.onnx`` file a command or a Python block reads that no earlier step wrote: BERT's
+    inputs over dims batch and sequence when its name says ``dyn``, a one-layer BERT with BERT's
+    inputs when it says ``bert``, else the MLP."""
     for i, word in enumerate(args):
         if not word.endswith(".onnx") or (i and args[i - 1] in WRITES) or (workdir / word).exists():
             continue
@@ -105,8 +105,8 @@ def write_missing_models(args: list[str], workdir: Path) -> None:
 
 
 def _dynamic_bert_inputs() -> onnx.ModelProto:
-    """BERT's inputs over dims ``batch`` and ``sequence`` (a file named ``*dyn*``): an embedding
-    masked position by position, so padding changes no real position's answer."""
+    """BERT's inputs over dims ``batch`` and ``sequence``: an embedding masked position by
+    position, so padding changes no real position's answer."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 

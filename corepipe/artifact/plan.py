@@ -135,7 +135,9 @@ class StagePlan:
 
     ``engine`` (``"onnxruntime"`` or ``"openvino"``) runs it at ``precision`` (``"fp32"``,
     ``"bf16"`` or ``"fp16"``); ``fallback`` says why it runs on another engine than the one
-    asked for (an op the other cannot run), or is None.
+    asked for (an op the other cannot run), or is None. ``snippets``: an OpenVINO stage runs
+    with OpenVINO's snippets on (its check against onnxruntime passed with them); False where they
+    computed it wrong, and in artifacts compiled before the choice, which were checked without.
 
     ``shape_mode`` (plans over dynamic dims): ``"dynamic"``, one bounded dynamic graph runs
     every shape in range, or ``"buckets"``, one static graph per bucket of `Plan.shapes` (on
@@ -172,6 +174,7 @@ class StagePlan:
     fallback: str | None = None
     shape_mode: str = "static"
     shape_costs: Mapping[str, float] | None = None
+    snippets: bool = False
 
     #: What a manifest may name (a plan is untrusted data until validated).
     ENGINES = ("onnxruntime", "openvino")
@@ -203,6 +206,8 @@ class StagePlan:
         for key in ("engine", "precision"):
             if key in d and not isinstance(d[key], str):
                 raise ValueError(f"stage {key} must be a string, got {d[key]!r}")
+        if not isinstance(d.get("snippets", False), bool):
+            raise ValueError(f"stage snippets must be true or false, got {d['snippets']!r}")
         if d.get("fallback") is not None and not isinstance(d["fallback"], str):
             raise ValueError(f"stage fallback must be a string or null, got {d['fallback']!r}")
         if d.get("shape_mode", "static") not in SHAPE_MODES:

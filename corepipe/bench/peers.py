@@ -100,19 +100,20 @@ def peer_setups(k: int, precision: str, *, strong: bool = True, ov_batches: Sequ
 
 
 def _config(model: Path, inputs: Path, mode: str, threads: int, requests: int, warmup: int,
-            cores: Sequence[int], precision: str = "fp32", extra: Mapping[str, Any] | None = None) -> str:
+            cores: Sequence[int], precision: str = "fp32", in_flight: int | None = None,
+            extra: Mapping[str, Any] | None = None) -> str:
     return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode,
                        "threads": threads, "requests": requests, "warmup": warmup, "cores": list(cores),
-                       "precision": precision, **(extra or {})})
+                       "precision": precision, "in_flight": in_flight, **(extra or {})})
 
 
 def run_serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: Sequence[int],
-               mode: str = "serial", precision: str = "fp32", extra: Mapping[str, Any] | None = None
-               ) -> dict[str, Any]:
+               mode: str = "serial", precision: str = "fp32", in_flight: int | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One peer process in ``mode``, to completion: its JSON report (see `corepipe.bench.proc`;
-    ``extra``: more of its config, e.g. ``ranges``, ``batch``, ``jobs``)."""
-    argv, env = module_command("corepipe.bench.proc",
-                               _config(model, inputs, mode, threads, requests, warmup, cores, precision, extra))
+    ``extra``: more of its config, e.g. ``ranges``, ``batch``, ``offset``)."""
+    argv, env = module_command("corepipe.bench.proc", _config(model, inputs, mode, threads, requests, warmup, cores,
+                                                              precision, in_flight, extra))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"peer process ({mode}, {threads} threads) failed: {out.stderr.strip()[-2000:]}")
@@ -167,11 +168,12 @@ def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int
             float(np.median([x["latency_p50_s"] for x in results])),
             max(float(x.get("latency_p99_s", x["latency_p50_s"])) for x in results), peer.in_flight,
             tuple(int(x["rss_bytes"]) for x in results), tuple(int(x["uss_bytes"]) for x in results))
-    extra: dict[str, Any] = {"batch": peer.batch, "jobs": max(1, peer.in_flight // peer.batch)}
+    extra: dict[str, Any] = {"batch": peer.batch}
     if ranges and peer.engine == "openvino":
         extra["ranges"] = dict(ranges)
+    flight = max(1, peer.in_flight // peer.batch) if peer.mode == "ov_throughput" else None
     r = run_serial(model, inputs, peer.threads, requests, warmup, use, mode=peer.mode, precision=peer.precision,
-                   extra=extra)
+                   in_flight=flight, extra=extra)
     return BenchRow(peer.setup, "peer", peer.engine, peer.precision, r["requests"] / r["elapsed_s"],
                     float(r["latency_p50_s"]), float(r.get("latency_p99_s", r["latency_p50_s"])), peer.in_flight,
                     (int(r["rss_bytes"]),), (int(r["uss_bytes"]),))

@@ -62,7 +62,7 @@ def make_plan(
     seconds = solver.stage_costs(problem, bounds, links_for(tgt, k))
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
     stages = [
-        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback,
+        dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback, snippets=c.snippets,
                             loaded_s=None if loaded is None else float(loaded[s]))
         for s, (st, c) in enumerate(zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured,
                                                     place_stages(tgt, seconds)), choices))
@@ -112,4 +112,6 @@ def engine_notes(engine: str, precision: str, choices: Sequence[Choice]) -> list
             notes.append(f"stage {s} runs on {c.engine} ({c.precision}): {c.fallback}")
         elif c.dynamic:
             notes.append(f"{NOT_STATIC.format(s)}{c.dynamic}")
+        if c.engine == "openvino" and c.snippets_off:
+            notes.append(f"stage {s} runs without OpenVINO's snippets: {c.snippets_off}")
     return notes

@@ -40,14 +40,17 @@ PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")
 
 @dataclass
 class Choice:
-    """One stage's engine and precision, why (``fallback``), its one-core times if measured, and
-    why OpenVINO's reader finds the stage graph not static (``dynamic``), if it does."""
+    """One stage's engine and precision, why (``fallback``), its one-core times if measured,
+    why OpenVINO's reader finds the stage graph not static (``dynamic``), if it does, and whether
+    OpenVINO runs it with its snippets on (``snippets``; ``snippets_off``: why not)."""
 
     engine: str
     precision: str
     fallback: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     dynamic: str | None = None
+    snippets: bool = False
+    snippets_off: str | None = None
 
 
 def resolve_precision(precision: str | None, from_flags: str | None = None) -> str:

@@ -40,6 +40,8 @@ class StageTime:
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     dynamic: str | None = None  # why OpenVINO's reader finds the stage not static, if it does
+    snippets: bool = False  # OpenVINO passed with its snippets on
+    snippets_off: str | None = None  # why they are off: what they computed wrong
 
     def choice(self, order: Sequence[str], precision: str, stage: int, engine: str,
                unchecked: str | None = None) -> Choice:
@@ -60,7 +62,9 @@ class StageTime:
         note = fallback_note(failed)
         if note and self.dynamic:  # the likely cause of the fallback first
             note = f"the stage is not static ({self.dynamic}); {note}"
-        return Choice(best, engine_precision(best, precision), note, dict(self.seconds), self.dynamic)
+        ov = best == "openvino"
+        return Choice(best, engine_precision(best, precision), note, dict(self.seconds), self.dynamic,
+                      snippets=ov and self.snippets, snippets_off=self.snippets_off if ov else None)
 
     @property
     def best(self) -> float:
@@ -87,11 +91,13 @@ def _feeds(graph: ModelGraph, example_inputs: Mapping[str, np.ndarray] | None) -
 
 
 def _try(name: str, raw: str, inputs: list[str], outputs: list[str], precision: str,
-         feeds: Mapping[str, np.ndarray], repeats: int,
-         variants: Sequence[Ranges] | None = None) -> tuple[list[np.ndarray], float | None]:
-    """Load the stage on engine ``name`` with one thread, run it (and time ``repeats`` runs)."""
+         feeds: Mapping[str, np.ndarray], repeats: int, variants: Sequence[Ranges] | None = None,
+         snippets: bool = False) -> tuple[list[np.ndarray], float | None]:
+    """Load the stage on engine ``name`` with one thread, run it (and time ``repeats`` runs);
+    ``snippets``: OpenVINO's snippets on."""
+    options = {"snippets": snippets} if name == "openvino" else {}
     engine = engine_class(name)(raw, inputs=inputs, outputs=outputs, threads=1,
-                                precision=engine_precision(name, precision), variants=variants)
+                                precision=engine_precision(name, precision), variants=variants, **options)
     try:
         values = engine.run(feeds)  # warm-up, and the next stage's inputs
     except Exception as exc:  # it compiled but cannot run these inputs
@@ -125,19 +131,34 @@ def _try_stage(
             trial.dynamic = "OpenVINO reads " + "; ".join(found)
     produced: dict[str, list[np.ndarray]] = {}
     for name in order:
-        try:
-            produced[name], sec = _try(name, path, inputs, outputs, precision, feeds,
-                                       repeats if name in engines else 0, variants)
-        except LoadFailure as exc:
-            trial.failures[name] = exc
-            continue
-        want = produced.get("onnxruntime")
-        if want is not None and name != "onnxruntime":
-            for out_name, got, ref in zip(outputs, produced[name], want):
-                problem = differs(got, ref, engine_precision(name, precision))
-                if problem is not None:
-                    trial.failures[name] = LoadFailure(name, f"output {out_name!r} {problem}")
-                    break
+        # OpenVINO first with its snippets on, then, where they fail or compute the stage wrong
+        # (some bf16 graphs in 2026.4), without them: the check decides per stage.
+        for snippets in ((True, False) if name == "openvino" else (False,)):
+            trial.failures.pop(name, None)
+            try:
+                values, sec = _try(name, path, inputs, outputs, precision, feeds,
+                                   repeats if name in engines else 0, variants, snippets)
+            except LoadFailure as exc:
+                trial.failures[name] = exc
+                if snippets:
+                    trial.snippets_off = f"with them it fails: {exc.reason}"
+                continue
+            want = produced.get("onnxruntime")
+            problem = None
+            if want is not None and name != "onnxruntime":
+                problem = next(((out_name, p) for out_name, got, ref in zip(outputs, values, want)
+                                if (p := differs(got, ref, engine_precision(name, precision))) is not None), None)
+            if problem is not None:
+                trial.failures[name] = LoadFailure(name, f"output {problem[0]!r} {problem[1]}")
+                if snippets:
+                    trial.snippets_off = f"with them output {problem[0]!r} {problem[1]}"
+                continue
+            produced[name] = values
+            if name == "openvino":
+                trial.snippets = snippets
+                if snippets:
+                    trial.snippets_off = None
+            break
         if name in engines and name not in trial.failures:
             trial.passed.append(name)
             if sec is not None:

@@ -13,7 +13,11 @@ What OpenVINO 2026.4 does differently from onnxruntime, recorded here so nobody 
   wrong element count returns an empty tensor): there is no error to report;
 - it crashes the whole process (SIGSEGV) compiling a graph with float16 or bfloat16 tensors at
   f32 precision, so such graphs are refused before compiling;
-- its snippets miscompile some bf16 graphs (``SNIPPETS_MODE=DISABLE`` below);
+- its snippets (generated fused kernels) miscompile some bf16 graphs: a BERT stage that starts
+  mid-encoder comes out 50 % wrong. ``snippets=False`` (the default, and what artifacts compiled
+  before the per-stage choice ran) compiles with ``SNIPPETS_MODE=DISABLE``; the compiler turns
+  them on for each stage its check against onnxruntime finds right with them
+  (`corepipe.compiler.measure`), and records the choice in the plan (`StagePlan.snippets`);
 - some valid graphs it computes wrongly anyway (an If reading an outer tensor that is also a
   stage output, read from a file): the compiler checks every OpenVINO stage against
   onnxruntime on the example inputs and keeps onnxruntime where they differ.
@@ -142,9 +146,12 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, model: str | bytes, *, inputs: Sequence[str], outputs: Sequence[str],
                  threads: int = 1, precision: str = "fp32", spin: bool = True,
-                 variants: Sequence[Ranges] | None = None) -> None:
+                 variants: Sequence[Ranges] | None = None, snippets: bool = False) -> None:
+        """See `Engine`; ``snippets``: compile with OpenVINO's snippets on (only where checked
+        against onnxruntime: they miscompile some bf16 graphs)."""
         super().__init__(model, inputs=inputs, outputs=outputs, threads=threads, precision=precision, spin=spin,
                          variants=variants)
+        self.snippets = bool(snippets)
         if precision not in _HINT:
             raise LoadFailure(self.name, f"unknown precision {precision!r}")
         import openvino as ov
@@ -171,10 +178,7 @@ class OpenVinoEngine(Engine):
             "ENABLE_CPU_PINNING": False,  # the worker pins itself; OpenVINO must not fight it
             "INFERENCE_PRECISION_HINT": _HINT[precision],
             "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
-            # Snippets (OpenVINO's generated fused kernels) compute a BERT stage that starts
-            # mid-encoder 50 % wrong at bf16 in 2026.4; without them it is right, and no slower
-            # at batch 1 (BERT-base, ResNet-50: benchmarks/RESULTS.md).
-            "SNIPPETS_MODE": "DISABLE",
+            **({} if self.snippets else {"SNIPPETS_MODE": "DISABLE"}),
         }
         try:
             self._variants = [core.compile_model(g, "CPU", config) for g in self._reshaped(graph)]
@@ -292,18 +296,25 @@ class OpenVinoEngine(Engine):
         return True
 
     def run_bound(self, binding: Any) -> None:
-        if self.outputs:
-            request = binding[0]
-            if len(binding) == 4:  # a dynamic variant's shared request
-                self._set(request, binding[3])
-            request.start_async()  # not infer(): that would copy every output into a new array
+        if not self.outputs:
+            return
+        request = binding[0]
+        if len(binding) == 4:  # a dynamic variant's shared request
+            self._set(request, binding[3])
+        if self.threads == 1:
+            # One thread: run on the calling thread (its core), with no hand-over to OpenVINO's
+            # stream thread and back. share_outputs: the results are views of the bound tensors,
+            # never copies (benchmarks/RESULTS.md, "OpenVINO settings against the THROUGHPUT peer").
+            request.infer(share_outputs=True)
+        else:  # several threads: the stream's own threads (its arena) run it
+            request.start_async()
             request.wait()
-            if len(binding) == 4:  # OpenVINO reshapes a dynamic port's tensor to what it computed
-                for name, port, arr in zip(self.outputs, self._out_ports, binding[2]):
-                    got = tuple(request.get_output_tensor(port).shape)
-                    if got != arr.shape:
-                        raise RuntimeError(f"output {name!r} came out {list(got)}, where the request's "
-                                           f"shapes give {list(arr.shape)}")
+        if len(binding) == 4:  # OpenVINO reshapes a dynamic port's tensor to what it computed
+            for name, port, arr in zip(self.outputs, self._out_ports, binding[2]):
+                got = tuple(request.get_output_tensor(port).shape)
+                if got != arr.shape:
+                    raise RuntimeError(f"output {name!r} came out {list(got)}, where the request's "
+                                       f"shapes give {list(arr.shape)}")
 
     def addresses(self, binding: Any) -> tuple[list[int], list[int]]:
         request = binding[0]

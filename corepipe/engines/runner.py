@@ -73,8 +73,10 @@ def _load(artifact: Artifact, index: int, threads: int, spin: bool) -> tuple[Eng
         # the engine holds the weights (a mapping outlives its file's name on Linux).
         with tempfile.TemporaryDirectory(prefix=f"corepipe-stage{index}-") as private:
             path = artifact.copy_stage(index, private)
+            options = {"snippets": plan.snippets} if plan.engine == "openvino" else {}
             engine = cls(str(path), inputs=plan.inputs, outputs=plan.outputs, threads=threads,
-                         precision=plan.precision, spin=spin, variants=stage_variants(artifact.plan, index))
+                         precision=plan.precision, spin=spin, variants=stage_variants(artifact.plan, index),
+                         **options)
             return engine, _producers(path, plan.outputs)
     except LoadFailure as exc:
         raise ArtifactError(f"stage {index} cannot be loaded: {exc}; recompile with engine='auto'") from None

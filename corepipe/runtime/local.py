@@ -25,6 +25,7 @@ from ..artifact.manifest import Artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
 from .intake import Request
+from .phases import phases_from_env
 from .process import assign_cores
 from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
 from .supervisor import Supervisor, Worker
@@ -136,6 +137,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._workers: list[Worker] = []
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
+        self._ph = phases_from_env("client", ("submit", "feed", "collect"))  # None: off (phases.py)
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
@@ -160,6 +162,9 @@ class LocalPipeline(Supervisor, Pipeline):
 
     # -- client API --------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
+        ph = self._ph
+        if ph is not None:
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         self._check_open()
         checked = self._checked(feeds)
         # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
@@ -173,18 +178,24 @@ class LocalPipeline(Supervisor, Pipeline):
             fut.set_running_or_notify_cancel()
             self._pending.append(req)
             self._cv.notify_all()
+        if ph is not None:
+            ph.add(0, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
         return fut
 
     # -- feeder / collector ------------------------------------------------------------------
     def _feed_loop(self) -> None:
-        ring, free = self._rings[0], self._free[0]
+        ring, free, ph = self._rings[0], self._free[0], self._ph
         while True:
             with self._cv:
                 while (not self._pending or self._paused) and not self._closed:
                     self._cv.wait(0.2)
                 if self._closed:
+                    if ph is not None:
+                        ph.thread_done("feeder")
                     return
                 req, epoch, seq = self._pending[0], self._epoch, self._feed_seq
+            if ph is not None:
+                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             s = seq % self._slots
             if ring.state(s) != EMPTY:
                 wait_any([free], 0.05)
@@ -208,20 +219,26 @@ class LocalPipeline(Supervisor, Pipeline):
                 ring.publish(s, epoch=epoch, seq=seq, request_id=req.rid)
                 self._feed_seq += 1
             self._full[0].ring()
+            if ph is not None:
+                ph.add(1, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
 
     def _collect_loop(self) -> None:
-        ring, full = self._rings[-1], self._full[-1]
+        ring, full, ph = self._rings[-1], self._full[-1], self._ph
         while True:
             with self._cv:
                 while self._paused and not self._closed:
                     self._cv.wait(0.2)
                 if self._closed:
+                    if ph is not None:
+                        ph.thread_done("collector")
                     return
                 epoch, seq = self._epoch, self._collect_seq
             s = seq % self._slots
             if ring.state(s) != FULL or ring.epoch(s) != epoch:
                 wait_any([full], 0.05)
                 continue
+            if ph is not None:
+                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             rid, status = ring.request_id(s), ring.status(s)
             result: dict[str, np.ndarray] | None = None
             error: BaseException | None = None
@@ -248,6 +265,8 @@ class LocalPipeline(Supervisor, Pipeline):
                     ok=error is None, replays=req.replays,
                 ))
                 self._finish(req, result, error)
+            if ph is not None:
+                ph.add(2, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
 
     # -- stats / close -----------------------------------------------------------------------
     def stats(self) -> PipelineStats:
@@ -331,4 +350,7 @@ class LocalPipeline(Supervisor, Pipeline):
             self._control.close(unlink=True)
         for b in getattr(self, "_full", []) + getattr(self, "_free", []) + getattr(self, "_wake", []):
             b.close()
+        ph = getattr(self, "_ph", None)
+        if ph is not None:
+            ph.dump()
         _LIVE.discard(self)

@@ -11,7 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerProcess", "assign_cores", "module_command", "spawn"]
+__all__ = ["HUGEPAGES_ENV", "WorkerProcess", "assign_cores", "huge_pages_env", "module_command", "spawn"]
+
+#: Set to ``1`` to start workers with transparent huge pages for their heap (see `huge_pages_env`).
+HUGEPAGES_ENV = "COREPIPE_HUGEPAGES"
+_HUGETLB = "glibc.malloc.hugetlb=1"
 
 
 def module_command(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
@@ -44,12 +48,32 @@ def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
     return _SPAWNER.submit(fork).result()
 
 
+def huge_pages_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with glibc's malloc asking for transparent huge pages (``GLIBC_TUNABLES``
+    ``glibc.malloc.hugetlb=1``, glibc >= 2.35; older ones ignore it) when ``COREPIPE_HUGEPAGES=1``;
+    else ``env`` unchanged. Tunables the user set are kept.
+
+    Off by default: measured on 2 cores, same runs (benchmarks/RESULTS.md, "Where one request's
+    CPU goes"), huge pages cost the BERT-base fp32 workers 15-18 % more CPU per request (5 and
+    13 % less throughput), gave BERT-base bf16 4-5 % more throughput, and moved ResNet-50 by
+    -1 to +3 %: no default fits all.
+    """
+    if env.get(HUGEPAGES_ENV, "0") != "1":
+        return env
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" not in tunables:
+        env["GLIBC_TUNABLES"] = f"{tunables}:{_HUGETLB}" if tunables else _HUGETLB
+    return env
+
+
 class WorkerProcess:
     """A worker process started as ``python -m corepipe.runtime.worker``: no pickling, no
-    re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard)."""
+    re-import of the user's ``__main__`` (scripts need no ``if __name__ == '__main__'`` guard).
+    With ``COREPIPE_HUGEPAGES=1`` its heap asks for transparent huge pages (`huge_pages_env`)."""
 
     def __init__(self, config: dict[str, Any], pass_fds: Sequence[int], report: int) -> None:
         argv, env = module_command("corepipe.runtime.worker", json.dumps(config))
+        env = huge_pages_env(env)
         self.popen = spawn(
             argv, env=env, cwd="/", pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL,
             close_fds=True,

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 
+from .phases import phases_from_env
 from .shm import ERROR, FULL, OK, Bell, Control, Ring, encode_error, wait_any
 
 __all__ = ["worker_main"]
@@ -88,6 +89,10 @@ def worker_main(config_json: str) -> None:
     control.set(k, Control.READY, 1)
     idx = 0  # slot sequence number in both rings for this epoch
     slots = cfg["slots"]
+    # Per-phase counters (COREPIPE_PHASES; None, and never touched, when off): see phases.py.
+    ph = phases_from_env(f"stage{k}", ("wait", "header", "bind", "engine", "after", "publish"), process_cpu=True)
+    if ph is not None:
+        ph.wrap(runner.engine, "run_bound", 2, 3)
 
     def alive() -> bool:
         control.set(k, Control.HEARTBEAT, time.time())  # an idle worker proves it is not stuck
@@ -110,6 +115,8 @@ def worker_main(config_json: str) -> None:
         if ring_out.state(s) != 0:
             wait_any([out_free, wake], _POLL_S)
             continue
+        if ph is not None:
+            ph.lap(0)
         rid = ring_in.request_id(s)
         control.set(k, Control.CURRENT, rid)
         start, enter = time.time(), time.monotonic()
@@ -119,9 +126,14 @@ def worker_main(config_json: str) -> None:
             status, error = ERROR, ring_in.error(s)  # an upstream failure: pass it on
         else:
             try:
-                runner.run_into(ring_in.read(s), ring_out, s, request_id=rid)
+                views = ring_in.read(s)
+                if ph is not None:
+                    ph.lap(1)
+                runner.run_into(views, ring_out, s, request_id=rid)
             except Exception as exc:  # StageError, or a tensor over its compiled size
                 status, error = ERROR, encode_error(exc, k)
+            if ph is not None:
+                ph.lap(4)
         if control.epoch != epoch:
             continue  # a recovery began while we ran: this result belongs to a dead epoch
         # Count before publishing: once the result is visible the client may read stats(), and
@@ -135,6 +147,11 @@ def worker_main(config_json: str) -> None:
         ring_in.free(s)
         in_free.ring()
         idx += 1
+        if ph is not None:
+            ph.lap(5)
+    if ph is not None:
+        ph.thread_done("worker")
+        ph.dump()
     ring_in.close()
     ring_out.close()
     control.close()

@@ -77,11 +77,12 @@ class Peers:
             peer.mode, k ** 0.8 if peer.threads > 1 else 1.0)
         least = 2 * k if peer.in_flight > 1 or peer.mode == "ov_latency" else 8
         use = self.use[:1] if peer.one_core else self.use
-        extra: dict[str, Any] = {"batch": peer.batch, "jobs": max(1, peer.in_flight // peer.batch)}
+        extra: dict[str, Any] = {"batch": peer.batch}
         if self.ranges is not None and peer.engine == "openvino":
             extra["ranges"] = self.ranges(peer.batch)
+        flight = max(1, peer.in_flight // peer.batch) if peer.mode == "ov_throughput" else None
         r = run_serial(self.path, self.inputs, peer.threads, self._requests(speedup, least), warm, use,
-                       mode=peer.mode, precision=peer.precision, extra=extra)
+                       mode=peer.mode, precision=peer.precision, in_flight=flight, extra=extra)
         per = r["elapsed_s"] / r["requests"]
         if peer.one_core:
             self.one_s = min(self.one_s or per, per)

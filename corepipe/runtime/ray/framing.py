@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ...artifact.plan import TensorSpec
+from ...artifact.signature import Dim, expected_dims
 from ..shm import _FIXED_WORDS, ERR_BYTES, ERROR, OK, _align, _max_dims
 
 __all__ = ["Framing", "Frame", "Conn", "Closed", "ProtocolError", "encode_failure", "decode_failure",
@@ -33,6 +34,12 @@ _ALIGN_TO = 64
 _BUFFER = 4 * 2**20  # socket buffers: a few slots of a large boundary in flight per hop
 #: A failure as it travels: (stage index, node name or "", message).
 Failure = tuple[int, str, str]
+
+
+def _fits(shape: tuple[int, ...], dims: Sequence[Dim]) -> bool:
+    """Each dim of ``shape`` exact or within its range (`corepipe.artifact.signature.expected_dims`)."""
+    return all(d == w if isinstance(w, int) else w[0] <= d and (w[1] is None or d <= w[1])
+               for d, w in zip(shape, dims))
 
 
 class ProtocolError(Exception):
@@ -137,8 +144,8 @@ class Framing:
             base = _FIXED_WORDS + i * (1 + self.max_dims)
             ndim = int(h[base])
             shape = tuple(int(d) for d in h[base + 1 : base + 1 + min(ndim, self.max_dims)])
-            fits = ndim == len(spec.shape) and (
-                all(a <= b for a, b in zip(shape, spec.shape)) if spec.dynamic else shape == spec.shape)
+            fits = ndim == len(spec.shape) and _fits(shape, expected_dims(spec)) and \
+                int(np.prod(shape, dtype=np.int64)) * self.itemsizes[i] <= spec.nbytes
             if not fits:
                 raise ProtocolError(f"{where}: {spec.name!r} should be {spec.describe()}, got shape {list(shape)}")
             total = _align(total)
