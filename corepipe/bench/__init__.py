@@ -5,6 +5,9 @@ result model (`BenchResult`: rows, ratios, Markdown).
 level: import the types from here, ``from corepipe.bench import BenchResult``).
 
 - `traffic`: what each measurement sends (`Traffic`), and the model as a file peers can read;
+- `lengths`: mixed traffic's lengths (``--lengths``: a spec or a file), named after the model's
+  dims, and requests cut to them; `mixed`: what a bench of mixed traffic compiles and sends
+  (`MixedTraffic`), `mixedrun`: that bench, run; `reqfile`: requests in a file a peer reads;
 - `peers`: the peers' setups, each timed in its own process (`proc`);
 - `pipeline`: the corepipe pipeline as a row (throughput while full, latency alone, memory);
 - `result`: rows, ratios (with their precisions), texts and Markdown;

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class PeerSetup:
         in_flight: requests in flight while its latency is taken.
         what: a phrase for progress displays.
         one_core: it runs on one core (the reference), else on all K.
+        batch: requests merged into one inference (OpenVINO THROUGHPUT batching its clients).
     """
 
     setup: str
@@ -63,15 +64,21 @@ class PeerSetup:
     in_flight: int
     what: str
     one_core: bool = False
+    batch: int = 1
 
 
-def peer_setups(k: int, precision: str, *, strong: bool = True) -> list[PeerSetup]:
+def peer_setups(k: int, precision: str, *, strong: bool = True, ov_batches: Sequence[int] = (1,),
+                in_flight: int | None = None) -> list[PeerSetup]:
     """The peers on ``k`` cores, in the order they are measured and shown.
 
     Args:
         precision: the OpenVINO peers' (onnxruntime's stay fp32).
         strong: include the strongest peers (one shared session, OpenVINO THROUGHPUT and
             LATENCY); OpenVINO's are left out when it is not installed.
+        ov_batches: OpenVINO THROUGHPUT once per batch size: B requests merged into one
+            inference, as a server batching its clients would (dynamic batching's peer).
+        in_flight: requests OpenVINO THROUGHPUT keeps in flight (a closed loop of clients;
+            default one per stream).
     """
     out = [PeerSetup("ort 1 thread", "serial", "onnxruntime", "fp32", 1, 1, "onnxruntime, 1 thread", one_core=True),
            PeerSetup(threads_row(k), "serial", "onnxruntime", "fp32", k, 1, f"onnxruntime, {plural(k, 'thread')}"),
@@ -82,25 +89,31 @@ def peer_setups(k: int, precision: str, *, strong: bool = True) -> list[PeerSetu
     out.append(PeerSetup(f"ort 1 session shared by {plural(k, 'thread')}", "shared", "onnxruntime", "fp32", k, k,
                          f"onnxruntime, 1 session shared by {plural(k, 'thread')}"))
     if missing_engine("openvino") is None:
-        out += [PeerSetup(f"openvino THROUGHPUT ({plural(k, 'stream')})", "ov_throughput", "openvino", precision,
-                          k, k, "openvino THROUGHPUT"),
-                PeerSetup(f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight)", "ov_latency", "openvino",
+        flight = in_flight or k
+        out += [PeerSetup(f"openvino THROUGHPUT ({plural(k, 'stream')}" + (f", batch {b})" if b > 1 else ")"),
+                          "ov_throughput", "openvino", precision, k, max(flight, b),
+                          "openvino THROUGHPUT" + (f" at batch {b}" if b > 1 else ""), batch=b)
+                for b in ov_batches]
+        out += [PeerSetup(f"openvino LATENCY ({plural(k, 'thread')}, 1 in flight)", "ov_latency", "openvino",
                           precision, k, 1, "openvino LATENCY")]
     return out
 
 
 def _config(model: Path, inputs: Path, mode: str, threads: int, requests: int, warmup: int,
-            cores: Sequence[int], precision: str = "fp32", in_flight: int | None = None) -> str:
+            cores: Sequence[int], precision: str = "fp32", in_flight: int | None = None,
+            extra: Mapping[str, Any] | None = None) -> str:
     return json.dumps({"model": str(model.resolve()), "inputs": str(inputs.resolve()), "mode": mode,
                        "threads": threads, "requests": requests, "warmup": warmup, "cores": list(cores),
-                       "precision": precision, "in_flight": in_flight})
+                       "precision": precision, "in_flight": in_flight, **(extra or {})})
 
 
 def run_serial(model: Path, inputs: Path, threads: int, requests: int, warmup: int, cores: Sequence[int],
-               mode: str = "serial", precision: str = "fp32", in_flight: int | None = None) -> dict[str, Any]:
-    """One peer process in ``mode``, to completion: its JSON report (see `corepipe.bench.proc`)."""
-    argv, env = module_command("corepipe.bench.proc",
-                               _config(model, inputs, mode, threads, requests, warmup, cores, precision, in_flight))
+               mode: str = "serial", precision: str = "fp32", in_flight: int | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One peer process in ``mode``, to completion: its JSON report (see `corepipe.bench.proc`;
+    ``extra``: more of its config, e.g. ``ranges``, ``batch``, ``offset``)."""
+    argv, env = module_command("corepipe.bench.proc", _config(model, inputs, mode, threads, requests, warmup, cores,
+                                                              precision, in_flight, extra))
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"peer process ({mode}, {threads} threads) failed: {out.stderr.strip()[-2000:]}")
@@ -115,7 +128,8 @@ def run_parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: S
     procs = [
         subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for argv, env in (
-            module_command("corepipe.bench.proc", _config(model, inputs, "parallel", 1, share[i], warmup, [c]))
+            module_command("corepipe.bench.proc", _config(model, inputs, "parallel", 1, share[i], warmup, [c],
+                                                          extra={"offset": sum(share[:i])}))
             for i, c in enumerate(cores)
         )
     ]
@@ -142,9 +156,10 @@ def run_parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: S
 
 
 def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int], requests: int,
-                 warmup: int) -> BenchRow:
+                 warmup: int, ranges: Mapping[str, Any] | None = None) -> BenchRow:
     """Time ``peer`` on ``cores`` (the first one only for a one-core peer) with ``requests``
-    requests after ``warmup``; the row of what it did."""
+    requests after ``warmup``; the row of what it did. ``ranges``: the OpenVINO peers' model
+    reshaped to these bounded dynamic dims (input -> per axis ``[lo, hi]``)."""
     use = list(cores[:1] if peer.one_core else cores)
     if peer.mode == "parallel":
         rate, results = run_parallel(model, inputs, requests, warmup, use)
@@ -153,7 +168,12 @@ def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int
             float(np.median([x["latency_p50_s"] for x in results])),
             max(float(x.get("latency_p99_s", x["latency_p50_s"])) for x in results), peer.in_flight,
             tuple(int(x["rss_bytes"]) for x in results), tuple(int(x["uss_bytes"]) for x in results))
-    r = run_serial(model, inputs, peer.threads, requests, warmup, use, mode=peer.mode, precision=peer.precision)
+    extra: dict[str, Any] = {"batch": peer.batch}
+    if ranges and peer.engine == "openvino":
+        extra["ranges"] = dict(ranges)
+    flight = max(1, peer.in_flight // peer.batch) if peer.mode == "ov_throughput" else None
+    r = run_serial(model, inputs, peer.threads, requests, warmup, use, mode=peer.mode, precision=peer.precision,
+                   in_flight=flight, extra=extra)
     return BenchRow(peer.setup, "peer", peer.engine, peer.precision, r["requests"] / r["elapsed_s"],
                     float(r["latency_p50_s"]), float(r.get("latency_p99_s", r["latency_p50_s"])), peer.in_flight,
                     (int(r["rss_bytes"]),), (int(r["uss_bytes"]),))

@@ -3,6 +3,7 @@ what the hand-offs cost, and the resident memory of its workers."""
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,32 +70,69 @@ def boundary_means(before: PipelineStats, after: PipelineStats) -> list[float]:
                                  lambda x: x.handoffs).values())
 
 
-def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray], traffic: Traffic, backend: str,
-                     options: Mapping[str, Any], *, stages: Sequence[Mapping[str, Any]], setup: str = "corepipe",
+def _closed_loop(pipe: Any, reqs: Sequence[Mapping[str, np.ndarray]], fill: int, count: int, clients: int
+                 ) -> tuple[float, list[float]]:
+    """``clients`` requests kept in flight (each client sends its next request when its answer
+    is back): ``(requests per second of the ``count`` after the first ``fill``, their
+    latencies)``. Futures complete in submission order and the oldest is always the one waited
+    on, so the moment its result() returns is its completion time. Requests keep coming until
+    the last timed one is back, so the loop is full throughout."""
+    pending: collections.deque[tuple[float, Any]] = collections.deque()
+    latencies: list[float] = []
+    sent = completed = 0
+    start = now = time.perf_counter()
+    while completed < fill + count:
+        while sent < fill + count + clients and len(pending) < clients:
+            pending.append((time.perf_counter(), pipe.submit(reqs[sent % len(reqs)])))
+            sent += 1
+        t0, fut = pending.popleft()
+        fut.result()
+        now = time.perf_counter()
+        completed += 1
+        if completed == fill:
+            start = now
+        elif completed > fill:
+            latencies.append(now - t0)
+    for _, fut in pending:
+        fut.result()
+    return count / max(now - start, 1e-9), latencies
+
+
+def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                     traffic: Traffic, backend: str, options: Mapping[str, Any], *,
+                     stages: Sequence[Mapping[str, Any]], setup: str = "corepipe",
                      ) -> tuple[BenchRow, Timeline, list[str]]:
-    """Load the artifact at ``path`` on ``backend`` and measure it: ``(row, the timeline of the
-    throughput run, the cores each stage ran on)``.
+    """Load the artifact at ``path`` on ``backend`` (``options``: `corepipe.load`'s, e.g.
+    ``max_batch``) and measure it: ``(row, the timeline of the throughput run, the cores each
+    stage ran on)``. ``feeds``: one request, or the requests of mixed traffic, sent in turn.
 
     Throughput: ``traffic.requests`` streamed right behind the warm-up, so the pipeline is full
     when the clock starts (its fill is a one-off, like a session's first run, and the peers
     have none to pay). Latency: up to `SOLO` requests one at a time; the stages' run times
-    during them give the hand-off cost.
+    during them give the hand-off cost. With ``traffic.concurrency`` C, a closed loop of C
+    clients instead, and the latency is each request's under that load (C in flight).
     """
+    reqs = [feeds] if isinstance(feeds, Mapping) else list(feeds)
     with load(path, backend=backend, **options) as pipe:
-        fill = max(traffic.warmup, 2 * pipe.plan.num_cores)
+        fill = max(traffic.warmup, 2 * pipe.plan.num_cores, traffic.concurrency or 0)
         requests = traffic.requests
-        start = time.perf_counter()
-        for i, out in enumerate(pipe.map(feeds for _ in range(fill + requests))):
-            del out
-            if i == fill - 1:
-                start = time.perf_counter()
-        rate = requests / (time.perf_counter() - start)
+        loaded: list[float] = []
+        if traffic.concurrency:
+            rate, loaded = _closed_loop(pipe, reqs, fill, requests, traffic.concurrency)
+        else:
+            start = time.perf_counter()
+            stream = (reqs[i % len(reqs)] for i in range(fill + requests))
+            for i, out in enumerate(pipe.map(stream)):
+                del out
+                if i == fill - 1:
+                    start = time.perf_counter()
+            rate = requests / (time.perf_counter() - start)
         timeline = pipe.timeline()
         lat = []
         before = pipe.stats()
-        for _ in range(min(requests, SOLO)):
+        for i in range(min(requests, SOLO)):
             t0 = time.perf_counter()
-            pipe.run(feeds)
+            pipe.run(reqs[i % len(reqs)])
             lat.append(time.perf_counter() - t0)
         after = pipe.stats()
         rss, uss = [], []
@@ -102,8 +140,9 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray], traffic: Traff
             info = psutil.Process(pid).memory_full_info()
             rss.append(int(info.rss))
             uss.append(int(getattr(info, "uss", info.rss)))
+    shown = loaded or lat
     row = BenchRow(setup, "corepipe", stage_engine(stages), stage_precision(stages), rate,
-                   float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), 1, tuple(rss), tuple(uss),
-                   handoff_s=float(np.mean(lat)) - path_service_s(before, after),
+                   float(np.percentile(shown, 50)), float(np.percentile(shown, 99)), traffic.concurrency or 1,
+                   tuple(rss), tuple(uss), handoff_s=float(np.mean(lat)) - path_service_s(before, after),
                    boundary_s=tuple(boundary_means(before, after)))
     return row, timeline, [s.core for s in after.stages]

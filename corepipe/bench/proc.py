@@ -13,7 +13,14 @@ Run as ``python -m corepipe.bench.proc CONFIG_JSON``. Modes:
 - ``ov_latency``: OpenVINO ``PERFORMANCE_HINT=LATENCY`` with ``threads`` inference threads, one
   request in flight (``in_flight`` > 1: fed by an ``AsyncInferQueue`` of that many).
 OpenVINO runs at ``precision`` (fp32 also asks for ``EXECUTION_MODE_HINT=ACCURACY``, since a
-bf16-capable CPU would otherwise default to bf16). Results are one JSON line on stdout (plain
+bf16-capable CPU would otherwise default to bf16); with ``ranges`` (input -> per axis ``[lo, hi]``)
+its model is reshaped to those bounded dynamic dims, as corepipe's own OpenVINO stages are.
+
+Mixed traffic: an inputs file whose arrays are named ``r<i>.<input>`` holds a list of requests
+(`corepipe.bench.reqfile`); each mode runs them in turn, cycling, from ``offset`` (the K parallel
+copies start at their own share). ``ov_throughput`` with ``batch`` B merges B consecutive
+requests along axis 0 into one inference (a server batching its clients: requests of one
+shape) and counts B requests per inference. Results are one JSON line on stdout (plain
 numbers, no pickle): elapsed seconds, requests, p50 and p99 latency, the process's CPU seconds
 over the timed requests (every thread: what the setup costs the machine per request), RSS and USS.
 """
@@ -29,6 +36,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .reqfile import Feeds, read_requests
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -57,7 +66,12 @@ def _ov(cfg: dict[str, Any], hint: str) -> Any:
         config["NUM_STREAMS"] = int(cfg["threads"])
     else:
         config["INFERENCE_NUM_THREADS"] = int(cfg["threads"])
-    return ov.Core().compile_model(cfg["model"], "CPU", config)
+    core = ov.Core()
+    model = core.read_model(cfg["model"])
+    if cfg.get("ranges"):
+        model.reshape({name: ov.PartialShape([ov.Dimension(int(lo), int(hi)) for lo, hi in axes])
+                       for name, axes in cfg["ranges"].items()})
+    return core.compile_model(model, "CPU", config)
 
 
 def _cpu_s() -> float:
@@ -81,27 +95,26 @@ def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None
     }), flush=True)
 
 
-def _serial(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray],
-            cfg: dict[str, Any]) -> None:
-    for _ in range(int(cfg["warmup"])):
-        run(feeds)
+def _serial(run: Callable[[Feeds], object], reqs: list[Feeds], cfg: dict[str, Any]) -> None:
+    first = int(cfg.get("offset", 0))
+    for i in range(int(cfg["warmup"])):
+        run(reqs[(first + i) % len(reqs)])
     if cfg["mode"] == "parallel":
         print("ready", flush=True)
         sys.stdin.readline()
     latencies = []
     cpu, start = _cpu_s(), time.perf_counter()
-    for _ in range(int(cfg["requests"])):
+    for i in range(int(cfg["requests"])):
         t0 = time.perf_counter()
-        run(feeds)
+        run(reqs[(first + i) % len(reqs)])
         latencies.append(time.perf_counter() - t0)
     _report(time.perf_counter() - start, latencies, cpu_s=cpu)
 
 
-def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.ndarray],
-            cfg: dict[str, Any]) -> None:
+def _shared(run: Callable[[Feeds], object], reqs: list[Feeds], cfg: dict[str, Any]) -> None:
     threads, total = int(cfg["threads"]), int(cfg["requests"])
-    for _ in range(int(cfg["warmup"])):
-        run(feeds)
+    for i in range(int(cfg["warmup"])):
+        run(reqs[i % len(reqs)])
     counter = iter(range(total))
     lock = threading.Lock()
     latencies: list[float] = []
@@ -109,10 +122,11 @@ def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.
     def worker() -> None:
         while True:
             with lock:
-                if next(counter, None) is None:
-                    return
+                j = next(counter, None)
+            if j is None:
+                return
             t0 = time.perf_counter()
-            run(feeds)
+            run(reqs[j % len(reqs)])
             with lock:
                 latencies.append(time.perf_counter() - t0)
 
@@ -125,34 +139,43 @@ def _shared(run: Callable[[dict[str, np.ndarray]], object], feeds: dict[str, np.
     _report(time.perf_counter() - start, latencies, cpu_s=cpu)
 
 
-def _ov_queue(compiled: Any, feeds: dict[str, np.ndarray], cfg: dict[str, Any]) -> None:
+def _batches(reqs: list[Feeds], batch: int) -> list[Feeds]:
+    """``batch`` consecutive requests (cycling) merged along axis 0, as many as there are requests."""
+    if batch == 1:
+        return reqs
+    return [{k: np.concatenate([reqs[(i * batch + j) % len(reqs)][k] for j in range(batch)]) for k in reqs[0]}
+            for i in range(len(reqs))]
+
+
+def _ov_queue(compiled: Any, reqs: list[Feeds], cfg: dict[str, Any]) -> None:
     import openvino as ov
 
+    batch = int(cfg.get("batch", 1))
     streams = int(compiled.get_property("NUM_STREAMS"))
     queue = ov.AsyncInferQueue(compiled, int(cfg.get("in_flight") or max(streams, int(cfg["threads"]))))
+    inputs = _batches(reqs, batch)
     latencies: list[float] = []
-    queue.set_callback(lambda request, _: latencies.append(request.latency / 1e3))  # ms -> s
+    queue.set_callback(lambda request, _: latencies.extend([request.latency / 1e3] * batch))  # ms -> s
 
     def stream(count: int) -> float:
         start = time.perf_counter()
-        for _ in range(count):
-            queue.start_async(feeds)  # blocks while every request is busy
+        for i in range(count):
+            queue.start_async(inputs[i % len(inputs)])  # blocks while every request is busy
         queue.wait_all()
         return time.perf_counter() - start
 
     stream(max(int(cfg["warmup"]), 1) * len(queue))
     latencies.clear()
     cpu = _cpu_s()
-    elapsed = stream(int(cfg["requests"]))
-    _report(elapsed, latencies, {"streams": streams}, cpu_s=cpu)
+    elapsed = stream(max(1, -(-int(cfg["requests"]) // batch)))
+    _report(elapsed, latencies, {"streams": streams, "batch": batch}, cpu_s=cpu)
 
 
 def main(config_json: str) -> None:
     cfg = json.loads(config_json)
     if cfg.get("cores"):
         os.sched_setaffinity(0, set(cfg["cores"]))
-    with np.load(cfg["inputs"]) as data:
-        feeds = {k: data[k] for k in data.files}
+    feeds = read_requests(cfg["inputs"])
     mode = cfg["mode"]
     if mode in ("serial", "parallel"):
         _serial(_ort(cfg, int(cfg["threads"])), feeds, cfg)

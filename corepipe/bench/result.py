@@ -122,6 +122,7 @@ class BenchResult:
     timeline: Timeline | None = field(default=None, repr=False)
     stage_cores: list[str] = field(default_factory=list)  # the cores each stage ran on
     backend: str = "local"  # the "corepipe" row's; another adds a "corepipe local" row
+    traffic: str = ""  # mixed traffic in words (lengths drawn, batching, clients); "" for one request
 
     def row(self, setup: str) -> BenchRow:
         """The row named ``setup``.
@@ -244,6 +245,7 @@ def _markdown(result: BenchResult, command: str | None) -> list[str]:
     lines = [
         f"### {result.model}, {result.cores} cores, {result.precision}", "",
         (f"`{command}` ({how})" if command else f"({how})"), "",
+        *([f"Traffic: {result.traffic}.", ""] if result.traffic else []),
         "| setup | precision | req/s | x ort 1 thread (fp32) | p50 ms | p99 ms | in flight | RSS MiB per process "
         "| USS MiB per process |",
         "|---|---|---:|---:|---:|---:|---:|---|---|",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..artifact.dims import ShapeProfile
 from ..artifact.plan import TensorSpec
 from ..errors import CorepipeError
 
@@ -35,12 +36,21 @@ class Traffic:
         warmup: unmeasured requests before each measurement.
         seconds: where set, measurements stream for this long instead (at least ``requests``
             requests, sized from a short probe); `corepipe.tune` measures this way.
+        profile: mixed traffic: each request's dims (lengths) drawn from this profile with
+            ``seed`` (`corepipe.bench.lengths`); None: every request is ``inputs``.
+        seed: the draw's seed (the same requests in every setup and every run).
+        concurrency: a closed loop of this many clients (each sends its next request when
+            its answer is back; dynamic batching merges what waits); None: as many in flight
+            as each setup takes.
     """
 
     inputs: Mapping[str, np.ndarray] | None = None
     requests: int = 64
     warmup: int = 5
     seconds: float | None = None
+    profile: ShapeProfile | None = None
+    seed: int = 0
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if self.requests < 1:
@@ -49,6 +59,14 @@ class Traffic:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError(f"seconds must be positive, got {self.seconds}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+
+    def draws(self, count: int | None = None) -> list[dict[str, int]]:
+        """The dims of each request, drawn from ``profile`` with ``seed`` (empty without one)."""
+        if self.profile is None:
+            return []
+        return self.profile.sample(count or self.requests, seed=self.seed)
 
     def feeds(self, specs: Sequence[TensorSpec], fallback: Mapping[str, np.ndarray] | None = None
               ) -> dict[str, np.ndarray]:

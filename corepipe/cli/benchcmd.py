@@ -14,14 +14,17 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bench import BACKENDS, BenchResult, bench
+from ..bench.lengths import parse_lengths
 from ..bench.result import ms, num
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
+from ..errors import CorepipeError
 from ._app import app, cli_errors, err, out
 from ._inputs import check_model, load_npz
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline
 from .report import fit, plural
+from .shapeopts import Buckets, Dynamic, shape_kwargs
 
 __all__ = ["bench_cmd", "table"]
 
@@ -60,6 +63,8 @@ def table(result: BenchResult, width: int | None = None) -> Table:
 
 def _report(result: BenchResult) -> None:
     out.print(table(result, out.width))
+    if result.traffic:
+        out.print(Text(f"traffic: {result.traffic}"))
     pipe = result.pipeline
     if result.ratios:
         out.print(Text(f"corepipe ({pipe.precision}) throughput over each setup: " + ", ".join(
@@ -119,6 +124,27 @@ def bench_cmd(
         show_default=False)] = None,
     no_peers: Annotated[bool, typer.Option(
         "--no-peers", help="Measure the pipeline alone (no peers, no ratios).")] = False,
+    lengths: Annotated[str | None, typer.Option(
+        "--lengths", metavar="LO:HI|~MEDIAN:CAP|V,V,...|FILE",
+        help="Mixed traffic: each request's length drawn (fixed --seed) from LO..HI uniformly, a "
+        "log-normal with this median capped at CAP, the lengths listed, or a file of lengths (one per "
+        "line). The model's symbolic sequence dim varies (prefix NAME= to pick another); the pipeline "
+        "is compiled with it free and a padded static pipeline is measured beside it.",
+        show_default=False)] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        "--max-batch", min=1, metavar="N",
+        help="Dynamic batching: merge up to N waiting requests along the model's symbolic batch dim, "
+        "measured with a closed loop of --concurrency clients against corepipe without batching and "
+        "OpenVINO THROUGHPUT at batch 1, 2, 4, ... N.", show_default=False)] = None,
+    batch_delay: Annotated[str, typer.Option(
+        "--batch-delay", metavar="DURATION", help="With --max-batch: how long a batch waits for more.")] = "500us",
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", min=1, metavar="N",
+        help="Clients in a closed loop, each sending its next request when its answer is back "
+        "(default with --max-batch: 2 x N).", show_default=False)] = None,
+    dynamic: Dynamic = None,
+    buckets: Buckets = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the lengths drawn.")] = 0,
 ) -> None:
     """Measure the pipeline against the peers a user would pick instead, in one run.
 
@@ -139,9 +165,16 @@ def bench_cmd(
     corepipe bench zoo:resnet50 --num-cores 2 --timeline timeline.png
     corepipe bench bert.onnx --inputs feeds.npz --markdown results.md
     corepipe bench zoo:resnet50 --num-cores 2 --backend ray
+    corepipe bench bert_dyn.onnx --inputs feeds.npz --lengths 8:128
+    corepipe bench bert_dyn.onnx --inputs feeds.npz --lengths "~24:128" -p bf16
+    corepipe bench resnet_dyn.onnx --max-batch 8 --concurrency 16 -p bf16
     ```
+
+    With --lengths or --max-batch the traffic is mixed: every setup gets the same requests, the
+    peers on the model's own dynamic dims (OpenVINO's reshaped to the same bounded ranges).
     """
-    with cli_errors({"num_cores": core_flag(num_cores, cores), "example_inputs": "--inputs"}):
+    with cli_errors({"num_cores": core_flag(num_cores, cores), "example_inputs": "--inputs",
+                     "max_batch": "--max-batch", "concurrency": "--concurrency"}):
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if balance not in BALANCES:
             raise typer.BadParameter(f"--balance must be one of {', '.join(BALANCES)}, got {balance!r}")
@@ -160,10 +193,19 @@ def bench_cmd(
         if timeline is not None:
             check_plot(timeline, "--timeline")
         feeds = load_npz(inputs) if inputs is not None else None
+        shaped = shape_kwargs(dynamic, buckets, None, None)
+        profile = None
+        if lengths is not None:
+            try:
+                profile = parse_lengths(lengths)
+            except CorepipeError as exc:
+                raise typer.BadParameter(f"--lengths: {exc}") from None
         with err.status("starting") as status:
             result = bench(model, num_cores=None if k is None else int(k), requests=requests, warmup=warmup,
                            balance=balance, example_inputs=feeds, engine=engine, precision=precision,
-                           backend=backend, address=address, peers=not no_peers,
+                           backend=backend, address=address, peers=not no_peers, lengths=profile,
+                           max_batch=max_batch, batch_delay=batch_delay, concurrency=concurrency, seed=seed,
+                           **shaped,
                            progress=lambda step, done, total: status.update(f"{step} [{done}/{total} done]"))
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=1))
@@ -174,6 +216,9 @@ def bench_cmd(
         if md_out is not None:
             cmd = shlex.join(["corepipe", "bench", model, "--num-cores", str(result.cores), "--requests",
                               str(requests), "--balance", balance, "--engine", engine, "--precision",
-                              result.precision] + (["--backend", backend] if backend != "local" else []))
+                              result.precision] + (["--backend", backend] if backend != "local" else [])
+                             + (["--lengths", lengths, "--seed", str(seed)] if lengths is not None else [])
+                             + (["--max-batch", str(max_batch), "--batch-delay", batch_delay] if max_batch else [])
+                             + (["--concurrency", str(concurrency)] if concurrency else []))
             with open(md_out, "a") as f:
                 f.write(result.to_markdown(cmd))

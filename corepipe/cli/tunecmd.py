@@ -23,14 +23,17 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..bench.lengths import parse_lengths
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
+from ..errors import CorepipeError
 from ..tune import Point, TuneResult, parse_duration, tune
 from ..tune.result import num, ordered
 from ._app import app, cli_errors, err, out
 from ._inputs import check_model, load_npz
 from .options import CoresAlias, core_count, core_flag, usable_cores
 from .report import fit
+from .shapeopts import Dynamic, shape_kwargs
 
 __all__ = ["tune_cmd", "points_table"]
 
@@ -171,6 +174,23 @@ def tune_cmd(
     md_out: Annotated[Path | None, typer.Option(
         "--markdown", metavar="FILE.md", help="Append the run as a Markdown section (for benchmarks/RESULTS.md).",
         show_default=False)] = None,
+    lengths: Annotated[str | None, typer.Option(
+        "--lengths", metavar="LO:HI|~MEDIAN:CAP|V,V,...|FILE",
+        help="Mixed traffic, as `corepipe bench --lengths`: every candidate is compiled with the sequence "
+        "dim free and measured on requests of these lengths (fixed --seed); the peers get the same.",
+        show_default=False)] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        "--max-batch", min=1, metavar="N",
+        help="Also measure every plan with dynamic batching at 2, 4, ... N (a closed loop of --concurrency "
+        "clients); the chosen size is printed and noted in the plan.", show_default=False)] = None,
+    batch_delay: Annotated[str, typer.Option(
+        "--batch-delay", metavar="DURATION", help="With --max-batch: how long a batch waits for more.")] = "500us",
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", min=1, metavar="N",
+        help="Clients in a closed loop for every candidate (default with --max-batch: 2 x N).",
+        show_default=False)] = None,
+    dynamic: Dynamic = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the lengths drawn.")] = 0,
 ) -> None:
     """Measure candidate plans (R replicas x S stages x T threads per stage = K cores) under real
     load, against the peers, and write the best as an artifact with its deployment.
@@ -190,11 +210,14 @@ def tune_cmd(
     corepipe tune model.onnx -o out/ -n 16 --objective latency
     corepipe tune model.onnx -o out/ -n 16 --latency-budget 50ms
     corepipe tune zoo:resnet50 -o rn/ -n 16 --rate 500 --p99 100ms
+    corepipe tune bert.onnx -o bt/ -n 2 --inputs feeds.npz --lengths "~24:128"
+    corepipe tune resnet_dyn.onnx -o rn_tuned/ -n 2 --max-batch 8
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores), "latency_budget": "--latency-budget",
                      "load_rounds": "--load-rounds", "example_inputs": "--inputs", "rate": "--rate",
-                     "p99": "--p99", "out": "--output"}):
+                     "p99": "--p99", "out": "--output", "max_batch": "--max-batch",
+                     "concurrency": "--concurrency"}):
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if objective not in ("throughput", "latency"):
             raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
@@ -210,12 +233,20 @@ def tune_cmd(
         budget = parse_duration(latency_budget) if latency_budget is not None else None
         p99_s = parse_duration(p99) if p99 is not None else None
         feeds = load_npz(inputs) if inputs is not None else None
+        shaped = shape_kwargs(dynamic, None, None, None)
+        profile = None
+        if lengths is not None:
+            try:
+                profile = parse_lengths(lengths)
+            except CorepipeError as exc:
+                raise typer.BadParameter(f"--lengths: {exc}") from None
         with _display(err.is_terminal) as (on_progress, on_point):
             result = tune(
                 model, output, num_cores=None if k is None else int(k), objective=objective, latency_budget=budget,
                 rate=rate, p99=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
                 load_rounds=load_rounds, seconds=seconds, repeats=repeats, tie=tie, precision=precision,
-                engine=engine, peers=not no_peers, example_inputs=feeds,
+                engine=engine, peers=not no_peers, example_inputs=feeds, lengths=profile, max_batch=max_batch,
+                batch_delay=batch_delay, concurrency=concurrency, seed=seed, **shaped,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)
@@ -224,6 +255,9 @@ def tune_cmd(
                               objective, "--seconds", f"{seconds:g}", "--repeats", str(repeats)]
                              + (["--precision", precision] if precision else [])
                              + (["--latency-budget", latency_budget] if latency_budget else [])
-                             + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else []))
+                             + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else [])
+                             + (["--lengths", lengths, "--seed", str(seed)] if lengths is not None else [])
+                             + (["--max-batch", str(max_batch), "--batch-delay", batch_delay] if max_batch else [])
+                             + (["--concurrency", str(concurrency)] if concurrency else []))
             with open(md_out, "a") as f:
                 f.write(result.to_markdown(cmd))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class LoadMeasurement:
 
 def measure_under_load(
     path: str | Path,
-    feeds: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
     *,
     replicas: int = 1,
     threads_per_stage: int = 1,
@@ -122,19 +123,24 @@ def measure_under_load(
     min_requests: int = 8,
     max_requests: int = 20_000,
     warmup: int | None = None,
+    max_batch: int | None = None,
+    batch_delay: float | str = 0.0,
 ) -> LoadMeasurement:
     """Start the artifact at ``path`` as R replicas x T threads per stage and time it full.
 
     A closed loop keeps ``window`` requests in flight (default R x S: one per stage worker, so
     every stage is busy and none queues behind another), sends ``warmup`` requests (default
     2 x window) before the clock starts, then times at least ``min_requests`` and stops after
-    ``seconds`` or ``max_requests``.
+    ``seconds`` or ``max_requests``. ``feeds``: one request, or several (mixed traffic) sent in
+    turn. ``max_batch``, ``batch_delay``: dynamic batching, as `corepipe.load`'s.
 
     Raises:
         DeploymentError: R x S x T exceeds ``cores``.
     """
+    reqs = [feeds] if isinstance(feeds, Mapping) else list(feeds)
+    batching: dict[str, Any] = {"max_batch": max_batch, "batch_delay": batch_delay} if max_batch else {}
     with load(path, replicas=replicas, threads_per_stage=threads_per_stage, cores=cores,
-              max_in_flight=window or None) as pipe:
+              max_in_flight=window or None, **batching) as pipe:
         stages = pipe.plan.num_cores
         window = window or replicas * stages
         warm = warmup if warmup is not None else 2 * window
@@ -163,7 +169,7 @@ def measure_under_load(
             while len(pending) >= window:
                 collect()
             submitted.append(time.perf_counter())
-            pending.append((len(submitted) - 1, pipe.submit(feeds)))
+            pending.append((len(submitted) - 1, pipe.submit(reqs[(len(submitted) - 1) % len(reqs)])))
         while pending:
             collect()
         after = pipe.stats()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -265,6 +266,13 @@ class BatchingPipeline(Pipeline):
         if self._closing:
             return False, "the pipeline is closed", 0.0
         return self._inner.readiness()
+
+    def worker_pids(self) -> list[int]:
+        """The processes of the pipeline underneath (its workers, or its actors on this host)."""
+        inner: Any = self._inner
+        if hasattr(inner, "worker_pids"):
+            return list(inner.worker_pids())
+        return [int(w["pid"]) for w in inner.placement()]
 
     def stats(self) -> PipelineStats:
         """The inner pipeline's figures, with requests counted as submitted (not as merged)."""

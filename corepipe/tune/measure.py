@@ -7,10 +7,12 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..bench.peers import PeerSetup, peer_setups, run_parallel, run_serial
+from ..bench.reqfile import write_requests
 from ..bench.traffic import Traffic
 from ..compiler.loadbalance import CpuWatch, measure_under_load
 from .choose import Point
@@ -28,18 +30,24 @@ class Peers:
     lasting about ``traffic.seconds``: the 1-thread session first (a short probe sizes every
     other run from it), then the others."""
 
-    def __init__(self, path: Path, feeds: Mapping[str, np.ndarray], use: Sequence[int], traffic: Traffic,
-                 precision: str, work: Path) -> None:
+    def __init__(self, path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                 use: Sequence[int], traffic: Traffic, precision: str, work: Path, *,
+                 ranges: Callable[[int], dict[str, Any]] | None = None, ov_batches: Sequence[int] = (1,)) -> None:
+        """``feeds``: one request, or mixed traffic's, sent in turn; ``ranges(batch)``: the
+        OpenVINO peers' model reshaped to these bounded dims; ``ov_batches``: OpenVINO
+        THROUGHPUT at each batch size (see `corepipe.bench.peers.peer_setups`)."""
         self.path, self.use, self.traffic, self.precision = path, list(use), traffic, precision
+        self.ranges, self.ov_batches = ranges, tuple(ov_batches)
         self.inputs = work / "inputs.npz"
-        np.savez(self.inputs, **dict(feeds))  # type: ignore[arg-type]
+        write_requests(self.inputs, [dict(feeds)] if isinstance(feeds, Mapping) else [dict(f) for f in feeds])
         self.one_s: float | None = None  # seconds per request, 1 thread (sizes the other runs)
         self.k_threads_s: float | None = None
 
     def measurers(self) -> list[tuple[str, Callable[[], Point]]]:
         """``(what, measure)`` for each peer, in order."""
         k = len(self.use)
-        return [(peer.what, functools.partial(self.measure, peer)) for peer in peer_setups(k, self.precision)
+        setups = peer_setups(k, self.precision, ov_batches=self.ov_batches, in_flight=self.traffic.concurrency)
+        return [(peer.what, functools.partial(self.measure, peer)) for peer in setups
                 if k > 1 or peer.one_core or peer.mode not in ("serial", "parallel")]  # K=1: no K-copies
 
     def calibrated(self, measured: Mapping[str, Point]) -> tuple[float | None, float | None]:
@@ -69,8 +77,12 @@ class Peers:
             peer.mode, k ** 0.8 if peer.threads > 1 else 1.0)
         least = 2 * k if peer.in_flight > 1 or peer.mode == "ov_latency" else 8
         use = self.use[:1] if peer.one_core else self.use
+        extra: dict[str, Any] = {"batch": peer.batch}
+        if self.ranges is not None and peer.engine == "openvino":
+            extra["ranges"] = self.ranges(peer.batch)
+        flight = max(1, peer.in_flight // peer.batch) if peer.mode == "ov_throughput" else None
         r = run_serial(self.path, self.inputs, peer.threads, self._requests(speedup, least), warm, use,
-                       mode=peer.mode, precision=peer.precision)
+                       mode=peer.mode, precision=peer.precision, in_flight=flight, extra=extra)
         per = r["elapsed_s"] / r["requests"]
         if peer.one_core:
             self.one_s = min(self.one_s or per, per)
@@ -87,13 +99,17 @@ def watched(measure: Callable[[], Point]) -> Point:
     return dataclasses.replace(point, foreign_cpu=watch.foreign_share())
 
 
-def measure_candidate(c: Candidate, art: Path, feeds: Mapping[str, np.ndarray], use: Sequence[int],
-                      traffic: Traffic, model: CostModel, how: str, precision: str,
-                      say: Callable[[str], None]) -> Point:
-    """Run the artifact at ``art`` as ``c`` with one request per stage worker in flight."""
-    say(f"{c.label}: measure under load ({c.window} in flight)")
+def measure_candidate(c: Candidate, art: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                      use: Sequence[int], traffic: Traffic, model: CostModel, how: str, precision: str,
+                      say: Callable[[str], None], batch_delay: float | str = 0.0) -> Point:
+    """Run the artifact at ``art`` as ``c`` with one request per stage worker in flight (with
+    ``traffic.concurrency``, that many: a closed loop of clients), ``c.max_batch`` > 1 merging
+    what waits. ``feeds``: one request, or mixed traffic's, sent in turn."""
+    window = traffic.concurrency or c.window
+    say(f"{c.label}: measure under load ({window} in flight)")
     m = measure_under_load(art, feeds, replicas=c.replicas, threads_per_stage=c.threads, cores=list(use),
-                           seconds=traffic.seconds or 3.0)
+                           seconds=traffic.seconds or 3.0, window=traffic.concurrency,
+                           max_batch=c.max_batch if c.max_batch > 1 else None, batch_delay=batch_delay)
     return Point(c.label, "candidate", m.throughput, m.latency_p50_s, m.latency_p99_s, candidate=c,
                  predicted=model.predict(c), chunk_throughputs=m.chunk_throughputs,
                  note=f"{how} balance" if c.stages > 1 else "", foreign_cpu=m.foreign_cpu, precision=precision)

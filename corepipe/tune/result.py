@@ -113,6 +113,9 @@ class TuneResult:
             beaten = self.dominating_peers()
             lines.append("No peer is both faster and lower-latency." if not beaten else
                          "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
+        if ch.candidate is not None and ch.candidate.max_batch > 1:
+            lines.append(f"Chosen with dynamic batching: load or serve it with max_batch={ch.candidate.max_batch} "
+                         "(corepipe.load(..., max_batch=), corepipe serve --max-batch).")
         other = "latency" if self.objective == "throughput" else "throughput"
         alt = self.choice_for(other)
         if alt is not None and alt is not ch:

@@ -20,13 +20,18 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import psutil
 
 from ..artifact.deployment import OBJECTIVES, Deployment
+from ..artifact.dims import ShapeProfile
 from ..artifact.manifest import open_artifact
 from ..artifact.writer import check_output_dir, republish_artifact
+from ..bench.mixed import batch_sizes, plan_mixed
+from ..bench.mixedrun import base_request
 from ..bench.traffic import ModelSource, Traffic, resolve_model
 from ..compiler.choose import check_request, resolve_precision
 from ..compiler.driver import BALANCES
@@ -69,6 +74,12 @@ def tune(
     max_cores: int = 1024,
     tie: float = 0.03,
     example_inputs: Mapping[str, np.ndarray] | None = None,
+    lengths: str | os.PathLike[str] | ShapeProfile | None = None,
+    max_batch: int | None = None,
+    batch_delay: float | str = "500us",
+    concurrency: int | None = None,
+    dynamic_dims: Mapping[str, tuple[int, int]] | None = None,
+    seed: int = 0,
 ) -> TuneResult:
     """Measure plans of R replicas x S stages x T threads per stage (R x S x T = K cores) under
     load, against the peers, and write the best as an artifact with its deployment.
@@ -103,6 +114,17 @@ def tune(
         tie: figures within this fraction of the best on the objective count as equal; the
             better one on the other axis is chosen among them (`corepipe.tune.choose`).
         example_inputs: the request to send (default: the built-in model's, else random).
+        lengths: mixed traffic, as `corepipe.bench`'s: every candidate is compiled with those
+            dims free (buckets chosen for the traffic) and measured on requests drawn with
+            ``seed``; the peers get the same requests.
+        max_batch: also measure every plan with dynamic batching at 2, 4, ... ``max_batch``
+            (the same artifact, no new compile), with a closed loop of ``concurrency``
+            clients (default 2 x ``max_batch``); the chosen batch size is in the result and
+            the plan's notes (load or serve it with that ``max_batch``).
+        batch_delay: how long a merged batch waits for more (`corepipe.load`'s).
+        concurrency: clients in a closed loop for every measurement of a candidate.
+        dynamic_dims: the range each dim is compiled for (default: the lengths' own, and the
+            batch up to ``max_batch``).
 
     Returns:
         A `TuneResult`: ``.chosen``, ``.points``, ``.peers``, ``.pareto``, ``.capacity``,
@@ -122,7 +144,9 @@ def tune(
         raise DeploymentError("the capacity question needs both a rate and a p99 latency: pass rate= and p99=")
     if balance not in BALANCES:
         raise CorepipeError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
-    traffic = Traffic(inputs=example_inputs, seconds=seconds)
+    if concurrency is None and max_batch is not None:
+        concurrency = 2 * max_batch
+    traffic = Traffic(inputs=example_inputs, seconds=seconds, concurrency=concurrency, seed=seed)
     use = resolve_cores(num_cores)
     k = len(use)
     prec = resolve_precision(precision)
@@ -154,15 +178,30 @@ def tune(
         say("analyse the model")
         path, zoo_feeds = resolve_model(model, work)
         inputs = traffic.inputs or zoo_feeds
-        space = SearchSpace(k)
+        mixed, ov_batches = None, [1]
+        shaping: dict[str, Any] = {}
+        if lengths is not None or max_batch is not None or dynamic_dims:
+            graph = onnx.load(str(path), load_external_data=False)
+            mixed = plan_mixed(graph, lengths, max_batch, dynamic_dims)
+            traffic = dataclasses.replace(traffic, profile=mixed.profile)
+            base = base_request(graph, mixed, inputs)
+            one = {mixed.batch: 1} if mixed.batch else {}
+            inputs = mixed.example(base, {**(mixed.profile.typical() if mixed.profile else {}), **one})
+            shaping = {"dynamic_dims": mixed.dims, "shape_profile": mixed.profile}
+            if max_batch is not None and mixed.profile is None:
+                ov_batches = batch_sizes(max_batch)
+        space = SearchSpace(k, batches=tuple(batch_sizes(max_batch)) if max_batch else (1,))
         est = estimate_model(path, set(space.stage_counts()), example_inputs=inputs)
-        feeds = traffic.feeds(list(est.inputs), zoo_feeds)
+        feeds: Any = traffic.feeds(list(est.inputs), zoo_feeds)
+        if mixed is not None:
+            feeds = mixed.requests(base, dataclasses.replace(traffic, requests=256))
         pool = space.bounded(est.min_stages, est.max_stages).candidates()
         if not pool:
             raise DeploymentError(
                 f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
                 f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
-        harness = Peers(path, feeds, use, traffic, prec, work)
+        harness = Peers(path, feeds, use, traffic, prec, work, ov_batches=ov_batches,
+                        ranges=None if mixed is None else (lambda b: mixed.ov_ranges(base, b)))
         peer_runs = harness.measurers() if peers else []
         state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
         for what, measure in peer_runs:
@@ -173,12 +212,12 @@ def tune(
                           slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
                           memory_bytes=int(psutil.virtual_memory().available * 0.8))
         chosen_c, pruned_c = select(pool, costs, objective=objective, keep=max_candidates)
-        state["total"] = repeats * (len(peer_runs) + len(chosen_c))
+        state["total"] = repeats * (len(peer_runs) + len(chosen_c) * len(space.batches))
         artifacts: dict[str, tuple[Candidate, Path]] = {}
 
         def run_candidate(c: Candidate, art: Path) -> Point:
             how = balance if c.stages > 1 else "estimate"
-            return measure_candidate(c, art, feeds, use, traffic, costs, how, prec, say)
+            return measure_candidate(c, art, feeds, use, traffic, costs, how, prec, say, batch_delay=batch_delay)
 
         for i, c in enumerate(chosen_c):
             how = balance if c.stages > 1 else "estimate"
@@ -192,13 +231,14 @@ def tune(
                     path, work / f"cand{i}", num_cores=c.stages, example_inputs=inputs, balance=how,
                     engine=engine, precision=prec,
                     deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=k),
-                    load_rounds=load_rounds, load_seconds=seconds, progress=sub)
+                    load_rounds=load_rounds, load_seconds=seconds, progress=sub, **shaping)
             except CorepipeError as exc:  # e.g. a cut the graph does not allow: the others go on
                 failed.append((c.label, str(exc)))
-                state["total"] -= repeats
+                state["total"] -= repeats * len(space.batches)
                 continue
-            artifacts[c.label] = (c, cm.path)
-            add(run_candidate(c, cm.path))
+            for variant in space.batched(c):  # batching variants share the artifact
+                artifacts[variant.label] = (variant, cm.path)
+                add(run_candidate(variant, cm.path))
         for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
             for what, measure_peer in peer_runs:
                 say(f"peer: {what} (again)")
@@ -246,8 +286,10 @@ def _write(result: TuneResult, source: Path) -> None:
         objective=result.objective, throughput=chosen.req_per_s, latency_p50_s=chosen.p50_s,
         latency_p99_s=chosen.p99_s,
     )
-    plan = dataclasses.replace(art.plan, deployment=deployment,
-                               notes=art.plan.notes + (f"tuned for {result.objective} on {result.cores} cores",))
+    notes: tuple[str, ...] = (f"tuned for {result.objective} on {result.cores} cores",)
+    if c.max_batch > 1:
+        notes += (f"tuned with dynamic batching: load or serve it with max_batch={c.max_batch}",)
+    plan = dataclasses.replace(art.plan, deployment=deployment, notes=art.plan.notes + notes)
     title = (f"{result.model}: {result.cores} cores, objective {result.objective} "
              f"(chosen {chosen.name}: {chosen.req_per_s:,.4g} req/s, p50 {chosen.p50_s * 1e3:.4g} ms)")
     png = render_png(result.points, chosen, title=title)

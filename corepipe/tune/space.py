@@ -29,11 +29,13 @@ __all__ = ["Candidate", "CostModel", "SearchSpace", "candidates", "select", "slo
 
 @dataclass(frozen=True, order=True)
 class Candidate:
-    """R replicas x S stages x T threads per stage."""
+    """R replicas x S stages x T threads per stage; with ``max_batch`` B > 1, loaded with dynamic
+    batching up to B rows (`corepipe.load`'s ``max_batch``)."""
 
     replicas: int
     stages: int
     threads: int
+    max_batch: int = 1
 
     @property
     def cores(self) -> int:
@@ -41,8 +43,9 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """``2r x 4s x 2t``: replicas, stages, threads per stage."""
-        return f"{self.replicas}r x {self.stages}s x {self.threads}t"
+        """``2r x 4s x 2t``: replicas, stages, threads per stage (``... x b8``: batching up to 8)."""
+        return f"{self.replicas}r x {self.stages}s x {self.threads}t" + (
+            f" x b{self.max_batch}" if self.max_batch > 1 else "")
 
     @property
     def window(self) -> int:
@@ -67,26 +70,33 @@ class SearchSpace:
     """Every plan `corepipe.tune` may measure on ``cores`` cores: R x S x T = ``cores``, with S
     between the fewest stages the model's memory allows and the most cuts it has.
 
-    The one place the candidates come from: a new dimension of the search (a batch size, say)
-    is a field here and a field of `Candidate`.
+    The one place the candidates come from: a new dimension of the search is a field here and
+    a field of `Candidate`. ``batches``: the dynamic batching sizes each plan is measured at
+    (1: none); they share the plan's artifact, so they cost measurements, not compiles.
     """
 
     cores: int
     min_stages: int = 1
     max_stages: int | None = None
+    batches: tuple[int, ...] = (1,)
 
     def stage_counts(self) -> list[int]:
         """The S worth analysing: divisors of ``cores`` within the bounds."""
         return sorted({c.stages for c in self.candidates()})
 
     def candidates(self) -> list[Candidate]:
+        """The plans (R, S, T), at batch 1: what is compiled; `batched` gives each one's variants."""
         return candidates(self.cores, min_stages=self.min_stages, max_stages=self.max_stages)
+
+    def batched(self, c: Candidate) -> list[Candidate]:
+        """``c`` at each of ``batches``, in order."""
+        return [Candidate(c.replicas, c.stages, c.threads, max_batch=b) for b in self.batches]
 
     def bounded(self, min_stages: int, max_stages: int) -> SearchSpace:
         """This space within a model's bounds (from `corepipe.compiler.estimate`)."""
         low = max(self.min_stages, min_stages)
         high = max_stages if self.max_stages is None else min(self.max_stages, max_stages)
-        return SearchSpace(self.cores, low, high)
+        return SearchSpace(self.cores, low, high, self.batches)
 
 
 @dataclass(frozen=True)
