@@ -24,8 +24,9 @@ from .assemble import check_engines, engine_notes, make_plan, write_stages
 from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
 from .dynamic import analyze_dynamic
+from .fit import check_cuts, not_fit, resolve_cores
 from .flags import parse_compiler_args
-from .graph import ModelGraph, analyze
+from .graph import analyze
 from .partition import links_for, make_problem
 from .shapemodes import ShapeOptions, check_bounds
 from .sources import float16_precision, model_source
@@ -81,71 +82,6 @@ class CompiledModel:
         from ..runtime import load
 
         return load(self.path, backend=backend, **kwargs)
-
-
-def _resolve_cores(num_cores: int | str, n_nodes: int, target: Target) -> int | None:
-    if num_cores == "auto":
-        return None
-    if isinstance(num_cores, str) and num_cores.isdigit():
-        num_cores = int(num_cores)
-    if not isinstance(num_cores, int) or isinstance(num_cores, bool) or num_cores < 1:
-        raise CompileError(f"num_cores must be a positive int or 'auto', got {num_cores!r}")
-    if num_cores > n_nodes:
-        raise CompileError(
-            f"more cores than the graph can use: {plural(num_cores, 'core')} for "
-            f"{plural(n_nodes, 'node')} (a stage holds at least one node); use num_cores <= {n_nodes}"
-        )
-    if target.name != "cpu" and num_cores > target.total_cores:
-        raise CompileError(
-            f"target {target.name!r} has {plural(target.total_cores, 'core')} "
-            f"({plural(target.devices, 'device')} x {target.cores_per_device}); asked for {num_cores}; "
-            f"use num_cores <= {target.total_cores}"
-        )
-    return num_cores
-
-
-def _not_fit(
-    graph: ModelGraph, problem: solver.Problem, k: int | None, target: Target,
-    bounds: list[int] | None = None,
-) -> DoesNotFitError:
-    """The error for a plan over capacity; ``bounds``: the user's own cuts, named as such."""
-    cap = target.core_memory
-    try:
-        need = solver.min_stages(problem)
-    except solver.Infeasible as exc:
-        if exc.span is not None:
-            a, b = exc.span
-            return DoesNotFitError(
-                f"no core count fits: nodes {a}..{b - 1} ({graph.nodes[a].name!r} to "
-                f"{graph.nodes[b - 1].name!r}) cannot be cut apart ({graph.why_uncut(a, b)}) and "
-                f"hold {format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}",
-                min_cores=None, capacity=cap, needed=exc.needed,
-            )
-        node = graph.nodes[exc.node or 0]
-        return DoesNotFitError(
-            f"no core count fits: node {node.name!r} ({node.op_type}) alone holds "
-            f"{format_bytes(exc.needed)} of weights, over the core memory of {format_bytes(cap)}; "
-            f"raise core_memory to at least {format_bytes(exc.needed)} or split that weight",
-            min_cores=None, capacity=cap, needed=exc.needed,
-        )
-    if bounds is None:
-        # Name the heaviest stage of a memory-blind cut into k stages.
-        relaxed = dataclasses.replace(problem, capacity=float("inf"))
-        bounds = solver.solve(relaxed, k or 1, links_for(target, k or 1))
-        where = f"model does not fit in {plural(k or 1, 'core')} of {format_bytes(cap)}"
-    else:
-        where = f"cuts {bounds[1:-1]} do not fit cores of {format_bytes(cap)}"
-    sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
-    worst = int(np.argmax(sizes))
-    heavy = max(range(bounds[worst], bounds[worst + 1]),
-                key=lambda i: sum(graph.weight_bytes[w] for w in graph.nodes[i].weights))
-    heavy_bytes = sum(graph.weight_bytes[w] for w in graph.nodes[heavy].weights)
-    return DoesNotFitError(
-        f"{where}: stage {worst} needs "
-        f"{format_bytes(sizes[worst])} (node {graph.nodes[heavy].name!r} alone holds "
-        f"{format_bytes(heavy_bytes)}); the smallest core count that fits is {need}",
-        min_cores=need, capacity=cap, needed=sizes[worst],
-    )
 
 
 def compile(
@@ -312,13 +248,13 @@ def _compile(
         graph, compute, example_inputs = dyn.graph, dyn.compute, dyn.feeds.examples
     report("analyse graph", 1, 1)
     if cuts is not None:
-        num_cores = len(_check_cuts(cuts, graph.n)) - 1
-    k = _resolve_cores(num_cores, graph.n, tgt)
+        num_cores = len(check_cuts(cuts, graph.n)) - 1
+    k = resolve_cores(num_cores, graph.n, tgt)
     problem = make_problem(graph, compute, tgt.core_memory)
     try:
         need = solver.min_stages(problem)
     except solver.Infeasible:
-        raise _not_fit(graph, problem, k, tgt) from None
+        raise not_fit(graph, problem, k, tgt) from None
     if k is None:
         k = need
         if tgt.name != "cpu" and k > tgt.total_cores:
@@ -328,10 +264,10 @@ def _compile(
                 needed=problem_bytes(problem),
             )
     elif need > k:
-        raise _not_fit(graph, problem, k, tgt)
+        raise not_fit(graph, problem, k, tgt)
     report("partition", 0, 1)
     if cuts is not None:
-        bounds = _check_cuts(cuts, graph.n)
+        bounds = check_cuts(cuts, graph.n)
         allowed = problem.allowed()
         bad = [b for b in bounds[1:-1] if not allowed[b]]
         if bad:
@@ -341,7 +277,7 @@ def _compile(
             )
         sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
         if max(sizes) > tgt.core_memory:
-            raise _not_fit(graph, problem, k, tgt, bounds)
+            raise not_fit(graph, problem, k, tgt, bounds)
     else:
         try:
             bounds = solver.solve(problem, k, links_for(tgt, k))
@@ -406,22 +342,6 @@ def _compile(
     except ArtifactError as exc:  # e.g. the output directory holds someone else's files
         raise CompileError(str(exc)) from None
     return CompiledModel(Path(output_dir), final)
-
-
-def _check_cuts(cuts: Sequence[int], n: int) -> list[int]:
-    if any(type(c) is not int and not isinstance(c, np.integer) for c in cuts):
-        raise CompileError(f"cuts must be node indices (ints), got {list(cuts)!r}")
-    bounds = [int(c) for c in cuts]
-    if not bounds or bounds[0] != 0:
-        bounds = [0] + bounds
-    bounds.append(n)
-    if any(b >= a for a, b in zip(bounds[1:], bounds)) or bounds[-2] >= n:
-        raise CompileError(
-            f"cuts {list(cuts)} must be strictly increasing node indices inside 1..{n - 1}; they "
-            "index the nodes left once the model's constants are taken out "
-            "(corepipe.compiler.graph.analyze(model).nodes)"
-        )
-    return bounds
 
 
 def problem_bytes(problem: solver.Problem) -> int:

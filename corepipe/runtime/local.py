@@ -24,10 +24,11 @@ import psutil
 from ..artifact.manifest import Artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
+from .bell import Bell, wait_any
 from .intake import Request
 from .phases import phases_from_env
 from .process import assign_cores
-from .shm import EMPTY, ERROR, FULL, Bell, Control, Ring, decode_error, wait_any
+from .shm import EMPTY, ERROR, FULL, Control, Ring, decode_error
 from .supervisor import Supervisor, Worker
 from .timeline import RequestTrace
 

@@ -3,7 +3,7 @@
 A slot is a small header of 64-bit words followed by one fixed region per boundary tensor,
 sized from the compiled static shapes. Producers copy raw tensor bytes in, then publish the
 slot by writing its state word last; consumers read tensors as numpy views in place. Nothing
-is pickled. Doorbells (`Bell`) only wake a waiting peer: the state words are the truth, so a
+is pickled. Doorbells (`corepipe.runtime.bell`) only wake a waiting peer: the state words are the truth, so a
 lost or extra wake-up costs at most one poll interval, never correctness.
 
 Memory ordering: writers store data before the state word and readers load the state word
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
 import sys
 from collections.abc import Sequence
 from multiprocessing import resource_tracker
@@ -31,7 +30,7 @@ import numpy as np
 from ..artifact.plan import TensorSpec
 from ..errors import StageError
 
-__all__ = ["Ring", "Control", "Bell", "attach_shm", "encode_error", "decode_error", "EMPTY", "FULL", "OK", "ERROR"]
+__all__ = ["Ring", "Control", "attach_shm", "encode_error", "decode_error", "EMPTY", "FULL", "OK", "ERROR"]
 
 EMPTY, FULL = 0, 1
 OK, ERROR = 0, 1
@@ -334,63 +333,6 @@ class Control:
     def close(self, unlink: bool = False) -> None:
         self.words = np.zeros(0)
         _release(self.shm, unlink)
-
-
-class Bell:
-    """A wake-up hint over a pipe: `ring` never blocks; `wait_any` returns on a ring or timeout.
-
-    Built on raw file descriptors so worker processes can inherit one end (``pass_fds``).
-    """
-
-    def __init__(self, r: int | None = None, w: int | None = None) -> None:
-        if r is None and w is None:
-            r, w = os.pipe()
-        self.r = r
-        self.w = w
-        for fd in (r, w):
-            if fd is not None:
-                os.set_blocking(fd, False)
-
-    def ring(self) -> None:
-        if self.w is None:
-            return
-        try:
-            os.write(self.w, b"\x01")
-        except OSError:
-            pass  # pipe full (enough wake-ups pending) or reader gone
-
-    def drain(self) -> None:
-        if self.r is None:
-            return
-        try:
-            while os.read(self.r, 4096):
-                pass
-        except OSError:
-            pass
-
-    def fileno(self) -> int:
-        assert self.r is not None, "this end of the bell cannot wait"
-        return self.r
-
-    def close(self) -> None:
-        for fd in (self.r, self.w):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.r = self.w = None
-
-
-def wait_any(bells: Sequence[Bell], timeout: float) -> None:
-    """Block until one of ``bells`` rings or ``timeout`` passes; consume the wake-ups."""
-    try:
-        ready, _, _ = select.select([b.fileno() for b in bells], [], [], timeout)
-    except (OSError, ValueError):
-        return
-    for b in bells:
-        if b.fileno() in ready:
-            b.drain()
 
 
 def encode_error(exc: BaseException, stage: int) -> str:

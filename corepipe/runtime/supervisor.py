@@ -27,9 +27,10 @@ from pathlib import Path
 from ..artifact.manifest import Artifact
 from ..artifact.plan import Plan
 from ..errors import PipelineClosedError, StageError
+from .bell import Bell
 from .intake import Intake, Request
 from .process import WorkerProcess
-from .shm import Bell, Control, Ring
+from .shm import Control, Ring
 from .timeline import TraceLog
 
 __all__ = ["Request", "Worker", "Supervisor"]

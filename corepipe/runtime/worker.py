@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 
+from .bell import Bell, wait_any
 from .phases import phases_from_env
-from .shm import ERROR, FULL, OK, Bell, Control, Ring, encode_error, wait_any
+from .shm import ERROR, FULL, OK, Control, Ring, encode_error
 
 __all__ = ["worker_main"]
 

@@ -3,7 +3,7 @@ requests it receives in order, and pushes each result straight to the next stage
 
 Two data paths. ``stream`` (the default where it can run): each boundary is one TCP connection
 from producer to consumer carrying slot frames (`corepipe.runtime.ray.stream`), so no Ray call
-and no pickle is on a request's way. ``object-store``: messages are Ray calls of plain data, ints,
+and nothing is pickled on a request's way. ``object-store``: messages are Ray calls of plain data, ints,
 floats, short strings and lists of numpy arrays (Ray carries the arrays through its object store;
 the receiver reads them in place). Either way each stage's (enter, leave) wall-clock stamps ride
 along for the driver's timelines, a failure travels as ``(stage, node, message)`` and never as an
