@@ -150,14 +150,18 @@ def test_a_connection_without_the_pipelines_hello_is_dropped(ends, hello):
         s.sendall(hello + bytes(4096))
         assert s.recv(10) == b""  # closed by the inlet
     assert sink.frames == []
+    assert inlet.refusal() == ""  # a stranger is no reason to break the epoch's own connection
 
 
-def test_an_older_epochs_connection_is_refused_and_a_newer_one_supersedes(ends):
+def test_an_older_epochs_connection_is_dropped_unheld_and_a_newer_one_supersedes(ends):
     framing, sink, inlet, outlet = ends
     inlet.reset(3)
     with socket.create_connection(inlet.address, timeout=5) as s:
         s.sendall(HELLO.pack(MAGIC, TOKEN, 2, 1))
         assert s.recv(10) == b""
+    # A sender a recovery superseded while it connected: dropped, and no refusal held against
+    # epoch 3 (that would start another recovery and count a death for nothing).
+    assert inlet.refusal() == ""
     old = socket.create_connection(inlet.address, timeout=5)
     old.sendall(HELLO.pack(MAGIC, TOKEN, 3, 1))
     time.sleep(0.3)
@@ -219,3 +223,59 @@ def test_clock_probes_measure_the_offset_over_the_data_path(ends):
     finally:
         probe.close()
     assert sink.frames == []
+
+
+def test_an_output_the_receiver_would_refuse_fails_its_request_alone_and_the_link_stands(ends):
+    """A stage output over the boundary's compiled size (say, a Tile of a request's repeats that
+    no output check caught) leaves as that request's failure: were it sent, the receiver would
+    refuse the frame and drop the connection, and the replay would break it again."""
+    framing, sink, inlet, outlet = ends
+    inlet.reset(0)
+    outlet.reset(0, inlet.address)
+    assert outlet.connect(5) == ""
+    over = _arrays(1)
+    over[2] = np.arange(9, dtype=np.int32).reshape(1, 9)  # 'ids' has room for 8
+    outlet.send(0, framing.parts(epoch=0, seq=0, rid=7, status=OK, error=None, arrays=over, stamps=[]))
+    _send(outlet, framing, 0, 1)
+    first, second = sink.wait(2)
+    assert (first.rid, first.status, first.arrays) == (7, ERROR, [])
+    assert first.error is not None and first.error[0] == 0
+    assert "request 7 cannot cross boundary 1: 'ids' should be" in first.error[2]
+    assert "got shape [1, 9]" in first.error[2]
+    assert second.status == OK and second.rid == 1
+    np.testing.assert_array_equal(second.arrays[2], _arrays(1)[2])
+    assert outlet.broken() == "" and inlet.refusal() == ""
+
+
+def test_a_link_closed_by_a_recovery_is_no_break_of_the_next_epoch(ends):
+    """An actor answers a ping while a reset is half done: its epoch already new, its outlet
+    still on the old one, whose connection the recovery closed. Asked for the new epoch, the
+    outlet reports nothing, so that recovery does not start another and count a death."""
+    framing, sink, inlet, outlet = ends
+    inlet.reset(0)
+    outlet.reset(0, inlet.address)
+    _send(outlet, framing, 0, 0)
+    sink.wait(1)
+    inlet.reset(1)  # the receiver is reset first: the epoch-0 connection is closed
+    seq = 1
+    while not outlet.broken(0):
+        _send(outlet, framing, 0, seq)
+        seq += 1
+        time.sleep(0.01)
+    assert "boundary 1" in outlet.broken(0)
+    assert outlet.broken(1) == "" and inlet.refusal(1) == ""
+    outlet.reset(1, inlet.address)
+    _send(outlet, framing, 1, 0)
+    assert [f.rid for f in sink.wait(2)][1:] == [100]
+    assert outlet.broken() == "" and inlet.refusal() == ""
+
+
+def test_one_broken_link_is_one_death_of_the_stage_it_feeds():
+    """The sender's 'broken' and the receiver's 'refused' are the same break: counted once,
+    against the stage the link feeds (the results' way back: the last stage)."""
+    from corepipe.runtime.ray.recovery import link_losses
+
+    both = [(2, "boundary 2: refused"), (2, "boundary 2 to x: Broken pipe")]
+    assert list(link_losses(both, set(), 3)) == [2]
+    assert link_losses([(3, "back")], set(), 3) == {2: "back"}
+    assert link_losses([(1, "a"), (2, "b")], {2}, 3) == {1: "a"}

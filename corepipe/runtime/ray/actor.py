@@ -290,12 +290,17 @@ class StageActor:
     def ping(self) -> dict[str, Any]:
         """Liveness and counters: the actor's clock, what it runs since when, totals."""
         with self._cv:
+            epoch = self._epoch
+        # A reset may be half done as this answers (the actor's epoch new, its ends still on the
+        # old one): report only what broke in the epoch reported, never the old epoch's links.
+        broken = self._outlet.broken(epoch) if self._outlet is not None and self._streaming else ""
+        refused = self._inlet.refusal(epoch) if self._inlet is not None and self._streaming else ""
+        with self._cv:
             return {
-                "now": time.time(), "epoch": self._epoch, "busy_since": self._busy_since,
+                "now": time.time(), "epoch": epoch, "busy_since": self._busy_since,
                 "current": self._current, "requests": self._requests, "busy_s": self._busy_s,
                 "queued": len(self._inbox), "handoffs": self._handoffs, "handoff_s": self._handoff_s,
-                "broken": self._outlet.broken() if self._outlet is not None and self._streaming else "",
-                "refused": self._inlet.refusal() if self._inlet is not None and self._streaming else "",
+                "broken": broken, "refused": refused,
             }
 
     @ray.method(concurrency_group="control")

@@ -98,14 +98,29 @@ class Framing:
 
     def parts(self, *, epoch: int, seq: int, rid: int, status: int, error: Failure | None,
               arrays: Sequence[np.ndarray], stamps: Sequence[float]) -> list[Any]:
-        """The frame's buffers: a header (word 0 set at sending) and the data, not copied."""
+        """The frame's buffers: a header (word 0 set at sending) and the data, not copied.
+
+        An OK message whose arrays the receiver would refuse (`problem`) leaves as a failure of
+        that request alone: a refused frame would drop the connection, and the replay would send
+        it again, so one bad request would break the boundary for every request behind it."""
+        if status == OK:
+            try:
+                arrays = [np.asarray(a, dtype=s.dtype, order="C")  # not ascontiguousarray: 0-d stays 0-d
+                          for s, a in zip(self.specs, arrays)] if len(arrays) == len(self.specs) else list(arrays)
+                why = self.problem(arrays)
+            except (TypeError, ValueError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            if why is not None:
+                status, error, arrays = ERROR, (max(self.boundary - 1, 0), "",
+                                                f"request {rid} cannot cross boundary {self.boundary}: {why}"), []
         h = np.zeros(self.words, np.uint64)
         text = encode_failure(error).encode("utf-8")[:ERR_BYTES] if status != OK and error else b""
+        if status != OK and not text:
+            text = encode_failure((max(self.boundary - 1, 0), "", f"request {rid} failed")).encode("utf-8")
         h[1:6] = (epoch, seq, rid, status, len(text))
         data: list[Any] = [text] if text else []
         if status == OK:
-            for i, (spec, arr) in enumerate(zip(self.specs, arrays)):
-                arr = np.asarray(arr, dtype=spec.dtype, order="C")  # not ascontiguousarray: 0-d stays 0-d
+            for i, arr in enumerate(arrays):
                 base = _FIXED_WORDS + i * (1 + self.max_dims)
                 h[base] = arr.ndim
                 h[base + 1 : base + 1 + arr.ndim] = arr.shape
@@ -114,6 +129,22 @@ class Framing:
         n = min(len(stamps), self.words - self.stamp_base)
         h[self.stamp_base : self.stamp_base + n] = np.asarray(stamps[:n], np.float64).view(np.uint64)
         return [h, *data]
+
+    def problem(self, arrays: Sequence[np.ndarray]) -> str | None:
+        """Why ``arrays`` (of the boundary's dtypes) cannot travel as one frame, in the very
+        terms `read` checks on arrival (count, rank, dims within range, bytes within the
+        compiled size); None when they can."""
+        if len(arrays) != len(self.specs):
+            return f"expected {len(self.specs)} tensors, got {len(arrays)}"
+        for i, (spec, arr) in enumerate(zip(self.specs, arrays)):
+            if not self._fits(i, arr.ndim, tuple(arr.shape)):
+                return f"{spec.name!r} should be {spec.describe()}, got shape {list(arr.shape)}"
+        return None
+
+    def _fits(self, i: int, ndim: int, shape: tuple[int, ...]) -> bool:
+        spec = self.specs[i]
+        return ndim == len(spec.shape) and len(shape) == ndim and _fits(shape, expected_dims(spec)) and \
+            int(np.prod(shape, dtype=np.int64)) * self.itemsizes[i] <= spec.nbytes
 
     def read(self, conn: Conn, epoch: int, seq: int) -> Frame:
         """The next frame from ``conn``, which must be message ``seq`` of ``epoch``.
@@ -144,9 +175,7 @@ class Framing:
             base = _FIXED_WORDS + i * (1 + self.max_dims)
             ndim = int(h[base])
             shape = tuple(int(d) for d in h[base + 1 : base + 1 + min(ndim, self.max_dims)])
-            fits = ndim == len(spec.shape) and _fits(shape, expected_dims(spec)) and \
-                int(np.prod(shape, dtype=np.int64)) * self.itemsizes[i] <= spec.nbytes
-            if not fits:
+            if not self._fits(i, ndim, shape):
                 raise ProtocolError(f"{where}: {spec.name!r} should be {spec.describe()}, got shape {list(shape)}")
             total = _align(total)
             offsets.append(total)

@@ -34,9 +34,22 @@ from .startup import StageActors, Unplaceable
 from .stats import RayStats
 from .stream import ClockProbe, Inlet, Outlet
 
-__all__ = ["Recovery"]
+__all__ = ["Recovery", "link_losses"]
 
 _PING_S = 0.2
+
+
+def link_losses(broken: Sequence[tuple[int, str]], restart: set[int], n: int) -> dict[int, str]:
+    """The deaths a recovery counts for broken stream connections: one per stage whose input
+    link broke (boundary ``b`` feeds stage ``min(b, n - 1)``; ``n``, the results' way back,
+    counts against the last stage), none for a stage restarted anyway. Each end of one link
+    reports the same break (the sender: broken; the receiver: refused): one loss, not two."""
+    losses: dict[int, str] = {}
+    for b, why in broken:
+        k = min(b, n - 1)
+        if k not in restart:
+            losses[k] = f"{losses[k]}; {why}" if k in losses and why not in losses[k] else losses.get(k, why)
+    return losses
 
 
 class Recovery(Intake, StageActors, RayStats):
@@ -113,7 +126,8 @@ class Recovery(Intake, StageActors, RayStats):
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_PING_S)
         dead, hung, broken = [], [], []
         if self._data_path == "stream" and self._outlet is not None and self._inlet is not None:
-            broken += [(b, why) for b, why in ((0, self._outlet.broken()), (self._n, self._inlet.refusal())) if why]
+            broken += [(b, why) for b, why in ((0, self._outlet.broken(self._epoch)),
+                                               (self._n, self._inlet.refusal(self._epoch))) if why]
         for ref in ready:
             k = refs[ref]
             _, sent = self._outstanding.pop(k)
@@ -185,12 +199,10 @@ class Recovery(Intake, StageActors, RayStats):
         for k in sorted(restart):
             if self._record_death(k, how[k]):
                 return
-        for b, why in broken:  # a stream connection broke where no actor died: count it, go on
-            k = min(b, self._n - 1)
-            if k not in restart:
-                if self._record_death(k, f"lost its input connection ({why})"):
-                    return
-                self._hold(k)
+        for k, why in link_losses(broken, restart, self._n).items():  # no actor died: count it, go on
+            if self._record_death(k, f"lost its input connection ({why})"):
+                return
+            self._hold(k)
         self._fail_poisoned(suspects, "actor")
         for k in sorted(restart):
             self._outstanding.pop(k, None)

@@ -4,8 +4,11 @@ from the stage (or client) that produces them to the one that consumes them, as 
 
 A connection opens with a hello: a magic, the pipeline's random token (which only the client and
 its actors know), the epoch and the boundary index. The receiver drops a connection whose hello
-is wrong or older than its epoch, and one whose frames break the order; a newer connection
-replaces the older. Listeners bind the node's cluster address, never every interface.
+is wrong or older than its epoch (quietly: a stranger or a superseded sender is no fault of the
+epoch's own link), and one whose frames break the order (a *refusal*, which the driver recovers
+from); a newer connection replaces the older. Senders never send a frame the receiver would
+refuse: a request whose tensors do not fit the boundary leaves as that request's failure
+(`Framing.parts`), so one bad request never breaks the link for the others. Listeners bind the node's cluster address, never every interface.
 
 A hello for boundary `CLOCK` opens a clock probe instead: each 8 bytes the client sends are
 answered with the actor's wall clock, so the client measures each host's clock offset over the
@@ -95,7 +98,10 @@ class Inlet:
                 return
             with self._lock:
                 if magic != MAGIC or token != self.token or boundary != self.framing.boundary or epoch < self.epoch:
-                    raise ProtocolError("a connection without this pipeline's hello")
+                    # Not this epoch's sender: a stranger, or a sender a recovery superseded while
+                    # it connected. Dropped, and no refusal: the current connection stands, and
+                    # holding it against the epoch would start a recovery and count a death.
+                    return
                 if self._current is not None:
                     self._current[1].close()
                 self._current = (epoch, conn)
@@ -108,7 +114,8 @@ class Inlet:
                 self.deliver(frame)
         except (ProtocolError, struct.error) as exc:
             with self._lock:
-                self.refused = (self.epoch, f"boundary {self.framing.boundary}: {exc}")
+                if self._current is not None and self._current[1] is conn:  # not superseded meanwhile
+                    self.refused = (self._current[0], f"boundary {self.framing.boundary}: {exc}")
         except Closed:
             pass
         finally:
@@ -124,10 +131,12 @@ class Inlet:
             conn.recv_into(memoryview(ask))
             conn.send([_NOW.pack(time.time())])
 
-    def refusal(self) -> str:
-        """Why this epoch's connection was dropped for breaking the protocol ("" if it was not)."""
+    def refusal(self, epoch: int | None = None) -> str:
+        """Why ``epoch``'s connection (default: the current epoch's) was dropped for breaking the
+        protocol ("" if it was not)."""
         with self._lock:
-            return self.refused[1] if self.refused[0] == self.epoch >= 0 else ""
+            epoch = self.epoch if epoch is None else epoch
+            return self.refused[1] if self.refused[0] == epoch >= 0 else ""
 
     def close(self) -> None:
         self._stopped = True
@@ -205,11 +214,14 @@ class Outlet:
                 self._queue.append((epoch, parts))
                 self._cv.notify_all()
 
-    def broken(self) -> str:
-        """Why the current epoch's connection failed ("" while it stands): frames after a lost
-        one cannot follow it, so the driver must start a new epoch and replay."""
+    def broken(self, epoch: int | None = None) -> str:
+        """Why ``epoch``'s connection (default: the current epoch's) failed ("" while it stands):
+        frames after a lost one cannot follow it, so the driver must start a new epoch and
+        replay. Ask for the epoch you hold: a connection of an older one, closed by the very
+        recovery that started yours, is no reason for another."""
         with self._cv:
-            return self.error if self._broken_epoch == self._epoch >= 0 else ""
+            epoch = self._epoch if epoch is None else epoch
+            return self.error if self._broken_epoch == epoch >= 0 else ""
 
     def _loop(self) -> None:
         while True:
