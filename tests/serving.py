@@ -3,6 +3,7 @@ process started on free ports, and perf_analyzer's whereabouts."""
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
@@ -85,6 +86,13 @@ def check(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
         np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
 
 
+def _die_with_the_test_run() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, so a test run
+    killed before its teardown (a CI timeout, a SIGKILLed pytest) leaves no server behind; the
+    server's SIGTERM path then closes its pipeline and shared memory as usual."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Server:
     """A ``corepipe serve`` process on free ports; its stdout/stderr are collected."""
@@ -98,7 +106,7 @@ class Server:
     def start(cls, path: Path, *args: str, timeout: float = 120.0) -> Server:
         argv, env = module_command("corepipe", "serve", str(path), "--http-port", "0", "--grpc-port", "0", *args)
         proc = subprocess.Popen(argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True, preexec_fn=_die_with_the_test_run)
         server = cls(proc)
         threading.Thread(target=server._pump, daemon=True).start()
         deadline = time.monotonic() + timeout

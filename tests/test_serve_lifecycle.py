@@ -184,3 +184,36 @@ def test_grpc_stream_infer(served, serve_repo):
         else:
             assert item.get_response().id == str(i)
             check(outputs(item, serve_repo.refs[i]), serve_repo.refs[i])
+
+
+def test_a_server_started_by_a_killed_test_run_goes_with_it(serve_repo, tmp_path):
+    """tests/serving.py's servers get SIGTERM when the process that started them dies, so a test
+    run killed before its teardown (a CI timeout, SIGKILL) leaves no server, worker or segment."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "starter.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(tests)!r})\n"
+        "from serving import Server\n"
+        f"server = Server.start({str(serve_repo.path / 'simple')!r})\n"
+        "print(server.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        server_pid = int(starter.stdout.readline())
+        family = [server_pid] + [c.pid for c in psutil.Process(server_pid).children(recursive=True)]
+        os.kill(starter.pid, signal.SIGKILL)  # no teardown runs in the starter
+        starter.wait()
+        assert wait_gone(family, timeout=60.0) == [], "the server outlived the run that started it"
+        assert not list(Path("/dev/shm").glob(f"corepipe_{server_pid}_*")), "its segments stayed"
+    finally:
+        if starter.poll() is None:
+            starter.kill()
