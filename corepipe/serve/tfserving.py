@@ -79,22 +79,13 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec], *, batched: bool = F
         if not isinstance(instances, list) or not instances:
             raise InputError('"instances" must be a non-empty list, one entry per example')
         for i, inst in enumerate(instances):
-            if len(specs) > 1 or isinstance(inst, dict):
-                if not isinstance(inst, dict) or sorted(inst) != sorted(names):
-                    raise InputError(f"instances[{i}] must be an object with the inputs {names}")
-                values = inst
-            else:
-                values = {names[0]: inst}
+            values = _instance(i, inst, names)
             for spec in specs:
                 arr = _array(values[spec.name], spec, f"instances[{i}] input {spec.name!r}")
                 columns.setdefault(spec.name, []).extend(
                     _split(arr[None] if _batched(spec) else arr, spec, f"instances[{i}] input {spec.name!r}"))
     else:
-        fmt, inputs = "columnar", req["inputs"]
-        if not isinstance(inputs, dict) and len(specs) == 1:
-            inputs = {names[0]: inputs}
-        if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
-            raise InputError(f'"inputs" must be an object with the inputs {names}')
+        fmt, inputs = "columnar", _columns(req["inputs"], names)
         for spec in specs:
             columns[spec.name] = _split(_array(inputs[spec.name], spec, f"input {spec.name!r}"), spec,
                                         f"input {spec.name!r}")
@@ -105,28 +96,39 @@ def parse_predict(body: bytes, specs: Sequence[TensorSpec], *, batched: bool = F
     return [{name: columns[name][i] for name in names} for i in range(n)], fmt
 
 
+def _instance(i: int, inst: Any, names: list[str]) -> dict[str, Any]:
+    """One row-format instance as {input: value}: an object naming every input, or the bare
+    value when the model has one input."""
+    if len(names) > 1 or isinstance(inst, dict):
+        if not isinstance(inst, dict) or sorted(inst) != sorted(names):
+            raise InputError(f"instances[{i}] must be an object with the inputs {names}")
+        return inst
+    return {names[0]: inst}
+
+
+def _columns(inputs: Any, names: list[str]) -> dict[str, Any]:
+    """Columnar ``inputs`` as {input: value}: an object naming every input, or the bare value when
+    the model has one input."""
+    if not isinstance(inputs, dict) and len(names) == 1:
+        inputs = {names[0]: inputs}
+    if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
+        raise InputError(f'"inputs" must be an object with the inputs {names}')
+    return inputs
+
+
 def _batch(req: dict[str, Any], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """A predict request as one batch along axis 0: instances stacked (row format), or the
     inputs as sent, batch first (columnar)."""
     names = [s.name for s in specs]
     if "inputs" in req:
-        inputs = req["inputs"]
-        if not isinstance(inputs, dict) and len(specs) == 1:
-            inputs = {names[0]: inputs}
-        if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
-            raise InputError(f'"inputs" must be an object with the inputs {names}')
+        inputs = _columns(req["inputs"], names)
         return {s.name: _array(inputs[s.name], s, f"input {s.name!r}") for s in specs}
     instances = req["instances"]
     if not isinstance(instances, list) or not instances:
         raise InputError('"instances" must be a non-empty list, one entry per example')
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i, inst in enumerate(instances):
-        if len(specs) > 1 or isinstance(inst, dict):
-            if not isinstance(inst, dict) or sorted(inst) != sorted(names):
-                raise InputError(f"instances[{i}] must be an object with the inputs {names}")
-            values = inst
-        else:
-            values = {names[0]: inst}
+        values = _instance(i, inst, names)
         for spec in specs:
             arr = _array(values[spec.name], spec, f"instances[{i}] input {spec.name!r}")
             first = rows[spec.name][0] if rows[spec.name] else arr
