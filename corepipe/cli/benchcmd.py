@@ -14,17 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bench import BACKENDS, BenchResult, bench
-from ..bench.lengths import parse_lengths
 from ..bench.result import ms, num
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
-from ..errors import CorepipeError
 from ._app import app, cli_errors, err, out
 from ._inputs import check_model, load_npz
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline
 from .report import fit, plural
-from .shapeopts import Buckets, Dynamic, shape_kwargs
+from .shapeopts import Buckets, Dynamic, lengths_option, shape_kwargs
 
 __all__ = ["bench_cmd", "table"]
 
@@ -194,12 +192,7 @@ def bench_cmd(
             check_plot(timeline, "--timeline")
         feeds = load_npz(inputs) if inputs is not None else None
         shaped = shape_kwargs(dynamic, buckets, None, None)
-        profile = None
-        if lengths is not None:
-            try:
-                profile = parse_lengths(lengths)
-            except CorepipeError as exc:
-                raise typer.BadParameter(f"--lengths: {exc}") from None
+        profile = lengths_option(lengths)
         with err.status("starting") as status:
             result = bench(model, num_cores=None if k is None else int(k), requests=requests, warmup=warmup,
                            balance=balance, example_inputs=feeds, engine=engine, precision=precision,

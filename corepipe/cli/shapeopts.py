@@ -11,8 +11,11 @@ import typer
 
 from ..artifact.dims import ShapeProfile, parse_bucket_option, parse_dim_option
 from ..artifact.plan import Plan
+from ..bench.lengths import parse_lengths
+from ..errors import CorepipeError
 
-__all__ = ["Dynamic", "Buckets", "PadValues", "Profile", "shape_kwargs", "shape_lines", "model_summary"]
+__all__ = ["Dynamic", "Buckets", "PadValues", "Profile", "shape_kwargs", "shape_lines", "model_summary",
+           "lengths_option"]
 
 Dynamic = Annotated[list[str] | None, typer.Option(
     "--dynamic", metavar="DIM=MIN:MAX",
@@ -124,3 +127,14 @@ def model_summary(path: Path) -> str:
             f"inputs {sig(i for i in model.graph.input if i.name not in inits)}\n"
             f"outputs {sig(model.graph.output)}\n"
             f"symbolic dims: {describe_symbolic_dims(model)}")
+
+
+def lengths_option(lengths: str | None) -> ShapeProfile | None:
+    """``--lengths`` of `bench` and `tune` read into the traffic profile their library calls take
+    (None when not given); a spec that does not parse is the flag's own error."""
+    if lengths is None:
+        return None
+    try:
+        return parse_lengths(lengths)
+    except CorepipeError as exc:
+        raise typer.BadParameter(f"--lengths: {exc}") from None

@@ -23,17 +23,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..bench.lengths import parse_lengths
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
-from ..errors import CorepipeError
 from ..tune import Point, TuneResult, parse_duration, tune
 from ..tune.result import num, ordered
 from ._app import app, cli_errors, err, out
 from ._inputs import check_model, load_npz
 from .options import CoresAlias, core_count, core_flag, usable_cores
 from .report import fit
-from .shapeopts import Dynamic, shape_kwargs
+from .shapeopts import Dynamic, lengths_option, shape_kwargs
 
 __all__ = ["tune_cmd", "points_table"]
 
@@ -234,12 +232,7 @@ def tune_cmd(
         p99_s = parse_duration(p99) if p99 is not None else None
         feeds = load_npz(inputs) if inputs is not None else None
         shaped = shape_kwargs(dynamic, None, None, None)
-        profile = None
-        if lengths is not None:
-            try:
-                profile = parse_lengths(lengths)
-            except CorepipeError as exc:
-                raise typer.BadParameter(f"--lengths: {exc}") from None
+        profile = lengths_option(lengths)
         with _display(err.is_terminal) as (on_progress, on_point):
             result = tune(
                 model, output, num_cores=None if k is None else int(k), objective=objective, latency_budget=budget,
