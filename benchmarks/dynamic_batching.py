@@ -29,7 +29,6 @@ from typing import Any
 import traffic_support as ts
 
 import corepipe
-from corepipe.artifact.manifest import open_artifact
 from corepipe.bench.mixed import batch_sizes, plan_mixed
 from corepipe.bench.peers import measure_peer, peer_setups
 from corepipe.bench.pipeline import measure_pipeline
@@ -45,17 +44,12 @@ def prepare(out: Path, precision: str, balance: str, max_batch: int) -> None:
     t0 = time.perf_counter()
     cm = corepipe.compile(path, out / "dyn", num_cores=2, example_inputs=feeds, dynamic_dims={"batch": (1, max_batch)},
                           precision=precision, balance=balance)
-    made["dyn"] = {"compile_s": time.perf_counter() - t0, "modes": [s.shape_mode for s in cm.stages],
-                   "buckets": {k: list(v) for k, v in (cm.plan.shapes.buckets if cm.plan.shapes else {}).items()}}
+    made["dyn"] = ts.compiled(cm, time.perf_counter() - t0)
     print(made, flush=True)
     t0 = time.perf_counter()
     corepipe.compile(path, out / "static", num_cores=2, example_inputs=feeds, precision=precision, balance=balance)
     made["static_compile_s"] = time.perf_counter() - t0
     (out / "prepared.json").write_text(json.dumps(made, indent=1))
-
-
-def _stages(art: Path) -> list[dict[str, Any]]:
-    return [{"engine": s.engine, "precision": s.precision} for s in open_artifact(art).plan.stages]
 
 
 def measure(out: Path, requests: int, count: int, clients: int, delay: str, markdown: Path | None) -> None:
@@ -77,10 +71,10 @@ def measure(out: Path, requests: int, count: int, clients: int, delay: str, mark
     setups = {
         me: lambda: measure_pipeline(dyn, reqs, traffic, "local", {"cores": cores, "max_batch": top,
                                                                     "batch_delay": delay},
-                                     stages=_stages(dyn), setup=me)[0],
-        plain: lambda: measure_pipeline(static, reqs, traffic, "local", {"cores": cores}, stages=_stages(static),
+                                     stages=ts.stage_engines(dyn), setup=me)[0],
+        plain: lambda: measure_pipeline(static, reqs, traffic, "local", {"cores": cores}, stages=ts.stage_engines(static),
                                         setup=plain)[0],
-        free: lambda: measure_pipeline(dyn, reqs, traffic, "local", {"cores": cores}, stages=_stages(dyn),
+        free: lambda: measure_pipeline(dyn, reqs, traffic, "local", {"cores": cores}, stages=ts.stage_engines(dyn),
                                        setup=free)[0],
     }
     ov_names = []

@@ -31,7 +31,6 @@ from typing import Any
 import traffic_support as ts
 
 import corepipe
-from corepipe.artifact.manifest import open_artifact
 from corepipe.bench.mixed import plan_mixed
 from corepipe.bench.peers import PeerSetup, measure_peer
 from corepipe.bench.pipeline import measure_pipeline
@@ -58,17 +57,12 @@ def prepare(out: Path, precision: str, balance: str, which: list[str]) -> None:
         cm = corepipe.compile(path, out / f"dyn_{name}", num_cores=2, example_inputs=mixed.example(
             feeds, mixed.profile.typical()), dynamic_dims=RANGE, shape_profile=mixed.profile, precision=precision,
             balance=balance)
-        made[name] = {"compile_s": time.perf_counter() - t0, "modes": [s.shape_mode for s in cm.stages],
-                      "buckets": {k: list(v) for k, v in (cm.plan.shapes.buckets if cm.plan.shapes else {}).items()}}
+        made[name] = ts.compiled(cm, time.perf_counter() - t0)
         print(name, made[name], flush=True)
     t0 = time.perf_counter()
     corepipe.compile(path, out / "static128", num_cores=2, example_inputs=feeds, precision=precision, balance=balance)
     made["static_compile_s"] = time.perf_counter() - t0
     (out / "prepared.json").write_text(json.dumps(made, indent=1))
-
-
-def _stages(art: Path) -> list[dict[str, Any]]:
-    return [{"engine": s.engine, "precision": s.precision} for s in open_artifact(art).plan.stages]
 
 
 def measure(out: Path, name: str, requests: int, count: int, ort: bool, markdown: Path | None) -> None:
@@ -91,9 +85,9 @@ def measure(out: Path, name: str, requests: int, count: int, ort: bool, markdown
     ov = "openvino THROUGHPUT (2 streams), dynamic model"
     peer = PeerSetup(ov, "ov_throughput", "openvino", precision, 2, 2, "openvino THROUGHPUT")
     setups = {
-        me: lambda: measure_pipeline(dyn, reqs, traffic, "local", {"cores": cores}, stages=_stages(dyn), setup=me)[0],
+        me: lambda: measure_pipeline(dyn, reqs, traffic, "local", {"cores": cores}, stages=ts.stage_engines(dyn), setup=me)[0],
         padded: lambda: measure_pipeline(static, mixed.padded(reqs), traffic, "local", {"cores": cores},
-                                         stages=_stages(static), setup=padded)[0],
+                                         stages=ts.stage_engines(static), setup=padded)[0],
         ov: lambda: measure_peer(peer, path, inputs, cores, requests, 5, ranges=mixed.ov_ranges(feeds)),
     }
     if ort:

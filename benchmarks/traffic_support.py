@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's corepipe
+from corepipe.artifact.manifest import open_artifact
 from corepipe.bench.result import BenchRow, ms
 
-__all__ = ["export_bert", "resnet_with_batch_dim", "rounds", "markdown", "save_feeds", "load_feeds"]
+__all__ = ["export_bert", "resnet_with_batch_dim", "rounds", "markdown", "save_feeds", "load_feeds",
+           "compiled", "stage_engines"]
 
 
 def export_bert(directory: Path, seq: int = 128) -> tuple[Path, dict[str, np.ndarray]]:
@@ -59,6 +61,18 @@ def resnet_with_batch_dim(directory: Path) -> tuple[Path, dict[str, np.ndarray]]
     path = directory / "resnet50_batch.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
     return path, feeds
+
+
+def compiled(cm: Any, seconds: float) -> dict[str, Any]:
+    """What ``prepare`` records of one compile: its time, each stage's shape mode, the buckets."""
+    buckets = cm.plan.shapes.buckets if cm.plan.shapes else {}
+    return {"compile_s": seconds, "modes": [s.shape_mode for s in cm.stages],
+            "buckets": {k: list(v) for k, v in buckets.items()}}
+
+
+def stage_engines(art: Path) -> list[dict[str, Any]]:
+    """Each stage's engine and precision, as a bench row shows them."""
+    return [{"engine": s.engine, "precision": s.precision} for s in open_artifact(art).plan.stages]
 
 
 def save_feeds(path: Path, feeds: Mapping[str, np.ndarray]) -> None:
