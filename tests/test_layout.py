@@ -119,3 +119,84 @@ def test_packages_not_modules_at_the_top() -> None:
 def test_files_stay_small(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= 450, f"{path.relative_to(PKG)} has {lines} lines: split it along a concept"
+
+
+def _module_of(dotted: str) -> str | None:
+    """The corepipe module a dotted import name lands in (``runtime.batches.chain`` gives
+    ``runtime.batches``; a package gives its ``__init__``), or None outside the package."""
+    parts = dotted.split(".")
+    while parts:
+        if (PKG.joinpath(*parts).with_suffix(".py")).is_file():
+            return ".".join(parts)
+        if (PKG.joinpath(*parts) / "__init__.py").is_file():
+            return ".".join(parts + ["__init__"])
+        parts = parts[:-1]
+    return None
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the corepipe modules it imports (at any depth, TYPE_CHECKING blocks included:
+    a circle that only type checking sees is still two modules that need each other)."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        name = ".".join(path.relative_to(PKG).with_suffix("").parts)
+        targets = {_module_of(m) for m in _imported_modules(path) if not m.startswith("!")}
+        # A package's __init__ imports its own modules to re-export them: that is not a circle.
+        graph[name] = {t for t in targets if t is not None and t != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted. A package's
+    ``__init__`` that only re-exports its own modules is left out of its modules' edges."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def edges(v: str) -> set[str]:
+        # `from .x import y` inside package p resolves through p/__init__ only when y is not a
+        # module; a module importing its own package's __init__ re-export is a circle in name only.
+        own = v.rsplit(".", 1)[0] + ".__init__" if "." in v else "__init__"
+        return {w for w in graph.get(v, set()) if not (w.endswith("__init__") and (w == own or own.startswith(w.removesuffix("__init__"))))}
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles() -> None:
+    """No two modules import each other, directly or round a longer loop: each module reads
+    on its own, above the ones it needs (issue 28 found runtime/base <-> runtime/batches)."""
+    circles = _circles(_import_graph())
+    assert not circles, "modules that import each other (break each circle by moving what both need down): " + \
+        "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    """Guard against a check that finds nothing: a made-up two-module loop is one circle."""
+    assert _circles({"a.x": {"a.y"}, "a.y": {"a.x"}, "a.z": {"a.x"}}) == [["a.x", "a.y"]]
+    assert _module_of("runtime.batches.chain") == "runtime.batches"

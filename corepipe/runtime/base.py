@@ -17,6 +17,7 @@ import numpy as np
 from ..artifact.plan import Plan
 from ..artifact.signature import check_feeds
 from ..artifact.valuechecks import ValueChecker
+from .batches import submit_padded, submit_split
 from .timeline import Timeline, TraceLog
 
 __all__ = ["Pipeline", "StageStats", "BoundaryStats", "PipelineStats"]
@@ -217,12 +218,8 @@ class Pipeline(ABC):
             PipelineClosedError: the pipeline is closed.
         """
         if split_batch:
-            from .batches import submit_split
-
             return submit_split(self, feeds, timeout)
         if self._pads is not None:
-            from .batches import submit_padded
-
             return submit_padded(self, feeds, timeout, self._pads)
         return self._submit(feeds, timeout=timeout)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -28,12 +28,23 @@ from ..artifact.plan import Plan
 from ..artifact.signature import check_feeds
 from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .base import Pipeline
-
-__all__ = ["batch_rows", "split_feeds", "submit_split", "submit_padded", "chain"]
+__all__ = ["batch_rows", "split_feeds", "submit_split", "submit_padded", "chain", "Submitter"]
 
 Result = dict[str, np.ndarray]
+
+
+class Submitter(Protocol):
+    """What this module needs of a pipeline (`corepipe.runtime.base.Pipeline` is one): named
+    here, so that base imports this module and never the other way round."""
+
+    plan: Plan
+
+    def submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None,
+               split_batch: bool = False) -> Future[Result]: ...
+
+    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[Result]: ...
+
+    def _checked(self, feeds: Mapping[str, np.ndarray]) -> Result: ...
 
 
 def batch_rows(plan: Plan) -> int:
@@ -112,7 +123,7 @@ def chain(futures: list[Future[Result]], combine: Callable[[list[Result]], Resul
     return out
 
 
-def submit_split(pipe: Pipeline, feeds: Mapping[str, np.ndarray], timeout: float | None) -> Future[Result]:
+def submit_split(pipe: Submitter, feeds: Mapping[str, np.ndarray], timeout: float | None) -> Future[Result]:
     """`Pipeline.submit` with ``split_batch=True``: the parts streamed, the answers concatenated."""
     parts = split_feeds(pipe.plan, feeds)
     if len(parts) == 1:
@@ -122,7 +133,7 @@ def submit_split(pipe: Pipeline, feeds: Mapping[str, np.ndarray], timeout: float
     return chain(futures, lambda results: {n: np.concatenate([r[n] for r in results], axis=0) for n in names})
 
 
-def submit_padded(pipe: Pipeline, feeds: Mapping[str, np.ndarray], timeout: float | None,
+def submit_padded(pipe: Submitter, feeds: Mapping[str, np.ndarray], timeout: float | None,
                   shapes: Shapes) -> Future[Result]:
     """`Pipeline.submit` for a plan with buckets: checked as sent (signature and values), padded
     in, trimmed out."""
