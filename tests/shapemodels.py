@@ -34,6 +34,19 @@ def embed_model(path: Path, seed: int = 0) -> Path:
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", H])], inits)
 
 
+def abs_embed_model(path: Path, seed: int = 0) -> Path:
+    """`embed_model` with its ids reaching the Gather through an Abs: an index computed from the
+    request, which no intake check covers, so an id past the table passes `submit` and fails
+    inside the stage that gathers (onnxruntime raises): a fault only a stage sees."""
+    embed_model(path, seed)
+    model = onnx.load(str(path))
+    gather = next(n for n in model.graph.node if n.op_type == "Gather")
+    gather.input[1] = "ids_abs"
+    model.graph.node.insert(0, helper.make_node("Abs", ["ids"], ["ids_abs"], name="abs"))
+    onnx.save(model, str(path))
+    return path
+
+
 def mean_model(path: Path) -> Path:
     """x [batch, sequence, H] -> MatMul -> mean over the sequence: padding changes the answer."""
     w = numpy_helper.from_array(np.eye(H, dtype=np.float32) * 2, "W")

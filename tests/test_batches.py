@@ -4,11 +4,17 @@ with order, replay and error isolation unchanged."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
-from shapemodels import VOCAB, assert_same, embed_model, ids, reference
+from conftest import skip_unless_ci
+from shapemodels import VOCAB, abs_embed_model, assert_same, embed_model, ids, reference
 
 import corepipe
+from corepipe.engines import missing_engine
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -109,3 +115,99 @@ def test_max_batch_needs_a_dynamic_batch_dim(models):
         corepipe.load(batched, backend="inline", max_batch=8)
     with pytest.raises(corepipe.DeploymentError, match="batch_delay"):
         corepipe.load(batched, backend="inline", max_batch=2, batch_delay="soon")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_merged_batch_that_fails_inside_a_stage_is_sent_again_one_request_at_a_time(tmp_path, backend):
+    """An id past the table reaches the Gather through an Abs: no intake check sees it, so it
+    passes `submit`, merges with good requests, and the batch fails inside stage 0. The batcher
+    sends that batch's members again alone: only the bad one fails, its neighbours are right."""
+    model = abs_embed_model(tmp_path / "abs.onnx")
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs={"ids": np.zeros((1, 6), np.int64)}, num_cores=2,
+                          engine="onnxruntime", dynamic_dims={"batch": (1, 4)}, buckets=None)
+    assert not cm.plan.input_checks  # nothing at intake can refuse it: the stage must
+    rng = np.random.default_rng(4)
+    good = [ids(rng, 1, 6) for _ in range(7)]
+    bad = {"ids": np.full((1, 6), VOCAB + 7, np.int64)}
+    stream = good[:2] + [bad] + good[2:]
+    with corepipe.load(cm.path, backend=backend, max_batch=4, batch_delay="1s") as pipe:
+        futs = [pipe.submit(f) for f in stream]  # a burst: [g g bad g] and [g g g g]
+        exc = futs[2].exception(timeout=60)
+        assert isinstance(exc, corepipe.StageError) and exc.stage == 0, exc
+        for x, fut in zip(stream, futs):
+            if x is not bad:
+                assert_same(fut.result(timeout=60), reference(model, x))
+        stats = pipe.stats()
+        assert (stats.completed, stats.failed) == (7, 1)
+        inner = pipe._inner.stats()  # the merged batch failed, then the bad request alone
+        assert inner.failed == 2 and inner.completed == 3 + 1, (inner.completed, inner.failed)
+        assert_same(pipe.run(good[0]), reference(model, good[0]))  # and it goes on
+
+
+def test_merged_batches_in_flight_are_replayed_when_a_worker_dies(models):
+    """Batching on, the local backend: stage 1's worker is stopped while merged batches queue
+    behind it, then killed. The batches it held are replayed whole; every request is right."""
+    model, _, batched = models
+    rng = np.random.default_rng(5)
+    feeds = [ids(rng, 1 + i % 2, 6) for i in range(16)]
+    with corepipe.load(batched, backend="local", max_batch=4, batch_delay="50ms") as pipe:
+        assert_same(pipe.run(feeds[0]), reference(model, feeds[0]))
+        victim = pipe.worker_pids()[1]
+        os.kill(victim, signal.SIGSTOP)  # holds what reaches it: neither works nor dies
+        futs = [pipe.submit(f) for f in feeds]
+        time.sleep(0.5)  # the batches have left the merger and wait in stage 1
+        assert not any(f.done() for f in futs)
+        os.kill(victim, signal.SIGKILL)
+        for x, fut in zip(feeds, futs):
+            assert_same(fut.result(timeout=120), reference(model, x))
+        stats = pipe.stats()
+        assert stats.stages[1].restarts == 1 and stats.failed == 0
+        assert pipe.mean_batch > 1
+        assert victim not in pipe.worker_pids()
+
+
+def test_requests_that_pad_to_one_bucket_merge(tmp_path):
+    """Lengths 3, 5, 7 and 8 all pad to the bucket 8, so they merge into one batch; 12 and 9 pad
+    to 16 and make a second. Each answer is trimmed back to its own length."""
+    model = embed_model(tmp_path / "embed.onnx")
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs={"ids": np.zeros((1, 8), np.int64)}, num_cores=2,
+                          engine="onnxruntime", dynamic_dims={"batch": (1, 4), "sequence": (1, 16)},
+                          buckets={"sequence": [8, 16]})
+    rng = np.random.default_rng(6)
+    feeds = [ids(rng, 1, n) for n in (3, 5, 7, 8, 12, 9)]
+    with corepipe.load(cm.path, backend="inline", max_batch=4, batch_delay="1s") as pipe:
+        futs = [pipe.submit(f) for f in feeds]
+        for x, fut in zip(feeds, futs):
+            assert_same(fut.result(timeout=60), reference(model, x))
+        assert (pipe._batches, pipe.mean_batch) == (2, 3.0)
+
+
+def test_dynamic_batching_on_openvino_stages(models, tmp_path):
+    if missing_engine("openvino") is not None:
+        skip_unless_ci(f"openvino: {missing_engine('openvino')}")
+    model = models[0]
+    cm = corepipe.compile(model, tmp_path / "ov", example_inputs={"ids": np.zeros((1, 6), np.int64)}, num_cores=2,
+                          engine="openvino", dynamic_dims={"batch": (1, 4)}, buckets=None)
+    assert [st.engine for st in cm.stages] == ["openvino", "openvino"]
+    rng = np.random.default_rng(7)
+    feeds = [ids(rng, 1 + i % 2, 6) for i in range(12)]
+    with corepipe.load(cm.path, backend="local", max_batch=4, batch_delay="1s") as pipe:
+        futs = [pipe.submit(f) for f in feeds]
+        for x, fut in zip(feeds, futs):
+            assert_same(fut.result(timeout=60), reference(model, x))
+        assert pipe.mean_batch > 1 and pipe.stats().failed == 0
+
+
+@pytest.mark.slow
+def test_dynamic_batching_on_ray(models):
+    ray = pytest.importorskip("ray")
+    model, _, batched = models
+    rng = np.random.default_rng(8)
+    feeds = [ids(rng, 1 + i % 2, 6) for i in range(12)]
+    with corepipe.load(batched, backend="ray", max_batch=4, batch_delay="1s") as pipe:
+        assert pipe.backend == "ray"
+        futs = [pipe.submit(f) for f in feeds]
+        for x, fut in zip(feeds, futs):
+            assert_same(fut.result(timeout=120), reference(model, x))
+        assert pipe.mean_batch > 1 and pipe.stats().completed == len(feeds)
+    assert not ray.is_initialized()

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from shapemodels import VOCAB, embed_model, mean_model
+from shapemodels import VOCAB, embed_model, mean_model, reference
 from typer.testing import CliRunner
 
 import corepipe
@@ -157,13 +157,22 @@ def test_bench_measures_mixed_lengths_against_the_padded_static_pipeline_and_the
     assert "sequence drawn from" in result.traffic and "seed 0" in result.traffic
     assert "Traffic: sequence drawn" in result.to_markdown()
     assert all(s["shape_mode"] in ("dynamic", "buckets") for s in result.stages)
+    # the peers get the requests the pipeline gets (the same lengths, in the same order); only
+    # the padded static pipeline gets them padded
+    digests = {r.setup: r.requests_digest for r in result.rows}
+    assert all(digests.values()), digests
+    padded = digests.pop("corepipe padded static (sequence 24)")
+    assert len(set(digests.values())) == 1 and padded not in digests.values(), digests
 
 
 def test_bench_with_max_batch_runs_a_closed_loop_against_no_batching_and_batched_peers(embed):
     feeds = {"ids": np.ones((1, 6), np.int64)}
     result = corepipe.bench(str(embed), num_cores=2, max_batch=2, requests=16, warmup=1, balance="estimate",
-                            example_inputs=feeds, engine="onnxruntime", concurrency=4, batch_delay="1ms")
+                            example_inputs=feeds, engine="onnxruntime", concurrency=4, batch_delay="20ms")
     rows = {r.setup: r for r in result.rows}
+    # bench passed max_batch on: 4 clients, 20 ms for company, so requests merged (at most 2)
+    assert rows["corepipe"].mean_batch is not None and 1 < rows["corepipe"].mean_batch <= 2, rows["corepipe"]
+    assert rows["corepipe without batching"].mean_batch is None
     assert {"openvino THROUGHPUT (2 streams)", "openvino THROUGHPUT (2 streams, batch 2)", "corepipe",
             "corepipe without batching"} <= set(rows)
     assert rows["corepipe"].in_flight == 4 == rows["corepipe without batching"].in_flight
@@ -219,7 +228,10 @@ def test_tune_learns_mixed_lengths_and_the_batch_size(embed, tmp_path):
     plan = open_artifact(result.path).plan
     assert plan.shapes is not None and plan.shapes.dims == {"sequence": (4, 8), "batch": (1, 2)}
     with corepipe.load(result.path, backend="inline") as pipe:
-        assert pipe.run({"ids": np.ones((1, 5), np.int64)})["y"].shape == (1, 5, 8)
+        five = {"ids": np.arange(5, dtype=np.int64).reshape(1, 5)}
+        out = pipe.run(five)["y"]
+        assert out.shape == (1, 5, 8)
+        np.testing.assert_allclose(out, reference(embed, five)["y"], rtol=1e-4, atol=1e-4)
     runner = CliRunner()
     bad = runner.invoke(app, ["tune", str(embed), "-o", str(tmp_path / "t2"), "--lengths", "x", "-n", "1"])
     assert bad.exit_code == 2 and "--lengths: cannot read lengths 'x'" in " ".join(bad.output.split())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import IN_CI
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -68,6 +69,9 @@ def test_legacy_export_bert_at_every_length(bert, tmp_path, engine, precision, b
                           precision=precision, dynamic_dims={"sequence": (1, 64), "batch": (1, 2)}, buckets=buckets)
     # the sequence axis of every tensor carrying it is named (symbolic inference, confirmed at both bounds)
     assert cm.outputs[0].describe() == "float32[batch=1..2,sequence=1..64,64]"
+    if engine == "auto" and (missing_engine("openvino") is None or IN_CI):
+        # "auto" takes OpenVINO wherever OpenVINO runs the stage right: here, every stage
+        assert [st.engine for st in cm.stages] == ["openvino"] * 2, [(st.engine, st.fallback) for st in cm.stages]
     assert all(d is not None for b in cm.plan.boundaries for t in b if not t.is_static
                for d, (lo, hi) in zip(t.dims, t.ranges()) if lo != hi)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

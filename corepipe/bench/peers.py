@@ -167,7 +167,8 @@ def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int
             peer.setup, "peer", peer.engine, peer.precision, rate,
             float(np.median([x["latency_p50_s"] for x in results])),
             max(float(x.get("latency_p99_s", x["latency_p50_s"])) for x in results), peer.in_flight,
-            tuple(int(x["rss_bytes"]) for x in results), tuple(int(x["uss_bytes"]) for x in results))
+            tuple(int(x["rss_bytes"]) for x in results), tuple(int(x["uss_bytes"]) for x in results),
+            requests_digest=",".join(sorted({str(x.get("requests_digest", "")) for x in results})))
     extra: dict[str, Any] = {"batch": peer.batch}
     if ranges and peer.engine == "openvino":
         extra["ranges"] = dict(ranges)
@@ -176,4 +177,4 @@ def measure_peer(peer: PeerSetup, model: Path, inputs: Path, cores: Sequence[int
                    in_flight=flight, extra=extra)
     return BenchRow(peer.setup, "peer", peer.engine, peer.precision, r["requests"] / r["elapsed_s"],
                     float(r["latency_p50_s"]), float(r.get("latency_p99_s", r["latency_p50_s"])), peer.in_flight,
-                    (int(r["rss_bytes"]),), (int(r["uss_bytes"]),))
+                    (int(r["rss_bytes"]),), (int(r["uss_bytes"]),), requests_digest=str(r.get("requests_digest", "")))

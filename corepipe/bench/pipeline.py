@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 
 from ..runtime import PipelineStats, Timeline, load
+from .reqfile import requests_digest
 from .result import BenchRow
 from .traffic import Traffic
 
@@ -127,6 +128,7 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
                 if i == fill - 1:
                     start = time.perf_counter()
             rate = requests / (time.perf_counter() - start)
+        merged: float | None = getattr(pipe, "mean_batch", None)  # before the requests sent alone below
         timeline = pipe.timeline()
         lat = []
         before = pipe.stats()
@@ -144,5 +146,6 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
     row = BenchRow(setup, "corepipe", stage_engine(stages), stage_precision(stages), rate,
                    float(np.percentile(shown, 50)), float(np.percentile(shown, 99)), traffic.concurrency or 1,
                    tuple(rss), tuple(uss), handoff_s=float(np.mean(lat)) - path_service_s(before, after),
-                   boundary_s=tuple(boundary_means(before, after)))
+                   boundary_s=tuple(boundary_means(before, after)), mean_batch=merged,
+                   requests_digest=requests_digest([dict(r) for r in reqs]))
     return row, timeline, [s.core for s in after.stages]

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .reqfile import Feeds, read_requests
+from .reqfile import Feeds, read_requests, requests_digest
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
@@ -79,6 +79,9 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+_DIGEST = [""]  # the digest of the requests this process read (`main` sets it)
+
+
 def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None = None, *, cpu_s: float) -> None:
     import psutil
 
@@ -91,6 +94,7 @@ def _report(elapsed: float, latencies: list[float], extra: dict[str, Any] | None
         "latency_p99_s": float(np.percentile(latencies, 99)),
         "rss_bytes": int(mem.rss),
         "uss_bytes": int(getattr(mem, "uss", mem.rss)),
+        "requests_digest": _DIGEST[0],
         **(extra or {}),
     }), flush=True)
 
@@ -176,6 +180,7 @@ def main(config_json: str) -> None:
     if cfg.get("cores"):
         os.sched_setaffinity(0, set(cfg["cores"]))
     feeds = read_requests(cfg["inputs"])
+    _DIGEST[0] = requests_digest(feeds)
     mode = cfg["mode"]
     if mode in ("serial", "parallel"):
         _serial(_ort(cfg, int(cfg["threads"])), feeds, cfg)

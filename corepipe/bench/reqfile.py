@@ -3,11 +3,12 @@ pickle. One request is saved as its inputs; several (mixed traffic) as ``r<i>.<i
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Feeds", "write_requests", "read_requests"]
+__all__ = ["Feeds", "write_requests", "read_requests", "requests_digest"]
 
 Feeds = dict[str, np.ndarray]
 
@@ -31,3 +32,16 @@ def read_requests(path: Any) -> list[Feeds]:
         index, name = k[1:].split(".", 1)
         out.setdefault(int(index), {})[name] = v
     return [out[i] for i in sorted(out)]
+
+
+def requests_digest(reqs: list[Feeds]) -> str:
+    """A short digest of ``reqs`` (order, names, dtypes, shapes and bytes): equal for two setups
+    exactly when they were given the same requests (each bench row records the one it ran)."""
+    h = hashlib.sha256()
+    for r in reqs:
+        for name in sorted(r):
+            v = np.ascontiguousarray(r[name])
+            h.update(f"{name}:{v.dtype.str}:{v.shape};".encode())
+            h.update(v.tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]

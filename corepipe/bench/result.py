@@ -46,6 +46,10 @@ class BenchRow:
         process_rss, process_uss: resident and unique memory of each process of the setup.
         handoff_s: pipeline only: one-in-flight latency minus the stages' own run times.
         boundary_s: pipeline only (ray): mean send-to-arrival time per boundary.
+        mean_batch: pipeline only, with dynamic batching: requests per merged pipeline request
+            over the throughput run (None without batching).
+        requests_digest: `corepipe.bench.reqfile.requests_digest` of the requests the setup was
+            given (the peers' and the pipeline's are equal when they ran the same requests).
     """
 
     setup: str
@@ -60,6 +64,8 @@ class BenchRow:
     process_uss: tuple[int, ...] = ()
     handoff_s: float | None = None
     boundary_s: tuple[float, ...] = ()
+    mean_batch: float | None = None
+    requests_digest: str = ""
 
     @property
     def rss_bytes(self) -> int:
