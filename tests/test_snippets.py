@@ -107,3 +107,34 @@ def test_artifacts_from_before_the_choice_run_without_snippets() -> None:
     assert StagePlan.from_dict({**data, "snippets": True}).snippets is True
     with pytest.raises(ValueError, match="snippets must be true or false"):
         StagePlan.from_dict({**data, "snippets": "yes"})
+
+
+def test_a_check_that_fails_with_snippets_turns_them_off_for_that_stage_alone(tmp_path: Path, monkeypatch) -> None:
+    """The decision, made deterministic: the compiler's check sees stage 1's output wrong with
+    snippets on (its values pushed off by 1 in the trial run, as the BERT stages above are when
+    this OpenVINO computes them wrong), and right without. Snippets go off on stage 1 alone, the
+    plan's note says why, and the worker loads stage 1 without them (no Subgraph layer)."""
+    from corepipe.artifact.manifest import open_artifact
+    from corepipe.compiler import measure
+    from corepipe.engines import StageRunner
+
+    real = measure._try
+
+    def wrong_with_snippets(name, raw, inputs, outputs, precision, feeds, repeats, variants=None, snippets=False):
+        values, sec = real(name, raw, inputs, outputs, precision, feeds, repeats, variants, snippets)
+        if name == "openvino" and snippets and "y" in outputs:  # stage 1 (it writes y)
+            values = [v + 1.0 for v in values]
+        return values, sec
+
+    monkeypatch.setattr(measure, "_try", wrong_with_snippets)
+    model, feeds = _eltwise_chain()
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, cuts=[3], engine="openvino")
+    assert [(s.engine, s.snippets) for s in cm.plan.stages] == [("openvino", True), ("openvino", False)]
+    assert [n for n in cm.plan.notes if "snippets" in n] == [
+        next(n for n in cm.plan.notes if n.startswith("stage 1 runs without OpenVINO's snippets: with them output 'y'"))]
+    art = open_artifact(cm.path)
+    assert "Subgraph" in _layer_types(StageRunner(art, 0).engine)
+    assert "Subgraph" not in _layer_types(StageRunner(art, 1).engine)
+    monkeypatch.undo()
+    with corepipe.load(cm.path) as pipe:
+        np.testing.assert_allclose(pipe.run(feeds)["y"], run_reference(model, feeds)["y"], rtol=1e-5, atol=1e-5)
