@@ -156,11 +156,30 @@ def test_every_stage_on_openvino_and_transparent(name: str, k: int, tmp_path: Pa
     crossing = sorted({t.name for b in cm.plan.boundaries[1:-1] for t in b} & consts)
     assert not crossing, f"{name} at {k} stages: constants cross a boundary: {crossing[:5]}"
     assert all(len(b) > 0 for b in cm.plan.boundaries[1:-1])
+    token_ids_checked_at_intake(cm.plan, model, tmp_path)
     for r, (got, want) in enumerate(zip(run_inline(tmp_path, model.requests), model.references)):
         assert list(got) == list(want), f"{name} request {r}: output names/order"
         for out, ref in want.items():
             assert got[out].dtype == ref.dtype and got[out].shape == ref.shape, (name, r, out)
             np.testing.assert_allclose(got[out], ref, rtol=RTOL, atol=ATOL, err_msg=f"{name} k={k} request {r}: {out}")
+
+
+def token_ids_checked_at_intake(plan: Plan, model: Model, out: Path) -> None:
+    """The README's promise: each token-id input (an integer input named ``*input_ids``) has a
+    range check in the plan, and an id past any table is an `InputError` at `submit` naming it,
+    before anything runs; models without token ids (ViT, Whisper's encoder) have none to check."""
+    request = model.requests[0]
+    tokens = sorted(n for n, v in request.items() if v.dtype.kind in "iu" and n.endswith("input_ids"))
+    if model.name.split("-")[0] in ("bert", "distilbert", "roberta", "gpt2"):  # text models take token ids
+        assert tokens, f"{model.name}: no input named *input_ids among {sorted(request)}"
+    checked = {c.input for c in plan.input_checks if c.kind == "range"}
+    assert set(tokens) <= checked, f"{model.name}: token ids {tokens} not all checked at intake ({sorted(checked)})"
+    with corepipe.load(out, backend="inline") as pipe:
+        for name in tokens:
+            bad = {**request, name: np.full_like(request[name], 10**9)}
+            with pytest.raises(corepipe.InputError, match=f"input {name!r}.*out of range"):
+                pipe.submit(bad)
+        assert pipe.stats().completed == 0 and pipe.stats().failed == 0  # refused: nothing ran
 
 
 # The zoo's CNNs at 8 stages only (the most cuts): test_transparency_real runs them at 2, 3, 4 and
