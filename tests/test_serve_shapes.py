@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import skip_unless_ci
 from serving import Server, get, perf_analyzer, post
 from shapemodels import assert_same, embed_model, ids, reference
 
@@ -136,7 +137,7 @@ def test_tf_serving_instances_are_one_batch_and_ragged_ones_a_400(server, repo):
 def test_perf_analyzer_batches_and_shapes(server):
     binary, env, why = perf_analyzer()
     if binary is None:
-        pytest.skip(why)
+        skip_unless_ci(why)
     common = ["-u", server.grpc, "-i", "grpc", "--input-data", "zero", "--concurrency-range", "2",
               "--measurement-mode", "count_windows", "--measurement-request-count", "30",
               "--max-trials", "3", "--stability-percentage", "1000"]
