@@ -77,6 +77,8 @@ class PipelineStats:
     stages: list[StageStats] = field(default_factory=list)
     boundaries: list[BoundaryStats] = field(default_factory=list)  # backends that time hand-offs
     replicas: int = 1
+    #: What keeps the pipeline from serving now (a stage down, no placement for it), or None.
+    problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +93,8 @@ class PipelineStats:
             f"latency p50 {self.latency_p50_s * 1e3:.2f} ms, p90 {self.latency_p90_s * 1e3:.2f} ms, "
             f"p99 {self.latency_p99_s * 1e3:.2f} ms",
         ]
+        if self.problem:
+            lines.append(f"problem: {self.problem}")
         if self.boundaries:
             last = max(b.index for b in self.boundaries)
             lines.append("hand-off per boundary (send to arrival, mean): " + ", ".join(

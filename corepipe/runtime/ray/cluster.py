@@ -19,7 +19,7 @@ from typing import Any
 from ...errors import CorepipeError
 
 __all__ = ["STRATEGIES", "import_ray", "connect", "disconnect", "bundles_for", "check_feasible",
-           "create_placement", "corepipe_root"]
+           "create_placement", "corepipe_root", "placement_shortfall", "relaxed", "describe_nodes"]
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
@@ -192,6 +192,63 @@ def check_feasible(bundles: Sequence[Mapping[str, float]], strategy: str,
                 f"STRICT_PACK puts all {len(bundles)} stages on one node, which would need "
                 f"{_describe(total)}; no node has that much: use PACK or SPREAD"
             )
+
+
+def _assignable(bundles: Sequence[Mapping[str, float]], strategy: str,
+                nodes: Sequence[Mapping[str, float]]) -> bool:
+    """Whether every bundle can be given a node at once, each node's resources holding all the
+    bundles it gets (STRICT_SPREAD: one bundle per node): an exact search, largest bundles first,
+    small enough for a pipeline's stages and a cluster's nodes."""
+    order = sorted(range(len(bundles)), key=lambda k: -bundles[k].get("CPU", 0.0))
+    free = [dict(node) for node in nodes]
+    used = [False] * len(free)
+    budget = [100_000]  # steps: past it, say it fits (the placement group's own wait decides)
+
+    def place(i: int) -> bool:
+        budget[0] -= 1
+        if i == len(order) or budget[0] < 0:
+            return True
+        bundle = bundles[order[i]]
+        for j, have in enumerate(free):
+            if (strategy == "STRICT_SPREAD" and used[j]) or not _fits(bundle, have):
+                continue
+            for name, amount in bundle.items():
+                have[name] = have.get(name, 0.0) - amount
+            was, used[j] = used[j], True
+            ok = place(i + 1)
+            for name, amount in bundle.items():
+                have[name] += amount
+            used[j] = was
+            if ok:
+                return True
+        return False
+
+    return place(0)
+
+
+def placement_shortfall(bundles: Sequence[Mapping[str, float]], strategy: str,
+                        nodes: Sequence[Mapping[str, float]]) -> str | None:
+    """Why no placement of ``bundles`` with ``strategy`` fits ``nodes`` (their total resources:
+    the nodes reachable now), or None when one does."""
+    try:
+        check_feasible(bundles, strategy, nodes)
+    except CorepipeError as exc:
+        return str(exc)
+    if not _assignable(bundles, strategy, nodes):
+        return (f"{strategy} cannot place the {len(bundles)} stages ({', '.join(_describe(b) for b in bundles)}) "
+                f"on the {len(nodes)} nodes at once: together they need more than those nodes hold")
+    return None
+
+
+def relaxed(strategy: str) -> str:
+    """The strategy a strict one relaxes to (STRICT_SPREAD: SPREAD, STRICT_PACK: PACK)."""
+    return {"STRICT_SPREAD": "SPREAD", "STRICT_PACK": "PACK"}.get(strategy, strategy)
+
+
+def describe_nodes(nodes: Sequence[Mapping[str, Any]]) -> str:
+    """Ray's node records (``ray.nodes()``) as ``ip (CPU n)``, for messages."""
+    return ", ".join(f"{n.get('NodeManagerAddress', '?')} (CPU {n.get('Resources', {}).get('CPU', 0):g})"
+                     for n in nodes) or "none"
 
 
 def create_placement(bundles: list[dict[str, float]], strategy: str, timeout: float) -> Any:

@@ -112,6 +112,13 @@ class RayPipeline(Recovery, Pipeline):
             (default) breaks the pipeline, its requests fail with `StageError`; ``"backoff"``
             waits ``backoff_s`` (doubling per further death, at most ``backoff_max_s``) before
             each restart and reports the stage down meanwhile (`readiness`).
+        relax_placement: when a stage must restart and no node reachable now can hold the plan
+            with ``placement_strategy`` (STRICT_SPREAD after a partition left fewer nodes than
+            stages), move every stage to the relaxed strategy (SPREAD, or PACK for STRICT_PACK)
+            on the nodes at hand, if they hold it. Default False: waiting requests fail at once
+            with a `StageError` naming the constraint and the nodes reachable (module
+            `corepipe.runtime.ray.recovery`). Either way a warning is logged and ``stats().problem``
+            says why.
 
     Raises:
         CorepipeError: Ray missing or unreachable, a bad option, or a placement no node can hold.
@@ -141,6 +148,7 @@ class RayPipeline(Recovery, Pipeline):
         restart: str = "give-up",
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        relax_placement: bool = False,
     ) -> None:
         n = artifact.plan.num_cores
         super().__init__(artifact.root, artifact.plan, max_in_flight or 2 * n + 2)
@@ -171,6 +179,7 @@ class RayPipeline(Recovery, Pipeline):
         self._manifest = manifest_sha256(artifact.root)
         self._n = n
         self._strategy = strategy
+        self._relax = bool(relax_placement)
         self._stage_source = stage_source
         self._stage_timeout = stage_timeout
         self._start_timeout = start_timeout

@@ -15,11 +15,22 @@ stream connection that broke (`corepipe.runtime.ray.stream`: frames after a lost
 follow it) starts a recovery that replaces no actor: a new epoch, new connections, the replay.
 It counts as a death of the stage it feeds, so a link that keeps breaking meets the restart policy.
 A dead actor whose node Ray declared dead is reported as a lost host.
+
+A stage to restart whose placement no node reachable now can hold (STRICT_SPREAD with fewer
+nodes than stages, say, after a partition left the driver with the head alone) is said at once:
+a warning in the ``corepipe.runtime.ray`` log, the reason in `readiness` and ``stats().problem``.
+With ``relax_placement=True`` the pipeline moves to the relaxed strategy (STRICT_SPREAD to SPREAD,
+STRICT_PACK to PACK) on the nodes at hand, when that fits: every stage restarts in a new placement
+group and what was in flight is replayed. Otherwise every waiting request fails with a
+`StageError` naming the constraint and the nodes reachable; under ``give-up`` the pipeline
+breaks, under ``backoff`` it keeps failing requests at once until the nodes come back, then
+restarts the stage.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +41,7 @@ from ...artifact.plan import Plan
 from ...errors import PipelineClosedError, StageError
 from ..intake import Intake, Request
 from ..timeline import TraceLog
+from .cluster import create_placement, describe_nodes, placement_shortfall, relaxed
 from .startup import StageActors, Unplaceable
 from .stats import RayStats
 from .stream import ClockProbe, Inlet, Outlet
@@ -37,6 +49,7 @@ from .stream import ClockProbe, Inlet, Outlet
 __all__ = ["Recovery", "link_losses"]
 
 _PING_S = 0.2
+_log = logging.getLogger("corepipe.runtime.ray")
 
 
 def link_losses(broken: Sequence[tuple[int, str]], restart: set[int], n: int) -> dict[int, str]:
@@ -76,6 +89,8 @@ class Recovery(Intake, StageActors, RayStats):
     _inlet: Inlet | None
     _clock_probe: ClockProbe | None
     _data_path: str
+    _strategy: str
+    _relax: bool
 
     def _init_recovery(self) -> None:
         self._actor_class: Any = None
@@ -204,27 +219,15 @@ class Recovery(Intake, StageActors, RayStats):
                 return
             self._hold(k)
         self._fail_poisoned(suspects, "actor")
-        for k in sorted(restart):
-            self._outstanding.pop(k, None)
-            self._last_ping.pop(k, None)
-            while True:
-                self._hold(k)
-                self._actors[k] = self._new_actor(k)
-                self._restarts[k] += 1
-                try:
-                    self._load_stages([k])
-                    break
-                except Unplaceable as exc:
-                    self._kill_actors([self._actors[k]])
-                    if self._restart != "backoff":  # no node for it: waiting would not help
-                        self._break(exc)
-                        return
-                    self._record_death(k, f"has no node to run on ({exc})")
-                except StageError as exc:
-                    self._kill_actors([self._actors[k]])
-                    if self._record_death(k, f"failed to restart ({exc})"):
-                        return
-            self._answered[k] = time.monotonic()
+        if restart and (problem := self._placement_problem()) is not None:
+            again = self._unplaceable(min(restart), problem)
+            if again is None:
+                return
+            restart |= again
+        started = self._start_again(sorted(restart))
+        if started is None:
+            return
+        restart |= started
         self._wire(epoch)
         with self._cv:
             self._traces.recovered(began, time.monotonic(), tuple(sorted(restart)))
@@ -234,6 +237,100 @@ class Recovery(Intake, StageActors, RayStats):
             while self._pending and not self._paused:
                 self._send(self._pending.popleft())
             self._cv.notify_all()
+
+    def _start_again(self, stages: list[int]) -> set[int] | None:
+        """A new actor for each of ``stages``, tried again by the restart policy; the stages
+        started (every one after the placement was relaxed), or None when the pipeline broke."""
+        done: set[int] = set()
+        todo = list(stages)
+        while todo:
+            k = todo.pop(0)
+            self._outstanding.pop(k, None)
+            self._last_ping.pop(k, None)
+            self._hold(k)
+            self._actors[k] = self._new_actor(k)
+            self._restarts[k] += 1
+            try:
+                self._load_stages([k])
+            except Unplaceable as exc:
+                self._kill_actors([self._actors[k]])
+                why = self._placement_problem()
+                if why is None:  # the nodes would hold it: Ray did not place it in time
+                    if self._restart != "backoff":
+                        self._break(exc)
+                        return None
+                    self._record_death(k, f"has no node to run on ({exc})")
+                    todo.insert(0, k)
+                    continue
+                again = self._unplaceable(k, why)
+                if again is None:
+                    return None
+                if again != {k}:  # relaxed: every stage starts again in the new placement group
+                    todo, done = sorted(again), set()
+                else:
+                    todo.insert(0, k)
+                continue
+            except StageError as exc:
+                self._kill_actors([self._actors[k]])
+                if self._record_death(k, f"failed to restart ({exc})"):
+                    return None
+                todo.insert(0, k)
+                continue
+            self._answered[k] = time.monotonic()
+            done.add(k)
+        return done
+
+    # -- no placement --------------------------------------------------------------------------
+    def _placement_problem(self) -> str | None:
+        """Why no placement of the plan fits the nodes reachable now (naming the constraint and
+        those nodes), or None when one does (or the cluster cannot say)."""
+        try:
+            nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        except Exception:
+            return None
+        why = placement_shortfall(self._bundles, self._strategy, [dict(n.get("Resources", {})) for n in nodes])
+        return None if why is None else f"{why}; nodes reachable now: {describe_nodes(nodes)}"
+
+    def _unplaceable(self, k: int, why: str) -> set[int] | None:
+        """Stage ``k`` must restart and no placement fits (``why``): say so, then relax the
+        strategy (every stage to restart: returned), or fail the requests (see the module). None:
+        the pipeline broke (``give-up``); else the stages to restart once placement fits again."""
+        _log.warning("corepipe ray pipeline: stage %d has no placement: %s", k, why)
+        loose = relaxed(self._strategy)
+        if self._relax and loose != self._strategy:
+            nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+            if placement_shortfall(self._bundles, loose, [dict(n.get("Resources", {})) for n in nodes]) is None:
+                return self._relax_placement(loose, why)
+            why += f" (relaxing to {loose} would not fit either)"
+        error = StageError(f"stage {k} cannot be placed again: {why}", stage=k)
+        if self._restart != "backoff":
+            self._break(error)
+            return None
+        self._set_down(f"stage {k} is down: {error}", _PING_S)
+        while (now := self._placement_problem()) is not None:
+            error = StageError(f"stage {k} cannot be placed again: {now}", stage=k)
+            with self._cv:
+                self._down = (f"stage {k} is down: {error}", time.monotonic() + _PING_S)
+                doomed = self._take_all()
+            for req in doomed:  # nothing waits for a placement that cannot come
+                self._finish(req, None, error)
+            self._wait_out(_PING_S)
+        _log.warning("corepipe ray pipeline: stage %d can be placed again; restarting it", k)
+        return {k}
+
+    def _relax_placement(self, loose: str, why: str) -> set[int]:
+        """Move every stage to a new placement group with the relaxed strategy; all restart."""
+        from ray.util.placement_group import remove_placement_group
+
+        _log.warning("corepipe ray pipeline: relaxing %s to %s on the nodes at hand (%s)", self._strategy, loose, why)
+        self._kill_actors(list(self._actors))
+        try:
+            remove_placement_group(self._pg)
+        except Exception:  # gone with its nodes already
+            pass
+        self._pg = create_placement(self._bundles, loose, self._start_timeout)
+        self._strategy = loose
+        return set(range(self._n))
 
     def _record_death(self, k: int, what: str) -> bool:
         """Count a death of stage ``k``'s actor. Past the limit, break the pipeline (True) under

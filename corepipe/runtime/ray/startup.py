@@ -58,6 +58,10 @@ class StageActors:
     def _take_results(self, frame: Any) -> None:
         raise NotImplementedError
 
+    def _placement_problem(self) -> str | None:
+        """Why no node reachable now can hold the plan (`corepipe.runtime.ray.recovery`)."""
+        return None
+
     def _open_stream(self, data_path: str, unframable: bool) -> None:
         """Choose the data path; for the stream, the client's two ends: the outlet to stage 0 and
         the inlet the last stage sends results to."""
@@ -144,6 +148,7 @@ class StageActors:
 
     def _get(self, k: int, ref: Any, deadline: float, what: str) -> Any:
         ray = self._ray
+        looked = time.monotonic()
         while True:
             if self._closed:
                 raise PipelineClosedError("the pipeline closed while a stage actor was starting")
@@ -151,6 +156,10 @@ class StageActors:
             ready, _ = ray.wait([ref], timeout=max(0.0, min(0.5, left)))
             if ready:
                 break
+            if what == "start" and time.monotonic() - looked > 2.0:  # a node lost while it waits
+                looked = time.monotonic()
+                if (why := self._placement_problem()) is not None:
+                    raise Unplaceable(f"stage {k}'s actor cannot be placed: {why}", stage=k)
             if left <= 0:
                 state = self._placement_state()
                 if state not in ("CREATED", "unknown"):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ...artifact.plan import Plan
+from ...errors import CorepipeError
 from ..base import BoundaryStats, PipelineStats, StageStats
 
 __all__ = ["RayStats"]
@@ -43,6 +45,8 @@ class RayStats:
     _cv: Any
     _inflight: dict[int, Any]
     _pending: Any
+    _down: tuple[str, float] | None
+    _broken: CorepipeError | None
 
     def stats(self) -> PipelineStats:
         if self._final_stats is not None:  # closed: the figures as they stood at the end
@@ -59,7 +63,11 @@ class RayStats:
             ))
         with self._cv:
             in_flight = len(self._inflight) + len(self._pending)
-        return self._summary(elapsed, stages, in_flight, self._boundary_stats(pings))  # type: ignore[attr-defined]
+        summary = self._summary(elapsed, stages, in_flight, self._boundary_stats(pings))  # type: ignore[attr-defined]
+        with self._cv:
+            down, broken = self._down, self._broken
+        problem = f"the pipeline broke: {broken}" if broken is not None else down[0] if down else None
+        return replace(summary, problem=problem) if problem else summary
 
     def _boundary_stats(self, pings: Mapping[int, Mapping[str, Any]]) -> list[BoundaryStats]:
         """Mean send-to-arrival time per boundary, clocks of other hosts corrected by their offsets."""
