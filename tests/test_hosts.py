@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import IN_CI
 from hosts import SHM, Hosts, clean_stale, missing, shm_names
 
 if why := missing():
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"CI must run the multi-host tests, but {why}", pytrace=False)
     pytest.skip(f"the multi-host rig cannot run here: {why}", allow_module_level=True)
 

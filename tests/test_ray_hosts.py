@@ -11,14 +11,13 @@ cuts a host brings it back before the next test (`whole`).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_gone
+from conftest import IN_CI, wait_gone
 from graphcases import all_cases, big_weight_model, run_reference
 from hosts import HEALTH, RAY_SHM, Hosts, missing, shm_names
 
@@ -27,7 +26,7 @@ import corepipe
 ray = pytest.importorskip("ray")
 
 if why := missing():
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"CI must run the multi-host tests, but {why}", pytrace=False)
     pytest.skip(f"the multi-host rig cannot run here: {why}", allow_module_level=True)
 

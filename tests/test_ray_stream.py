@@ -257,12 +257,12 @@ def test_a_link_closed_by_a_recovery_is_no_break_of_the_next_epoch(ends):
     _send(outlet, framing, 0, 0)
     sink.wait(1)
     inlet.reset(1)  # the receiver is reset first: the epoch-0 connection is closed
-    seq = 1
-    while not outlet.broken(0):
-        _send(outlet, framing, 0, seq)
+    seq, deadline = 1, time.monotonic() + 30
+    while not outlet.broken(0) and time.monotonic() < deadline:  # bounded: a sender that never
+        _send(outlet, framing, 0, seq)                           # sees the close fails below
         seq += 1
         time.sleep(0.01)
-    assert "boundary 1" in outlet.broken(0)
+    assert "boundary 1" in outlet.broken(0), "the outlet never reported its closed connection"
     assert outlet.broken(1) == "" and inlet.refusal(1) == ""
     outlet.reset(1, inlet.address)
     _send(outlet, framing, 1, 0)
