@@ -279,3 +279,43 @@ def test_one_broken_link_is_one_death_of_the_stage_it_feeds():
     assert list(link_losses(both, set(), 3)) == [2]
     assert link_losses([(3, "back")], set(), 3) == {2: "back"}
     assert link_losses([(1, "a"), (2, "b")], {2}, 3) == {1: "a"}
+
+
+# -- frames over dim ranges (ec61ef7) ---------------------------------------------------------------
+RANGED = [TensorSpec("h", "float32", (4, 24, 8), dims=("batch", "sequence", None), min_shape=(1, 1, 8)),
+          TensorSpec("ids", "int64", (4, 24), dims=("batch", "sequence"), min_shape=(1, 1))]
+
+
+@pytest.mark.parametrize("batch,length", [(1, 1), (4, 24), (2, 9), (3, 24), (4, 1)])
+def test_frames_carry_any_shape_within_the_dims_ranges(batch, length):
+    """A boundary over dynamic dims: every shape within the ranges travels, the smallest, the
+    largest and between (the framing once read only static shapes)."""
+    framing = Framing(RANGED, stages=2, boundary=1)
+    a, b = _pair()
+    rng = np.random.default_rng(batch * 100 + length)
+    arrays = [rng.standard_normal((batch, length, 8)).astype(np.float32),
+              rng.integers(0, 50, (batch, length)).astype(np.int64)]
+    a.send(framing.parts(epoch=0, seq=0, rid=1, status=OK, error=None, arrays=arrays, stamps=[]))
+    got = framing.read(b, epoch=0, seq=0)
+    for sent, came in zip(arrays, got.arrays):
+        assert came.shape == sent.shape
+        np.testing.assert_array_equal(came, sent)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((5, 3, 8), r"'h' should be float32\[batch=1..4,sequence=1..24,8\], got shape \[5, 3, 8\]"),
+    ((2, 25, 8), r"got shape \[2, 25, 8\]"),
+    ((2, 0, 8), r"got shape \[2, 0, 8\]"),
+    ((2, 3, 9), r"got shape \[2, 3, 9\]"),
+])
+def test_a_shape_outside_the_dims_ranges_is_refused_before_any_data(shape, match):
+    framing = Framing(RANGED, stages=2, boundary=1)
+    a, b = _pair()
+    good = [np.zeros((2, 3, 8), np.float32), np.zeros((2, 3), np.int64)]
+    parts = framing.parts(epoch=0, seq=0, rid=1, status=OK, error=None, arrays=good, stamps=[])
+    header = parts[0]
+    base = 6  # _FIXED_WORDS: the first tensor's ndim, then its dims
+    header[base + 1: base + 1 + 3] = shape
+    a.send(parts)
+    with pytest.raises(ProtocolError, match=match):
+        framing.read(b, epoch=0, seq=0)

@@ -187,6 +187,8 @@ def test_ray_runs_mixed_shapes(embed, compiled):
     rng = np.random.default_rng(6)
     feeds = [ids(rng, 1 + n % 4, n) for n in (3, 24, 1, 9, 17, 2, 12)]
     with corepipe.load(compiled, backend="ray") as pipe:
+        # data_path "auto" (the default) picks the stream: frames over the dims' ranges, no Ray call
+        assert pipe.data_path == "stream"
         for out, x in zip(pipe.map(feeds), feeds):
             assert_same(out, reference(embed, x))
         with pytest.raises(corepipe.InputError, match="outside its range"):
