@@ -92,7 +92,7 @@ def test_the_offset_of_a_clock_5s_ahead_is_measured_and_corrects_hand_offs_and_t
     # A request's stamps on each stage's clock land on the driver's monotonic clock in order.
     wall = time.time()
     (e0, l0), (e1, l1) = stats._to_monotonic([wall, wall + 0.01, wall + 0.02 + AHEAD, wall + 0.03 + AHEAD])
-    assert l0 - e0 == pytest.approx(0.01) and e1 - l0 == pytest.approx(0.01, abs=0.01)
+    assert l0 - e0 == pytest.approx(0.01) == l1 - e1 and e1 - l0 == pytest.approx(0.01, abs=0.01)
     assert e0 == pytest.approx(wall + stats._mono_minus_wall)
 
 
