@@ -17,7 +17,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from graphcases import big_weight_model, case_index_from_request, run_reference
+from graphcases import all_cases, big_weight_model, case_index_from_request, run_reference
 
 import corepipe
 
@@ -199,3 +199,76 @@ def test_placements_no_cluster_can_hold_are_refused_at_once(cluster, chain, tmp_
     assert _alive_actor_ids() - before == set()
     assert ray.util.placement_group_table() == {} or all(
         p["state"] == "REMOVED" for p in ray.util.placement_group_table().values())
+
+
+# -- placement, memory budgets, shipped stages, a node removed: the non-root versions of what
+# test_ray_hosts.py checks across namespace hosts (there only as root), with the assertions the
+# move lost (the actors' module path, the boundary byte count, stage_source="ship").
+def test_custom_resources_place_stages_on_chosen_nodes(cluster, chain):
+    _, nodes = cluster
+    path, feeds, refs = chain
+    with corepipe.load(path, backend="ray", stage_resources=[{"cp_n2": 1}, {"cp_n0": 1}]) as pipe:
+        where = pipe.placement()
+        assert [w["node_id"] for w in where] == [nodes[2].node_id, nodes[0].node_id]
+        assert all(w["module"] == os.path.join(ROOT, "corepipe") for w in where)
+        assert [w["source"] for w in where] == ["path", "path"]  # the nodes share this disk
+        _check(list(pipe.map(feeds)), refs)
+        st = pipe.stats()
+    assert st.backend == "ray" and st.completed == len(feeds) and st.failed == 0
+    assert [s.requests for s in st.stages] == [len(feeds)] * 2
+    assert [b.handoffs for b in st.boundaries] == [len(feeds)] * 3
+    assert all(b.mean_s > 0 for b in st.boundaries)
+    assert st.boundaries[1].nbytes == sum(t.nbytes for t in pipe.plan.boundaries[1])
+
+
+def test_strict_spread_gives_each_stage_its_own_node(cluster, tmp_path):
+    case = next(c for c in all_cases() if c.name == "skip_far")
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(), num_cores=3)
+    with corepipe.load(cm.path, backend="ray", placement_strategy="STRICT_SPREAD",
+                       stage_source="ship") as pipe:
+        assert len({w["node_id"] for w in pipe.placement()}) == 3
+        assert {w["source"] for w in pipe.placement()} == {"ship"}
+        _check([pipe.run(case.feeds, timeout=60)], [run_reference(case.model, case.feeds)])
+
+
+def test_weights_over_one_nodes_budget_run_across_nodes(cluster, tmp_path):
+    case = big_weight_model([MiB] * 6)  # 6 MiB of weights; each node declares 2.5 MiB
+    cm = corepipe.compile(case.model, tmp_path / "a", example_inputs=case.inputs(),
+                          target="ray", core_memory=BUDGET, num_cores="auto")
+    assert cm.num_cores == 3 and all(s.resident_bytes > BUDGET / 2 for s in cm.stages)
+    # PACK would fill one node, but each bundle reserves its stage's bytes of the node's memory.
+    with corepipe.load(cm.path, backend="ray", placement_strategy="PACK") as pipe:
+        assert len({w["node_id"] for w in pipe.placement()}) == 3
+        _check([pipe.run(case.feeds, timeout=60)], [run_reference(case.model, case.feeds)])
+
+
+def test_removed_node_mid_stream_moves_its_stage_and_loses_nothing(cluster, tmp_path):
+    """Last in the module: it takes one of the cluster's nodes away for good."""
+    from test_reliability import _slow_on_demand_model
+
+    c, nodes = cluster
+    model = _slow_on_demand_model()  # stage 1 loops n times: ~0.3 s a request on onnxruntime
+    rng = np.random.default_rng(11)
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32), "n": np.array(150_000, np.int64)}
+             for _ in range(10)]
+    refs = [run_reference(model, f) for f in feeds]
+    # onnxruntime: OpenVINO runs the loop ~3x faster, and the queue could drain while the node
+    # is being removed (remove_node takes about a second).
+    cm = corepipe.compile(model, tmp_path / "a", example_inputs=feeds[0], cuts=[2], engine="onnxruntime")
+    # Stage 0 on the head; stage 1 on node 1 or 2, whichever Ray picks, and the other takes it over.
+    with corepipe.load(cm.path, backend="ray", stage_resources=[{"cp_n0": 1}, {}],
+                       max_in_flight=len(feeds)) as pipe:
+        before = pipe.placement()[1]["node_id"]
+        victim = next(n for n in nodes[1:] if n.node_id == before)
+        futs = [pipe.submit(f) for f in feeds]
+        futs[1].result(timeout=60)
+        assert not futs[-1].done()  # requests are queued at stage 1 when its node dies
+        c.remove_node(victim, allow_graceful=False)  # its raylet and actors die at once
+        outs = [f.result(timeout=120) for f in futs]
+        after = pipe.placement()[1]["node_id"]
+        st = pipe.stats()
+        assert pipe.replayed >= 1
+    _check(outs, refs)
+    assert after != before and after in {n.node_id for n in nodes[1:]}
+    assert st.stages[1].restarts >= 1 and st.completed == len(feeds) and st.failed == 0
+    assert before not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
