@@ -46,6 +46,17 @@ GROUPS = {"data": 1, "control": 4}
 Failure = tuple[int, str, str]
 
 
+def _method(**options: Any) -> Any:
+    """`ray.method` with ``options``. A Ray Client driver's `ray.method` knows fewer options
+    (not ``enable_task_events``) and refuses the rest, which made this module fail to import
+    there: it drops what it does not know. The actor's own process, never a client, keeps all."""
+    try:
+        return ray.method(**options)
+    except AssertionError:
+        options.pop("enable_task_events", None)
+        return ray.method(**options)
+
+
 @dataclass
 class _Message:
     seq: int
@@ -175,7 +186,7 @@ class StageActor:
 
     # -- data path ---------------------------------------------------------------------------
     # Fire and forget, and no task events: per request, the data path costs one RPC per hop.
-    @ray.method(concurrency_group="data", num_returns=0, enable_task_events=False)
+    @_method(concurrency_group="data", num_returns=0, enable_task_events=False)
     def push(self, epoch: int, seq: int, rid: int, sent_at: float, status: int,
              error: Failure | None, arrays: list[np.ndarray], stamps: list[float]) -> None:
         """File message ``seq`` of ``epoch`` (request ``rid``) for the compute thread. Messages of
@@ -248,7 +259,7 @@ class StageActor:
             downstream.push.remote(epoch, msg.seq, msg.rid, time.time(), status, error, out, stamps)
 
     # -- control (driver) --------------------------------------------------------------------
-    @ray.method(concurrency_group="control")
+    @_method(concurrency_group="control")
     def reset(self, epoch: int, downstream: Any, stream: bool = False) -> str:
         """Start ``epoch``: drop what the old one left, expect message 0 next, and send results
         to ``downstream``: on the object-store path the next stage's actor (``None`` for the last
@@ -269,7 +280,7 @@ class StageActor:
         self._outlet.reset(epoch, address)
         return self._outlet.connect(5.0) if address is not None else ""
 
-    @ray.method(concurrency_group="control", enable_task_events=False)
+    @_method(concurrency_group="control", enable_task_events=False)
     def take(self, epoch: int, wait_s: float) -> tuple[int, list[tuple[Any, ...]]]:
         """Last stage: the finished results of ``epoch`` in order, waiting up to ``wait_s`` for the
         first. Each is ``(seq, rid, ready_at, status, error, arrays, stamps)``."""
@@ -286,7 +297,7 @@ class StageActor:
             self._results.clear()
         return epoch, out
 
-    @ray.method(concurrency_group="control", enable_task_events=False)
+    @_method(concurrency_group="control", enable_task_events=False)
     def ping(self) -> dict[str, Any]:
         """Liveness and counters: the actor's clock, what it runs since when, totals."""
         with self._cv:
@@ -303,7 +314,7 @@ class StageActor:
                 "broken": broken, "refused": refused,
             }
 
-    @ray.method(concurrency_group="control")
+    @_method(concurrency_group="control")
     def stop(self) -> None:
         with self._cv:
             self._stopped = True
