@@ -228,3 +228,36 @@ def test_partition_under_give_up_fails_requests_naming_the_lost_host(rig, slow):
         with pytest.raises(corepipe.PipelineClosedError, match="lost with its host"):
             pipe.submit(feeds[0])
 
+
+
+def test_a_stage_its_neighbour_cannot_reach_falls_back_to_the_object_store(rig, chain):
+    """Host 1 cannot open a TCP connection to a block of 1,024 ports (a routing rule blackholes
+    them), and host 2's listeners get ports there (its ephemeral range): stage 0 on host 1 cannot
+    reach stage 1's inlet on host 2, while Ray's own ports (bound before) still work. ``"auto"``
+    falls back to the object store and answers right; ``"stream"`` is refused saying why."""
+    h, _ = rig
+    path, feeds, refs = chain
+    # A block of ports no socket of host 2 uses now (Ray's listeners and connections keep theirs).
+    taken = subprocess.run(["ip", "netns", "exec", h.ns(2), "ss", "-Htan"], capture_output=True, text=True).stdout
+    used = {int(line.split()[3].rsplit(":", 1)[1]) for line in taken.splitlines() if line.strip()}
+    low = next(b for b in range(33792, 59392, 1024) if not any(b <= port < b + 1024 for port in used))
+    high = low + 1023
+    rule = ["ip", "-n", h.ns(1), "rule", "add", "ipproto", "tcp", "dport", f"{low}-{high}", "table", "100", "prio", "100"]
+    subprocess.run(["ip", "netns", "exec", h.ns(2), "sysctl", "-qw", f"net.ipv4.ip_local_port_range={low} {high}"],
+                   check=True)
+    try:
+        subprocess.run(rule, check=True)
+        subprocess.run(["ip", "-n", h.ns(1), "route", "add", "blackhole", "default", "table", "100"], check=True)
+        pins = [{"cp_h1": 1}, {"cp_h2": 1}]
+        with corepipe.load(path, backend="ray", stage_resources=pins, start_timeout=START_S) as pipe:
+            assert pipe.data_path == "object-store"
+            where = pipe.placement()
+            assert [w["ip"] for w in where] == [h.ip(1), h.ip(2)] and low <= where[1]["inlet"][1] <= high
+            _check(list(pipe.map(feeds[:8])), refs[:8])
+        with pytest.raises(corepipe.CorepipeError, match="data_path='stream': stage 0 cannot reach its downstream"):
+            corepipe.load(path, backend="ray", stage_resources=pins, data_path="stream", start_timeout=START_S)
+    finally:
+        subprocess.run(["ip", "-n", h.ns(1), "rule", "del", "prio", "100"], check=False)
+        subprocess.run(["ip", "-n", h.ns(1), "route", "flush", "table", "100"], check=False)
+        subprocess.run(["ip", "netns", "exec", h.ns(2), "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999"],
+                       check=False)
