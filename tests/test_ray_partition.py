@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leaks", "whole")]
 DETECT_S = HEALTH["health_check_failure_threshold"] * (
     HEALTH["health_check_period_ms"] + HEALTH["health_check_timeout_ms"]) / 1000
 START_S = 30.0
-#: A request sent after the cut is answered (or failed) within this, far below its own timeout.
+#: A request sent after the cut is answered (or failed) within this: Ray's detection and a
+#: placement check, not the request's own timeout (the issue saw 120 s requests hang to it).
 BOUND_S = DETECT_S + 20.0
 TIMEOUT_S = 120.0
 
@@ -103,10 +104,8 @@ def test_no_placement_after_the_heads_host_is_cut_off_is_said_at_once(rig, small
         _check(list(pipe.map(feeds[:6])), refs[:6])
         assert pipe.stats().problem is None
         h.link(0, False)  # the head's host: the driver now reaches the head alone
-        began = time.monotonic()
-        with pytest.raises(corepipe.StageError) as info:
-            pipe.run(feeds[6], timeout=TIMEOUT_S)
-        assert time.monotonic() - began < BOUND_S, "the request waited instead of failing"
+        with pytest.raises(corepipe.StageError) as info:  # not a TimeoutError: it does not wait
+            pipe.run(feeds[6], timeout=BOUND_S)
         text = str(info.value)
         assert info.value.stage == 1 and "cannot be placed again" in text
         assert "STRICT_SPREAD" in text and f"nodes reachable now: {h.ip(0)} (CPU 2)" in text, text
@@ -132,9 +131,7 @@ def test_relax_placement_moves_the_stages_onto_the_nodes_at_hand(rig, small, cap
     with _load(path, relax_placement=True) as pipe:
         _check(list(pipe.map(feeds[:6])), refs[:6])
         h.link(0, False)
-        began = time.monotonic()
-        _check([pipe.run(feeds[6], timeout=TIMEOUT_S)], refs[6:7])
-        assert time.monotonic() - began < BOUND_S + START_S
+        _check([pipe.run(feeds[6], timeout=BOUND_S + START_S)], refs[6:7])
         assert [w["ip"] for w in pipe.placement()] == [h.ip(0), h.ip(0)]  # both on the head now
         assert any("relaxing STRICT_SPREAD to SPREAD" in r.getMessage() for r in caplog.records)
         _check(list(pipe.map(feeds[7:])), refs[7:])
