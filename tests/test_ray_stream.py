@@ -319,3 +319,23 @@ def test_a_shape_outside_the_dims_ranges_is_refused_before_any_data(shape, match
     a.send(parts)
     with pytest.raises(ProtocolError, match=match):
         framing.read(b, epoch=0, seq=0)
+
+
+def test_strings_never_cross_a_boundary_so_the_stream_never_meets_one(tmp_path):
+    """The ray backend falls back to the object store for a boundary carrying strings
+    (`streamable`); compile never writes one: a cut where a string tensor would cross is
+    refused, naming it."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    import corepipe
+
+    nodes = [oh.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING, name="tostr"),
+             oh.make_node("Cast", ["t"], ["y"], to=TensorProto.INT64, name="toint")]
+    graph = oh.make_graph(nodes, "strings", [oh.make_tensor_value_info("x", TensorProto.INT64, [3])],
+                          [oh.make_tensor_value_info("y", TensorProto.INT64, [3])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    with pytest.raises(corepipe.CompileError, match="'t' is a object tensor, and only numpy tensors of standard"):
+        corepipe.compile(model, tmp_path / "a", example_inputs={"x": np.arange(3)}, cuts=[1], engine="onnxruntime")
