@@ -4,7 +4,8 @@ with ``placement_strategy="STRICT_SPREAD"`` has stage 0 on the head and stage 1 
 Then the head's own host loses its link: the driver reaches the head alone, one node, where
 STRICT_SPREAD cannot put 2 stages. The pipeline says so at once (a warning in the log,
 ``stats().problem``, `readiness`) and fails the next request with a `StageError` naming the
-constraint and the nodes reachable, well before the request's own timeout; or, with
+constraint and the nodes reachable, well before the request's own timeout (under ``backoff``
+it goes on once the nodes are back; under ``give-up`` it breaks); or, with
 ``relax_placement=True``, moves both stages onto the head (SPREAD) and answers it.
 """
 
@@ -137,3 +138,17 @@ def test_relax_placement_moves_the_stages_onto_the_nodes_at_hand(rig, small, cap
         _check(list(pipe.map(feeds[7:])), refs[7:])
         st = pipe.stats()
     assert st.failed == 0 and st.completed == len(feeds) and st.problem is None
+
+
+def test_under_give_up_no_placement_breaks_the_pipeline_saying_why(rig, small):
+    h = rig
+    path, feeds, refs = small
+    with corepipe.load(path, backend="ray", placement_strategy="STRICT_SPREAD", restart="give-up",
+                       stage_resources=[{"cp_h0": 1}, {}], start_timeout=START_S) as pipe:
+        _check(list(pipe.map(feeds[:4])), refs[:4])
+        h.link(0, False)
+        with pytest.raises(corepipe.StageError, match=f"STRICT_SPREAD.*nodes reachable now: {h.ip(0)}"):
+            pipe.run(feeds[4], timeout=BOUND_S)
+        assert "STRICT_SPREAD" in (pipe.stats().problem or "")
+        with pytest.raises(corepipe.PipelineClosedError, match="STRICT_SPREAD"):
+            pipe.submit(feeds[5])
