@@ -215,11 +215,19 @@ def _forbidden(graph: ModelGraph, pairs: Sequence[PairLayout], inputs: set[str])
         elif len(names) != 1:
             out[p] = (f"{len(names)} activations would cross ({', '.join(repr(t) for t in names[:3])}"
                       f"{', ...' if len(names) > 3 else ''}); a decoder's boundary carries only the hidden state")
-    for pair in pairs:
+    spans = []
+    for pair in pairs:  # the layer: out to the nearest places where the hidden state alone crosses
         at = [n.index for n in graph.nodes if pair.past in n.reads or pair.present in n.writes]
         if not at:
             continue
-        for p in range(min(at) + 1, max(at) + 1):
+        lo, hi = min(at), max(at)
+        while lo > 0 and lo in out:
+            lo -= 1
+        while hi + 1 < graph.n and hi + 1 in out:
+            hi += 1
+        spans.append((lo, hi, pair))
+    for lo, hi, pair in spans:
+        for p in range(lo + 1, hi + 1):
             out[p] = (f"it would split the layer of state pair {pair.past!r} -> {pair.present!r} (nodes "
-                      f"{min(at)}..{max(at)}: {graph.nodes[min(at)].name!r} to {graph.nodes[max(at)].name!r})")
+                      f"{lo}..{hi}: {graph.nodes[lo].name!r} to {graph.nodes[hi].name!r})")
     return out
