@@ -4,6 +4,7 @@ pair's layer, and dims that start at 0 or are sums on the plain (``state=None``)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,31 @@ def test_dims_from_zero_and_sums() -> None:
         check_dims({"past": (0, 0)})
     with pytest.raises(ValueError, match="not a symbolic dim name"):
         check_dims({"past + ": (0, 4)})
+
+
+def test_cli_compile_and_inspect_show_the_decoder(gpt2: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from corepipe.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "art"
+    res = runner.invoke(app, ["compile", str(gpt2), "-o", str(out), "-n", "2", "-e", "onnxruntime",
+                              "--max-sequences", "4", "--max-length", "64", "--state", "auto"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["inspect", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "decoder: 4 state pairs; KV 256.0 KiB in all for max_sequences 4 x max_length 64" in text
+    assert "past_sequence_length 0..63" in text and "past_sequence_length + sequence_length 1..64" in text
+    assert "stage 0:" in text and "KV " in text
+    res = runner.invoke(app, ["inspect", str(out), "--json"])
+    data = json.loads(res.output)
+    assert data["decoder"]["max_length"] == 64 and len(data["decoder"]["pairs"]) == 4
+    res = runner.invoke(app, ["compile", str(gpt2), "-o", str(tmp_path / "b"), "--state", "present.0.key"])
+    assert res.exit_code != 0 and "PRESENT=PAST" in res.output
+    res = runner.invoke(app, ["compile", str(gpt2), "-o", str(tmp_path / "c"), "-n", "2", "-e", "onnxruntime",
+                              "--state", "none", "--dynamic", "past_sequence_length=0:15",
+                              "--dynamic", "sequence_length=1:8", "--dynamic", "batch_size=1:2"])
+    assert res.exit_code == 0, res.output
+    assert "decoder:" not in res.output
