@@ -91,7 +91,7 @@ def test_stages_in_sequence_equal_the_whole_model(model: Path, stages: int, tmp_
         names = [o.name for o in whole.get_outputs()]
         want = dict(zip(names, ref))
         np.testing.assert_allclose(logits, want[dec.logits], rtol=1e-4, atol=1e-4)
-        for p_in, p_out in pairs:
+        for _, p_out in pairs:
             np.testing.assert_allclose(presents[p_out], want[p_out], rtol=1e-4, atol=1e-4)
         past = {p_in: presents[p_out] for p_in, p_out in pairs}
         ref_past = {p_in: want[p_out] for p_in, p_out in pairs}

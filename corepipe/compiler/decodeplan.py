@@ -12,6 +12,7 @@ past dims: one graph serves a prefill of any length and a decode batch of any si
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _kv_words(dm: DecoderModel, kv: Sequence[int]) -> str:
 
 
 def compile_decoder(
-    dm: DecoderModel, output_dir: str | Path, *, num_cores: int | str, tgt: Target, cuts: Sequence[int] | None,
+    dm: DecoderModel, output_dir: str | os.PathLike[str], *, num_cores: int | str, tgt: Target, cuts: Sequence[int] | None,
     engine: str, precision: str, notes: list[str], report: Callable[[str, int, int], None],
     deployment: Deployment | None,
 ) -> tuple[Path, Plan]:
