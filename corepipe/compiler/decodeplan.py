@@ -123,7 +123,9 @@ def compile_decoder(
                             p.token_shape) for p in dm.pairs)
     spec = DecoderSpec(dm.ids, dm.logits, dm.mask, dm.positions, pairs, dm.max_sequences, dm.max_length)
     shapes = Shapes(dims=dict(dm.dims), batch=dm.batch)
-    notes = engine_notes(engine, precision, choices) + notes + [DECODER_NOTE.format(pairs=len(pairs), kv=kv_words)]
+    # Every stage is dynamic by design: the engines' "not static" notes would only be noise.
+    notes = [n for n in engine_notes(engine, precision, choices) if " is not static: " not in n] + notes + [
+        DECODER_NOTE.format(pairs=len(pairs), kv=kv_words)]
     plan = make_plan(graph, problem, tgt, bounds, "estimate", choices, deployment=deployment, notes=notes,
                      shapes=shapes)
     step = {dm.ids, dm.mask, dm.positions}
