@@ -159,3 +159,17 @@ def test_cli_compile_and_inspect_show_the_decoder(gpt2: Path, tmp_path: Path) ->
                               "--dynamic", "sequence_length=1:8", "--dynamic", "batch_size=1:2"])
     assert res.exit_code == 0, res.output
     assert "decoder:" not in res.output
+
+
+@pytest.mark.parametrize("dims, buckets, message", [
+    ({"past_sequence_length + sequence_length": (1, 64), "batch_size": (1, 2)}, "auto",
+     r"is the sum of \['past_sequence_length', 'sequence_length'\]: give their ranges instead"),
+    ({"past_sequence_length": (0, 15), "sequence_length": (1, 8), "batch_size": (1, 2),
+      "past_sequence_length + sequence_length": (1, 64)}, "auto", r"so its range is \(1, 23\), not \(1, 64\)"),
+    ({"past_sequence_length": (0, 15), "sequence_length": (1, 8), "batch_size": (1, 2)}, {"sequence_length": [4, 8]},
+     "padding one would change the other"),
+])
+def test_plain_path_sum_dims_errors(gpt2: Path, tmp_path: Path, dims: dict[str, tuple[int, int]], buckets: object,
+                                    message: str) -> None:
+    with pytest.raises(CompileError, match=message):
+        _compile(gpt2, tmp_path / "a", num_cores=2, state=None, dynamic_dims=dims, buckets=buckets)
