@@ -109,9 +109,12 @@ def compile_decoder(
             bounds = solver.solve(problem, k, links_for(tgt, k))
         except solver.Infeasible:
             places = int(sum(problem.allowed()[1:-1]))
+            lacks = [n for n, v in (("attention_mask", dm.mask), ("position_ids", dm.positions)) if v is None]
+            hint = (f" (it has no {' or '.join(lacks)} input, from which each stage recomputes the shapes and masks "
+                    "it needs: re-export it with them)") if lacks else ""
             raise CompileError(
                 f"cannot cut this decoder into {plural(k, 'stage')}: only {plural(places, 'place')} between its "
-                "nodes let the hidden state alone cross with each state pair's layer whole; "
+                f"nodes let the hidden state alone cross with each state pair's layer whole{hint}; "
                 f"use num_cores <= {places + 1}") from None
     choices = check_engines(graph, bounds, feeds, engine, precision, report)
     report("partition", 1, 1)
