@@ -152,3 +152,30 @@ def test_tune_from_python_returns_what_it_wrote(tmp_path):
     assert figures == json.loads(json.dumps(result.to_dict(), default=float))
     text = result.to_markdown()
     assert f"**{ch.name}** (chosen)" in text and "| R x S x T |" in text
+
+
+def test_balance_load_over_dynamic_dims_writes_a_plan_on_the_library_and_the_cli(tmp_path):
+    """Issue 28: every trial cut of ``balance="load"`` over dynamic dims was written without its
+    shapes and refused ("needs its 'shapes'"): `compile --dynamic --balance load`, and so `tune
+    --lengths` (whose default balance is load) crashed on every multi-stage candidate."""
+    from shapemodels import embed_model, ids, reference
+
+    model = embed_model(tmp_path / "embed.onnx")
+    cm = corepipe.compile(str(model), tmp_path / "lib", num_cores=2, balance="load", engine="onnxruntime",
+                          dynamic_dims={"sequence": (1, 16)}, buckets=None, load_rounds=1, load_seconds=0.1,
+                          example_inputs=ids(np.random.default_rng(0), 1, 8))
+    plan = corepipe.CompiledModel.open(cm.path).plan
+    assert plan.balance == "load" and plan.shapes is not None and plan.shapes.dims["sequence"] == (1, 16)
+    assert all(st.loaded_s for st in plan.stages) and len(plan.stages) == 2
+    feeds = ids(np.random.default_rng(1), 1, 5)
+    with corepipe.load(cm.path) as pipe:
+        _same(pipe.run(feeds), reference(model, feeds))
+    r = _cli("compile", str(model), "-o", str(tmp_path / "cli"), "-n", "2", "--dynamic", "sequence=1:16",
+             "--balance", "load", "-e", "onnxruntime", "--buckets", "none")
+    assert r.returncode == 0, r.stderr
+    assert corepipe.CompiledModel.open(tmp_path / "cli").plan.balance == "load"
+    t = _cli("tune", str(model), "-o", str(tmp_path / "tuned"), "-n", "2", "--lengths", "~6:16", "--seconds", "0.1",
+             "--load-rounds", "1", "--no-peers", "-e", "onnxruntime")
+    assert t.returncode == 0, t.stderr
+    tuned = corepipe.CompiledModel.open(tmp_path / "tuned").plan
+    assert tuned.shapes is not None and tuned.deployment is not None and (tmp_path / "tuned" / "tune.png").exists()
