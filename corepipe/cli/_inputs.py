@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import onnx
@@ -19,8 +20,10 @@ from ..artifact.plan import TensorSpec
 
 __all__ = [
     "DTYPES",
+    "InputShapes",
     "RANDOM_INT_HIGH",
     "check_model",
+    "example_feeds",
     "load_model",
     "load_npz",
     "npz_requests",
@@ -37,6 +40,21 @@ DTYPES = (
 #: Random integer inputs are drawn from [0, RANDOM_INT_HIGH): valid token ids for any embedding
 #: table of at least this many rows. Use ``--inputs file.npz`` for real data.
 RANDOM_INT_HIGH = 100
+
+
+#: ``--input NAME=SHAPE:DTYPE`` of `bench` and `tune`, as `compile`'s: fix an input's symbolic dims.
+InputShapes = Annotated[list[str] | None, typer.Option(
+    "--input", "-i", metavar="NAME=SHAPE:DTYPE",
+    help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the values are ones; "
+    "overrides --inputs), as `corepipe compile --input`.", show_default=False)]
+
+
+def example_feeds(npz: Path | None, shapes: Sequence[str] | None) -> dict[str, np.ndarray] | None:
+    """The example inputs of ``--inputs FILE.npz`` and ``--input NAME=SHAPE:DTYPE`` flags (these
+    win), or None when neither is given."""
+    feeds = load_npz(npz) if npz is not None else {}
+    feeds.update(parse_input_flag(text) for text in shapes or ())
+    return feeds or None
 
 
 def parse_input_flag(text: str) -> tuple[str, np.ndarray]:

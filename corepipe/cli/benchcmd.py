@@ -18,7 +18,7 @@ from ..bench.result import ms, num
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
 from ._app import app, cli_errors, err, out
-from ._inputs import check_model, load_npz
+from ._inputs import InputShapes, check_model, example_feeds
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline
 from .report import fit, plural
@@ -102,6 +102,7 @@ def bench_cmd(
         "--inputs", metavar="FILE.npz",
         help="Example inputs (one array per model input) to send instead of random ones.",
         show_default=False)] = None,
+    input_shapes: InputShapes = None,
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", metavar="FILE.png",
         help="Draw the pipeline's measured requests as a Gantt chart (.png, .svg, .pdf; needs "
@@ -190,7 +191,7 @@ def bench_cmd(
         check_model(model)
         if timeline is not None:
             check_plot(timeline, "--timeline")
-        feeds = load_npz(inputs) if inputs is not None else None
+        feeds = example_feeds(inputs, input_shapes)
         shaped = shape_kwargs(dynamic, buckets, None, None)
         profile = lengths_option(lengths)
         with err.status("starting") as status:

@@ -30,6 +30,7 @@ from ..artifact.plan import Plan
 from ..artifact.sizes import format_bytes
 from ..artifact.sizes import plural as _plural
 from ..runtime import PipelineStats
+from .words import flag_names
 
 __all__ = [
     "MIB",
@@ -230,7 +231,7 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
                      + " ms per request")
     if path is not None:
         lines.append(f"artifact: {path}")
-    return Text("\n".join(lines))
+    return Text(flag_names("\n".join(lines)))  # the plan's notes, in the flags' words
 
 
 def stats_table(stats: PipelineStats) -> Table:

@@ -1,0 +1,76 @@
+"""The command line speaks in its flags (issue 28, the first hour): library parameter names in
+errors and plan notes become the flags a user types, and `bench` and `tune` take the input flags
+their own messages ask for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from shapemodels import embed_model
+from typer.testing import CliRunner
+
+from corepipe.cli import app
+from corepipe.cli.words import flag_names
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def said(result) -> str:  # type: ignore[no-untyped-def]
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def embed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return embed_model(tmp_path_factory.mktemp("words") / "embed.onnx")
+
+
+@pytest.mark.parametrize(("library", "cli"), [
+    ("dynamic_dims names ['seq'], which is not", "--dynamic names ['seq'], which is not"),
+    ("widen the range (dynamic_dims={'sequence': (1, 300)}) or keep", "widen the range (--dynamic sequence=1:300) or keep"),
+    ("e.g. dynamic_dims={'batch': (1, 8), 'sequence': (1, 128)}", "e.g. --dynamic batch=1:8 --dynamic sequence=1:128"),
+    ("uniform over 1..16 (pass shape_profile= for yours)", "uniform over 1..16 (pass --shape-profile for yours)"),
+    ("compile with buckets=None", "compile with --buckets none"),
+    ("pass pad_values= (e.g. the pad token)", "pass --pad-value (e.g. the pad token)"),
+    ("buckets={'sequence': [16, 32]} as asked", "--buckets sequence=16,32 as asked"),
+    ("pass example_inputs={'ids': array} (or --input ids=1x128:int64)",
+     "pass --inputs FILE.npz (or --input ids=1x128:int64)"),
+    ("num_cores=3 is too many; precision='bf16'", "--num-cores 3 is too many; --precision bf16"),
+    ("serve it with max_batch=4", "serve it with --max-batch 4"),
+])
+def test_library_words_become_flags(library: str, cli: str) -> None:
+    assert flag_names(library) == cli
+
+
+def test_a_command_names_its_own_spelling_of_a_parameter() -> None:
+    """bench and tune read the shape profile from --lengths."""
+    note = "uniform over 1..16 (pass shape_profile= for yours)"
+    assert flag_names(note, {"shape_profile": "--lengths"}) == "uniform over 1..16 (pass --lengths for yours)"
+
+
+def test_errors_on_the_command_line_name_the_flags(embed: Path, tmp_path: Path) -> None:
+    r = invoke("compile", embed, "-o", tmp_path / "a", "-n", "2", "--dynamic", "seq=1:16")
+    assert r.exit_code == 2 and "error: --dynamic names ['seq']" in said(r), r.output
+    assert "dynamic_dims" not in said(r)
+    r = invoke("bench", embed, "-n", "2", "--lengths", "4:300", "--dynamic", "sequence=1:64", "--no-peers")
+    assert r.exit_code == 2 and "outside the range" in said(r), r.output
+    assert "dynamic_dims" not in said(r) and "--dynamic sequence=" in said(r)
+
+
+def test_bench_and_tune_take_the_input_flags_their_messages_ask_for(embed: Path, tmp_path: Path) -> None:
+    """A model with symbolic dims and no --lengths: both commands say to pass --inputs or
+    --input, and both take them (as `compile` does)."""
+    for cmd in (["bench", embed, "-n", "1", "--no-peers", "-r", "2"],
+                ["tune", embed, "-o", tmp_path / "t", "-n", "1", "--no-peers"]):
+        r = invoke(*cmd)
+        assert r.exit_code == 2, r.output
+        assert "pass --inputs FILE.npz (or --input ids=1x128:int64)" in said(r), r.output
+        bad = invoke(*cmd, "--input", "ids=1x8:int65")
+        assert bad.exit_code == 2 and "--input 'ids=1x8:int65': unknown dtype 'int65'" in said(bad), bad.output
+    r = invoke("bench", embed, "-n", "1", "--no-peers", "-r", "4", "-i", "ids=1x8:int64", "--json")
+    assert r.exit_code == 0, r.output
+    assert '"corepipe"' in r.output
