@@ -159,7 +159,8 @@ def compile_cmd(
         with report.compile_progress(err) as progress:
             if savedmodel:
                 progress("convert TF", 0, 1)
-                conv = convert_saved_model(model, examples, signature=signature)
+                conv = convert_saved_model(model, examples, signature=signature,
+                                           dynamic=list(shaping.get("dynamic_dims") or ()))
                 progress("convert TF", 1, 1)
                 for feed, name in conv.feed_names.items():
                     if feed != name:
