@@ -20,6 +20,18 @@ def invoke(*args: str | Path):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [str(a) for a in args])
 
 
+def symbolic_model(path: Path) -> Path:
+    """x: float32[N, 4] -> Relu -> y, with a symbolic batch dim N."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "sym",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def said(result) -> str:  # type: ignore[no-untyped-def]
     return " ".join(result.output.split())
 
@@ -56,6 +68,8 @@ def test_errors_on_the_command_line_name_the_flags(embed: Path, tmp_path: Path) 
     r = invoke("compile", embed, "-o", tmp_path / "a", "-n", "2", "--dynamic", "seq=1:16")
     assert r.exit_code == 2 and "error: --dynamic names ['seq']" in said(r), r.output
     assert "dynamic_dims" not in said(r)
+    sym = invoke("compile", symbolic_model(tmp_path / "sym.onnx"), "-o", tmp_path / "s", "-n", "1")
+    assert sym.exit_code == 2 and "(or --input x=1x4:float32)" in said(sym), sym.output  # a shape x takes
     r = invoke("bench", embed, "-n", "2", "--lengths", "4:300", "--dynamic", "sequence=1:64", "--no-peers")
     assert r.exit_code == 2 and "outside the range" in said(r), r.output
     assert "dynamic_dims" not in said(r) and "--dynamic sequence=" in said(r)
