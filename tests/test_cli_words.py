@@ -108,3 +108,36 @@ def test_a_stage_openvino_reads_as_not_static_is_a_note_that_says_nothing_is_wro
     assert "warning: stage 1 is not static" not in text
     assert ("note: stage 1 has shapes OpenVINO works out per request, not when it reads the graph (node 'val_137' "
             "(Parameter): f32[?,?,?,?]). Nothing is wrong: its answers were checked against onnxruntime") in text
+
+
+def test_run_says_what_shapes_it_sends_and_takes_lengths(tmp_path: Path) -> None:
+    """`run` on a dynamic artifact: without --lengths it says every request is at the largest
+    shapes; --lengths draws them as bench does; the latency line says requests were queued."""
+    import numpy as np
+    from shapemodels import mean_model
+
+    import corepipe
+    from corepipe.cli._inputs import length_requests
+
+    model = mean_model(tmp_path / "mean.onnx")
+    art = tmp_path / "mean"
+    r = invoke("compile", model, "-o", art, "-n", "1", "--dynamic", "sequence=1:16", "--dynamic", "batch=1:2",
+               "-i", "x=1x8x8", "--buckets", "none")
+    assert r.exit_code == 0, r.output
+    r = invoke("run", art, "-r", "6")
+    assert r.exit_code == 0, r.output
+    assert "shapes: every request at the largest shapes (batch 2, sequence 16); --lengths sends mixed ones" in said(r)
+    assert "it counts the time each waited behind the others (queued)" in said(r)
+    r = invoke("run", art, "-r", "6", "--lengths", "3,5")
+    assert r.exit_code == 0 and "shapes: sequence drawn from --lengths 3,5: 3..5" in said(r), r.output
+    plan = corepipe.CompiledModel.open(art).plan
+    pool, _ = length_requests(plan, "3,5", 6)
+    assert pool is not None and {f["x"].shape for f in pool} == {(1, 3, 8), (1, 5, 8)}
+    bad = invoke("run", art, "--lengths", "4:40")
+    assert bad.exit_code == 2 and "--lengths: lengths of 'sequence' run 4..40, outside the artifact's range 1..16" in said(
+        bad), bad.output
+    static = tmp_path / "static"
+    np.savez(tmp_path / "x.npz", x=np.ones((1, 4, 8), np.float32))
+    assert invoke("compile", model, "-o", static, "-n", "1", "--inputs", tmp_path / "x.npz").exit_code == 0
+    bad = invoke("run", static, "--lengths", "3,5")
+    assert bad.exit_code == 2 and "--lengths varies a dynamic dim, and this artifact has none" in said(bad), bad.output

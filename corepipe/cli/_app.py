@@ -274,12 +274,20 @@ def _replicas(pipe: Pipeline) -> str:
     return f"{pipe.replicas} replicas x " if pipe.replicas > 1 else ""
 
 
-def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "") -> None:
-    """Throughput over the streaming wall clock, latency percentiles, and the stage table."""
+def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "", shapes: str = "") -> None:
+    """Throughput over the streaming wall clock, latency percentiles (with what they count: the
+    run keeps the pipeline full, so a request waits behind the others in flight), the shapes
+    sent (``shapes``), and the stage table."""
     stats = pipe.stats()
+    service = sum(s.mean_service_s for s in stats.stages if s.replica == 0)
     out.print(Text(
         f"{report.plural(count, 'request')} in {seconds:.2f} s: {count / seconds:,.1f} req/s "
         f"({pipe.backend} backend, {_replicas(pipe)}{report.plural(pipe.plan.num_cores, 'stage')}"
         f"{'; ' + note if note else ''})\n" + report.latency_line(stats)
+        + (f"\nlatency is submit to answer with up to {pipe.max_in_flight} requests in flight, so it counts the "
+           f"time each waited behind the others (queued); the stages' own work is {service * 1e3:.3g} ms per "
+           "request (service ms below); --max-in-flight 1 measures one request alone"
+           if pipe.max_in_flight > 1 and count > 1 else "")
+        + (f"\nshapes: {shapes}" if shapes else "")
     ))
     out.print(report.stats_table(stats))
