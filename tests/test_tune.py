@@ -138,14 +138,16 @@ def test_tune_from_python_returns_what_it_wrote(tmp_path):
     model, feeds = zoo.get("mlp")
     seen, steps = [], []
     result = corepipe.tune(model, tmp_path / "t", num_cores=2, peers=False, max_candidates=2, example_inputs=feeds,
-                           on_point=seen.append, progress=lambda m, d, t: steps.append((d, t)), **FAST)
+                           on_point=seen.append, progress=lambda m, d, t: steps.append((m, d, t)), **FAST)
     assert isinstance(result, TuneResult) and result.path == tmp_path / "t" and result.model == "ModelProto"
     ch = result.chosen
     assert (ch.replicas, ch.stages, ch.threads) == (ch.candidate.replicas, ch.candidate.stages, ch.candidate.threads)
     assert ch.replicas * ch.stages * ch.threads == 2 and ch.req_per_s > 0 and ch.p50_s > 0
     assert {p.name for p in seen} == {p.name for p in result.points} and result.peers == []
     assert result.pareto and all(p in result.points for p in result.pareto)
-    assert all(d <= t for d, t in steps) and steps[-1][0] == steps[-1][1]
+    assert all(d <= t for _, d, t in steps) and steps[-1][1] == steps[-1][2]
+    twice = [s for i, s in enumerate(steps) if s in steps[:i]]
+    assert twice == [], "progress= hears each step once (issue 28: every compile step came twice)"
     dep = corepipe.CompiledModel.open(result.path).plan.deployment
     assert (dep.replicas, dep.threads_per_stage) == (ch.replicas, ch.threads)
     figures = json.loads((result.path / "tune.json").read_text())
