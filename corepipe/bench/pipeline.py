@@ -128,6 +128,7 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
                     start = time.perf_counter()
             rate = requests / (time.perf_counter() - start)
         timeline = pipe.timeline()
+        window = traffic.concurrency or pipe.max_in_flight
         lat = []
         before = pipe.stats()
         for i in range(min(requests, SOLO)):
@@ -144,5 +145,6 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
     row = BenchRow(setup, "corepipe", stage_engine(stages), stage_precision(stages), rate,
                    float(np.percentile(shown, 50)), float(np.percentile(shown, 99)), traffic.concurrency or 1,
                    tuple(rss), tuple(uss), handoff_s=float(np.mean(lat)) - path_service_s(before, after),
-                   boundary_s=tuple(boundary_means(before, after)))
+                   boundary_s=tuple(boundary_means(before, after)),
+                   rate_in_flight=None if window == (traffic.concurrency or 1) else window)
     return row, timeline, [s.core for s in after.stages]

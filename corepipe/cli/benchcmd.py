@@ -24,7 +24,7 @@ from .pictures import check_plot, draw_timeline
 from .report import fit, plural
 from .shapeopts import Buckets, Dynamic, lengths_option, shape_kwargs
 
-__all__ = ["bench_cmd", "table"]
+__all__ = ["bench_cmd", "table", "timeline_words"]
 
 
 def _rss(values: Sequence[int]) -> str:
@@ -59,8 +59,23 @@ def table(result: BenchResult, width: int | None = None) -> Table:
     return fit(build, width, ("RSS MiB", "p99 ms", "in flight", "x 1 thread"))
 
 
+def timeline_words(result: BenchResult) -> str | None:
+    """The requests the bench timeline holds, in words, where some were warm-up: the timed run
+    follows the warm-up right behind it, so its picture shows both."""
+    assert result.timeline is not None
+    drawn = len(result.timeline.requests) + result.timeline.dropped
+    if drawn <= result.requests:
+        return None
+    return f"{drawn - result.requests:,} warm-up + {result.requests:,} measured requests"
+
+
 def _report(result: BenchResult) -> None:
     out.print(table(result, out.width))
+    full = [r for r in result.rows if r.rate_in_flight]
+    if full:
+        out.print(Text("in flight: requests in flight while p50 and p99 were taken; req/s ran with the pipeline "
+                       "kept full (as its timeline shows): up to " + ", ".join(
+                           f"{r.rate_in_flight} in flight for {r.setup}" for r in full)))
     if result.traffic:
         out.print(Text(f"traffic: {result.traffic}"))
     pipe = result.pipeline
@@ -206,7 +221,8 @@ def bench_cmd(
         else:
             _report(result)
         if timeline is not None and result.timeline is not None:
-            draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores)
+            draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores,
+                          shown=timeline_words(result))
         if md_out is not None:
             cmd = shlex.join(["corepipe", "bench", model, "--num-cores", str(result.cores), "--requests",
                               str(requests), "--balance", balance, "--engine", engine, "--precision",
