@@ -209,3 +209,31 @@ def test_the_summary_says_a_comparison_under_unequal_load_is_not_fair():
     assert "Peers both faster and lower-latency: ort 1 thread, ort 2 threads." in quiet.summary()
     assert run([0.5, 0.6], [0.45, 0.55]).unfair() is None  # loaded alike: the comparison stands
     assert run([None, None], [0.01, None]).unfair() is None  # not measured: nothing to say
+
+
+def test_a_crowd_of_peers_still_gets_a_label_each_with_no_overlaps():
+    """Issue 28: where more peers crowd one spot than the near places hold, labels overlapped;
+    they go farther out instead, each tied to its marker by a thin line."""
+    from matplotlib.text import Text
+
+    from corepipe.tune.plot import tune_figure
+
+    names = ["ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
+             "openvino THROUGHPUT (2 streams)", "openvino LATENCY (2 threads, 1 in flight)",
+             "openvino THROUGHPUT (2 streams, batch 2)", "openvino THROUGHPUT (2 streams, batch 4)",
+             "ort 2 threads, batch 2", "ort 2 threads, batch 4", "ort 1 thread, batch 2", "ort 1 thread, batch 4"]
+    peers = [_p(name, 3600.0 - 15 * i, 0.00014, kind="peer") for i, name in enumerate(names)]
+    cands = [_p("1r x 1s x 2t", 1500, 0.0006, cand=Candidate(1, 1, 2)),
+             _p("2r x 1s x 1t", 1400, 0.0008, cand=Candidate(2, 1, 1))]
+    fig = tune_figure(peers + cands, cands[0], title="a crowd")
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in ax.texts]
+    assert sorted(name for name, _ in boxes) == sorted(p.name for p in peers + cands)
+    clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    assert clashes == [], clashes
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for _, b in boxes), "a label runs out of the plot"
+    assert any(t.get_gid() == "leader" and t.arrow_patch is not None for t in ax.texts)
