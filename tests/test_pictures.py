@@ -116,3 +116,46 @@ def test_request_colours_do_not_repeat_and_neighbours_differ() -> None:
         for j in range(i + 1, min(i + 10, 200)):
             assert sum(abs(a - b) for a, b in zip(colours[i], colours[j])) > 0.15, (i, j)
     assert tl._PHASE_ALPHA >= 0.2
+
+
+def test_plan_title_fits_no_label_sits_on_the_even_split_and_dynamic_ranges_show(artifact, tmp_path: Path) -> None:
+    """Issue 28: plan.png's second title line ran past both edges; a value label sat on the
+    dashed even-split line; a plan over dynamic dims did not show them."""
+    import dataclasses
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from corepipe.artifact.dims import Shapes
+
+    path, _ = artifact
+    plan = corepipe.CompiledModel.open(path).plan
+    fig = plan_figure(plan, "a rather long model name, as a path to an .onnx file in a deep directory")
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    box, width = fig._suptitle.get_window_extent(renderer), fig.bbox.width
+    assert box.x0 >= 0 and box.x1 <= width, "the title is cut at the figure's edges"
+    # Stage times with one just under the even split: its label goes inside the bar, off the line.
+    times = [1.0e-3, 0.98e-3, 1.02e-3]
+    stages = tuple(dataclasses.replace(s, estimated_s=t, measured_s=None, loaded_s=None, device=0, core=k) for k, (s, t) in enumerate(zip(plan.stages, times)))
+    even = dataclasses.replace(plan, stages=stages)
+    fig = plan_figure(even)
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    line = next(ln for ln in ax.get_lines() if ln.get_linestyle() == "--")
+    y = line.get_ydata()[0]
+    line_px = ax.transData.transform((0, y))[1]
+    for label in ax.texts:
+        b = label.get_window_extent(fig.canvas.get_renderer())
+        assert not b.y0 <= line_px <= b.y1, f"value label {label.get_text()!r} sits on the dashed line"
+    # Over dynamic dims: the dims in the title, each stage's mode under it, its range as whiskers.
+    costs = [{"min_s": t / 4, "typical_s": t, "max_s": t * 3} for t in times]
+    dyn = dataclasses.replace(even, shapes=Shapes(dims={"sequence": (1, 128)}), stages=tuple(
+        dataclasses.replace(s, shape_mode="dynamic", shape_costs=c) for s, c in zip(stages, costs)))
+    fig = plan_figure(dyn)
+    assert "over dynamic dims sequence 1..128" in fig._suptitle.get_text()
+    assert [t.get_text().split("\n")[-1] for t in fig.axes[-1].get_xticklabels()] == ["dynamic"] * 3
+    whiskers = [c for c in fig.axes[0].collections if c.get_gid() == "range"]
+    assert len(whiskers) == 1 and len(whiskers[0].get_segments()) == 3
+    lo, hi = whiskers[0].get_segments()[0][:, 1]
+    bar = _bars(fig, "time")[0].get_height()
+    assert lo == pytest.approx(bar / 4) and hi == pytest.approx(bar * 3)

@@ -103,7 +103,8 @@ def test_no_block_is_left_unrunnable() -> None:
     unknown = [f"README line {s.line}: {s.text.strip()[:80]!r}: {s.why}" for s in STEPS if s.kind == "unknown"]
     assert unknown == [], "\n".join(unknown)
     skipped = [b.note for b in blocks(TEXT) if b.marker == "skip"]
-    assert all(re.search(r"16 cores|hosts?\b", why) for why in skipped), skipped
+    # The reasons a block may not run here: more cores, root-made hosts, or installing packages (as `NOT_RUN`'s pip).
+    assert all(re.search(r"16 cores|hosts?\b|^\(installs packages", why) for why in skipped), skipped
 
 
 @pytest.fixture(scope="module")

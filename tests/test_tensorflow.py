@@ -279,6 +279,17 @@ def test_compile_and_cli_take_a_savedmodel_directory(saved_models: dict[str, Pat
                           export_path=tmp_path / "text.onnx")  # no feeds: batch 1 from the signature
     assert {s.name: s.shape for s in cm.inputs} == {"input_ids": (1, 16), "attention_mask": (1, 16)}
     assert (tmp_path / "text.onnx").is_file()
+    # The batch fixed without being asked is said, with how to keep it free (issue 28).
+    fixed = ("no example given, so the free batch dim (axis 0) is fixed at 1; keep it free with "
+             "dynamic_dims={'batch': (1, 8)}")
+    assert any("'input_ids'" in n and "'attention_mask'" in n and fixed in n for n in cm.plan.notes), cm.plan.notes
+    said = CliRunner().invoke(app, ["compile", str(saved_models["text"]), "-o", str(tmp_path / "said"), "-n", "1"])
+    assert said.exit_code == 0 and "fixed at 1; keep it free with --dynamic batch=1:8" in " ".join(
+        said.output.split()), said.output
+    free = CliRunner().invoke(app, ["compile", str(saved_models["text"]), "-o", str(tmp_path / "free"), "-n", "1",
+                                    "--dynamic", "batch=1:4", "--buckets", "none"])
+    assert free.exit_code == 0, free.output
+    assert dict(corepipe.CompiledModel.open(tmp_path / "free").plan.shapes.dims) == {"batch": (1, 4)}
 
     result = CliRunner().invoke(app, ["compile", str(saved_models["text"]), "-o", str(tmp_path / "cli"),
                                       "-n", "2", "--input", "input_ids:0=1x16", "--input", "attention_mask=1x16"])

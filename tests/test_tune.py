@@ -138,17 +138,46 @@ def test_tune_from_python_returns_what_it_wrote(tmp_path):
     model, feeds = zoo.get("mlp")
     seen, steps = [], []
     result = corepipe.tune(model, tmp_path / "t", num_cores=2, peers=False, max_candidates=2, example_inputs=feeds,
-                           on_point=seen.append, progress=lambda m, d, t: steps.append((d, t)), **FAST)
+                           on_point=seen.append, progress=lambda m, d, t: steps.append((m, d, t)), **FAST)
     assert isinstance(result, TuneResult) and result.path == tmp_path / "t" and result.model == "ModelProto"
     ch = result.chosen
     assert (ch.replicas, ch.stages, ch.threads) == (ch.candidate.replicas, ch.candidate.stages, ch.candidate.threads)
     assert ch.replicas * ch.stages * ch.threads == 2 and ch.req_per_s > 0 and ch.p50_s > 0
     assert {p.name for p in seen} == {p.name for p in result.points} and result.peers == []
     assert result.pareto and all(p in result.points for p in result.pareto)
-    assert all(d <= t for d, t in steps) and steps[-1][0] == steps[-1][1]
+    assert all(d <= t for _, d, t in steps) and steps[-1][1] == steps[-1][2]
+    twice = [s for i, s in enumerate(steps) if s in steps[:i]]
+    assert twice == [], "progress= hears each step once (issue 28: every compile step came twice)"
     dep = corepipe.CompiledModel.open(result.path).plan.deployment
     assert (dep.replicas, dep.threads_per_stage) == (ch.replicas, ch.threads)
     figures = json.loads((result.path / "tune.json").read_text())
     assert figures == json.loads(json.dumps(result.to_dict(), default=float))
     text = result.to_markdown()
     assert f"**{ch.name}** (chosen)" in text and "| R x S x T |" in text
+
+
+def test_balance_load_over_dynamic_dims_writes_a_plan_on_the_library_and_the_cli(tmp_path):
+    """Issue 28: every trial cut of ``balance="load"`` over dynamic dims was written without its
+    shapes and refused ("needs its 'shapes'"): `compile --dynamic --balance load`, and so `tune
+    --lengths` (whose default balance is load) crashed on every multi-stage candidate."""
+    from shapemodels import embed_model, ids, reference
+
+    model = embed_model(tmp_path / "embed.onnx")
+    cm = corepipe.compile(str(model), tmp_path / "lib", num_cores=2, balance="load", engine="onnxruntime",
+                          dynamic_dims={"sequence": (1, 16)}, buckets=None, load_rounds=1, load_seconds=0.1,
+                          example_inputs=ids(np.random.default_rng(0), 1, 8))
+    plan = corepipe.CompiledModel.open(cm.path).plan
+    assert plan.balance == "load" and plan.shapes is not None and plan.shapes.dims["sequence"] == (1, 16)
+    assert all(st.loaded_s for st in plan.stages) and len(plan.stages) == 2
+    feeds = ids(np.random.default_rng(1), 1, 5)
+    with corepipe.load(cm.path) as pipe:
+        _same(pipe.run(feeds), reference(model, feeds))
+    r = _cli("compile", str(model), "-o", str(tmp_path / "cli"), "-n", "2", "--dynamic", "sequence=1:16",
+             "--balance", "load", "-e", "onnxruntime", "--buckets", "none")
+    assert r.returncode == 0, r.stderr
+    assert corepipe.CompiledModel.open(tmp_path / "cli").plan.balance == "load"
+    t = _cli("tune", str(model), "-o", str(tmp_path / "tuned"), "-n", "2", "--lengths", "~6:16", "--seconds", "0.1",
+             "--load-rounds", "1", "--no-peers", "-e", "onnxruntime")
+    assert t.returncode == 0, t.stderr
+    tuned = corepipe.CompiledModel.open(tmp_path / "tuned").plan
+    assert tuned.shapes is not None and tuned.deployment is not None and (tmp_path / "tuned" / "tune.png").exists()

@@ -180,3 +180,60 @@ def test_points_name_their_plan_and_precision():
     assert (p.replicas, p.stages, p.threads, p.precision) == (2, 4, 1, "bf16")
     peer = Point("ort 1 thread", "peer", 5.0, 0.2)
     assert peer.replicas is None and peer.precision == "fp32"
+
+
+def test_the_summary_says_a_comparison_under_unequal_load_is_not_fair():
+    """Issue 28: others took 24-57 % of the CPUs during corepipe's plans and 1-3 % during the
+    peers; the summary said "Peers both faster and lower-latency". It says why the comparison
+    is unfair instead, and compares as before when the load was even (or unknown)."""
+    import dataclasses
+    from pathlib import Path
+
+    from corepipe.tune import TuneResult
+
+    def run(mine, theirs):
+        cands = [dataclasses.replace(_p(n, 1500.0, 0.0006, cand=c), foreign_cpu=f)
+                 for (n, c), f in zip((("1r x 1s x 2t", Candidate(1, 1, 2)), ("2r x 1s x 1t", Candidate(2, 1, 1))), mine)]
+        peers = [dataclasses.replace(_p(n, 3600.0, 0.00014, kind="peer"), foreign_cpu=f)
+                 for n, f in zip(("ort 1 thread", "ort 2 threads"), theirs)]
+        return TuneResult(model="m", cores=2, objective="throughput", latency_budget_s=None, points=cands + peers,
+                          pruned=[], chosen=cands[0], path=Path("x"), host="h", seconds=1.0)
+
+    noisy = run([0.24, 0.57], [0.01, 0.03])
+    text = " ".join(noisy.summary())
+    assert "Peers both faster and lower-latency" not in text
+    assert ("Not a fair comparison: other processes took 24-57 % of the CPUs while corepipe's plans ran, against "
+            "1-3 % during the peers") in text
+    quiet = run([0.02, 0.05], [0.01, 0.03])
+    assert quiet.unfair() is None
+    assert "Peers both faster and lower-latency: ort 1 thread, ort 2 threads." in quiet.summary()
+    assert run([0.5, 0.6], [0.45, 0.55]).unfair() is None  # loaded alike: the comparison stands
+    assert run([None, None], [0.01, None]).unfair() is None  # not measured: nothing to say
+
+
+def test_a_crowd_of_peers_still_gets_a_label_each_with_no_overlaps():
+    """Issue 28: where more peers crowd one spot than the near places hold, labels overlapped;
+    they go farther out instead, each tied to its marker by a thin line."""
+    from matplotlib.text import Text
+
+    from corepipe.tune.plot import tune_figure
+
+    names = ["ort 1 thread", "ort 2 threads", "2 sessions in parallel", "ort 1 session shared by 2 threads",
+             "openvino THROUGHPUT (2 streams)", "openvino LATENCY (2 threads, 1 in flight)",
+             "openvino THROUGHPUT (2 streams, batch 2)", "openvino THROUGHPUT (2 streams, batch 4)",
+             "ort 2 threads, batch 2", "ort 2 threads, batch 4", "ort 1 thread, batch 2", "ort 1 thread, batch 4"]
+    peers = [_p(name, 3600.0 - 15 * i, 0.00014, kind="peer") for i, name in enumerate(names)]
+    cands = [_p("1r x 1s x 2t", 1500, 0.0006, cand=Candidate(1, 1, 2)),
+             _p("2r x 1s x 1t", 1400, 0.0008, cand=Candidate(2, 1, 1))]
+    fig = tune_figure(peers + cands, cands[0], title="a crowd")
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    for t in ax.texts:
+        t.update_positions(renderer)
+    boxes = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in ax.texts]
+    assert sorted(name for name, _ in boxes) == sorted(p.name for p in peers + cands)
+    clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    assert clashes == [], clashes
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for _, b in boxes), "a label runs out of the plot"
+    assert any(t.get_gid() == "leader" and t.arrow_patch is not None for t in ax.texts)

@@ -33,7 +33,15 @@ from .lengths import (
 )
 from .traffic import Traffic
 
-__all__ = ["MixedTraffic", "plan_mixed", "batch_sizes"]
+__all__ = ["MixedTraffic", "plan_mixed", "batch_sizes", "profile_words"]
+
+
+def profile_words(profile: ShapeProfile, name: str) -> str:
+    """What ``profile`` gives dim ``name``, in words: ``"125 lengths 4..128, median 24"``."""
+    values = [dict(d)[name] for d, _ in profile.points if name in dict(d)]
+    distinct = len(set(values))
+    return (f"{distinct} lengths {min(values)}..{max(values)}, median {profile.typical()[name]}" if distinct > 1
+            else f"length {values[0]}")
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -82,8 +90,8 @@ class MixedTraffic:
             drawn = traffic.draws()
             for name in self.profile.names:
                 values = [d[name] for d in drawn if name in d]
-                parts.append(f"{name} drawn from {self.profile!r} (seed {traffic.seed}; these {len(values)}: "
-                             f"mean {np.mean(values):.1f}, {min(values)}..{max(values)})")
+                parts.append(f"{name} drawn from {profile_words(self.profile, name)} (seed {traffic.seed}; "
+                             f"these {len(values)}: mean {np.mean(values):.1f}, {min(values)}..{max(values)})")
         if self.max_batch is not None:
             parts.append(f"dynamic batching up to {self.max_batch} along {self.batch!r}")
         if traffic.concurrency:

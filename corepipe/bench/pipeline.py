@@ -130,6 +130,7 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
             rate = requests / (time.perf_counter() - start)
         merged: float | None = getattr(pipe, "mean_batch", None)  # before the requests sent alone below
         timeline = pipe.timeline()
+        window = traffic.concurrency or pipe.max_in_flight
         lat = []
         before = pipe.stats()
         for i in range(min(requests, SOLO)):
@@ -147,5 +148,6 @@ def measure_pipeline(path: Path, feeds: Mapping[str, np.ndarray] | Sequence[Mapp
                    float(np.percentile(shown, 50)), float(np.percentile(shown, 99)), traffic.concurrency or 1,
                    tuple(rss), tuple(uss), handoff_s=float(np.mean(lat)) - path_service_s(before, after),
                    boundary_s=tuple(boundary_means(before, after)), mean_batch=merged,
-                   requests_digest=requests_digest([dict(r) for r in reqs]))
+                   requests_digest=requests_digest([dict(r) for r in reqs]),
+                   rate_in_flight=None if window == (traffic.concurrency or 1) else window)
     return row, timeline, [s.core for s in after.stages]

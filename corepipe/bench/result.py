@@ -43,6 +43,8 @@ class BenchRow:
         req_per_s: throughput, requests per second.
         p50_s, p99_s: latency per request with ``in_flight`` requests in flight.
         in_flight: requests in flight while the latency was taken (1: a request alone).
+        rate_in_flight: pipeline only: the most requests in flight while ``req_per_s`` was
+            measured (the pipeline kept full), where that differs from ``in_flight``.
         process_rss, process_uss: resident and unique memory of each process of the setup.
         handoff_s: pipeline only: one-in-flight latency minus the stages' own run times.
         boundary_s: pipeline only (ray): mean send-to-arrival time per boundary.
@@ -66,6 +68,7 @@ class BenchRow:
     boundary_s: tuple[float, ...] = ()
     mean_batch: float | None = None
     requests_digest: str = ""
+    rate_in_flight: int | None = None
 
     @property
     def rss_bytes(self) -> int:

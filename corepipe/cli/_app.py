@@ -16,7 +16,6 @@ Markdown, so paragraphs reflow to the terminal and indented examples stay as wri
 from __future__ import annotations
 
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,33 +36,13 @@ from ..errors import CorepipeError
 from ..runtime import Pipeline, load
 from . import report
 from .options import remember_args
+from .words import flag_names
 
 __all__ = [
     "app", "backend_options", "cli_errors", "err", "out", "print_plan", "print_run",
     "start_pipeline", "stream", "CorepipeCommand",
 ]
 
-#: Library parameter names -> the flag a command-line user types for them. An error from the
-#: library names its parameters; the CLI shows the flag instead: a name with an underscore
-#: wherever it appears, every name in the ``name=value`` and ``name=`` forms fixes are given in.
-API_FLAGS = {
-    "num_cores": "--num-cores",
-    "core_memory": "--core-memory",
-    "max_in_flight": "--max-in-flight",
-    "compiler_args": "--compiler-arg",
-    "example_inputs": "--input",
-    "threads_per_stage": "--threads-per-stage",
-    "latency_budget": "--latency-budget",
-    "load_rounds": "--load-rounds",
-    "precision": "--precision",
-    "engine": "--engine",
-    "balance": "--balance",
-    "replicas": "--replicas",
-    "target": "--target",
-    "backend": "--backend",
-    "objective": "--objective",
-    "address": "--address",
-}
 _TYPE_METAVARS = {int: "N", float: "NUMBER", Path: "PATH", str: "TEXT"}
 
 
@@ -172,34 +151,20 @@ err = Console(stderr=True, highlight=False)
 _state: dict[str, Any] = {"debug": False}
 
 
-def _flag_names(message: str, flags: Mapping[str, str]) -> str:
-    """``message`` with the library's parameter names as the flags the user types (`API_FLAGS`,
-    ``flags`` first): ``precision='bf16'`` -> ``--precision bf16``, ``replicas=`` -> ``--replicas``."""
-    names = {**API_FLAGS, "cores": flags.get("num_cores", API_FLAGS["num_cores"]), **flags}
-    keys = "|".join(re.escape(k) for k in sorted(names, key=len, reverse=True))
-
-    def assigned(m: re.Match[str]) -> str:
-        value = next((g for g in m.groups()[1:] if g is not None), "")
-        return names[m.group(1)] + (f" {value}" if value else "")
-
-    message = re.sub(rf"\b({keys})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;:)'\"]+))?", assigned, message)
-    bare = "|".join(re.escape(k) for k in names if "_" in k)
-    return re.sub(rf"(?<![-\w])({bare})\b", lambda m: names[m.group(1)], message) if bare else message
-
-
 @contextmanager
 def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Turn corepipe errors and bad flags into one ``error:`` line (exit 2), Ctrl-C into 130.
 
     Args:
         flags: library parameter name -> the flag the user typed for it, where a command
-            accepts several spellings (``{"num_cores": "--cores"}``); the rest use `API_FLAGS`.
+            accepts several spellings (``{"num_cores": "--cores"}``); the rest use
+            `corepipe.cli.words.API_FLAGS`.
     """
     try:
         yield
     except (CorepipeError, typer.BadParameter) as exc:
         message = exc.message if isinstance(exc, typer.BadParameter) else str(exc)
-        _fail(Text("error: " + _flag_names(" ".join(message.split()), flags or {}), style="red"), 2)
+        _fail(Text("error: " + flag_names(" ".join(message.split()), flags), style="red"), 2)
     except KeyboardInterrupt:
         _fail(Text("interrupted", style="red"), 130)
 
@@ -309,12 +274,20 @@ def _replicas(pipe: Pipeline) -> str:
     return f"{pipe.replicas} replicas x " if pipe.replicas > 1 else ""
 
 
-def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "") -> None:
-    """Throughput over the streaming wall clock, latency percentiles, and the stage table."""
+def print_run(pipe: Pipeline, count: int, seconds: float, note: str = "", shapes: str = "") -> None:
+    """Throughput over the streaming wall clock, latency percentiles (with what they count: the
+    run keeps the pipeline full, so a request waits behind the others in flight), the shapes
+    sent (``shapes``), and the stage table."""
     stats = pipe.stats()
+    service = sum(s.mean_service_s for s in stats.stages if s.replica == 0)
     out.print(Text(
         f"{report.plural(count, 'request')} in {seconds:.2f} s: {count / seconds:,.1f} req/s "
         f"({pipe.backend} backend, {_replicas(pipe)}{report.plural(pipe.plan.num_cores, 'stage')}"
         f"{'; ' + note if note else ''})\n" + report.latency_line(stats)
+        + (f"\nlatency is submit to answer with up to {pipe.max_in_flight} requests in flight, so it counts the "
+           f"time each waited behind the others (queued); the stages' own work is {service * 1e3:.3g} ms per "
+           "request (service ms below); --max-in-flight 1 measures one request alone"
+           if pipe.max_in_flight > 1 and count > 1 else "")
+        + (f"\nshapes: {shapes}" if shapes else "")
     ))
     out.print(report.stats_table(stats))

@@ -10,17 +10,21 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import onnx
 import typer
 
-from ..artifact.plan import TensorSpec
+from ..artifact.plan import Plan, TensorSpec
 
 __all__ = [
     "DTYPES",
+    "InputShapes",
     "RANDOM_INT_HIGH",
     "check_model",
+    "example_feeds",
+    "length_requests",
     "load_model",
     "load_npz",
     "npz_requests",
@@ -37,6 +41,21 @@ DTYPES = (
 #: Random integer inputs are drawn from [0, RANDOM_INT_HIGH): valid token ids for any embedding
 #: table of at least this many rows. Use ``--inputs file.npz`` for real data.
 RANDOM_INT_HIGH = 100
+
+
+#: ``--input NAME=SHAPE:DTYPE`` of `bench` and `tune`, as `compile`'s: fix an input's symbolic dims.
+InputShapes = Annotated[list[str] | None, typer.Option(
+    "--input", "-i", metavar="NAME=SHAPE:DTYPE",
+    help="Fix an input's symbolic dims, e.g. input_ids=1x128:int64 (repeatable; the values are ones; "
+    "overrides --inputs), as `corepipe compile --input`.", show_default=False)]
+
+
+def example_feeds(npz: Path | None, shapes: Sequence[str] | None) -> dict[str, np.ndarray] | None:
+    """The example inputs of ``--inputs FILE.npz`` and ``--input NAME=SHAPE:DTYPE`` flags (these
+    win), or None when neither is given."""
+    feeds = load_npz(npz) if npz is not None else {}
+    feeds.update(parse_input_flag(text) for text in shapes or ())
+    return feeds or None
 
 
 def parse_input_flag(text: str) -> tuple[str, np.ndarray]:
@@ -188,3 +207,52 @@ def npz_requests(
         }
         for i in range(n)
     ]
+
+
+def length_requests(plan: Plan, lengths: str | None, count: int, seed: int = 0
+                    ) -> tuple[list[dict[str, np.ndarray]] | None, str]:
+    """`corepipe run`'s random requests over a plan's dynamic dims: at the lengths ``--lengths``
+    draws (its unnamed dim is the plan's one dynamic dim besides the batch; the batch stays at
+    its smallest), with a note naming what was sent. None and a note when ``lengths`` is None:
+    the requests are then at every dim's largest, and the note says so.
+
+    Raises:
+        typer.BadParameter: ``--lengths`` on a static artifact, a spec that does not parse, or
+            lengths outside the compiled range.
+    """
+    from ..artifact.dims import ShapeProfile
+    from ..bench.lengths import UNNAMED, check_in_range, parse_lengths
+    from ..errors import CorepipeError
+
+    shapes = plan.shapes
+    if shapes is None:
+        if lengths is not None:
+            raise typer.BadParameter("--lengths varies a dynamic dim, and this artifact has none (every input is "
+                                     "static): compile it with --dynamic, e.g. --dynamic sequence=1:128")
+        return None, ""
+    if lengths is None:
+        top = ", ".join(f"{d} {hi}" for d, (_, hi) in shapes.dims.items())
+        return None, f"every request at the largest shapes ({top}); --lengths sends mixed ones"
+    seq = [d for d in shapes.dims if d != shapes.batch]
+    try:
+        profile = parse_lengths(lengths)
+        if UNNAMED in profile.names:
+            if len(seq) != 1:
+                raise CorepipeError(f"name the dim the lengths vary, e.g. {(seq or list(shapes.dims))[0]}=8:64: "
+                                    f"this artifact's dynamic dims are {sorted(shapes.dims)}")
+            profile = ShapeProfile(tuple((tuple(sorted((seq[0] if n == UNNAMED else n, v) for n, v in dims)), w)
+                                         for dims, w in profile.points))
+        check_in_range(profile, shapes.dims, "the artifact's range")
+    except CorepipeError as exc:
+        raise typer.BadParameter(f"--lengths: {exc}") from None
+    base = {d: lo if d == shapes.batch else hi for d, (lo, hi) in shapes.dims.items()}
+    picks = profile.sample(min(count, 256), seed)
+    rng = np.random.default_rng(seed)
+    pool = []
+    for dims in picks:
+        specs = [TensorSpec(s.name, s.dtype, s.shape_for({**base, **dims}) or s.shape) for s in plan.inputs]
+        pool.append(random_requests(specs, 1, int(rng.integers(2**31)))[0])
+    drawn = [d[profile.names[0]] for d in picks]
+    note = (f"{profile.names[0]} drawn from --lengths {lengths}: {min(drawn)}..{max(drawn)}, "
+            f"median {int(np.median(drawn))} (seed {seed})")
+    return pool, note

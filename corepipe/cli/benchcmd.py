@@ -18,13 +18,13 @@ from ..bench.result import ms, num
 from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
 from ._app import app, cli_errors, err, out
-from ._inputs import check_model, load_npz
+from ._inputs import InputShapes, check_model, example_feeds
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline
 from .report import fit, plural
 from .shapeopts import Buckets, Dynamic, lengths_option, shape_kwargs
 
-__all__ = ["bench_cmd", "table"]
+__all__ = ["bench_cmd", "table", "timeline_words"]
 
 
 def _rss(values: Sequence[int]) -> str:
@@ -59,8 +59,23 @@ def table(result: BenchResult, width: int | None = None) -> Table:
     return fit(build, width, ("RSS MiB", "p99 ms", "in flight", "x 1 thread"))
 
 
+def timeline_words(result: BenchResult) -> str | None:
+    """The requests the bench timeline holds, in words, where some were warm-up: the timed run
+    follows the warm-up right behind it, so its picture shows both."""
+    assert result.timeline is not None
+    drawn = len(result.timeline.requests) + result.timeline.dropped
+    if drawn <= result.requests:
+        return None
+    return f"{drawn - result.requests:,} warm-up + {result.requests:,} measured requests"
+
+
 def _report(result: BenchResult) -> None:
     out.print(table(result, out.width))
+    full = [r for r in result.rows if r.rate_in_flight]
+    if full:
+        out.print(Text("in flight: requests in flight while p50 and p99 were taken; req/s ran with the pipeline "
+                       "kept full (as its timeline shows): up to " + ", ".join(
+                           f"{r.rate_in_flight} in flight for {r.setup}" for r in full)))
     if result.traffic:
         out.print(Text(f"traffic: {result.traffic}"))
     pipe = result.pipeline
@@ -102,6 +117,7 @@ def bench_cmd(
         "--inputs", metavar="FILE.npz",
         help="Example inputs (one array per model input) to send instead of random ones.",
         show_default=False)] = None,
+    input_shapes: InputShapes = None,
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", metavar="FILE.png",
         help="Draw the pipeline's measured requests as a Gantt chart (.png, .svg, .pdf; needs "
@@ -190,7 +206,7 @@ def bench_cmd(
         check_model(model)
         if timeline is not None:
             check_plot(timeline, "--timeline")
-        feeds = load_npz(inputs) if inputs is not None else None
+        feeds = example_feeds(inputs, input_shapes)
         shaped = shape_kwargs(dynamic, buckets, None, None)
         profile = lengths_option(lengths)
         with err.status("starting") as status:
@@ -205,7 +221,8 @@ def bench_cmd(
         else:
             _report(result)
         if timeline is not None and result.timeline is not None:
-            draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores)
+            draw_timeline(result.timeline, timeline, f"corepipe bench {model}", result.stage_cores,
+                          shown=timeline_words(result))
         if md_out is not None:
             cmd = shlex.join(["corepipe", "bench", model, "--num-cores", str(result.cores), "--requests",
                               str(requests), "--balance", balance, "--engine", engine, "--precision",

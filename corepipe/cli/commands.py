@@ -28,7 +28,15 @@ from ._app import (
     start_pipeline,
     stream,
 )
-from ._inputs import check_model, load_model, load_npz, npz_requests, parse_input_shape, random_requests
+from ._inputs import (
+    check_model,
+    length_requests,
+    load_model,
+    load_npz,
+    npz_requests,
+    parse_input_shape,
+    random_requests,
+)
 from .decoderopts import MaxLength, MaxSequences, State, decoder_kwargs
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
@@ -165,7 +173,8 @@ def compile_cmd(
         with report.compile_progress(err) as progress:
             if savedmodel:
                 progress("convert TF", 0, 1)
-                conv = convert_saved_model(model, examples, signature=signature)
+                conv = convert_saved_model(model, examples, signature=signature,
+                                           dynamic=list(shaping.get("dynamic_dims") or ()))
                 progress("convert TF", 1, 1)
                 for feed, name in conv.feed_names.items():
                     if feed != name:
@@ -273,6 +282,10 @@ def run_cmd(
         "--max-in-flight", min=1, metavar="N",
         help="Requests in the pipeline at once (default: the backend's).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random inputs.")] = 0,
+    lengths: Annotated[str | None, typer.Option(
+        "--lengths", metavar="LO:HI|~MEDIAN:CAP|V,V,...|FILE",
+        help="Over dynamic dims: random requests at lengths drawn as `corepipe bench --lengths` draws them "
+        "(--seed); without it every request is at the largest shapes.", show_default=False)] = None,
     replicas: Annotated[int | None, typer.Option(
         "--replicas", min=1, metavar="R", help="Copies of the pipeline, each on its own cores (default: the "
         "artifact's deployment, else 1).", show_default=False)] = None,
@@ -299,6 +312,7 @@ def run_cmd(
     corepipe run bert_compiled/ --inputs tokens.npz --save outputs.npz
     corepipe run bert_compiled/ --backend ray --address auto
     corepipe run bert_tuned/ --replicas 1 --threads-per-stage 2
+    corepipe run bert_dyn/ --lengths "~24:128" --requests 500
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
@@ -313,10 +327,14 @@ def run_cmd(
         if timeline is not None:
             check_plot(timeline, "--timeline")
         plan = open_artifact(artifact).plan  # the signature, verified before the run starts
+        if arrays is not None and lengths is not None:
+            raise typer.BadParameter("--lengths draws random requests and --inputs sends yours: give one of them")
+        shapes = ""
         if arrays is not None:
             pool = npz_requests(plan.inputs, arrays)
         else:
-            pool = random_requests(plan.inputs, min(requests or 100, 8), seed)
+            mixed, shapes = length_requests(plan, lengths, requests or 100, seed)
+            pool = mixed or random_requests(plan.inputs, min(requests or 100, 8), seed)
         count = requests or (len(pool) if arrays is not None else 100)
         # Refuse a --save that cannot fit before any worker starts.
         writer = NpzWriter(save, plan.outputs, count) if save is not None else None
@@ -338,7 +356,7 @@ def run_cmd(
                 path = writer.finish()
                 writer = None
                 out.print(Text(f"saved the outputs of {plural(count, 'request')} to {path}"))
-            print_run(pipe, count, seconds)
+            print_run(pipe, count, seconds, shapes=shapes)
             if timeline is not None:
                 # with replicas, each keeps its own timeline: draw the first one's
                 title = f"corepipe run {artifact}" + (f" (replica 0 of {pipe.replicas})" if pipe.replicas > 1 else "")

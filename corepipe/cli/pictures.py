@@ -40,13 +40,15 @@ def saved(path: Path, what: str) -> None:
 
 
 def draw_timeline(timeline: Timeline, path: Path, title: str, cores: Sequence[str] = (),
-                  backend: str = "local") -> None:
-    """Save the Gantt chart of ``timeline``; ``cores``: each stage's cores, for the lane labels."""
+                  backend: str = "local", shown: str | None = None) -> None:
+    """Save the Gantt chart of ``timeline``; ``cores``: each stage's cores, for the lane labels;
+    ``shown``: the requests it holds, in words (default: their count)."""
     if not timeline.requests:
         raise CorepipeError(f"--timeline: the {backend} backend recorded no request timings")
     labels = [f"stage {k}" + (f"\ncore {cores[k]}" if k < len(cores) else "") for k in range(timeline.stages)]
-    shown = plural(len(timeline.requests), "request")
-    if timeline.dropped:
+    if shown is None and not timeline.dropped:
+        shown = plural(len(timeline.requests), "request")
+    elif shown is None:
         shown = f"the last {len(timeline.requests):,} of {len(timeline.requests) + timeline.dropped:,} requests"
     figure = timeline_figure(
         timeline, f"{title}: {shown} through {plural(timeline.stages, 'stage')} ({backend} backend)",

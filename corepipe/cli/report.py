@@ -30,6 +30,7 @@ from ..artifact.plan import Plan
 from ..artifact.sizes import format_bytes
 from ..artifact.sizes import plural as _plural
 from ..runtime import PipelineStats
+from .words import flag_names
 
 __all__ = [
     "MIB",
@@ -170,11 +171,18 @@ def _bottleneck_line(plan: Plan, slowest: float, kind: str) -> str:
 
 
 def stage_warnings(plan: Plan) -> list[str]:
-    """One ``warning:`` line per stage that fell back to another engine (``*`` in the table) or
-    whose graph OpenVINO reads as not static, with the reason the plan keeps."""
+    """One ``warning:`` line per stage that fell back to another engine (``*`` in the table), and
+    one ``note:`` per stage whose graph OpenVINO reads as not static, saying what that means: the
+    stage was checked against onnxruntime as it is, so nothing is wrong (it may run slower)."""
     lines = [f"warning: stage {st.index} falls back to {st.engine} {st.precision} (* in the table): {st.fallback}"
              for st in plan.stages if st.fallback]
-    lines += [f"warning: {n}" for n in plan.notes if n.startswith("stage ") and " is not static: " in n]
+    for n in plan.notes:
+        head, sep, why = n.partition(" is not static: ")
+        if n.startswith("stage ") and sep:
+            lines.append(
+                f"note: {head} has shapes OpenVINO works out per request, not when it reads the graph "
+                f"({why.removeprefix('OpenVINO reads ')}). Nothing is wrong: its answers were checked "
+                "against onnxruntime; a graph whose every shape is known ahead can run faster.")
     return lines
 
 
@@ -232,7 +240,7 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
                      + " ms per request")
     if path is not None:
         lines.append(f"artifact: {path}")
-    return Text("\n".join(lines))
+    return Text(flag_names("\n".join(lines)))  # the plan's notes, in the flags' words
 
 
 def stats_table(stats: PipelineStats) -> Table:

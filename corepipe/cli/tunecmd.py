@@ -28,7 +28,7 @@ from ..compiler.driver import BALANCES
 from ..tune import Point, TuneResult, parse_duration, tune
 from ..tune.result import num, ordered
 from ._app import app, cli_errors, err, out
-from ._inputs import check_model, load_npz
+from ._inputs import InputShapes, check_model, example_feeds
 from .options import CoresAlias, core_count, core_flag, usable_cores
 from .report import fit
 from .shapeopts import Dynamic, lengths_option, shape_kwargs
@@ -169,6 +169,7 @@ def tune_cmd(
     inputs: Annotated[Path | None, typer.Option(
         "--inputs", metavar="FILE.npz", help="Example inputs to send instead of random ones.",
         show_default=False)] = None,
+    input_shapes: InputShapes = None,
     md_out: Annotated[Path | None, typer.Option(
         "--markdown", metavar="FILE.md", help="Append the run as a Markdown section (for benchmarks/RESULTS.md).",
         show_default=False)] = None,
@@ -230,7 +231,7 @@ def tune_cmd(
         check_model(model)
         budget = parse_duration(latency_budget) if latency_budget is not None else None
         p99_s = parse_duration(p99) if p99 is not None else None
-        feeds = load_npz(inputs) if inputs is not None else None
+        feeds = example_feeds(inputs, input_shapes)
         shaped = shape_kwargs(dynamic, None, None, None)
         profile = lengths_option(lengths)
         with _display(err.is_terminal) as (on_progress, on_point):

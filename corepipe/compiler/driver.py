@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..artifact.deployment import Deployment
-from ..artifact.dims import ShapeProfile
+from ..artifact.dims import ShapeProfile, Shapes
 from ..artifact.manifest import open_artifact
 from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes, plural
@@ -23,7 +23,7 @@ from . import solver
 from .assemble import check_engines, engine_notes, make_plan, write_stages
 from .choose import Choice, candidates, check_request, resolve_precision
 from .cost import estimate_node_seconds
-from .dynamic import analyze_dynamic
+from .dynamic import analyze_dynamic, batch_dim
 from .fit import check_cuts, not_fit, resolve_cores
 from .flags import parse_compiler_args
 from .graph import analyze
@@ -349,8 +349,11 @@ def _compile(
 
         def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
             chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report)
+            # Over dynamic dims a trial cut runs every stage on its bounded dynamic graph (the
+            # shape modes are chosen once, for the cut that wins).
             trial = make_plan(graph, make_problem(graph, costs, tgt.core_memory), tgt, cut, balance,
-                              chosen[tuple(cut)])
+                              chosen[tuple(cut)], shapes=None if dyn is None else Shapes(
+                                  dims=dyn.feeds.dims, batch=batch_dim(graph.inputs, graph.outputs)))
             write_stages(graph, trial, cut, directory)
             return directory
 

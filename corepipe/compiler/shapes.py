@@ -72,9 +72,11 @@ def fix_inputs(
             shape = tuple(int(d) for d in declared)  # type: ignore[arg-type]
         else:
             want = ",".join("?" if d is None else str(d) for d in declared)
+            # a shape to copy: the fixed dims as declared, a free batch (axis 0) 1, another free dim 128
+            example = "x".join(str(d if d is not None else 1 if a == 0 else 128) for a, d in enumerate(declared))
             raise CompileError(
                 f"input {vi.name!r} has symbolic dims [{want}]: pass example_inputs="
-                f"{{{vi.name!r}: array}} (or --input {vi.name}=1x128:{dtype}) to fix them"
+                f"{{{vi.name!r}: array}} (or --input {vi.name}={example}:{dtype}) to fix them"
             )
         del tt.shape.dim[:]
         for d in shape:

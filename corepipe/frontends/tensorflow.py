@@ -367,6 +367,12 @@ def convert_saved_model(
             if (vi.name, axis) in free:
                 d.dim_param = free[(vi.name, axis)]
     conv = Conversion(model, examples, {name: key for key, (name, _) in given.items()})
+    fixed = [i.key for i in inputs if i.key not in given and i.shape and i.shape[0] is None and (i.key, 0) not in free]
+    if fixed:  # say so: a batch fixed without being asked takes that batch only
+        conv.notes.append(
+            f"signature input{'s' if len(fixed) > 1 else ''} {', '.join(map(repr, fixed))}: no example given, so the "
+            f"free batch dim (axis 0) is fixed at {batch_size}; keep it free with dynamic_dims={{'batch': (1, 8)}} "
+            "(up to 8 rows; any max), or give an example of the batch you serve")
     out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     if has_float16(model):
         float16_to_float32(model)

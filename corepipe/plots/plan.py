@@ -14,10 +14,44 @@ __all__ = ["plan_figure"]
 _CORE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
 
-def _label_bars(ax: Any, bars: Any, texts: list[str]) -> None:
+def _label_bars(ax: Any, bars: Any, texts: list[str], line: float | None = None, band: float = 0.0) -> None:
+    """Each bar's value above it; inside its top where a horizontal line at ``line`` runs just
+    above the bar (within ``band``), so the label does not sit on the line."""
     for bar, text in zip(bars, texts):
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        top = bar.get_height()
+        inside = line is not None and 0 <= line - top <= band and top > 2 * band
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, top), xytext=(0, -2 if inside else 2),
+                    textcoords="offset points", ha="center", va="top" if inside else "bottom", fontsize=8,
+                    color="white" if inside else "black")
+
+
+def _dims_line(plan: Plan) -> str:
+    """The plan's dynamic dims, and buckets, in words ("" for a static plan)."""
+    shapes = plan.shapes
+    if shapes is None:
+        return ""
+    dims = ", ".join(f"{name} {lo}..{hi}" for name, (lo, hi) in shapes.dims.items())
+    buckets = "; ".join(f"{d} {', '.join(map(str, v))}" for d, v in shapes.buckets.items())
+    return f"over dynamic dims {dims}" + (f" (buckets {buckets})" if buckets else "")
+
+
+_RANGE_WORDS = "; whiskers: from the smallest shapes to the largest (as estimated)"
+
+
+def _shape_ranges(plan: Plan, seconds: list[float]) -> tuple[list[float], list[float]] | None:
+    """Over dynamic dims, each stage's time at the smallest and the largest shapes: its time
+    scaled by the estimate's ratios (min / typical, max / typical); None for a static plan."""
+    if plan.shapes is None:
+        return None
+    low, high = [], []
+    for st, t in zip(plan.stages, seconds):
+        c = st.shape_costs or {}
+        typical = c.get("typical_s") or 0.0
+        if not typical or "min_s" not in c or "max_s" not in c:
+            return None
+        low.append(t * min(c["min_s"] / typical, 1.0))
+        high.append(t * max(c["max_s"] / typical, 1.0))
+    return low, high
 
 
 def plan_figure(plan: Plan, title: str | None = None) -> Any:
@@ -59,14 +93,16 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
     fig = figure_cls(figsize=(min(max(7.5, 0.9 * n + 3.5), 20.0), 8.0), layout="constrained")
     ax_t, ax_m, ax_b = fig.subplots(3, 1, sharex=True)
     kind = source if all(measured) else "estimated" if not any(measured) else "measured / estimated"
-    fig.suptitle(
+    wrap = int(fig.get_figwidth() * 13)  # characters of a 9-point title across the figure
+    lines = [
         f"{title + ': ' if title else ''}{n} stage{'s' if n != 1 else ''} on target {plan.target.name} "
         f"({plan.target.devices} x {plan.target.cores_per_device} cores of "
-        f"{format_bytes(plan.target.core_memory)}), balanced by {plan.balance}\n"
+        f"{format_bytes(plan.target.core_memory)}), balanced by {plan.balance}",
         f"speed-up these stage times allow over one core: {predicted:.2f}x "
         f"(sum of stage times / {'busiest core' if shared else 'slowest stage'}; times {kind})",
-        fontsize=10,
-    )
+    ] + ([_dims_line(plan)] if plan.shapes is not None else [])
+    # 10-point lines, each wrapped to the figure's width (a line wider than it is cut at both edges)
+    fig.suptitle("\n".join(textwrap.fill(line, int(wrap * 0.9)) for line in lines), fontsize=10)
 
     size, unit = scale(seconds, TIME_UNITS)
     bars = ax_t.bar(xs, [s / size for s in seconds], color=colours, edgecolor="black", linewidth=0.5,
@@ -74,23 +110,29 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
     for bar, is_measured in zip(bars, measured):
         if not is_measured and any(measured):
             bar.set_hatch("//")
-    _label_bars(ax_t, bars, [f"{s / size:.3g}" for s in seconds])
+    even_line = None if shared else total / n / size
+    _label_bars(ax_t, bars, [f"{s / size:.3g}" for s in seconds], even_line, 0.12 * max(seconds) / size)
     for k in slow:
         bars[k].set_edgecolor("#C00000")
         bars[k].set_linewidth(2.0)
     ax_t.set_ylabel(f"{kind} time\nper request ({unit})")
-    wrap = int(fig.get_figwidth() * 13)  # characters of a 9-point title across the figure
+    ranges = _shape_ranges(plan, seconds)
+    if ranges is not None:  # over dynamic dims: how far each stage's time moves across the shapes
+        low, high = ranges
+        ax_t.errorbar(xs, [s / size for s in seconds], yerr=[[(s - lo) / size for s, lo in zip(seconds, low)],
+                                                              [(hi - s) / size for s, hi in zip(seconds, high)]],
+                      fmt="none", ecolor="#333333", elinewidth=1, capsize=4, gid="range")
     if shared:
         ax_t.set_title(textwrap.fill(
             f"Time per stage. Stages {', '.join(map(str, slow))} share core {busiest[0]}:{busiest[1]}, "
             f"{per_core[busiest] / size:.3g} {unit} per request in all (red edges): the busiest core, "
-            "which sets the throughput", wrap), fontsize=9, loc="left")
+            "which sets the throughput" + (_RANGE_WORDS if ranges is not None else ""), wrap), fontsize=9, loc="left")
     else:
         even = total / n / size
         ax_t.axhline(even, color="black", linestyle="--", linewidth=1)
         ax_t.set_title(textwrap.fill(
             f"Time per stage: the slowest (red edge) sets the throughput; dashed: an even split "
-            f"({even:.3g} {unit})", wrap), fontsize=9, loc="left")
+            f"({even:.3g} {unit})" + (_RANGE_WORDS if ranges is not None else ""), wrap), fontsize=9, loc="left")
 
     resident = [s.resident_bytes for s in stages]
     cap = plan.target.core_memory
@@ -118,9 +160,10 @@ def plan_figure(plan: Plan, title: str | None = None) -> Any:
     ax_b.set_title("Bytes each stage hands on (the last stage: the outputs to the client)",
                    fontsize=9, loc="left")
 
-    ax_b.set_xticks(xs, [f"stage {k}\ncore {s.device}:{s.core}" for k, s in enumerate(stages)],
+    modes = [f"\n{s.shape_mode}" if plan.shapes is not None else "" for s in stages]
+    ax_b.set_xticks(xs, [f"stage {k}\ncore {s.device}:{s.core}{m}" for (k, s), m in zip(enumerate(stages), modes)],
                     fontsize=8 if n <= 16 else 6, rotation=0 if n <= 16 else 90)
-    ax_b.set_xlabel("stage, and the core (device:core) it runs on")
+    ax_b.set_xlabel("stage, and the core (device:core) it runs on" + (", and its shape mode" if plan.shapes else ""))
     for ax in (ax_t, ax_m, ax_b):
         ax.margins(y=0.18)
         ax.grid(axis="y", alpha=0.3)

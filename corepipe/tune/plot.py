@@ -71,13 +71,19 @@ def tune_figure(points: Sequence[Point], chosen: Point, *, title: str) -> Any:
 
 
 #: Where a label may go, in points from its marker, tried in turn: right, below, above, left...
+#: then farther out (crowded points: a label there gets a line to its marker, see `_LEADER`).
 _OFFSETS = ((7, 4), (7, -11), (7, 13), (-7, 4), (-7, -11), (-7, 13), (7, -22), (7, 24), (-7, -22), (-7, 24),
-            (7, -33), (7, 35), (14, 4), (14, -11), (-14, 4), (-14, -11))
+            (7, -33), (7, 35), (14, 4), (14, -11), (-14, 4), (-14, -11)) + tuple(
+    (dx, dy) for d in (46, 58, 70, 82, 94, 106, 118) for dx, dy in ((12, d), (12, -d), (-12, d), (-12, -d))) + tuple(
+    (dx, dy) for dx in (48, -48, 96) for dy in range(-96, 97, 12))
+#: A label placed farther than this (points, either way) from its marker is tied to it by a thin line.
+_LEADER = 30
 
 
 def _label(fig: Any, ax: Any, points: Sequence[Point], chosen: Point) -> None:
     """Name every point where its label overlaps no other label, no marker and the legend:
     the first free place of `_OFFSETS`, else the one that overlaps least."""
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     renderer = fig.canvas.get_renderer()
@@ -92,10 +98,14 @@ def _label(fig: Any, ax: Any, points: Sequence[Point], chosen: Point) -> None:
     for p in sorted(points, key=lambda q: (q.kind != "candidate", -q.req_per_s)):
         best: tuple[float, Any] | None = None
         for dx, dy in _OFFSETS:
+            far = abs(dx) > _LEADER or abs(dy) > _LEADER
             text = ax.annotate(p.name, (p.p50_s * 1e3, p.req_per_s), textcoords="offset points", xytext=(dx, dy),
                                fontsize=7.5, color="0.15", ha="left" if dx > 0 else "right", va="center",
-                               zorder=5)
-            box = text.get_window_extent(renderer).expanded(1.04, 1.15)
+                               zorder=5, gid="leader" if far else None,
+                               arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6, "shrinkA": 1, "shrinkB": 4,
+                                           "relpos": (0.0 if dx > 0 else 1.0, 0.5)} if far else None)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).expanded(1.04, 1.15)  # the words, not the line
             outside = box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1
             overlap = sum(_area(box, t) for t in taken) + (1e6 if outside else 0.0)
             if best is None or overlap < best[0]:
@@ -107,7 +117,7 @@ def _label(fig: Any, ax: Any, points: Sequence[Point], chosen: Point) -> None:
             if overlap == 0:
                 break
         assert best is not None
-        taken.append(best[1].get_window_extent(renderer))
+        taken.append(Text.get_window_extent(best[1], renderer))
 
 
 def _area(a: Any, b: Any) -> float:

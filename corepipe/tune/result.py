@@ -14,7 +14,12 @@ from .capacity import CapacityAnswer
 from .choose import Point, choose, dominated_by, pareto_front
 from .space import Candidate
 
-__all__ = ["TuneResult", "num"]
+__all__ = ["TuneResult", "num", "UNFAIR_SHARE", "UNFAIR_GAP"]
+
+#: Others' share of the CPUs during some plan from which the summary stops comparing with the
+#: peers, when it is also `UNFAIR_GAP` above the most during any peer.
+UNFAIR_SHARE = 0.2
+UNFAIR_GAP = 0.1
 
 
 @dataclass
@@ -100,9 +105,20 @@ class TuneResult:
             "capacity": None if self.capacity is None else dataclasses.asdict(self.capacity),
         }
 
+    def unfair(self) -> str | None:
+        """Why the plans and the peers were not measured under the same conditions, or None:
+        other processes took clearly more of the CPUs while the plans ran (the most during any
+        plan at least `UNFAIR_SHARE`, and `UNFAIR_GAP` above the most during any peer)."""
+        mine = [p.foreign_cpu for p in self.candidates if p.foreign_cpu is not None]
+        theirs = [p.foreign_cpu for p in self.peers if p.foreign_cpu is not None]
+        if not mine or not theirs or max(mine) < UNFAIR_SHARE or max(mine) - max(theirs) < UNFAIR_GAP:
+            return None
+        return (f"other processes took {_span(mine)} of the CPUs while corepipe's plans ran, against "
+                f"{_span(theirs)} during the peers (others' CPU)")
+
     def summary(self) -> list[str]:
-        """The decision in sentences: against the peers, the other objective's choice, what was
-        pruned or failed, and the capacity answer."""
+        """The decision in sentences: against the peers (or why that comparison is not fair),
+        the other objective's choice, what was pruned or failed, and the capacity answer."""
         ch = self.chosen
         best, fast = self.best_peer(), self.best_peer("latency")
         lines = []
@@ -111,8 +127,14 @@ class TuneResult:
                          f"({best.name}{_across(ch, best)}); p50 {ch.p50_s / fast.p50_s:.2f}x the lowest-latency "
                          f"peer's ({fast.name}{_across(ch, fast)}).")
             beaten = self.dominating_peers()
-            lines.append("No peer is both faster and lower-latency." if not beaten else
-                         "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
+            unfair = self.unfair()
+            if unfair is not None:
+                lines.append(f"Not a fair comparison: {unfair}, so these ratios measure the machine's load as much "
+                             "as the setups; run again on a quiet machine, or with --repeats 3 (each point its best "
+                             "run), before reading them.")
+            else:
+                lines.append("No peer is both faster and lower-latency." if not beaten else
+                             "Peers both faster and lower-latency: " + ", ".join(p.name for p in beaten) + ".")
         if ch.candidate is not None and ch.candidate.max_batch > 1:
             lines.append(f"Chosen with dynamic batching: load or serve it with max_batch={ch.candidate.max_batch} "
                          "(corepipe.load(..., max_batch=), corepipe serve --max-batch).")
@@ -165,3 +187,9 @@ def ordered(points: list[Point]) -> list[Point]:
 def _across(a: Point, b: Point) -> str:
     """``"; bf16 over fp32"`` where the two ran at different precisions, else nothing."""
     return "" if a.precision == b.precision else f"; {a.precision} over {b.precision}"
+
+
+def _span(shares: list[float]) -> str:
+    """``"24-57 %"`` (or ``"3 %"``): the range of some CPU shares."""
+    lo, hi = round(min(shares) * 100), round(max(shares) * 100)
+    return f"{lo} %" if lo == hi else f"{lo}-{hi} %"

@@ -224,6 +224,8 @@ def tune(
             say(f"{c.label}: compile ({how} balance)")
 
             def sub(step: str, done: int, total: int, label: str = c.label) -> None:
+                if total <= 1 and done >= total:  # a one-part step's end reads as its start: say it once
+                    return
                 say(f"{label}: {step}" + (f" {done}/{total}" if total > 1 and ": " not in step else ""))
 
             try:
