@@ -17,12 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .plan import Plan
 
 __all__ = ["StatePair", "DecoderSpec"]
 
@@ -205,7 +202,7 @@ class DecoderSpec:
             if crossing:
                 raise ValueError(f"boundary {k} holds {crossing}: a state pair never crosses a boundary")
 
-    def check_plan(self, plan: Plan) -> None:
+    def check_plan(self, plan: Any) -> None:  # a `Plan` (plan.py imports this module)
         """`check_stages` on ``plan``'s stages; the step tensors are model inputs and outputs
         (no past or present is); each stage's resident bytes hold its KV store."""
         self.check_stages([st.inputs for st in plan.stages], [st.outputs for st in plan.stages],
