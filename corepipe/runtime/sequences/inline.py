@@ -52,7 +52,7 @@ class InlineDecoder(DecoderPipeline, Pipeline):
             msg = self._scheduler.take(0.1)
             if msg is None:
                 continue
-            head, ids = msg
+            head, ids, _ = msg
             tensors = {self.decoder.input_ids: ids}
             t0 = time.monotonic()
             try:

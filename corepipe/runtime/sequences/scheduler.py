@@ -81,6 +81,8 @@ class Scheduler:
         self.steps = 0  # messages taken
         self.replays = 0  # sequences whose state was rebuilt by replay
         self.finished = 0
+        #: bumped by each `replay`: a message taken before it is stale (its steps were lost)
+        self.generation = 0
 
     # -- the caller's side ------------------------------------------------------------------
     def open(self, prompt: list[int], max_new: int, how: Sampling, eos: frozenset[int],
@@ -109,8 +111,10 @@ class Scheduler:
                 self._release(seq)
 
     # -- the transport's side ---------------------------------------------------------------
-    def take(self, timeout: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """The next message, ``(header, input_ids [B, n])``, or None after ``timeout`` seconds."""
+    def take(self, timeout: float) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """The next message, ``(header, input_ids [B, n], generation)``, or None after
+        ``timeout`` seconds. A transport drops a message whose generation is no longer
+        `generation` (a `replay` came between: its sequences are queued again)."""
         with self._cv:
             if not self._ready:
                 self._cv.wait(timeout)
@@ -140,7 +144,7 @@ class Scheduler:
                 ids = np.array([[s.tokens[-1]] for s in batch], dtype=np.int64)
             for s in batch:
                 s.prefill = False
-            return head, ids
+            return head, ids, self.generation
 
     def deliver(self, head: np.ndarray, tokens: np.ndarray) -> None:
         """The tokens a step produced, one per header row."""
@@ -193,6 +197,7 @@ class Scheduler:
                 seq.prefill = True
             self._ready = collections.deque(live)
             self.replays += len(live)
+            self.generation += 1
             self._cv.notify_all()
             return len(live)
 
