@@ -14,7 +14,7 @@ import numpy as np
 
 from .decoder import DecoderSpec
 from .deployment import Deployment
-from .dims import SHAPE_MODES, Shapes
+from .dims import SHAPE_MODES, Shapes, dim_value
 from .target import Target
 from .valuechecks import ValueCheck
 
@@ -60,8 +60,8 @@ class TensorSpec:
         return list(zip(low, self.shape))
 
     def shape_for(self, values: Mapping[str, int]) -> tuple[int, ...] | None:
-        """The shape when the dynamic dims take ``values``; None where an axis varies without a
-        dim of its own (or a dim is not in ``values``)."""
+        """The shape when the dynamic dims take ``values`` (a sum dim: its parts' sum); None where
+        an axis varies without a dim of its own (or a dim is not in ``values``)."""
         if self.is_static:
             return self.shape
         out = []
@@ -69,8 +69,8 @@ class TensorSpec:
             name = self.dims[axis]
             if lo == hi:
                 out.append(hi)
-            elif name is not None and name in values:
-                out.append(int(values[name]))
+            elif name is not None and dim_value(name, values) is not None:
+                out.append(int(dim_value(name, values) or 0))
             else:
                 return None
         return tuple(out)
