@@ -29,14 +29,14 @@ _BUILT: dict[tuple[Any, ...], Path] = {}
 
 
 def decoder_artifact(tmp_path_factory: pytest.TempPathFactory, name: str, stages: int, **kw: Any) -> Path:
-    """``name`` from the corpus cut into ``stages`` stages (built once per test session)."""
+    """``name`` from the corpus compiled into ``stages`` stages (once per test session)."""
+    kw.setdefault("max_sequences", 8)
+    kw.setdefault("max_length", 64)
     key = (name, stages, tuple(sorted(kw.items())))
     if key not in _BUILT:
-        from decoder_handcut import hand_cut
-
         model = decoder_model_or_skip(name)
-        out = tmp_path_factory.mktemp(f"{name}-{stages}")
-        _BUILT[key] = hand_cut(model, out / "art", stages, **kw)
+        out = tmp_path_factory.mktemp(f"{name}-{stages}") / "art"
+        _BUILT[key] = corepipe.compile(model, out, num_cores=stages, **kw).path
     return _BUILT[key]
 
 
@@ -58,11 +58,12 @@ def _concurrently(pipe: Any, batch: list[list[int]], new: int, **kw: Any) -> lis
 MIXED = [3, 9, 17, 5, 12, 1, 24, 7]
 
 
-@pytest.mark.parametrize("backend, stages", [("inline", 2), ("local", 2)])
-def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, backend, stages) -> None:
-    art = decoder_artifact(tmp_path_factory, "gpt2", stages)
+@pytest.mark.parametrize("name, backend, stages", [
+    ("gpt2", "inline", 2), ("gpt2", "local", 2), ("gpt2", "local", 4), ("llama", "local", 4)])
+def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, backend, stages) -> None:
+    art = decoder_artifact(tmp_path_factory, name, stages)
     batch = prompts(1000, 8, MIXED, seed=3)
-    want = reference_generate(decoder_model_or_skip("gpt2"), batch, 12)
+    want = reference_generate(decoder_model_or_skip(name), batch, 12)
     with corepipe.load(art, backend=backend) as pipe:
         got = _concurrently(pipe, batch, 12)
         counts = pipe.sequences()
@@ -136,7 +137,6 @@ def test_a_prompt_too_long_is_refused_before_anything_runs(tmp_path_factory) -> 
 
 def test_only_the_hidden_state_and_header_words_cross(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
-    plan = corepipe.load  # noqa: F841  (the plan is read through the pipeline below)
     with corepipe.load(art, backend="local") as pipe:
         spec = pipe.plan.decoder
         state = {p.past for p in spec.pairs} | {p.present for p in spec.pairs}
