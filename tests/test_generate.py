@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from decoders import decoder_model_or_skip, prompts, reference_generate
 
 import corepipe
 from corepipe.errors import InputError
 from corepipe.runtime.sequences.header import TOKENS, WORDS
 from corepipe.runtime.sequences.rings import HEADER
-from decoders import decoder_model_or_skip, prompts, reference_generate
 
 _BUILT: dict[tuple[Any, ...], Path] = {}
 

@@ -34,7 +34,7 @@ def ring_specs(plan: Plan) -> list[tuple[TensorSpec, ...]]:
     assert spec is not None
     rows = max(spec.max_length, spec.max_sequences)
     head = TensorSpec(HEADER, "int64", (spec.max_sequences, WORDS))
-    out = [(head, TensorSpec(spec.input_ids, "int64", (rows,)))]
+    out: list[tuple[TensorSpec, ...]] = [(head, TensorSpec(spec.input_ids, "int64", (rows,)))]
     for b in range(1, plan.num_cores):
         by_name = {t.name: t for t in plan.boundaries[b]}
         out.append((head, *(TensorSpec(n, by_name[n].dtype, (rows, *by_name[n].shape[2:]))
