@@ -102,6 +102,16 @@ def _config_length(model: Any) -> int | None:
     return None
 
 
+def _position_table(model: onnx.ModelProto, positions: str | None) -> int | None:
+    """Rows of the position embedding the positions index (GPT-2's ``wpe``), if the model has one."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if (node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == positions
+                and node.input[0] in inits and inits[node.input[0]].dims):
+            return int(inits[node.input[0]].dims[0])
+    return None
+
+
 def detect_decoder(model: str | os.PathLike[str] | onnx.ModelProto, state: str | Mapping[str, str] | None,
                    max_sequences: int | None, max_length: int | None,
                    dynamic_dims: Mapping[str, Any] | None) -> DecoderModel | None:
@@ -141,7 +151,12 @@ def detect_decoder(model: str | os.PathLike[str] | onnx.ModelProto, state: str |
     if not isinstance(past, str) or not isinstance(total, str):
         raise CompileError(f"state pair {pairs[0].past!r}: its length must be a symbolic dim in past and present, "
                            f"got {past!r} and {total!r}")
-    hi = max_length or min(DEFAULT_MAX_LENGTH, _config_length(model) or DEFAULT_MAX_LENGTH)
+    positions = "position_ids" if "position_ids" in ins else None
+    table = _position_table(skel, positions)
+    if max_length is not None and table is not None and max_length > table:
+        raise CompileError(f"max_length={max_length} is over the model's {table} position embeddings; "
+                           f"use max_length <= {table}")
+    hi = max_length or min(DEFAULT_MAX_LENGTH, table or _config_length(model) or DEFAULT_MAX_LENGTH)
     rows = max_sequences or DEFAULT_MAX_SEQUENCES
     dims = {batch: (1, rows), seq: (1, hi), past: (0, hi - 1), total: (1, hi)}
     if dynamic_dims:
@@ -153,7 +168,6 @@ def detect_decoder(model: str | os.PathLike[str] | onnx.ModelProto, state: str |
         if unknown:
             raise CompileError(f"dynamic_dims names {unknown}; this decoder's dims are {sorted(dims)}")
         dims.update(given)
-    positions = "position_ids" if "position_ids" in ins else None
     proto = onnx.load(os.fspath(model)) if not isinstance(model, onnx.ModelProto) else model
     return DecoderModel(proto, pairs, ids, mask, positions, rest[0], batch, seq, past, total, dims,
                         dims[batch][1], dims[total][1], load_checked(model)[2])

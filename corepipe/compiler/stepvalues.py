@@ -18,6 +18,7 @@ layer (a pair's past readers and present writer) or let anything but one activat
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -121,6 +122,9 @@ def localize(graph: ModelGraph, mask: str | None, positions: str | None, dims: M
             step.update(o for o in node.output if o)
         else:
             keep.append(i)
+    local_in = src | {p.past for p in pairs}
+    local_out = {p.present for p in pairs}
+    keep = [keep[j] for j in _reorder([graph.nodes[i] for i in keep], local_in, local_out)]
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     del model.graph.node[:]
@@ -130,8 +134,6 @@ def localize(graph: ModelGraph, mask: str | None, positions: str | None, dims: M
         old = graph.nodes[i]
         weights = tuple(dict.fromkeys([*old.weights, *cones.weights_for(old.reads)]))
         nodes.append(NodeInfo(j, old.name, old.op_type, old.reads, old.writes, weights))
-    local_in = src | {p.past for p in pairs}
-    local_out = {p.present for p in pairs}
     inputs = [t.name for t in graph.inputs if t.name not in local_in]
     outputs = [t.name for t in graph.outputs if t.name not in local_out]
     live = _liveness(nodes, inputs, outputs)
@@ -139,6 +141,54 @@ def localize(graph: ModelGraph, mask: str | None, positions: str | None, dims: M
                   local_outputs=tuple(p.present for p in pairs))
     out.forbidden = _forbidden(out, pairs, {t.name for t in graph.inputs})
     return out
+
+
+def _reorder(nodes: Sequence[NodeInfo], pasts: set[str], presents: set[str]) -> list[int]:
+    """The indices of ``nodes`` in a topological order where the nodes that only unpack pasts
+    run just before their first reader and those that only pack presents just after their last
+    input: exporters may put them all at the start or the end of the graph (the legacy one
+    stacks every ``present.{i}`` last), which would spread a pair's layer over the whole graph."""
+    n = len(nodes)
+    key = [float(i) for i in range(n)]
+    producer = {w: i for i, node in enumerate(nodes) for w in node.writes}
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for r in node.reads:
+            readers.setdefault(r, []).append(i)
+    head = [False] * n
+    for i, node in enumerate(nodes):  # reads pasts (and weights), through other such nodes only
+        ins = [r for r in node.reads if r in pasts or r in producer]
+        head[i] = bool(ins) and all(r in pasts or head[producer[r]] for r in ins)
+    tail = [False] * n
+    for i in range(n - 1, -1, -1):  # feeds presents only, through other such nodes
+        outs = [(w, readers.get(w, [])) for w in nodes[i].writes]
+        tail[i] = bool(outs) and all((w in presents or rs) and all(tail[j] for j in rs) for w, rs in outs) and any(
+            w in presents or rs for w, rs in outs)
+    for i in range(n):
+        if tail[i] and not head[i]:
+            before = [key[producer[r]] for r in nodes[i].reads if r in producer]
+            key[i] = max(before) + 1e-3 if before else key[i]
+    for i in range(n - 1, -1, -1):
+        if head[i] and not tail[i]:
+            after = [key[j] for w in nodes[i].writes for j in readers.get(w, [])]
+            key[i] = min(after) - 1e-3 if after else key[i]
+    deps = [{producer[r] for r in node.reads if r in producer} for node in nodes]
+    waiting = [len(d) for d in deps]
+    users: list[list[int]] = [[] for _ in range(n)]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [(key[i], i) for i in range(n) if not waiting[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:  # topological, the smallest key first
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for j in users[i]:
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready, (key[j], j))
+    return order
 
 
 def _add_cone(cones: Cones, node: onnx.NodeProto, graph: ModelGraph) -> None:
@@ -165,11 +215,19 @@ def _forbidden(graph: ModelGraph, pairs: Sequence[PairLayout], inputs: set[str])
         elif len(names) != 1:
             out[p] = (f"{len(names)} activations would cross ({', '.join(repr(t) for t in names[:3])}"
                       f"{', ...' if len(names) > 3 else ''}); a decoder's boundary carries only the hidden state")
-    for pair in pairs:
+    spans = []
+    for pair in pairs:  # the layer: out to the nearest places where the hidden state alone crosses
         at = [n.index for n in graph.nodes if pair.past in n.reads or pair.present in n.writes]
         if not at:
             continue
-        for p in range(min(at) + 1, max(at) + 1):
+        lo, hi = min(at), max(at)
+        while lo > 0 and lo in out:
+            lo -= 1
+        while hi + 1 < graph.n and hi + 1 in out:
+            hi += 1
+        spans.append((lo, hi, pair))
+    for lo, hi, pair in spans:
+        for p in range(lo + 1, hi + 1):
             out[p] = (f"it would split the layer of state pair {pair.past!r} -> {pair.present!r} (nodes "
-                      f"{min(at)}..{max(at)}: {graph.nodes[min(at)].name!r} to {graph.nodes[max(at)].name!r})")
+                      f"{lo}..{hi}: {graph.nodes[lo].name!r} to {graph.nodes[hi].name!r})")
     return out
