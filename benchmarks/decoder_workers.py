@@ -190,7 +190,8 @@ class Corepipe:
 
         self.tmp = tempfile.TemporaryDirectory(prefix="corepipe-decbench-")
         art = Path(self.tmp.name) / "art"
-        corepipe.compile(str(model_dir / "model.onnx"), art, num_cores=stages)
+        # KV store rows for the 16 sequences the benchmark runs at most; 128 prompt + 64 new tokens
+        corepipe.compile(str(model_dir / "model.onnx"), art, num_cores=stages, max_sequences=16, max_length=256)
         self.pipe = corepipe.load(art, backend="local")
         if not hasattr(self.pipe, "generate"):
             self.pipe.close()
