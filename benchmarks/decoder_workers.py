@@ -14,7 +14,8 @@ Peers (greedy, fp32, EOS ignored so every sequence makes ``new`` tokens):
 
 A result: ``ttft`` (s, per sequence), ``itl`` (s, the inter-token gaps), ``wall`` (s, the first
 call to the last token), ``tokens`` (new tokens made), ``out`` (the new tokens of each sequence),
-``rss`` and ``maxrss`` (bytes, this process now and at its peak).
+``rss`` and ``maxrss`` (bytes, this process now and at its peak), ``cpu`` (CPU seconds of the
+run, this process and its children: on a shared machine, the cost the wall clock hides).
 Only the ``corepipe`` peer imports corepipe (the others run in the peers' venvs).
 """
 
@@ -28,6 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its children (corepipe's stage workers), all threads."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for c in me.children(recursive=True):
+        try:
+            total += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 def _rss() -> int:
@@ -253,10 +268,12 @@ def main(peer: str, model_dir: str, threads: str, stages: str = "2") -> None:
     print(json.dumps({"ready": True, "load_s": time.perf_counter() - t0, "rss": _rss()}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
+        cpu0 = _cpu()
         try:
             res = runner.generate(req["prompts"], req["new"])
         except Exception as e:  # one bad run is reported, the worker stays up
             res = {"error": f"{type(e).__name__}: {e}"}
+        res["cpu"] = _cpu() - cpu0
         res["rss"] = runner.rss() if hasattr(runner, "rss") else _rss()
         res["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps(res), flush=True)
