@@ -25,13 +25,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import corepipe  # noqa: E402
-from corepipe.artifact.manifest import open_artifact  # noqa: E402
-from corepipe.engines.base import engine_class  # noqa: E402
-from corepipe.runtime.sequences.header import TOKENS, header  # noqa: E402
-from corepipe.runtime.sequences.sampling import Sampling  # noqa: E402
-from corepipe.runtime.sequences.stage import DecoderStage  # noqa: E402
-from decoders import decoder_model, prompts  # noqa: E402
+from decoders import decoder_model, prompts
+
+import corepipe
+from corepipe.artifact.manifest import open_artifact
+from corepipe.engines.base import engine_class
+from corepipe.runtime.sequences.header import TOKENS, header
+from corepipe.runtime.sequences.sampling import Sampling
+from corepipe.runtime.sequences.stage import DecoderStage
 
 
 def stages_on(art: Path, engine: str) -> list[DecoderStage]:
