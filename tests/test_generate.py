@@ -165,3 +165,64 @@ def test_sampling_is_seeded_and_survives_replay(tmp_path_factory, no_leaks) -> N
         os.kill(pipe.worker_pids()[1], signal.SIGKILL)
         got.extend(s)
     assert got == first
+
+
+def _cli(*args: str) -> Any:
+    import subprocess
+
+    from corepipe.runtime.process import module_command
+
+    argv, env = module_command("corepipe.cli", *args)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd="/")
+
+
+def test_the_cli_streams_ids_and_text(tmp_path_factory, no_leaks) -> None:
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    want = reference_generate(decoder_model_or_skip("gpt2"), [[1, 2, 3]], 6)[0]
+    run = _cli("generate", str(art), "--prompt-ids", "1,2,3", "--max-new-tokens", "6", "--backend", "inline")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ",".join(map(str, want)) and "6 tokens (length)" in run.stderr
+    from corepipe.artifact.tokenizer import open_tokenizer
+
+    tok = open_tokenizer(art)  # the tokenizer compile copied from beside the model, verified
+    ids = tok.encode("Once upon a time").ids
+    want = reference_generate(decoder_model_or_skip("gpt2"), [ids], 6)[0]
+    run = _cli("generate", str(art), "--prompt", "Once upon a time", "-n", "6")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip("\n") == tok.decode(want)
+    tampered = tmp_path_factory.mktemp("tampered") / "art"
+    import shutil
+
+    shutil.copytree(art, tampered)
+    (tampered / "tokenizer.json").write_text((tampered / "tokenizer.json").read_text().replace("a", "b", 1))
+    run = _cli("generate", str(tampered), "--prompt", "hi")
+    assert run.returncode == 2 and "does not match the hash" in run.stderr
+    run = _cli("generate", str(art), "--prompt-ids", "1,x")
+    assert run.returncode == 2 and "comma-separated token ids" in run.stderr
+
+
+def test_sampling_units() -> None:
+    from corepipe.runtime.sequences.sampling import Sampling, sample
+    from corepipe.runtime.sequences.store import KVStore
+
+    logits = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    assert sample(logits, Sampling(), 5) == int(np.argmax(logits))
+    assert sample(logits, Sampling(temperature=1.0, top_k=1, seed=3), 5) == int(np.argmax(logits))
+    assert sample(logits, Sampling(temperature=1.0, top_p=1e-6, seed=3), 5) == int(np.argmax(logits))
+    draws = {sample(logits, Sampling(temperature=1.0, seed=s), 5) for s in range(20)}
+    assert len(draws) > 5 and sample(logits, Sampling(temperature=1.0, seed=9), 5) == sample(
+        logits, Sampling(temperature=1.0, seed=9), 5)
+    for bad in (dict(temperature=-1.0), dict(top_k=-1), dict(top_p=1.5), dict(seed=-1)):
+        with pytest.raises(InputError):
+            Sampling(**bad)  # type: ignore[arg-type]
+    # the legacy layout [2, b, h, L, d]: rows on axis 1, tokens on axis 3
+    from corepipe.artifact.decoder import StatePair
+
+    pair = StatePair("past.0", "present.0", 0, 1, 3, "float32", (2, 3, 4))
+    store = KVStore([pair], max_sequences=4, max_length=10)
+    rows, past = np.array([2, 0]), np.array([3, 1])
+    present = np.random.default_rng(1).standard_normal((2, 2, 3, 3 + 2, 4)).astype(np.float32)
+    store.scatter(pair, rows, past, present, 3, 2)
+    got = store.gather(pair, rows, past + 2, 5)
+    assert np.array_equal(got[:, 0, :, 3:5], present[:, 0, :, 3:5])
+    assert np.array_equal(got[:, 1, :, 1:3], present[:, 1, :, 3:5])
