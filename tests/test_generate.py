@@ -59,7 +59,8 @@ MIXED = [3, 9, 17, 5, 12, 1, 24, 7]
 
 
 @pytest.mark.parametrize("name, backend, stages", [
-    ("gpt2", "inline", 2), ("gpt2", "local", 2), ("gpt2", "local", 4), ("llama", "local", 4)])
+    ("gpt2", "inline", 2), pytest.param("gpt2", "local", 2, marks=pytest.mark.slow),
+    pytest.param("gpt2", "local", 4, marks=pytest.mark.slow), pytest.param("llama", "local", 4, marks=pytest.mark.slow)])
 def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, backend, stages) -> None:
     art = decoder_artifact(tmp_path_factory, name, stages)
     batch = prompts(1000, 8, MIXED, seed=3)
@@ -73,6 +74,7 @@ def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, ba
     assert counts["steps"] < 8 * 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
 def test_kill9_mid_generation_replays(tmp_path_factory, no_leaks, victim) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
@@ -88,6 +90,7 @@ def test_kill9_mid_generation_replays(tmp_path_factory, no_leaks, victim) -> Non
     assert got == want
 
 
+@pytest.mark.slow
 def test_cancel_and_abandon_free_the_kv_row(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     with corepipe.load(art, backend="local") as pipe:
@@ -108,6 +111,7 @@ def test_cancel_and_abandon_free_the_kv_row(tmp_path_factory, no_leaks) -> None:
             decoder_model_or_skip("gpt2"), [[5, 6, 7]], 4)[0]
 
 
+@pytest.mark.slow
 def test_a_full_store_makes_sequences_wait(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2, max_sequences=2)
     batch = prompts(1000, 5, [4, 6, 8], seed=5)
@@ -135,6 +139,7 @@ def test_a_prompt_too_long_is_refused_before_anything_runs(tmp_path_factory) -> 
             pipe.run({"input_ids": np.ones((1, 3), np.int64)})
 
 
+@pytest.mark.slow
 def test_only_the_hidden_state_and_header_words_cross(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     with corepipe.load(art, backend="local") as pipe:
@@ -152,6 +157,7 @@ def test_only_the_hidden_state_and_header_words_cross(tmp_path_factory, no_leaks
     assert not state & {name for ring in rings for name, _, _ in ring}
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_survives_replay(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     kw = dict(max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=7)
@@ -176,6 +182,7 @@ def _cli(*args: str) -> Any:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd="/")
 
 
+@pytest.mark.slow
 def test_the_cli_streams_ids_and_text(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     want = reference_generate(decoder_model_or_skip("gpt2"), [[1, 2, 3]], 6)[0]
