@@ -208,7 +208,7 @@ def test_manifest_not_an_object(art: Path, no_ort: None, value: object) -> None:
 
 
 def test_unknown_format_version(art: Path, no_ort: None) -> None:
-    for version in (4, 0, "1", "2", None, True):
+    for version in (5, 0, "1", "2", None, True):
         m = read(art)
         m["format_version"] = version
         write(art, m)

@@ -66,7 +66,7 @@ def test_shapes_validate_and_round_trip():
                     profile=ShapeProfile.lognormal("sequence", 24, 128, samples=64))
     assert Shapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes
     for bad in ({"buckets": {"sequence": (16, 64)}}, {"buckets": {"length": (128,)}}, {"batch": "length"},
-                {"dims": {"sequence": (0, 8)}}):
+                {"dims": {"sequence": (0, 0)}}, {"dims": {"sequence": (3, 2)}}):  # from 0 is fine (a past), empty is not
         with pytest.raises(ValueError):
             Shapes(**{"dims": {"sequence": (1, 128)}, **bad}).validate()
 

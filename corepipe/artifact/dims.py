@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Shapes", "ShapeProfile", "check_dims", "next_bucket", "parse_dim_option", "parse_bucket_option",
-           "SHAPE_MODES"]
+           "SHAPE_MODES", "dim_parts", "dim_value"]
 
 #: How a stage runs its shapes: as compiled (static), natively dynamic, or padded to buckets.
 SHAPE_MODES = ("static", "dynamic", "buckets")
@@ -29,20 +29,41 @@ _MAX_DIM = 2**31
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,120}$")
 
 
+def dim_parts(name: str) -> tuple[str, ...]:
+    """The dims a dim name adds up: ``"past_sequence_length + sequence_length"`` -> both names
+    (ONNX exporters name a concatenated axis so); ``"sequence"`` -> itself. ``ValueError`` where
+    a part is not a symbolic dim name."""
+    parts = tuple(p.strip() for p in name.split("+")) if isinstance(name, str) else (name,)
+    if not parts or any(not isinstance(p, str) or not _NAME.match(p) for p in parts) or len(parts) > 8:
+        raise ValueError(f"dynamic dim name {name!r} is not a symbolic dim name (nor a sum of them, 'a + b')")
+    return parts
+
+
+def dim_value(name: str, values: Mapping[str, int]) -> int | None:
+    """The value of dim ``name`` in ``values``: its own, else the sum of its parts' (None where
+    one is missing)."""
+    if name in values:
+        return int(values[name])
+    parts = dim_parts(name)
+    if len(parts) < 2 or any(p not in values for p in parts):
+        return None
+    return sum(int(values[p]) for p in parts)
+
+
 def check_dims(dims: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
-    """``{name: (min, max)}`` with ints, 1 <= min <= max; raise ``ValueError`` naming the bad one."""
+    """``{name: (min, max)}`` with ints, 0 <= min <= max, max >= 1 (a decoder's past may be
+    empty); a name may be a sum of dims (``"past + sequence"``). ``ValueError`` names the bad one."""
     if not isinstance(dims, Mapping):
         raise ValueError(f"dynamic dims must be a dict of dim name -> (min, max), got {type(dims).__name__}")
     out: dict[str, tuple[int, int]] = {}
     for name, rng in dims.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"dynamic dim name {name!r} is not a symbolic dim name")
+        dim_parts(name)
         if (not isinstance(rng, (tuple, list)) or len(rng) != 2
                 or any(type(v) is not int and not isinstance(v, np.integer) for v in rng)):
             raise ValueError(f"dynamic dim {name!r}: give its range as (min, max) ints, got {rng!r}")
         lo, hi = int(rng[0]), int(rng[1])
-        if not 1 <= lo <= hi <= _MAX_DIM:
-            raise ValueError(f"dynamic dim {name!r}: range ({lo}, {hi}) needs 1 <= min <= max")
+        if not 0 <= lo <= hi <= _MAX_DIM or hi < 1:
+            raise ValueError(f"dynamic dim {name!r}: range ({lo}, {hi}) needs 0 <= min <= max and max >= 1")
         out[name] = (lo, hi)
     return out
 
@@ -56,8 +77,9 @@ def next_bucket(sizes: Sequence[int], value: int) -> int:
 
 
 def parse_dim_option(text: str) -> tuple[str, tuple[int, int]]:
-    """``"sequence=1:128"`` -> ``("sequence", (1, 128))`` (the CLI's ``--dynamic``)."""
-    m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*([0-9]+)\s*:\s*([0-9]+)\s*", text)
+    """``"sequence=1:128"`` -> ``("sequence", (1, 128))`` (the CLI's ``--dynamic``); a sum dim
+    as ``"past + sequence=1:128"``."""
+    m = re.fullmatch(r"\s*([^=]+?)\s*=\s*([0-9]+)\s*:\s*([0-9]+)\s*", text)
     if m is None:
         raise ValueError(f"cannot read {text!r} as a dynamic dim: write NAME=MIN:MAX, e.g. sequence=1:128")
     name, lo, hi = m.group(1), int(m.group(2)), int(m.group(3))
@@ -94,8 +116,8 @@ class ShapeProfile:
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
                 raise ValueError(f"shape profile weights are positive numbers, got {weight!r}")
             for name, value in dims:
-                if not isinstance(name, str) or type(value) is not int or not 1 <= value <= _MAX_DIM:
-                    raise ValueError(f"shape profile point {dict(dims)!r}: dims are name -> positive int")
+                if not isinstance(name, str) or type(value) is not int or not 0 <= value <= _MAX_DIM:
+                    raise ValueError(f"shape profile point {dict(dims)!r}: dims are name -> int >= 0")
 
     @classmethod
     def of(cls, name: str, values: Mapping[int, float] | Iterable[int]) -> ShapeProfile:
@@ -109,8 +131,8 @@ class ShapeProfile:
     @classmethod
     def uniform(cls, name: str, lo: int, hi: int) -> ShapeProfile:
         """Every value of ``name`` in ``lo..hi`` equally often."""
-        if not 1 <= lo <= hi:
-            raise ValueError(f"uniform profile of {name!r}: need 1 <= {lo} <= {hi}")
+        if not 0 <= lo <= hi:
+            raise ValueError(f"uniform profile of {name!r}: need 0 <= {lo} <= {hi}")
         return cls.of(name, range(lo, hi + 1))
 
     @classmethod

@@ -38,12 +38,13 @@ FORMAT = "corepipe-artifact"
 #: on onnxruntime in fp32) still load. Version 3 adds dynamic dims (the plan's ``shapes``, each
 #: tensor's ``min_shape`` and ``dims``, each stage's ``shape_mode``); it is written only for
 #: plans that have them, so artifacts of static shapes stay version 2 (`manifest_version`).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: Version 4 adds the plan's ``decoder`` (state pairs by stage), written only for decoders.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
-_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json)$")
+_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json|tokenizer\.json|tokenizer_config\.json)$")
 #: Files beside the stages that an artifact may hold: `corepipe tune`'s picture and measurements.
 EXTRA_FILES = ("tune.png", "tune.json")
 
@@ -104,8 +105,9 @@ _V2_STAGE_KEYS = ("engine", "precision")
 
 
 def manifest_version(plan: Plan) -> int:
-    """The format version a manifest of ``plan`` is written in: 3 with dynamic dims, else 2."""
-    return 3 if plan.shapes is not None else 2
+    """The format version a manifest of ``plan`` is written in: 4 for a decoder, 3 with dynamic
+    dims, else 2."""
+    return 4 if plan.decoder is not None else 3 if plan.shapes is not None else 2
 
 
 def _check_version_fields(data: dict[str, Any]) -> None:
@@ -114,6 +116,8 @@ def _check_version_fields(data: dict[str, Any]) -> None:
     if data["format_version"] < 3 and ("shapes" in data["plan"]
                                        or any("shape_mode" in st for st in data["plan"]["stages"])):
         raise ArtifactError(f"a version {data['format_version']} manifest cannot name dynamic dims; they came in version 3")
+    if data["format_version"] < 4 and "decoder" in data["plan"]:
+        raise ArtifactError(f"a version {data['format_version']} manifest cannot name a decoder; it came in version 4")
     stages = data["plan"]["stages"]
     for k, st in enumerate(stages):
         named = [key for key in (*_V2_STAGE_KEYS, "fallback") if key in st]

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from .decoder import DecoderSpec
 from .deployment import Deployment
-from .dims import SHAPE_MODES, Shapes
+from .dims import SHAPE_MODES, Shapes, dim_value
 from .target import Target
 from .valuechecks import ValueCheck
 
@@ -59,8 +60,8 @@ class TensorSpec:
         return list(zip(low, self.shape))
 
     def shape_for(self, values: Mapping[str, int]) -> tuple[int, ...] | None:
-        """The shape when the dynamic dims take ``values``; None where an axis varies without a
-        dim of its own (or a dim is not in ``values``)."""
+        """The shape when the dynamic dims take ``values`` (a sum dim: its parts' sum); None where
+        an axis varies without a dim of its own (or a dim is not in ``values``)."""
         if self.is_static:
             return self.shape
         out = []
@@ -68,8 +69,8 @@ class TensorSpec:
             name = self.dims[axis]
             if lo == hi:
                 out.append(hi)
-            elif name is not None and name in values:
-                out.append(int(values[name]))
+            elif name is not None and dim_value(name, values) is not None:
+                out.append(int(dim_value(name, values) or 0))
             else:
                 return None
         return tuple(out)
@@ -131,7 +132,6 @@ class StagePlan:
     stage, or a model output made earlier). ``measured_s`` is the stage's time alone on one
     core; ``loaded_s`` its busy time per request with every stage of the pipeline busy
     (``balance="load"``), which is what sets the throughput.
-    stage, or a model output made earlier).
 
     ``engine`` (``"onnxruntime"`` or ``"openvino"``) runs it at ``precision`` (``"fp32"``,
     ``"bf16"`` or ``"fp16"``); ``fallback`` says why it runs on another engine than the one
@@ -230,6 +230,8 @@ class Plan:
     (`corepipe.artifact.dims.Shapes`); ``None`` for a plan of static shapes.
     ``input_checks``: what request values the model's index and size operands allow, checked
     at intake (`corepipe.artifact.valuechecks`); absent from artifacts compiled before them.
+    ``decoder``: a decoder's state pairs by stage and KV bounds (`corepipe.artifact.decoder`);
+    None for other models. Its stages' graphs also read and write names no boundary holds.
     """
 
     target: Target
@@ -243,6 +245,7 @@ class Plan:
     deployment: Deployment | None = None
     shapes: Shapes | None = None
     input_checks: tuple[ValueCheck, ...] = ()
+    decoder: DecoderSpec | None = None
 
     @property
     def num_cores(self) -> int:
@@ -282,7 +285,9 @@ class Plan:
             raise ValueError("a plan needs at least one stage")
         if len(self.boundaries) != n + 1:
             raise ValueError(f"{n} stages need {n + 1} boundaries, found {len(self.boundaries)}")
-        expect = 0
+        expect, dec = 0, self.decoder
+        if dec is not None:  # first: a misplaced pair is the clearest account of a stage's stray input
+            dec.check_plan(self)
         for k, st in enumerate(self.stages):
             if st.index != k:
                 raise ValueError(f"stage {k} is labelled {st.index}: stages must be in order")
@@ -294,13 +299,14 @@ class Plan:
             expect = st.node_end
             before = {t.name for t in self.boundaries[k]}
             after = [t.name for t in self.boundaries[k + 1]]
-            missing = [x for x in st.inputs if x not in before]
+            local_in, local_out = (dec.local_inputs(k), dec.local_outputs(k)) if dec else (set(), set())
+            missing = [x for x in st.inputs if x not in before and x not in local_in]
             if missing:
                 raise ValueError(f"stage {k} reads {missing}, which no earlier stage produces")
             bad_carry = [x for x in st.carried if x not in before]
             if bad_carry:
                 raise ValueError(f"stage {k} carries {bad_carry}, which it never receives")
-            made = list(st.outputs) + list(st.carried)
+            made = [x for x in st.outputs if x not in local_out] + list(st.carried)
             if sorted(made) != sorted(after) or len(set(made)) != len(made):
                 raise ValueError(
                     f"stage {k} produces and carries {sorted(made)} but boundary {k + 1} "
@@ -375,6 +381,8 @@ class Plan:
             out["shapes"] = self.shapes.to_dict()
         if self.input_checks:  # absent where there is nothing to check, as in older artifacts
             out["input_checks"] = [c.to_dict() for c in self.input_checks]
+        if self.decoder is not None:  # absent for other models, as in older artifacts
+            out["decoder"] = self.decoder.to_dict()
         return out
 
     @classmethod
@@ -393,4 +401,5 @@ class Plan:
             deployment=Deployment.from_dict(data["deployment"]) if data.get("deployment") is not None else None,
             shapes=Shapes.from_dict(data["shapes"]) if data.get("shapes") is not None else None,
             input_checks=tuple(ValueCheck.from_dict(c) for c in data.get("input_checks", [])),
+            decoder=DecoderSpec.from_dict(data["decoder"]) if data.get("decoder") is not None else None,
         )

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .dims import dim_parts, dim_value
 from .plan import TensorSpec
 
 __all__ = ["Dim", "check_feeds", "expected_dims", "feed_dims", "tensor_problem"]
@@ -78,7 +79,21 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Any) -> dict[str, np.ndarray
         # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
         value = np.asarray(value)
         out[spec.name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+    _check_sums(seen)
     return out
+
+
+def _check_sums(seen: Mapping[str, tuple[str, int]]) -> None:
+    """A dim named as a sum (``"past + sequence"``) equals its parts' sum where they are seen."""
+    values = {name: v for name, (_, v) in seen.items()}
+    for name, (where, size) in seen.items():
+        parts = dim_parts(name)
+        want = dim_value(" + ".join(parts), {p: values[p] for p in parts if p in values}) if len(parts) > 1 else None
+        if want is not None and want != size:
+            raise InputError(
+                f"input {where!r}: dim {name!r} is {size}, but its parts add up to {want} "
+                f"({', '.join(f'{p}={values[p]}' for p in parts)}); e.g. a decoder's attention mask spans "
+                "the past and the new tokens")
 
 
 # -- dynamic dims -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
 from .report import plural
 from .save import NpzWriter
+from .decoderopts import MaxLength, MaxSequences, State, decoder_kwargs
 from .shapeopts import Buckets, Dynamic, PadValues, Profile, model_summary, shape_kwargs
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]
@@ -108,6 +109,9 @@ def compile_cmd(
     buckets: Buckets = None,
     pad_values: PadValues = None,
     shape_profile: Profile = None,
+    state: State = None,
+    max_sequences: MaxSequences = None,
+    max_length: MaxLength = None,
 ) -> None:
     """Compile MODEL into a pipeline artifact and print its stages.
 
@@ -124,11 +128,13 @@ def compile_cmd(
     corepipe compile rn50_savedmodel/ -o rn50/1 -i input_1:0=1x224x224x3:float16
     corepipe compile m.onnx -o d/ --dynamic sequence=1:128 --dynamic batch=1:8
     corepipe compile m.onnx -o b/ --dynamic sequence=1:128 --buckets sequence=64
+    corepipe compile gpt2.onnx -o g/ -n 2 --max-sequences 8 --max-length 512
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores)}):
         count, _ = core_count(num_cores, cores, auto=True)
-        shaping = shape_kwargs(dynamic, buckets, pad_values, shape_profile)
+        shaping = shape_kwargs(dynamic, buckets, pad_values, shape_profile) | decoder_kwargs(
+            state, max_sequences, max_length)
         if plot is not None:
             check_plot(plot, "--plot")
         if balance not in BALANCES:

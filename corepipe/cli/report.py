@@ -209,9 +209,11 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
         kinds.setdefault(f"{st.engine} {st.precision}", []).append(st.index)
     lines.append("engines (ov = openvino, ort = onnxruntime): " + "; ".join(
         f"{kind} for stage{'s' if len(idx) > 1 else ''} {', '.join(map(str, idx))}" for kind, idx in kinds.items()))
+    from .decoderopts import decoder_lines
     from .shapeopts import shape_lines
 
     lines.extend(shape_lines(plan))
+    lines.extend(decoder_lines(plan))
     lines.extend(stage_warnings(plan))
     lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
     lines.extend(n for n in plan.notes if n.startswith("intake checks "))  # what request values may hold

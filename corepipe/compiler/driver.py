@@ -107,6 +107,9 @@ def compile(
     buckets: str | Mapping[str, Sequence[int]] | None = "auto",
     pad_values: Mapping[str, float] | None = None,
     shape_profile: ShapeProfile | str | None = None,
+    state: str | Mapping[str, str] | None = "auto",
+    max_sequences: int | None = None,
+    max_length: int | None = None,
 ) -> CompiledModel:
     """Cut ``model`` into pipeline stages, one per core, and write the artifact directory.
 
@@ -170,6 +173,18 @@ def compile(
         shape_profile: the shapes traffic brings, to balance the cut and choose buckets for:
             a `corepipe.artifact.dims.ShapeProfile` or its text (``"sequence~24:128"``, a
             log-normal with median 24); default: the example inputs' shapes.
+        state: a decoder's state pairs (its KV cache): ``"auto"`` (default: optimum's
+            ``past_key_values.{i}.key/value`` -> ``present.{i}.key/value`` and the legacy
+            ``past.{i}`` -> ``present.{i}``, found by name), ``{"present.0.key":
+            "past_key_values.0.key", ...}`` (present -> past), or None (no pairs: the client
+            carries the state). A model with pairs compiles into a decoder plan
+            (`corepipe.compiler.decodeplan`): each pair and its layer in one stage, the
+            hidden state alone crossing each boundary, every stage dynamic.
+        max_sequences: a decoder's sequences in flight at once: the rows of each stage's KV
+            store (default 16).
+        max_length: a decoder's tokens per sequence, prompt and generated (default: the
+            model's ``n_positions`` from the config.json beside it, at most 1024). Each stage's
+            resident bytes include its KV store at ``max_sequences x max_length``.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
@@ -212,11 +227,38 @@ def compile(
             resolved = resolve_precision(wanted)
             notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
                          f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
+        from .decoding import detect_decoder
+
+        dm = detect_decoder(src.model, state, max_sequences, max_length, src.dynamic_dims or dynamic_dims)
+        if dm is not None:
+            return _compile_decoder(dm, output_dir, balance=balance, buckets=buckets, shape_profile=shape_profile,
+                                    source=model,
+                                    num_cores=num_cores, tgt=tgt, cuts=cuts, engine=engine, precision=resolved,
+                                    notes=notes, report=report, deployment=deployment)
         shaping = ShapeOptions.make(src.dynamic_dims or dynamic_dims, buckets, pad_values, shape_profile)
         return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
                         cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
                         deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds,
                         shaping=shaping)
+
+
+def _compile_decoder(dm: Any, output_dir: str | os.PathLike[str], *, balance: str, buckets: Any,
+                     shape_profile: Any, source: Any = None, **kw: Any) -> CompiledModel:
+    """`compile` of a model with state pairs (`corepipe.compiler.decodeplan`)."""
+    from .decodeplan import compile_decoder
+
+    if balance != "estimate":
+        raise CompileError(f"balance={balance!r} does not run decoders yet: compile a decoder with "
+                           "balance='estimate' (or state=None to compile it as a plain model)")
+    if buckets not in ("auto", None) or shape_profile is not None:
+        raise CompileError("a decoder plan runs every stage as one dynamic graph: drop buckets= and shape_profile= "
+                           "(or pass state=None to compile it as a plain model)")
+    path, plan = compile_decoder(dm, output_dir, **kw)
+    if isinstance(source, (str, os.PathLike)):  # the tokenizer beside the model goes with it
+        from ..artifact.tokenizer import add_tokenizer
+
+        add_tokenizer(path, Path(source).parent)
+    return CompiledModel(path, plan)
 
 
 def _compile(

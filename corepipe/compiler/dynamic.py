@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifact.dims import ShapeProfile, check_dims
+from ..artifact.dims import ShapeProfile, check_dims, dim_parts
 from ..artifact.plan import TensorSpec
 from ..artifact.protoio import load_checked, skeleton, structure
 from ..artifact.target import Target
@@ -82,15 +82,23 @@ class DimFeeds:
     examples: dict[str, np.ndarray]
 
     def at(self, values: Mapping[str, int]) -> dict[str, np.ndarray]:
-        """The example request resized to the dims ``values`` (the others typical)."""
+        """The example request resized to the dims ``values`` (the others typical; a sum dim
+        always its parts' sum, so related dims move together)."""
+        full = {d: int(values.get(d, self.typical[d])) for d in self.dims}
+        for d in self.sums():
+            full[d] = sum(full[p] for p in dim_parts(d))
         out = dict(self.examples)
         for name, axes in self.axes.items():
             value = out[name]
             for axis, dim in enumerate(axes):
                 if dim is not None:
-                    value = resize(value, axis, int(values.get(dim, self.typical[dim])))
+                    value = resize(value, axis, full[dim])
             out[name] = value
         return out
+
+    def sums(self) -> list[str]:
+        """The dims that are sums of others (``"past + sequence"``)."""
+        return [d for d in self.dims if len(dim_parts(d)) > 1]
 
     @property
     def low(self) -> dict[str, np.ndarray]:
@@ -129,6 +137,7 @@ def prepare_dims(
             f"dynamic_dims names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not a symbolic dim of the "
             f"model's inputs; its symbolic dims: {describe_symbolic_dims(model)}. Name dims as the "
             "model does (ONNX dim_param), or re-export it with them (torch.onnx.export(dynamic_axes=...))")
+    dims = _with_sums(dims, found)
     axes: dict[str, tuple[str | None, ...]] = {}
     for vi in inputs:
         shape = vi.type.tensor_type.shape.dim
@@ -153,6 +162,28 @@ def prepare_dims(
                               else np.zeros(shape, dtype))
     out = DimFeeds(dims, axes, typical, {k: np.asarray(v) for k, v in feeds.items()})
     return replace(out, examples=out.at(typical))
+
+
+def _with_sums(dims: dict[str, tuple[int, int]], found: set[str]) -> dict[str, tuple[int, int]]:
+    """``dims`` with each of the model's sum dims (``"past + sequence"``) whose parts are given:
+    its range is theirs added up (total = past + sequence, not a dim of its own)."""
+    out = dict(dims)
+    for name in sorted(found):
+        parts = dim_parts(name)
+        if len(parts) < 2:
+            continue
+        missing = [p for p in parts if p not in dims]
+        if missing:
+            if name in dims:
+                raise CompileError(f"dynamic dim {name!r} is the sum of {list(parts)}: give their ranges instead "
+                                   f"(dynamic_dims={{{', '.join(repr(p) + ': (lo, hi)' for p in parts)}}})")
+            continue
+        rng = (sum(dims[p][0] for p in parts), sum(dims[p][1] for p in parts))
+        if name in dims and tuple(dims[name]) != rng:
+            raise CompileError(f"dynamic dim {name!r} is the sum of {list(parts)}, so its range is {rng}, not "
+                               f"{tuple(dims[name])}; leave it out of dynamic_dims (it follows its parts)")
+        out[name] = rng
+    return out
 
 
 def _typical(dims: dict[str, tuple[int, int]], axes: dict[str, tuple[str | None, ...]],
@@ -180,6 +211,10 @@ def _typical(dims: dict[str, tuple[int, int]], axes: dict[str, tuple[str | None,
     typical = {dim: seen[dim][1] if dim in seen else hi for dim, (_, hi) in dims.items()}
     if profile is not None:
         typical.update(profile.typical())
+    for dim in dims:  # a sum follows its parts
+        parts = dim_parts(dim)
+        if len(parts) > 1:
+            typical[dim] = sum(typical[p] for p in parts)
     return typical
 
 
@@ -292,8 +327,8 @@ def main_dim(feeds: DimFeeds, profile: ShapeProfile | None = None) -> str:
     the batch (axis 0 of the inputs), else the widest."""
     if profile is not None and profile.names:
         return profile.names[0]
-    batchy = {axes[0] for axes in feeds.axes.values() if axes and axes[0] is not None}
-    pool = [d for d in feeds.dims if d not in batchy] or list(feeds.dims)
+    batchy = {axes[0] for axes in feeds.axes.values() if axes and axes[0] is not None} | set(feeds.sums())
+    pool = [d for d in feeds.dims if d not in batchy] or [d for d in feeds.dims if d not in feeds.sums()]
     return max(pool, key=lambda d: feeds.dims[d][1] - feeds.dims[d][0])
 
 

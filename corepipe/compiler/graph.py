@@ -55,6 +55,10 @@ class ModelGraph:
     uncrossable: dict[str, str] = field(default_factory=dict)  # name -> why it cannot cross
     weights_dir: str | None = None  # where external weights live (read when a stage needs them)
     cones: Cones = field(default_factory=Cones)  # constants computed by nodes each reader copies
+    # A decoder's (`corepipe.compiler.stepvalues`): outputs its stages keep (state presents), and
+    # cut position -> why it may not be cut there.
+    local_outputs: tuple[str, ...] = ()
+    forbidden: dict[int, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -88,13 +92,16 @@ class ModelGraph:
 
     def cuttable(self) -> list[bool]:
         """Whether a cut before node p is allowed: no uncrossable value is alive there."""
-        return [p in (0, self.n) or not any(t in self.uncrossable for t in names)
+        return [p in (0, self.n) or (p not in self.forbidden and not any(t in self.uncrossable for t in names))
                 for p, names in enumerate(self.live)]
 
     def why_uncut(self, start: int, end: int) -> str:
         """Which values keep the cuts between nodes ``start`` and ``end`` from being made."""
         names = sorted({t for p in range(start, min(end, self.n) + 1) for t in self.live[p]
                         if t in self.uncrossable})
+        blocked = [p for p in range(max(start, 1), min(end, self.n - 1) + 1) if p in self.forbidden]
+        if blocked and not names:
+            return f"a cut before node {blocked[0]} is not allowed: {self.forbidden[blocked[0]]}"
         if not names:
             return "no value blocks it"
         shown = "; ".join(f"{t!r} is {self.uncrossable[t]}" for t in names[:3])

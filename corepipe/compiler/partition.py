@@ -63,8 +63,12 @@ def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list
             if name not in produced and not graph.is_constant(name) and name not in reads:
                 reads.append(name)
         produced.update(node.writes)
+    # Model inputs the copied cones read (a decoder's step inputs: `corepipe.compiler.stepvalues`).
+    model_inputs = {t.name for t in graph.inputs}
+    for node in graph.stage_nodes(start, end):
+        reads.extend(x for x in node.input if x in model_inputs and x not in reads)
     after = list(graph.live[end])
-    outputs = [t for t in after if t in produced]
+    outputs = [t for t in after if t in produced] + [t for t in graph.local_outputs if t in produced]
     carried = [t for t in after if t not in produced]
     if last:
         outputs += graph.const_outputs

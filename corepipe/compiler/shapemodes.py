@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact.dims import ShapeProfile, Shapes
+from ..artifact.dims import ShapeProfile, Shapes, dim_parts
 from ..artifact.padding import pad_feeds, trim_outputs
 from ..artifact.sizes import format_bytes
 from ..artifact.writer import save_stage_model
@@ -263,6 +263,15 @@ def choose_shapes(
     dynamic = ShapeChoice(base, ["dynamic"] * k, costs, [])
     if buckets is None:
         return ShapeChoice(base, dynamic.modes, costs, ["buckets=None: every stage runs each request's own shape"])
+    related = {p for d in feeds.sums() for p in (d, *dim_parts(d))}
+    if isinstance(buckets, str) and related:  # padding one of them would change the other
+        return ShapeChoice(base, dynamic.modes, costs, [
+            f"buckets 'auto': every stage dynamic, no buckets: dims {sorted(related)} are related by a sum "
+            f"({', '.join(feeds.sums())}), and padding one would change the other"])
+    if not isinstance(buckets, str) and related & set(buckets):
+        raise CompileError(f"buckets name {sorted(related & set(buckets))}, which a sum dim relates "
+                           f"({', '.join(feeds.sums())}): padding one would change the other; bucket other dims "
+                           "or pass buckets=None")
     weights = [_stage_weights(graph, bounds, s) for s in range(k)]
     free = [max(0, capacity - b) for b in stage_bytes]
     with tempfile.TemporaryDirectory(prefix="corepipe-shapes-") as tmp:

@@ -79,6 +79,10 @@ def load(
     if backend not in BACKENDS:
         raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
     artifact = open_artifact(path)
+    if artifact.plan.decoder is not None:
+        from .sequences.load import load_decoder
+
+        return load_decoder(artifact, backend, replicas, threads_per_stage, cores, max_batch, options)
     if max_batch is not None and max_batch > 1:
         from .batcher import batched
 
