@@ -44,7 +44,7 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 64 * 2**20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
-_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json)$")
+_ARTIFACT_FILE = re.compile(r"^(stage_[0-9]{3,}\.(onnx|weights)|tune\.png|tune\.json|tokenizer\.json|tokenizer_config\.json)$")
 #: Files beside the stages that an artifact may hold: `corepipe tune`'s picture and measurements.
 EXTRA_FILES = ("tune.png", "tune.json")
 

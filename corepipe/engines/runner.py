@@ -86,8 +86,8 @@ def stage_variants(plan: Plan, index: int) -> list[Ranges] | None:
     """The input shapes stage ``index`` is compiled for (see `Engine`): None for static shapes;
     each input's ranges for a ``"dynamic"`` stage; one static set per bucket (per combination
     of buckets, with several bucketed dims) for a ``"buckets"`` stage."""
-    if plan.shapes is None:
-        return None
+    if plan.shapes is None or plan.decoder is not None:
+        return None  # a decoder's stage graphs declare their own dynamic dims (past from 0)
     st = plan.stages[index]
     before = {t.name: t for t in plan.boundaries[index]}
     specs = [before[name] for name in st.inputs]

@@ -66,6 +66,10 @@ def load(
             (see `corepipe.runtime.ray.RayPipeline`). With replicas, ``max_in_flight`` counts
             across all of them.
 
+    A decoder artifact (a plan with ``decoder``: state pairs kept in their stages) starts a
+    decoder pipeline on ``local`` or ``inline``, one replica: run it with
+    ``pipe.generate(prompt_ids, max_new_tokens=...)`` (`corepipe.runtime.sequences`).
+
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
         DeploymentError: R x S x T exceeds the cores given (the message lists what fits),
@@ -79,6 +83,10 @@ def load(
     if backend not in BACKENDS:
         raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
     artifact = open_artifact(path)
+    if artifact.plan.decoder is not None:
+        from .sequences.load import load_decoder
+
+        return load_decoder(artifact, backend, replicas, threads_per_stage, cores, max_batch, options)
     if max_batch is not None and max_batch > 1:
         from .batcher import batched
 

@@ -113,7 +113,7 @@ class LocalPipeline(Supervisor, Pipeline):
         if not 0 <= backoff_s <= backoff_max_s:
             raise CorepipeError(
                 f"backoff_s ({backoff_s}) must be >= 0 and at most backoff_max_s ({backoff_max_s})")
-        need = sum(Ring.size_for(b, slots, n) for b in artifact.plan.boundaries)
+        need = sum(Ring.size_for(self._ring_specs(b), slots, n) for b in range(n + 1))
         have = psutil.virtual_memory().available
         if need > have:
             raise CorepipeError(
@@ -142,7 +142,7 @@ class LocalPipeline(Supervisor, Pipeline):
         _LIVE.add(self)
         try:
             self._control = Control.create(n)
-            self._rings = [Ring.create(b, slots, n) for b in artifact.plan.boundaries]
+            self._rings = [Ring.create(self._ring_specs(b), slots, n) for b in range(n + 1)]
             self._full = [Bell() for _ in range(n + 1)]
             self._free = [Bell() for _ in range(n + 1)]
             self._wake = [Bell() for _ in range(n)]

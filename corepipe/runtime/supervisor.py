@@ -23,9 +23,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..artifact.manifest import Artifact
-from ..artifact.plan import Plan
+from ..artifact.plan import Plan, TensorSpec
 from ..errors import PipelineClosedError, StageError
 from .bell import Bell
 from .intake import Intake, Request
@@ -83,10 +84,11 @@ class Supervisor(Intake):
             "control": self._control.shm.name,
             "ring_in": self._rings[k].shm.name,
             "ring_out": self._rings[k + 1].shm.name,
-            "specs_in": [t.to_dict() for t in self.plan.boundaries[k]],
-            "specs_out": [t.to_dict() for t in self.plan.boundaries[k + 1]],
+            "specs_in": [t.to_dict() for t in self._ring_specs(k)],
+            "specs_out": [t.to_dict() for t in self._ring_specs(k + 1)],
             "parent_pid": os.getpid(),
             "stamps": self._n,
+            **self._worker_extra(k),
         }
         report_r, report_w = os.pipe()
         os.set_blocking(report_r, False)
@@ -100,6 +102,14 @@ class Supervisor(Intake):
             return WorkerProcess(cfg, [fd for fd in fds.values() if fd is not None], report_r)
         finally:
             os.close(report_w)
+
+    def _ring_specs(self, b: int) -> tuple[TensorSpec, ...]:
+        """The tensors ring ``b`` holds (a decoder pipeline's rings hold step messages instead)."""
+        return self.plan.boundaries[b]
+
+    def _worker_extra(self, k: int) -> dict[str, Any]:
+        """More of stage ``k``'s worker config (a decoder pipeline names its worker loop)."""
+        return {}
 
     def _owns_cores(self, k: int) -> bool:
         """Whether no other stage of this pipeline runs on stage ``k``'s cores."""

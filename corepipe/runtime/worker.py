@@ -44,6 +44,11 @@ def worker_main(config_json: str) -> None:
     _die_with_parent()
     if os.getppid() != cfg["parent_pid"]:
         sys.exit(0)  # the client died before we could ask to follow it
+    if cfg.get("decoder"):  # a decoder stage: steps of sequences, its KV kept here
+        from .sequences.worker import decoder_main
+
+        decoder_main(cfg)
+        return
     fds = cfg["fds"]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client owns Ctrl-C and closes us
     parent = cfg["parent_pid"]

@@ -1,0 +1,40 @@
+"""Starting a decoder artifact on a backend (what `corepipe.load` does for a decoder plan)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ...artifact.manifest import Artifact
+from ...errors import DeploymentError
+from ..base import Pipeline
+from ..placement import choose, place
+
+__all__ = ["load_decoder"]
+
+
+def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads_per_stage: int | None,
+                 cores: int | Sequence[int] | None, max_batch: int | None, options: dict[str, Any]) -> Pipeline:
+    """A decoder pipeline: ``inline`` or ``local``, one replica. Batching is the stages' own
+    (continuous batching of decode steps), so ``max_batch`` does not apply."""
+    if backend == "ray":
+        raise DeploymentError("decoder artifacts run on the 'local' and 'inline' backends; 'ray' is not built "
+                              "for them yet (issue 25)")
+    if replicas is not None and replicas > 1:
+        raise DeploymentError(f"replicas={replicas}: a decoder artifact runs as one pipeline for now (its "
+                              "sequences keep their KV in its stages); pass replicas=1")
+    if max_batch is not None and max_batch > 1:
+        raise DeploymentError("max_batch does not apply to a decoder artifact: each stage batches the decode "
+                              "steps waiting for it (continuous batching); leave max_batch out")
+    plan = artifact.plan
+    if backend == "inline":
+        from .inline import InlineDecoder
+
+        _, t, _ = choose(plan, 1, threads_per_stage)
+        options.pop("max_in_flight", None)
+        return InlineDecoder(artifact, threads=t or options.pop("threads", None) or 1)
+    from .local import LocalDecoder
+
+    placement = place(plan, replicas=1, threads_per_stage=threads_per_stage, cores=cores)
+    return LocalDecoder(artifact, cores=list(placement.groups[0]),
+                        threads_per_stage=placement.threads_per_stage, **options)

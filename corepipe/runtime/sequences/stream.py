@@ -1,0 +1,67 @@
+"""What `generate` returns: an iterator of token ids as they are produced, that cancels its
+sequence (and frees its KV row) when closed or garbage-collected."""
+
+from __future__ import annotations
+
+import queue
+import weakref
+from collections.abc import Iterator
+
+from .scheduler import END, Scheduler, Sequence
+
+__all__ = ["TokenStream"]
+
+
+class TokenStream(Iterator[int]):
+    """The tokens of one sequence, in order, as the last stage samples them.
+
+    Iterating blocks until the next token comes (at most ``timeout`` seconds per token, then
+    `TimeoutError`); it stops after the last one (``finish_reason`` then says why: ``"length"``,
+    ``"eos"``, ``"stop"``; ``"cancelled"`` after `close`). A sequence that failed raises its error
+    (`StageError`, `PipelineClosedError`). `close` (or ``with``, or dropping the last reference)
+    cancels the sequence: the pipeline stops generating for it and frees its KV row.
+    """
+
+    def __init__(self, scheduler: Scheduler, seq: Sequence, timeout: float | None) -> None:
+        self._seq = seq
+        self._timeout = timeout
+        self._finalizer = weakref.finalize(self, scheduler.cancel, seq)
+
+    @property
+    def sequence_id(self) -> int:
+        return self._seq.sid
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self._seq.tokens[: self._seq.prompt_len])
+
+    @property
+    def finish_reason(self) -> str | None:
+        """None while generating; then ``"length"``, ``"eos"``, ``"stop"``, ``"cancelled"`` or ``"error"``."""
+        return self._seq.finish_reason
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        try:
+            item = self._seq.out.get(timeout=self._timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no token came within {self._timeout} s (sequence {self._seq.sid})") from None
+        if item is END:
+            self._seq.out.put(END)  # stay exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._seq.out.put(item)
+            raise item
+        return int(item)  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        """Cancel the sequence (if still generating) and free its KV row. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
