@@ -156,6 +156,24 @@ def test_regions_are_bounds_checked(segment):
     reg.close()
 
 
+def test_room_for_an_output_over_dynamic_dims_is_the_requests_not_the_maximum(segment):
+    """An output whose batch dim runs 1..8 needs 4 rows' bytes for a batch of 4 (perf_analyzer
+    ``-b 4 --shared-memory system`` registers exactly that), and 5 rows do not fit there."""
+    reg = SystemSharedMemory()
+    reg.register("out", segment.name, 0, 4 * 256 * 4)  # 4 rows of float32[256]
+    ids = TensorSpec("ids", "int64", (8, 16), dims=("batch", "sequence"), min_shape=(1, 1))
+    pooled = TensorSpec("pooled", "float32", (8, 256), dims=("batch", None), min_shape=(1, 256))
+    hidden = TensorSpec("hidden", "float32", (8, 16, 256), dims=("batch", "sequence", None), min_shape=(1, 1, 256))
+    with reg.lease(["out"]) as regions:
+        check_room(regions, {"pooled": ShmRef("out")}, [pooled], {"ids": np.zeros((4, 16), np.int64)}, [ids])
+        with pytest.raises(Rejected, match="output 'pooled': needs 5120 bytes but region 'out' gives it 4096"):
+            check_room(regions, {"pooled": ShmRef("out")}, [pooled], {"ids": np.zeros((5, 3), np.int64)}, [ids])
+        check_room(regions, {"hidden": ShmRef("out")}, [hidden], {"ids": np.zeros((1, 4), np.int64)}, [ids])
+        with pytest.raises(Rejected, match="needs 16384 bytes"):  # 4 x 4 x 256 x 4 bytes > 4096
+            check_room(regions, {"hidden": ShmRef("out")}, [hidden], {"ids": np.zeros((4, 4), np.int64)}, [ids])
+    reg.close()
+
+
 @pytest.mark.parametrize("key,message", [
     ("/../etc/passwd", "not a POSIX shared memory name"),
     ("/dev/shm/x", "not a POSIX shared memory name"),

@@ -132,7 +132,7 @@ def make_app(svc: Service) -> Starlette:
             names = select_outputs(req.outputs, model.outputs)
             with svc.shm.lease(req.regions()) as regions:
                 feeds = {**req.feeds, **read_inputs(regions, req.shm_inputs)}
-                check_room(regions, req.shm_outputs, model.outputs)
+                check_room(regions, req.shm_outputs, model.outputs, feeds, model.inputs)
                 t1 = time.perf_counter_ns()
                 results = await model.infer(feeds)
                 t2 = time.perf_counter_ns()
