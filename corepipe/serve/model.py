@@ -27,6 +27,7 @@ import numpy as np
 from ..artifact.plan import TensorSpec
 from ..errors import CorepipeError, InputError, PipelineClosedError
 from ..runtime import Pipeline
+from ..runtime.batcher import BatchingPipeline
 from ..runtime.batches import chain
 from .batching import Batching, kserve_shape, parts_of, triton_dims
 from .codec import datatype_of
@@ -82,6 +83,9 @@ class _Stats:
     output_ns: int = 0
     last_ms: int = 0
     rows: int = 0  # batch rows answered (Triton's inference_count for a model that batches)
+    # Pipeline requests answered, by rows: {rows: [count, ns]} (Triton's batch_stats, when no
+    # dynamic batcher merges requests underneath; then its own count is used).
+    runs: dict[int, list[int]] = field(default_factory=dict)
 
 
 class ServedModel:
@@ -187,6 +191,8 @@ class ServedModel:
         assert self._slots is not None and self.pipe is not None
         loop = asyncio.get_running_loop()
         await self._slots.acquire()
+        rows = max((v.shape[0] for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), default=1)
+        sent = time.perf_counter_ns()
         try:
             fut = self.pipe.submit(feeds, timeout=0)
         except TimeoutError:  # cannot happen while the semaphore mirrors the window; be safe
@@ -201,7 +207,13 @@ class ServedModel:
             self._slots.release()
             raise
 
-        def free(_: Future[dict[str, np.ndarray]]) -> None:
+        def free(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+            if not f.cancelled() and f.exception() is None:
+                took = time.perf_counter_ns() - sent
+                with self._lock:
+                    run = self.stats.runs.setdefault(int(rows), [0, 0])
+                    run[0] += 1
+                    run[1] += took
             try:
                 loop.call_soon_threadsafe(self._slots.release)  # type: ignore[union-attr]
             except RuntimeError:  # the loop is gone
@@ -293,9 +305,19 @@ class ServedModel:
         return out
 
     def statistics(self) -> dict[str, Any]:
-        """Triton's statistics extension (JSON form) for this model."""
+        """Triton's statistics extension (JSON form) for this model.
+
+        ``execution_count`` counts the model's executions, ``batch_stats`` them by batch size
+        (rows): with dynamic batching, the merged batches the pipeline ran (fewer than the
+        requests when requests merge); otherwise the pipeline requests (one per request, or
+        one per chunk of a request split along its batch dim). A batch's ``compute_infer``
+        is its time from sending to answer; decoding and encoding are per request
+        (``inference_stats``), so a batch's ``compute_input``/``compute_output`` say 0 ns.
+        """
+        merged = self.pipe.executions() if isinstance(self.pipe, BatchingPipeline) else None
         with self._lock:
             s = self.stats
+            runs = merged if merged is not None else {r: (n, ns) for r, (n, ns) in s.runs.items()}
 
             def d(x: _Duration) -> dict[str, int]:
                 return {"count": x.count, "ns": x.ns}
@@ -303,12 +325,14 @@ class ServedModel:
             return {
                 "name": self.name, "version": self.version, "last_inference": s.last_ms,
                 "inference_count": s.rows if self.batching.max_batch_size else s.success.count,
-                "execution_count": s.success.count,
+                "execution_count": sum(n for n, _ in runs.values()),
                 "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
                                     "compute_input": {"count": s.compute.count, "ns": s.input_ns},
                                     "compute_infer": d(s.compute),
                                     "compute_output": {"count": s.compute.count, "ns": s.output_ns}},
-                "batch_stats": [],
+                "batch_stats": [{"batch_size": rows, "compute_input": {"count": n, "ns": 0},
+                                 "compute_infer": {"count": n, "ns": ns}, "compute_output": {"count": n, "ns": 0}}
+                                for rows, (n, ns) in sorted(runs.items())],
             }
 
     def close(self, timeout: float | None = 30.0) -> None:
