@@ -53,7 +53,12 @@ def test_json_and_binary_tensors_decode_to_the_same_arrays():
      b' "parameters": {"shared_memory_region": "r"}}]}', "gives data and parameters.shared_memory_region"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"shared_memory_offset": 4}}]}',
      "need a shared_memory_region"),
-    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}', "classification"),
+    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 0}}]}',
+     "classification must be a positive integer"),
+    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "r"}}]}',
+     "both classification and shared_memory_region"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"classification": 2}}]}',
+     "applies to a requested output"),
     (b'{"id": true, "inputs": []}', '"id" must be a string or a number'),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', "none of"),
 ])

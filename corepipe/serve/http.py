@@ -137,6 +137,7 @@ def make_app(svc: Service) -> Starlette:
                 results = await model.infer(feeds)
                 t2 = time.perf_counter_ns()
                 write_outputs(regions, req.shm_outputs, results)
+            results = model.classified(results, req.classes)
             json_values = sum(results[n].size for n in names
                               if n not in req.shm_outputs and not req.binary.get(n, req.binary_default))
             encode = (model.name, model.version, req, results, names)

@@ -30,6 +30,7 @@ from ..runtime import Pipeline
 from ..runtime.batcher import BatchingPipeline
 from ..runtime.batches import chain
 from .batching import Batching, kserve_shape, parts_of, triton_dims
+from .classification import classified
 from .codec import datatype_of
 
 __all__ = ["Rejected", "ServedModel", "default_body_limit"]
@@ -99,7 +100,8 @@ class ServedModel:
         self, name: str, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
         pipe: Pipeline | None, *, load_error: str | None = None, max_queue: int | None = None,
         body_limit: int | None = None, cores: list[int] | None = None, deployment: dict[str, Any] | None = None,
-        batching: Batching | None = None,
+        batching: Batching | None = None, input_format: str | None = None, labels: list[str] | None = None,
+        labels_file: str = "",
     ) -> None:
         self.name = name
         self.version = VERSION
@@ -113,6 +115,9 @@ class ServedModel:
         self.max_in_flight = pipe.max_in_flight if pipe is not None else 0
         self.max_queue = 4 * self.max_in_flight if max_queue is None else max_queue
         self.batching = batching or Batching()
+        self.input_format = input_format  # Triton's FORMAT_NCHW / FORMAT_NHWC, as declared (--input-format)
+        self.labels = labels or []  # class names for classification (--labels), line i names class i
+        self.labels_file = labels_file
         b = self.batching
         self.body_limit = body_limit or default_body_limit(inputs, max(1, -(-b.max_batch_size // (b.rows or 1))))
         self._slots: asyncio.Semaphore | None = None  # made on the serving loop
@@ -259,6 +264,13 @@ class ServedModel:
             self.stats.input_ns += decode_ns
             self.stats.output_ns += encode_ns
 
+    def classified(self, results: dict[str, np.ndarray], classes: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """``results`` with the outputs asked by classification replaced by their top K
+        (`corepipe.serve.classification`), per row when the model takes batches."""
+        if not classes:
+            return results
+        return classified(results, classes, self.batching.max_batch_size > 0, self.labels)
+
     def reject_input(self, exc: InputError) -> None:
         """Count a request refused for bad input as a failure (statistics and metrics)."""
         t = time.perf_counter_ns()
@@ -279,19 +291,21 @@ class ServedModel:
         ``max_batch_size`` and ``dims`` as Triton gives them (`corepipe.serve.batching`): N > 0
         with dims past the batch dim for a model with a dynamic batch dim, else 0 with the full
         shapes; ``-1`` where a dim varies; ``dynamic_batching`` when requests are merged. One
-        instance group per pipeline replica.
+        instance group per pipeline replica. An input's ``format`` (FORMAT_NCHW/NHWC) when the
+        model declares one, an output's ``label_filename`` when it has labels.
         """
         b = self.batching
 
-        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+        def tensors(specs: tuple[TensorSpec, ...], extra: dict[str, Any]) -> list[dict[str, Any]]:
             return [{"name": s.name, "data_type": "TYPE_" + ("STRING" if datatype_of(s.dtype) == "BYTES"
                                                               else datatype_of(s.dtype)),
-                     "dims": triton_dims(s, b)} for s in specs]
+                     "dims": triton_dims(s, b), **extra} for s in specs]
 
         stages = self.pipe.plan.num_cores if self.pipe is not None else 0
         out: dict[str, Any] = {
             "name": self.name, "platform": "corepipe", "backend": "corepipe", "max_batch_size": b.max_batch_size,
-            "input": tensors(self.inputs), "output": tensors(self.outputs),
+            "input": tensors(self.inputs, {"format": f"FORMAT_{self.input_format}"} if self.input_format else {}),
+            "output": tensors(self.outputs, {"label_filename": self.labels_file} if self.labels else {}),
             "instance_group": [{"name": f"{self.name}_pipeline", "kind": "KIND_CPU",
                                 "count": int(self.deployment.get("replicas", 1))}],
             "parameters": {
