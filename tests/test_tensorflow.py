@@ -209,7 +209,7 @@ def test_compiler_workdir_holds_the_intermediate_files(saved_models: dict[str, P
         np.testing.assert_allclose(pipe.run(request)["output_0"], _tf_reference(saved_models["text"])(request)["output_0"],
                                    rtol=1e-4, atol=1e-6)
     (tmp_path / "file").write_text("")
-    with pytest.raises(corepipe.CompileError, match="compiler_workdir .* cannot be made a directory"):
+    with pytest.raises(corepipe.CompileError, match=r"compiler_workdir .* cannot be made a directory"):
         tfn.saved_model.compile(saved_models["text"], tmp_path / "t2", model_feed_dict=feeds,
                                 compiler_workdir=tmp_path / "file" / "sub")
 

@@ -170,7 +170,7 @@ def implied_dims(dims: Mapping[str, Any] | None, buckets: Any) -> tuple[dict[str
         CompileError: a bucket list that is not positive whole sizes.
     """
     out = dict(dims or {})
-    notes = []
+    notes: list[str] = []
     if not isinstance(buckets, Mapping):
         return out, notes
     for name, sizes in buckets.items():
