@@ -166,7 +166,11 @@ def test_admission_window_bridges_futures_without_blocking_the_loop(tmp_path):
     for out, ref in zip(outs, refs):
         np.testing.assert_allclose(out["y"] if "y" in out else next(iter(out.values())),
                                    next(iter(ref.values())), rtol=1e-5, atol=1e-5)
-    assert model.statistics()["inference_stats"]["success"]["count"] == 6
+    stats = model.statistics()
+    assert stats["inference_stats"]["success"]["count"] == 6
+    # No batcher underneath: one execution per request, each of its batch size (1 row).
+    assert stats["execution_count"] == 6 and [b["batch_size"] for b in stats["batch_stats"]] == [1]
+    assert stats["batch_stats"][0]["compute_infer"]["count"] == 6 and stats["batch_stats"][0]["compute_infer"]["ns"] > 0
 
 
 def test_the_artifacts_deployment_is_served_and_cut_down_to_the_cores_it_gets(tmp_path, caplog):
