@@ -185,3 +185,5 @@ def test_concurrent_requests_merged_by_dynamic_batching_each_get_their_own_answe
     assert items == sum(f["ids"].shape[0] for f in feeds) and runs < 16, (runs, items)
     sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
     assert max(sizes) > 2 and sum(sizes.values()) == int(after["execution_count"]), after["batch_stats"]
+    grpc = grpcclient.InferenceServerClient(server.grpc).get_inference_statistics("batched").model_stats[0]
+    assert {b.batch_size for b in grpc.batch_stats} >= set(sizes) and grpc.execution_count >= int(after["execution_count"])
