@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from .compiler import CompiledModel
 from .compiler import compile as _compile
@@ -44,7 +45,7 @@ __all__ = ["saved_model", "CompileResult"]
 #: tensorflow-neuron options that steer how Neuron splits a graph between its compiler and
 #: TensorFlow; corepipe runs the whole graph in its stages, so they have no meaning here.
 _NEURON_ONLY = frozenset({
-    "minimum_segment_size", "no_fuse_ops", "force_fuse_ops", "compiler_workdir",
+    "minimum_segment_size", "no_fuse_ops", "force_fuse_ops",
     "compiler_timeout", "compiler_recovery", "convert_constants_to_variables",
     "strip_default_attrs", "protected_op_names", "op_whitelist", "supported_op_types",
 })
@@ -87,6 +88,7 @@ def _compile_saved_model(
     signature_def_key: str | None = None,
     compiler_args: list[str] | None = None,
     dynamic_batch_size: bool | int = False,
+    compiler_workdir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> CompileResult:
     """Compile the SavedModel at ``model_dir`` into a corepipe artifact at ``new_model_dir``.
@@ -106,6 +108,10 @@ def _compile_saved_model(
             1..max(8, the example's batch); an int N sets that max. A larger batch runs in
             chunks (``pipe.run(feeds, split_batch=True)``; `serve` does it by itself), and
             ``corepipe.load(..., max_batch=N)`` merges waiting requests along it.
+        compiler_workdir: tensorflow-neuron's scratch directory for the compile's intermediate
+            files (created if missing): corepipe writes there ``converted.onnx`` (tf2onnx's
+            graph of the SavedModel, what the stages are cut from) and ``compile.txt`` (the
+            feeds, the stages with their node ranges, the notes). The artifact does not need it.
         **options: `corepipe.compile` options (``num_cores``, ``core_memory``, ``target``,
             ``balance``, ``engine``, ``precision``, ``export_path``, ``progress``...).
 
@@ -144,9 +150,52 @@ def _compile_saved_model(
         model_dir, feeds, signature=signature_def_key or "serving_default", tags=tags, batch_size=batch_size,
         dynamic=list(dims),
     )
+    work = None if compiler_workdir is None else _workdir(compiler_workdir)
+    if work is not None:
+        _save(conv.model, work / "converted.onnx")
     compiled = _compile(conv, new_model_dir, compiler_args=compiler_args, dynamic_dims=dims or None, **options)
     notes = [n.removeprefix(FRONT_END) for n in compiled.plan.notes if n.startswith(FRONT_END)]
-    return CompileResult(compiled, Path(new_model_dir), conv.feed_names, notes)
+    result = CompileResult(compiled, Path(new_model_dir), conv.feed_names, notes)
+    if work is not None:
+        (work / "compile.txt").write_text(_summary(result))
+    return result
+
+
+def _workdir(path: str | os.PathLike[str]) -> Path:
+    """``compiler_workdir``, created.
+
+    Raises:
+        CompileError: it cannot be made a directory.
+    """
+    work = Path(path)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompileError(f"compiler_workdir {str(path)!r} cannot be made a directory ({exc.strerror}); give a "
+                           "writable directory for the compile's intermediate files, or leave it out") from None
+    return work
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """``model`` at ``path``; its weights beside it when over protobuf's 2 GiB (on a copy: saving
+    so rewrites the proto's tensors as references)."""
+    if model.ByteSize() < 2**31 - 2**24:
+        onnx.save_model(model, str(path))
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, location=path.name + ".data")
+
+
+def _summary(result: CompileResult) -> str:
+    """``compile.txt``: what the compile made, in words."""
+    plan = result.compiled.plan
+    lines = [f"artifact: {result.path}", f"feeds: {result['inputs']}",
+             f"inputs: {', '.join(t.describe() for t in plan.inputs)}",
+             f"outputs: {', '.join(t.describe() for t in plan.outputs)}", f"stages: {plan.num_cores}"]
+    lines += [f"  stage {i}: nodes {st.node_start}..{st.node_end - 1}" for i, st in enumerate(plan.stages)]
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
 
 
 class _SavedModel:

@@ -43,7 +43,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    srv = Server.start(repo[1], "--max-batch", "4", "--batch-delay", "2ms", "--max-in-flight", "4")
+    srv = Server.start(repo[1], "--max-batch", "4", "--batch-delay", "20ms", "--max-in-flight", "4")
     yield srv
     code = srv.stop()
     assert code == 0, "\n".join(srv.lines)
@@ -66,7 +66,7 @@ def test_metadata_shows_minus_one_and_config_reports_batches_as_triton_does(serv
     config = http.get_model_config("batched")
     assert config["max_batch_size"] == 4
     assert config["input"][0]["dims"] == [-1] and config["output"][0]["dims"] == [-1, 8]
-    assert config["dynamic_batching"] == {"preferred_batch_size": [4], "max_queue_delay_microseconds": 2000}
+    assert config["dynamic_batching"] == {"preferred_batch_size": [4], "max_queue_delay_microseconds": 20000}
     config = grpc.get_model_config("seq").config
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [1, -1]
     assert not config.HasField("dynamic_batching")
@@ -141,17 +141,27 @@ def test_perf_analyzer_batches_and_shapes(server):
     common = ["-u", server.grpc, "-i", "grpc", "--input-data", "zero", "--concurrency-range", "2",
               "--measurement-mode", "count_windows", "--measurement-request-count", "30",
               "--max-trials", "3", "--stability-percentage", "1000"]
-    before = {m["name"]: m for m in json.loads(get(server, "/v2/models/stats", token=False)[1])["model_stats"]}
-    for argv in (["-m", "batched", "-b", "4", "--shape", "ids:17"], ["-m", "seq", "--shape", "ids:1,17"]):
+    # -b 2 in system shared memory: perf_analyzer sizes its output regions for 2 rows, which the
+    # server must check against 2 rows' bytes, not the batch dim's maximum of 4.
+    for argv, rows in ((["-m", "batched", "-b", "4", "--shape", "ids:17"], 4), (["-m", "seq", "--shape", "ids:1,17"], 1),
+                       (["-m", "batched", "-b", "2", "--shape", "ids:17", "--shared-memory", "system"], 2)):
+        name = argv[1]
+        before = _stats(server)[name]
         res = subprocess.run([binary, *argv, *common], env=env, capture_output=True, text=True, timeout=180)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "Throughput:" in res.stdout and "error" not in res.stdout.lower(), res.stdout
-    after = {m["name"]: m for m in json.loads(get(server, "/v2/models/stats", token=False)[1])["model_stats"]}
-    for name, rows in (("batched", 4), ("seq", 1)):  # every request as sent: 4 rows, or 1
-        runs = int(after[name]["execution_count"]) - int(before[name]["execution_count"])
-        items = int(after[name]["inference_count"]) - int(before[name]["inference_count"])
-        assert runs >= 30 and items == rows * runs, (name, runs, items)
-        assert after[name]["inference_stats"]["fail"] == before[name]["inference_stats"]["fail"]
+        after = _stats(server)[name]
+        requests = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+        items = int(after["inference_count"]) - int(before["inference_count"])
+        runs = int(after["execution_count"]) - int(before["execution_count"])
+        assert requests >= 30 and items == rows * requests, (argv, requests, items)  # every request as sent
+        assert 0 < runs <= requests, (argv, runs, requests)  # merged two at a time or not at all
+        assert after["inference_stats"]["fail"] == before["inference_stats"]["fail"]
+    assert json.loads(get(server, "/v2/systemsharedmemory/status", token=False)[1]) == []
+
+
+def _stats(server):
+    return {m["name"]: m for m in json.loads(get(server, "/v2/models/stats", token=False)[1])["model_stats"]}
 
 
 def test_concurrent_requests_merged_by_dynamic_batching_each_get_their_own_answer(server, repo):
@@ -164,7 +174,17 @@ def test_concurrent_requests_merged_by_dynamic_batching_each_get_their_own_answe
     def one(f):
         return _infer(httpclient.InferenceServerClient(server.http), httpclient, "batched", f)
 
+    before = _stats(server)["batched"]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, feeds))
     for f, out in zip(feeds, answers):
         assert_same(out, reference(model, f))
+    # Merging shows as Triton shows it: fewer executions than rows, in batches of more than one.
+    after = _stats(server)["batched"]
+    runs = int(after["execution_count"]) - int(before["execution_count"])
+    items = int(after["inference_count"]) - int(before["inference_count"])
+    assert items == sum(f["ids"].shape[0] for f in feeds) and runs < 16, (runs, items)
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    assert max(sizes) > 2 and sum(sizes.values()) == int(after["execution_count"]), after["batch_stats"]
+    grpc = grpcclient.InferenceServerClient(server.grpc).get_inference_statistics("batched").model_stats[0]
+    assert {b.batch_size for b in grpc.batch_stats} >= set(sizes) and grpc.execution_count >= int(after["execution_count"])

@@ -53,7 +53,12 @@ def test_json_and_binary_tensors_decode_to_the_same_arrays():
      b' "parameters": {"shared_memory_region": "r"}}]}', "gives data and parameters.shared_memory_region"),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"shared_memory_offset": 4}}]}',
      "need a shared_memory_region"),
-    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}', "classification"),
+    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 0}}]}',
+     "classification must be a positive integer"),
+    (b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 2, "shared_memory_region": "r"}}]}',
+     "both classification and shared_memory_region"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"classification": 2}}]}',
+     "applies to a requested output"),
     (b'{"id": true, "inputs": []}', '"id" must be a string or a number'),
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}', "none of"),
 ])
@@ -161,7 +166,11 @@ def test_admission_window_bridges_futures_without_blocking_the_loop(tmp_path):
     for out, ref in zip(outs, refs):
         np.testing.assert_allclose(out["y"] if "y" in out else next(iter(out.values())),
                                    next(iter(ref.values())), rtol=1e-5, atol=1e-5)
-    assert model.statistics()["inference_stats"]["success"]["count"] == 6
+    stats = model.statistics()
+    assert stats["inference_stats"]["success"]["count"] == 6
+    # No batcher underneath: one execution per request, each of its batch size (1 row).
+    assert stats["execution_count"] == 6 and [b["batch_size"] for b in stats["batch_stats"]] == [1]
+    assert stats["batch_stats"][0]["compute_infer"]["count"] == 6 and stats["batch_stats"][0]["compute_infer"]["ns"] > 0
 
 
 def test_the_artifacts_deployment_is_served_and_cut_down_to_the_cores_it_gets(tmp_path, caplog):

@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("starlette")
 from corepipe import InputError
 from corepipe.artifact.plan import TensorSpec
-from corepipe.serve.codec import ShmRef, encode_response, parse_request
+from corepipe.serve.classification import top_k
+from corepipe.serve.codec import ShmRef, encode_response, parse_request, serialize_bytes
 from corepipe.serve.compression import compress, decompress, response_encoding
 from corepipe.serve.model import Rejected
 from corepipe.serve.shm import SystemSharedMemory, check_room, read_inputs, write_outputs
@@ -156,6 +157,24 @@ def test_regions_are_bounds_checked(segment):
     reg.close()
 
 
+def test_room_for_an_output_over_dynamic_dims_is_the_requests_not_the_maximum(segment):
+    """An output whose batch dim runs 1..8 needs 4 rows' bytes for a batch of 4 (perf_analyzer
+    ``-b 4 --shared-memory system`` registers exactly that), and 5 rows do not fit there."""
+    reg = SystemSharedMemory()
+    reg.register("out", segment.name, 0, 4 * 256 * 4)  # 4 rows of float32[256]
+    ids = TensorSpec("ids", "int64", (8, 16), dims=("batch", "sequence"), min_shape=(1, 1))
+    pooled = TensorSpec("pooled", "float32", (8, 256), dims=("batch", None), min_shape=(1, 256))
+    hidden = TensorSpec("hidden", "float32", (8, 16, 256), dims=("batch", "sequence", None), min_shape=(1, 1, 256))
+    with reg.lease(["out"]) as regions:
+        check_room(regions, {"pooled": ShmRef("out")}, [pooled], {"ids": np.zeros((4, 16), np.int64)}, [ids])
+        with pytest.raises(Rejected, match="output 'pooled': needs 5120 bytes but region 'out' gives it 4096"):
+            check_room(regions, {"pooled": ShmRef("out")}, [pooled], {"ids": np.zeros((5, 3), np.int64)}, [ids])
+        check_room(regions, {"hidden": ShmRef("out")}, [hidden], {"ids": np.zeros((1, 4), np.int64)}, [ids])
+        with pytest.raises(Rejected, match="needs 16384 bytes"):  # 4 x 4 x 256 x 4 bytes > 4096
+            check_room(regions, {"hidden": ShmRef("out")}, [hidden], {"ids": np.zeros((4, 4), np.int64)}, [ids])
+    reg.close()
+
+
 @pytest.mark.parametrize("key,message", [
     ("/../etc/passwd", "not a POSIX shared memory name"),
     ("/dev/shm/x", "not a POSIX shared memory name"),
@@ -210,3 +229,30 @@ def test_unregistering_a_region_in_use_unmaps_it_when_the_request_ends(segment):
     with pytest.raises(Rejected, match="no system shared memory region 'r'") as info:
         reg.status("r")
     assert info.value.status == 404
+
+
+# -- classification ----------------------------------------------------------------------------
+def test_classification_gives_the_top_k_per_row_as_triton_writes_them():
+    logits = np.array([[0.1, 2.5, -1.0, 0.7], [3.0, 0.0, 0.5, 0.25]], np.float32)
+    got = top_k(logits, 3, batched=True)
+    assert got.shape == (2, 3) and got.dtype == object
+    assert got.tolist() == [[b"2.500000:1", b"0.700000:3", b"0.100000:0"],
+                            [b"3.000000:0", b"0.500000:2", b"0.250000:3"]]
+    assert top_k(logits, 9, batched=True, labels=["cat", "dog"]).tolist()[0][:2] == [b"2.500000:1:dog", b"0.700000:3"]
+    flat = top_k(logits[:1], 2, batched=False)  # no batch dim: the whole tensor, shape [K]
+    assert flat.tolist() == [b"2.500000:1", b"0.700000:3"]
+    assert top_k(np.array([[4, 9, 1]], np.int64), 1, batched=True).tolist() == [[b"9:1"]]
+    with pytest.raises(InputError, match="numeric outputs only"):
+        top_k(np.array([True]), 1, batched=False)
+
+
+def test_classification_answers_encode_as_bytes_tensors():
+    req = parse_request(b'{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 2}}]}', None)
+    assert req.classes == {"y": 2}
+    answer = {"y": top_k(np.array([[1.0, 3.0, 2.0]], np.float32), 2, batched=True)}
+    body, header = encode_response("m", "1", req, answer, ["y"])
+    assert header is None
+    assert b'"datatype":"BYTES","shape":[1,2],"data":["3.000000:1","2.000000:2"]' in body
+    req.binary_default = True
+    body, header = encode_response("m", "1", req, answer, ["y"])
+    assert body[header:] == serialize_bytes(answer["y"]) == b"\x0a\0\0\x003.000000:1\x0a\0\0\x002.000000:2"

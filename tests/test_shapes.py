@@ -62,6 +62,36 @@ def test_buckets_hold_one_graph_per_bucket_and_pad_inside(embed, tmp_path):
     assert all(v[0][0] == (1, 4) for v in variants)  # the batch stays dynamic
 
 
+def test_a_bucket_list_alone_makes_its_dim_dynamic_up_to_the_largest_bucket(embed, tmp_path):
+    """``buckets={"sequence": [8, 16, 24]}`` without dynamic_dims: sequence runs 1..24 (the batch,
+    not named, stays at the example's 1); the CLI's --buckets alone does the same, and inspect
+    says the range and where it came from."""
+    cm = corepipe.compile(embed, tmp_path / "a", example_inputs=EXAMPLE, num_cores=2, engine="onnxruntime",
+                          buckets={"sequence": [8, 16, 24]})
+    assert dict(cm.plan.shapes.dims) == {"sequence": (1, 24)} and cm.plan.shapes.batch is None
+    assert dict(cm.plan.shapes.buckets) == {"sequence": (8, 16, 24)}
+    assert cm.inputs[0].describe() == "int64[1,sequence=1..24]"
+    rng = np.random.default_rng(4)
+    with corepipe.load(cm.path, backend="inline") as pipe:
+        for length in (1, 9, 24):
+            feeds = ids(rng, 1, length)
+            assert_same(pipe.run(feeds), reference(embed, feeds))
+    with pytest.raises(corepipe.CompileError, match=r"buckets for 'sequence' must be a list of positive sizes"):
+        corepipe.compile(embed, tmp_path / "b", example_inputs=EXAMPLE, buckets={"sequence": [0, 8]})
+    from typer.testing import CliRunner
+
+    from corepipe.cli import app
+
+    np.savez(tmp_path / "ex.npz", **EXAMPLE)
+    res = CliRunner().invoke(app, ["compile", str(embed), "-o", str(tmp_path / "c"), "-n", "2", "--inputs",
+                                   str(tmp_path / "ex.npz"), "--buckets", "sequence=8,16", "--engine", "onnxruntime"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "c")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "dynamic dims: sequence 1..16" in text, res.output
+    assert "buckets [8, 16] imply the dynamic dim sequence 1..16" in text
+
+
 def test_static_plans_keep_manifest_version_2(embed, tmp_path):
     cm = corepipe.compile(embed, tmp_path / "a", example_inputs=EXAMPLE, num_cores=2)
     manifest = json.loads((cm.path / "manifest.json").read_text())

@@ -191,6 +191,29 @@ def test_text_model_with_int32_inputs(saved_models: dict[str, Path], tmp_path: P
                                        rtol=1e-4, atol=1e-6)
 
 
+def test_compiler_workdir_holds_the_intermediate_files(saved_models: dict[str, Path], tmp_path: Path) -> None:
+    """tensorflow-neuron's ``compiler_workdir`` (Neuron's keras_resnet50/pb2sm_compile.py passes
+    it) is a scratch directory: created, it receives the converted graph the stages are cut from
+    and a summary; the artifact answers as without it."""
+    feeds = {"input_ids:0": np.ones((1, 16), np.int32), "attention_mask": np.ones((1, 16), np.int32)}
+    work = tmp_path / "scratch" / "text_workdir"  # its parent does not exist either
+    result = tfn.saved_model.compile(saved_models["text"], tmp_path / "text" / "1", model_feed_dict=feeds,
+                                     num_cores=2, compiler_workdir=str(work))
+    converted = onnx.load(str(work / "converted.onnx"))
+    assert len(analyze(converted, cm_feeds(result.compiled)).nodes) == result.compiled.plan.num_nodes
+    assert sorted(i.name for i in converted.graph.input) == ["attention_mask", "input_ids"]
+    summary = (work / "compile.txt").read_text()
+    assert "stages: 2" in summary and "stage 1: nodes" in summary and str(result.path) in summary
+    request = {"input_ids": np.arange(16, dtype=np.int32).reshape(1, 16), "attention_mask": np.ones((1, 16), np.int32)}
+    with corepipe.load(result.path, backend="inline") as pipe:
+        np.testing.assert_allclose(pipe.run(request)["output_0"], _tf_reference(saved_models["text"])(request)["output_0"],
+                                   rtol=1e-4, atol=1e-6)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(corepipe.CompileError, match=r"compiler_workdir .* cannot be made a directory"):
+        tfn.saved_model.compile(saved_models["text"], tmp_path / "t2", model_feed_dict=feeds,
+                                compiler_workdir=tmp_path / "file" / "sub")
+
+
 def test_dynamic_batch_size_takes_a_batch_as_one_tensor(saved_models: dict[str, Path], tmp_path: Path) -> None:
     """tensorflow-neuron's ``dynamic_batch_size=True``: axis 0 stays free (corepipe's dim
     ``batch``, 1..8 here), so a batch-N request is one tensor; larger ones run in chunks."""

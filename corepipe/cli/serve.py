@@ -38,6 +38,17 @@ def parse_size(text: str) -> int:
     return int(float(num) * units[unit])
 
 
+def _per_model(items: list[str] | None, flag: str, form: str) -> dict[str, str]:
+    """``["bert=0-3", ...]`` -> ``{"bert": "0-3"}``: a repeatable per-model flag's values."""
+    out = {}
+    for item in items or ():
+        name, eq, value = item.partition("=")
+        if not eq or not name or not value:
+            raise typer.BadParameter(f"{flag} {item!r}: use {form}")
+        out[name] = value
+    return out
+
+
 @app.command("serve")
 def serve_cmd(
     path: Annotated[Path, typer.Argument(
@@ -103,6 +114,13 @@ def serve_cmd(
     batch_delay: Annotated[str, typer.Option(
         "--batch-delay", metavar="DURATION", help="With --max-batch: how long the oldest waiting request waits "
         "for others to merge with it, e.g. 500us or 2ms.")] = "0",
+    input_format: Annotated[list[str] | None, typer.Option(
+        "--input-format", metavar="NAME=NCHW|NHWC", help="Declare the layout of a model's image inputs (3 dims "
+        "past the batch dim), shown as Triton's format in its model config, e.g. resnet=NCHW (repeatable).",
+        show_default=False)] = None,
+    labels: Annotated[list[str] | None, typer.Option(
+        "--labels", metavar="NAME=FILE", help="Class names for a model's classification answers "
+        "(Triton's label_filename: one name a line; repeatable).", show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log model loading and shutdown.")] = False,
 ) -> None:
     """Serve compiled models over KServe v2 (HTTP and gRPC), TF-Serving REST and Prometheus.
@@ -134,12 +152,10 @@ def serve_cmd(
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
         from ..serve import Endpoints, ServeConfig, serve
 
-        fixed = {}
-        for item in model_cores or ():
-            name, eq, spec = item.partition("=")
-            if not eq or not name:
-                raise typer.BadParameter(f"--model-cores {item!r}: use NAME=LIST, e.g. bert=0-3")
-            fixed[name] = parse_cores(spec, "--model-cores")
+        fixed = {name: parse_cores(spec, "--model-cores")
+                 for name, spec in _per_model(model_cores, "--model-cores", "NAME=LIST, e.g. bert=0-3").items()}
+        formats = {name: fmt.upper() for name, fmt in
+                   _per_model(input_format, "--input-format", "NAME=NCHW or NAME=NHWC, e.g. resnet=NCHW").items()}
         usable = usable_cores()
         count, flag = core_count(num_cores, cores, available=len(usable))
         if core_ids is not None and count is not None:
@@ -150,7 +166,8 @@ def serve_cmd(
             max_in_flight=max_in_flight, max_queue=max_queue,
             max_body_bytes=parse_size(max_body) if max_body else None, token=token, drain_s=drain,
             restart=restart, max_deaths=max_deaths, backoff_s=backoff, backoff_max_s=backoff_max,
-            address=address, max_batch=max_batch, batch_delay=batch_delay,
+            address=address, max_batch=max_batch, batch_delay=batch_delay, input_formats=formats,
+            labels=_per_model(labels, "--labels", "NAME=FILE, e.g. resnet=labels.txt"),
         )
 
         def ready(ep: Endpoints) -> None:

@@ -6,6 +6,7 @@ bucket set is ``sum_v weight(v) * time(bucket(v))``; `choose_sizes` finds the se
 ``max_buckets`` sizes (the largest always among them) that minimises it, by dynamic
 programming over the sorted candidates. `decide` then weighs padded buckets against running
 every shape natively, per stage, the way a pipeline's throughput goes: by its slowest stage.
+`implied_dims` reads what a bucket list given alone means: its dim, dynamic over 1..max.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["candidate_sizes", "interpolate", "expected", "choose_sizes", "ModeTimes", "Decision", "decide"]
+import numpy as np
+
+from ..errors import CompileError
+
+__all__ = ["candidate_sizes", "interpolate", "expected", "choose_sizes", "ModeTimes", "Decision", "decide", "implied_dims"]
 
 
 def candidate_sizes(lo: int, hi: int) -> list[int]:
@@ -154,3 +160,29 @@ def decide(stages: Sequence[ModeTimes], weights: Mapping[int, float], *, max_buc
 def buckets_win(decision: Decision, margin: float = 0.02) -> bool:
     """Whether padding to ``decision``'s buckets makes the slowest stage faster by > ``margin``."""
     return bool(decision.sizes) and max(decision.buckets_s) < (1 - margin) * max(decision.dynamic_s)
+
+
+def implied_dims(dims: Mapping[str, Any] | None, buckets: Any) -> tuple[dict[str, Any], list[str]]:
+    """``dims`` with each bucketed dim it lacks added over 1..max(bucket sizes), and a note for
+    each (a request of any size in range pads up to the next bucket).
+
+    Raises:
+        CompileError: a bucket list that is not positive whole sizes.
+    """
+    out = dict(dims or {})
+    notes: list[str] = []
+    if not isinstance(buckets, Mapping):
+        return out, notes
+    for name, sizes in buckets.items():
+        ok = isinstance(sizes, Sequence) and not isinstance(sizes, str) and len(sizes) > 0 and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in sizes)
+        if not ok:
+            raise CompileError(f"buckets for {name!r} must be a list of positive sizes, e.g. [16, 32, 64], "
+                               f"got {sizes!r}")
+        if name not in out:
+            top = int(max(sizes))
+            out[name] = (1, top)
+            notes.append(f"buckets {sorted(int(v) for v in sizes)} imply the dynamic dim {name} 1..{top}: a "
+                         f"request's {name} pads up to the next bucket")
+    return out, notes
+

@@ -36,7 +36,7 @@ from ..artifact.sizes import format_bytes
 from ..artifact.writer import save_stage_model
 from ..engines import engine_class, make_session
 from ..errors import CompileError
-from .buckets import ModeTimes, buckets_win, candidate_sizes, decide
+from .buckets import ModeTimes, buckets_win, candidate_sizes, decide, implied_dims
 from .choose import Choice, differs, engine_precision, io_names
 from .dynamic import DynamicGraph, batch_dim, main_dim, stage_variants
 from .graph import ModelGraph
@@ -71,11 +71,18 @@ class ShapeOptions:
     buckets: str | Mapping[str, Sequence[int]] | None
     pad_values: Mapping[str, float] | None
     profile: ShapeProfile | None
+    notes: tuple[str, ...] = ()  # dims that buckets implied, for the plan's notes
 
     @classmethod
     def make(cls, dims: Mapping[str, Any] | None, buckets: str | Mapping[str, Sequence[int]] | None,
              pad_values: Mapping[str, float] | None, profile: ShapeProfile | str | None) -> ShapeOptions:
-        """Raises: CompileError: shape options without ``dynamic_dims``, or a malformed profile."""
+        """A bucket list implies its dim: ``buckets={"sequence": [16, 32, 64]}`` alone makes
+        ``sequence`` dynamic over 1..64 (`implied_dims`).
+
+        Raises:
+            CompileError: shape options without dynamic dims, a malformed bucket list or profile.
+        """
+        dims, notes = implied_dims(dims, buckets)
         if not dims:
             given = [name for name, value in (("buckets", buckets not in ("auto", None)), ("pad_values", pad_values),
                                               ("shape_profile", profile)) if value]
@@ -90,7 +97,7 @@ class ShapeOptions:
                 profile = ShapeProfile.parse(profile)
             except ValueError as exc:
                 raise CompileError(str(exc)) from None
-        return cls(dict(dims), buckets, pad_values, profile)
+        return cls(dict(dims), buckets, pad_values, profile, tuple(notes))
 
     def choose(self, graph: ModelGraph, bounds: list[int], choices: Sequence[Choice], dyn: DynamicGraph,
                precision: str, tgt: Any, problem: Any, report: Callable[[str, int, int], None]) -> ShapeChoice:
@@ -98,9 +105,10 @@ class ShapeOptions:
         from .solver import stage_memory
 
         held = [stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
-        return choose_shapes(graph, bounds, choices, dyn, buckets=self.buckets, pad_values=self.pad_values,
-                             profile=self.profile, precision=precision, capacity=int(tgt.core_memory),
-                             stage_bytes=held, report=report)
+        chosen = choose_shapes(graph, bounds, choices, dyn, buckets=self.buckets, pad_values=self.pad_values,
+                               profile=self.profile, precision=precision, capacity=int(tgt.core_memory),
+                               stage_bytes=held, report=report)
+        return replace(chosen, notes=[*self.notes, *chosen.notes]) if self.notes else chosen
 
 
 class _Chain:

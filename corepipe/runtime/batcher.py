@@ -90,6 +90,7 @@ class _Waiting:
 class _Batch:
     members: list[_Waiting]
     offsets: list[int] = field(default_factory=list)
+    sent_ns: int = 0  # when it went to the pipeline underneath (perf_counter_ns)
 
 
 class BatchingPipeline(Pipeline):
@@ -131,6 +132,7 @@ class BatchingPipeline(Pipeline):
         self._failed = 0
         self._batches = 0
         self._merged = 0
+        self._runs: dict[int, list[int]] = {}  # rows of a batch answered -> [batches, ns]
         self._merger = threading.Thread(target=self._merge_loop, name="corepipe-batcher", daemon=True)
         self._merger.start()
 
@@ -163,6 +165,13 @@ class BatchingPipeline(Pipeline):
     def mean_batch(self) -> float:
         """Requests per merged pipeline request so far."""
         return self._merged / self._batches if self._batches else 0.0
+
+    def executions(self) -> dict[int, tuple[int, int]]:
+        """The batches answered so far, by their rows (the members' rows, before any padding):
+        ``{rows: (batches, nanoseconds from sending to answer, summed)}`` (Triton's
+        ``batch_stats``; their count is its ``execution_count``)."""
+        with self._cv:
+            return {rows: (n, ns) for rows, (n, ns) in self._runs.items()}
 
     # -- the merger --------------------------------------------------------------------------
     def _take(self) -> list[_Waiting] | None:
@@ -197,6 +206,7 @@ class BatchingPipeline(Pipeline):
             batch = _Batch(group)
             try:
                 merged = self._merge(batch)
+                batch.sent_ns = time.perf_counter_ns()
                 inner = self._inner._submit(merged, timeout=None)
             except BaseException as exc:  # the pipeline closed or broke under us
                 self._settle(batch, None, exc)
@@ -234,6 +244,12 @@ class BatchingPipeline(Pipeline):
                 self._queue.extendleft(reversed(batch.members))
                 self._cv.notify_all()
             return
+        if error is None:
+            took = time.perf_counter_ns() - batch.sent_ns
+            with self._cv:
+                run = self._runs.setdefault(sum(m.rows for m in batch.members), [0, 0])
+                run[0] += 1
+                run[1] += took
         self._settle(batch, None if error is not None else inner.result(), error)
 
     def _settle(self, batch: _Batch, result: Result | None, error: BaseException | None) -> None:

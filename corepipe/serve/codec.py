@@ -25,6 +25,7 @@ import numpy as np
 
 from ..artifact.plan import TensorSpec
 from ..errors import InputError
+from .classification import class_count
 
 __all__ = [
     "DATATYPES",
@@ -35,7 +36,9 @@ __all__ = [
     "dtype_of",
     "encode_response",
     "parse_request",
+    "placed_classification",
     "select_outputs",
+    "serialize_bytes",
     "shm_ref",
     "tensor_from_data",
     "whole_numbers",
@@ -162,6 +165,7 @@ class InferRequest:
     binary_default: bool = False
     shm_inputs: dict[str, ShmRef] = field(default_factory=dict)  # inputs to read from shared memory
     shm_outputs: dict[str, ShmRef] = field(default_factory=dict)  # outputs to write there
+    classes: dict[str, int] = field(default_factory=dict)  # outputs asked as their top K (classification)
 
     def regions(self) -> set[str]:
         """The shared memory regions the request names."""
@@ -189,14 +193,36 @@ def shm_ref(params: Mapping[str, Any], where: str) -> ShmRef | None:
     return ShmRef(region, offset or 0, size)
 
 
-def _params(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _params(obj: Mapping[str, Any], where: str, output: bool = False) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
         raise InputError(f"{where}: parameters must be a JSON object, got {params!r}")
-    if "classification" in params:
-        raise InputError(f"{where}: parameter 'classification' (Triton's classification extension) is "
-                         "not offered by corepipe serve: ask for the output tensor and take its top-k")
+    if "classification" in params and not output:
+        raise InputError(f"{where}: parameter 'classification' (Triton's classification extension) applies "
+                         "to a requested output: put it in that output's parameters")
     return params
+
+
+def placed_classification(name: str, k: Any, ref: ShmRef | None) -> int:
+    """An output's ``classification`` K, checked (`corepipe.serve.classification`).
+
+    Raises:
+        InputError: K not a positive integer, or the output also placed in shared memory.
+    """
+    k = class_count(k, f"output {name!r}")
+    if ref is not None:
+        raise InputError(f"output {name!r} asks for both classification and shared_memory_region: its top "
+                         "classes come back in the response; give one")
+    return k
+
+
+def serialize_bytes(arr: np.ndarray) -> bytes:
+    """A BYTES tensor on the wire: each element as a 4-byte little-endian length, then its bytes."""
+    parts = []
+    for item in arr.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts += [len(data).to_bytes(4, "little"), data]
+    return b"".join(parts)
 
 
 def _request_id(value: Any) -> Any:
@@ -277,9 +303,11 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise InputError(f"outputs[{i}] must be an object with a string \"name\"")
             req.outputs.append(out["name"])
-            params = _params(out, f"output {out['name']!r}")
+            params = _params(out, f"output {out['name']!r}", output=True)
             flag = params.get("binary_data")
             ref = shm_ref(params, f"output {out['name']!r}")
+            if "classification" in params:
+                req.classes[out["name"]] = placed_classification(out["name"], params["classification"], ref)
             if ref is not None:
                 if flag:
                     raise InputError(f"output {out['name']!r} asks for both shared_memory_region and "
@@ -314,8 +342,11 @@ def encode_response(
             pass  # written to its region: listed without data or parameters, as Triton does (the
             # C++ client reads any output parameters as binary_data_size)
         elif req.binary.get(name, req.binary_default):
-            entry["parameters"] = {"binary_data_size": arr.nbytes}
-            blobs.append(arr.reshape(-1).view(np.uint8).data)  # joined below: one copy, not two
+            blob = serialize_bytes(arr) if arr.dtype == object else arr.reshape(-1).view(np.uint8).data
+            entry["parameters"] = {"binary_data_size": len(blob) if arr.dtype == object else arr.nbytes}
+            blobs.append(memoryview(blob) if isinstance(blob, bytes) else blob)  # joined below: one copy
+        elif arr.dtype == object:  # BYTES (classification strings): JSON strings
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
         else:
             entry["data"] = arr.ravel().tolist()
         outputs.append(entry)

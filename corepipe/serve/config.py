@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from ..artifact.sizes import parse_duration
 from ..errors import CorepipeError
 
-__all__ = ["ServeConfig", "split_cores"]
+__all__ = ["INPUT_FORMATS", "ServeConfig", "split_cores"]
+
+#: Image layouts a model may declare (Triton's ModelInput.Format, less FORMAT_NONE).
+INPUT_FORMATS = ("NCHW", "NHWC")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class ServeConfig:
             requests merged up to it (at most the dim's max) along the batch dim.
         batch_delay: how long the oldest waiting request waits for others to merge with it
             (``"500us"``, ``"2ms"``; default 0: only what is already waiting).
+        input_formats: per model, the layout of its image inputs (``NCHW`` or ``NHWC``), shown
+            as Triton's ``format`` in its model configuration (image clients read it).
+        labels: per model, a label file (one class name a line) for classification answers.
     """
 
     host: str = "127.0.0.1"
@@ -63,6 +69,8 @@ class ServeConfig:
     address: str | None = None
     max_batch: int | None = None
     batch_delay: str | float = 0.0
+    input_formats: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise `CorepipeError` for settings that cannot work, saying which and why."""
@@ -90,6 +98,10 @@ class ServeConfig:
             parse_duration(self.batch_delay)
         except ValueError as exc:
             raise CorepipeError(f"--batch-delay: {exc}") from None
+        for model, fmt in self.input_formats.items():
+            if fmt not in INPUT_FORMATS:
+                raise CorepipeError(f"--input-format {model}={fmt}: the format is NCHW or NHWC (channels first, "
+                                    "or last)")
         if self.token is not None and not self.token.strip():
             raise CorepipeError("--token is empty: give a secret, or leave the flag out")
         avail = set(os.sched_getaffinity(0))

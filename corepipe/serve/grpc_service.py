@@ -32,7 +32,9 @@ from .codec import (
     contiguous,
     datatype_of,
     dtype_of,
+    placed_classification,
     select_outputs,
+    serialize_bytes,
     shm_ref,
     tensor_from_bytes,
     tensor_from_data,
@@ -102,9 +104,12 @@ def request_of(request: Any) -> InferRequest:
                              "raw_input_contents")
         req.feeds[name] = tensor_from_data(name, tensor.datatype, shape, list(getattr(tensor.contents, field)))
     for out in request.outputs:
-        ref = shm_ref(_params(out), f"output {out.name!r}")
+        params = _params(out)
+        ref = shm_ref(params, f"output {out.name!r}")
         if ref is not None:
             req.shm_outputs[out.name] = ref
+        if "classification" in params:
+            req.classes[out.name] = placed_classification(out.name, params["classification"], ref)
     req.outputs = [o.name for o in request.outputs] or None
     return req
 
@@ -118,7 +123,7 @@ def response_of(model: Any, req: InferRequest, results: dict[str, np.ndarray], n
         out = resp.outputs.add(name=name, datatype=datatype_of(str(arr.dtype)), shape=list(arr.shape))
         ref = req.shm_outputs.get(name)
         if ref is None:
-            resp.raw_output_contents.append(arr.tobytes())
+            resp.raw_output_contents.append(serialize_bytes(arr) if arr.dtype == object else arr.tobytes())
             continue
         out.parameters["shared_memory_region"].string_param = ref.region
         out.parameters["shared_memory_byte_size"].int64_param = arr.nbytes
@@ -158,11 +163,12 @@ class _Servicer:
         names = select_outputs(req.outputs, model.outputs)
         with self.svc.shm.lease(req.regions()) as regions:
             feeds = {**req.feeds, **read_inputs(regions, req.shm_inputs)}
-            check_room(regions, req.shm_outputs, model.outputs)
+            check_room(regions, req.shm_outputs, model.outputs, feeds, model.inputs)
             t1 = time.perf_counter_ns()
             results = await model.infer(feeds)
             t2 = time.perf_counter_ns()
             write_outputs(regions, req.shm_outputs, results)
+        results = model.classified(results, req.classes)
         response = response_of(model, req, results, names)
         model.record_io(t1 - t0, time.perf_counter_ns() - t2)
         return response

@@ -132,11 +132,12 @@ def make_app(svc: Service) -> Starlette:
             names = select_outputs(req.outputs, model.outputs)
             with svc.shm.lease(req.regions()) as regions:
                 feeds = {**req.feeds, **read_inputs(regions, req.shm_inputs)}
-                check_room(regions, req.shm_outputs, model.outputs)
+                check_room(regions, req.shm_outputs, model.outputs, feeds, model.inputs)
                 t1 = time.perf_counter_ns()
                 results = await model.infer(feeds)
                 t2 = time.perf_counter_ns()
                 write_outputs(regions, req.shm_outputs, results)
+            results = model.classified(results, req.classes)
             json_values = sum(results[n].size for n in names
                               if n not in req.shm_outputs and not req.binary.get(n, req.binary_default))
             encode = (model.name, model.version, req, results, names)

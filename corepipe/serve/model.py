@@ -27,8 +27,10 @@ import numpy as np
 from ..artifact.plan import TensorSpec
 from ..errors import CorepipeError, InputError, PipelineClosedError
 from ..runtime import Pipeline
+from ..runtime.batcher import BatchingPipeline
 from ..runtime.batches import chain
 from .batching import Batching, kserve_shape, parts_of, triton_dims
+from .classification import classified
 from .codec import datatype_of
 
 __all__ = ["Rejected", "ServedModel", "default_body_limit"]
@@ -82,6 +84,9 @@ class _Stats:
     output_ns: int = 0
     last_ms: int = 0
     rows: int = 0  # batch rows answered (Triton's inference_count for a model that batches)
+    # Pipeline requests answered, by rows: {rows: [count, ns]} (Triton's batch_stats, when no
+    # dynamic batcher merges requests underneath; then its own count is used).
+    runs: dict[int, list[int]] = field(default_factory=dict)
 
 
 class ServedModel:
@@ -95,7 +100,8 @@ class ServedModel:
         self, name: str, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
         pipe: Pipeline | None, *, load_error: str | None = None, max_queue: int | None = None,
         body_limit: int | None = None, cores: list[int] | None = None, deployment: dict[str, Any] | None = None,
-        batching: Batching | None = None,
+        batching: Batching | None = None, input_format: str | None = None, labels: list[str] | None = None,
+        labels_file: str = "",
     ) -> None:
         self.name = name
         self.version = VERSION
@@ -109,6 +115,9 @@ class ServedModel:
         self.max_in_flight = pipe.max_in_flight if pipe is not None else 0
         self.max_queue = 4 * self.max_in_flight if max_queue is None else max_queue
         self.batching = batching or Batching()
+        self.input_format = input_format  # Triton's FORMAT_NCHW / FORMAT_NHWC, as declared (--input-format)
+        self.labels = labels or []  # class names for classification (--labels), line i names class i
+        self.labels_file = labels_file
         b = self.batching
         self.body_limit = body_limit or default_body_limit(inputs, max(1, -(-b.max_batch_size // (b.rows or 1))))
         self._slots: asyncio.Semaphore | None = None  # made on the serving loop
@@ -187,6 +196,8 @@ class ServedModel:
         assert self._slots is not None and self.pipe is not None
         loop = asyncio.get_running_loop()
         await self._slots.acquire()
+        rows = max((v.shape[0] for v in feeds.values() if isinstance(v, np.ndarray) and v.ndim), default=1)
+        sent = time.perf_counter_ns()
         try:
             fut = self.pipe.submit(feeds, timeout=0)
         except TimeoutError:  # cannot happen while the semaphore mirrors the window; be safe
@@ -201,7 +212,13 @@ class ServedModel:
             self._slots.release()
             raise
 
-        def free(_: Future[dict[str, np.ndarray]]) -> None:
+        def free(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+            if not f.cancelled() and f.exception() is None:
+                took = time.perf_counter_ns() - sent
+                with self._lock:
+                    run = self.stats.runs.setdefault(int(rows), [0, 0])
+                    run[0] += 1
+                    run[1] += took
             try:
                 loop.call_soon_threadsafe(self._slots.release)  # type: ignore[union-attr]
             except RuntimeError:  # the loop is gone
@@ -247,6 +264,13 @@ class ServedModel:
             self.stats.input_ns += decode_ns
             self.stats.output_ns += encode_ns
 
+    def classified(self, results: dict[str, np.ndarray], classes: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """``results`` with the outputs asked by classification replaced by their top K
+        (`corepipe.serve.classification`), per row when the model takes batches."""
+        if not classes:
+            return results
+        return classified(results, classes, self.batching.max_batch_size > 0, self.labels)
+
     def reject_input(self, exc: InputError) -> None:
         """Count a request refused for bad input as a failure (statistics and metrics)."""
         t = time.perf_counter_ns()
@@ -267,19 +291,21 @@ class ServedModel:
         ``max_batch_size`` and ``dims`` as Triton gives them (`corepipe.serve.batching`): N > 0
         with dims past the batch dim for a model with a dynamic batch dim, else 0 with the full
         shapes; ``-1`` where a dim varies; ``dynamic_batching`` when requests are merged. One
-        instance group per pipeline replica.
+        instance group per pipeline replica. An input's ``format`` (FORMAT_NCHW/NHWC) when the
+        model declares one, an output's ``label_filename`` when it has labels.
         """
         b = self.batching
 
-        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+        def tensors(specs: tuple[TensorSpec, ...], extra: dict[str, Any]) -> list[dict[str, Any]]:
             return [{"name": s.name, "data_type": "TYPE_" + ("STRING" if datatype_of(s.dtype) == "BYTES"
                                                               else datatype_of(s.dtype)),
-                     "dims": triton_dims(s, b)} for s in specs]
+                     "dims": triton_dims(s, b), **extra} for s in specs]
 
         stages = self.pipe.plan.num_cores if self.pipe is not None else 0
         out: dict[str, Any] = {
             "name": self.name, "platform": "corepipe", "backend": "corepipe", "max_batch_size": b.max_batch_size,
-            "input": tensors(self.inputs), "output": tensors(self.outputs),
+            "input": tensors(self.inputs, {"format": f"FORMAT_{self.input_format}"} if self.input_format else {}),
+            "output": tensors(self.outputs, {"label_filename": self.labels_file} if self.labels else {}),
             "instance_group": [{"name": f"{self.name}_pipeline", "kind": "KIND_CPU",
                                 "count": int(self.deployment.get("replicas", 1))}],
             "parameters": {
@@ -293,9 +319,19 @@ class ServedModel:
         return out
 
     def statistics(self) -> dict[str, Any]:
-        """Triton's statistics extension (JSON form) for this model."""
+        """Triton's statistics extension (JSON form) for this model.
+
+        ``execution_count`` counts the model's executions, ``batch_stats`` them by batch size
+        (rows): with dynamic batching, the merged batches the pipeline ran (fewer than the
+        requests when requests merge); otherwise the pipeline requests (one per request, or
+        one per chunk of a request split along its batch dim). A batch's ``compute_infer``
+        is its time from sending to answer; decoding and encoding are per request
+        (``inference_stats``), so a batch's ``compute_input``/``compute_output`` say 0 ns.
+        """
+        merged = self.pipe.executions() if isinstance(self.pipe, BatchingPipeline) else None
         with self._lock:
             s = self.stats
+            runs = merged if merged is not None else {r: (n, ns) for r, (n, ns) in s.runs.items()}
 
             def d(x: _Duration) -> dict[str, int]:
                 return {"count": x.count, "ns": x.ns}
@@ -303,12 +339,14 @@ class ServedModel:
             return {
                 "name": self.name, "version": self.version, "last_inference": s.last_ms,
                 "inference_count": s.rows if self.batching.max_batch_size else s.success.count,
-                "execution_count": s.success.count,
+                "execution_count": sum(n for n, _ in runs.values()),
                 "inference_stats": {"success": d(s.success), "fail": d(s.fail), "queue": d(s.queue),
                                     "compute_input": {"count": s.compute.count, "ns": s.input_ns},
                                     "compute_infer": d(s.compute),
                                     "compute_output": {"count": s.compute.count, "ns": s.output_ns}},
-                "batch_stats": [],
+                "batch_stats": [{"batch_size": rows, "compute_input": {"count": n, "ns": 0},
+                                 "compute_infer": {"count": n, "ns": ns}, "compute_output": {"count": n, "ns": 0}}
+                                for rows, (n, ns) in sorted(runs.items())],
             }
 
     def close(self, timeout: float | None = 30.0) -> None:

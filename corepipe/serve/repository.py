@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact.manifest import open_artifact
-from ..artifact.plan import Plan
+from ..artifact.plan import Plan, TensorSpec
 from ..artifact.sizes import parse_duration
 from ..errors import ArtifactError, CorepipeError
 from ..runtime import load
-from .batching import batching_of
+from .batching import Batching, batching_of, triton_dims
+from .classification import read_labels
 from .config import ServeConfig, split_cores
 from .model import ServedModel
 
@@ -103,6 +104,22 @@ def _fit(name: str, stages: int, wanted: dict[str, Any], cores: int) -> dict[str
     return fitted
 
 
+def _check_format(name: str, inputs: tuple[TensorSpec, ...], batching: Batching, fmt: str) -> None:
+    """An image layout fits a model whose inputs have 3 dims past the batch dim (as Triton
+    requires of FORMAT_NCHW/NHWC).
+
+    Raises:
+        CorepipeError: an input of another rank, saying what it reports.
+    """
+    for spec in inputs:
+        dims = triton_dims(spec, batching)
+        if len(dims) != 3:
+            why = ("" if batching.max_batch_size else "; this model has no dynamic batch dim, so its dims include "
+                   "the batch: compile it with a dynamic batch dim (--dynamic batch=1:N)")
+            raise CorepipeError(f"--input-format {name}={fmt}: input {spec.name!r} has dims {dims} in the model "
+                                f"config, and a format needs 3 (C,H,W or H,W,C past the batch dim){why}")
+
+
 def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
     """Verify every artifact and start its pipeline.
 
@@ -115,10 +132,13 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
         CorepipeError: the cores cannot be split as asked; the only model cannot start.
     """
     sources = discover(path)
-    unknown = sorted(set(config.model_cores) - set(sources))
-    if unknown:
-        raise CorepipeError(f"--model-cores names models {unknown} that are not in {str(path)!r}: "
-                            f"its models are {sorted(sources)}")
+    for flag, given in (("--model-cores", config.model_cores), ("--input-format", config.input_formats),
+                        ("--labels", config.labels)):
+        unknown = sorted(set(given) - set(sources))
+        if unknown:
+            raise CorepipeError(f"{flag} names models {unknown} that are not in {str(path)!r}: "
+                                f"its models are {sorted(sources)}")
+    labels = {name: read_labels(file) for name, file in config.labels.items()}
     artifacts = {name: open_artifact(root) for name, root in sources.items()}
     deployments = {name: _options(art.plan) for name, art in artifacts.items()}
     needs = {
@@ -146,6 +166,8 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                     options.update(_fit(name, art.plan.num_cores, deployments[name], len(cores[name]))
                                    if fit else deployments[name])
             batching = batching_of(art.plan, config.max_batch, parse_duration(config.batch_delay))
+            if name in config.input_formats:
+                _check_format(name, art.plan.inputs, batching, config.input_formats[name])
             if batching.merge:
                 options.update(max_batch=batching.merge, batch_delay=config.batch_delay)
             elif config.max_batch is not None and batching.max_batch_size == 0:
@@ -166,7 +188,8 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
                 name, art.root, art.plan.inputs, art.plan.outputs, pipe, load_error=error,
                 max_queue=config.max_queue, body_limit=config.max_body_bytes, cores=cores[name],
                 deployment={k: options[k] for k in ("replicas", "threads_per_stage") if k in options},  # as applied
-                batching=batching,
+                batching=batching, input_format=config.input_formats.get(name), labels=labels.get(name),
+                labels_file=Path(config.labels[name]).name if name in config.labels else "",
             ))
             version = sources[name].resolve().name
             if version.isdigit() and version != name:  # a versioned layout: report that version

@@ -32,7 +32,7 @@ log = logging.getLogger("corepipe.serve")
 
 #: Protocol extensions the server implements, by Triton's names (reported in its metadata). The
 #: repository index is served too, but not model_repository's load and unload.
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "system_shared_memory"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "system_shared_memory"]
 
 #: Triton's extensions corepipe serve does not offer: what each is, why, and what to do instead.
 NOT_OFFERED = {

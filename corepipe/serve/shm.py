@@ -41,7 +41,7 @@ from ..artifact.plan import TensorSpec
 from .codec import ShmRef, contiguous, dtype_of
 from .model import Rejected
 
-__all__ = ["MAX_REGIONS", "Region", "SystemSharedMemory", "check_room", "read_inputs", "write_outputs"]
+__all__ = ["MAX_REGIONS", "Region", "SystemSharedMemory", "check_room", "dim_values", "read_inputs", "write_outputs"]
 
 #: The most regions one server holds at once (each keeps a file descriptor open).
 MAX_REGIONS = 256
@@ -258,20 +258,41 @@ def read_inputs(regions: Mapping[str, Region], refs: Mapping[str, ShmRef]) -> di
     return feeds
 
 
-def check_room(regions: Mapping[str, Region], refs: Mapping[str, ShmRef], specs: Sequence[TensorSpec]) -> None:
-    """Before running: every output placed in shared memory fits where it is placed (for outputs
-    whose size the signature fixes), so no request runs whose answer cannot be delivered.
+def check_room(regions: Mapping[str, Region], refs: Mapping[str, ShmRef], specs: Sequence[TensorSpec],
+               feeds: Mapping[str, np.ndarray] | None = None, inputs: Sequence[TensorSpec] = ()) -> None:
+    """Before running: every output placed in shared memory fits where it is placed, so no
+    request runs whose answer cannot be delivered. An output over dynamic dims is sized at the
+    values this request's ``feeds`` give those dims (as read on ``inputs``, the model's input
+    specs): a batch of 4 needs 4 rows, not the batch dim's maximum. An output whose size the
+    dims do not fix (data-dependent, or over a dim no input carries) is checked on writing.
 
     Raises:
         Rejected: 400 naming the output, the bytes it needs and the bytes it is given.
     """
+    values = dim_values(inputs, feeds or {})
     by_name = {s.name: s for s in specs}
     for name, ref in refs.items():
         spec = by_name.get(name)
-        if spec is None or not all(isinstance(d, int) and d >= 0 for d in spec.shape):
-            continue  # unknown outputs are refused elsewhere; dynamic sizes are checked on writing
-        need = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        if spec is None or spec.dynamic:
+            continue  # unknown outputs are refused elsewhere; data-dependent sizes are checked on writing
+        shape = spec.shape_for(values)
+        if shape is None:
+            continue
+        need = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
         regions[ref.region].span(ref, need, f"output {name!r}")
+
+
+def dim_values(inputs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> dict[str, int]:
+    """The value each dynamic dim takes in ``feeds``: read on the inputs that carry it."""
+    values: dict[str, int] = {}
+    for spec in inputs:
+        arr = feeds.get(spec.name)
+        if spec.is_static or not isinstance(arr, np.ndarray) or arr.ndim != len(spec.dims):
+            continue
+        for axis, dim in enumerate(spec.dims):
+            if dim is not None:
+                values.setdefault(dim, int(arr.shape[axis]))
+    return values
 
 
 def write_outputs(regions: Mapping[str, Region], refs: Mapping[str, ShmRef], results: Mapping[str, np.ndarray]) -> None:
