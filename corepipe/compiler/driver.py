@@ -136,10 +136,12 @@ def compile(
             cut; the plan records each stage's time under load as ``loaded_s``).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
-        engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
-            else openvino wherever it compiles the stage), ``"onnxruntime"`` or ``"openvino"``.
-            A stage ``"auto"`` cannot run on one engine falls back to the other; the plan's
-            ``stages[i].fallback`` says why.
+        engine: ``"auto"`` (default: per stage, the engine that runs it faster on one core of
+            this machine: timed by ``"measure"`` and ``"load"``, probed and cached per machine
+            by ``"estimate"``, see `corepipe.engines.speeds`), ``"onnxruntime"`` or
+            ``"openvino"``. A stage ``"auto"`` cannot run on one engine falls back to the
+            other; the plan's ``stages[i].fallback`` says why, ``stages[i].engine_why`` why
+            each stage runs where it does.
         precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
             with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
             ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
@@ -308,7 +310,7 @@ def _compile(
         chosen: dict[tuple[int, ...], list[Choice]] = {}
 
         def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
-            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report)
+            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report, reuse=False)
             trial = make_plan(graph, make_problem(graph, costs, tgt.core_memory), tgt, cut, balance,
                               chosen[tuple(cut)])
             write_stages(graph, trial, cut, directory)
