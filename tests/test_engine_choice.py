@@ -182,3 +182,26 @@ def test_the_plan_keeps_and_checks_why() -> None:
         StagePlan.from_dict({**base, "engine_s": {"onnxruntime": "fast"}})
     with pytest.raises(ValueError, match="engine_why must be a string"):
         StagePlan.from_dict({**base, "engine_why": 3})
+
+
+def test_the_probe_moves_the_estimated_cut_once_where_its_times_say_so(probe: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    model, feeds = _mlp()
+    monkeypatch.setenv("COREPIPE_ENGINE_PROBE", "off")  # nothing timed: the estimated cut stands
+    off = corepipe.compile(model, tmp_path / "off", example_inputs=feeds, num_cores=2)
+    cut = off.stages[1].node_start
+    assert not any("engine probe" in n for n in off.plan.notes)
+    monkeypatch.setenv("COREPIPE_ENGINE_PROBE", "on")
+    corepipe.compile(model, tmp_path / "first", example_inputs=feeds, num_cores=2)  # probes the estimated cut
+    path = _cache_file(probe)
+    data = json.loads(path.read_text())  # its first stage "takes" a second on either engine, its last nothing
+    data["stages"] = {k: ({"onnxruntime": 1.0, "openvino": 1.0} if f":0-{cut}:" in k
+                          else {"onnxruntime": 1e-6, "openvino": 1e-6})
+                      for k in data["stages"] if f":0-{cut}:" in k or f":{cut}-" in k}
+    assert len(data["stages"]) == 2
+    path.write_text(json.dumps(data))
+    cm = corepipe.compile(model, tmp_path / "out", example_inputs=feeds, num_cores=2)
+    assert cm.stages[1].node_start < cut, "a slow first stage must give nodes to the second"
+    assert any(n.startswith(f"the engine probe's one-core times moved the cut from [{cut}] to ") for n in cm.plan.notes)
+    assert all("probe timed now" in (st.engine_why or "") for st in cm.stages)  # the new cut, timed
+    _same_as_onnxruntime(cm.path, model, feeds)

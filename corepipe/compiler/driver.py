@@ -327,6 +327,14 @@ def _compile(
         if deployment is not None:
             deployment = dataclasses.replace(deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
                                              latency_p99_s=m.latency_p99_s)
+    elif cuts is None:  # the engine probe's times move the estimated cut once
+        from .probecut import probed_cut
+
+        probed = probed_cut(graph, problem, tgt, bounds, example_inputs, engine, precision, report)
+        bounds, choices = probed.bounds, probed.choices
+        if probed.compute is not None:
+            problem = make_problem(graph, probed.compute, tgt.core_memory)
+        notes += [probed.note] if probed.note else []
     else:
         choices = check_engines(graph, bounds, example_inputs, engine, precision, report)
     report("partition", 1, 1)
