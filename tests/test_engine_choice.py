@@ -25,6 +25,7 @@ from corepipe.artifact.plan import StagePlan
 from corepipe.cli import app
 from corepipe.engines import cpu_math, missing_engine
 from corepipe.engines.speeds import SpeedCache, machine_key
+from corepipe.errors import CompileError
 
 pytestmark = pytest.mark.skipif(missing_engine("openvino") is not None, reason="needs both engines installed")
 
@@ -148,7 +149,7 @@ def test_refresh_times_again_and_off_neither_times_nor_reads(probe: Path, monkey
     assert [st.engine for st in cm.stages] == ["openvino", "openvino"]
     assert all(st.engine_s is None and "not timed" in (st.engine_why or "") for st in cm.stages)
     monkeypatch.setenv("COREPIPE_ENGINE_PROBE", "sometimes")
-    with pytest.raises(ValueError, match="COREPIPE_ENGINE_PROBE='sometimes': expected one of"):
+    with pytest.raises(CompileError, match="COREPIPE_ENGINE_PROBE='sometimes': expected one of"):
         corepipe.compile(model, tmp_path / "d", example_inputs=feeds, num_cores=2)
 
 

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..errors import CompileError
 from .cpu import cpu_math
 
 __all__ = ["PROBE_ENV", "PROBE_MODES", "CACHE_ENV", "SpeedCache", "cache_dir", "machine_key", "probe_mode"]
@@ -44,11 +45,11 @@ def probe_mode() -> str:
     """``COREPIPE_ENGINE_PROBE``'s value (default ``on``).
 
     Raises:
-        ValueError: a value other than `PROBE_MODES`, naming them.
+        CompileError: a value other than `PROBE_MODES`, naming them.
     """
     mode = os.environ.get(PROBE_ENV, "on").strip().lower() or "on"
     if mode not in PROBE_MODES:
-        raise ValueError(f"{PROBE_ENV}={mode!r}: expected one of {list(PROBE_MODES)} (or unset it)")
+        raise CompileError(f"{PROBE_ENV}={mode!r}: expected one of {list(PROBE_MODES)} (or unset it)")
     return mode
 
 
