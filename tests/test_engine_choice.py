@@ -132,7 +132,8 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_probed_again(probe: Path,
         cm = corepipe.compile(model, tmp_path / "out", example_inputs=feeds, num_cores=2)
     assert all("probe timed now" in (st.engine_why or "") for st in cm.stages)
     data = json.loads(path.read_text())
-    assert data["machine"] == machine_key("fp32") and len(data["stages"]) == 2
+    assert data["machine"] == machine_key("fp32")  # rewritten: the two stages (and a cut the probe moved to)
+    assert len(data["stages"]) in (2, 4) and all(set(t) == {"onnxruntime", "openvino"} for t in data["stages"].values())
 
 
 def test_refresh_times_again_and_off_neither_times_nor_reads(probe: Path, monkeypatch: pytest.MonkeyPatch,
