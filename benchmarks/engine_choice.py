@@ -61,8 +61,14 @@ def one(name: str, precision: str, rounds: int, seconds: float, cores: list[int]
     t0 = time.perf_counter()
     corepipe.compile(path, work / "again", example_inputs=feeds, num_cores=2, precision=precision)
     cached_s = time.perf_counter() - t0
+    os.environ["COREPIPE_ENGINE_PROBE"] = "off"
+    t0 = time.perf_counter()
+    corepipe.compile(path, work / "off", example_inputs=feeds, num_cores=2, precision=precision)
+    off_s = time.perf_counter() - t0
+    del os.environ["COREPIPE_ENGINE_PROBE"]
     out = [f"#### {name} {precision}", "",
-           f"default compile: {probed_s:.1f} s with the probe timed, {cached_s:.1f} s with it cached", "",
+           f"default compile: {probed_s:.1f} s with the probe timed, {cached_s:.1f} s with it cached, "
+           f"{off_s:.1f} s with it off (COREPIPE_ENGINE_PROBE=off: every stage still checked on both engines)", "",
            "| stage | nodes | onnxruntime fp32 ms (1 thread) | openvino ms (1 thread) | chosen | why |",
            "|---|---|---:|---:|---|---|"]
     for st in cm.stages:
