@@ -25,6 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import corepipe
 
 
+def _engine_table(cm: corepipe.CompiledModel) -> list[str]:
+    """Per stage of the chosen plan: each engine's one-core time, the engine chosen and why."""
+    rows = ["| stage | onnxruntime fp32 ms (1 thread) | openvino ms (1 thread) | chosen | why |",
+            "|---|---:|---:|---|---|"]
+    for st in cm.stages:
+        t = st.engine_s or {}
+        ms = [f"{t[e] * 1e3:.2f}" if e in t else "-" for e in ("onnxruntime", "openvino")]
+        rows.append(f"| {st.index} | {ms[0]} | {ms[1]} | {st.engine} {st.precision} | {st.engine_why} |")
+    return rows
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="an .onnx path or zoo:NAME")
@@ -44,6 +55,7 @@ def main(argv: list[str]) -> None:
         result = corepipe.tune(args.model, Path(tmp) / "tuned", num_cores=args.cores, precision=args.precision,
                                seconds=args.seconds, repeats=args.repeats, balance=args.balance,
                                example_inputs=feeds)
+        engines = _engine_table(corepipe.CompiledModel.open(Path(tmp) / "tuned"))
     peers = result.peers
     best = max(peers, key=lambda p: p.req_per_s)
     ovt = next((p for p in peers if "THROUGHPUT" in p.name.upper()), None)
@@ -56,6 +68,7 @@ def main(argv: list[str]) -> None:
     if pipe is not None and ovt is not None:
         lines.append(f"- 2-stage pipeline {pipe.name}: {pipe.req_per_s:.2f} req/s, {ovt.name} {ovt.req_per_s:.2f}: "
                      f"**{pipe.req_per_s / ovt.req_per_s:.3f}x** (target >= 0.97)")
+    lines += ["", f"The chosen plan's engines ({result.chosen.name}):", "", *engines]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

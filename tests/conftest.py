@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from typing import NoReturn
 
 # Keep every test's Ray traffic on the loopback: Ray reads this when it is imported, and binds the
 # machine's other interface without it (the clusters' nodes also name node_ip_address=127.0.0.1).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# The engine-speed cache (corepipe.engines.speeds) of a test run is its own, never the user's; and
+# engine="auto" takes OpenVINO wherever it runs a stage, as it did before the one-core probe: a
+# choice by timing on a shared machine would flip the engine a test asserts from run to run. The
+# tests of the probe (tests/test_engine_choice.py) turn it on.
+os.environ["COREPIPE_CACHE_DIR"] = tempfile.mkdtemp(prefix="corepipe-test-cache-")
+atexit.register(shutil.rmtree, os.environ["COREPIPE_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("COREPIPE_ENGINE_PROBE", "off")
 
 import psutil
 import pytest

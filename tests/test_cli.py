@@ -76,7 +76,9 @@ def test_compile_engine_and_precision_flags_and_inspect_shows_them(tmp_path: Pat
     if corepipe.engines.cpu_math().bf16:
         assert result.exit_code == 0, result.output
         shown = invoke("inspect", tmp_path / "b")
-        assert "ov bf16" in shown.stdout and "measured per engine" in shown.stdout, shown.stdout
+        flat = " ".join(shown.stdout.split())
+        assert "ov bf16" in shown.stdout and "stage 0 runs on openvino: the only engine that runs precision 'bf16' (" \
+            in flat and "on one core, measured)" in flat, shown.stdout
         plan = json.loads(invoke("inspect", tmp_path / "b", "--json").stdout)
         assert [(st["engine"], st["precision"]) for st in plan["stages"]] == [("openvino", "bf16")] * 2
     else:

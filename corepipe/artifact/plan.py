@@ -138,6 +138,8 @@ class StagePlan:
     asked for (an op the other cannot run), or is None. ``snippets``: an OpenVINO stage runs
     with OpenVINO's snippets on (its check against onnxruntime passed with them); False where they
     computed it wrong, and in artifacts compiled before the choice, which were checked without.
+    ``engine_why``: why this engine runs it (what was asked, what the other cannot run, or the
+    one-core times that chose it); ``engine_s``: each engine's one-core seconds, where timed.
 
     ``shape_mode`` (plans over dynamic dims): ``"dynamic"``, one bounded dynamic graph runs
     every shape in range, or ``"buckets"``, one static graph per bucket of `Plan.shapes` (on
@@ -175,6 +177,8 @@ class StagePlan:
     shape_mode: str = "static"
     shape_costs: Mapping[str, float] | None = None
     snippets: bool = False
+    engine_why: str | None = None
+    engine_s: Mapping[str, float] | None = None
 
     #: What a manifest may name (a plan is untrusted data until validated).
     ENGINES = ("onnxruntime", "openvino")
@@ -192,10 +196,11 @@ class StagePlan:
             del d["loaded_s"]
         if d["shape_mode"] == "static":  # absent in plans without dynamic dims, as before them
             del d["shape_mode"]
-        if d["shape_costs"] is None:
-            del d["shape_costs"]
-        else:
-            d["shape_costs"] = dict(d["shape_costs"])
+        for key in ("engine_why", "engine_s", "shape_costs"):  # absent where not recorded, as before them
+            if d[key] is None:
+                del d[key]
+            elif isinstance(d[key], Mapping):
+                d[key] = dict(d[key])
         return d
 
     @classmethod
@@ -208,14 +213,16 @@ class StagePlan:
                 raise ValueError(f"stage {key} must be a string, got {d[key]!r}")
         if not isinstance(d.get("snippets", False), bool):
             raise ValueError(f"stage snippets must be true or false, got {d['snippets']!r}")
-        if d.get("fallback") is not None and not isinstance(d["fallback"], str):
-            raise ValueError(f"stage fallback must be a string or null, got {d['fallback']!r}")
+        for key in ("fallback", "engine_why"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ValueError(f"stage {key} must be a string or null, got {d[key]!r}")
+        for key, what in (("engine_s", "engines"), ("shape_costs", "names")):
+            found = d.get(key)
+            if found is not None and (not isinstance(found, dict) or any(
+                    not isinstance(k, str) or type(v) not in (int, float) for k, v in found.items())):
+                raise ValueError(f"stage {key} must map {what} to seconds, got {found!r}")
         if d.get("shape_mode", "static") not in SHAPE_MODES:
             raise ValueError(f"stage shape_mode must be one of {list(SHAPE_MODES)}, got {d['shape_mode']!r}")
-        costs = d.get("shape_costs")
-        if costs is not None and (not isinstance(costs, dict) or any(
-                not isinstance(k, str) or type(v) not in (int, float) for k, v in costs.items())):
-            raise ValueError(f"stage shape_costs must map names to seconds, got {costs!r}")
         return cls(**d)
 
 
@@ -391,9 +398,7 @@ class Plan:
             target=Target.from_dict(data["target"]),
             inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
-            boundaries=tuple(
-                tuple(TensorSpec.from_dict(t) for t in b) for b in data["boundaries"]
-            ),
+            boundaries=tuple(tuple(TensorSpec.from_dict(t) for t in b) for b in data["boundaries"]),
             stages=tuple(StagePlan.from_dict(s) for s in data["stages"]),
             num_nodes=int(data["num_nodes"]),
             balance=str(data.get("balance", "estimate")),

@@ -120,15 +120,16 @@ def run_serial(model: Path, inputs: Path, threads: int, requests: int, warmup: i
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def run_parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: Sequence[int]
-                 ) -> tuple[float, list[dict[str, Any]]]:
+def run_parallel(model: Path, inputs: Path, requests: int, warmup: int, cores: Sequence[int], *,
+                 mode: str = "parallel", precision: str = "fp32") -> tuple[float, list[dict[str, Any]]]:
     """K 1-thread sessions, one per core, started together on a broadcast ``go``; ``(requests
-    per second of the whole, each process's report)``."""
+    per second of the whole, each process's report)``. ``mode="ov_parallel"``: OpenVINO
+    sessions (LATENCY hint, one thread, at ``precision``) in place of onnxruntime's."""
     share = [requests // len(cores) + (1 if i < requests % len(cores) else 0) for i in range(len(cores))]
     procs = [
         subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for argv, env in (
-            module_command("corepipe.bench.proc", _config(model, inputs, "parallel", 1, share[i], warmup, [c],
+            module_command("corepipe.bench.proc", _config(model, inputs, mode, 1, share[i], warmup, [c], precision,
                                                           extra={"offset": sum(share[:i])}))
             for i, c in enumerate(cores)
         )

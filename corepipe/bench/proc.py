@@ -12,6 +12,7 @@ Run as ``python -m corepipe.bench.proc CONFIG_JSON``. Modes:
   one waiting inside OpenVINO, so a stream never idles while Python hands it the next).
 - ``ov_latency``: OpenVINO ``PERFORMANCE_HINT=LATENCY`` with ``threads`` inference threads, one
   request in flight (``in_flight`` > 1: fed by an ``AsyncInferQueue`` of that many).
+- ``ov_parallel``: ``parallel`` on OpenVINO: one of K 1-thread LATENCY copies.
 OpenVINO runs at ``precision`` (fp32 also asks for ``EXECUTION_MODE_HINT=ACCURACY``, since a
 bf16-capable CPU would otherwise default to bf16); with ``ranges`` (input -> per axis ``[lo, hi]``)
 its model is reshaped to those bounded dynamic dims, as corepipe's own OpenVINO stages are.
@@ -103,7 +104,7 @@ def _serial(run: Callable[[Feeds], object], reqs: list[Feeds], cfg: dict[str, An
     first = int(cfg.get("offset", 0))
     for i in range(int(cfg["warmup"])):
         run(reqs[(first + i) % len(reqs)])
-    if cfg["mode"] == "parallel":
+    if cfg["mode"] in ("parallel", "ov_parallel"):
         print("ready", flush=True)
         sys.stdin.readline()
     latencies = []
@@ -190,7 +191,7 @@ def main(config_json: str) -> None:
         _ov_queue(_ov(cfg, "THROUGHPUT"), feeds, cfg)
     elif mode == "ov_latency" and int(cfg.get("in_flight") or 1) > 1:
         _ov_queue(_ov(cfg, "LATENCY"), feeds, cfg)
-    elif mode == "ov_latency":
+    elif mode in ("ov_latency", "ov_parallel"):  # ov_parallel: one of K 1-thread processes
         request = _ov(cfg, "LATENCY").create_infer_request()
         _serial(lambda f: request.infer(f), feeds, cfg)
     else:

@@ -225,8 +225,9 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
     lines.extend(stage_warnings(plan))
     lines.extend(n for n in plan.notes if n.startswith("front-end: "))  # casts, an fp16 source's precision
     lines.extend(n for n in plan.notes if n.startswith("intake checks "))  # what request values may hold
+    lines.extend(f"stage {st.index} runs on {st.engine}: {st.engine_why}" for st in plan.stages if st.engine_why)
     timed = [n for n in plan.notes if " on one core: " in n]
-    if timed:
+    if timed and not any(st.engine_why for st in plan.stages):  # older artifacts: the notes say it
         lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))
     dep = plan.deployment
     if dep is not None:

@@ -25,24 +25,42 @@ __all__ = ["check_engines", "make_plan", "write_stages", "engine_notes", "NOT_ST
 
 #: How a plan note says that a stage graph is not static (``NOT_STATIC.format(stage)`` + why).
 NOT_STATIC = "stage {} is not static: "
+#: One-thread runs per stage and engine when a compile probes which engine is faster here.
+PROBE_REPEATS = 3
 
 
 def check_engines(
     graph: ModelGraph, bounds: Sequence[int], example_inputs: Mapping[str, np.ndarray] | None,
-    engine: str, precision: str, report: Callable[[str, int, int], None],
+    engine: str, precision: str, report: Callable[[str, int, int], None], *, reuse: bool = True,
 ) -> list[Choice]:
-    """Each stage's engine without timing: onnxruntime when that is all there is to choose,
-    else each stage run once on each candidate engine and checked against onnxruntime."""
+    """Each stage's engine: onnxruntime when that is all there is to choose, else each stage run
+    on each candidate engine and checked against onnxruntime, and with ``engine="auto"`` timed
+    with one thread (`PROBE_REPEATS` runs) so that the faster engine on this machine runs it.
+    The times are kept in the machine's cache (`corepipe.engines.speeds`); with ``reuse`` a
+    stage it holds is only checked, not timed again."""
     if candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
-        return [Choice("onnxruntime", "fp32") for _ in range(len(bounds) - 1)]
+        return [Choice("onnxruntime", "fp32", why=_only_ort(engine)) for _ in range(len(bounds) - 1)]
+    from ..engines.speeds import SpeedCache
     from .measure import time_stages_on
 
-    report("check engines", 0, 1)
     order = candidates(engine)
-    trials = time_stages_on(graph, list(bounds), example_inputs, order, precision, repeats=0)
-    report("check engines", 1, 1)
+    speeds = SpeedCache.open(precision) if len(order) > 1 else None
+    probing = speeds is not None and speeds.enabled
+    step = "check engines and time each on one core" if probing else "check engines"
+    report(step, 0, 1)
+    trials = time_stages_on(graph, list(bounds), example_inputs, order, precision,
+                            repeats=PROBE_REPEATS if probing else 0, speeds=speeds if probing else None,
+                            reuse=reuse, source="probe timed now")
+    if speeds is not None:
+        speeds.save()
+    report(step, 1, 1)
     unchecked = onnxruntime_stages(graph, bounds)
     return [t.choice(order, precision, s, engine, unchecked.get(s)) for s, t in enumerate(trials)]
+
+
+def _only_ort(engine: str) -> str:
+    return ("engine='onnxruntime' was asked for" if engine == "onnxruntime"
+            else "onnxruntime is the only engine installed")
 
 
 def make_plan(
@@ -63,7 +81,8 @@ def make_plan(
     sizes = [solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)]
     stages = [
         dataclasses.replace(st, engine=c.engine, precision=c.precision, fallback=c.fallback, snippets=c.snippets,
-                            loaded_s=None if loaded is None else float(loaded[s]))
+                            loaded_s=None if loaded is None else float(loaded[s]), engine_why=c.why,
+                            engine_s=dict(c.seconds) or None)
         for s, (st, c) in enumerate(zip(stage_plans(graph, bounds, tgt, seconds, sizes, measured,
                                                     place_stages(tgt, seconds)), choices))
     ]

@@ -4,10 +4,12 @@
   this CPU has native bf16, fp32 elsewhere). A precision the CPU would only emulate is refused.
 - ``engine="onnxruntime"`` or ``"openvino"``: every stage on that engine; a stage it cannot run is
   a `CompileError` naming the node and op.
-- ``engine="auto"``: with ``balance="measure"``, each stage is timed on each engine on one core
-  and the faster kept (`corepipe.compiler.measure`); with ``"estimate"``, OpenVINO wherever it
-  compiles the stage, onnxruntime elsewhere. Either way a stage that one engine cannot run
-  falls back to the other, and its `StagePlan.fallback` says why. onnxruntime runs fp32 only,
+- ``engine="auto"``: each stage is timed on each engine with one thread and the faster kept:
+  with ``balance="measure"`` and ``"load"`` every time (`corepipe.compiler.measure`); with
+  ``"estimate"`` a short probe of the stage, cached per machine (`corepipe.engines.speeds`;
+  ``COREPIPE_ENGINE_PROBE=off`` skips it and prefers OpenVINO wherever it runs the stage). A
+  stage that one engine cannot run falls back to the other, and its `StagePlan.fallback` says
+  why; `StagePlan.engine_why` says why each stage runs where it does. onnxruntime runs fp32 only,
   so a bf16 stage that falls back runs fp32, and the plan says that too.
 
 A stage where request data reaches an operand openvino does not check (a Gather index, a Reshape
@@ -42,7 +44,9 @@ PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")
 class Choice:
     """One stage's engine and precision, why (``fallback``), its one-core times if measured,
     why OpenVINO's reader finds the stage graph not static (``dynamic``), if it does, and whether
-    OpenVINO runs it with its snippets on (``snippets``; ``snippets_off``: why not)."""
+    OpenVINO runs it with its snippets on (``snippets``; ``snippets_off``: why not), and why this
+    engine (``why``: what was asked, what the other engine cannot run, or each engine's one-core
+    time and where it comes from)."""
 
     engine: str
     precision: str
@@ -51,6 +55,7 @@ class Choice:
     dynamic: str | None = None
     snippets: bool = False
     snippets_off: str | None = None
+    why: str | None = None
 
 
 def resolve_precision(precision: str | None, from_flags: str | None = None) -> str:
@@ -136,7 +141,7 @@ def data_choice(stage: int, why: str, engine: str, ort_ran: bool, seconds: dict[
             "engine='auto' (that stage then runs on onnxruntime) or engine='onnxruntime'")
     if not ort_ran:
         raise CompileError(f"stage {stage}: {why}, and onnxruntime cannot run it: {fallback}")
-    return Choice("onnxruntime", "fp32", why, dict(seconds))
+    return Choice("onnxruntime", "fp32", why, dict(seconds), why=f"onnxruntime checks its data: {why}")
 
 
 def fallback_note(failures: Sequence[LoadFailure]) -> str | None:

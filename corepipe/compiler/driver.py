@@ -139,10 +139,12 @@ def compile(
             cut; the plan records each stage's time under load as ``loaded_s``).
         cuts: explicit stage starts as node indices (``[0, c1, ...]`` or without the 0),
             in place of the solver: for experiments and for reproducing a cut by hand.
-        engine: ``"auto"`` (default: per stage, the faster engine when ``balance="measure"``,
-            else openvino wherever it compiles the stage), ``"onnxruntime"`` or ``"openvino"``.
-            A stage ``"auto"`` cannot run on one engine falls back to the other; the plan's
-            ``stages[i].fallback`` says why.
+        engine: ``"auto"`` (default: per stage, the engine that runs it faster on one core of
+            this machine: timed by ``"measure"`` and ``"load"``, probed and cached per machine
+            by ``"estimate"``, see `corepipe.engines.speeds`), ``"onnxruntime"`` or
+            ``"openvino"``. A stage ``"auto"`` cannot run on one engine falls back to the
+            other; the plan's ``stages[i].fallback`` says why, ``stages[i].engine_why`` why
+            each stage runs where it does.
         precision: ``"fp32"`` (default; exact), ``"bf16"`` (matmuls and convolutions in bf16
             with fp32 accumulation, on openvino), ``"fp16"`` (CPUs with fp16 math only) or
             ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
@@ -353,7 +355,7 @@ def _compile(
         chosen: dict[tuple[int, ...], list[Choice]] = {}
 
         def write_cut(cut: list[int], costs: list[float], directory: Path) -> Path:
-            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report)
+            chosen[tuple(cut)] = check_engines(graph, cut, example_inputs, engine, precision, report, reuse=False)
             # Over dynamic dims a trial cut runs every stage on its bounded dynamic graph (the
             # shape modes are chosen once, for the cut that wins).
             trial = make_plan(graph, make_problem(graph, costs, tgt.core_memory), tgt, cut, balance,
@@ -373,6 +375,14 @@ def _compile(
         if deployment is not None:
             deployment = dataclasses.replace(deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
                                              latency_p99_s=m.latency_p99_s)
+    elif cuts is None:  # the engine probe's times move the estimated cut once
+        from .probecut import probed_cut
+
+        probed = probed_cut(graph, problem, tgt, bounds, example_inputs, engine, precision, report)
+        bounds, choices = probed.bounds, probed.choices
+        if probed.compute is not None:
+            problem = make_problem(graph, probed.compute, tgt.core_memory)
+        notes += [probed.note] if probed.note else []
     else:
         choices = check_engines(graph, bounds, example_inputs, engine, precision, report)
     report("partition", 1, 1)

@@ -22,6 +22,7 @@ from ..artifact.target import Target
 from ..artifact.writer import save_stage_model
 from ..engines import LoadFailure, engine_class, missing_engine
 from ..engines.base import Ranges
+from ..engines.speeds import PROBE_ENV, SpeedCache
 from . import solver
 from .choose import Choice, data_choice, differs, engine_precision, failure_error, fallback_note, io_names
 from .graph import ModelGraph
@@ -42,6 +43,7 @@ class StageTime:
     dynamic: str | None = None  # why OpenVINO's reader finds the stage not static, if it does
     snippets: bool = False  # OpenVINO passed with its snippets on
     snippets_off: str | None = None  # why they are off: what they computed wrong
+    source: str | None = None  # where ``seconds`` come from ("measured", "probe timed now", ...)
 
     def choice(self, order: Sequence[str], precision: str, stage: int, engine: str,
                unchecked: str | None = None) -> Choice:
@@ -64,7 +66,27 @@ class StageTime:
             note = f"the stage is not static ({self.dynamic}); {note}"
         ov = best == "openvino"
         return Choice(best, engine_precision(best, precision), note, dict(self.seconds), self.dynamic,
-                      snippets=ov and self.snippets, snippets_off=self.snippets_off if ov else None)
+                      snippets=ov and self.snippets, snippets_off=self.snippets_off if ov else None,
+                      why=self._why(best, ok, same, order, precision, engine, note))
+
+    def _why(self, best: str, ok: Sequence[str], same: Sequence[str], order: Sequence[str], precision: str,
+             engine: str, note: str | None) -> str:
+        """Why ``best`` runs the stage, in words the plan keeps: what was asked, what could not
+        run it, or each engine's one-core time and where it comes from."""
+        times = ", ".join(f"{e} {engine_precision(e, precision)} {self.seconds[e] * 1e3:.3g} ms"
+                          for e in sorted(self.seconds, key=lambda e: self.seconds[e]))
+        timed = f" ({times} on one core, {self.source})" if times and self.source else ""
+        if engine != "auto":
+            return f"engine={engine!r} was asked for"
+        if len(order) == 1:
+            return f"{best} is the only engine installed"
+        if len(ok) == 1:
+            return f"the only engine that runs it: {note}{timed}"
+        if len(same) == 1 and len(ok) > 1:
+            return f"the only engine that runs precision {precision!r}{timed}"
+        if times and len(self.seconds) > 1:
+            return f"fastest on one core ({self.source}): {times}"
+        return f"{best} first: the engines were not timed ({PROBE_ENV}=off)"
 
     @property
     def best(self) -> float:
@@ -175,12 +197,18 @@ def time_stages_on(
     *,
     repeats: int = 5,
     variants: Sequence[Sequence[Ranges] | None] | None = None,
+    speeds: SpeedCache | None = None,
+    reuse: bool = False,
+    source: str = "measured",
 ) -> list[StageTime]:
     """Each stage of ``bounds`` run on one core (one thread) on each of ``engines`` and, with
     ``repeats`` > 0, timed: the fastest of ``repeats`` runs, since interference from a busy
     machine only ever adds time. onnxruntime runs every stage as the reference (its outputs feed
     the next stage); another engine whose outputs differ from it (`differs`) fails that stage.
     ``variants``: per stage, the input shapes each engine compiles it for (over dynamic dims).
+    ``speeds``: the machine's cache of stage times, where each stage's times are kept; with
+    ``reuse``, a stage whose times it holds for every engine of ``engines`` is only checked, not
+    timed again. ``source``: how `StageTime.source` names freshly timed figures.
 
     Raises:
         CompileError: a stage that none of ``engines`` can run.
@@ -201,8 +229,18 @@ def time_stages_on(
             # Written as the artifact will hold it, so each engine reads what a worker reads.
             raw = str(save_stage_model(model, Path(tmp), "stage.onnx", "stage.weights"))
             del model
-            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision, repeats,
-                                         variants[s] if variants is not None else None)
+            key = stage_key(graph, bounds, s, inputs, boundary, variants[s] if variants is not None else None)
+            cached = speeds.get(key) if speeds is not None and reuse else None
+            hit = cached is not None and all(e in cached for e in engines)
+            trial, produced = _try_stage(raw, inputs, outputs, boundary, order, engines, precision,
+                                         0 if hit else repeats, variants[s] if variants is not None else None)
+        if hit and cached is not None:
+            trial.seconds = {e: cached[e] for e in trial.passed}
+            trial.source = "probe cached for this machine"
+        elif trial.seconds:
+            trial.source = source
+            if speeds is not None:
+                speeds.put(key, trial.seconds)
         if not trial.passed:
             failed = [trial.failures[e] for e in engines if e in trial.failures]
             raise failure_error(s, failed[0], "auto" if len(engines) > 1 else engines[0])
@@ -210,6 +248,16 @@ def time_stages_on(
         boundary.update(zip(outputs, ref))
         out.append(trial)
     return out
+
+
+def stage_key(graph: ModelGraph, bounds: Sequence[int], s: int, inputs: Sequence[str],
+              boundary: Mapping[str, np.ndarray], variants: Sequence[Ranges] | None) -> str:
+    """What names stage ``s`` in the engine-speed cache: the source model, the node range,
+    whether it is the last stage, its input shapes and dtypes, and its dynamic ranges."""
+    last = "last" if s == len(bounds) - 2 else "mid"
+    shapes = ";".join(f"{n}:{boundary[n].dtype}{list(boundary[n].shape)}" for n in inputs)
+    ranges = "" if not variants else f"|{[list(v) for v in variants]}"
+    return f"{graph.source_sha256}:{bounds[s]}-{bounds[s + 1]}:{last}:{shapes}{ranges}"
 
 
 def time_stages(
@@ -255,8 +303,12 @@ def measured_balance(
     seen: dict[tuple[int, ...], list[Choice]] = {}
     timed: dict[tuple[int, ...], list[StageTime]] = {}
 
+    speeds = SpeedCache.open(precision) if len(engines) > 1 else None
+
     def measure(cut: tuple[int, ...]) -> list[Choice]:
-        timings = time_stages_on(graph, list(cut), example_inputs, engines, precision)
+        timings = time_stages_on(graph, list(cut), example_inputs, engines, precision, speeds=speeds)
+        if speeds is not None:
+            speeds.save()
         for new, old in zip(timings, timed.get(cut, [])):  # each engine's fastest time of both
             for e, sec in old.seconds.items():
                 new.seconds[e] = min(sec, new.seconds.get(e, sec))

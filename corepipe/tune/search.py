@@ -13,6 +13,7 @@ untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -148,120 +149,198 @@ def tune(
         concurrency = 2 * max_batch
     traffic = Traffic(inputs=example_inputs, seconds=seconds, concurrency=concurrency, seed=seed)
     use = resolve_cores(num_cores)
-    k = len(use)
     prec = resolve_precision(precision)
     check_request(engine, prec)
     check_output_dir(out)  # before minutes of measuring, not after
     if importlib.util.find_spec("matplotlib") is None:  # tune.png is part of the artifact it writes
         raise CorepipeError("tune draws tune.png with matplotlib: pip install 'corepipe[plot]'")
-    best: dict[str, Point] = {}  # name -> the best of its repeats (interference only slows)
-    failed: list[tuple[str, str]] = []
-    state = {"done": 0, "total": 4}
+    board = _Board(progress, on_point)
+    with tempfile.TemporaryDirectory(prefix="corepipe-tune-") as tmp:
+        work = Path(tmp)
+        board.say("analyse the model")
+        m = _prepare(model, work, traffic, len(use), lengths, max_batch, dynamic_dims)
+        harness = Peers(m.path, m.feeds, use, m.traffic, prec, work, ov_batches=m.ov_batches, ranges=m.ranges)
+        peer_runs = harness.measurers() if peers else []
+        board.total = repeats * (len(peer_runs) + min(max_candidates, len(m.pool)))
+        _measure_peers(board, peer_runs)
+        costs = _cost_model(m, harness, board.best, len(use))
+        chosen_c, pruned_c = select(m.pool, costs, objective=objective, keep=max_candidates)
+        board.total = repeats * (len(peer_runs) + len(chosen_c) * len(m.space.batches))
+        plans = _Plans(m, work, use, costs, board, prec=prec, engine=engine, balance=balance,
+                       load_rounds=load_rounds, seconds=seconds, batch_delay=batch_delay, repeats=repeats)
+        for i, c in enumerate(chosen_c):
+            plans.compile_and_measure(i, c)
+        for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
+            _measure_peers(board, peer_runs, " (again)")
+            plans.measure_again()
+        result = _choose(board, model, len(use), objective, latency_budget, tie, repeats, prec, out,
+                         pruned=[(c, costs.predict(c)) for c in pruned_c if costs.fits(c)],
+                         question=None if rate is None or p99 is None else (rate, p99, max_cores))
+        board.say("write the artifact")
+        result.seconds = time.perf_counter() - started
+        _write(result, plans.artifacts[result.chosen.name][1])
+    return result
 
-    def say(message: str) -> None:
-        if progress is not None:
-            progress(message, state["done"], state["total"])
 
-    def add(point: Point) -> None:
-        state["done"] += 1
-        old = best.get(point.name)
+class _Board:
+    """The points measured so far (each the best of its repeats: interference only slows), the
+    plans that failed to compile, and the progress told as they come."""
+
+    def __init__(self, progress: TuneProgress | None, on_point: Callable[[Point], None] | None) -> None:
+        self.progress, self.on_point = progress, on_point
+        self.best: dict[str, Point] = {}
+        self.failed: list[tuple[str, str]] = []
+        self.done, self.total = 0, 4
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message, self.done, self.total)
+
+    def add(self, point: Point) -> None:
+        self.done += 1
+        old = self.best.get(point.name)
         if old is not None:
             keep = point if point.req_per_s > old.req_per_s else old
             point = dataclasses.replace(keep, runs=old.runs + 1)
-        best[point.name] = point
-        if on_point is not None:
-            on_point(point)
-        say(f"measured {point.name}")
+        self.best[point.name] = point
+        if self.on_point is not None:
+            self.on_point(point)
+        self.say(f"measured {point.name}")
 
-    with tempfile.TemporaryDirectory(prefix="corepipe-tune-") as tmp:
-        work = Path(tmp)
-        say("analyse the model")
-        path, zoo_feeds = resolve_model(model, work)
-        inputs = traffic.inputs or zoo_feeds
-        mixed, ov_batches = None, [1]
-        shaping: dict[str, Any] = {}
-        if lengths is not None or max_batch is not None or dynamic_dims:
-            graph = onnx.load(str(path), load_external_data=False)
-            mixed = plan_mixed(graph, lengths, max_batch, dynamic_dims)
-            traffic = dataclasses.replace(traffic, profile=mixed.profile)
-            base = base_request(graph, mixed, inputs)
-            one = {mixed.batch: 1} if mixed.batch else {}
-            inputs = mixed.example(base, {**(mixed.profile.typical() if mixed.profile else {}), **one})
-            shaping = {"dynamic_dims": mixed.dims, "shape_profile": mixed.profile}
-            if max_batch is not None and mixed.profile is None:
-                ov_batches = batch_sizes(max_batch)
-        space = SearchSpace(k, batches=tuple(batch_sizes(max_batch)) if max_batch else (1,))
-        est = estimate_model(path, set(space.stage_counts()), example_inputs=inputs)
-        feeds: Any = traffic.feeds(list(est.inputs), zoo_feeds)
-        if mixed is not None:
-            feeds = mixed.requests(base, dataclasses.replace(traffic, requests=256))
-        pool = space.bounded(est.min_stages, est.max_stages).candidates()
-        if not pool:
-            raise DeploymentError(
-                f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
-                f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
-        harness = Peers(path, feeds, use, traffic, prec, work, ov_batches=ov_batches,
-                        ranges=None if mixed is None else (lambda b: mixed.ov_ranges(base, b)))
-        peer_runs = harness.measurers() if peers else []
-        state["total"] = repeats * (len(peer_runs) + min(max_candidates, len(pool)))
-        for what, measure in peer_runs:
-            say(f"peer: {what}")
-            add(watched(measure))
-        one_s, kthreads_s = harness.calibrated(best)
-        costs = CostModel(one_core_s=one_s or est.one_core_s, cores=k, k_thread_s=kthreads_s,
-                          slowest_share=slowest_shares(est.stage_seconds), weight_bytes=est.weight_bytes,
-                          memory_bytes=int(psutil.virtual_memory().available * 0.8))
-        chosen_c, pruned_c = select(pool, costs, objective=objective, keep=max_candidates)
-        state["total"] = repeats * (len(peer_runs) + len(chosen_c) * len(space.batches))
-        artifacts: dict[str, tuple[Candidate, Path]] = {}
 
-        def run_candidate(c: Candidate, art: Path) -> Point:
-            how = balance if c.stages > 1 else "estimate"
-            return measure_candidate(c, art, feeds, use, traffic, costs, how, prec, say, batch_delay=batch_delay)
+@dataclasses.dataclass
+class _Model:
+    """The model as the search sees it: its file, the request (or mixed requests) every
+    measurement sends, the candidates the cost model starts from, and the options every
+    candidate is compiled with over dynamic dims."""
 
-        for i, c in enumerate(chosen_c):
-            how = balance if c.stages > 1 else "estimate"
-            say(f"{c.label}: compile ({how} balance)")
+    path: Path
+    inputs: Mapping[str, np.ndarray] | None
+    feeds: Any
+    traffic: Traffic
+    space: SearchSpace
+    est: Any
+    pool: list[Candidate]
+    shaping: dict[str, Any]
+    ov_batches: list[int]
+    ranges: Callable[[int], dict[str, Any]] | None
 
-            def sub(step: str, done: int, total: int, label: str = c.label) -> None:
-                if total <= 1 and done >= total:  # a one-part step's end reads as its start: say it once
-                    return
-                say(f"{label}: {step}" + (f" {done}/{total}" if total > 1 and ": " not in step else ""))
 
-            try:
-                cm = compile_model(
-                    path, work / f"cand{i}", num_cores=c.stages, example_inputs=inputs, balance=how,
-                    engine=engine, precision=prec,
-                    deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=k),
-                    load_rounds=load_rounds, load_seconds=seconds, progress=sub, **shaping)
-            except CorepipeError as exc:  # e.g. a cut the graph does not allow: the others go on
-                failed.append((c.label, str(exc)))
-                state["total"] -= repeats * len(space.batches)
-                continue
-            for variant in space.batched(c):  # batching variants share the artifact
-                artifacts[variant.label] = (variant, cm.path)
-                add(run_candidate(variant, cm.path))
-        for _ in range(repeats - 1):  # again, in the same order: a noisy moment hits one run, not all
-            for what, measure_peer in peer_runs:
-                say(f"peer: {what} (again)")
-                add(watched(measure_peer))
-            for c, art in artifacts.values():
-                add(run_candidate(c, art))
-        points = list(best.values())
-        chosen = choose(points, objective, latency_budget, tie=tie)
-        capacity = None
-        if rate is not None and p99 is not None:
-            capacity = answer(points, rate, p99, measured_cores=k, max_cores=max_cores)
-        result = TuneResult(
-            model=_name(model), cores=k, objective=objective, latency_budget_s=latency_budget, points=points,
-            pruned=[(c, costs.predict(c)) for c in pruned_c if costs.fits(c)], chosen=chosen,
-            path=Path(out), host=f"{os.uname().machine}, {len(resolve_cores(None))} cores",
-            seconds=0.0, capacity=capacity, failed=failed, repeats=repeats, tie=tie, precision=prec,
-        )
-        say("write the artifact")
-        result.seconds = time.perf_counter() - started
-        _write(result, artifacts[chosen.name][1])
-    return result
+def _prepare(model: ModelSource, work: Path, traffic: Traffic, k: int, lengths: Any, max_batch: int | None,
+             dynamic_dims: Mapping[str, tuple[int, int]] | None) -> _Model:
+    """Resolve and analyse the model, and the requests of mixed traffic where there is some.
+
+    Raises:
+        DeploymentError: no plan of R x S x T = K cores exists for the model.
+    """
+    path, zoo_feeds = resolve_model(model, work)
+    inputs = traffic.inputs or zoo_feeds
+    mixed, base, ov_batches = None, None, [1]
+    shaping: dict[str, Any] = {}
+    if lengths is not None or max_batch is not None or dynamic_dims:
+        graph = onnx.load(str(path), load_external_data=False)
+        mixed = plan_mixed(graph, lengths, max_batch, dynamic_dims)
+        traffic = dataclasses.replace(traffic, profile=mixed.profile)
+        base = base_request(graph, mixed, inputs)
+        one = {mixed.batch: 1} if mixed.batch else {}
+        inputs = mixed.example(base, {**(mixed.profile.typical() if mixed.profile else {}), **one})
+        shaping = {"dynamic_dims": mixed.dims, "shape_profile": mixed.profile}
+        if max_batch is not None and mixed.profile is None:
+            ov_batches = batch_sizes(max_batch)
+    space = SearchSpace(k, batches=tuple(batch_sizes(max_batch)) if max_batch else (1,))
+    est = estimate_model(path, set(space.stage_counts()), example_inputs=inputs)
+    feeds: Any = traffic.feeds(list(est.inputs), zoo_feeds)
+    ranges = None
+    if mixed is not None and base is not None:
+        feeds = mixed.requests(base, dataclasses.replace(traffic, requests=256))
+        ranges = functools.partial(mixed.ov_ranges, base)
+    pool = space.bounded(est.min_stages, est.max_stages).candidates()
+    if not pool:
+        raise DeploymentError(
+            f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
+            f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
+    return _Model(path, inputs, feeds, traffic, space, est, pool, shaping, ov_batches, ranges)
+
+
+def _measure_peers(board: _Board, peer_runs: list[tuple[str, Callable[[], Point]]], again: str = "") -> None:
+    """Each peer once, in order (the 1-thread session first: it sizes the others' runs)."""
+    for what, measure in peer_runs:
+        board.say(f"peer: {what}{again}")
+        board.add(watched(measure))
+
+
+def _cost_model(m: _Model, harness: Peers, measured: Mapping[str, Point], k: int) -> CostModel:
+    """The cost model that prunes candidates, calibrated on the peers measured (where they were)."""
+    one_s, kthreads_s = harness.calibrated(measured)
+    return CostModel(one_core_s=one_s or m.est.one_core_s, cores=k, k_thread_s=kthreads_s,
+                     slowest_share=slowest_shares(m.est.stage_seconds), weight_bytes=m.est.weight_bytes,
+                     memory_bytes=int(psutil.virtual_memory().available * 0.8))
+
+
+class _Plans:
+    """The candidates: each compiled (balanced under load in its own deployment when it has
+    stages to balance) and measured, with its batching variants on the same artifact."""
+
+    def __init__(self, m: _Model, work: Path, use: list[int], costs: CostModel, board: _Board, *, prec: str,
+                 engine: str, balance: str, load_rounds: int, seconds: float, batch_delay: float | str,
+                 repeats: int) -> None:
+        self.m, self.work, self.use, self.costs, self.board = m, work, use, costs, board
+        self.prec, self.engine, self.balance, self.load_rounds = prec, engine, balance, load_rounds
+        self.seconds, self.batch_delay, self.repeats = seconds, batch_delay, repeats
+        self.artifacts: dict[str, tuple[Candidate, Path]] = {}
+
+    def _how(self, c: Candidate) -> str:
+        return self.balance if c.stages > 1 else "estimate"
+
+    def _measure(self, c: Candidate, art: Path) -> Point:
+        return measure_candidate(c, art, self.m.feeds, self.use, self.m.traffic, self.costs, self._how(c),
+                                 self.prec, self.board.say, batch_delay=self.batch_delay)
+
+    def compile_and_measure(self, i: int, c: Candidate) -> None:
+        """Compile candidate ``c`` and measure it and its batching variants; a candidate that
+        fails to compile (a cut the graph does not allow) is recorded and the others go on."""
+        board, how = self.board, self._how(c)
+        board.say(f"{c.label}: compile ({how} balance)")
+
+        def sub(step: str, done: int, total: int, label: str = c.label) -> None:
+            if total <= 1 and done >= total:  # a one-part step's end reads as its start: say it once
+                return
+            board.say(f"{label}: {step}" + (f" {done}/{total}" if total > 1 and ": " not in step else ""))
+
+        try:
+            cm = compile_model(
+                self.m.path, self.work / f"cand{i}", num_cores=c.stages, example_inputs=self.m.inputs,
+                balance=how, engine=self.engine, precision=self.prec,
+                deployment=Deployment(replicas=c.replicas, threads_per_stage=c.threads, cores=len(self.use)),
+                load_rounds=self.load_rounds, load_seconds=self.seconds, progress=sub, **self.m.shaping)
+        except CorepipeError as exc:
+            board.failed.append((c.label, str(exc)))
+            board.total -= self.repeats * len(self.m.space.batches)
+            return
+        for variant in self.m.space.batched(c):  # batching variants share the artifact
+            self.artifacts[variant.label] = (variant, cm.path)
+            board.add(self._measure(variant, cm.path))
+
+    def measure_again(self) -> None:
+        for c, art in self.artifacts.values():
+            self.board.add(self._measure(c, art))
+
+
+def _choose(board: _Board, model: ModelSource, k: int, objective: str, latency_budget: float | None, tie: float,
+            repeats: int, prec: str, out: str | os.PathLike[str], *, pruned: list[Any],
+            question: tuple[float, float, int] | None) -> TuneResult:
+    """The plan chosen among the points measured, and the capacity question's answer if asked."""
+    points = list(board.best.values())
+    chosen = choose(points, objective, latency_budget, tie=tie)
+    capacity = None
+    if question is not None:
+        rate, p99, max_cores = question
+        capacity = answer(points, rate, p99, measured_cores=k, max_cores=max_cores)
+    return TuneResult(
+        model=_name(model), cores=k, objective=objective, latency_budget_s=latency_budget, points=points,
+        pruned=pruned, chosen=chosen, path=Path(out), host=f"{os.uname().machine}, {len(resolve_cores(None))} cores",
+        seconds=0.0, capacity=capacity, failed=board.failed, repeats=repeats, tie=tie, precision=prec,
+    )
 
 
 def _seconds(value: float | str | None) -> float | None:
