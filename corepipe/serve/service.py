@@ -22,6 +22,8 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import CorepipeError, InputError, PipelineClosedError, StageError
+from .llm import Decoder, is_decoder
+from .llm_metrics import LLMMetrics
 from .metrics import Metrics
 from .model import Rejected, ServedModel
 from .shm import SystemSharedMemory
@@ -77,6 +79,10 @@ class Service:
         self.models = {m.name: m for m in models}
         self.token = token
         self.metrics = Metrics(models)
+        #: the models that generate (`corepipe.serve.llm`), by name, and their metrics
+        self.decoders = {m.name: Decoder(m) for m in models if is_decoder(m)}
+        self.llm_metrics = LLMMetrics(self.metrics.registry, self.decoders.values())
+        self.background: set[Any] = set()  # tasks the routes started (kept referenced until done)
         self.shm = SystemSharedMemory()
         self.draining = False
 
