@@ -35,8 +35,8 @@ from starlette.routing import Route
 
 from .codec import encode_response, parse_request, select_outputs
 from .http_ext import extension_routes
-from .llm_http import llm_routes
 from .httpio import BIG, error_response, inflate, json_response, read_body, reply
+from .llm_http import llm_routes
 from .metrics import CONTENT_TYPE_LATEST
 from .model import Rejected
 from .service import Service

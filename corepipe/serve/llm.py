@@ -185,7 +185,7 @@ class Generation:
                 for token in self.stream:
                     self._loop.call_soon_threadsafe(put, token)
                 item: object = _END
-            except BaseException as exc:  # noqa: BLE001 - every failure goes to the request
+            except BaseException as exc:
                 item = exc
             self._loop.call_soon_threadsafe(put, item)
         except RuntimeError:  # the loop is gone: nobody listens

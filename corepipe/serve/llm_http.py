@@ -118,14 +118,14 @@ def llm_routes(svc: Service) -> list[Route]:
                 pass
             return g.index, g.text, list(g.tokens), g.finish_reason
 
-        gone = asyncio.ensure_future(_disconnected(request))
-        work = asyncio.ensure_future(asyncio.gather(*(drain(g) for g in gens)))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
+        work: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(drain(g) for g in gens)))
         try:
             await asyncio.wait([gone, work], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 work.cancel()
                 raise asyncio.CancelledError("the client went away")
-            return work.result()
+            return list(work.result())
         finally:
             gone.cancel()
             for g in gens:
@@ -141,7 +141,7 @@ def llm_routes(svc: Service) -> list[Route]:
                 async for token, text in g:
                     queue.put_nowait((g, token, text))
                 queue.put_nowait(g)
-            except Exception as exc:  # noqa: BLE001 - reported in the stream
+            except Exception as exc:
                 queue.put_nowait(exc)
 
         tasks = [asyncio.ensure_future(pump(g)) for g in gens]
@@ -262,7 +262,7 @@ async def _generate_events(gen: Generation, out: dict[str, Any]) -> AsyncIterato
         async for token, text in gen:
             yield sse({**out, "text_output": text, "token_ids": [] if token is None else [token]})
         yield sse({**out, "text_output": "", "token_ids": [], "finish_reason": gen.finish_reason})
-    except Exception as exc:  # noqa: BLE001 - the status line is sent already: report it in the stream
+    except Exception as exc:
         yield sse({"error": classify(exc)[2]})
     finally:
         gen.close()
