@@ -48,6 +48,7 @@ class Params:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever comes (load generators set it)
 
 
 class Decoder:
@@ -147,7 +148,7 @@ class Decoder:
         try:
             stream = self.pipe.generate(
                 prompt, max_new_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                top_k=params.top_k, seed=seed, eos_token_id=self.eos)
+                top_k=params.top_k, seed=seed, eos_token_id=None if params.ignore_eos else self.eos)
         except PipelineClosedError as exc:
             raise Rejected(503, f"model {self.name!r} is not serving: {exc}", code="UNAVAILABLE",
                            retry_after=1.0) from None

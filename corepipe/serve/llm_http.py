@@ -4,10 +4,10 @@
 - ``POST /v1/completions``: ``prompt`` as text (with the artifact's tokenizer), token ids, or a
   list of either; ``POST /v1/chat/completions``: ``messages`` through the tokenizer's chat
   template (400 where the artifact has none). ``max_tokens``, ``temperature``, ``top_p``,
-  ``top_k``, ``seed``, ``stop``, ``n``; every choice carries ``token_ids``; ``usage`` counts the
-  prompt's and the completion's tokens. ``stream: true``: server-sent events, one chunk per token
-  as the last stage samples it, then ``data: [DONE]`` (``stream_options.include_usage``: a last
-  chunk with ``usage``);
+  ``top_k``, ``seed``, ``stop``, ``n``, ``ignore_eos`` (vLLM's); every choice carries
+  ``token_ids``; ``usage`` counts the prompt's and the completion's tokens. ``stream: true``:
+  server-sent events, one chunk per token as the last stage samples it, then ``data: [DONE]``
+  (``stream_options.include_usage``: a last chunk with ``usage``);
 - ``POST /v2/models/{name}/generate`` and ``.../generate_stream``: Triton's generate extension
   (``text_input`` or ``input_ids`` + ``parameters`` -> ``text_output`` and ``token_ids``; the
   stream as server-sent events, one per token).

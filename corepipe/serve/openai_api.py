@@ -73,6 +73,7 @@ def params(body: dict[str, Any], max_tokens_default: int = 16) -> Params:
         seed=_int(body, "seed", None, -(2**63), 2**63 - 1),
         stop=_stop(body.get("stop")),
         n=_int(body, "n", 1, 1, 16) or 1,
+        ignore_eos=bool(body.get("ignore_eos", False)),
     )
 
 
