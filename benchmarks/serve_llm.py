@@ -5,7 +5,7 @@ same artifact (issue 26): output tokens/s and time to first token p50 at concurr
 - ``server``: the `openai` package's AsyncOpenAI client, one streaming ``/v1/completions`` per
   sequence (prompt as token ids, ``ignore_eos``), TTFT = the first chunk carrying a token;
 - ``aiperf`` (``--aiperf``): NVIDIA AIPerf 0.13 against the same endpoint, with the model's local
-  tokenizer (its save_pretrained directory: no hub), synthetic prompts of the same length; its own
+  tokenizer (its save_pretrained directory: nothing from the hub), synthetic prompts of the same length; its own
   venv (``/tmp/corepipe-aiperf``, built by `aiperf_python` when missing; not part of CI).
 
 The same prompts run on both sides; each configuration alternates the sides (A B, then B A) for
@@ -124,11 +124,13 @@ def aiperf(exe: Path, url: str, model: str, tokenizer_dir: Path, c: int, prompt_
     with tempfile.TemporaryDirectory() as out:
         cmd = [str(exe), "profile", "--model", model, "--url", url, "--endpoint-type", "completions", "--streaming",
                "--concurrency", str(c), "--request-count", str(max(4 * c, 8)), "--warmup-request-count", str(c),
-               "--tokenizer", str(tokenizer_dir), "--synthetic-input-tokens-mean", str(prompt_len),
-               "--synthetic-input-tokens-stddev", "0", "--output-tokens-mean", str(new),
-               "--output-tokens-stddev", "0", "--extra-inputs", "ignore_eos:true", "--artifact-dir", out,
-               "--ui-type", "none"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+               "--tokenizer", str(tokenizer_dir), "--isl", str(prompt_len),
+               "--isl-stddev", "0", "--osl", str(new),
+               "--osl-stddev", "0", "--extra-inputs", "ignore_eos:true", "--artifact-dir", out,
+               "--ui-type", "none", "--use-server-token-count"]
+        # No HF_HUB_OFFLINE: AIPerf 0.13 then looks a local directory up in the hub's cache and
+        # fails; a local directory is read as is (nothing is fetched).
+        env = dict(os.environ)
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         found = list(Path(out).rglob("profile_export_aiperf.json"))
         if r.returncode != 0 or not found:
