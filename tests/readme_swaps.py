@@ -25,6 +25,9 @@ WRITES = ("--plot", "--timeline", "--save", "--markdown", "-o", "--output")
 #: ``<!-- readme-test: with NAME -->``: NAME -> code run before the block, in its process.
 PRELUDES = {
     "bert": 'import corepipe\nfrom corepipe import zoo\nmodel, feeds = zoo.get("bert")\n',
+    # The corpus's small GPT-2 (tests/decoders.py; optimum-onnx's environment builds it once).
+    "gpt2_decoder": (f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+                     "from decoders import decoder_model\nmodel = str(decoder_model('gpt2'))\n"),
     "torch_models": (
         "import torch\nimport transformers\nimport corepipe\n"
         "torch.manual_seed(0)\n"

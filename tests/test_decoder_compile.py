@@ -91,12 +91,45 @@ def test_stages_in_sequence_equal_the_whole_model(model: Path, stages: int, tmp_
         names = [o.name for o in whole.get_outputs()]
         want = dict(zip(names, ref))
         np.testing.assert_allclose(logits, want[dec.logits], rtol=1e-4, atol=1e-4)
-        for p_in, p_out in pairs:
+        for _, p_out in pairs:
             np.testing.assert_allclose(presents[p_out], want[p_out], rtol=1e-4, atol=1e-4)
         past = {p_in: presents[p_out] for p_in, p_out in pairs}
         ref_past = {p_in: want[p_out] for p_in, p_out in pairs}
         length += ids.shape[1]
         ids = np.argmax(logits[:, -1:], axis=-1).astype(np.int64)
+
+
+def test_a_right_padded_batch_equals_the_whole_model(model: Path, tmp_path: Path) -> None:
+    """Rows of different past lengths in one step, as the runtime batches decode steps: each row's
+    past right-padded to the longest, its mask ``[1]*P_i + [0]*(Pmax-P_i) + [1]*n``, its positions
+    from ``P_i``. The mask and positions are recomputed in each stage, so they must agree."""
+    art = tmp_path / "art"
+    cm = corepipe.compile(model, art, num_cores=4, engine="onnxruntime", max_sequences=4, max_length=64)
+    dec = cm.plan.decoder
+    assert dec is not None
+    rng = np.random.default_rng(1)
+    lengths, pmax, n = [6, 3, 0], 6, 1
+    ids = rng.integers(1, 1000, (3, n)).astype(np.int64)
+    past = {p.past: rng.standard_normal(p.shape(3, pmax)).astype(p.dtype) for p in dec.pairs}
+    mask = np.array([[1] * p + [0] * (pmax - p) + [1] * n for p in lengths], np.int64)
+    positions = np.array([list(range(p, p + n)) for p in lengths], np.int64)
+    feeds = {dec.input_ids: ids, **past}
+    if dec.attention_mask is not None:
+        feeds[dec.attention_mask] = mask
+    if dec.position_ids is not None:
+        feeds[dec.position_ids] = positions
+    plan = cm.plan
+    boundary: dict[str, np.ndarray] = {dec.input_ids: ids}
+    presents = {}
+    for st, sess in zip(plan.stages, _sessions(art)):
+        outs = dict(zip(st.outputs, sess.run(list(st.outputs), {k: boundary.get(k, feeds.get(k)) for k in st.inputs})))
+        boundary = {k: v for k, v in outs.items() if k not in dec.local_outputs(st.index)}
+        presents.update({k: v for k, v in outs.items() if k in dec.local_outputs(st.index)})
+    whole = session(model)
+    want = dict(zip([o.name for o in whole.get_outputs()], whole.run(None, feeds)))
+    np.testing.assert_allclose(boundary[dec.logits], want[dec.logits], rtol=1e-4, atol=1e-4)
+    for p in dec.pairs:
+        np.testing.assert_allclose(presents[p.present], want[p.present], rtol=1e-4, atol=1e-4)
 
 
 def test_boundaries_carry_the_hidden_state_alone(model: Path, tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ import pytest
 from decoders import decoder_model_or_skip, session
 
 import corepipe
+from corepipe.artifact import TensorSpec, check_feeds
 from corepipe.artifact.dims import check_dims, dim_value, parse_dim_option
 from corepipe.compiler.decoding import analyze_decoder, detect_decoder
-from corepipe.errors import CompileError, DoesNotFitError
+from corepipe.errors import CompileError, DoesNotFitError, InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -121,6 +122,13 @@ def test_dims_from_zero_and_sums() -> None:
         check_dims({"past": (0, 0)})
     with pytest.raises(ValueError, match="not a symbolic dim name"):
         check_dims({"past + ": (0, 4)})
+    mask = TensorSpec("mask", "int64", (2, 16), dims=("b", "p + s"), min_shape=(1, 1))
+    ids = TensorSpec("ids", "int64", (2, 8), dims=("b", "s"), min_shape=(1, 1))
+    past = TensorSpec("past", "float32", (2, 15), dims=("b", "p"), min_shape=(1, 0))
+    ok = {"mask": np.ones((1, 5), np.int64), "ids": np.ones((1, 2), np.int64), "past": np.ones((1, 3), np.float32)}
+    assert set(check_feeds([mask, ids, past], ok)) == {"mask", "ids", "past"}
+    with pytest.raises(InputError, match=r"dim 'p \+ s' is 6, but its parts add up to 5 \(p=3, s=2\)"):
+        check_feeds([mask, ids, past], ok | {"mask": np.ones((1, 6), np.int64)})
 
 
 def test_cli_compile_and_inspect_show_the_decoder(gpt2: Path, tmp_path: Path) -> None:
@@ -139,6 +147,8 @@ def test_cli_compile_and_inspect_show_the_decoder(gpt2: Path, tmp_path: Path) ->
     assert "decoder: 4 state pairs; KV 256.0 KiB in all for max_sequences 4 x max_length 64" in text
     assert "past_sequence_length 0..63" in text and "past_sequence_length + sequence_length 1..64" in text
     assert "stage 0:" in text and "KV " in text
+    res = runner.invoke(app, ["inspect", str(gpt2)])
+    assert "state pairs: 4 (past_key_values.0.key -> present.0.key, ...)" in " ".join(res.output.split())
     res = runner.invoke(app, ["inspect", str(out), "--json"])
     data = json.loads(res.output)
     assert data["decoder"]["max_length"] == 64 and len(data["decoder"]["pairs"]) == 4
@@ -149,3 +159,17 @@ def test_cli_compile_and_inspect_show_the_decoder(gpt2: Path, tmp_path: Path) ->
                               "--dynamic", "sequence_length=1:8", "--dynamic", "batch_size=1:2"])
     assert res.exit_code == 0, res.output
     assert "decoder:" not in res.output
+
+
+@pytest.mark.parametrize("dims, buckets, message", [
+    ({"past_sequence_length + sequence_length": (1, 64), "batch_size": (1, 2)}, "auto",
+     r"is the sum of \['past_sequence_length', 'sequence_length'\]: give their ranges instead"),
+    ({"past_sequence_length": (0, 15), "sequence_length": (1, 8), "batch_size": (1, 2),
+      "past_sequence_length + sequence_length": (1, 64)}, "auto", r"so its range is \(1, 23\), not \(1, 64\)"),
+    ({"past_sequence_length": (0, 15), "sequence_length": (1, 8), "batch_size": (1, 2)}, {"sequence_length": [4, 8]},
+     "padding one would change the other"),
+])
+def test_plain_path_sum_dims_errors(gpt2: Path, tmp_path: Path, dims: dict[str, tuple[int, int]], buckets: object,
+                                    message: str) -> None:
+    with pytest.raises(CompileError, match=message):
+        _compile(gpt2, tmp_path / "a", num_cores=2, state=None, dynamic_dims=dims, buckets=buckets)

@@ -29,11 +29,11 @@ from ._app import (
     stream,
 )
 from ._inputs import check_model, load_model, load_npz, npz_requests, parse_input_shape, random_requests
+from .decoderopts import MaxLength, MaxSequences, State, decoder_kwargs
 from .options import CoresAlias, NumCores, core_count, core_flag, usable_cores
 from .pictures import check_plot, draw_timeline, plan_figure, save_picture, saved
 from .report import plural
 from .save import NpzWriter
-from .decoderopts import MaxLength, MaxSequences, State, decoder_kwargs
 from .shapeopts import Buckets, Dynamic, PadValues, Profile, model_summary, shape_kwargs
 
 __all__ = ["compile_cmd", "inspect_cmd", "run_cmd"]

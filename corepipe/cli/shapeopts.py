@@ -122,11 +122,21 @@ def model_summary(path: Path) -> str:
             parts.append(f"{vi.name} {elem}[{','.join(dims)}]")
         return ", ".join(parts)
 
+    from ..compiler.statepairs import find_pairs
+
+    ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
+    batch = ids.type.tensor_type.shape.dim[0].dim_param if ids is not None and ids.type.tensor_type.shape.dim else None
+    try:
+        pairs = find_pairs(model, "auto", batch or None)
+    except CompileError:
+        pairs = []
+    state = (f"\nstate pairs: {len(pairs)} ({pairs[0].past} -> {pairs[0].present}, ...): a decoder; `compile` keeps "
+             "each pair in its stage (--state none: the client carries them)") if pairs else ""
     return (f"model {path}: {len(model.graph.node)} nodes, opset "
             f"{max((o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')), default='?')}\n"
             f"inputs {sig(i for i in model.graph.input if i.name not in inits)}\n"
             f"outputs {sig(model.graph.output)}\n"
-            f"symbolic dims: {describe_symbolic_dims(model)}")
+            f"symbolic dims: {describe_symbolic_dims(model)}{state}")
 
 
 def lengths_option(lengths: str | None) -> ShapeProfile | None:

@@ -12,6 +12,7 @@ past dims: one graph serves a prefill of any length and a decode batch of any si
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _kv_words(dm: DecoderModel, kv: Sequence[int]) -> str:
 
 
 def compile_decoder(
-    dm: DecoderModel, output_dir: str | Path, *, num_cores: int | str, tgt: Target, cuts: Sequence[int] | None,
+    dm: DecoderModel, output_dir: str | os.PathLike[str], *, num_cores: int | str, tgt: Target, cuts: Sequence[int] | None,
     engine: str, precision: str, notes: list[str], report: Callable[[str, int, int], None],
     deployment: Deployment | None,
 ) -> tuple[Path, Plan]:
@@ -108,9 +109,12 @@ def compile_decoder(
             bounds = solver.solve(problem, k, links_for(tgt, k))
         except solver.Infeasible:
             places = int(sum(problem.allowed()[1:-1]))
+            lacks = [n for n, v in (("attention_mask", dm.mask), ("position_ids", dm.positions)) if v is None]
+            hint = (f" (it has no {' or '.join(lacks)} input, from which each stage recomputes the shapes and masks "
+                    "it needs: re-export it with them)") if lacks else ""
             raise CompileError(
                 f"cannot cut this decoder into {plural(k, 'stage')}: only {plural(places, 'place')} between its "
-                "nodes let the hidden state alone cross with each state pair's layer whole; "
+                f"nodes let the hidden state alone cross with each state pair's layer whole{hint}; "
                 f"use num_cores <= {places + 1}") from None
     choices = check_engines(graph, bounds, feeds, engine, precision, report)
     report("partition", 1, 1)
@@ -122,7 +126,9 @@ def compile_decoder(
                             p.token_shape) for p in dm.pairs)
     spec = DecoderSpec(dm.ids, dm.logits, dm.mask, dm.positions, pairs, dm.max_sequences, dm.max_length)
     shapes = Shapes(dims=dict(dm.dims), batch=dm.batch)
-    notes = engine_notes(engine, precision, choices) + notes + [DECODER_NOTE.format(pairs=len(pairs), kv=kv_words)]
+    # Every stage is dynamic by design: the engines' "not static" notes would only be noise.
+    notes = [n for n in engine_notes(engine, precision, choices) if " is not static: " not in n] + notes + [
+        DECODER_NOTE.format(pairs=len(pairs), kv=kv_words)]
     plan = make_plan(graph, problem, tgt, bounds, "estimate", choices, deployment=deployment, notes=notes,
                      shapes=shapes)
     step = {dm.ids, dm.mask, dm.positions}

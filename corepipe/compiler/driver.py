@@ -184,7 +184,8 @@ def compile(
             store (default 16).
         max_length: a decoder's tokens per sequence, prompt and generated (default: the
             model's ``n_positions`` from the config.json beside it, at most 1024). Each stage's
-            resident bytes include its KV store at ``max_sequences x max_length``.
+            resident bytes include its KV store at ``max_sequences x max_length``. A decoder
+            needs no ``example_inputs``: the compiler makes its own steps.
 
     Returns:
         A `CompiledModel` with the plan and the artifact path.
@@ -196,8 +197,10 @@ def compile(
             engine that is not installed or cannot run a stage (naming the node and op); a
             precision the engine or this CPU cannot run fast (naming what the CPU has); a
             directory that is not a SavedModel, or a front-end that cannot convert the model
-            (with the framework's reason, or the extra to install).
-        DoesNotFitError: some stage cannot fit ``core_memory``; ``.min_cores`` says what would.
+            (with the framework's reason, or the extra to install); a ``state`` map naming what
+            the model lacks, a cut through a state pair's layer (naming the pair).
+        DoesNotFitError: some stage cannot fit ``core_memory`` (a decoder's: with its KV store,
+            named); ``.min_cores`` says what would.
 
     Example:
         >>> cm = corepipe.compile("bert.onnx", "bert_compiled/", num_cores="auto",

@@ -118,4 +118,4 @@ def _layout(past: onnx.ValueInfoProto, present: onnx.ValueInfoProto, batch_dim: 
     if any(type(x) is not int for x in token):
         raise CompileError(f"{where}: the past's axes other than batch and length must be fixed, got {list(a)}")
     return PairLayout(past.name, present.name, batch[0], length, dtype_of(ta),
-                      tuple(int(x) for x in token), a, b[length])  # type: ignore[misc]
+                      tuple(x for x in token if isinstance(x, int)), a, b[length])
