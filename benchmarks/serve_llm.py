@@ -122,7 +122,7 @@ async def _server(url: str, model: str, prompts: list[list[int]], new: int) -> d
     async def one(i: int) -> None:
         t0 = time.perf_counter()
         stream = await client.completions.create(model=model, prompt=prompts[i], max_tokens=new, temperature=0,
-                                                 stream=True, extra_body={"ignore_eos": True})
+                                                 stream=True, extra_body={"ignore_eos": True, "return_token_ids": True})
         async for chunk in stream:
             got = len(getattr(chunk.choices[0], "token_ids", None) or []) if chunk.choices else 0
             if got and counts[i] == 0:
