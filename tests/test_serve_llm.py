@@ -213,3 +213,18 @@ def test_llm_metrics_under_vllms_names(llm):
     for name in ("corepipe:num_requests_running", "corepipe:num_requests_waiting", "corepipe:kv_cache_usage_perc",
                  "corepipe_requests_in_flight"):
         assert name in text
+
+
+def test_stop_strings_end_the_choice_before_them(llm):
+    server, model = llm
+    ids = [21, 22, 23, 24]
+    full = tokenizer(model).decode(reference_generate(model, [ids], 16)[0], skip_special_tokens=True)
+    stop = full[6:9]
+    want = full[:full.find(stop)]
+    c = client(server)
+    out = c.completions.create(model="gpt2", prompt=ids, max_tokens=16, temperature=0, stop=[stop])
+    assert out.choices[0].text == want and out.choices[0].finish_reason == "stop"
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="gpt2", prompt=ids, max_tokens=16, temperature=0, stop=stop, stream=True) if ch.choices)
+    assert streamed == want
+    assert settle(server) == 0
