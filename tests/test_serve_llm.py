@@ -228,3 +228,11 @@ def test_stop_strings_end_the_choice_before_them(llm):
         model="gpt2", prompt=ids, max_tokens=16, temperature=0, stop=stop, stream=True) if ch.choices)
     assert streamed == want
     assert settle(server) == 0
+
+
+def test_infer_on_a_decoder_points_to_generate(llm):
+    server, _ = llm
+    body = json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]})
+    status, _, data = post(server, "/v2/models/gpt2/infer", body)
+    assert status == 400 and b"/v1/completions" in data
+    assert series(server, "corepipe_requests_total", model="gpt2", protocol="openai") > 0

@@ -210,11 +210,16 @@ def llm_routes(svc: Service) -> list[Route]:
         except Exception as exc:
             return _openai_error(exc)
 
+    def counted(response: Response, request: Request, protocol: str) -> Response:
+        name = request.path_params.get("name") or (next(iter(svc.decoders)) if len(svc.decoders) == 1 else "_unknown")
+        svc.metrics.count(svc.label(name), protocol, response.status_code)
+        return response
+
     async def completions(request: Request) -> Response:
-        return await openai(request, "text")
+        return counted(await openai(request, "text"), request, "openai")
 
     async def chat(request: Request) -> Response:
-        return await openai(request, "chat")
+        return counted(await openai(request, "chat"), request, "openai")
 
     async def models(request: Request) -> Response:
         try:
@@ -245,14 +250,17 @@ def llm_routes(svc: Service) -> list[Route]:
         except Exception as exc:
             return error_response(exc)[0]
 
+    async def generate_counted(request: Request) -> Response:
+        return counted(await generate(request), request, "generate")
+
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat, methods=["POST"]),
     ]
     for v in ("", "/versions/{version}"):
-        routes += [Route(f"/v2/models/{{name}}{v}/generate", generate, methods=["POST"]),
-                   Route(f"/v2/models/{{name}}{v}/generate_stream", generate, methods=["POST"])]
+        routes += [Route(f"/v2/models/{{name}}{v}/generate", generate_counted, methods=["POST"]),
+                   Route(f"/v2/models/{{name}}{v}/generate_stream", generate_counted, methods=["POST"])]
     return routes
 
 
