@@ -230,14 +230,19 @@ class Generation:
     @property
     def text(self) -> str:
         """The choice's text so far, cut before a stop string that came."""
-        full = self.decoder.text(self.tokens)
+        return self._cut(self.decoder.text(self.tokens))
+
+    def _cut(self, full: str) -> str:
+        if not self.stop:
+            return full
         cut = min((i for i in (full.find(s) for s in self.stop) if i >= 0), default=-1)
         return full if cut < 0 else full[:cut]
 
     def _advance(self) -> tuple[str, bool]:
-        """The new text to give out now, and whether a stop string ended the choice."""
+        """The new text to give out now, and whether a stop string ended the choice (one decode
+        of the tokens so far per token)."""
         full = self.decoder.text(self.tokens)
-        text = self.text
+        text = self._cut(full)
         if len(text) < len(full):  # a stop string came
             piece = text[len(self._shown):]
             self._shown = text
