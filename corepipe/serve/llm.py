@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..artifact.tokenizer import TOKENIZER_FILES, open_tokenizer, tokenizer_path
 from ..errors import InputError, PipelineClosedError
+from ..runtime.sequences.stream import END
 from .model import Rejected, ServedModel
 
 __all__ = ["Decoder", "Generation", "Params", "is_decoder"]
-
-_END = object()
-
 
 def is_decoder(model: ServedModel) -> bool:
     """Whether ``model``'s pipeline generates (its plan holds a decoder record)."""
@@ -176,19 +173,12 @@ class Generation:
         self._last = 0.0
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        threading.Thread(target=self._pump, name=f"generation-{stream.sequence_id}", daemon=True).start()
+        stream.forward(self._put)  # each token straight from the pipeline's thread onto the loop
 
-    def _pump(self) -> None:
-        """(A thread per sequence) the blocking token stream onto the loop, each token as it comes."""
-        put: Callable[[object], None] = self._queue.put_nowait
+    def _put(self, item: object) -> None:
+        """(On the pipeline's collector thread) one item of the sequence onto the event loop."""
         try:
-            try:
-                for token in self.stream:
-                    self._loop.call_soon_threadsafe(put, token)
-                item: object = _END
-            except BaseException as exc:
-                item = exc
-            self._loop.call_soon_threadsafe(put, item)
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the loop is gone: nobody listens
             pass
 
@@ -196,7 +186,7 @@ class Generation:
         try:
             while True:
                 item = await self._queue.get()
-                if item is _END:
+                if item is END:
                     break
                 if isinstance(item, BaseException):
                     self.finish_reason = "error"
