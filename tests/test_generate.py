@@ -233,3 +233,17 @@ def test_sampling_units() -> None:
     got = store.gather(pair, rows, past + 2, 5)
     assert np.array_equal(got[:, 0, :, 3:5], present[:, 0, :, 3:5])
     assert np.array_equal(got[:, 1, :, 1:3], present[:, 1, :, 3:5])
+
+
+def test_eos_and_stop_end_a_sequence_after_yielding(tmp_path_factory) -> None:
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    want = reference_generate(decoder_model_or_skip("gpt2"), [[7, 8, 9]], 12)[0]
+    with corepipe.load(art, backend="inline") as pipe:
+        s = pipe.generate([7, 8, 9], max_new_tokens=12, eos_token_id=want[3])
+        assert list(s) == want[: want.index(want[3]) + 1] and s.finish_reason == "eos"
+        s = pipe.generate([7, 8, 9], max_new_tokens=12, stop=[want[4:6]])
+        got = list(s)
+        assert got[-2:] == want[4:6] and got == want[: len(got)] and s.finish_reason == "stop"
+        s = pipe.generate([7, 8, 9], max_new_tokens=12)
+        assert list(s) == want and s.finish_reason == "length"
+        assert pipe.sequences()["rows_in_use"] == 0
