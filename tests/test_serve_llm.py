@@ -236,3 +236,23 @@ def test_infer_on_a_decoder_points_to_generate(llm):
     status, _, data = post(server, "/v2/models/gpt2/infer", body)
     assert status == 400 and b"/v1/completions" in data
     assert series(server, "corepipe_requests_total", model="gpt2", protocol="openai") > 0
+
+
+def test_without_a_tokenizer_prompts_are_ids_and_text_is_ids(tmp_path):
+    model = decoder_model_or_skip("gpt2")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(model, bare / "model.onnx")  # no tokenizer.json beside it: the artifact carries none
+    art = corepipe.compile(bare / "model.onnx", tmp_path / "ids_only", num_cores=2, max_sequences=2).path
+    server = Server.start(art)
+    try:
+        c = openai.OpenAI(base_url=f"http://{server.http}/v1", api_key="-", max_retries=0, timeout=60)
+        out = c.completions.create(model="ids_only", prompt=[7, 8, 9], max_tokens=5, temperature=0)
+        assert out.choices[0].text == " ".join(str(t) for t in out.choices[0].token_ids)
+        assert out.choices[0].token_ids == reference_generate(model, [[7, 8, 9]], 5)[0]
+        with pytest.raises(openai.BadRequestError, match="no tokenizer"):
+            c.completions.create(model="ids_only", prompt="text", max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="cannot chat"):
+            c.chat.completions.create(model="ids_only", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    finally:
+        assert server.stop() == 0
