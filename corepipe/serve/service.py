@@ -7,6 +7,7 @@ metadata, and one mapping from errors to HTTP statuses and gRPC codes.
 | unknown model or version | 404 | NOT_FOUND |
 | body over the limit | 413 | (gRPC has its own message limit: RESOURCE_EXHAUSTED) |
 | window and queue full | 503 + Retry-After | RESOURCE_EXHAUSTED |
+| a decoder's wait for a KV row full (`corepipe.serve.llm`) | 429 + Retry-After | RESOURCE_EXHAUSTED |
 | model not ready (a stage down, or it could not start), server draining | 503 + Retry-After | UNAVAILABLE |
 | missing or wrong bearer token | 401 | UNAUTHENTICATED |
 | `StageError` (the request failed in a stage) | 500 | INTERNAL |
