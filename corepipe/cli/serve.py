@@ -129,6 +129,12 @@ def serve_cmd(
 
     HTTP: /v2/health/ready, /v2/models/NAME/infer, /v2/models/NAME/config, /v1/models/NAME:predict, /metrics.
 
+    Decoders (artifacts compiled from a model with past_key_values) also speak OpenAI's API, streaming
+    tokens as server-sent events (the openai client, curl -N, AIPerf): /v1/completions,
+    /v1/chat/completions (the tokenizer's chat template), /v1/models; and KServe v2's
+    /v2/models/NAME/generate and /generate_stream. --max-queue bounds the sequences waiting for a KV row
+    (then 429 with Retry-After).
+
     gRPC: inference.GRPCInferenceService. SIGTERM drains accepted requests, closes the pipelines, exits 0.
 
     Examples:
@@ -142,6 +148,8 @@ def serve_cmd(
       corepipe serve bert_dynamic/ --max-batch 8 --batch-delay 500us
 
       COREPIPE_SERVE_TOKEN=s3cret corepipe serve models/ --host 0.0.0.0
+
+      corepipe serve gpt2_compiled/   # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")
 
       perf_analyzer -m resnet_compiled -u 127.0.0.1:8001 -i grpc --concurrency-range 1:4
 
@@ -172,7 +180,8 @@ def serve_cmd(
 
         def ready(ep: Endpoints) -> None:
             out.print(Text(f"corepipe serve: ready (pid {os.getpid()}): {', '.join(ep.models)}\n"
-                           f"  HTTP  {ep.http_url}/v2  (KServe v2, /v1/models/NAME:predict, /metrics)\n"
+                           f"  HTTP  {ep.http_url}/v2  (KServe v2, /v1/models/NAME:predict, /metrics"
+                           f"{'; OpenAI: ' + ep.http_url + '/v1' if ep.generates else ''})\n"
                            f"  gRPC  {ep.grpc_target}  (inference.GRPCInferenceService)"), soft_wrap=True)
             out.file.flush()
 

@@ -2,7 +2,8 @@
 Triton's model configuration, statistics and system shared memory extensions (so tritonclient and
 perf_analyzer drive it unmodified; the others answer that they are not offered), TensorFlow
 Serving's REST predict, and Prometheus metrics; one pipeline per model of a repository of
-artifacts.
+artifacts. Decoder artifacts also speak OpenAI's API (``/v1/completions``, ``/v1/chat/completions``,
+streamed as server-sent events) and KServe v2's generate extension (`corepipe.serve.llm_http`).
 
     >>> from corepipe.serve import ServeConfig, serve
     >>> serve("models/", ServeConfig(http_port=8000, grpc_port=8001, token="s3cret"))  # doctest: +SKIP

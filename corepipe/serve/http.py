@@ -36,6 +36,7 @@ from starlette.routing import Route
 from .codec import encode_response, parse_request, select_outputs
 from .http_ext import extension_routes
 from .httpio import BIG, error_response, inflate, json_response, read_body, reply
+from .llm_http import llm_routes
 from .metrics import CONTENT_TYPE_LATEST
 from .model import Rejected
 from .service import Service
@@ -63,7 +64,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
         message = f"{request.method} is not allowed on {request.url.path}: use {allow or 'another method'}"
     elif exc.status_code == 404:
         message = (f"no route {request.method} {request.url.path}: corepipe serve answers KServe v2 "
-                   "(/v2/...), TF-Serving (/v1/models/NAME:predict) and /metrics")
+                   "(/v2/...), TF-Serving (/v1/models/NAME:predict), OpenAI (/v1/completions, /v1/chat/completions, /v1/models) for decoders, and /metrics")
     else:
         message = str(exc.detail)
     return json_response({"error": message}, exc.status_code, dict(exc.headers or {}) or None)
@@ -206,4 +207,5 @@ def make_app(svc: Service) -> Starlette:
             Route(f"/v1/models/{{name}}{v}", guarded(tf_status)),
         ]
     routes += extension_routes(svc, guarded)
+    routes += llm_routes(svc)
     return Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})

@@ -153,6 +153,10 @@ class ServedModel:
         if not ready or self.pipe is None:
             raise Rejected(503, f"model {self.name!r} is not ready: {why}", code="UNAVAILABLE",
                            retry_after=max(1.0, retry))
+        if getattr(self.pipe.plan, "decoder", None) is not None:
+            raise Rejected(400, f"model {self.name!r} is a decoder (its stages keep each sequence's KV): it "
+                           "generates, it does not infer; call POST /v1/completions (OpenAI) or "
+                           f"/v2/models/{self.name}/generate", code="INVALID_ARGUMENT")
         if self.waiting + self.running >= self.max_in_flight + self.max_queue:
             raise Rejected(
                 503, f"model {self.name!r} is at capacity: {self.running} requests in flight and "

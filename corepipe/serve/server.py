@@ -44,6 +44,8 @@ class Endpoints:
     http_port: int
     grpc_port: int
     models: tuple[str, ...]
+    #: whether a model generates (a decoder: OpenAI's /v1/completions is served)
+    generates: bool = False
 
     @property
     def http_url(self) -> str:
@@ -170,7 +172,7 @@ async def _run(models: list[ServedModel], config: ServeConfig, sock: socket.sock
                 raise CorepipeError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         if on_ready is not None:
-            on_ready(Endpoints(config.host, sock.getsockname()[1], grpc_port, tuple(svc.models)))
+            on_ready(Endpoints(config.host, sock.getsockname()[1], grpc_port, tuple(svc.models), bool(svc.decoders)))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([stopped, http_task], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()

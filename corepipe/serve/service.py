@@ -7,6 +7,7 @@ metadata, and one mapping from errors to HTTP statuses and gRPC codes.
 | unknown model or version | 404 | NOT_FOUND |
 | body over the limit | 413 | (gRPC has its own message limit: RESOURCE_EXHAUSTED) |
 | window and queue full | 503 + Retry-After | RESOURCE_EXHAUSTED |
+| a decoder's wait for a KV row full (`corepipe.serve.llm`) | 429 + Retry-After | RESOURCE_EXHAUSTED |
 | model not ready (a stage down, or it could not start), server draining | 503 + Retry-After | UNAVAILABLE |
 | missing or wrong bearer token | 401 | UNAUTHENTICATED |
 | `StageError` (the request failed in a stage) | 500 | INTERNAL |
@@ -22,6 +23,8 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import CorepipeError, InputError, PipelineClosedError, StageError
+from .llm import Decoder, is_decoder
+from .llm_metrics import LLMMetrics
 from .metrics import Metrics
 from .model import Rejected, ServedModel
 from .shm import SystemSharedMemory
@@ -77,6 +80,10 @@ class Service:
         self.models = {m.name: m for m in models}
         self.token = token
         self.metrics = Metrics(models)
+        #: the models that generate (`corepipe.serve.llm`), by name, and their metrics
+        self.decoders = {m.name: Decoder(m) for m in models if is_decoder(m)}
+        self.llm_metrics = LLMMetrics(self.metrics.registry, self.decoders.values())
+        self.background: set[Any] = set()  # tasks the routes started (kept referenced until done)
         self.shm = SystemSharedMemory()
         self.draining = False
 

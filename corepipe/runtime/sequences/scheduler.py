@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,15 @@ class Sequence:
         return None
 
 
+class _Forward(queue.SimpleQueue[object]):
+    """A sequence's queue whose items go straight to a callback (`Scheduler.forward`)."""
+
+    put_to: Callable[[object], None]
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        self.put_to(item)
+
+
 class Scheduler:
     """Sequences of one pipeline of ``stages`` stages over a store of ``rows`` rows. Thread-safe."""
 
@@ -109,6 +119,20 @@ class Scheduler:
                 if seq in self._ready:
                     self._ready.remove(seq)
                 self._release(seq)
+
+    def forward(self, seq: Sequence, put: Callable[[object], None]) -> None:
+        """From now on hand ``seq``'s items (token ids, then `END` or an error) to ``put``, on
+        the thread that produces them, instead of queueing them (the items queued already go
+        first, in order): an event loop's consumer needs no thread of its own per sequence."""
+        with self._cv:
+            while True:
+                try:
+                    put(seq.out.get_nowait())
+                except queue.Empty:
+                    break
+            out = _Forward()
+            out.put_to = put
+            seq.out = out
 
     # -- the transport's side ---------------------------------------------------------------
     def take(self, timeout: float) -> tuple[np.ndarray, np.ndarray, int] | None:

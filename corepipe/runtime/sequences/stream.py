@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import queue
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .scheduler import END, Scheduler, Sequence
 
-__all__ = ["TokenStream"]
+__all__ = ["END", "TokenStream"]
 
 
 class TokenStream(Iterator[int]):
@@ -25,6 +25,7 @@ class TokenStream(Iterator[int]):
     def __init__(self, scheduler: Scheduler, seq: Sequence, timeout: float | None) -> None:
         self._seq = seq
         self._timeout = timeout
+        self._scheduler = scheduler
         self._finalizer = weakref.finalize(self, scheduler.cancel, seq)
 
     @property
@@ -55,6 +56,12 @@ class TokenStream(Iterator[int]):
             self._seq.out.put(item)
             raise item
         return int(item)  # type: ignore[call-overload]
+
+    def forward(self, put: Callable[[object], None]) -> None:
+        """Instead of iterating, have each item handed to ``put`` as it comes, on the pipeline's
+        thread: a token id (int), then `END` (see ``finish_reason``) or the error the sequence
+        failed with. For event loops: ``put`` = a ``loop.call_soon_threadsafe`` onto their queue."""
+        self._scheduler.forward(self._seq, put)
 
     def close(self) -> None:
         """Cancel the sequence (if still generating) and free its KV row. Idempotent."""
