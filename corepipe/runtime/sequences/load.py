@@ -15,11 +15,8 @@ __all__ = ["load_decoder"]
 
 def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads_per_stage: int | None,
                  cores: int | Sequence[int] | None, max_batch: int | None, options: dict[str, Any]) -> Pipeline:
-    """A decoder pipeline: ``inline`` or ``local``, one replica. Batching is the stages' own
-    (continuous batching of decode steps), so ``max_batch`` does not apply."""
-    if backend == "ray":
-        raise DeploymentError("decoder artifacts run on the 'local' and 'inline' backends; 'ray' is not built "
-                              "for them yet (issue 25)")
+    """A decoder pipeline: ``inline``, ``local`` or ``ray``, one replica. Batching is the stages'
+    own (continuous batching of decode steps), so ``max_batch`` does not apply."""
     if replicas is not None and replicas > 1:
         raise DeploymentError(f"replicas={replicas}: a decoder artifact runs as one pipeline for now (its "
                               "sequences keep their KV in its stages); pass replicas=1")
@@ -27,6 +24,18 @@ def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads
         raise DeploymentError("max_batch does not apply to a decoder artifact: each stage batches the decode "
                               "steps waiting for it (continuous batching); leave max_batch out")
     plan = artifact.plan
+    if backend == "ray":
+        if cores is not None:
+            raise DeploymentError(f"cores={cores!r} pins stages to this host's core ids, but the ray backend "
+                                  "lets Ray place each stage: leave cores out, pass threads_per_stage=")
+        from ..ray.cluster import import_ray
+
+        import_ray()  # a clear error when Ray is missing
+        from ..ray.decoder import RayDecoder
+
+        if threads_per_stage is not None:
+            options["threads_per_stage"] = threads_per_stage
+        return RayDecoder(artifact, **options)
     if backend == "inline":
         from .inline import InlineDecoder
 
