@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...artifact.manifest import Artifact
@@ -15,11 +16,12 @@ __all__ = ["load_decoder"]
 
 def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads_per_stage: int | None,
                  cores: int | Sequence[int] | None, max_batch: int | None, options: dict[str, Any]) -> Pipeline:
-    """A decoder pipeline: ``inline``, ``local`` or ``ray``, one replica. Batching is the stages'
+    """A decoder pipeline: ``inline``, ``local`` or ``ray``. ``replicas`` > 1 (``inline`` and
+    ``local``): a `ReplicatedDecoder`, each sequence kept on one replica. Batching is the stages'
     own (continuous batching of decode steps), so ``max_batch`` does not apply."""
-    if replicas is not None and replicas > 1:
-        raise DeploymentError(f"replicas={replicas}: a decoder artifact runs as one pipeline for now (its "
-                              "sequences keep their KV in its stages); pass replicas=1")
+    if replicas is not None and replicas > 1 and backend == "ray":
+        raise DeploymentError(f"replicas={replicas}: a decoder artifact runs as one pipeline on the ray backend "
+                              "for now; pass replicas=1 (or use the local backend for replicas)")
     if max_batch is not None and max_batch > 1:
         raise DeploymentError("max_batch does not apply to a decoder artifact: each stage batches the decode "
                               "steps waiting for it (continuous batching); leave max_batch out")
@@ -36,14 +38,27 @@ def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads
         if threads_per_stage is not None:
             options["threads_per_stage"] = threads_per_stage
         return RayDecoder(artifact, **options)
+    r = replicas or 1
     if backend == "inline":
         from .inline import InlineDecoder
 
         _, t, _ = choose(plan, 1, threads_per_stage)
         options.pop("max_in_flight", None)
-        return InlineDecoder(artifact, threads=t or options.pop("threads", None) or 1)
+        threads = t or options.pop("threads", None) or 1
+        return _replicated(artifact, [lambda: InlineDecoder(artifact, threads=threads) for _ in range(r)])
     from .local import LocalDecoder
 
-    placement = place(plan, replicas=1, threads_per_stage=threads_per_stage, cores=cores)
-    return LocalDecoder(artifact, cores=list(placement.groups[0]),
-                        threads_per_stage=placement.threads_per_stage, **options)
+    placement = place(plan, replicas=r, threads_per_stage=threads_per_stage, cores=cores)
+    return _replicated(artifact, [
+        functools.partial(LocalDecoder, artifact, cores=list(group), threads_per_stage=placement.threads_per_stage,
+                          **options) for group in placement.groups])
+
+
+def _replicated(artifact: Artifact, starts: Sequence[Callable[[], Pipeline]]) -> Pipeline:
+    """One pipeline, or a `ReplicatedDecoder` of several (started one after another)."""
+    if len(starts) == 1:
+        return starts[0]()
+    from ..replicas import start_replicas
+    from .replicas import ReplicatedDecoder
+
+    return ReplicatedDecoder(artifact.root, artifact.plan, start_replicas(lambda i: starts[i](), len(starts)))
