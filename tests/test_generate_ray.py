@@ -67,3 +67,13 @@ def test_an_actor_killed_mid_generation_replays(tmp_path_factory, how, victim) -
         assert pipe.replayed >= 1 and pipe.sequences()["replays"] >= 1
         assert pipe.placement()[victim]["pid"] != old
     assert got == want
+
+
+def test_the_object_store_path_gives_the_same_tokens(tmp_path_factory) -> None:
+    pytest.importorskip("ray")
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    batch = prompts(1000, 3, [4, 11, 2], seed=5)
+    with corepipe.load(art, backend="ray", data_path="object-store") as pipe:
+        assert pipe.data_path == "object-store"
+        got = _concurrently(pipe, batch, 8)
+    assert got == reference_generate(decoder_model_or_skip("gpt2"), batch, 8)
