@@ -18,7 +18,7 @@ from tests import decoders
 
 OVGENAI = Path(os.environ.get("COREPIPE_OVGENAI_VENV", "/tmp/corepipe-ovgenai"))
 ORTGENAI = Path(os.environ.get("COREPIPE_ORTGENAI_VENV", "/tmp/corepipe-ortgenai"))
-PYTHONS = {"ort": sys.executable, "ov": sys.executable, "corepipe": sys.executable,
+PYTHONS = {"ort": sys.executable, "ov": sys.executable, "corepipe": sys.executable, "corepipe-1x2": sys.executable,
            "ortgenai": str(ORTGENAI / "bin" / "python"), "ovgenai": str(OVGENAI / "bin" / "python")}
 
 

@@ -194,8 +194,8 @@ class OvGenai:
 
 class Corepipe:
     """corepipe's ``pipe.generate`` (this checkout's corepipe), one thread per sequence, on an
-    artifact compiled from the same ONNX into ``stages`` stages (local backend: one worker
-    process per stage). RSS counts this process and its workers."""
+    artifact compiled from the same ONNX into ``stages`` stages of ``threads`` threads (local
+    backend: one worker process per stage). RSS counts this process and its workers."""
 
     def __init__(self, model_dir: Path, threads: int, stages: int) -> None:
         import tempfile
@@ -203,10 +203,13 @@ class Corepipe:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         import corepipe
 
+        deployment = corepipe.Deployment(replicas=1, threads_per_stage=threads, cores=stages * threads)
+
         self.tmp = tempfile.TemporaryDirectory(prefix="corepipe-decbench-")
         art = Path(self.tmp.name) / "art"
         # KV store rows for the 16 sequences the benchmark runs at most; 128 prompt + 64 new tokens
-        corepipe.compile(str(model_dir / "model.onnx"), art, num_cores=stages, max_sequences=16, max_length=256)
+        corepipe.compile(str(model_dir / "model.onnx"), art, num_cores=stages, max_sequences=16, max_length=256,
+                         deployment=deployment)
         self.pipe = corepipe.load(art, backend="local")
         if not hasattr(self.pipe, "generate"):
             self.pipe.close()
@@ -247,8 +250,10 @@ class Corepipe:
 
 
 def make(peer: str, model_dir: Path, threads: int, stages: int) -> Any:
-    if peer == "corepipe":
-        return Corepipe(model_dir, threads, stages)
+    if peer == "corepipe":  # S stages x 1 thread
+        return Corepipe(model_dir, 1, stages)
+    if peer == "corepipe-1x2":  # 1 stage x 2 threads: what a latency plan may pick for 1 sequence
+        return Corepipe(model_dir, 2, 1)
     if peer in ("ort", "ov"):
         return Loop(peer, model_dir / "model.onnx", threads)
     if peer == "ortgenai":

@@ -9,8 +9,9 @@ configuration runs each peer in turn (the order rotating each round: same run, a
 - ``ortgenai``: onnxruntime-genai 0.18 on the same ONNX (a hand-written genai_config.json);
 - ``ovgenai``: openvino-genai 2026.4 ``LLMPipeline`` on optimum-intel's fp32 export of the same
   weights, a batch of prompts in one ``generate`` call;
-- ``corepipe``: ``pipe.generate`` from one thread per sequence on a compiled artifact (where this
-  tree has it; else its rows say "not available").
+- ``corepipe`` (``--stages`` stages x 1 thread) and ``corepipe-1x2`` (1 stage x 2 threads, what
+  a latency plan may pick for 1 sequence): ``pipe.generate`` from one thread per sequence on an
+  artifact compiled from the same ONNX (where this tree has it; else the rows say "not available").
 
 All fp32 (OpenVINO's CPU plugin would pick bf16 on this AMX CPU: ``INFERENCE_PRECISION_HINT=f32``).
 The peers' venvs come from ``bash benchmarks/decoder_peers.sh``. Also measured: what bounds batch 1
@@ -38,11 +39,12 @@ from decoder_prep import PYTHONS, prepare
 
 from tests import decoders
 
-PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe"]
+PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe", "corepipe-1x2"]
 LABELS = {"ort": "onnxruntime, whole model, Python loop (one batch tensor)",
           "ov": "OpenVINO, whole model, Python loop (one batch tensor)",
           "ortgenai": "onnxruntime-genai 0.18", "ovgenai": "openvino-genai 2026.4 LLMPipeline",
-          "corepipe": "corepipe pipe.generate"}
+          "corepipe": "corepipe pipe.generate, {stages} stages x 1 thread",
+          "corepipe-1x2": "corepipe pipe.generate, 1 stage x 2 threads"}
 
 
 class Worker:
@@ -173,12 +175,12 @@ def markdown(args: argparse.Namespace, res: dict[str, Any], bound: dict[str, flo
             for p in args.peers:
                 s = res["summary"].get((load, c, p), {"error": "not run"})
                 if "error" in s:
-                    lines.append(f"| {load} | {c} | {LABELS[p]} | not available: {s['error'][:160]} | | | | | | |")
+                    lines.append(f"| {load} | {c} | {LABELS[p].format(stages=args.stages)} | not available: {s['error'][:160]} | | | | | | |")
                     continue
                 r = res["ratios"].get((load, c, p))
                 ag = res["agree"].get((load, c, p))
                 lines.append(
-                    f"| {load} | {c} | {LABELS[p]} | {s['tok_s']:.1f} ({s['tok_s_range'][0]:.1f}-{s['tok_s_range'][1]:.1f}) | "
+                    f"| {load} | {c} | {LABELS[p].format(stages=args.stages)} | {s['tok_s']:.1f} ({s['tok_s_range'][0]:.1f}-{s['tok_s_range'][1]:.1f}) | "
                     f"{f'{r[0]:.2f}' if r else '-'} | {s['ttft_ms']:.1f} | {s['itl_p50_ms']:.2f} / {s['itl_p99_ms']:.2f} | "
                     f"{s['cpu_ms_tok']:.2f} | {s['rss_mib']:.0f} | {f'{min(ag):.2f}' if ag else '-'} |")
     floor = 1e3 / bound["tps_cpu"]
@@ -191,11 +193,12 @@ def markdown(args: argparse.Namespace, res: dict[str, Any], bound: dict[str, flo
     for p in args.peers:
         one, eight = res["summary"].get(("32", 1, p), {}), res["summary"].get(("32", 8, p), {})
         if "cpu_ms_tok" in one:
-            lines.append(f"- {LABELS[p]}: {one['cpu_ms_tok']:.2f} CPU ms per token at 1 sequence "
-                         f"({floor / one['cpu_ms_tok']:.2f} of the bandwidth floor)"
-                         + (f"; at 8 sequences {eight['cpu_ms_tok']:.2f} CPU ms per token, a step's inter-token "
-                            f"p50 {eight['itl_p50_ms']:.1f} ms against {one['itl_p50_ms']:.1f} ms at 1"
-                            if "cpu_ms_tok" in eight else ""))
+            line = (f"- {LABELS[p].format(stages=args.stages)}: {one['cpu_ms_tok']:.2f} CPU ms per token at 1 sequence "
+                    f"({floor / one['cpu_ms_tok']:.2f} of the bandwidth floor)")
+            if "cpu_ms_tok" in eight:
+                step8 = 8 * eight["cpu_ms_tok"]
+                line += f"; a step of 8 sequences costs {step8:.1f} CPU ms, {step8 / one['cpu_ms_tok']:.1f}x a step of 1"
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 

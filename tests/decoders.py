@@ -56,12 +56,16 @@ RECIPES: dict[str, dict[str, Any]] = {
 EOS_ID = 0  # "<|endoftext|>", the tokenizer's first id; the models' bos/eos/pad
 
 
-def _python_for(exporter: str) -> str:
-    """The python that runs ``exporter``'s export (raises `OptimumMissing` for optimum without it)."""
+def _python_for(exporter: str, probe: bool) -> str:
+    """The python that runs ``exporter``'s export; with ``probe``, checked to import optimum
+    (raises `OptimumMissing`, saying why, where it does not). The probe costs seconds: a cached
+    model skips it."""
     if exporter == "legacy":
         return sys.executable
-    from corpus.optimum_export import OptimumMissing, optimum_python
+    from corpus.optimum_export import VENV_PYTHON, OptimumMissing, optimum_python
 
+    if not probe:
+        return os.environ.get("COREPIPE_OPTIMUM_PYTHON", VENV_PYTHON)
     python, why = optimum_python()
     if python is None:
         raise OptimumMissing(why)
@@ -87,11 +91,11 @@ def decoder_dir(name: str) -> Path:
     if name not in RECIPES:
         raise KeyError(f"no decoder {name!r} in the corpus: expected one of {sorted(RECIPES)}")
     recipe = RECIPES[name]
-    python = _python_for(recipe["exporter"])
     home = ROOT / name
-    done = home / _key(recipe, python)
+    done = home / _key(recipe, _python_for(recipe["exporter"], probe=False))
     if (done / "model.onnx").is_file():
         return done
+    python = _python_for(recipe["exporter"], probe=True)
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another run building it: wait, then use its build

@@ -6,10 +6,14 @@ and its local tokenizer round-trips text and matches the model's vocab."""
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
+import decoders
 import numpy as np
 import onnx
 import pytest
+from corpus.optimum_export import OptimumMissing
 from decoders import (
     EOS_ID,
     RECIPES,
@@ -114,3 +118,26 @@ def test_the_tokenizer_round_trips_and_matches_the_vocab(name: str) -> None:
         assert tok.decode(ids) == text
     config = json.loads((path.parent / "tokenizer_config.json").read_text())
     assert "chat_template" in config and config["eos_token"] == "<|endoftext|>"
+
+
+def test_unknown_names_and_a_missing_optimum_say_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match=r"no decoder 'gpt3' in the corpus: expected one of \['gpt2'"):
+        decoders.decoder_model("gpt3")
+    monkeypatch.setattr(decoders, "ROOT", tmp_path)
+    monkeypatch.setenv("COREPIPE_OPTIMUM_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(OptimumMissing, match=r"optimum-onnx.s python not found at .*no-python.*COREPIPE_OPTIMUM_PYTHON"):
+        decoders.decoder_model("llama")
+
+
+def test_builds_side_by_side_make_one_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two builds of one name at once (as two test runs): one builds under the lock, the other
+    waits and takes its result; no half-built directory is left."""
+    monkeypatch.setattr(decoders, "ROOT", tmp_path)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(decoders.decoder_model("gpt2_legacy"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0] == got[1] and got[0].is_file()
+    assert [p.name for p in (tmp_path / "gpt2_legacy").iterdir() if p.is_dir()] == [got[0].parent.name]

@@ -59,7 +59,8 @@ MIXED = [3, 9, 17, 5, 12, 1, 24, 7]
 
 
 @pytest.mark.parametrize("name, backend, stages", [
-    ("gpt2", "inline", 2), ("gpt2", "local", 2), ("gpt2", "local", 4), ("llama", "local", 4)])
+    ("gpt2", "inline", 2), pytest.param("gpt2", "local", 2, marks=pytest.mark.slow),
+    pytest.param("gpt2", "local", 4, marks=pytest.mark.slow), pytest.param("llama", "local", 4, marks=pytest.mark.slow)])
 def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, backend, stages) -> None:
     art = decoder_artifact(tmp_path_factory, name, stages)
     batch = prompts(1000, 8, MIXED, seed=3)
@@ -73,6 +74,7 @@ def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, ba
     assert counts["steps"] < 8 * 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
 def test_kill9_mid_generation_replays(tmp_path_factory, no_leaks, victim) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
@@ -88,6 +90,7 @@ def test_kill9_mid_generation_replays(tmp_path_factory, no_leaks, victim) -> Non
     assert got == want
 
 
+@pytest.mark.slow
 def test_cancel_and_abandon_free_the_kv_row(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     with corepipe.load(art, backend="local") as pipe:
@@ -108,6 +111,7 @@ def test_cancel_and_abandon_free_the_kv_row(tmp_path_factory, no_leaks) -> None:
             decoder_model_or_skip("gpt2"), [[5, 6, 7]], 4)[0]
 
 
+@pytest.mark.slow
 def test_a_full_store_makes_sequences_wait(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2, max_sequences=2)
     batch = prompts(1000, 5, [4, 6, 8], seed=5)
@@ -135,6 +139,7 @@ def test_a_prompt_too_long_is_refused_before_anything_runs(tmp_path_factory) -> 
             pipe.run({"input_ids": np.ones((1, 3), np.int64)})
 
 
+@pytest.mark.slow
 def test_only_the_hidden_state_and_header_words_cross(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     with corepipe.load(art, backend="local") as pipe:
@@ -152,6 +157,7 @@ def test_only_the_hidden_state_and_header_words_cross(tmp_path_factory, no_leaks
     assert not state & {name for ring in rings for name, _, _ in ring}
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_survives_replay(tmp_path_factory, no_leaks) -> None:
     art = decoder_artifact(tmp_path_factory, "gpt2", 2)
     kw = dict(max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.95, seed=7)
@@ -165,3 +171,79 @@ def test_sampling_is_seeded_and_survives_replay(tmp_path_factory, no_leaks) -> N
         os.kill(pipe.worker_pids()[1], signal.SIGKILL)
         got.extend(s)
     assert got == first
+
+
+def _cli(*args: str) -> Any:
+    import subprocess
+
+    from corepipe.runtime.process import module_command
+
+    argv, env = module_command("corepipe.cli", *args)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd="/")
+
+
+@pytest.mark.slow
+def test_the_cli_streams_ids_and_text(tmp_path_factory, no_leaks) -> None:
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    want = reference_generate(decoder_model_or_skip("gpt2"), [[1, 2, 3]], 6)[0]
+    run = _cli("generate", str(art), "--prompt-ids", "1,2,3", "--max-new-tokens", "6", "--backend", "inline")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == ",".join(map(str, want)) and "6 tokens (length)" in run.stderr
+    from corepipe.artifact.tokenizer import open_tokenizer
+
+    tok = open_tokenizer(art)  # the tokenizer compile copied from beside the model, verified
+    ids = tok.encode("Once upon a time").ids
+    want = reference_generate(decoder_model_or_skip("gpt2"), [ids], 6)[0]
+    run = _cli("generate", str(art), "--prompt", "Once upon a time", "-n", "6")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip("\n") == tok.decode(want)
+    tampered = tmp_path_factory.mktemp("tampered") / "art"
+    import shutil
+
+    shutil.copytree(art, tampered)
+    (tampered / "tokenizer.json").write_text((tampered / "tokenizer.json").read_text().replace("a", "b", 1))
+    run = _cli("generate", str(tampered), "--prompt", "hi")
+    assert run.returncode == 2 and "does not match the hash" in run.stderr
+    run = _cli("generate", str(art), "--prompt-ids", "1,x")
+    assert run.returncode == 2 and "comma-separated token ids" in run.stderr
+
+
+def test_sampling_units() -> None:
+    from corepipe.runtime.sequences.sampling import Sampling, sample
+    from corepipe.runtime.sequences.store import KVStore
+
+    logits = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    assert sample(logits, Sampling(), 5) == int(np.argmax(logits))
+    assert sample(logits, Sampling(temperature=1.0, top_k=1, seed=3), 5) == int(np.argmax(logits))
+    assert sample(logits, Sampling(temperature=1.0, top_p=1e-6, seed=3), 5) == int(np.argmax(logits))
+    draws = {sample(logits, Sampling(temperature=1.0, seed=s), 5) for s in range(20)}
+    assert len(draws) > 5 and sample(logits, Sampling(temperature=1.0, seed=9), 5) == sample(
+        logits, Sampling(temperature=1.0, seed=9), 5)
+    for bad in (dict(temperature=-1.0), dict(top_k=-1), dict(top_p=1.5), dict(seed=-1)):
+        with pytest.raises(InputError):
+            Sampling(**bad)  # type: ignore[arg-type]
+    # the legacy layout [2, b, h, L, d]: rows on axis 1, tokens on axis 3
+    from corepipe.artifact.decoder import StatePair
+
+    pair = StatePair("past.0", "present.0", 0, 1, 3, "float32", (2, 3, 4))
+    store = KVStore([pair], max_sequences=4, max_length=10)
+    rows, past = np.array([2, 0]), np.array([3, 1])
+    present = np.random.default_rng(1).standard_normal((2, 2, 3, 3 + 2, 4)).astype(np.float32)
+    store.scatter(pair, rows, past, present, 3, 2)
+    got = store.gather(pair, rows, past + 2, 5)
+    assert np.array_equal(got[:, 0, :, 3:5], present[:, 0, :, 3:5])
+    assert np.array_equal(got[:, 1, :, 1:3], present[:, 1, :, 3:5])
+
+
+def test_eos_and_stop_end_a_sequence_after_yielding(tmp_path_factory) -> None:
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    want = reference_generate(decoder_model_or_skip("gpt2"), [[7, 8, 9]], 12)[0]
+    with corepipe.load(art, backend="inline") as pipe:
+        s = pipe.generate([7, 8, 9], max_new_tokens=12, eos_token_id=want[3])
+        assert list(s) == want[: want.index(want[3]) + 1] and s.finish_reason == "eos"
+        s = pipe.generate([7, 8, 9], max_new_tokens=12, stop=[want[4:6]])
+        got = list(s)
+        assert got[-2:] == want[4:6] and got == want[: len(got)] and s.finish_reason == "stop"
+        s = pipe.generate([7, 8, 9], max_new_tokens=12)
+        assert list(s) == want and s.finish_reason == "length"
+        assert pipe.sequences()["rows_in_use"] == 0

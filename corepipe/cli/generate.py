@@ -51,8 +51,9 @@ def generate_cmd(
     eos: Annotated[list[int] | None, typer.Option("--eos-token-id", metavar="ID",
                                                   help="A token id that ends generation (repeatable).",
                                                   show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", metavar="local|inline",
-                                         help="local: one pinned process per stage; inline: this process.")] = "local",
+    backend: Annotated[str, typer.Option("--backend", "-b", metavar="local|inline|ray",
+                                         help="local: one pinned process per stage; inline: this process "
+                                         "(ray does not run decoders yet).")] = "local",
     threads_per_stage: Annotated[int | None, typer.Option(
         "--threads-per-stage", "-T", min=1, metavar="T", help="Cores per stage (default: an even share).",
         show_default=False)] = None,
@@ -64,7 +65,7 @@ def generate_cmd(
 
     ```
     corepipe generate gpt2_compiled/ --prompt-ids 1,2,3 --max-new-tokens 32
-    corepipe generate gpt2_compiled/ --prompt "Once upon a time" --temperature 0.8 --seed 1
+    corepipe generate gpt2_compiled/ --prompt "Once" --temperature 0.8 --seed 1
     ```
     """
     with cli_errors():

@@ -82,6 +82,12 @@ class Engine(ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Compute the outputs (in `outputs` order) as fresh arrays the caller owns."""
 
+    def run_shared(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """`run`, where the outputs may be views of the engine's own memory, valid only until
+        this engine runs again (no copy out; a decoder stage reads its presents' new positions
+        and hands its hidden state on before its next step)."""
+        return self.run(feeds)
+
     @abstractmethod
     def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Any:
         """A reusable binding that reads ``inputs`` and writes ``outputs`` in place.

@@ -247,6 +247,12 @@ class OpenVinoEngine(Engine):
         return LoadFailure(self.name, tidy(message), node=node, op=op)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._infer(feeds, shared=False)
+
+    def run_shared(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._infer(feeds, shared=True)
+
+    def _infer(self, feeds: Mapping[str, np.ndarray], shared: bool) -> list[np.ndarray]:
         if not self.outputs:
             return []
         # OpenVINO shares only writeable memory: a read-only input (Ray's object store hands
@@ -254,7 +260,7 @@ class OpenVinoEngine(Engine):
         data = {port: _canonical(np.require(feeds[name], requirements=["C", "W"]))
                 for port, name in zip(self._in_ports, self.inputs)}
         request = self._request if len(self._requests) == 1 else self._requests[self._variant([a.shape for a in data.values()])]
-        result = request.infer(data, share_inputs=True, share_outputs=False)  # outputs: fresh copies
+        result = request.infer(data, share_inputs=True, share_outputs=shared)  # not shared: fresh copies
         values = result.to_tuple()
         return [values[port] for port in self._out_ports]
 

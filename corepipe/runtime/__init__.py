@@ -66,6 +66,10 @@ def load(
             (see `corepipe.runtime.ray.RayPipeline`). With replicas, ``max_in_flight`` counts
             across all of them.
 
+    A decoder artifact (a plan with ``decoder``: state pairs kept in their stages) starts a
+    decoder pipeline on ``local`` or ``inline``, one replica: run it with
+    ``pipe.generate(prompt_ids, max_new_tokens=...)`` (`corepipe.runtime.sequences`).
+
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
         DeploymentError: R x S x T exceeds the cores given (the message lists what fits),
