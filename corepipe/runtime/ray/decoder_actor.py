@@ -25,14 +25,18 @@ __all__ = ["DecoderActor", "StepRunner"]
 
 class StepRunner:
     """A `DecoderStage` behind the runner interface the actor's compute loop calls: the
-    message's header and boundary tensors in, the header and the next boundary's tensors out."""
+    message's header and boundary tensors in, the header and the next boundary's tensors out.
+
+    The outputs are copied: the stage hands on views of its engine's memory (valid until its
+    next step), and the stream's sender thread may still be sending them when that step runs."""
 
     def __init__(self, stage: DecoderStage) -> None:
         self.stage = stage
 
     def run(self, feeds: Mapping[str, np.ndarray], request_id: int | None = None) -> dict[str, np.ndarray]:
         head = feeds[HEADER]
-        return {HEADER: head, **self.stage.step(head, feeds)}
+        out = self.stage.step(head, feeds)
+        return {HEADER: head, **{name: np.array(value, copy=True) for name, value in out.items()}}
 
 
 def decoder_stage(artifact: Any, index: int, threads: int, last: bool) -> StepRunner:
