@@ -77,3 +77,21 @@ def test_the_object_store_path_gives_the_same_tokens(tmp_path_factory) -> None:
         assert pipe.data_path == "object-store"
         got = _concurrently(pipe, batch, 8)
     assert got == reference_generate(decoder_model_or_skip("gpt2"), batch, 8)
+
+
+def test_replicas_keep_each_sequence_on_its_replica(tmp_path_factory) -> None:
+    ray = pytest.importorskip("ray")
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    batch = prompts(1000, 4, [5, 13, 2, 8], seed=6)
+    want = reference_generate(decoder_model_or_skip("gpt2"), batch, 32)
+    with corepipe.load(art, backend="ray", replicas=2) as pipe:
+        streams = [pipe.generate(p, max_new_tokens=32, timeout=120) for p in batch]
+        assert sorted(pipe.replica_of(s) for s in streams) == [0, 0, 1, 1]
+        got = [[next(s)] for s in streams]
+        ray.kill(pipe.replica(0).actors()[1], no_restart=True)  # replica 0's last stage dies
+        for g, s in zip(got, streams):
+            g.extend(s)
+        mine = [pipe.replica(r).sequences() for r in (0, 1)]
+        restarts = [pipe.replica(r).stats().stages[1].restarts for r in (0, 1)]
+    assert got == want
+    assert [m["finished"] for m in mine] == [2, 2] and mine[1]["replays"] == 0 and restarts == [1, 0]

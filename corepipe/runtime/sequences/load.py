@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,16 +17,14 @@ __all__ = ["load_decoder"]
 
 def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads_per_stage: int | None,
                  cores: int | Sequence[int] | None, max_batch: int | None, options: dict[str, Any]) -> Pipeline:
-    """A decoder pipeline: ``inline``, ``local`` or ``ray``. ``replicas`` > 1 (``inline`` and
-    ``local``): a `ReplicatedDecoder`, each sequence kept on one replica. Batching is the stages'
+    """A decoder pipeline: ``inline``, ``local`` or ``ray``. ``replicas`` > 1: a
+    `ReplicatedDecoder`, each sequence kept on one replica. Batching is the stages'
     own (continuous batching of decode steps), so ``max_batch`` does not apply."""
-    if replicas is not None and replicas > 1 and backend == "ray":
-        raise DeploymentError(f"replicas={replicas}: a decoder artifact runs as one pipeline on the ray backend "
-                              "for now; pass replicas=1 (or use the local backend for replicas)")
     if max_batch is not None and max_batch > 1:
         raise DeploymentError("max_batch does not apply to a decoder artifact: each stage batches the decode "
                               "steps waiting for it (continuous batching); leave max_batch out")
     plan = artifact.plan
+    r = replicas or 1
     if backend == "ray":
         if cores is not None:
             raise DeploymentError(f"cores={cores!r} pins stages to this host's core ids, but the ray backend "
@@ -37,8 +36,11 @@ def load_decoder(artifact: Artifact, backend: str, replicas: int | None, threads
 
         if threads_per_stage is not None:
             options["threads_per_stage"] = threads_per_stage
-        return RayDecoder(artifact, **options)
-    r = replicas or 1
+        if r > 1:  # a private instance must offer every replica's CPUs (the first replica starts it)
+            per = options.get("threads_per_stage", 1)
+            cpus = r * (per * plan.num_cores if isinstance(per, int) else sum(per))
+            options.setdefault("num_cpus", max(os.cpu_count() or 1, cpus))
+        return _replicated(artifact, [functools.partial(RayDecoder, artifact, **options) for _ in range(r)])
     if backend == "inline":
         from .inline import InlineDecoder
 
