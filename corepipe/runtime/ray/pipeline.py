@@ -189,7 +189,7 @@ class RayPipeline(Recovery, Pipeline):
         self._mono_minus_wall = time.monotonic() - time.time()
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
-        self._names = [[t.name for t in b] for b in artifact.plan.boundaries]
+        self._names = [[t.name for t in self._boundary(b)] for b in range(n + 1)]
         self._epoch = 0
         self._seq = 0
         self._final_stats: PipelineStats | None = None
@@ -203,7 +203,7 @@ class RayPipeline(Recovery, Pipeline):
         self._token: bytes | None = None
         self._clock_probe: ClockProbe | None = None
         self._data_path = "object-store"
-        self._framing = Framing(artifact.plan.boundaries[0], n, 0)
+        self._framing = Framing(self._boundary(0), n, 0)
         self._init_recovery()
         _LIVE.add(self)
         try:
@@ -322,13 +322,16 @@ class RayPipeline(Recovery, Pipeline):
                 ))
         for req, status, error, arrays in done:
             if status == OK:
-                values = dict(zip(self._names[-1], arrays))
-                result = {t.name: np.array(values[t.name], copy=True) for t in self.plan.outputs}
-                self._finish(req, result, None)
+                self._finish(req, self._result(arrays), None)
             else:
                 stage, node, message = error
                 self._finish(req, None, StageError(message, stage=int(stage), request_id=req.rid,
                                                    node=node or None))
+
+    def _result(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """A request's outputs from the last boundary's arrays, copied out of the frame."""
+        values = dict(zip(self._names[-1], arrays))
+        return {t.name: np.array(values[t.name], copy=True) for t in self.plan.outputs}
 
     # -- stats / close -----------------------------------------------------------------------
     @property

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..._version import __version__ as _driver_version
 from ...artifact.manifest import Artifact
-from ...artifact.plan import Plan
+from ...artifact.plan import Plan, TensorSpec
 from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from .actor import GROUPS, StageActor
@@ -62,6 +63,14 @@ class StageActors:
         """Why no node reachable now can hold the plan (`corepipe.runtime.ray.recovery`)."""
         return None
 
+    def _boundary(self, b: int) -> Sequence[TensorSpec]:
+        """What boundary ``b`` carries per message (a decoder's steps carry other tensors)."""
+        return self.plan.boundaries[b]
+
+    def _actor_type(self) -> type:
+        """The class of the stage actors (a decoder's keep its KV)."""
+        return StageActor
+
     def _open_stream(self, data_path: str, unframable: bool) -> None:
         """Choose the data path; for the stream, the client's two ends: the outlet to stage 0 and
         the inlet the last stage sends results to."""
@@ -78,7 +87,7 @@ class StageActors:
         self._token = secrets.token_bytes(16) if stream else None
         if self._token is not None:
             n = self._n
-            self._inlet = Inlet(self._driver_ip, self._token, Framing(self.plan.boundaries[n], n, n),
+            self._inlet = Inlet(self._driver_ip, self._token, Framing(self._boundary(n), n, n),
                                 self._take_results, "corepipe-ray-client")
             self._outlet = Outlet(self._token, 0, "corepipe-ray-client")
             self._clock_probe = ClockProbe(self._token)
@@ -93,7 +102,7 @@ class StageActors:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         if self._actor_class is None:
-            self._actor_class = self._ray.remote(concurrency_groups=GROUPS)(StageActor)
+            self._actor_class = self._ray.remote(concurrency_groups=GROUPS)(self._actor_type())
         bundle = self._bundles[k]
         custom = {name: v for name, v in bundle.items() if name not in ("CPU", "memory")}
         options: dict[str, Any] = {
@@ -105,10 +114,9 @@ class StageActors:
             options["memory"] = bundle["memory"]
         if custom:
             options["resources"] = custom
-        plan = self.plan
         return self._actor_class.options(**options).remote(
-            k, self._n, [t.to_dict() for t in plan.boundaries[k]],
-            [t.to_dict() for t in plan.boundaries[k + 1]], self._threads_per[k], self._token,
+            k, self._n, [t.to_dict() for t in self._boundary(k)],
+            [t.to_dict() for t in self._boundary(k + 1)], self._threads_per[k], self._token,
         )
 
     def _load_stages(self, stages: list[int]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...artifact.plan import Plan, TensorSpec
 from .header import TOKENS, WORDS
 
-__all__ = ["HEADER", "ring_specs", "hidden_names"]
+__all__ = ["HEADER", "ring_specs", "frame_specs", "hidden_names"]
 
 #: The name of the header tensor in every ring slot.
 HEADER = "step_header"
@@ -40,4 +40,22 @@ def ring_specs(plan: Plan) -> list[tuple[TensorSpec, ...]]:
         out.append((head, *(TensorSpec(n, by_name[n].dtype, (rows, *by_name[n].shape[2:]))
                             for n in hidden_names(plan, b))))
     out.append((head, TensorSpec(TOKENS, "int64", (spec.max_sequences,))))
+    return out
+
+
+def frame_specs(plan: Plan) -> list[tuple[TensorSpec, ...]]:
+    """What each boundary's step message holds when it travels as a frame (the ``ray`` stream):
+    the tensors of `ring_specs` at their true ranks (``input_ids [B, n]``, the hidden state
+    ``[B, n, ...]``), any size within the largest step's bytes (a receiver allocates exactly
+    what a frame announces, never more than that bound)."""
+    spec = plan.decoder
+    assert spec is not None
+    b_max, n_max = spec.max_sequences, max(spec.max_length, spec.max_sequences)
+    head = TensorSpec(HEADER, "int64", (b_max, WORDS), dynamic=True)
+    out: list[tuple[TensorSpec, ...]] = [(head, TensorSpec(spec.input_ids, "int64", (b_max, n_max), dynamic=True))]
+    for b in range(1, plan.num_cores):
+        by_name = {t.name: t for t in plan.boundaries[b]}
+        out.append((head, *(TensorSpec(n, by_name[n].dtype, (b_max, n_max, *by_name[n].shape[2:]), dynamic=True)
+                            for n in hidden_names(plan, b))))
+    out.append((head, TensorSpec(TOKENS, "int64", (b_max,), dynamic=True)))
     return out
