@@ -39,11 +39,12 @@ from decoder_prep import PYTHONS, prepare
 
 from tests import decoders
 
-PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe", "corepipe-1x2"]
+PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe", "corepipe-ov", "corepipe-1x2"]
 LABELS = {"ort": "onnxruntime, whole model, Python loop (one batch tensor)",
           "ov": "OpenVINO, whole model, Python loop (one batch tensor)",
           "ortgenai": "onnxruntime-genai 0.18", "ovgenai": "openvino-genai 2026.4 LLMPipeline",
           "corepipe": "corepipe pipe.generate, {stages} stages x 1 thread",
+          "corepipe-ov": "corepipe pipe.generate, {stages} stages x 1 thread, every stage on OpenVINO",
           "corepipe-1x2": "corepipe pipe.generate, 1 stage x 2 threads"}
 
 
