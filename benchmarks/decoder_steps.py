@@ -94,7 +94,7 @@ def main() -> None:
                         continue
                     if mode == "B":
                         for s in stages:
-                            s._kept.clear()  # noqa: SLF001 - force the gather from the store
+                            s._kept.clear()  # force the gather from the store
                     t0 = time.perf_counter()
                     before = [(s.counters.gather_s + s.counters.scatter_s, s.counters.busy_s) for s in stages]
                     out = run(stages, header([(i, i, past[i], 1, how) for i in range(8)]),
