@@ -197,7 +197,7 @@ class Corepipe:
     artifact compiled from the same ONNX into ``stages`` stages of ``threads`` threads (local
     backend: one worker process per stage). RSS counts this process and its workers."""
 
-    def __init__(self, model_dir: Path, threads: int, stages: int) -> None:
+    def __init__(self, model_dir: Path, threads: int, stages: int, engine: str = "auto") -> None:
         import tempfile
 
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -209,7 +209,7 @@ class Corepipe:
         art = Path(self.tmp.name) / "art"
         # KV store rows for the 16 sequences the benchmark runs at most; 128 prompt + 64 new tokens
         corepipe.compile(str(model_dir / "model.onnx"), art, num_cores=stages, max_sequences=16, max_length=256,
-                         deployment=deployment)
+                         deployment=deployment, engine=engine)
         self.pipe = corepipe.load(art, backend="local")
         if not hasattr(self.pipe, "generate"):
             self.pipe.close()
@@ -252,6 +252,8 @@ class Corepipe:
 def make(peer: str, model_dir: Path, threads: int, stages: int) -> Any:
     if peer == "corepipe":  # S stages x 1 thread
         return Corepipe(model_dir, 1, stages)
+    if peer == "corepipe-ov":  # as corepipe, every stage on OpenVINO (the choice before decode steps were timed)
+        return Corepipe(model_dir, 1, stages, engine="openvino")
     if peer == "corepipe-1x2":  # 1 stage x 2 threads: what a latency plan may pick for 1 sequence
         return Corepipe(model_dir, 2, 1)
     if peer in ("ort", "ov"):

@@ -11,7 +11,9 @@ configuration runs each peer in turn (the order rotating each round: same run, a
   weights, a batch of prompts in one ``generate`` call;
 - ``corepipe`` (``--stages`` stages x 1 thread) and ``corepipe-1x2`` (1 stage x 2 threads, what
   a latency plan may pick for 1 sequence): ``pipe.generate`` from one thread per sequence on an
-  artifact compiled from the same ONNX (where this tree has it; else the rows say "not available").
+  artifact compiled from the same ONNX (where this tree has it; else the rows say "not available");
+  ``corepipe-ov``: as ``corepipe`` with every stage on OpenVINO; ``corepipe-before``: as
+  ``corepipe`` from another checkout (``COREPIPE_BEFORE_TREE``), for before/after in one run.
 
 All fp32 (OpenVINO's CPU plugin would pick bf16 on this AMX CPU: ``INFERENCE_PRECISION_HINT=f32``).
 The peers' venvs come from ``bash benchmarks/decoder_peers.sh``. Also measured: what bounds batch 1
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,11 +42,13 @@ from decoder_prep import PYTHONS, prepare
 
 from tests import decoders
 
-PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe", "corepipe-1x2"]
+PEERS = ["ort", "ov", "ortgenai", "ovgenai", "corepipe", "corepipe-ov", "corepipe-before", "corepipe-1x2"]
 LABELS = {"ort": "onnxruntime, whole model, Python loop (one batch tensor)",
           "ov": "OpenVINO, whole model, Python loop (one batch tensor)",
           "ortgenai": "onnxruntime-genai 0.18", "ovgenai": "openvino-genai 2026.4 LLMPipeline",
           "corepipe": "corepipe pipe.generate, {stages} stages x 1 thread",
+          "corepipe-ov": "corepipe pipe.generate, {stages} stages x 1 thread, every stage on OpenVINO",
+          "corepipe-before": "corepipe pipe.generate, {stages} stages x 1 thread, the tree in COREPIPE_BEFORE_TREE",
           "corepipe-1x2": "corepipe pipe.generate, 1 stage x 2 threads"}
 
 
@@ -52,7 +57,10 @@ class Worker:
 
     def __init__(self, peer: str, model_dir: Path, threads: int, stages: int) -> None:
         self.peer = peer
-        self.proc = subprocess.Popen([PYTHONS[peer], str(HERE / "decoder_workers.py"), peer, str(model_dir),
+        script = HERE / "decoder_workers.py"
+        if peer == "corepipe-before":  # another checkout's corepipe (COREPIPE_BEFORE_TREE), same harness
+            script, peer = Path(os.environ["COREPIPE_BEFORE_TREE"]) / "benchmarks" / "decoder_workers.py", "corepipe"
+        self.proc = subprocess.Popen([PYTHONS[peer], str(script), peer, str(model_dir),
                                       str(threads), str(stages)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         ready = self._read()

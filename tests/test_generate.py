@@ -68,7 +68,10 @@ def test_greedy_equals_the_whole_model_loop(tmp_path_factory, no_leaks, name, ba
     with corepipe.load(art, backend=backend) as pipe:
         got = _concurrently(pipe, batch, 12)
         counts = pipe.sequences()
+        kept = [s.counters.kept for s in getattr(pipe, "_stages", []) if s.pairs]  # inline: the stages are here
     assert got == want
+    # steps of the same rows as the step before fed its presents as their past (no gather)
+    assert all(k > 0 for k in kept), kept
     assert counts["live"] == counts["rows_in_use"] == 0 and counts["finished"] == 8
     # 8 sequences x 12 tokens took far fewer steps than 96: decode steps ran batched
     assert counts["steps"] < 8 * 12
@@ -247,3 +250,27 @@ def test_eos_and_stop_end_a_sequence_after_yielding(tmp_path_factory) -> None:
         s = pipe.generate([7, 8, 9], max_new_tokens=12)
         assert list(s) == want and s.finish_reason == "length"
         assert pipe.sequences()["rows_in_use"] == 0
+
+
+def test_prefills_of_one_length_go_as_one_step() -> None:
+    from corepipe.runtime.sequences.header import NEW, PAST, ROW
+    from corepipe.runtime.sequences.sampling import Sampling
+    from corepipe.runtime.sequences.scheduler import Scheduler
+
+    sched = Scheduler(8, 1, max_tokens=16)
+    for prompt in ([1, 2, 3, 4], [5, 6], [7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18], [19, 20, 21, 22]):
+        sched.open(prompt, 4, Sampling(), frozenset(), ())
+    head, ids, _ = sched.take(1.0)  # the four-token prompts, up to 16 tokens: four of them
+    assert ids.tolist() == [[1, 2, 3, 4], [7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18]]
+    assert head[:, NEW].tolist() == [4] * 4 and head[:, PAST].tolist() == [0] * 4 and len(set(head[:, ROW])) == 4
+    assert sched.take(1.0)[1].tolist() == [[5, 6]]  # first in line now; the last 4-token one is not its length
+    assert sched.take(1.0)[1].tolist() == [[19, 20, 21, 22]]
+
+
+@pytest.mark.parametrize("backend", ["inline", pytest.param("local", marks=pytest.mark.slow)])
+def test_greedy_equals_the_reference_with_prompts_of_one_length(tmp_path_factory, no_leaks, backend) -> None:
+    art = decoder_artifact(tmp_path_factory, "gpt2", 2)
+    batch = prompts(1000, 6, [9, 9, 9, 4, 9, 4], seed=5)
+    want = reference_generate(decoder_model_or_skip("gpt2"), batch, 10)
+    with corepipe.load(art, backend=backend) as pipe:
+        assert _concurrently(pipe, batch, 10) == want

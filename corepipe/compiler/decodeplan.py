@@ -26,6 +26,7 @@ from ..errors import ArtifactError, CompileError, DoesNotFitError
 from . import solver
 from .assemble import check_engines, engine_notes, make_plan, write_stages
 from .cost import estimate_node_seconds
+from .decodeengines import decode_choices
 from .decoding import DecoderModel, analyze_decoder
 from .fit import check_cuts, not_fit, resolve_cores
 from .graph import ModelGraph
@@ -117,6 +118,7 @@ def compile_decoder(
                 f"nodes let the hidden state alone cross with each state pair's layer whole{hint}; "
                 f"use num_cores <= {places + 1}") from None
     choices = check_engines(graph, bounds, feeds, engine, precision, report)
+    choices, decode_notes = decode_choices(graph, bounds, dm, choices, engine, precision, report)
     report("partition", 1, 1)
     stage_of = {}
     for s in range(k):
@@ -127,7 +129,7 @@ def compile_decoder(
     spec = DecoderSpec(dm.ids, dm.logits, dm.mask, dm.positions, pairs, dm.max_sequences, dm.max_length)
     shapes = Shapes(dims=dict(dm.dims), batch=dm.batch)
     # Every stage is dynamic by design: the engines' "not static" notes would only be noise.
-    notes = [n for n in engine_notes(engine, precision, choices) if " is not static: " not in n] + notes + [
+    notes = [n for n in engine_notes(engine, precision, choices) if " is not static: " not in n] + decode_notes + notes + [
         DECODER_NOTE.format(pairs=len(pairs), kv=kv_words)]
     plan = make_plan(graph, problem, tgt, bounds, "estimate", choices, deployment=deployment, notes=notes,
                      shapes=shapes)

@@ -43,7 +43,7 @@ class DecoderPipeline:
         spec = plan.decoder
         assert spec is not None
         self.decoder = spec
-        self._scheduler = Scheduler(spec.max_sequences, plan.num_cores)
+        self._scheduler = Scheduler(spec.max_sequences, plan.num_cores, max(spec.max_length, spec.max_sequences))
         self._vocab = vocab_size(plan, spec)
 
     def generate(

@@ -3,7 +3,7 @@
 Ring ``k`` (into stage ``k``; ring N back to the client) holds per slot the step header
 (`header.WORDS` int64 words per sequence) and, for the B rows of the step, ``input_ids [B, n]``
 into stage 0, the hidden state ``[B, n, ...]`` between stages, and ``tokens [B]`` out of the last.
-A step is one prefill (B = 1, n up to ``max_length``) or a batch of decode steps (n = 1, B up to
+A step is a batch of prefills of one length (B x n up to ``max_length`` tokens) or of decode steps (n = 1, B up to
 ``max_sequences``), so each tensor's slot is sized for ``max(max_length, max_sequences)`` rows.
 """
 

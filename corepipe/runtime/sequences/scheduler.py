@@ -3,8 +3,8 @@ tokens that come back, cancellation and replay.
 
 A sequence waits for a free KV row (the store is bounded: admission), then its prompt goes out as
 one prefill step, and each token that comes back makes its next decode step ready. `take` hands
-the transport the next message: a prefill alone, or up to ``ceil(live / stages)`` ready decode
-steps as one batch (so with S stages at least S messages can be in flight and every stage has
+the transport the next message: up to ``ceil(live / stages)`` ready prefills of one length, or
+as many ready decode steps, as one batch (so with S stages at least S messages can be in flight and every stage has
 work). The client keeps each live sequence's tokens; after a worker died, `replay` turns every live
 sequence's next step into a prefill of all its tokens so far, which rebuilds every stage's KV.
 """
@@ -79,10 +79,12 @@ class _Forward(queue.SimpleQueue[object]):
 class Scheduler:
     """Sequences of one pipeline of ``stages`` stages over a store of ``rows`` rows. Thread-safe."""
 
-    def __init__(self, rows: int, stages: int) -> None:
+    def __init__(self, rows: int, stages: int, max_tokens: int | None = None) -> None:
         self._cv = threading.Condition()
         self._book = RowBook(rows)
         self._stages = max(1, stages)
+        #: tokens one step may carry (a ring slot's input_ids): bounds a batch of prefills
+        self._max_tokens = max_tokens
         self._ids = itertools.count()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._ready: collections.deque[Sequence] = collections.deque()
@@ -145,14 +147,15 @@ class Scheduler:
                 if not self._ready:
                     return None
             first = self._ready[0]
-            if first.prefill:
-                self._ready.popleft()
-                batch = [first]
+            cap = max(1, math.ceil(len(self._live) / self._stages))
+            if first.prefill:  # with the prefills of the same length waiting: one engine call
+                n = len(first.tokens)
+                room = 1 if self._max_tokens is None else max(1, self._max_tokens // n)
+                batch = [s for s in self._ready if s.prefill and len(s.tokens) == n][:min(cap, room)]
             else:
-                cap = max(1, math.ceil(len(self._live) / self._stages))
                 batch = [s for s in self._ready if not s.prefill][:cap]
-                for s in batch:
-                    self._ready.remove(s)
+            for s in batch:
+                self._ready.remove(s)
             rows = []
             for s in batch:
                 s.in_flight = True
@@ -163,7 +166,7 @@ class Scheduler:
             self.steps += 1
             head = header(rows)  # type: ignore[arg-type]
             if first.prefill:
-                ids = np.array([first.tokens], dtype=np.int64)
+                ids = np.array([s.tokens for s in batch], dtype=np.int64)
             else:
                 ids = np.array([[s.tokens[-1]] for s in batch], dtype=np.int64)
             for s in batch:
