@@ -52,8 +52,8 @@ def generate_cmd(
                                                   help="A token id that ends generation (repeatable).",
                                                   show_default=False)] = None,
     backend: Annotated[str, typer.Option("--backend", "-b", metavar="local|inline|ray",
-                                         help="local: one pinned process per stage; inline: this process "
-                                         "(ray does not run decoders yet).")] = "local",
+                                         help="local: one pinned process per stage; inline: this process; "
+                                         "ray: one actor per stage, on a Ray cluster started here.")] = "local",
     threads_per_stage: Annotated[int | None, typer.Option(
         "--threads-per-stage", "-T", min=1, metavar="T", help="Cores per stage (default: an even share).",
         show_default=False)] = None,
