@@ -145,10 +145,12 @@ def test_seed_call_fp16_example(saved_models: dict[str, Path], tmp_path: Path,
     assert [(s.name, s.dtype, s.shape) for s in cm.inputs] == [("keras_tensor", "float16", (1, 224, 224, 3))]
     assert [(s.name, s.dtype) for s in cm.outputs] == [("output_0", "float32")]
 
-    # An fp16 example asks for 16-bit speed: precision "auto" (bf16 here, fp32 without avx512_bf16).
-    precision = _precision(cm)
-    assert precision == ("bf16" if cpu_math().bf16 else "fp32")
-    assert any("fp16 example inputs: precision 'auto'" in note for note in result["notes"])
+    # An fp16 example asks for 16-bit speed: fp16 where the CPU has fp16 math, else precision
+    # "auto" (bf16 with avx512_bf16, fp32 without).
+    precision, math = _precision(cm), cpu_math()
+    assert precision == ("fp16" if math.fp16 else "bf16" if math.bf16 else "fp32")
+    asked = "fp16" if math.fp16 else "auto"
+    assert any(f"fp16 example inputs: precision '{asked}'" in note for note in result["notes"])
     reference = _tf_reference(saved_models["rn50"])
     with corepipe.load(result.path, backend="inline") as pipe:
         for x in _images(2, "float16"):

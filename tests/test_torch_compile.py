@@ -92,8 +92,10 @@ def test_output_names_and_float16_module(tmp_path: Path) -> None:
                           num_cores=2)
     assert [(s.name, s.dtype) for s in cm.inputs] == [("x", "float16")]
     assert [(s.name, s.dtype) for s in cm.outputs] == [("scores", "float16")]
-    # fp16 examples: precision "auto" (bf16 where the CPU has it), against the fp16 weights in fp32.
-    precision = "bf16" if cpu_math().bf16 else "fp32"
+    # fp16 examples: fp16 where the CPU has fp16 math, else precision "auto" (bf16 where it has it),
+    # against the fp16 weights in fp32.
+    math = cpu_math()
+    precision = "fp16" if math.fp16 else "bf16" if math.bf16 else "fp32"
     assert {st.precision for st in cm.stages} <= {precision, "fp32"} and any(
         st.precision == precision for st in cm.stages)
     with corepipe.load(cm.path, backend="inline") as pipe, torch.no_grad():
@@ -104,7 +106,8 @@ def test_output_names_and_float16_module(tmp_path: Path) -> None:
     else:
         ok, figures = close_enough(got.astype(np.float32), ref, precision)
         assert ok, figures
-    assert any("fp16 example inputs: precision 'auto'" in n for n in cm.plan.notes)
+    asked = "fp16" if math.fp16 else "auto"
+    assert any(f"fp16 example inputs: precision '{asked}'" in n for n in cm.plan.notes)
     exact = corepipe.compile(module, tmp_path / "exact", example_inputs={"x": x}, precision="fp32", num_cores=2)
     assert {st.precision for st in exact.stages} == {"fp32"}  # asked for: kept
 
