@@ -35,6 +35,7 @@ from ..bench.mixed import batch_sizes, plan_mixed
 from ..bench.mixedrun import base_request
 from ..bench.traffic import ModelSource, Traffic, resolve_model
 from ..compiler.choose import check_request, resolve_precision
+from ..compiler.decoding import detect_decoder
 from ..compiler.driver import BALANCES
 from ..compiler.driver import compile as compile_model
 from ..compiler.estimate import estimate_model
@@ -234,6 +235,7 @@ def _prepare(model: ModelSource, work: Path, traffic: Traffic, k: int, lengths: 
         DeploymentError: no plan of R x S x T = K cores exists for the model.
     """
     path, zoo_feeds = resolve_model(model, work)
+    _refuse_decoder(path)
     inputs = traffic.inputs or zoo_feeds
     mixed, base, ov_batches = None, None, [1]
     shaping: dict[str, Any] = {}
@@ -260,6 +262,21 @@ def _prepare(model: ModelSource, work: Path, traffic: Traffic, k: int, lengths: 
             f"no plan of R x S x T = {k} cores exists for this model: it needs at least "
             f"{est.min_stages} stages and can be cut into at most {est.max_stages}")
     return _Model(path, inputs, feeds, traffic, space, est, pool, shaping, ov_batches, ranges)
+
+
+def _refuse_decoder(path: Path) -> None:
+    """A decoder (a model with state pairs) is not a one-shot model: its plans are measured in
+    tokens, not requests, and tune's search does not cover them yet. Say so before measuring,
+    rather than ask for example inputs a decoder does not need."""
+    dm = detect_decoder(path, "auto", None, None, None)
+    if dm is not None:
+        pairs = dm.pairs
+        possible = ("compile it with num_cores= (corepipe compile MODEL -n S) and measure tokens/s with "
+                    "corepipe generate or benchmarks/decoders.py --stages S")
+        raise DeploymentError(
+            f"tune searches plans for one-shot models; this model is a decoder ({len(pairs)} state pairs, "
+            f"e.g. {pairs[0].past!r} -> {pairs[0].present!r}), whose plans it does not search yet; "
+            f"possible: {possible}", possible=possible)
 
 
 def _measure_peers(board: _Board, peer_runs: list[tuple[str, Callable[[], Point]]], again: str = "") -> None:
