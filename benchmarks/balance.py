@@ -11,7 +11,7 @@ Each plan is scored by the same cost model the solver uses (``solver.stage_costs
 target's links: hand-off in + compute + hand-off out), as its slowest stage, that stage's
 ratio to corepipe's, and the largest stage's resident weight bytes (a weight read by several
 stages counts in each). With ``--measure``, each plan's stages are also timed on one core
-(``corepipe.compiler.measure.time_stages``: one onnxruntime thread, median of ``--repeats`` runs; compute
+(``corepipe.compiler.cut.measure.time_stages``: one onnxruntime thread, median of ``--repeats`` runs; compute
 only, no hand-off) for N in ``--measure-cores``, and the slowest measured stage is reported.
 
     python benchmarks/balance.py                              # estimates, every model
@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from corepipe import zoo
 from corepipe.artifact.target import Target, resolve_target
-from corepipe.compiler import solver, zoo
-from corepipe.compiler.cost import estimate_node_seconds
-from corepipe.compiler.graph import ModelGraph, analyze
-from corepipe.compiler.partition import links_for, make_problem
+from corepipe.compiler.cut import solver
+from corepipe.compiler.cut.cost import estimate_node_seconds
+from corepipe.compiler.cut.partition import links_for, make_problem
+from corepipe.compiler.model.graph import ModelGraph, analyze
 
 MiB = 2**20
 PLANS = ("corepipe", "nodes", "params")
@@ -137,7 +138,7 @@ def score(
                 solver.stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(k)
             )
             if k in measure_cores:
-                from corepipe.compiler.measure import time_stages
+                from corepipe.compiler.cut.measure import time_stages
 
                 row.measured_s[plan] = max(time_stages(graph, bounds, feeds, repeats=repeats))
         rows.append(row)

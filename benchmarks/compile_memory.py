@@ -67,7 +67,7 @@ def report():
 atexit.register(report)
 if sys.argv[1] == "bare":  # the same imports, and the engines compile loads (no weights)
     import corepipe.cli, corepipe.compiler, onnx, onnxruntime, numpy as np
-    from corepipe.compiler.choose import candidates
+    from corepipe.compiler.cut.choose import candidates
     if "openvino" in candidates("auto"):  # engine auto checks every stage on OpenVINO's CPU plugin
         import openvino as ov
         from onnx import TensorProto, helper

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import corepipe
-import corepipe.compiler.measure as measure
+import corepipe.compiler.cut.measure as measure
 from corepipe import zoo
 from corepipe.engines.tolerance import fp32_excess
 

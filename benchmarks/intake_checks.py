@@ -2,7 +2,7 @@
 intake, and a stage output against its compiled spec.
 
 The model is the zoo's BERT-base (seq 128, random weights); the compiler's analysis
-(`corepipe.compiler.unchecked`) finds the checks a compiled plan would hold, and the checker
+(`corepipe.compiler.checks.unchecked`) finds the checks a compiled plan would hold, and the checker
 the pipelines build from them runs on one request's arrays, as `submit` does, next to the
 signature check every request already paid (`check_feeds`); the output check is
 `tensor_problem` on a [1, seq, 768] hidden state, as a stage runs it on each output it writes
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     from corepipe.artifact.plan import TensorSpec
     from corepipe.artifact.signature import check_feeds, tensor_problem
     from corepipe.artifact.valuechecks import ValueChecker
-    from corepipe.compiler.graph import analyze
-    from corepipe.compiler.unchecked import find_unchecked
+    from corepipe.compiler.checks.unchecked import find_unchecked
+    from corepipe.compiler.model.graph import analyze
 
     model, feeds = zoo.get("bert", seq=args.seq)
     graph = analyze(model, feeds)

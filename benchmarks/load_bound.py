@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import corepipe
 from corepipe.bench.peers import run_parallel, run_serial
 from corepipe.bench.traffic import resolve_model
-from corepipe.compiler.graph import analyze
-from corepipe.compiler.loadbalance import CpuWatch, measure_under_load
-from corepipe.compiler.measure import time_stages
+from corepipe.compiler.cut.loadbalance import CpuWatch, measure_under_load
+from corepipe.compiler.cut.measure import time_stages
+from corepipe.compiler.model.graph import analyze
 
 
 def main(argv: list[str]) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's corepipe, not an installed one
 from corepipe.bench.traffic import example_feeds
-from corepipe.compiler.graph import analyze
+from corepipe.compiler.model.graph import analyze
 
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 

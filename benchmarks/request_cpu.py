@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import corepipe
 from corepipe.bench.peers import run_parallel, run_serial
 from corepipe.bench.traffic import resolve_model
-from corepipe.compiler.loadbalance import CpuWatch
+from corepipe.compiler.cut.loadbalance import CpuWatch
 from corepipe.runtime.phases import ENV
 
 Shape = tuple[int, int, int]
@@ -317,7 +317,7 @@ def main(argv: Sequence[str]) -> None:
                 zoo_feeds = {k: npz[k] for k in npz.files}
         if zoo_feeds is None:
             from corepipe.bench.traffic import example_feeds
-            from corepipe.compiler.graph import analyze
+            from corepipe.compiler.model.graph import analyze
 
             zoo_feeds = example_feeds(analyze(path).inputs)
         inputs = work / "inputs.npz"

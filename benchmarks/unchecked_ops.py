@@ -5,7 +5,7 @@ tensor as a graph input (static shapes, as in a corepipe stage) and runs on onnx
 OpenVINO (CPU, f32, the settings corepipe uses) with a good value and with bad ones. Each run is
 its own process: OpenVINO kills the process on some of them. The table it prints is the README's
 "Data OpenVINO does not check", with what corepipe does for each operand
-(`corepipe.compiler.unchecked.OPERANDS`).
+(`corepipe.compiler.checks.unchecked.OPERANDS`).
 
     python benchmarks/unchecked_ops.py                 # every case, a markdown table
     python benchmarks/unchecked_ops.py Gather Range    # some cases
@@ -128,7 +128,7 @@ def verdict(ort: dict[str, Any], ov: dict[str, Any]) -> str:
 
 
 def corepipe_does(op: str, role: str) -> str:
-    from corepipe.compiler.unchecked import OPERANDS
+    from corepipe.compiler.checks.unchecked import OPERANDS
 
     rules = {o.role: o.rule for o in OPERANDS.get(op, ())}
     wanted = {rules.get(x.strip()) for x in role.split(",")} - {None}

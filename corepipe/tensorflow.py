@@ -36,7 +36,7 @@ import onnx
 from .compiler import CompiledModel
 from .compiler import compile as _compile
 from .compiler.driver import FRONT_END
-from .compiler.flags import parse_compiler_args
+from .compiler.front.flags import parse_compiler_args
 from .errors import CompileError
 from .frontends.tensorflow import convert_saved_model
 

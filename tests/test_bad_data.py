@@ -23,8 +23,8 @@ import corepipe
 from corepipe.artifact.plan import Plan, TensorSpec
 from corepipe.artifact.signature import tensor_problem
 from corepipe.artifact.valuechecks import ValueCheck, ValueChecker
-from corepipe.compiler.graph import analyze
-from corepipe.compiler.unchecked import find_unchecked
+from corepipe.compiler.checks.unchecked import find_unchecked
+from corepipe.compiler.model.graph import analyze
 
 _spec = importlib.util.spec_from_file_location(
     "unchecked_ops", Path(__file__).resolve().parents[1] / "benchmarks" / "unchecked_ops.py")

@@ -98,7 +98,7 @@ def test_a_stage_openvino_reads_as_not_static_is_a_note_that_says_nothing_is_wro
     import corepipe
     from corepipe import zoo
     from corepipe.cli.report import plan_summary
-    from corepipe.compiler.assemble import NOT_STATIC
+    from corepipe.compiler.cut.assemble import NOT_STATIC
 
     model, feeds = zoo.get("mlp")
     plan = corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, engine="onnxruntime").plan

@@ -15,7 +15,7 @@ import corepipe
 from corepipe.artifact.plan import Plan
 from corepipe.artifact.sizes import format_bytes, parse_size
 from corepipe.artifact.target import resolve_target
-from corepipe.compiler.graph import analyze
+from corepipe.compiler.model.graph import analyze
 from corepipe.errors import CompileError, CorepipeError, DoesNotFitError
 
 KIB = 1024

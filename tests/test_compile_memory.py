@@ -14,8 +14,8 @@ from graphcases import all_cases, big_weight_model, run_reference
 from onnx import TensorProto, helper, numpy_helper
 
 import corepipe
-import corepipe.compiler.probe as probe
-from corepipe.compiler.graph import analyze
+import corepipe.compiler.model.probe as probe
+from corepipe.compiler.model.graph import analyze
 from corepipe.runtime.process import module_command
 
 MiB = 2**20
@@ -127,7 +127,7 @@ def test_compile_peak_memory_stays_near_one_stage_of_a_model_that_needs_the_prob
     # plugin (engine "auto" where it is installed: ~55 MiB of libraries, no weights).
     script = ("import json, sys, corepipe, onnxruntime\n"
               "if sys.argv[1] == 'bare':\n"
-              "    from corepipe.compiler.choose import candidates\n"
+              "    from corepipe.compiler.cut.choose import candidates\n"
               "    if 'openvino' in candidates('auto'):\n"
               "        import numpy as np, openvino as ov\n"
               "        from onnx import TensorProto, helper\n"

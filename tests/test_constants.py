@@ -1,4 +1,4 @@
-"""Constants (`corepipe.compiler.constants`): a value computed from weights and static shapes alone
+"""Constants (`corepipe.compiler.model.constants`): a value computed from weights and static shapes alone
 never crosses a boundary. Small ones are folded into weights; larger ones stay a cone of nodes that
 each reading stage copies, holding (and counting) the weights behind it once, never a second,
 transformed copy. With external weights, analysing does not read them; the chunked probe runs
@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import corepipe
-import corepipe.compiler.probe as probe
+import corepipe.compiler.model.probe as probe
 from corepipe.cli import app
-from corepipe.compiler.constants import FOLD_BYTES
-from corepipe.compiler.graph import analyze
+from corepipe.compiler.model.constants import FOLD_BYTES
+from corepipe.compiler.model.graph import analyze
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 H = 64  # a [64, 64] float weight is 16 KiB: over FOLD_BYTES

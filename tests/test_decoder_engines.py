@@ -1,5 +1,5 @@
 """A decoder's stages run on the engine faster on a decode step, measured at compile time and said
-in the plan (`corepipe.compiler.decodeengines`); an engine asked for is kept."""
+in the plan (`corepipe.compiler.decoder.decodeengines`); an engine asked for is kept."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from decoders import decoder_model_or_skip, session
 import corepipe
 from corepipe.artifact import TensorSpec, check_feeds
 from corepipe.artifact.dims import check_dims, dim_value, parse_dim_option
-from corepipe.compiler.decoding import analyze_decoder, detect_decoder
+from corepipe.compiler.decoder.decoding import analyze_decoder, detect_decoder
 from corepipe.errors import CompileError, DoesNotFitError, InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

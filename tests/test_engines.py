@@ -226,7 +226,7 @@ def test_bad_engine_and_precision_requests(kwargs: dict, match: str, tmp_path: P
 def test_onnxruntime_refuses_16_bit_precisions_on_any_cpu() -> None:
     """The engine's refusal does not depend on the CPU (compile checks the CPU first: on a CPU
     without bf16 the request above is refused for the CPU's sake)."""
-    from corepipe.compiler.choose import check_request
+    from corepipe.compiler.cut.choose import check_request
 
     for precision in ("bf16", "fp16"):
         with pytest.raises(corepipe.CompileError, match=f"precision '{precision}' is not fast on onnxruntime"):
@@ -253,7 +253,7 @@ def test_fp16_without_fp16_math_is_refused_naming_what_the_cpu_has(tmp_path: Pat
 
 
 def test_neuron_casting_flags_set_the_precision(tmp_path: Path) -> None:
-    from corepipe.compiler.flags import parse_compiler_args
+    from corepipe.compiler.front.flags import parse_compiler_args
     from corepipe.engines.cpu import cpu_math
 
     assert parse_compiler_args(["--auto-cast", "none", "--auto-cast-type", "bf16"]) == {"precision": "fp32"}
@@ -281,7 +281,7 @@ def test_missing_engine_is_a_compile_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "openvino", None)  # what Python does when it is not installed
     with pytest.raises(corepipe.CompileError, match=r"'openvino' is not installed.*pip install openvino"):
         corepipe.compile(model, tmp_path / "a", example_inputs=feeds, num_cores=2, engine="openvino")
-    from corepipe.compiler.choose import check_request
+    from corepipe.compiler.cut.choose import check_request
 
     with pytest.raises(corepipe.CompileError, match="precision 'bf16' needs the openvino engine"):
         check_request("auto", "bf16")  # what compile checks once the CPU can do bf16

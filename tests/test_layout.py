@@ -7,6 +7,12 @@
 
 The runtime never imports the compiler, and the artifact layer imports no other package. The CLI
 is a shell: no module of cli/ measures (`test_the_cli_does_not_measure`).
+
+Inside the compiler, the same rule between its rooms (`COMPILER_ROOMS`):
+
+    driver ─► front ─► cut ─► checks ─► model
+           ─► shaping ─► cut, model
+           ─► decoder ─► cut, model
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def _imported_packages(path: Path) -> set[str]:
 
 
 def _imported_modules(path: Path) -> set[str]:
-    """The corepipe modules ``path`` imports, dotted below ``corepipe`` (``compiler.loadbalance``;
+    """The corepipe modules ``path`` imports, dotted below ``corepipe`` (``compiler.cut.loadbalance``;
     ``from ..bench import x`` gives ``bench.x``), and other top-level modules as ``!name``."""
     tree = ast.parse(path.read_text(), str(path))
     here = path.relative_to(PKG).with_suffix("").parts
@@ -80,7 +86,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 #: What no module of cli/ may import: the measuring (balance under load, the peers' processes,
 #: the pipeline's bench row, the tune loop's measurements) and the means to start a process.
-MEASURING = ("compiler.loadbalance", "bench.peers", "bench.proc", "bench.pipeline", "bench.run", "tune.measure",
+MEASURING = ("compiler.cut.loadbalance", "bench.peers", "bench.proc", "bench.pipeline", "bench.run", "tune.measure",
              "tune.search", "runtime.process", "!subprocess", "!multiprocessing")
 
 
@@ -94,7 +100,7 @@ def test_the_cli_does_not_measure(path: Path) -> None:
 
 def test_the_layout_check_sees_measuring_imports() -> None:
     """Guard against a parser that silently finds nothing."""
-    assert "compiler.loadbalance.CpuWatch" in _imported_modules(PKG / "tune" / "measure.py")
+    assert "compiler.cut.loadbalance.CpuWatch" in _imported_modules(PKG / "tune" / "measure.py")
     assert "!subprocess" in _imported_modules(PKG / "bench" / "peers.py")
 
 
@@ -194,6 +200,67 @@ def test_no_import_circles() -> None:
     circles = _circles(_import_graph())
     assert not circles, "modules that import each other (break each circle by moving what both need down): " + \
         "; ".join(" <-> ".join(c) for c in circles)
+
+
+#: The compiler's rooms (its sub-packages) -> the rooms each may import, lowest first. Shape
+#: machinery and decoders sit above the cut: choosing a shape mode, or a decode stage's engine,
+#: times the stages the cut makes. The compiler's top modules (`driver`, which is `compile`;
+#: `__init__`; `graph`, the README's path to `model.graph`) may import every room, and no room
+#: imports them.
+COMPILER_ROOMS: dict[str, set[str]] = {
+    "model": set(),
+    "checks": {"model"},
+    "cut": {"model", "checks"},
+    "shaping": {"cut", "model"},
+    "decoder": {"cut", "model"},
+    "front": {"cut"},
+}
+COMPILER_TOP = {"__init__", "driver", "graph"}
+COMPILER = PKG / "compiler"
+
+
+def _room_of(dotted: str) -> str | None:
+    """The compiler room a dotted import below ``corepipe`` lands in (``compiler.cut.solver.solve``
+    gives ``cut``); ``"<top>"`` for a top module of the compiler; None outside the compiler."""
+    parts = dotted.split(".")
+    if parts[0] != "compiler":
+        return None
+    return parts[1] if len(parts) > 1 and parts[1] in COMPILER_ROOMS else "<top>"
+
+
+def test_the_compiler_rooms_are_declared() -> None:
+    """Every sub-package of the compiler is a room with a place in the order, and its modules
+    live in rooms: only the top modules sit loose in compiler/."""
+    rooms = {p.parent.name for p in COMPILER.glob("*/__init__.py")}
+    assert rooms == set(COMPILER_ROOMS), \
+        f"compiler rooms {sorted(rooms)} != declared {sorted(COMPILER_ROOMS)}: declare each room's place in COMPILER_ROOMS"
+    loose = {p.stem for p in COMPILER.glob("*.py")} - COMPILER_TOP
+    assert not loose, f"compiler/{sorted(loose)} sit outside the rooms: move each into the room of its concept"
+
+
+def test_the_compiler_order_has_no_circle() -> None:
+    """The declared order is an order: no two rooms may import each other, round any loop."""
+    assert all(deps <= set(COMPILER_ROOMS) for deps in COMPILER_ROOMS.values())
+    assert not _circles(COMPILER_ROOMS), f"rooms that may import each other: {_circles(COMPILER_ROOMS)}"
+
+
+@pytest.mark.parametrize("path", sorted(COMPILER.glob("*/*.py")), ids=lambda p: str(p.relative_to(COMPILER)))
+def test_compiler_imports_point_down(path: Path) -> None:
+    """A room imports itself and the rooms below it (`COMPILER_ROOMS`), never one above, nor
+    the compiler's top modules."""
+    room = path.parent.name
+    wrong = sorted(m for m in _imported_modules(path) if not m.startswith("!")
+                   and _room_of(m) not in (None, room) and _room_of(m) not in COMPILER_ROOMS.get(room, set()))
+    assert not wrong, f"compiler/{path.relative_to(COMPILER)} ({room}) imports {wrong}: " \
+        f"{room} may import only {sorted(COMPILER_ROOMS.get(room, set()))} (tests/test_layout.py COMPILER_ROOMS)"
+
+
+def test_the_room_check_sees_room_imports() -> None:
+    """Guard against a check that finds nothing: rooms seen through relative imports at any depth."""
+    seen = {_room_of(m) for m in _imported_modules(COMPILER / "shaping" / "shapemodes.py")}
+    assert {"cut", "model", "shaping"} <= seen
+    assert _room_of("compiler.driver.compile") == "<top>" and _room_of("runtime.base") is None
+    assert _circles({"cut": {"shaping"}, "shaping": {"cut"}}) == [["cut", "shaping"]]
 
 
 def test_the_circle_check_finds_a_circle() -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import corepipe
 from corepipe import zoo
 from corepipe.artifact.target import resolve_target
-from corepipe.compiler.partition import place_stages
+from corepipe.compiler.cut.partition import place_stages
 from corepipe.runtime.process import assign_cores
 
 

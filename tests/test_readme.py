@@ -154,10 +154,10 @@ def test_core_memory_in_the_readme_fits_the_real_model() -> None:
     (issue 12: BERT-base with --core-memory 64MiB). Plans it without writing an artifact."""
     from corepipe import zoo
     from corepipe.artifact.target import resolve_target
-    from corepipe.compiler import solver
-    from corepipe.compiler.cost import estimate_node_seconds
-    from corepipe.compiler.graph import analyze
-    from corepipe.compiler.partition import make_problem
+    from corepipe.compiler.cut import solver
+    from corepipe.compiler.cut.cost import estimate_node_seconds
+    from corepipe.compiler.cut.partition import make_problem
+    from corepipe.compiler.model.graph import analyze
 
     claims = _core_memory_claims()
     assert ("bert", "128MiB") in claims, claims

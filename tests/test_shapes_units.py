@@ -15,7 +15,14 @@ from corepipe.artifact.padding import pad_feeds, trim_outputs
 from corepipe.artifact.plan import TensorSpec
 from corepipe.artifact.signature import check_feeds, feed_dims
 from corepipe.artifact.sizes import parse_duration
-from corepipe.compiler.buckets import ModeTimes, buckets_win, candidate_sizes, choose_sizes, decide, expected
+from corepipe.compiler.shaping.buckets import (
+    ModeTimes,
+    buckets_win,
+    candidate_sizes,
+    choose_sizes,
+    decide,
+    expected,
+)
 
 IDS = TensorSpec("input_ids", "int64", (4, 128), dims=("batch", "sequence"), min_shape=(1, 1))
 MASK = TensorSpec("mask", "float32", (4, 1, 128), dims=("batch", None, "sequence"), min_shape=(1, 1, 1))

@@ -115,7 +115,7 @@ def test_a_check_that_fails_with_snippets_turns_them_off_for_that_stage_alone(tm
     this OpenVINO computes them wrong), and right without. Snippets go off on stage 1 alone, the
     plan's note says why, and the worker loads stage 1 without them (no Subgraph layer)."""
     from corepipe.artifact.manifest import open_artifact
-    from corepipe.compiler import measure
+    from corepipe.compiler.cut import measure
     from corepipe.engines import StageRunner
 
     real = measure._try

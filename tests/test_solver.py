@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corepipe.compiler.solver import Infeasible, Problem, min_stages, solve, stage_costs, stage_memory
+from corepipe.compiler.cut.solver import Infeasible, Problem, min_stages, solve, stage_costs, stage_memory
 
 Links = list[tuple[float, float]]
 REL = 1e-9

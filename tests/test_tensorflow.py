@@ -29,7 +29,7 @@ pytest.importorskip("tf2onnx")
 import corepipe
 import corepipe.tensorflow as tfn
 from corepipe.cli import app
-from corepipe.compiler.graph import analyze
+from corepipe.compiler.model.graph import analyze
 from corepipe.engines import cpu_math
 from corepipe.engines.tolerance import close_enough
 

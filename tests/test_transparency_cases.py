@@ -22,7 +22,7 @@ from graphcases import CASES, GraphCase, run_reference
 
 import corepipe
 from corepipe.artifact.plan import Plan
-from corepipe.compiler.graph import ModelGraph, analyze
+from corepipe.compiler.model.graph import ModelGraph, analyze
 
 CASE_IDS = [make.__name__.removeprefix("case_") for make in CASES]
 

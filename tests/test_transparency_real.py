@@ -27,7 +27,7 @@ from graphcases import run_reference
 import corepipe
 from corepipe import zoo
 from corepipe.artifact.plan import Plan
-from corepipe.compiler.graph import ModelGraph, analyze
+from corepipe.compiler.model.graph import ModelGraph, analyze
 from corepipe.engines import make_session
 from corepipe.engines.tolerance import (
     BF16_MIN_COSINE,

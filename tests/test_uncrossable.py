@@ -11,7 +11,7 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 
 import corepipe
-from corepipe.compiler.graph import analyze
+from corepipe.compiler.model.graph import analyze
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

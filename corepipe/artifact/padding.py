@@ -4,7 +4,7 @@ A plan with buckets (`corepipe.artifact.dims.Shapes.buckets`) runs every request
 shape: each bucketed dim is padded up to the smallest bucket that holds it, with each input's
 pad value (0 unless ``pad_values`` says otherwise), and every output axis that carries a
 bucketed dim is cut back to the request's own size. The compiler checks, before choosing
-buckets, that padding changes no answer (`corepipe.compiler.shapemodes`).
+buckets, that padding changes no answer (`corepipe.compiler.shaping.shapemodes`).
 """
 
 from __future__ import annotations

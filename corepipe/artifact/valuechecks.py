@@ -4,7 +4,7 @@ a target shape against the data it reshapes.
 The fast engine does not check data (OpenVINO reads 0 for a Gather index out of range and
 returns an empty tensor for an impossible Reshape), so where request data reaches such an
 operand unchanged, or through casts and reshapes, the compiler records what the operand allows
-(`corepipe.compiler.unchecked`) and every backend checks it before the request enters: an
+(`corepipe.compiler.checks.unchecked`) and every backend checks it before the request enters: an
 `InputError` naming the input, the bad value, its position and what was allowed. A check is a
 pass over the values (a min and a max per input in the common case), never a graph run.
 """

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from ..artifact.dims import ShapeProfile
-from ..compiler.dynamic import resize, symbolic_dims
+from ..compiler.shaping.dynamic import resize, symbolic_dims
 from ..errors import CorepipeError
 
 __all__ = ["UNNAMED", "parse_lengths", "name_profile", "input_axes", "batch_axis_dim", "request_at", "pad_request",

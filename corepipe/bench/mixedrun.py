@@ -50,7 +50,7 @@ def base_request(model: onnx.ModelProto, mixed: MixedTraffic, given: Mapping[str
     if given:
         return {k: np.asarray(v) for k, v in given.items()}
     from ..artifact.plan import TensorSpec
-    from ..compiler.shapes import dtype_of
+    from ..compiler.model.shapes import dtype_of
 
     inits = {t.name for t in model.graph.initializer}
     specs = []

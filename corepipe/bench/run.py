@@ -17,7 +17,7 @@ import onnx
 from ..artifact.dims import ShapeProfile
 from ..artifact.protoio import tensor_nbytes
 from ..artifact.sizes import plural
-from ..compiler.choose import check_request, resolve_precision
+from ..compiler.cut.choose import check_request, resolve_precision
 from ..compiler.driver import BALANCES
 from ..compiler.driver import compile as compile_model
 from ..errors import CorepipeError

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..bench import BACKENDS, BenchResult, bench
 from ..bench.result import ms, num
-from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
+from ..compiler.cut.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
 from ._app import app, cli_errors, err, out
 from ._inputs import InputShapes, check_model, example_feeds

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ..artifact.deployment import Deployment
 from ..artifact.manifest import open_artifact
-from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
+from ..compiler.cut.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES, parse_compiler_args
 from ..compiler.driver import compile as compile_model
 from ..frontends.tensorflow import convert_saved_model, is_saved_model

@@ -20,7 +20,7 @@ from .. import zoo
 from ..artifact.target import host_cores
 from ..bench import path_service_s
 from ..bench.steady import Rounds, load_average, pipeline_round, session_round, solo_latency
-from ..compiler.choose import PRECISION_CHOICES
+from ..compiler.cut.choose import PRECISION_CHOICES
 from ..compiler.driver import compile as compile_model
 from ..engines.ort import make_session
 from ..engines.tolerance import TOP1_MARGIN, TOP1_MIN_AGREEMENT, close_enough

@@ -104,7 +104,7 @@ def model_summary(path: Path) -> str:
     """
     import onnx
 
-    from ..compiler.dynamic import describe_symbolic_dims
+    from ..compiler.shaping.dynamic import describe_symbolic_dims
     from ..errors import CompileError
 
     try:
@@ -122,7 +122,7 @@ def model_summary(path: Path) -> str:
             parts.append(f"{vi.name} {elem}[{','.join(dims)}]")
         return ", ".join(parts)
 
-    from ..compiler.statepairs import find_pairs
+    from ..compiler.decoder.statepairs import find_pairs
 
     ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
     batch = ids.type.tensor_type.shape.dim[0].dim_param if ids is not None and ids.type.tensor_type.shape.dim else None

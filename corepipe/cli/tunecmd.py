@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ..compiler.choose import ENGINE_CHOICES, PRECISION_CHOICES
+from ..compiler.cut.choose import ENGINE_CHOICES, PRECISION_CHOICES
 from ..compiler.driver import BALANCES
 from ..tune import Point, TuneResult, parse_duration, tune
 from ..tune.result import num, ordered

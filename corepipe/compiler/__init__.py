@@ -1,9 +1,18 @@
 """Compiler: model in, verified artifact out.
 
-``graph`` (load, check, analyze) and ``shapes`` (static shapes) -> ``cost`` (per-node time and
-bytes) -> ``solver`` (pure: numbers in, stage boundaries out) -> ``partition`` (stage graphs and
-plans) -> ``driver`` (`compile`, which writes the artifact). ``measure`` times candidate stages
-on one core through the engines.
+Its modules live in rooms, each importing only the rooms below it (`tests/test_layout.py`
+holds the order and enforces it):
+
+    driver (`compile`) ─► front ─► cut ─► checks ─► model
+           └──────────► shaping ─► cut, model
+           └──────────► decoder ─► cut, model
+
+``model`` reads the model (load, check, fold constants, shapes: `analyze`); ``checks`` finds where
+request data reaches an operand the fast engine does not check; ``cut`` is the cut (cost, the pure
+``solver``, stage graphs, each stage's engine, measured balance, the stages written); ``shaping``
+(dynamic dims, buckets) and ``decoder`` (decoders that keep their KV) sit above the cut, whose
+stages they time and write; ``front`` is what `compile` is handed (flags, the model's source).
+``graph`` re-exports `model.graph` for the README's ``corepipe.compiler.graph.analyze``.
 """
 
 from __future__ import annotations

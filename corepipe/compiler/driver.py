@@ -19,17 +19,17 @@ from ..artifact.plan import Plan, StagePlan, TensorSpec
 from ..artifact.sizes import format_bytes, plural
 from ..artifact.target import Target, resolve_target
 from ..errors import ArtifactError, CompileError, DoesNotFitError
-from . import solver
-from .assemble import check_engines, engine_notes, make_plan, write_stages
-from .choose import Choice, candidates, check_request, resolve_precision
-from .cost import estimate_node_seconds
-from .dynamic import analyze_dynamic, batch_dim
-from .fit import check_cuts, not_fit, resolve_cores
-from .flags import parse_compiler_args
-from .graph import analyze
-from .partition import links_for, make_problem
-from .shapemodes import ShapeOptions, check_bounds
-from .sources import float16_precision, model_source
+from .cut import solver
+from .cut.assemble import check_engines, engine_notes, make_plan, write_stages
+from .cut.choose import Choice, candidates, check_request, resolve_precision
+from .cut.cost import estimate_node_seconds
+from .cut.fit import check_cuts, not_fit, resolve_cores
+from .cut.partition import links_for, make_problem
+from .front.flags import parse_compiler_args
+from .front.sources import float16_precision, model_source
+from .model.graph import analyze
+from .shaping.dynamic import analyze_dynamic, batch_dim
+from .shaping.shapemodes import ShapeOptions, check_bounds
 
 if TYPE_CHECKING:
     from ..runtime import Pipeline
@@ -131,7 +131,7 @@ def compile(
         target: ``"cpu"`` (this host), ``"inf1"`` (4 cores per device, 16 devices) or a `Target`.
         compiler_args: Neuron-style flags, e.g. ``["--static-weights", "--num-neuroncores", "4"]``;
             ``--auto-cast``, ``--auto-cast-type`` and ``--fp32-cast`` set the precision
-            (`corepipe.compiler.flags`).
+            (`corepipe.compiler.front.flags`).
         balance: ``"estimate"`` (analytic cost), ``"measure"`` (time stages on one core and
             move boundaries until the measured stages balance), or ``"load"`` (run the whole
             pipeline with every stage busy, in ``deployment``, measure each stage's busy time
@@ -150,7 +150,7 @@ def compile(
             ``"auto"`` (bf16 where this CPU has native bf16, else fp32). Default: what the
             Neuron flags in ``compiler_args`` say, else fp32 -- except for a SavedModel or
             torch module that computes in fp16 or is given fp16 examples: fp16 where this CPU
-            has fp16 math, else ``"auto"`` (`corepipe.compiler.sources.float16_precision`).
+            has fp16 math, else ``"auto"`` (`corepipe.compiler.front.sources.float16_precision`).
         progress: optional ``progress(step, done, total)`` callback.
         deployment: replicas x threads per stage on ``deployment.cores`` cores, written into
             the artifact for `load` and `serve` to use by default (and what ``balance="load"``
@@ -164,13 +164,13 @@ def compile(
         dynamic_dims: symbolic dims (ONNX ``dim_param`` names) that requests may vary in,
             with their ``(min, max)``: ``{"sequence": (1, 128), "batch": (1, 8)}``. The others
             are fixed by ``example_inputs``. Slots and memory are sized for the max; the cut is
-            the same for every shape. See `corepipe.compiler.dynamic`. A torch module takes
+            the same for every shape. See `corepipe.compiler.shaping.dynamic`. A torch module takes
             torch.export's ``dynamic_shapes`` here (``{"x": {1: Dim("sequence", max=128)}}``);
             a SavedModel's free dims are named ``"batch"`` (axis 0) and ``"<input>:<axis>"``.
         buckets: with ``dynamic_dims``: ``"auto"`` (default: per stage, a bounded dynamic graph
             or static buckets, whichever measures faster, bucket sizes chosen for the profile),
             ``None`` (every stage dynamic) or ``{"sequence": [16, 32, 64, 128]}``. Requests are
-            padded up to their bucket and outputs trimmed back (`corepipe.compiler.shapemodes`).
+            padded up to their bucket and outputs trimmed back (`corepipe.compiler.shaping.shapemodes`).
         pad_values: model input -> the value padding fills it with (default 0).
         shape_profile: the shapes traffic brings, to balance the cut and choose buckets for:
             a `corepipe.artifact.dims.ShapeProfile` or its text (``"sequence~24:128"``, a
@@ -180,7 +180,7 @@ def compile(
             ``past.{i}`` -> ``present.{i}``, found by name), ``{"present.0.key":
             "past_key_values.0.key", ...}`` (present -> past), or None (no pairs: the client
             carries the state). A model with pairs compiles into a decoder plan
-            (`corepipe.compiler.decodeplan`): each pair and its layer in one stage, the
+            (`corepipe.compiler.decoder.decodeplan`): each pair and its layer in one stage, the
             hidden state alone crossing each boundary, every stage dynamic.
         max_sequences: a decoder's sequences in flight at once: the rows of each stage's KV
             store (default 16).
@@ -232,7 +232,7 @@ def compile(
             resolved = resolve_precision(wanted)
             notes.append(f"{FRONT_END}fp16 {'model' if src.float16 == 'model' else 'example inputs'}: "
                          f"precision {wanted!r} ({resolved} on this CPU); pass precision= to choose another")
-        from .decoding import detect_decoder
+        from .decoder.decoding import detect_decoder
 
         dm = detect_decoder(src.model, state, max_sequences, max_length, src.dynamic_dims or dynamic_dims)
         if dm is not None:
@@ -249,8 +249,8 @@ def compile(
 
 def _compile_decoder(dm: Any, output_dir: str | os.PathLike[str], *, balance: str, buckets: Any,
                      shape_profile: Any, source: Any = None, **kw: Any) -> CompiledModel:
-    """`compile` of a model with state pairs (`corepipe.compiler.decodeplan`)."""
-    from .decodeplan import compile_decoder
+    """`compile` of a model with state pairs (`corepipe.compiler.decoder.decodeplan`)."""
+    from .decoder.decodeplan import compile_decoder
 
     if balance != "estimate":
         raise CompileError(f"balance={balance!r} does not run decoders yet: compile a decoder with "
@@ -341,7 +341,7 @@ def _compile(
         )
     measured = loaded = None
     if balance == "measure":
-        from .measure import measured_balance
+        from .cut.measure import measured_balance
 
         bounds, compute, choices = measured_balance(
             graph, problem, tgt, bounds, example_inputs, report,
@@ -349,8 +349,8 @@ def _compile(
         measured = [c.seconds[c.engine] for c in choices]
         problem = make_problem(graph, compute, tgt.core_memory)
     elif balance == "load":
-        from .loadbalance import balance_under_load
-        from .measure import example_feeds
+        from .cut.loadbalance import balance_under_load
+        from .cut.measure import example_feeds
 
         chosen: dict[tuple[int, ...], list[Choice]] = {}
 
@@ -376,7 +376,7 @@ def _compile(
             deployment = dataclasses.replace(deployment, throughput=m.throughput, latency_p50_s=m.latency_p50_s,
                                              latency_p99_s=m.latency_p99_s)
     elif cuts is None:  # the engine probe's times move the estimated cut once
-        from .probecut import probed_cut
+        from .cut.probecut import probed_cut
 
         probed = probed_cut(graph, problem, tgt, bounds, example_inputs, engine, precision, report)
         bounds, choices = probed.bounds, probed.choices

@@ -17,7 +17,7 @@ What OpenVINO 2026.4 does differently from onnxruntime, recorded here so nobody 
   mid-encoder comes out 50 % wrong. ``snippets=False`` (the default, and what artifacts compiled
   before the per-stage choice ran) compiles with ``SNIPPETS_MODE=DISABLE``; the compiler turns
   them on for each stage its check against onnxruntime finds right with them
-  (`corepipe.compiler.measure`), and records the choice in the plan (`StagePlan.snippets`);
+  (`corepipe.compiler.cut.measure`), and records the choice in the plan (`StagePlan.snippets`);
 - some valid graphs it computes wrongly anyway (an If reading an outer tensor that is also a
   stage output, read from a file): the compiler checks every OpenVINO stage against
   onnxruntime on the example inputs and keeps onnxruntime where they differ.

@@ -22,7 +22,7 @@ the pipeline takes the signature's dtype). Other dtype differences are errors.
 float16. A model that computes in float16 has its graph made float32 (weights upcast exactly; see
 :mod:`corepipe.frontends.casts`) and still answers in float16. The arithmetic is the compile's
 precision: for a float16 model or float16 examples with none asked, fp16 where the CPU has fp16
-math, else "auto" (`corepipe.compiler.sources.float16_precision`).
+math, else "auto" (`corepipe.compiler.front.sources.float16_precision`).
 """
 
 from __future__ import annotations

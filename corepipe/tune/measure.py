@@ -14,7 +14,7 @@ import numpy as np
 from ..bench.peers import PeerSetup, peer_setups, run_parallel, run_serial
 from ..bench.reqfile import write_requests
 from ..bench.traffic import Traffic
-from ..compiler.loadbalance import CpuWatch, measure_under_load
+from ..compiler.cut.loadbalance import CpuWatch, measure_under_load
 from .choose import Point
 from .space import Candidate, CostModel
 

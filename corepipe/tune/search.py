@@ -34,11 +34,11 @@ from ..artifact.writer import check_output_dir, republish_artifact
 from ..bench.mixed import batch_sizes, plan_mixed
 from ..bench.mixedrun import base_request
 from ..bench.traffic import ModelSource, Traffic, resolve_model
-from ..compiler.choose import check_request, resolve_precision
-from ..compiler.decoding import detect_decoder
+from ..compiler.cut.choose import check_request, resolve_precision
+from ..compiler.cut.estimate import estimate_model
+from ..compiler.decoder.decoding import detect_decoder
 from ..compiler.driver import BALANCES
 from ..compiler.driver import compile as compile_model
-from ..compiler.estimate import estimate_model
 from ..errors import CorepipeError, DeploymentError
 from ..runtime.placement import resolve_cores
 from .capacity import answer, parse_duration

@@ -93,7 +93,7 @@ class SearchSpace:
         return [Candidate(c.replicas, c.stages, c.threads, max_batch=b) for b in self.batches]
 
     def bounded(self, min_stages: int, max_stages: int) -> SearchSpace:
-        """This space within a model's bounds (from `corepipe.compiler.estimate`)."""
+        """This space within a model's bounds (from `corepipe.compiler.cut.estimate`)."""
         low = max(self.min_stages, min_stages)
         high = max_stages if self.max_stages is None else min(self.max_stages, max_stages)
         return SearchSpace(self.cores, low, high, self.batches)

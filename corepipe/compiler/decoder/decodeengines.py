@@ -17,9 +17,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .choose import Choice, candidates, engine_precision
-from .graph import ModelGraph
-from .measure import time_stages_on
+from ..cut.choose import Choice, candidates, engine_precision
+from ..cut.measure import time_stages_on
+from ..model.graph import ModelGraph
 
 __all__ = ["DECODE_PAST", "decode_choices"]
 

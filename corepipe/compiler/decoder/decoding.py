@@ -3,7 +3,7 @@
 A decoder step has a batch of ``b`` sequences, ``n`` new tokens each and a past of ``P`` tokens;
 its mask spans ``P + n`` (optimum names that dim ``"past_sequence_length + sequence_length"``).
 The dims are related, so `analyze_decoder` does not analyse the graph at each dim's bounds as
-`corepipe.compiler.dynamic` does: it analyses it at two small steps, names each varying axis by
+`corepipe.compiler.shaping.dynamic` does: it analyses it at two small steps, names each varying axis by
 symbolic shape inference (a sum of dims included), and takes each named axis's range from its
 dim: batch ``1..max_sequences``, new tokens ``1..max_length``, past ``0..max_length - 1`` and
 past + new ``1..max_length``. Every stage graph keeps those dims dynamic.
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifact.dims import check_dims
-from ..artifact.plan import TensorSpec
-from ..artifact.protoio import load_checked
-from ..errors import CompileError
-from .graph import ModelGraph, analyze
-from .shapes import dtype_of
+from ...artifact.dims import check_dims
+from ...artifact.plan import TensorSpec
+from ...artifact.protoio import load_checked
+from ...errors import CompileError
+from ..model.graph import ModelGraph, analyze
+from ..model.shapes import dtype_of
 from .statepairs import PairLayout, find_pairs
 from .stepvalues import localize
 
@@ -191,7 +191,7 @@ _STEPS = ((2, 3, 4), (3, 5, 7), (1, 2, 9))
 
 def analyze_decoder(dm: DecoderModel) -> tuple[ModelGraph, dict[str, np.ndarray]]:
     """The decoder's graph, its tensors annotated over the step dims, its step values in cones
-    and its cuts constrained (`corepipe.compiler.stepvalues.localize`); and one example step.
+    and its cuts constrained (`corepipe.compiler.decoder.stepvalues.localize`); and one example step.
 
     Each axis is named by its sizes at three steps (`_STEPS`): equal to a dim's values at all
     three, it carries that dim (and takes its range); constant, it is fixed; otherwise the

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..artifact.sizes import format_bytes, plural
-from ..artifact.target import Target
-from ..errors import CompileError, DoesNotFitError
+from ...artifact.sizes import format_bytes, plural
+from ...artifact.target import Target
+from ...errors import CompileError, DoesNotFitError
+from ..model.graph import ModelGraph
 from . import solver
-from .graph import ModelGraph
 from .partition import links_for
 
 

@@ -1,5 +1,5 @@
 """Static shapes: fix the model's inputs from example inputs; the element types a boundary can
-carry. (What shape inference cannot tell, `corepipe.compiler.probe` learns by running the model.)"""
+carry. (What shape inference cannot tell, `corepipe.compiler.model.probe` learns by running the model.)"""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..artifact.plan import TensorSpec
-from ..errors import CompileError
+from ...artifact.plan import TensorSpec
+from ...errors import CompileError
 
 __all__ = ["CROSSABLE", "dtype_of", "fix_inputs"]
 

@@ -14,7 +14,7 @@ such operand (`OPERANDS`) of the model, this analysis follows its values back:
 - to request data through anything else: the node's stage runs on onnxruntime, which checks,
   and the plan says why (`StagePlan.fallback`) -- unless interval arithmetic over the graph
   proves the values in range whatever the request holds (RoBERTa's position ids: a cumulative
-  sum of a 0/1 mask plus one stay within 1..seq+1; `corepipe.compiler.intervals`).
+  sum of a 0/1 mask plus one stay within 1..seq+1; `corepipe.compiler.checks.intervals`).
 
 A node with subgraphs (If, Loop, Scan) that holds such an operator and reads request data runs
 on onnxruntime too. The analysis reads a `ModelGraph` and nothing else; it is pure and cheap
@@ -32,10 +32,10 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from ..artifact.valuechecks import ValueCheck
-from .graph import ModelGraph
+from ...artifact.valuechecks import ValueCheck
+from ..model.graph import ModelGraph
+from ..model.shapes import dtype_of
 from .intervals import Intervals
-from .shapes import dtype_of
 
 __all__ = ["OPERANDS", "Operand", "Findings", "find_unchecked", "onnxruntime_stages", "check_notes"]
 

@@ -1,7 +1,7 @@
 """Analytic cost of each node: FLOPs and bytes moved, turned into seconds on a target.
 
 Only the ratios between nodes steer the partitioner; `--balance measure` replaces these
-estimates with times measured on one core (see `corepipe.compiler.measure`).
+estimates with times measured on one core (see `corepipe.compiler.cut.measure`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..artifact.target import Target
-from .graph import ModelGraph
+from ...artifact.target import Target
+from ..model.graph import ModelGraph
 
 __all__ = ["node_flops", "estimate_node_seconds"]
 

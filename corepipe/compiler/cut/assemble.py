@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.deployment import Deployment
-from ..artifact.dims import Shapes
-from ..artifact.plan import Plan
-from ..artifact.target import Target
-from ..artifact.writer import write_artifact
+from ...artifact.deployment import Deployment
+from ...artifact.dims import Shapes
+from ...artifact.plan import Plan
+from ...artifact.target import Target
+from ...artifact.writer import write_artifact
+from ..checks.unchecked import check_notes, find_unchecked, onnxruntime_stages
+from ..model.graph import ModelGraph
 from . import solver
 from .choose import Choice, candidates
-from .graph import ModelGraph
 from .partition import build_stage_model, links_for, place_stages, stage_plans
-from .unchecked import check_notes, find_unchecked, onnxruntime_stages
 
 __all__ = ["check_engines", "make_plan", "write_stages", "engine_notes", "NOT_STATIC"]
 
@@ -40,7 +40,7 @@ def check_engines(
     stage it holds is only checked, not timed again."""
     if candidates(engine) == ["onnxruntime"]:  # nothing to choose or check
         return [Choice("onnxruntime", "fp32", why=_only_ort(engine)) for _ in range(len(bounds) - 1)]
-    from ..engines.speeds import SpeedCache
+    from ...engines.speeds import SpeedCache
     from .measure import time_stages_on
 
     order = candidates(engine)
@@ -72,7 +72,7 @@ def make_plan(
 ) -> Plan:
     """The plan of the cut ``bounds``: stages with their costs, engines, and times measured alone
     (``measured``) or under load (``loaded``), the deployment to record, and the checks the
-    intake makes on request values (`corepipe.compiler.unchecked`). Over dynamic dims:
+    intake makes on request values (`corepipe.compiler.checks.unchecked`). Over dynamic dims:
     ``shapes``, each stage's shape mode (default ``"dynamic"``) and its costs at the bounds; an
     OpenVINO stage holding static buckets counts one copy of its weights per bucket graph."""
     checks = find_unchecked(graph).checks

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact.deployment import Deployment
-from ..artifact.target import Target
-from ..errors import CompileError, DeploymentError
-from ..runtime import StageStats, load
-from ..runtime.placement import resolve_cores
+from ...artifact.deployment import Deployment
+from ...artifact.target import Target
+from ...errors import CompileError, DeploymentError
+from ...runtime import StageStats, load
+from ...runtime.placement import resolve_cores
+from ..model.graph import ModelGraph
 from . import solver
-from .graph import ModelGraph
 from .partition import links_for
 
 __all__ = ["LoadMeasurement", "measure_under_load", "balance_under_load", "LoadBalance", "CpuWatch"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..errors import CompileError
-from .shapes import dtype_of
+from ...errors import CompileError
+from ..model.shapes import dtype_of
 
 __all__ = ["PairLayout", "find_pairs", "STATE_AUTO"]
 

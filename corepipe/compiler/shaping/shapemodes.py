@@ -8,14 +8,14 @@ buckets that requests are padded up to. Measured, per stage, on the stage's own 
   OpenVINO stage holds one static graph per bucket (where their copies fit the core's memory),
   each onnxruntime stage one session fed the bucket shapes.
 - ``buckets="auto"``: both measured on one core for every stage, at the candidate sizes of the
-  dim that varies most (`corepipe.compiler.buckets.candidate_sizes`); the bucket sizes are
+  dim that varies most (`corepipe.compiler.shaping.buckets.candidate_sizes`); the bucket sizes are
   chosen for the shape profile and buckets are kept only where the slowest stage gets faster.
 
 Before any padding ships, the whole model is run on onnxruntime at a few sizes, padded and not,
 and the trimmed answers must match: padding that changes an answer (a model without an
 attention mask, a pad value that is a real token) is a `CompileError` for explicit buckets and
 keeps ``"auto"`` on dynamic graphs. The output axes to trim are those whose dim symbolic shape
-inference derived (`corepipe.compiler.dynamic`); an output that varies along an axis with no
+inference derived (`corepipe.compiler.shaping.dynamic`); an output that varies along an axis with no
 derived dim cannot be trimmed, and buckets are refused for it.
 """
 
@@ -30,17 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact.dims import ShapeProfile, Shapes, dim_parts
-from ..artifact.padding import pad_feeds, trim_outputs
-from ..artifact.sizes import format_bytes
-from ..artifact.writer import save_stage_model
-from ..engines import engine_class, make_session
-from ..errors import CompileError
+from ...artifact.dims import ShapeProfile, Shapes, dim_parts
+from ...artifact.padding import pad_feeds, trim_outputs
+from ...artifact.sizes import format_bytes
+from ...artifact.writer import save_stage_model
+from ...engines import engine_class, make_session
+from ...errors import CompileError
+from ..cut.choose import Choice, differs, engine_precision, io_names
+from ..cut.partition import build_stage_model, stage_variants
+from ..model.graph import ModelGraph
 from .buckets import ModeTimes, buckets_win, candidate_sizes, decide, implied_dims
-from .choose import Choice, differs, engine_precision, io_names
-from .dynamic import DynamicGraph, batch_dim, main_dim, stage_variants
-from .graph import ModelGraph
-from .partition import build_stage_model
+from .dynamic import DynamicGraph, batch_dim, main_dim
 
 __all__ = ["ShapeOptions", "ShapeChoice", "choose_shapes", "check_bounds"]
 
@@ -58,7 +58,7 @@ class ShapeChoice:
     notes: list[str]
 
     def plan_fields(self) -> dict[str, Any]:
-        """`corepipe.compiler.assemble.make_plan`'s keyword arguments for these shapes."""
+        """`corepipe.compiler.cut.assemble.make_plan`'s keyword arguments for these shapes."""
         return {"shapes": self.shapes, "modes": self.modes, "shape_costs": self.costs}
 
 
@@ -102,7 +102,7 @@ class ShapeOptions:
     def choose(self, graph: ModelGraph, bounds: list[int], choices: Sequence[Choice], dyn: DynamicGraph,
                precision: str, tgt: Any, problem: Any, report: Callable[[str, int, int], None]) -> ShapeChoice:
         """`choose_shapes` for the cut ``bounds`` of ``problem`` on target ``tgt``."""
-        from .solver import stage_memory
+        from ..cut.solver import stage_memory
 
         held = [stage_memory(problem, bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
         chosen = choose_shapes(graph, bounds, choices, dyn, buckets=self.buckets, pad_values=self.pad_values,
@@ -381,7 +381,7 @@ def check_bounds(graph: ModelGraph, bounds: list[int], dyn: DynamicGraph, choice
     """The engines chosen at the typical shapes, checked against onnxruntime again at the
     smallest and largest: a stage whose engine gets those wrong runs on onnxruntime instead
     (with ``engine="auto"``; asked for by name, it is a `CompileError`)."""
-    from .measure import time_stages_on
+    from ..cut.measure import time_stages_on
 
     out = list(choices)
     for label, feeds in (("smallest", dyn.feeds.low), ("largest", dyn.feeds.high)):

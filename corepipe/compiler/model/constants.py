@@ -7,7 +7,7 @@ one shared initializer for every weight equal to another (tied or deduplicated w
 Shape -> Gather -> Unsqueeze -> Concat -> Reshape arithmetic that the static input shapes decide.
 
 A constant is never a boundary tensor and never a node the solver cuts between (it is not in
-`corepipe.compiler.graph.ModelGraph.nodes`):
+`corepipe.compiler.model.graph.ModelGraph.nodes`):
 
 - a small one (every output at most `FOLD_BYTES`: shape arithmetic, a bias behind an Identity)
   is *folded*: computed here, once, and kept as an initializer, so ONNX shape inference and
@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..artifact.plan import TensorSpec
-from ..artifact.protoio import skeleton, tensor_nbytes
-from ..artifact.weights import is_external, materialize, weight_array
+from ...artifact.plan import TensorSpec
+from ...artifact.protoio import skeleton, tensor_nbytes
+from ...artifact.weights import is_external, materialize, weight_array
 
 __all__ = ["FOLD_BYTES", "Cones", "fold_constants", "infer", "reads_of", "subgraph_reads"]
 

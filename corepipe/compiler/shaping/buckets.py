@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CompileError
+from ...errors import CompileError
 
 __all__ = ["candidate_sizes", "interpolate", "expected", "choose_sizes", "ModeTimes", "Decision", "decide", "implied_dims"]
 

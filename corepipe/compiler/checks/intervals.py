@@ -4,7 +4,7 @@ Inputs are unbounded (bool ones 0..1), initializers span their min..max, shapes 
 compiled shapes (over dynamic dims, anything in their ranges), and a small set of ops map their inputs' bounds to their output's soundly
 (comparisons give 0..1, ArgMax 0..dim-1, a cumulative sum of n values in lo..hi stays within
 n*lo..n*hi, Add/Sub/Mul combine the bounds...). Any other op, or an integer result that could
-wrap around its type, has no bound. `corepipe.compiler.unchecked` uses it to prove an index
+wrap around its type, has no bound. `corepipe.compiler.checks.unchecked` uses it to prove an index
 computed from the request in range (RoBERTa's position ids), so its node needs no onnxruntime.
 """
 
@@ -15,8 +15,8 @@ import math
 import onnx
 from onnx import numpy_helper
 
-from .graph import ModelGraph
-from .shapes import dtype_of
+from ..model.graph import ModelGraph
+from ..model.shapes import dtype_of
 
 __all__ = ["Bound", "Intervals"]
 

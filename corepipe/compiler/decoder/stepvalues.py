@@ -4,7 +4,7 @@ boundaries, and cuts only where the hidden state alone crosses.
 A decoder step reads its state pairs' pasts and a few step inputs the runtime builds per stage
 (``attention_mask``, ``position_ids``). Everything the graph computes from those alone (the
 causal mask, rotary tables, position embeddings: *step values*) is taken out of the node list
-into the graph's cones (`corepipe.compiler.constants.Cones`), so each stage that reads one
+into the graph's cones (`corepipe.compiler.model.constants.Cones`), so each stage that reads one
 computes its own copy, as constants are copied, instead of receiving it across a boundary.
 
 `localize` first makes every ``Shape`` of a tensor over the step dims (the token ids, a past,
@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..artifact.plan import TensorSpec
-from .constants import Cones, _computable
-from .graph import ModelGraph, NodeInfo, _liveness
+from ...artifact.plan import TensorSpec
+from ..model.constants import Cones, _computable
+from ..model.graph import ModelGraph, NodeInfo, _liveness
 from .statepairs import PairLayout
 
 __all__ = ["localize"]

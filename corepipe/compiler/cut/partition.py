@@ -10,19 +10,21 @@ boundary bytes the solver minimises.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from ..artifact.plan import StagePlan, TensorSpec
-from ..artifact.target import Target
-from ..artifact.weights import fill_tensor
-from .graph import ModelGraph
+from ...artifact.plan import StagePlan, TensorSpec
+from ...artifact.target import Target
+from ...artifact.weights import fill_tensor
+from ...engines.base import Ranges
+from ..model.graph import ModelGraph
 from .solver import Problem
 
-__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages", "stage_reads"]
+__all__ = ["make_problem", "links_for", "build_stage_model", "stage_plans", "place_stages", "stage_reads",
+           "stage_variants"]
 
 
 def make_problem(graph: ModelGraph, compute: Sequence[float], capacity: float) -> Problem:
@@ -63,7 +65,7 @@ def _stage_io(graph: ModelGraph, start: int, end: int, last: bool) -> tuple[list
             if name not in produced and not graph.is_constant(name) and name not in reads:
                 reads.append(name)
         produced.update(node.writes)
-    # Model inputs the copied cones read (a decoder's step inputs: `corepipe.compiler.stepvalues`).
+    # Model inputs the copied cones read (a decoder's step inputs: `corepipe.compiler.decoder.stepvalues`).
     model_inputs = {t.name for t in graph.inputs}
     for node in graph.stage_nodes(start, end):
         reads.extend(x for x in node.input if x in model_inputs and x not in reads)
@@ -178,4 +180,24 @@ def place_stages(target: Target, stage_seconds: Sequence[float]) -> list[tuple[i
     for group in range(cores):
         for _ in range(bounds[group], bounds[group + 1]):
             out.append(target.place(group))
+    return out
+
+
+def stage_variants(graph: ModelGraph, bounds: list[int], *, at: Mapping[str, int] | None = None
+                   ) -> list[list[Ranges]] | None:
+    """Per stage of the cut ``bounds``, the input shapes to compile it for: its inputs' ranges
+    (a bounded dynamic graph), or, with ``at`` (dim -> value), those dims fixed there. None for
+    a graph of static shapes."""
+    if all(t.is_static for t in graph.inputs):
+        return None
+    k = len(bounds) - 1
+    out = []
+    for s in range(k):
+        ranges = []
+        for name in stage_reads(graph, bounds[s], bounds[s + 1]):
+            spec = graph.tensors[name]
+            dims = spec.dims or (None,) * len(spec.shape)
+            ranges.append(tuple((at[d], at[d]) if at and d is not None and d in at else r
+                                for d, r in zip(dims, spec.ranges())))
+        out.append([tuple(ranges)])
     return out

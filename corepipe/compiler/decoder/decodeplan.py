@@ -5,7 +5,7 @@ Each pair's KV store (``max_sequences x max_length`` tokens) is one more "weight
 that writes its present, so the solver, which only sees numbers, counts it in the stage's memory
 like any weight: `num_cores="auto"` and ``core_memory`` include it. The cut positions that would
 split a pair's layer or let more than the hidden state cross are not cuttable
-(`corepipe.compiler.stepvalues`). Every stage graph is dynamic over the batch, new-token and
+(`corepipe.compiler.decoder.stepvalues`). Every stage graph is dynamic over the batch, new-token and
 past dims: one graph serves a prefill of any length and a decode batch of any size.
 """
 
@@ -16,21 +16,21 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..artifact.decoder import DecoderSpec, StatePair
-from ..artifact.deployment import Deployment
-from ..artifact.dims import Shapes
-from ..artifact.plan import Plan
-from ..artifact.sizes import format_bytes, plural
-from ..artifact.target import Target
-from ..errors import ArtifactError, CompileError, DoesNotFitError
-from . import solver
-from .assemble import check_engines, engine_notes, make_plan, write_stages
-from .cost import estimate_node_seconds
+from ...artifact.decoder import DecoderSpec, StatePair
+from ...artifact.deployment import Deployment
+from ...artifact.dims import Shapes
+from ...artifact.plan import Plan
+from ...artifact.sizes import format_bytes, plural
+from ...artifact.target import Target
+from ...errors import ArtifactError, CompileError, DoesNotFitError
+from ..cut import solver
+from ..cut.assemble import check_engines, engine_notes, make_plan, write_stages
+from ..cut.cost import estimate_node_seconds
+from ..cut.fit import check_cuts, not_fit, resolve_cores
+from ..cut.partition import links_for, make_problem
+from ..model.graph import ModelGraph
 from .decodeengines import decode_choices
 from .decoding import DecoderModel, analyze_decoder
-from .fit import check_cuts, not_fit, resolve_cores
-from .graph import ModelGraph
-from .partition import links_for, make_problem
 
 __all__ = ["compile_decoder", "DECODER_NOTE"]
 

@@ -5,7 +5,7 @@
 - ``engine="onnxruntime"`` or ``"openvino"``: every stage on that engine; a stage it cannot run is
   a `CompileError` naming the node and op.
 - ``engine="auto"``: each stage is timed on each engine with one thread and the faster kept:
-  with ``balance="measure"`` and ``"load"`` every time (`corepipe.compiler.measure`); with
+  with ``balance="measure"`` and ``"load"`` every time (`corepipe.compiler.cut.measure`); with
   ``"estimate"`` a short probe of the stage, cached per machine (`corepipe.engines.speeds`;
   ``COREPIPE_ENGINE_PROBE=off`` skips it and prefers OpenVINO wherever it runs the stage). A
   stage that one engine cannot run falls back to the other, and its `StagePlan.fallback` says
@@ -13,7 +13,7 @@
   so a bf16 stage that falls back runs fp32, and the plan says that too.
 
 A stage where request data reaches an operand openvino does not check (a Gather index, a Reshape
-target computed from the inputs; `corepipe.compiler.unchecked`) and no intake check covers it
+target computed from the inputs; `corepipe.compiler.checks.unchecked`) and no intake check covers it
 runs on onnxruntime, which checks; with ``engine="openvino"`` that is a `CompileError`.
 
 Every stage an engine other than onnxruntime would run is first run on the example inputs and
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..engines import LoadFailure, cpu_math, missing_engine, precision_problem
-from ..engines.tolerance import differs
-from ..errors import CompileError
+from ...engines import LoadFailure, cpu_math, missing_engine, precision_problem
+from ...engines.tolerance import differs
+from ...errors import CompileError
 
 __all__ = ["ENGINE_CHOICES", "Choice", "candidates", "check_request", "data_choice", "differs", "engine_precision",
            "failure_error", "io_names", "resolve_precision", "PRECISION_CHOICES"]
@@ -129,7 +129,7 @@ def failure_error(stage: int, failure: LoadFailure, engine: str) -> CompileError
 def data_choice(stage: int, why: str, engine: str, ort_ran: bool, seconds: dict[str, float],
                 fallback: str | None) -> Choice:
     """The choice for a stage that must run on onnxruntime because request data reaches an operand
-    openvino does not check (``why``; `corepipe.compiler.unchecked`): onnxruntime in fp32, the
+    openvino does not check (``why``; `corepipe.compiler.checks.unchecked`): onnxruntime in fp32, the
     plan saying why.
 
     Raises:

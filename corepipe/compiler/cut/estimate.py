@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..artifact.plan import TensorSpec
-from ..artifact.target import resolve_target
+from ...artifact.plan import TensorSpec
+from ...artifact.target import resolve_target
+from ..model.graph import analyze
 from . import solver
 from .cost import estimate_node_seconds
-from .graph import analyze
 from .partition import links_for, make_problem
 
 __all__ = ["ModelEstimate", "estimate_model"]

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifact.target import Target
+from ...artifact.target import Target
+from ..model.graph import ModelGraph
 from . import solver
 from .assemble import check_engines
 from .choose import Choice
-from .graph import ModelGraph
 from .partition import links_for
 
 __all__ = ["ProbedCut", "probed_cut"]

@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..artifact.plan import TensorSpec
-from ..artifact.protoio import tensor_nbytes
-from ..artifact.weights import materialize, weight_array
-from ..errors import CompileError
+from ...artifact.plan import TensorSpec
+from ...artifact.protoio import tensor_nbytes
+from ...artifact.weights import materialize, weight_array
+from ...errors import CompileError
 from .constants import Cones
 from .shapes import CROSSABLE
 
@@ -147,7 +147,7 @@ def _probe_chunked(proto: onnx.ModelProto, nodes: Sequence[_Node], inits: Mappin
 
 def _probe_whole(proto: onnx.ModelProto, inits: Mapping[str, onnx.TensorProto], weights_dir: str | None,
                  names: list[str], feeds: dict[str, Any], cones: Cones) -> dict[str, Any]:
-    from ..artifact.protoio import structure
+    from ...artifact.protoio import structure
 
     probe = structure(proto)
     nodes = cones.nodes + list(probe.graph.node)  # constants read only weights: first is in order

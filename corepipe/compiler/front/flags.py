@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import CompileError
+from ...errors import CompileError
 
 __all__ = ["parse_compiler_args"]
 

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact.target import Target
-from ..artifact.writer import save_stage_model
-from ..engines import LoadFailure, engine_class, missing_engine
-from ..engines.base import Ranges
-from ..engines.speeds import PROBE_ENV, SpeedCache
+from ...artifact.target import Target
+from ...artifact.writer import save_stage_model
+from ...engines import LoadFailure, engine_class, missing_engine
+from ...engines.base import Ranges
+from ...engines.speeds import PROBE_ENV, SpeedCache
+from ..checks.unchecked import onnxruntime_stages
+from ..model.graph import ModelGraph
 from . import solver
 from .choose import Choice, data_choice, differs, engine_precision, failure_error, fallback_note, io_names
-from .graph import ModelGraph
-from .partition import build_stage_model, links_for
-from .unchecked import onnxruntime_stages
+from .partition import build_stage_model, links_for, stage_variants
 
 __all__ = ["StageTime", "measured_balance", "time_stages", "time_stages_on", "example_feeds"]
 
@@ -141,7 +141,7 @@ def _try_stage(
     feeds = {name: boundary[name] for name in inputs}
     trial = StageTime()
     if "openvino" in order:  # read as OpenVINO reads it: every op's output static?
-        from ..engines.ov import dynamic_outputs
+        from ...engines.ov import dynamic_outputs
 
         # Over dynamic dims, static at their bounds: each input at the largest shape it takes.
         bounds = {n: [hi for _, hi in axes] for n, axes in zip(inputs, variants[-1])} if variants else None
@@ -215,8 +215,6 @@ def time_stages_on(
     """
     k = len(bounds) - 1
     if variants is None:  # over dynamic dims: each stage's bounded dynamic graph
-        from .dynamic import stage_variants
-
         variants = stage_variants(graph, list(bounds))
     boundary = dict(_feeds(graph, example_inputs))
     reference = missing_engine("onnxruntime") is None

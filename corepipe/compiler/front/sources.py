@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import CompileError
-from .choose import check_request, resolve_precision
+from ...errors import CompileError
+from ..cut.choose import check_request, resolve_precision
 
 __all__ = ["Source", "float16_precision", "is_torch_module", "model_source"]
 
@@ -96,10 +96,10 @@ def model_source(
         CompileError: a directory that is not a SavedModel, a front-end's error, or
             ``output_names`` for a model that is not a torch module.
     """
-    from ..frontends.tensorflow import Conversion  # imports no framework
+    from ...frontends.tensorflow import Conversion  # imports no framework
 
     if is_torch_module(model):
-        from ..frontends.torchmodule import export_module, torch_dims
+        from ...frontends.torchmodule import export_module, torch_dims
 
         dims = torch_dims(dynamic_dims) if dynamic_dims else None
         with tempfile.TemporaryDirectory(prefix="corepipe_export_") as tmp:
@@ -117,7 +117,7 @@ def model_source(
             f"{type(model).__name__} whose outputs keep their names"
         )
     if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
-        from ..frontends.tensorflow import convert_saved_model
+        from ...frontends.tensorflow import convert_saved_model
 
         report("convert TF", 0, 1)
         # raises "not a SavedModel" as needed

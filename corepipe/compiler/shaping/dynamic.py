@@ -19,18 +19,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifact.dims import ShapeProfile, check_dims, dim_parts
-from ..artifact.plan import TensorSpec
-from ..artifact.protoio import load_checked, skeleton, structure
-from ..artifact.target import Target
-from ..engines.base import Ranges
-from ..errors import CompileError
-from .cost import estimate_node_seconds
-from .graph import ModelGraph, analyze
-from .partition import stage_reads
+from ...artifact.dims import ShapeProfile, check_dims, dim_parts
+from ...artifact.plan import TensorSpec
+from ...artifact.protoio import load_checked, skeleton, structure
+from ...artifact.target import Target
+from ...errors import CompileError
+from ..cut.cost import estimate_node_seconds
+from ..model.graph import ModelGraph, analyze
 
 __all__ = ["symbolic_dims", "describe_symbolic_dims", "DimFeeds", "prepare_dims", "resize", "annotate",
-           "derive_axes", "batch_dim", "DynamicGraph", "analyze_dynamic", "stage_variants", "main_dim"]
+           "derive_axes", "batch_dim", "DynamicGraph", "analyze_dynamic", "main_dim"]
 
 
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -153,7 +151,7 @@ def prepare_dims(
     rng = np.random.default_rng(0)
     for vi in inputs:
         if vi.name in axes and vi.name not in feeds:
-            from .shapes import dtype_of
+            from ..model.shapes import dtype_of
 
             shape = [typical[a] if a is not None else (d.dim_value if d.HasField("dim_value") else 1)
                      for a, d in zip(axes[vi.name], vi.type.tensor_type.shape.dim)]
@@ -225,7 +223,7 @@ def derive_axes(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorPr
     """Per tensor, the dynamic dim each axis carries according to symbolic shape inference (None
     where it says another symbol, an expression or nothing). ``fixed``: every input's shape at
     the typical values (its other dims stay fixed); ``constants``: the nodes that compute the
-    constants the graph's nodes read (`corepipe.compiler.constants.Cones`). Empty when inference
+    constants the graph's nodes read (`corepipe.compiler.model.constants.Cones`). Empty when inference
     cannot run."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -371,23 +369,3 @@ def _interp(points: Mapping[int, float], x: float) -> float:
     from .buckets import interpolate
 
     return interpolate(points, x)
-
-
-def stage_variants(graph: ModelGraph, bounds: list[int], *, at: Mapping[str, int] | None = None
-                   ) -> list[list[Ranges]] | None:
-    """Per stage of the cut ``bounds``, the input shapes to compile it for: its inputs' ranges
-    (a bounded dynamic graph), or, with ``at`` (dim -> value), those dims fixed there. None for
-    a graph of static shapes."""
-    if all(t.is_static for t in graph.inputs):
-        return None
-    k = len(bounds) - 1
-    out = []
-    for s in range(k):
-        ranges = []
-        for name in stage_reads(graph, bounds[s], bounds[s + 1]):
-            spec = graph.tensors[name]
-            dims = spec.dims or (None,) * len(spec.shape)
-            ranges.append(tuple((at[d], at[d]) if at and d is not None and d in at else r
-                                for d, r in zip(dims, spec.ranges())))
-        out.append([tuple(ranges)])
-    return out
