@@ -16,11 +16,24 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Bell", "SwitchBell", "wait_any", "spin_until"]
+__all__ = ["Bell", "SwitchBell", "fence", "wait_any", "spin_until"]
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier between this thread's stores and its later loads (x86 keeps stores
+    in order but lets a load pass an earlier store): an uncontended lock's acquire and release
+    are atomic read-modify-writes (``lock``-prefixed on x86), which drain the store buffer.
+    Used where a waiter stores "I sleep" then loads the ring, and a producer stores the slot
+    then loads "who sleeps": with a fence on each side, one of them sees the other."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 class Bell:

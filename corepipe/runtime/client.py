@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorepipeError
-from .bell import Bell
+from .bell import Bell, fence
 from .intake import Intake, Request
 from .phases import Phases
 from .shm import EMPTY, ERROR, Control, Ring, decode_error, encode_error
@@ -87,6 +87,8 @@ class RingClient(Intake):
         self._reap_lock = threading.Lock()  # reading the last ring and completing, in order
         self._reaper: int | None = None  # thread id of the reap lock's holder
         self._listeners = 0  # threads waiting in RingFuture.result()
+        self._sleep_in0 = Control.GLOBAL + Control.SLEEP_IN  # control words: stage 0 sleeps for input,
+        self._sleep_out_last = Control.GLOBAL + (self._n - 1) * Control.PER_STAGE + Control.SLEEP_OUT  # the last for room
 
     # -- submit ------------------------------------------------------------------------------
     def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[Result]:
@@ -143,7 +145,10 @@ class RingClient(Intake):
         except Exception as exc:
             error = encode_error(CorepipeError(f"request {req.rid} could not enter the pipeline: {exc}"), 0)
         ring.publish(s, epoch=req.epoch, seq=req.seq, request_id=req.rid, status=ERROR if error else 0, error=error)
-        self._full[0].ring()
+        fence()  # ring stage 0 only if it sleeps (Control.SLEEP_IN)
+        control = self._control
+        if control is None or control.view[self._sleep_in0]:
+            self._full[0].ring()
         if ph is not None:
             ph.add(1, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
 
@@ -161,6 +166,7 @@ class RingClient(Intake):
                     if not self._reserve(req):
                         if control is not None:  # ask stage 0 to ring when it frees a slot
                             control.set_feed_wait(True)
+                            fence()
                         if not self._reserve(req):  # look again: it may have freed one meanwhile
                             return
                     self._pending.popleft()
@@ -223,7 +229,10 @@ class RingClient(Intake):
                     self._slot_rid[req.slot] = None
                 if self._closing and not self._inflight:
                     self._cv.notify_all()
-            self._free[-1].ring()
+            fence()  # ring the last stage only if it sleeps for a free slot (Control.SLEEP_OUT)
+            control = self._control
+            if control is None or control.view[self._sleep_out_last]:
+                self._free[-1].ring()
             if req is not None:
                 self._traces.add(RequestTrace(req.rid, req.submitted, req.fed, tuple(stamps), time.monotonic(),
                                               ok=error is None, replays=req.replays))

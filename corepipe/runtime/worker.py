@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from .bell import Bell, SwitchBell, spin_until, wait_any
+from .bell import Bell, SwitchBell, fence, spin_until, wait_any
 from .phases import phases_from_env
 from .shm import ERROR, OK, Control, Ring, encode_error
 
@@ -108,6 +108,10 @@ def worker_main(config_json: str) -> None:
     w_since, w_current, w_beat = base + Control.BUSY_SINCE, base + Control.CURRENT, base + Control.HEARTBEAT
     slots_in, slots_out = int(cfg["slots_in"]), int(cfg["slots_out"])
     spin_s = float(cfg.get("spin_s", 0.0))
+    w_sleep_in, w_sleep_out = base + Control.SLEEP_IN, base + Control.SLEEP_OUT
+    # The neighbours' sleep words (-1: the client's end, whose SwitchBell decides itself).
+    next_sleeps = control.base(k + 1) + Control.SLEEP_IN if k < n - 1 else -1
+    prev_sleeps = control.base(k - 1) + Control.SLEEP_OUT if k > 0 else -1
     idx = 0  # request sequence number in both rings for this epoch
     # Per-phase counters (COREPIPE_PHASES; None, and never touched, when off): see phases.py.
     ph = phases_from_env(f"stage{k}", ("wait", "header", "bind", "engine", "after", "publish"), process_cpu=True)
@@ -135,12 +139,20 @@ def worker_main(config_json: str) -> None:
             if not (spin_s and spin_until(functools.partial(_landed, ring_in, s, epoch, cw), spin_s)):
                 if not alive():
                     break
-                wait_any([in_full, wake], _POLL_S)
+                cw[w_sleep_in] = 1.0  # ring me (the producer looks after it publishes)
+                fence()
+                if not ring_in.ready(s, epoch):
+                    wait_any([in_full, wake], _POLL_S)
+                cw[w_sleep_in] = 0.0
             continue
         if ring_out.state(t) != 0:
             if not alive():
                 break
-            wait_any([out_free, wake], _POLL_S)
+            cw[w_sleep_out] = 1.0
+            fence()
+            if ring_out.state(t) != 0:
+                wait_any([out_free, wake], _POLL_S)
+            cw[w_sleep_out] = 0.0
             continue
         if ph is not None:
             ph.lap(0)
@@ -171,9 +183,12 @@ def worker_main(config_json: str) -> None:
         cw[w_since] = 0.0
         ring_out.stamp(t, ring_in, k, enter, leave, upstream_slot=s)  # this request's path, for timelines
         ring_out.publish(t, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
-        out_full.ring()
         ring_in.free(s)
-        in_free.ring()
+        fence()  # then ring only a neighbour that sleeps: a busy one costs no syscall
+        if next_sleeps < 0 or cw[next_sleeps]:
+            out_full.ring()
+        if prev_sleeps < 0 or cw[prev_sleeps]:
+            in_free.ring()
         idx += 1
         if ph is not None:
             ph.lap(5)
