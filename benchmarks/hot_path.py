@@ -83,7 +83,7 @@ def prepare(model: str, work: Path) -> tuple[Path, Path]:
 def child(tree: str, art: Path, inputs: Path, requests: int, rtt: int, window: int, phases: bool) -> dict[str, Any]:
     """Measure one tree (this process imports its corepipe first)."""
     sys.path.insert(0, tree)
-    import corepipe  # noqa: F401  (this tree's, before request_cpu puts ours on the path)
+    import corepipe  # this tree's, before request_cpu puts ours on the path
 
     sys.path.insert(1, str(HERE))
     import psutil
@@ -164,7 +164,8 @@ def floor(rounds: int = 20000) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
-    ap.add_argument("--trees", nargs="+", default=["/work/main", str(HERE.parent)])
+    ap.add_argument("--trees", nargs="+", default=["/work/main", str(HERE.parent)],
+                    help="checkouts to compare, each PATH or PATH:NAME=VALUE,... (its run's environment)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rtt", type=int, default=-1, help="round trips timed (default: 2000 tiny, 0 otherwise)")
@@ -190,15 +191,17 @@ def main(argv: list[str]) -> None:
         art, inputs = prepare(args.model, work)
         results: list[dict[str, Any]] = []
         for r in range(args.rounds):
-            for tree in args.trees:
+            for spec in args.trees:  # PATH, or PATH:NAME=VALUE,... (an environment for that run)
+                tree, _, extra = spec.partition(":")
                 cmd = [sys.executable, __file__, "--child", str(Path(tree).resolve()), str(art), str(inputs),
                        "--requests", str(args.requests), "--rtt", str(rtt), "--window", str(args.window)]
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                env.update(kv.split("=", 1) for kv in extra.split(",") if kv)
                 done = subprocess.run(cmd + (["--phases"] if args.phases else []), capture_output=True, text=True,
                                       env=env, check=False)
                 if done.returncode:
                     raise SystemExit(f"child for {tree} failed: {done.stderr[-3000:]}")
-                got = json.loads(done.stdout.strip().splitlines()[-1]) | {"round": r}
+                got = json.loads(done.stdout.strip().splitlines()[-1]) | {"round": r, "env": extra}
                 print(json.dumps(got), flush=True)
                 results.append(got)
             if args.peer:

@@ -99,23 +99,40 @@ class RingClient(Intake):
         checked = self._checked(feeds)
         self._take_place(timeout)
         fut = RingFuture(self)
-        with self._feed_lock:
-            with self._cv:
-                self._refuse_if_closing()
-                req = Request(next(self._ids), {}, fut, time.monotonic())  # the workers' clock too
-                fut.request_id = req.rid  # type: ignore[attr-defined]
-                fut.set_running_or_notify_cancel()
-                direct = not self._pending and self._reserve(req)
-                if not direct:  # no free slot: wait in the queue with a copy (the caller may reuse its arrays)
-                    req.feeds = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
-                    self._pending.append(req)
-            if direct:
-                self._write(req, checked)
-        if not direct:
-            self._feed_pending()
+        # A submitting thread listens too: a result that lands meanwhile rings this thread's
+        # doorbell, not the service thread's, and is reaped here as submit returns (a caller that
+        # streams, submit then result, then reaps everything itself).
+        self._listen(+1)
+        try:
+            with self._feed_lock:
+                with self._cv:
+                    self._refuse_if_closing()
+                    req = Request(next(self._ids), {}, fut, time.monotonic())  # the workers' clock too
+                    fut.request_id = req.rid  # type: ignore[attr-defined]
+                    fut.set_running_or_notify_cancel()
+                    direct = not self._pending and self._reserve(req)
+                    if not direct:  # no free slot: wait in the queue with a copy (the caller may reuse its arrays)
+                        req.feeds = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
+                        self._pending.append(req)
+                if direct:
+                    self._write(req, checked)
+            if not direct:
+                self._feed_pending()
+        finally:
+            if self._listen(-1) == 0 and self._callers.wait(0):
+                self._reap()
         if ph is not None:
             ph.add(0, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
         return fut
+
+    def _listen(self, change: int) -> int:
+        """Count a thread in (+1) or out (-1) of listening for completions; the control block
+        tells the last stage which doorbell to ring (`SwitchBell`). Returns the listeners now."""
+        with self._cv:
+            self._listeners += change
+            if self._control is not None:
+                self._control.set_listening(self._listeners)
+            return self._listeners
 
     def _reserve(self, req: Request) -> bool:
         """With ``_cv`` held: give ``req`` the next slot of the first ring if it is free (its last
@@ -267,11 +284,7 @@ class RingClient(Intake):
         """Reap until ``fut`` is done or ``timeout`` passes, sleeping on the callers' doorbell
         between looks. Returns the time left of ``timeout`` (for the future's own wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        control = self._control
-        with self._cv:
-            self._listeners += 1
-            if control is not None:
-                control.set_listening(self._listeners)
+        self._listen(+1)
         try:
             while not fut.done() and not self._closed and threading.get_ident() != self._reaper:
                 self._reap()
@@ -282,11 +295,7 @@ class RingClient(Intake):
                     break
                 self._callers.wait(left)
         finally:
-            with self._cv:
-                self._listeners -= 1
-                if control is not None:
-                    control.set_listening(self._listeners)
-                last = self._listeners == 0
+            last = self._listen(-1) == 0
         if last and not fut.done():
             self._reap()  # a completion may have rung for us as we stopped listening
         return None if deadline is None else max(0.0, deadline - time.monotonic())
