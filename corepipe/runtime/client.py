@@ -287,10 +287,13 @@ class RingClient(Intake):
         self._listen(+1)
         try:
             while not fut.done() and not self._closed and threading.get_ident() != self._reaper:
-                self._reap()
+                if self._reap() and self._listeners > 1:
+                    self._callers.ring()  # what it completed may be another listener's
                 if fut.done():
                     break
-                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                # A long sleep: the doorbell wakes it, and a ring that went to the service thread
+                # instead (a race as it began listening) comes back from there (_service_reap).
+                left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if left <= 0:
                     break
                 self._callers.wait(left)

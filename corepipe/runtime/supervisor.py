@@ -142,7 +142,9 @@ class Supervisor(RingClient):
         assert self._control is not None
         ph = self._ph
         watched: dict[int, int] = {}  # pid -> pidfd
-        tick = min(0.1, max(0.005, self._stage_timeout / 4))
+        # Deaths wake it by pidfd and results by doorbell; the tick is only for stage deadlines
+        # (a hung worker is noticed within stage_timeout + stage_timeout / 8) and lost wake-ups.
+        tick = min(1.0, max(0.02, self._stage_timeout / 8))
         try:
             while not self._closed:
                 watched = self._pidfds(watched)
