@@ -105,6 +105,13 @@ def child(tree: str, art: Path, inputs: Path, requests: int, rtt: int, window: i
                 pipe.run(feeds)
                 times.append(time.perf_counter() - t0)
             out["rtt_client_cpu_us"] = (sum(_thread_cpu(me).values()) - c0) / rtt * 1e6
+            # Each hand-off with one in flight, from the requests' timestamps (one clock for every
+            # process): client -> stage 0 (written to entered), stage 0 -> 1, stage 1 -> client
+            # (published to collected), medians in µs.
+            traces = [t for t in pipe.timeline(last=rtt).requests if len(t.stages) == 2]
+            out["handoff_us"] = [statistics.median(x) * 1e6 for x in (
+                [t.stages[0][0] - t.fed for t in traces], [t.stages[1][0] - t.stages[0][1] for t in traces],
+                [t.completed - t.stages[1][1] for t in traces])]
         out["rtt_us"] = statistics.median(times) * 1e6
         out["rtt_p90_us"] = float(np.percentile(times, 90)) * 1e6
     run = run_pipeline(art, feeds, (1, 2, 1), cores, requests, window or 6, 20, phases)
