@@ -6,8 +6,9 @@ For each deployment asked (``RxSxT``: replicas x stages x threads per stage) the
 tune` measures; ``+1`` keeps one request queued per replica), after a warm-up. Instruments:
 
 - every thread's CPU time, read from the kernel (psutil) before and after the timed requests: the
-  client's caller, feeder, collector and monitor threads, and each worker process (its main
-  thread and the engine's threads);
+  client's threads (the caller, and the service thread; a tree before issue 27 also had a
+  feeder, a collector and a monitor), and each worker process (its main thread and the
+  engine's threads);
 - the per-phase counters of `corepipe.runtime.phases` (``COREPIPE_PHASES``): wall and CPU of each
   phase of the worker loop (wait, header, bind, engine, after, publish) and of the client
   (submit, feed, collect), over the pipeline's whole life (warm-up included);
@@ -19,6 +20,9 @@ tune` measures; ``+1`` keeps one request queued per replica), after a warm-up. I
 
 ``--summary LABEL=RUN.json ...`` (runs written with ``--json``) prints the breakdown table of
 benchmarks/RESULTS.md, one row per pipeline run, every figure per request.
+
+`benchmarks/hot_path.py` runs `run_pipeline` for two trees alternating (one's hot path against
+another's), with a tiny model's round trip and the eventfd floor.
 
 ``--work DIR`` keeps the compiled artifacts between runs (compile under cp-test, then measure
 under cp-bench with the same DIR).

@@ -9,6 +9,9 @@ shared machine spreads over both; the ratio is the median of each B over the A b
 
     git archive <base> | tar -x -C /tmp/base
     python benchmarks/static_unchanged.py --base /tmp/base --rounds 5 --markdown out.md
+
+``--other TREE`` (repeatable) adds trees to each round (A, B, C, ...), each against the A of its
+round: a variant of this tree measured in the same run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -64,28 +68,35 @@ def main() -> None:
     ap.add_argument("--backend", default="local",
                     help="local (processes), or inline (one process: the per-request CPU alone, no scheduling noise)")
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--other", type=Path, action="append", default=[], help="another tree to measure in each round")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="static-unchanged-") as tmp:
         for name in args.models.split(","):
             art = Path(tmp) / name
             _run(args.base, _COMPILE, name, str(art), str(args.cores))
-            base, new, ratios = [], [], []
+            trees = [HERE, *args.other]
+            base: list[dict[str, float]] = []
+            new: list[list[dict[str, float]]] = [[] for _ in trees]
+            ratios: list[list[float]] = [[] for _ in trees]
             for _ in range(args.rounds):
                 a = json.loads(_run(args.base, _CLIENT, str(art), str(args.seconds), args.backend))
-                b = json.loads(_run(HERE, _CLIENT, str(art), str(args.seconds), args.backend))
                 base.append(a)
-                new.append(b)
-                ratios.append(b["rps"] / a["rps"])
-            row = {
-                "model": f"{name} ({args.backend})", "base_rps": statistics.median(r["rps"] for r in base),
-                "new_rps": statistics.median(r["rps"] for r in new), "ratio": statistics.median(ratios),
-                "ratios": [round(r, 3) for r in ratios],
-                "base_p99_ms": statistics.median(r["p99_ms"] for r in base),
-                "new_p99_ms": statistics.median(r["p99_ms"] for r in new),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+                for i, tree in enumerate(trees):
+                    b = json.loads(_run(tree, _CLIENT, str(art), str(args.seconds), args.backend))
+                    new[i].append(b)
+                    ratios[i].append(b["rps"] / a["rps"])
+            for i, tree in enumerate(trees):
+                label = f"{name} ({args.backend})" + ("" if i == 0 else f" {tree}")
+                row = {
+                    "model": label, "base_rps": statistics.median(r["rps"] for r in base),
+                    "new_rps": statistics.median(r["rps"] for r in new[i]), "ratio": statistics.median(ratios[i]),
+                    "ratios": [round(r, 3) for r in ratios[i]],
+                    "base_p99_ms": statistics.median(r["p99_ms"] for r in base),
+                    "new_p99_ms": statistics.median(r["p99_ms"] for r in new[i]),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     lines = ["| model | before req/s | after req/s | after / before (median of rounds) | rounds | p99 before / after ms |",
              "|---|---:|---:|---:|---|---:|"]
     for r in rows:

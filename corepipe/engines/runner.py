@@ -125,6 +125,10 @@ class StageRunner:
         self.engine, self._producers = _load(artifact, index, threads, spin)
         self._outputs = list(self.plan.outputs)
         self._bindings: dict[Any, Any] = {}
+        # (id of the views dict, ring, slot) -> (binding, that dict): a worker's ring hands back
+        # the same dict for a slot while its shapes repeat (`Ring.read`), so this lookup is one
+        # hash per request; the dict is kept, so its id cannot be reused while the entry lives.
+        self._by_views: dict[tuple[int, int, int], tuple[Any, Mapping[str, np.ndarray]]] = {}
         after = {t.name: t for t in artifact.plan.boundaries[index + 1]}
         self._dynamic_out = any(after[name].dynamic for name in self._outputs if name in after)
         # Over dynamic dims, each request's output shapes follow from its input shapes.
@@ -197,21 +201,31 @@ class StageRunner:
 
     def _binding(self, boundary: Mapping[str, np.ndarray], ring: Any, slot: int,
                  shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
+        fast = (id(boundary), id(ring), slot)
+        hit = self._by_views.get(fast)
+        if hit is not None and hit[1] is boundary:
+            return hit[0]
         arrays = [boundary[name] for name in self.plan.inputs]
         # __array_interface__, not .ctypes: that makes a reference cycle per call, i.e. garbage
         # for the collector on every request.
         key = (id(ring), slot, tuple((a.__array_interface__["data"][0], a.shape, a.dtype.str) for a in arrays))
-        if key in self._bindings:
-            return self._bindings[key][0]
+        if key not in self._bindings:
+            self._bindings[key] = self._bind(arrays, ring, slot, shapes)
+        if len(self._by_views) >= 64:
+            del self._by_views[next(iter(self._by_views))]
+        self._by_views[fast] = (self._bindings[key][0], boundary)
+        return self._bindings[key][0]
+
+    def _bind(self, arrays: list[np.ndarray], ring: Any, slot: int,
+              shapes: dict[str, tuple[int, ...]] | None) -> tuple[Any, list[np.ndarray], dict[str, np.ndarray]]:
+        """A new binding of ``arrays`` and ``ring``'s ``slot`` (with the buffers it keeps alive)."""
         if len(self._bindings) >= 64:
             # Inputs that are not ring slots (never in the worker), or many request shapes over
             # dynamic dims: drop the oldest binding (dicts keep insertion order).
             del self._bindings[next(iter(self._bindings))]
         views = ring.static_views(slot) if shapes is None else ring.views(slot, shapes)
         outputs = [views[name] for name in self._outputs]
-        binding = self.engine.bind(arrays, outputs)
-        self._bindings[key] = (binding, arrays, views)  # keep the buffers alive with it
-        return binding
+        return self.engine.bind(arrays, outputs), arrays, views  # keep the buffers alive with it
 
     def _check_outputs(self, values: Sequence[np.ndarray], request_id: int | None,
                        shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:

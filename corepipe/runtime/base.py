@@ -156,8 +156,14 @@ class Pipeline(ABC):
     - **Back-pressure.** At most ``max_in_flight`` requests are in the pipeline. `submit` blocks
       while it is full, up to ``timeout`` seconds (``None``: wait forever), then raises
       ``TimeoutError``. Memory never grows with the number of waiting callers' requests.
-    - **Callbacks.** Futures' done-callbacks run on the pipeline's collector thread (``local``)
-      or the submitting thread (``inline``). Keep them short; they may call `submit`.
+    - **Callbacks.** Futures' done-callbacks run on the thread that completes the future: for
+      ``local``, a thread waiting in ``result()`` (so `run` and `map`), which reaps finished
+      requests itself, or the pipeline's service thread when none waits; for ``inline``, the
+      submitting thread. Keep them short; they may call `submit`.
+    - **What blocks.** ``local``: `submit` writes the request into the first stage's ring from
+      the calling thread (a copy of the inputs, no thread hop) and blocks only for a place in
+      the window; ``result()`` sleeps on a doorbell between looks at the last ring and
+      completes, in order, every request that is done.
     - **Failures.** A request that fails inside a stage fails only its own future, with a
       `StageError` naming the stage, node and request; the pipeline goes on. So does one for
       which a stage wrote a tensor that does not fit the compiled signature (an empty or

@@ -234,7 +234,7 @@ class BatchingPipeline(Pipeline):
         return merged
 
     def _done(self, batch: _Batch, inner: Future[Result]) -> None:
-        """A batch answered (on the inner pipeline's collector thread): split it, or send its
+        """A batch answered (on the thread that reaps the inner pipeline): split it, or send its
         members again one by one if it failed with more than one in it."""
         error = inner.exception()
         if error is not None and len(batch.members) > 1 and isinstance(error, StageError):

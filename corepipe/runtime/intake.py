@@ -35,6 +35,9 @@ class Request:
     deaths: int = 0
     replays: int = 0
     fed: float = 0.0  # time.monotonic() when it first entered the first stage (for timelines)
+    slot: int | None = None  # ``local``: the first ring's slot holding its inputs, while in flight
+    seq: int = 0  # ``local``: its place in the first ring's sequence, and the epoch it went in
+    epoch: int = 0
 
 
 class Intake:
@@ -120,8 +123,8 @@ class Intake:
             raise PipelineClosedError("the pipeline is closing")
 
     def _finish(self, req: Request, result: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
-        # Free the request's place first: done-callbacks run right here (on the collector
-        # thread), and one that submits again must find room rather than wait on itself.
+        # Free the request's place first: done-callbacks run right here (on the thread that
+        # reaps), and one that submits again must find room rather than wait on itself.
         self._admit.release()
         if error is None:
             self._completed += 1

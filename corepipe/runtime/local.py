@@ -1,22 +1,28 @@
 """The ``local`` backend: one pinned worker process per stage, shared-memory hand-off.
 
-The client keeps every request's inputs until its outputs arrive, so when a worker dies (or
-hangs past ``stage_timeout``) it can start a new one and replay what had not completed. See the
-`Pipeline` docstring for the contract, and `corepipe.runtime.worker` for the worker side.
+The client keeps every request's inputs until its outputs arrive (in its first-ring slot), so
+when a worker dies (or hangs past ``stage_timeout``) it can start a new one and replay what had
+not completed. See the `Pipeline` docstring for the contract, `corepipe.runtime.client` for the
+data path and `corepipe.runtime.worker` for the worker side.
 
-Threads in the client: the *feeder* copies queued requests into the first ring, the *collector*
-reads the last ring and completes futures in order, the *monitor* watches worker processes and
-stage deadlines and runs recovery. All three are daemons; `close` (or interpreter exit) stops them.
+No thread of the client's own stands between a caller and the rings: ``submit`` writes the first
+ring from the caller's thread, and a caller waiting for a result reaps the last ring itself
+(`corepipe.runtime.client`). One daemon *service* thread watches the workers (a pidfd each, so a
+death wakes it at once), checks stage deadlines, runs recovery, and reaps the results nobody
+waits for (callbacks, asyncio). `close` (or interpreter exit) stops it.
+
+Before it makes its segments, a pipeline sweeps ``/dev/shm`` of those a killed client left
+(`corepipe.runtime.segments.sweep_orphans`).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 
 import numpy as np
 import psutil
@@ -24,13 +30,13 @@ import psutil
 from ..artifact.manifest import Artifact
 from ..errors import CorepipeError
 from .base import Pipeline, PipelineStats, StageStats
-from .bell import Bell, wait_any
-from .intake import Request
+from .bell import Bell
+from .client import FIRST_RING_BYTES
 from .phases import phases_from_env
 from .process import assign_cores
-from .shm import EMPTY, ERROR, FULL, Control, Ring, decode_error
+from .segments import sweep_orphans
+from .shm import Control, Ring
 from .supervisor import Supervisor, Worker
-from .timeline import RequestTrace
 
 __all__ = ["LocalPipeline"]
 
@@ -39,6 +45,10 @@ __all__ = ["LocalPipeline"]
 #: works on a long request (BERT-base at mixed lengths: stages 76 % busy with 2 slots, 90-97 %
 #: with 8 and 16 in flight, +15 % throughput).
 VARIABLE_SLOTS = 8
+
+#: Set to microseconds a worker on cores of its own spins on its input ring before it sleeps on
+#: its doorbell (default 0: sleep at once; see benchmarks/RESULTS.md, "The hot path").
+SPIN_ENV = "COREPIPE_SPIN_US"
 
 _LIVE: weakref.WeakSet[LocalPipeline] = weakref.WeakSet()
 
@@ -113,7 +123,10 @@ class LocalPipeline(Supervisor, Pipeline):
         if not 0 <= backoff_s <= backoff_max_s:
             raise CorepipeError(
                 f"backoff_s ({backoff_s}) must be >= 0 and at most backoff_max_s ({backoff_max_s})")
-        need = sum(Ring.size_for(self._ring_specs(b), slots, n) for b in range(n + 1))
+        # The first ring: a slot per request in flight (so a slot keeps its request's inputs for
+        # replay, and submit never waits for one), within FIRST_RING_BYTES.
+        first = self._first_ring_slots(slots)
+        need = sum(Ring.size_for(self._ring_specs(b), first if b == 0 else slots, n) for b in range(n + 1))
         have = psutil.virtual_memory().available
         if need > have:
             raise CorepipeError(
@@ -131,21 +144,26 @@ class LocalPipeline(Supervisor, Pipeline):
         self._cores = assign_cores(n, cores, threads_per_stage, [st.core for st in artifact.plan.stages])
         self._epoch = 0
         self._final_stats: PipelineStats | None = None
-        self._feed_seq = 0
-        self._collect_seq = 0
         self._rings: list[Ring] = []
         self._control: Control | None = None
         self._workers: list[Worker] = []
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._ph = phases_from_env("client", ("submit", "feed", "collect"))  # None: off (phases.py)
+        self._spin_s = float(os.environ.get(SPIN_ENV, "0") or 0) / 1e6
+        self._init_client(first)
         _LIVE.add(self)
         try:
+            sweep_orphans()
             self._control = Control.create(n)
-            self._rings = [Ring.create(self._ring_specs(b), slots, n) for b in range(n + 1)]
+            self._rings = [Ring.create(self._ring_specs(b), first if b == 0 else slots, n) for b in range(n + 1)]
+            # Bells: _full[k] wakes stage k (its input landed), _free[k + 1] wakes stage k (its
+            # output slot was taken), _wake[k] its recovery handshake; toward the client one
+            # bell for its waiting callers and one for its service thread (bell.SwitchBell).
             self._full = [Bell() for _ in range(n + 1)]
             self._free = [Bell() for _ in range(n + 1)]
             self._wake = [Bell() for _ in range(n)]
+            self._callers, self._service, self._kick = Bell(), Bell(), Bell()
             for k in range(n):
                 self._workers.append(Worker(self._spawn(k)))
             for k in range(n):
@@ -153,121 +171,15 @@ class LocalPipeline(Supervisor, Pipeline):
         except BaseException:
             self._shutdown()
             raise
-        self._threads = [
-            threading.Thread(target=self._feed_loop, name="corepipe-feeder", daemon=True),
-            threading.Thread(target=self._collect_loop, name="corepipe-collector", daemon=True),
-            threading.Thread(target=self._monitor_loop, name="corepipe-monitor", daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._service_loop, name="corepipe-service", daemon=True)]
         for t in self._threads:
             t.start()
 
-    # -- client API --------------------------------------------------------------------------
-    def _submit(self, feeds: Mapping[str, np.ndarray], *, timeout: float | None = None) -> Future[dict[str, np.ndarray]]:
-        ph = self._ph
-        if ph is not None:
-            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        self._check_open()
-        checked = self._checked(feeds)
-        # Copy now: the caller may reuse its arrays, and replay needs the inputs until completion.
-        kept = {t.name: np.array(checked[t.name], copy=True) for t in self.plan.boundaries[0]}
-        self._take_place(timeout)
-        fut: Future[dict[str, np.ndarray]] = Future()
-        with self._cv:
-            self._refuse_if_closing()
-            req = Request(next(self._ids), kept, fut, time.monotonic())  # the workers' clock too
-            fut.request_id = req.rid  # type: ignore[attr-defined]
-            fut.set_running_or_notify_cancel()
-            self._pending.append(req)
-            self._cv.notify_all()
-        if ph is not None:
-            ph.add(0, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
-        return fut
-
-    # -- feeder / collector ------------------------------------------------------------------
-    def _feed_loop(self) -> None:
-        ring, free, ph = self._rings[0], self._free[0], self._ph
-        while True:
-            with self._cv:
-                while (not self._pending or self._paused) and not self._closed:
-                    self._cv.wait(0.2)
-                if self._closed:
-                    if ph is not None:
-                        ph.thread_done("feeder")
-                    return
-                req, epoch, seq = self._pending[0], self._epoch, self._feed_seq
-            if ph is not None:
-                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-            s = seq % self._slots
-            if ring.state(s) != EMPTY:
-                wait_any([free], 0.05)
-                continue
-            try:
-                ring.write(s, req.feeds)
-            except Exception as exc:  # never let the feeder die: fail this request alone
-                with self._cv:
-                    dropped = bool(self._pending) and self._pending[0] is req
-                    if dropped:
-                        self._pending.popleft()
-                if dropped:
-                    self._finish(req, None, CorepipeError(f"request {req.rid} could not enter the pipeline: {exc}"))
-                continue
-            with self._cv:
-                if self._paused or epoch != self._epoch or not self._pending or self._pending[0] is not req:
-                    continue  # recovery happened meanwhile; the slot was never published
-                self._pending.popleft()
-                self._inflight[req.rid] = req
-                req.fed = req.fed or time.monotonic()  # a replay keeps its first entry
-                ring.publish(s, epoch=epoch, seq=seq, request_id=req.rid)
-                self._feed_seq += 1
-            self._full[0].ring()
-            if ph is not None:
-                ph.add(1, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
-
-    def _collect_loop(self) -> None:
-        ring, full, ph = self._rings[-1], self._full[-1], self._ph
-        while True:
-            with self._cv:
-                while self._paused and not self._closed:
-                    self._cv.wait(0.2)
-                if self._closed:
-                    if ph is not None:
-                        ph.thread_done("collector")
-                    return
-                epoch, seq = self._epoch, self._collect_seq
-            s = seq % self._slots
-            if ring.state(s) != FULL or ring.epoch(s) != epoch:
-                wait_any([full], 0.05)
-                continue
-            if ph is not None:
-                t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-            rid, status = ring.request_id(s), ring.status(s)
-            result: dict[str, np.ndarray] | None = None
-            error: BaseException | None = None
-            stamps: list[tuple[float, float]] = []
-            try:
-                stamps = ring.stamps(s)
-                if status == ERROR:
-                    error = decode_error(ring.error(s), rid)
-                else:
-                    views = ring.read(s)
-                    result = {t.name: np.array(views[t.name], copy=True) for t in self.plan.outputs}
-            except Exception as exc:  # a torn read during recovery; the epoch check below drops it
-                error = exc
-            with self._cv:
-                if self._paused or epoch != self._epoch:
-                    continue
-                ring.free(s)
-                self._collect_seq += 1
-                req = self._inflight.pop(rid, None)
-            self._free[-1].ring()
-            if req is not None:
-                self._traces.add(RequestTrace(
-                    req.rid, req.submitted, req.fed, tuple(stamps), time.monotonic(),
-                    ok=error is None, replays=req.replays,
-                ))
-                self._finish(req, result, error)
-            if ph is not None:
-                ph.add(2, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
+    def _first_ring_slots(self, slots: int) -> int:
+        """Slots of the first ring: one per request in flight, within `FIRST_RING_BYTES` (a
+        decoder pipeline, whose scheduler keeps what it replays, overrides it)."""
+        one = Ring.size_for(self._ring_specs(0), 1, self.plan.num_cores)
+        return max(slots, min(self.max_in_flight, FIRST_RING_BYTES // max(one, 1)))
 
     # -- stats / close -----------------------------------------------------------------------
     def stats(self) -> PipelineStats:
@@ -306,9 +218,9 @@ class LocalPipeline(Supervisor, Pipeline):
         return names
 
     def close(self, *, timeout: float | None = 30.0) -> None:
-        if threading.current_thread() in getattr(self, "_threads", ()):
-            # Called from a done-callback on our collector: draining needs that very thread, so
-            # close from a helper thread and return at once.
+        if threading.current_thread() in getattr(self, "_threads", ()) or threading.get_ident() == self._reaper:
+            # Called from a done-callback while this thread reaps: draining needs it, so close
+            # from a helper thread and return at once.
             threading.Thread(target=self.close, kwargs={"timeout": timeout},
                              name="corepipe-close", daemon=True).start()
             return
@@ -331,8 +243,9 @@ class LocalPipeline(Supervisor, Pipeline):
             self._cv.notify_all()
         if self._control is not None:
             self._control.shutdown = True
-        for b in getattr(self, "_wake", []):
-            b.ring()
+        for b in getattr(self, "_wake", []) + [getattr(self, "_kick", None), getattr(self, "_callers", None)]:
+            if b is not None:
+                b.ring()
         for t in getattr(self, "_threads", []):
             if t is not threading.current_thread():
                 t.join(timeout=2)
@@ -349,8 +262,10 @@ class LocalPipeline(Supervisor, Pipeline):
             ring.close(unlink=True)
         if self._control is not None:
             self._control.close(unlink=True)
-        for b in getattr(self, "_full", []) + getattr(self, "_free", []) + getattr(self, "_wake", []):
-            b.close()
+        for b in getattr(self, "_full", []) + getattr(self, "_free", []) + getattr(self, "_wake", []) + [
+                getattr(self, name, None) for name in ("_callers", "_service", "_kick")]:
+            if b is not None:
+                b.close()
         ph = getattr(self, "_ph", None)
         if ph is not None:
             ph.dump()

@@ -15,9 +15,10 @@ Worker phases, in loop order: ``wait`` (from the last publish until the next slo
 idle, plus the select wake-up), ``header`` (read the slot header, set the control words, view
 the tensors), ``bind`` (find the binding of these slots), ``engine`` (the engine's own run),
 ``after`` (carried tensors, shapes in the header), ``publish`` (counters, timestamps, header,
-doorbells, free the input slot). Client phases: ``submit`` (check, copy in, admission: the
-caller's thread), ``feed`` (the feeder writes and publishes a slot), ``collect`` (the collector
-copies the outputs out and completes the future).
+doorbells, free the input slot). Client phases: ``submit`` (check, admission, copy
+in: the caller's thread, ``feed`` included), ``feed`` (a slot of the first ring written and
+published, from ``submit`` or from the queue), ``collect`` (the outputs copied out and the future
+completed, by whichever thread reaps: a caller in ``result()`` or the service thread).
 """
 
 from __future__ import annotations

@@ -18,17 +18,15 @@ of each request at the cost of a few word copies.
 
 from __future__ import annotations
 
-import os
-import secrets
-import sys
 from collections.abc import Sequence
-from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 
 from ..artifact.plan import TensorSpec
 from ..errors import StageError
+from .segments import attach_shm, create_shm, release_shm
 
 __all__ = ["Ring", "Control", "attach_shm", "encode_error", "decode_error", "EMPTY", "FULL", "OK", "ERROR"]
 
@@ -46,40 +44,8 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def attach_shm(name: str) -> SharedMemory:
-    """Attach to a segment another process created, without registering it for cleanup here:
-    only its creator unlinks it (Python < 3.13 would otherwise unlink it when we exit)."""
-    if sys.version_info >= (3, 13):
-        return SharedMemory(name=name, track=False)  # type: ignore[call-arg]
-    original = resource_tracker.register
-    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
-    try:
-        return SharedMemory(name=name)
-    finally:
-        resource_tracker.register = original  # type: ignore[assignment]
-
-
-def create_shm(size: int) -> SharedMemory:
-    """A new segment named ``corepipe_<pid>_<random>``: whose it is shows in ``/dev/shm``, so a
-    leak is easy to attribute (and tests can tell their segments from a neighbour's)."""
-    return SharedMemory(create=True, name=f"corepipe_{os.getpid()}_{secrets.token_hex(6)}", size=max(size, 1))
-
-
 def _max_dims(specs: Sequence[TensorSpec]) -> int:
     return max([MAX_DIMS] + [len(spec.shape) for spec in specs])
-
-
-def _release(shm: SharedMemory, unlink: bool) -> None:
-    """Unmap ``shm`` and, for its creator, remove its name."""
-    try:
-        shm.close()
-    except BufferError:  # a caller still holds a view; the mapping goes with the process
-        pass
-    if unlink:
-        try:
-            shm.unlink()
-        except FileNotFoundError:
-            pass
 
 
 class Ring:
@@ -120,6 +86,19 @@ class Ring:
         ]
         # float64 views of each header's timestamp words, made once: stamping is on the hot path
         self._stamps = [h[self._stamp_base :].view(np.float64) for h in self.headers]
+        # The hot path reads and writes header words through memoryviews (a Python int in ~30 ns;
+        # a numpy scalar costs ~150), and reuses a slot's tensor views while its shapes repeat.
+        self._hv: list[Any] = [h.data for h in self.headers]
+        self._shape_words: list[Any] = [h[_FIXED_WORDS : self._stamp_base].data for h in self.headers]
+        self._read_cache: list[tuple[bytes, dict[str, np.ndarray]] | None] = [None] * slots
+        # slot -> per tensor: (shape, dtype, destination view, header words) of its last write
+        self._write_cache: list[list[tuple[Any, ...] | None]] = [[None] * m for _ in range(slots)]
+        static = np.zeros(self._stamp_base - _FIXED_WORDS, dtype=np.uint64)
+        for i, spec in enumerate(self.specs):
+            at = i * (1 + self.max_dims)
+            static[at] = len(spec.shape)
+            static[at + 1 : at + 1 + len(spec.shape)] = spec.shape
+        self._static_words = static.data
 
     @staticmethod
     def size_for(specs: Sequence[TensorSpec], slots: int, stages: int = 0) -> int:
@@ -142,30 +121,37 @@ class Ring:
 
     # -- slot access -------------------------------------------------------------------------
     def state(self, s: int) -> int:
-        return int(self.headers[s][0])
+        return self._hv[s][0]
 
     def epoch(self, s: int) -> int:
-        return int(self.headers[s][1])
+        return self._hv[s][1]
 
     def request_id(self, s: int) -> int:
-        return int(self.headers[s][3])
+        return self._hv[s][3]
 
     def status(self, s: int) -> int:
-        return int(self.headers[s][4])
+        return self._hv[s][4]
+
+    def ready(self, s: int, epoch: int) -> bool:
+        """Whether slot ``s`` is FULL with a request of ``epoch`` (one call on the hot path)."""
+        h = self._hv[s]
+        return h[0] == FULL and h[1] == epoch
 
     def stamps(self, s: int) -> list[tuple[float, float]]:
         """The (enter, leave) times slot ``s``'s request has collected, one pair per stage."""
         words = self._stamps[s].tolist()
         return list(zip(words[0::2], words[1::2]))
 
-    def stamp(self, s: int, upstream: Ring, stage: int, enter: float, leave: float) -> None:
+    def stamp(self, s: int, upstream: Ring, stage: int, enter: float, leave: float,
+              upstream_slot: int | None = None) -> None:
         """Give slot ``s`` the timestamps its request collected upstream (``upstream``'s slot
-        ``s``, stages before ``stage``) and this stage's own (``enter``, ``leave``)."""
+        ``upstream_slot``, default ``s``; stages before ``stage``) and this stage's own
+        (``enter``, ``leave``)."""
         if stage >= self.stages:
             return  # a ring made without room for timestamps
         mine = self._stamps[s]
         if stage and upstream.stages >= stage:
-            mine[: 2 * stage] = upstream._stamps[s][: 2 * stage]
+            mine[: 2 * stage] = upstream._stamps[s if upstream_slot is None else upstream_slot][: 2 * stage]
         mine[2 * stage : 2 * stage + 2] = (enter, leave)
 
     def reset(self) -> None:
@@ -173,10 +159,17 @@ class Ring:
             h[:] = 0
 
     def free(self, s: int) -> None:
-        self.headers[s][0] = EMPTY
+        self._hv[s][0] = EMPTY
 
     def read(self, s: int) -> dict[str, np.ndarray]:
-        """Views of slot ``s``'s tensors, shaped as written (valid until the slot is freed)."""
+        """Views of slot ``s``'s tensors, shaped as written (valid until the slot is freed).
+
+        The same dict comes back while the slot's shapes repeat (made once per slot and
+        shape): callers read it and must not change it."""
+        key = self._shape_words[s].tobytes()
+        cached = self._read_cache[s]
+        if cached is not None and cached[0] == key:
+            return cached[1]
         h = self.headers[s]
         out = {}
         for i, spec in enumerate(self.specs):
@@ -186,6 +179,7 @@ class Ring:
             count = int(np.prod(shape, dtype=np.int64))
             nbytes = count * np.dtype(spec.dtype).itemsize
             out[spec.name] = self.regions[s][i][:nbytes].view(spec.dtype).reshape(shape)
+        self._read_cache[s] = (key, out)
         return out
 
     def error(self, s: int) -> str:
@@ -208,9 +202,9 @@ class Ring:
         h[base + 1 : base + 1 + len(shape)] = shape
 
     def mark_static(self, s: int) -> None:
-        """Record the compiled shapes as slot ``s``'s shapes (after an in-place write)."""
-        for i, spec in enumerate(self.specs):
-            self._set_shape(s, i, spec.shape)
+        """Record the compiled shapes as slot ``s``'s shapes (after an in-place write): one copy
+        of header words prepared once."""
+        self._shape_words[s][:] = self._static_words
 
     # -- dynamic dims: tensors of the shapes a request has, in slots sized for the largest ----
     def views(self, s: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -229,9 +223,19 @@ class Ring:
             self._set_shape(s, i, shapes[spec.name])
 
     def write(self, s: int, tensors: dict[str, np.ndarray]) -> None:
-        """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size."""
+        """Copy ``tensors`` into slot ``s``. Raises ValueError if one exceeds its compiled size.
+
+        A tensor of the shape and dtype the slot took last goes through the destination view and
+        header words kept from then (one copy and one word copy)."""
+        cache = self._write_cache[s]
         for i, spec in enumerate(self.specs):
             value = tensors[spec.name]
+            hit = cache[i]
+            if hit is not None and hit[0] == value.shape and hit[1] == value.dtype:
+                np.copyto(hit[2], value, casting="no")
+                at = i * (1 + self.max_dims)
+                self._shape_words[s][at : at + len(hit[3])] = hit[3]
+                continue
             if value.ndim > self.max_dims:
                 raise ValueError(
                     f"tensor {spec.name!r} came out with {value.ndim} dims; compiled as {spec.describe()}"
@@ -244,13 +248,16 @@ class Ring:
                     f"compiled {spec.describe()}; compile with example inputs of the largest shape"
                 )
             region = self.regions[s][i]
+            dest = region[: value.nbytes].view(value.dtype).reshape(value.shape)
             if value.nbytes:
-                region[: value.nbytes].view(value.dtype).reshape(value.shape)[...] = value
+                dest[...] = value
             self._set_shape(s, i, value.shape)
+            words = np.array([value.ndim, *value.shape], dtype=np.uint64)
+            cache[i] = (value.shape, value.dtype, dest, words.data)
 
     def publish(self, s: int, *, epoch: int, seq: int, request_id: int, status: int = OK, error: str = "") -> None:
         """Fill the slot header and mark it FULL (the state word is written last)."""
-        h = self.headers[s]
+        h = self._hv[s]
         h[1], h[2], h[3], h[4] = epoch, seq, request_id, status
         if error:
             data = error.encode("utf-8")[:ERR_BYTES]
@@ -267,27 +274,39 @@ class Ring:
         return sum(1 for s in range(self.slots) if self.state(s) == FULL)
 
     def close(self, unlink: bool = False) -> None:
+        for views in (self._hv, self._shape_words):
+            for v in views:
+                v.release()
+        self._hv, self._shape_words, self._read_cache, self._write_cache = [], [], [], []
         self.headers = []
         self.regions = []
         self._stamps = []
-        _release(self.shm, unlink)
+        release_shm(self.shm, unlink)
 
 
 class Control:
     """Small shared block: epoch handshakes, shutdown, and per-stage counters.
 
-    Layout (float64 words): [epoch, go_epoch, shutdown, reserved] then per stage
-    [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, heartbeat].
+    Layout (float64 words): [epoch, go_epoch, shutdown, listening, feed_wait, 3 reserved] then per
+    stage [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, heartbeat,
+    sleep_in, sleep_out]. ``sleep_in`` / ``sleep_out``: the worker is about to sleep on its input
+    bell (no full slot) / its output bell (no free slot); a peer rings that bell only then, so a
+    busy worker costs its peers no syscall (an eventcount: each side stores its word, fences,
+    then loads the other's; `corepipe.runtime.bell.fence`).
+    ``listening``: threads of the client waiting in ``result()`` (the last worker's completion
+    bell wakes them instead of the client's service thread); ``feed_wait``: the client has
+    requests waiting for a free slot in the first ring (stage 0 rings its free bell only then).
     """
 
-    GLOBAL = 4
-    PER_STAGE = 8
-    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, HEARTBEAT = range(8)
+    GLOBAL = 8
+    PER_STAGE = 10
+    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, HEARTBEAT, SLEEP_IN, SLEEP_OUT = range(10)
 
     def __init__(self, stages: int, shm: SharedMemory) -> None:
         self.stages = stages
         self.shm = shm
         self.words = np.ndarray((self.GLOBAL + stages * self.PER_STAGE,), dtype=np.float64, buffer=shm.buf)
+        self._w: Any = self.words.data  # scalar access without numpy's per-item cost
 
     @classmethod
     def create(cls, stages: int) -> Control:
@@ -301,38 +320,63 @@ class Control:
         return cls(stages, attach_shm(name))
 
     def get(self, stage: int, field: int) -> float:
-        return float(self.words[self.GLOBAL + stage * self.PER_STAGE + field])
+        return self._w[self.GLOBAL + stage * self.PER_STAGE + field]
 
     def set(self, stage: int, field: int, value: float) -> None:
-        self.words[self.GLOBAL + stage * self.PER_STAGE + field] = value
+        self._w[self.GLOBAL + stage * self.PER_STAGE + field] = float(value)
+
+    def base(self, stage: int) -> int:
+        """Index of stage ``stage``'s first word in `words`/`view` (a worker's loop adds fields)."""
+        return self.GLOBAL + stage * self.PER_STAGE
+
+    @property
+    def view(self) -> Any:
+        """The words as a float64 memoryview (the hot path's reads and writes)."""
+        return self._w
 
     @property
     def epoch(self) -> int:
-        return int(self.words[0])
+        return int(self._w[0])
 
     @epoch.setter
     def epoch(self, value: int) -> None:
-        self.words[0] = value
+        self._w[0] = float(value)
 
     @property
     def go_epoch(self) -> int:
-        return int(self.words[1])
+        return int(self._w[1])
 
     @go_epoch.setter
     def go_epoch(self, value: int) -> None:
-        self.words[1] = value
+        self._w[1] = float(value)
 
     @property
     def shutdown(self) -> bool:
-        return bool(self.words[2])
+        return bool(self._w[2])
 
     @shutdown.setter
     def shutdown(self, value: bool) -> None:
-        self.words[2] = 1.0 if value else 0.0
+        self._w[2] = 1.0 if value else 0.0
+
+    def listening(self) -> bool:
+        """Whether a client thread waits in ``result()`` for a completion (see the layout)."""
+        return self._w[3] > 0
+
+    def set_listening(self, threads: int) -> None:
+        self._w[3] = float(threads)
+
+    def feed_wait(self) -> bool:
+        """Whether the client has requests waiting for a free slot in the first ring."""
+        return self._w[4] > 0
+
+    def set_feed_wait(self, waiting: bool) -> None:
+        self._w[4] = 1.0 if waiting else 0.0
 
     def close(self, unlink: bool = False) -> None:
+        self._w.release()
+        self._w = np.zeros(0).data
         self.words = np.zeros(0)
-        _release(self.shm, unlink)
+        release_shm(self.shm, unlink)
 
 
 def encode_error(exc: BaseException, stage: int) -> str:

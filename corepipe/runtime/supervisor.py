@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from ..artifact.manifest import Artifact
 from ..artifact.plan import Plan, TensorSpec
 from ..errors import PipelineClosedError, StageError
 from .bell import Bell
-from .intake import Intake, Request
+from .client import RingClient
+from .intake import Request
 from .process import WorkerProcess
 from .shm import Control, Ring
 from .timeline import TraceLog
@@ -47,8 +49,8 @@ class Worker:
     hold_s: float = 0.0  # backoff to wait before the next start (restart policy "backoff")
 
 
-class Supervisor(Intake):
-    """Mixin for `LocalPipeline`: starting workers, the monitor thread's loop, and recovery."""
+class Supervisor(RingClient):
+    """Mixin for `LocalPipeline`: starting workers, the service thread's loop, and recovery."""
 
     path: Path
     plan: Plan
@@ -68,6 +70,9 @@ class Supervisor(Intake):
     _collect_seq: int
     _stage_timeout: float
     _traces: TraceLog
+    _service: Bell
+    _kick: Bell
+    _spin_s: float
 
     def _spawn(self, k: int) -> WorkerProcess:
         assert self._control is not None
@@ -80,7 +85,9 @@ class Supervisor(Intake):
             "cores": self._cores[k],
             "threads": len(self._cores[k]),
             "spin": len(self._cores[k]) > 1 and self._owns_cores(k),
-            "slots": self._slots,
+            "slots_in": self._rings[k].slots,
+            "slots_out": self._rings[k + 1].slots,
+            "spin_s": self._spin_s if self._owns_cores(k) else 0.0,
             "control": self._control.shm.name,
             "ring_in": self._rings[k].shm.name,
             "ring_out": self._rings[k + 1].shm.name,
@@ -93,9 +100,10 @@ class Supervisor(Intake):
         report_r, report_w = os.pipe()
         os.set_blocking(report_r, False)
         fds = {
-            "in_full": self._full[k].r, "in_free": self._free[k].w,
-            "out_full": self._full[k + 1].w, "out_free": self._free[k + 1].r,
-            "wake": self._wake[k].r, "report": report_w,
+            "in_full": self._full[k].fileno(), "in_free": self._free[k].fileno(),
+            "out_full": self._full[k + 1].fileno(), "out_free": self._free[k + 1].fileno(),
+            "wake": self._wake[k].fileno(), "callers": self._callers.fileno(),
+            "service": self._service.fileno(), "report": report_w,
         }
         cfg["fds"] = fds
         try:
@@ -137,32 +145,71 @@ class Supervisor(Intake):
                 )
             time.sleep(0.01)
 
-    def _monitor_loop(self) -> None:
+    def _service_loop(self) -> None:
+        """The service thread: sleep until a worker dies (its pidfd turns readable), a result
+        lands that no caller waits for (the service doorbell), or the next deadline check; then
+        recover, and reap what no caller took."""
         assert self._control is not None
-        while not self._closed:
-            time.sleep(0.05)
-            if self._closed:
-                return
-            procs = [w.process for w in self._workers]
-            dead = [k for k, p in enumerate(procs) if not p.is_alive()]
-            now = time.time()
-            hung = [k for k in range(self._n) if k not in dead and self._stuck(k, now)]
-            if (dead or hung) and not self._closed and self._broken is None:
+        ph = self._ph
+        watched: dict[int, int] = {}  # pid -> pidfd
+        # Deaths wake it by pidfd and results by doorbell; the tick is only for stage deadlines
+        # (a hung worker is noticed within stage_timeout + stage_timeout / 8) and lost wake-ups.
+        tick = min(1.0, max(0.02, self._stage_timeout / 8))
+        try:
+            while not self._closed:
+                watched = self._pidfds(watched)
+                fds = [self._service.fileno(), self._kick.fileno(), *watched.values()]
                 try:
-                    self._recover(dead, hung)
-                except PipelineClosedError:
+                    ready, _, _ = select.select(fds, [], [], tick)
+                except (OSError, ValueError):  # a descriptor closed under us: look again
+                    ready = []
+                    time.sleep(0.005)
+                if self._closed:
                     return
-                except Exception as exc:  # recovery itself failed: give up cleanly
-                    self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+                if self._service.fileno() in ready:
+                    self._service.drain()
+                if self._kick.fileno() in ready:
+                    self._kick.drain()
+                procs = [w.process for w in self._workers]
+                dead = [k for k, p in enumerate(procs) if not p.is_alive()]
+                now = time.monotonic()
+                hung = [k for k in range(self._n) if k not in dead and self._stuck(k, now)]
+                if (dead or hung) and not self._closed and self._broken is None:
+                    try:
+                        self._recover(dead, hung)
+                    except PipelineClosedError:
+                        return
+                    except Exception as exc:  # recovery itself failed: give up cleanly
+                        self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
+                    continue
+                self._service_reap()
+        finally:
+            for fd in watched.values():
+                os.close(fd)
+            if ph is not None:
+                ph.thread_done("service")
+
+    def _pidfds(self, watched: dict[int, int]) -> dict[int, int]:
+        """A pidfd per current worker (made once per process; those of replaced ones closed):
+        a worker's death wakes the service thread at once, with no polling tick."""
+        pids = {w.process.pid for w in self._workers}
+        for pid in [p for p in watched if p not in pids]:
+            os.close(watched.pop(pid))
+        for pid in pids - watched.keys():
+            try:
+                watched[pid] = os.pidfd_open(pid)
+            except OSError:  # already reaped, or no pidfd (old kernel): the tick notices
+                pass
+        return watched
 
     def _stuck(self, k: int, now: float) -> bool:
         """Busy on one request past the stage deadline, or silent (not even polling) as long."""
         assert self._control is not None
         busy_since = self._control.get(k, Control.BUSY_SINCE)
         if busy_since > 0:
-            return busy_since < now - self._stage_timeout
+            return bool(busy_since < now - self._stage_timeout)
         beat = self._control.get(k, Control.HEARTBEAT)
-        return 0 < beat < now - max(self._stage_timeout, 1.0)
+        return bool(0 < beat < now - max(self._stage_timeout, 1.0))
 
     def _recover(self, dead: list[int], hung: list[int]) -> None:
         control = self._control
@@ -196,8 +243,7 @@ class Supervisor(Intake):
             self._workers[k].process.join(timeout=5)
             if self._record_death(k):
                 return
-        for ring in self._rings:
-            ring.reset()
+        self._reset_rings()
         self._fail_poisoned(suspects, "worker")
         for k in sorted(restart):
             while True:
@@ -223,6 +269,7 @@ class Supervisor(Intake):
             self._cv.notify_all()
         for b in self._wake:
             b.ring()
+        self._feed_pending()  # the replays, then whatever waited
 
     def _record_death(self, k: int, why: str = "") -> bool:
         """Count a death of stage ``k``'s worker. Past the limit, break the pipeline (True) under

@@ -2,7 +2,9 @@
 
 Loop: wait for a FULL slot in the incoming ring and a free slot in the outgoing ring, run the
 stage on in-place views of the incoming tensors, write the outgoing tensors, publish, free the
-incoming slot. A failure of one request travels downstream as an ERROR slot with the stage-tagged
+incoming slot. Per request it does only that: the slot's views and the engine's binding are made
+once per slot (and shape), the control words are written through one memoryview, and a wait
+spins for ``spin_s`` (a worker on cores of its own) before it sleeps on its eventfd doorbell. A failure of one request travels downstream as an ERROR slot with the stage-tagged
 message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
 the worker drops what it holds, acknowledges, and waits for the client's go.
 """
@@ -10,15 +12,17 @@ the worker drops what it holds, acknowledges, and waits for the client's go.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
 import sys
 import time
+from typing import Any
 
-from .bell import Bell, wait_any
+from .bell import Bell, SwitchBell, fence, spin_until, wait_any
 from .phases import phases_from_env
-from .shm import ERROR, FULL, OK, Control, Ring, encode_error
+from .shm import ERROR, OK, Control, Ring, encode_error
 
 __all__ = ["worker_main"]
 
@@ -32,6 +36,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def _landed(ring: Ring, s: int, epoch: int, words: Any) -> bool:
+    """Whether slot ``s`` of ``ring`` holds a request of ``epoch``, or a recovery began."""
+    return ring.ready(s, epoch) or words[0] != epoch
 
 
 def worker_main(config_json: str) -> None:
@@ -73,8 +82,8 @@ def worker_main(config_json: str) -> None:
         specs_in = [TensorSpec.from_dict(t) for t in cfg["specs_in"]]
         specs_out = [TensorSpec.from_dict(t) for t in cfg["specs_out"]]
         stamps = int(cfg.get("stamps", 0))  # timestamp room in each slot header (see shm.py)
-        ring_in = Ring.attach(cfg["ring_in"], specs_in, cfg["slots"], stamps)
-        ring_out = Ring.attach(cfg["ring_out"], specs_out, cfg["slots"], stamps)
+        ring_in = Ring.attach(cfg["ring_in"], specs_in, cfg["slots_in"], stamps)
+        ring_out = Ring.attach(cfg["ring_out"], specs_out, cfg["slots_out"], stamps)
     except BaseException as exc:  # report why we could not start, then exit
         message = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000]
         try:
@@ -83,50 +92,79 @@ def worker_main(config_json: str) -> None:
             pass
         control.set(k, Control.READY, -1)
         sys.exit(3)
+    n = int(cfg["num_stages"])
     in_full = Bell(r=fds["in_full"])
-    in_free = Bell(w=fds["in_free"])
-    out_full = Bell(w=fds["out_full"])
     out_free = Bell(r=fds["out_free"])
     wake = Bell(r=fds["wake"])
+    # Toward the client (stage 0's free slots, the last stage's results) a bell wakes whichever
+    # client thread listens: one waiting in result(), or its service thread (bell.SwitchBell).
+    client = (Bell(w=fds["callers"]), Bell(w=fds["service"]))
+    in_free = SwitchBell(*client, control.listening, control.feed_wait) if k == 0 else Bell(w=fds["in_free"])
+    out_full = SwitchBell(*client, control.listening) if k == n - 1 else Bell(w=fds["out_full"])
     epoch = control.epoch
-    control.set(k, Control.HEARTBEAT, time.time())
+    clock = time.monotonic  # one clock for busy time, deadlines and timelines (all processes)
+    control.set(k, Control.HEARTBEAT, clock())
     control.set(k, Control.ACK, epoch)
     control.set(k, Control.PID, os.getpid())
     control.set(k, Control.READY, 1)
-    idx = 0  # slot sequence number in both rings for this epoch
-    slots = cfg["slots"]
+    # Prepared once: the control words this worker writes, the slot counts, the spin budget.
+    cw, base = control.view, control.base(k)
+    w_requests, w_busy = base + Control.REQUESTS, base + Control.BUSY_S
+    w_since, w_current, w_beat = base + Control.BUSY_SINCE, base + Control.CURRENT, base + Control.HEARTBEAT
+    slots_in, slots_out = int(cfg["slots_in"]), int(cfg["slots_out"])
+    spin_s = float(cfg.get("spin_s", 0.0))
+    w_sleep_in, w_sleep_out = base + Control.SLEEP_IN, base + Control.SLEEP_OUT
+    # The neighbours' sleep words (-1: the client's end, whose SwitchBell decides itself).
+    next_sleeps = control.base(k + 1) + Control.SLEEP_IN if k < n - 1 else -1
+    prev_sleeps = control.base(k - 1) + Control.SLEEP_OUT if k > 0 else -1
+    idx = 0  # request sequence number in both rings for this epoch
     # Per-phase counters (COREPIPE_PHASES; None, and never touched, when off): see phases.py.
     ph = phases_from_env(f"stage{k}", ("wait", "header", "bind", "engine", "after", "publish"), process_cpu=True)
     if ph is not None:
         ph.wrap(runner.engine, "run_bound", 2, 3)
 
     def alive() -> bool:
-        control.set(k, Control.HEARTBEAT, time.time())  # an idle worker proves it is not stuck
-        return not control.shutdown and os.getppid() == parent
+        cw[w_beat] = clock()  # an idle worker proves it is not stuck
+        return not cw[2] and os.getppid() == parent  # words[2]: shutdown
 
-    while alive():
-        if control.epoch != epoch:
+    while True:
+        if cw[0] != epoch or cw[2]:  # words[0]: the epoch; words[2]: shutdown
+            if not alive():
+                break
             # Recovery: drop everything, acknowledge, wait for the client's go.
             epoch = control.epoch
-            control.set(k, Control.BUSY_SINCE, 0.0)
+            cw[w_since] = 0.0
             control.set(k, Control.ACK, epoch)
             while alive() and control.go_epoch < epoch and control.epoch == epoch:
                 wait_any([wake], _POLL_S)
             idx = 0
             continue
-        s = idx % slots
-        if ring_in.state(s) != FULL or ring_in.epoch(s) != epoch:
-            wait_any([in_full, wake], _POLL_S)
+        s, t = idx % slots_in, idx % slots_out
+        if not ring_in.ready(s, epoch):
+            if not (spin_s and spin_until(functools.partial(_landed, ring_in, s, epoch, cw), spin_s)):
+                if not alive():
+                    break
+                cw[w_sleep_in] = 1.0  # ring me (the producer looks after it publishes)
+                fence()
+                if not ring_in.ready(s, epoch):
+                    wait_any([in_full, wake], _POLL_S)
+                cw[w_sleep_in] = 0.0
             continue
-        if ring_out.state(s) != 0:
-            wait_any([out_free, wake], _POLL_S)
+        if ring_out.state(t) != 0:
+            if not alive():
+                break
+            cw[w_sleep_out] = 1.0
+            fence()
+            if ring_out.state(t) != 0:
+                wait_any([out_free, wake], _POLL_S)
+            cw[w_sleep_out] = 0.0
             continue
         if ph is not None:
             ph.lap(0)
         rid = ring_in.request_id(s)
-        control.set(k, Control.CURRENT, rid)
-        start, enter = time.time(), time.monotonic()
-        control.set(k, Control.BUSY_SINCE, start)
+        enter = clock()
+        cw[w_current] = rid
+        cw[w_since] = enter
         status, error = OK, ""
         if ring_in.status(s) == ERROR:
             status, error = ERROR, ring_in.error(s)  # an upstream failure: pass it on
@@ -135,23 +173,27 @@ def worker_main(config_json: str) -> None:
                 views = ring_in.read(s)
                 if ph is not None:
                     ph.lap(1)
-                runner.run_into(views, ring_out, s, request_id=rid)
+                runner.run_into(views, ring_out, t, request_id=rid)
             except Exception as exc:  # StageError, or a tensor over its compiled size
                 status, error = ERROR, encode_error(exc, k)
             if ph is not None:
                 ph.lap(4)
-        if control.epoch != epoch:
+        if cw[0] != epoch:
             continue  # a recovery began while we ran: this result belongs to a dead epoch
         # Count before publishing: once the result is visible the client may read stats(), and
         # they must already include this request.
-        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (time.time() - start))
-        control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
-        control.set(k, Control.BUSY_SINCE, 0.0)
-        ring_out.stamp(s, ring_in, k, enter, time.monotonic())  # this request's path, for timelines
-        ring_out.publish(s, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
-        out_full.ring()
+        leave = clock()
+        cw[w_busy] += leave - enter
+        cw[w_requests] += 1
+        cw[w_since] = 0.0
+        ring_out.stamp(t, ring_in, k, enter, leave, upstream_slot=s)  # this request's path, for timelines
+        ring_out.publish(t, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
         ring_in.free(s)
-        in_free.ring()
+        fence()  # then ring only a neighbour that sleeps: a busy one costs no syscall
+        if next_sleeps < 0 or cw[next_sleeps]:
+            out_full.ring()
+        if prev_sleeps < 0 or cw[prev_sleeps]:
+            in_free.ring()
         idx += 1
         if ph is not None:
             ph.lap(5)

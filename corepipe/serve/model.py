@@ -6,7 +6,7 @@ Retry-After / RESOURCE_EXHAUSTED): memory never grows with the number of clients
 the event loop mirrors the pipeline's window, released only when the pipeline's future completes
 (after the pipeline freed its own slot), so `Pipeline.submit` is only called when it has room and
 never blocks the event loop. The future is bridged with ``call_soon_threadsafe`` from the
-pipeline's collector thread. A client that goes away does not free the slot early: its request
+thread that reaps the pipeline's results. A client that goes away does not free the slot early: its request
 still occupies the pipeline until it completes.
 """
 
@@ -185,7 +185,7 @@ class ServedModel:
             futures, lambda rs: {n: np.concatenate([r[n] for r in rs], axis=0) for n in names})
         done: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
 
-        def landed(f: Future[dict[str, np.ndarray]]) -> None:  # on the pipeline's collector thread
+        def landed(f: Future[dict[str, np.ndarray]]) -> None:  # on the thread that reaps the pipeline
             try:
                 loop.call_soon_threadsafe(self._complete, f, done, t0, t1)
             except RuntimeError:  # the loop is gone (shutting down): nobody is waiting

@@ -3,7 +3,10 @@ KV, steps handed over through shared-memory rings.
 
 It is `LocalPipeline` (workers, rings, doorbells, supervision and recovery) with step messages in
 the rings (`rings.ring_specs`): the *feeder* writes the scheduler's next message into the first
-ring, the *collector* reads tokens from the last and hands them to the scheduler. When a worker
+ring, the *collector* reads tokens from the last and hands them to the scheduler. These two
+threads are the decoder's own (a step's next message depends on the last one's tokens, so no
+caller's thread waits on a ring); `LocalPipeline`'s service thread still watches the workers,
+but reaps nothing here. When a worker
 dies, the supervisor's recovery runs as for any plan (new epoch, rings reset, the stage started
 again); then, instead of replaying requests, every live sequence's next step becomes a prefill of
 all its tokens so far (`Scheduler.replay`), which rebuilds every stage's KV; generation goes on.
@@ -11,6 +14,7 @@ all its tokens so far (`Scheduler.replay`), which rebuilds every stage's KV; gen
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -21,7 +25,7 @@ from ...artifact.plan import TensorSpec
 from ...errors import CorepipeError, PipelineClosedError
 from ..bell import wait_any
 from ..local import LocalPipeline
-from ..shm import EMPTY, ERROR, FULL, decode_error
+from ..shm import EMPTY, ERROR, decode_error
 from .header import TOKENS
 from .pipeline import DecoderPipeline
 from .rings import HEADER, ring_specs
@@ -39,6 +43,17 @@ class LocalDecoder(DecoderPipeline, LocalPipeline):
         options.setdefault("slots", 2 * artifact.plan.num_cores + 2)
         options.pop("max_in_flight", None)
         super().__init__(artifact, max_in_flight=self.decoder.max_sequences, **options)
+        mine = [threading.Thread(target=self._feed_loop, name="corepipe-feeder", daemon=True),
+                threading.Thread(target=self._collect_loop, name="corepipe-collector", daemon=True)]
+        self._threads += mine
+        for t in mine:
+            t.start()
+
+    def _first_ring_slots(self, slots: int) -> int:
+        return slots  # the scheduler keeps what a recovery replays, not the first ring
+
+    def _service_reap(self) -> None:
+        pass  # the collector thread reads the last ring (its messages are steps, not results)
 
     def _ring_specs(self, b: int) -> tuple[TensorSpec, ...]:
         return self._specs[b]
@@ -67,7 +82,7 @@ class LocalDecoder(DecoderPipeline, LocalPipeline):
                     if self._closed or self._paused or generation != self._scheduler.generation:
                         break
                     epoch = self._epoch
-                    s = self._feed_seq % self._slots
+                    s = self._feed_seq % ring.slots
                     if ring.state(s) == EMPTY:
                         ring.write(s, {HEADER: head, self.decoder.input_ids: ids})
                         ring.publish(s, epoch=epoch, seq=self._feed_seq, request_id=int(head[0, 0]))
@@ -85,8 +100,8 @@ class LocalDecoder(DecoderPipeline, LocalPipeline):
                 if self._closed:
                     return
                 epoch, seq = self._epoch, self._collect_seq
-            s = seq % self._slots
-            if ring.state(s) != FULL or ring.epoch(s) != epoch:
+            s = seq % ring.slots
+            if not ring.ready(s, epoch):
                 wait_any([full], 0.05)
                 continue
             views = ring.read(s)

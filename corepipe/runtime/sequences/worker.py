@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..bell import Bell, wait_any
-from ..shm import EMPTY, ERROR, FULL, OK, Control, Ring, encode_error
+from ..shm import EMPTY, ERROR, OK, Control, Ring, encode_error
 from .header import NEW, merge
 from .rings import HEADER
 
@@ -46,8 +46,8 @@ def decoder_main(cfg: dict[str, Any]) -> None:
         artifact = open_artifact(cfg["artifact"], verify_hashes=False)  # the engine re-verifies its bytes
         stage = load_stages(artifact, cfg["threads"], [k])[0]
         stamps = int(cfg.get("stamps", 0))  # the slots' timestamp room (unused here, but it shapes the header)
-        ring_in = Ring.attach(cfg["ring_in"], [TensorSpec.from_dict(t) for t in cfg["specs_in"]], cfg["slots"], stamps)
-        ring_out = Ring.attach(cfg["ring_out"], [TensorSpec.from_dict(t) for t in cfg["specs_out"]], cfg["slots"], stamps)
+        ring_in = Ring.attach(cfg["ring_in"], [TensorSpec.from_dict(t) for t in cfg["specs_in"]], cfg["slots_in"], stamps)
+        ring_out = Ring.attach(cfg["ring_out"], [TensorSpec.from_dict(t) for t in cfg["specs_out"]], cfg["slots_out"], stamps)
     except BaseException as exc:  # report why we could not start, then exit
         try:
             os.write(fds["report"], f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
@@ -58,19 +58,19 @@ def decoder_main(cfg: dict[str, Any]) -> None:
     in_full, in_free = Bell(r=fds["in_full"]), Bell(w=fds["in_free"])
     out_full, out_free, wake = Bell(w=fds["out_full"]), Bell(r=fds["out_free"]), Bell(r=fds["wake"])
     epoch = control.epoch
-    for field, value in ((Control.HEARTBEAT, time.time()), (Control.ACK, epoch), (Control.PID, os.getpid()),
+    clock = time.monotonic  # the supervisor's clock for heartbeats and deadlines
+    for field, value in ((Control.HEARTBEAT, clock()), (Control.ACK, epoch), (Control.PID, os.getpid()),
                          (Control.READY, 1)):
         control.set(k, field, value)
-    slots = cfg["slots"]
+    slots_in, slots_out = int(cfg["slots_in"]), int(cfg["slots_out"])
     got = put = 0  # messages read from the input ring, written to the output ring, this epoch
 
     def alive() -> bool:
-        control.set(k, Control.HEARTBEAT, time.time())
+        control.set(k, Control.HEARTBEAT, clock())
         return not control.shutdown and os.getppid() == parent
 
     def ready(i: int) -> bool:
-        s = i % slots
-        return ring_in.state(s) == FULL and ring_in.epoch(s) == epoch
+        return ring_in.ready(i % slots_in, epoch)
 
     while alive():
         if control.epoch != epoch:  # recovery: drop everything, acknowledge, wait for the go
@@ -84,22 +84,22 @@ def decoder_main(cfg: dict[str, Any]) -> None:
         if not ready(got):
             wait_any([in_full, wake], _POLL_S)
             continue
-        so = put % slots
+        so = put % slots_out
         if ring_out.state(so) != EMPTY:
             wait_any([out_free, wake], _POLL_S)
             continue
-        start = time.time()
+        start = clock()
         control.set(k, Control.BUSY_SINCE, start)
         taken = [got]
-        first = ring_in.read(got % slots)
+        first = ring_in.read(got % slots_in)
         messages = [(first[HEADER], {n: v for n, v in first.items() if n != HEADER})]
         status, error = OK, ""
-        if ring_in.status(got % slots) == ERROR:
-            status, error = ERROR, ring_in.error(got % slots)  # an upstream failure: pass it on
+        if ring_in.status(got % slots_in) == ERROR:
+            status, error = ERROR, ring_in.error(got % slots_in)  # an upstream failure: pass it on
         elif int(first[HEADER][:, NEW].max()) == 1:
             # continuous batching: every decode step already waiting joins this engine call
-            while len(taken) < slots and ready(got + len(taken)):
-                s = (got + len(taken)) % slots
+            while len(taken) < slots_in and ready(got + len(taken)):
+                s = (got + len(taken)) % slots_in
                 if ring_in.status(s) == ERROR:
                     break
                 views = ring_in.read(s)
@@ -121,13 +121,13 @@ def decoder_main(cfg: dict[str, Any]) -> None:
         except Exception as exc:  # a tensor larger than its slot: fail the step, not the stage
             status, error = ERROR, encode_error(exc, k)
             ring_out.write(so, {HEADER: head, **_empty(ring_out, head)})
-        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (time.time() - start))
+        control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (clock() - start))
         control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
         control.set(k, Control.BUSY_SINCE, 0.0)
         ring_out.publish(so, epoch=epoch, seq=put, request_id=int(head[0, 0]), status=status, error=error)
         out_full.ring()
         for i in taken:
-            ring_in.free(i % slots)
+            ring_in.free(i % slots_in)
         in_free.ring()
         got += len(taken)
         put += 1
