@@ -149,7 +149,9 @@ def serve_cmd(
 
       COREPIPE_SERVE_TOKEN=s3cret corepipe serve models/ --host 0.0.0.0
 
-      corepipe serve gpt2_compiled/   # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")
+      corepipe serve gpt2_compiled/     # a decoder: OpenAI API at :8000/v1
+
+      curl -N localhost:8000/v1/completions -d '{"prompt": "hi", "stream": true}'
 
       perf_analyzer -m resnet_compiled -u 127.0.0.1:8001 -i grpc --concurrency-range 1:4
 

@@ -27,6 +27,7 @@ class TokenStream(Iterator[int]):
         self._timeout = timeout
         self._scheduler = scheduler
         self._finalizer = weakref.finalize(self, scheduler.cancel, seq)
+        self._closed = False
 
     @property
     def sequence_id(self) -> int:
@@ -45,6 +46,8 @@ class TokenStream(Iterator[int]):
         return self
 
     def __next__(self) -> int:
+        if self._closed:  # like a closed generator: tokens made before the cancel are dropped
+            raise StopIteration
         try:
             item = self._seq.out.get(timeout=self._timeout)
         except queue.Empty:
@@ -64,7 +67,9 @@ class TokenStream(Iterator[int]):
         self._scheduler.forward(self._seq, put)
 
     def close(self) -> None:
-        """Cancel the sequence (if still generating) and free its KV row. Idempotent."""
+        """Cancel the sequence (if still generating) and free its KV row; the stream then yields
+        nothing more, even tokens made before the cancel. Idempotent."""
+        self._closed = True
         self._finalizer()
 
     def __enter__(self) -> TokenStream:
