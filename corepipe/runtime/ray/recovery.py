@@ -328,9 +328,31 @@ class Recovery(Intake, StageActors, RayStats):
             remove_placement_group(self._pg)
         except Exception:  # gone with its nodes already
             pass
+        self._wait_released()
         self._pg = create_placement(self._bundles, loose, self._start_timeout)
         self._strategy = loose
         return set(range(self._n))
+
+    def _wait_released(self) -> None:
+        """Wait (up to start_timeout) until the cluster's free resources hold every bundle again.
+
+        A removed placement group frees its bundles asynchronously; asking for the new group only
+        once they are free spares it a wait on resources Ray still counts as held. (On the
+        namespace rig Ray still left the new group pending in most runs with the resources free:
+        see tests/test_ray_partition.py's relax test, marked xfail with what was seen.)"""
+        need: dict[str, float] = {}
+        for bundle in self._bundles:
+            for name, value in bundle.items():
+                need[name] = need.get(name, 0.0) + float(value)
+        deadline = time.monotonic() + self._start_timeout
+        while time.monotonic() < deadline:
+            try:
+                free = self._ray.available_resources()
+            except Exception:
+                return
+            if all(free.get(name, 0.0) >= value - 1e-9 for name, value in need.items() if value > 0):
+                return
+            time.sleep(0.1)
 
     def _record_death(self, k: int, what: str) -> bool:
         """Count a death of stage ``k``'s actor. Past the limit, break the pipeline (True) under
