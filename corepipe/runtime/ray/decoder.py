@@ -25,9 +25,8 @@ import numpy as np
 
 from ...artifact.manifest import Artifact
 from ...artifact.plan import TensorSpec
-from ...errors import CorepipeError, PipelineClosedError
 from ..sequences.header import TOKENS
-from ..sequences.pipeline import DecoderPipeline
+from ..sequences.pipeline import SupervisedDecoder
 from ..sequences.rings import HEADER, frame_specs
 from .decoder_actor import DecoderActor
 from .pipeline import RayPipeline, _Request
@@ -35,7 +34,7 @@ from .pipeline import RayPipeline, _Request
 __all__ = ["RayDecoder"]
 
 
-class RayDecoder(DecoderPipeline, RayPipeline):
+class RayDecoder(SupervisedDecoder, RayPipeline):
     """A decoder artifact on one Ray actor per stage (see `DecoderPipeline.generate`; the options
     are `RayPipeline`'s; ``max_in_flight``, the step messages in flight, is ``max_sequences``)."""
 
@@ -98,18 +97,3 @@ class RayDecoder(DecoderPipeline, RayPipeline):
             self._admit.release()
         self._inflight.clear()
         self._replayed += self._scheduler.replay()
-
-    def _break(self, error: CorepipeError) -> None:
-        super()._break(error)
-        self._scheduler.close(error)
-
-    def _drain(self, timeout: float | None) -> bool:
-        with self._cv:
-            if self._closed:
-                return False
-            self._closing = True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._scheduler.busy() and self._broken is None and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.01)
-        self._scheduler.close(PipelineClosedError("the pipeline closed before this sequence finished"))
-        return True

@@ -15,25 +15,23 @@ all its tokens so far (`Scheduler.replay`), which rebuilds every stage's KV; gen
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
 
 from ...artifact.manifest import Artifact
 from ...artifact.plan import TensorSpec
-from ...errors import CorepipeError, PipelineClosedError
 from ..bell import wait_any
 from ..local import LocalPipeline
 from ..shm import EMPTY, ERROR, decode_error
 from .header import TOKENS
-from .pipeline import DecoderPipeline
+from .pipeline import SupervisedDecoder
 from .rings import HEADER, ring_specs
 
 __all__ = ["LocalDecoder"]
 
 
-class LocalDecoder(DecoderPipeline, LocalPipeline):
+class LocalDecoder(SupervisedDecoder, LocalPipeline):
     """A decoder artifact on one process per stage (see `DecoderPipeline.generate`; the options
     are `LocalPipeline`'s; ``slots`` defaults to ``2 * stages + 2``)."""
 
@@ -127,18 +125,3 @@ class LocalDecoder(DecoderPipeline, LocalPipeline):
         was lost with the rings: each live sequence prefills all its tokens again."""
         self._down = None
         self._replayed += self._scheduler.replay()
-
-    def _break(self, error: CorepipeError) -> None:
-        super()._break(error)
-        self._scheduler.close(error)
-
-    def _drain(self, timeout: float | None) -> bool:
-        with self._cv:
-            if self._closed:
-                return False
-            self._closing = True
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._scheduler.busy() and self._broken is None and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.01)
-        self._scheduler.close(PipelineClosedError("the pipeline closed before this sequence finished"))
-        return True

@@ -5,20 +5,22 @@ and `generate`, its one way in. Backends (`inline`, `local`) differ only in how 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...artifact.decoder import DecoderSpec
 from ...artifact.plan import Plan
-from ...errors import CorepipeError, InputError
+from ...errors import CorepipeError, InputError, PipelineClosedError
 from .sampling import Sampling
 from .scheduler import Scheduler
 from .stream import TokenStream
 
-__all__ = ["DecoderPipeline", "vocab_size"]
+__all__ = ["DecoderPipeline", "SupervisedDecoder", "vocab_size"]
 
 
 def vocab_size(plan: Plan, spec: DecoderSpec) -> int | None:
@@ -135,3 +137,28 @@ class DecoderPipeline:
         raise CorepipeError(
             f"{str(self.path)!r} is a decoder (its stages keep each sequence's KV): run it with "
             "pipe.generate(prompt_ids, max_new_tokens=...), not submit/run")
+
+
+class SupervisedDecoder(DecoderPipeline):
+    """What the backends with a supervisor (`local`, `ray`) add to `DecoderPipeline`: a broken
+    pipeline fails its live sequences, and ``close`` lets the live sequences finish first."""
+
+    _cv: Any
+    _closed: bool
+    _closing: bool
+    _broken: CorepipeError | None
+
+    def _break(self, error: CorepipeError) -> None:
+        super()._break(error)  # type: ignore[misc]
+        self._scheduler.close(error)
+
+    def _drain(self, timeout: float | None) -> bool:
+        with self._cv:
+            if self._closed:
+                return False
+            self._closing = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._scheduler.busy() and self._broken is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.01)
+        self._scheduler.close(PipelineClosedError("the pipeline closed before this sequence finished"))
+        return True
