@@ -230,6 +230,9 @@ def test_partition_under_give_up_fails_requests_naming_the_lost_host(rig, slow):
 
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "flaky on the rig (2026-12-08): passed in one full-suite run, hung to the 300 s timeout in the "
+    "next; the blocked port block can still catch a port Ray opens later"))
 def test_a_stage_its_neighbour_cannot_reach_falls_back_to_the_object_store(rig, chain):
     """Host 1 cannot open a TCP connection to a block of 1,024 ports (a routing rule blackholes
     them), and host 2's listeners get ports there (its ephemeral range): stage 0 on host 1 cannot
