@@ -63,14 +63,16 @@ class LocalDecoder(SupervisedDecoder, LocalPipeline):
         self._check_open()
 
     # -- feeder / collector ------------------------------------------------------------------
+    def _unpaused(self) -> bool:
+        """Wait while a recovery holds the rings; False once the pipeline is closed."""
+        with self._cv:
+            while self._paused and not self._closed:
+                self._cv.wait(0.2)
+            return not self._closed
+
     def _feed_loop(self) -> None:
         ring, free = self._rings[0], self._free[0]
-        while True:
-            with self._cv:
-                while self._paused and not self._closed:
-                    self._cv.wait(0.2)
-                if self._closed:
-                    return
+        while self._unpaused():
             msg = self._scheduler.take(0.1)
             if msg is None:
                 continue
@@ -91,12 +93,8 @@ class LocalDecoder(SupervisedDecoder, LocalPipeline):
 
     def _collect_loop(self) -> None:
         ring, full = self._rings[-1], self._full[-1]
-        while True:
+        while self._unpaused():
             with self._cv:
-                while self._paused and not self._closed:
-                    self._cv.wait(0.2)
-                if self._closed:
-                    return
                 epoch, seq = self._epoch, self._collect_seq
             s = seq % ring.slots
             if not ring.ready(s, epoch):
