@@ -236,3 +236,28 @@ def test_pipeline_started_in_a_short_lived_thread_outlives_it(chain):
         assert pipe.worker_pids() == pids
     finally:
         pipe.close()
+
+
+def test_no_completion_waits_for_the_service_tick(chain):
+    """Callbacks only, submitters coming and going: every completion is reaped on a doorbell (by
+    a listener, or the service thread woken for it), none found later by the service thread's
+    one-second tick. A listener that stopped listening as a worker rang its doorbell used to
+    leave the result to the tick (a p99 of 1 s in `tune --rate`)."""
+    path, feeds, refs = chain
+    done = threading.Semaphore(0)
+    total = 0
+    with corepipe.load(path, max_in_flight=4) as pipe:
+        for _ in range(6):
+            def client(offset: int) -> None:
+                for i in range(offset, len(feeds), 3):
+                    pipe.submit(feeds[i]).add_done_callback(lambda f: done.release())
+
+            threads = [threading.Thread(target=client, args=(o,)) for o in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            total += len(feeds)
+        for _ in range(total):
+            assert done.acquire(timeout=60)
+        assert pipe._late_reaps == 0, f"{pipe._late_reaps} completions waited for the service tick"

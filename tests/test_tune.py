@@ -99,7 +99,7 @@ def test_tune_errors_write_nothing(tmp_path):
         corepipe.tune("zoo:mlp", out, num_cores=2, objective="latency", latency_budget=1e-7, peers=False,
                       max_candidates=1, **FAST)
     with pytest.raises(corepipe.DeploymentError, match="no core count up to 2 holds"):
-        corepipe.tune("zoo:mlp", out, num_cores=2, rate=1e9, p99="1s", max_cores=2, peers=False, max_candidates=1,
+        corepipe.tune("zoo:mlp", out, num_cores=2, rate=1e9, p99="30s", max_cores=2, peers=False, max_candidates=1,
                       **FAST)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no half-written sibling either

@@ -87,6 +87,7 @@ class RingClient(Intake):
         self._reap_lock = threading.Lock()  # reading the last ring and completing, in order
         self._reaper: int | None = None  # thread id of the reap lock's holder
         self._listeners = 0  # threads waiting in RingFuture.result()
+        self._late_reaps = 0  # completions the service thread found only at its tick (lost wake-ups)
         self._sleep_in0 = Control.GLOBAL + Control.SLEEP_IN  # control words: stage 0 sleeps for input,
         self._sleep_out_last = Control.GLOBAL + (self._n - 1) * Control.PER_STAGE + Control.SLEEP_OUT  # the last for room
 
@@ -119,8 +120,8 @@ class RingClient(Intake):
             if not direct:
                 self._feed_pending()
         finally:
-            if self._listen(-1) == 0 and self._callers.wait(0):
-                self._reap()
+            if self._listen(-1) == 0:
+                self._stop_listening()
         if ph is not None:
             ph.add(0, time.perf_counter_ns() - t0, time.thread_time_ns() - c0)
         return fut
@@ -133,6 +134,18 @@ class RingClient(Intake):
             if self._control is not None:
                 self._control.set_listening(self._listeners)
             return self._listeners
+
+    def _stop_listening(self) -> None:
+        """After the last listener left: reap what a worker published while it still saw one.
+        The worker publishes, fences, then reads ``listening`` to choose a doorbell; this thread
+        wrote ``listening = 0``, fences, then looks at the last ring. One of the two sees the
+        other: the worker rings the service thread, or this thread sees the result and reaps it.
+        (Draining the callers' doorbell alone missed a ring still on its way: the result waited
+        for the service thread's tick, a second, for a caller that used callbacks.)"""
+        fence()
+        self._callers.drain()
+        if self._due() or self._pending:  # stage 0 may have rung us for a free slot as well
+            self._reap()
 
     def _reserve(self, req: Request) -> bool:
         """With ``_cv`` held: give ``req`` the next slot of the first ring if it is free (its last
@@ -298,13 +311,15 @@ class RingClient(Intake):
                     break
                 self._callers.wait(left)
         finally:
-            last = self._listen(-1) == 0
-        if last and not fut.done():
-            self._reap()  # a completion may have rung for us as we stopped listening
+            if self._listen(-1) == 0:
+                self._stop_listening()
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def _service_reap(self) -> None:
+    def _service_reap(self) -> int:
         """The service thread's share: reap what no caller took, and wake the callers if it
-        completed something while they listened (their doorbell may have rung here instead)."""
-        if self._reap() and self._listeners:
+        completed something while they listened (their doorbell may have rung here instead).
+        Returns the requests completed here."""
+        done = self._reap()
+        if done and self._listeners:
             self._callers.ring()
+        return done

@@ -182,7 +182,8 @@ class Supervisor(RingClient):
                     except Exception as exc:  # recovery itself failed: give up cleanly
                         self._break(StageError(f"recovery failed: {exc}", stage=(dead + hung)[0]))
                     continue
-                self._service_reap()
+                if self._service_reap() and not ready:
+                    self._late_reaps += 1  # found by the tick: a wake-up was lost (tests watch this)
         finally:
             for fd in watched.values():
                 os.close(fd)
