@@ -68,11 +68,20 @@ def test_concurrent_submit_keeps_order_and_answers(chain):
     lock = threading.Lock()
     results: dict[int, tuple[int, object]] = {}
 
+    attaching = threading.local()  # a callback attached to a future already done runs at once, here
+
+    def completed(f) -> None:
+        if not getattr(attaching, "now", False):
+            with lock:
+                done_order.append(f.request_id)
+
     with corepipe.load(path, max_in_flight=4) as pipe:
         def client(offset: int) -> None:
             for i in range(offset, len(feeds), 4):
                 fut = pipe.submit(feeds[i])
-                fut.add_done_callback(lambda f: (lock.acquire(), done_order.append(f.request_id), lock.release()))
+                attaching.now = True
+                fut.add_done_callback(completed)
+                attaching.now = False
                 results[fut.request_id] = (i, fut)
 
         threads = [threading.Thread(target=client, args=(o,)) for o in range(4)]
@@ -82,7 +91,9 @@ def test_concurrent_submit_keeps_order_and_answers(chain):
             t.join()
         for i, fut in results.values():
             _assert_same(fut.result(timeout=60), refs[i])
-    assert len(done_order) == len(feeds)
+        traces = pipe.timeline().requests  # by request id, each with when it completed
+    assert [t.request_id for t in traces] == sorted(results) and len(traces) == len(feeds)
+    assert [t.completed for t in traces] == sorted(t.completed for t in traces), "completed out of order"
     assert done_order == sorted(done_order), "futures must complete in submission order"
 
 
@@ -243,7 +254,7 @@ def test_no_completion_waits_for_the_service_tick(chain):
     a listener, or the service thread woken for it), none found later by the service thread's
     one-second tick. A listener that stopped listening as a worker rang its doorbell used to
     leave the result to the tick (a p99 of 1 s in `tune --rate`)."""
-    path, feeds, refs = chain
+    path, feeds, _ = chain
     done = threading.Semaphore(0)
     total = 0
     with corepipe.load(path, max_in_flight=4) as pipe:
@@ -261,3 +272,25 @@ def test_no_completion_waits_for_the_service_tick(chain):
         for _ in range(total):
             assert done.acquire(timeout=60)
         assert pipe._late_reaps == 0, f"{pipe._late_reaps} completions waited for the service tick"
+
+
+def test_a_leaving_listener_reaps_a_result_whose_doorbell_is_late(chain):
+    """The hand-shake itself, step by step: a worker saw a listener and rang the callers'
+    doorbell, but the ring has not arrived when the last listener leaves. The leaving thread
+    must see the published result and reap it (else it waits for the service thread's tick)."""
+    path, feeds, refs = chain
+    with corepipe.load(path, max_in_flight=4) as pipe:
+        pipe._listen(+1)  # a caller "waiting in result()": the last stage rings the callers' bell
+        try:
+            fut = pipe.submit(feeds[0])
+            for _ in range(60_000):
+                if pipe._due():
+                    break
+                time.sleep(0.001)
+            assert pipe._due(), "the result never reached the last ring"
+            pipe._callers.drain()  # the ring "still on its way"
+        finally:
+            if pipe._listen(-1) == 0:
+                pipe._stop_listening()
+        assert fut.done(), "the leaving listener left a published result to the service tick"
+        _assert_same(fut.result(timeout=0), refs[0])
