@@ -197,6 +197,9 @@ def tune_decoder(search: DecoderSearch, *, model: str, objective: str, latency_b
         else:
             search.measure_again()
     points = list(board.best.values())
+    if not any(p.kind == "candidate" for p in points):
+        raise DeploymentError("no decoder plan could be compiled and run: " + "; ".join(
+            f"{name}: {why}" for name, why in board.failed))
     chosen = choose(points, objective, latency_budget, tie=tie)
     return TuneResult(model=model, cores=k, objective=objective, latency_budget_s=latency_budget, points=points,
                       pruned=[], chosen=chosen, path=Path(out), host=host, seconds=0.0, failed=board.failed,

@@ -161,6 +161,8 @@ def tune(
         raise DeploymentError("the capacity question needs both a rate and a p99 latency: pass rate= and p99=")
     if balance not in BALANCES:
         raise CorepipeError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    asked = {"rate": rate, "lengths": lengths, "max_batch": max_batch, "concurrency": concurrency,
+             "example_inputs": example_inputs, "dynamic_dims": dynamic_dims or None}  # what a decoder refuses
     if concurrency is None and max_batch is not None:
         concurrency = 2 * max_batch
     traffic = Traffic(inputs=example_inputs, seconds=seconds, concurrency=concurrency, seed=seed)
@@ -179,8 +181,7 @@ def tune(
         path, zoo_feeds = resolve_model(model, work)
         dm = detect_decoder(path, "auto", None, None, None)
         if dm is not None:
-            refuse_request_options({"rate": rate, "lengths": lengths, "max_batch": max_batch, "concurrency": concurrency,
-                                    "example_inputs": example_inputs, "dynamic_dims": dynamic_dims or None})
+            refuse_request_options(asked)
             if not (sequences is None or sequences >= 1) or prompt_tokens < 1 or new_tokens < 2:
                 raise DeploymentError(f"a decoder's workload needs sequences >= 1, prompt_tokens >= 1 and new_tokens "
                                       f">= 2 (a time between tokens), got {sequences}, {prompt_tokens}, {new_tokens}")
