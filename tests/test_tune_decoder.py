@@ -36,8 +36,8 @@ def test_latency_tune_writes_a_deployment_that_generates_the_reference_tokens(tm
                       progress=lambda m, d, t: seen.append(m), **TINY)
     assert r.unit == "token" and r.workload.startswith("1 sequence at once")
     cands = r.candidates
-    # one sequence runs on one replica: the latency search measures R = 1 plans only, all of them
-    assert sorted(p.name for p in cands) == ["1r x 1s x 2t", "1r x 2s x 1t"]
+    # every plan of 2 cores (a sequence runs on one replica of 2r x 1s x 1t: one core alone)
+    assert sorted(p.name for p in cands) == ["1r x 1s x 2t", "1r x 2s x 1t", "2r x 1s x 1t"]
     assert [p.name for p in r.peers] == ["onnxruntime loop, 2 threads"]
     # every plan made the whole-model loop's tokens on the same prompts, in the run itself
     assert all("tokens = the loop's" in p.note for p in cands), [p.note for p in cands]
@@ -49,7 +49,8 @@ def test_latency_tune_writes_a_deployment_that_generates_the_reference_tokens(tm
     dep = plan.deployment
     assert dep is not None and plan.decoder is not None
     assert (dep.objective, dep.unit, dep.cores) == ("latency", "token", 2)
-    assert (dep.replicas, plan.num_cores, dep.threads_per_stage) == (1, r.chosen.stages, r.chosen.threads)
+    assert (dep.replicas, plan.num_cores, dep.threads_per_stage) == (r.chosen.replicas, r.chosen.stages,
+                                                                     r.chosen.threads)
     assert dep.throughput == pytest.approx(r.chosen.req_per_s)
     data = json.loads((tmp_path / "lat" / "tune.json").read_text())
     assert data["unit"] == "token" and data["chosen"] == r.chosen.name

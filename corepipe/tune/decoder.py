@@ -6,7 +6,8 @@ the same run.
 The workload is the objective's:
 
 - ``latency``: one sequence at a time; the plan with the least p50 time between tokens wins
-  (a sequence runs on one replica, so only R = 1 plans are candidates);
+  (a sequence runs on one replica: R replicas of S x T cores answer it as one would, and hold R
+  times the sequences; on a busy machine one core alone may beat two that wait for each other);
 - ``throughput``: ``sequences`` (default 16) at once; the most tokens/s wins.
 
 A point's ``req_per_s`` is then tokens/s, its ``p50_s``/``p99_s`` the times between tokens and
@@ -15,7 +16,8 @@ onnxruntime session with K threads running all the workload's sequences as one b
 (`corepipe.bench.generation`). The cost model of one-shot plans does not apply (a decoder's
 step cost depends on the batch of sequences in it): with more candidates than
 ``max_candidates``, the ones the objective favours are kept (latency: more threads per stage,
-fewer stages; throughput: more replicas and stages) and the rest listed as not measured.
+fewer stages, then fewer replicas; throughput: more replicas and stages) and the rest listed as
+not measured.
 
 Options that count requests (``rate``/``p99``, ``lengths``, ``max_batch``, ``concurrency``,
 ``example_inputs``, ``dynamic_dims``) do not apply to decoders and are refused up front.
@@ -77,11 +79,11 @@ def decoder_layers(pairs: Sequence[Any]) -> int:
 
 def decoder_candidates(k: int, layers: int, objective: str, keep: int) -> tuple[list[Candidate], list[Candidate]]:
     """(measured, not measured): the R x S x T = ``k`` plans with S <= ``layers``, ordered as the
-    objective favours them (latency: R = 1 only, more threads first; throughput: more replicas
-    and stages first), the first ``keep`` measured."""
+    objective favours them (latency: more threads first, then fewer stages, then fewer replicas;
+    throughput: more replicas and stages first), the first ``keep`` measured."""
     pool = candidates(k, max_stages=min(k, max(1, layers)))
     if objective == "latency":
-        pool = sorted((c for c in pool if c.replicas == 1), key=lambda c: (-c.threads, c.stages))
+        pool = sorted(pool, key=lambda c: (-c.threads, c.stages, c.replicas))
     else:
         pool = sorted(pool, key=lambda c: (c.threads, -c.replicas))
     return pool[:keep], pool[keep:]
