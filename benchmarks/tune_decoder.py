@@ -61,6 +61,17 @@ def tune_both(model: Path, work: Path, args: argparse.Namespace) -> dict[str, An
     return out
 
 
+def reused(work: Path) -> dict[str, Any]:
+    """objective -> (the TuneResult's stand-in, a line): the artifacts an earlier run kept."""
+    out = {}
+    for objective in ("latency", "throughput"):
+        data = json.loads((work / objective / "tune.json").read_text())
+        chosen = argparse.Namespace(chosen=argparse.Namespace(name=data["chosen"]))
+        out[objective] = (chosen, f"(tune's {objective} pick reused from {work / objective}: {data['chosen']}, "
+                                  f"{data['workload']})")
+    return out
+
+
 def alternate(model_dir: Path, arts: dict[str, Path], args: argparse.Namespace) -> dict[tuple[int, str], list[Any]]:
     """(sequences, peer) -> the runs of every round."""
     vocab = corpus.RECIPES[args.model]["vocab"]
@@ -135,12 +146,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", type=Path, help="write the tuned artifacts here (default: a temporary directory)")
     ap.add_argument("--markdown", type=Path, help="write the section here")
+    ap.add_argument("--reuse", type=Path, help="skip tuning: the artifacts an earlier run kept (--keep DIR)")
     args = ap.parse_args(argv)
     t0 = time.time()
     model_dir = prepare(args.model, ["ovgenai"])
     with tempfile.TemporaryDirectory(prefix="corepipe-tunedec-") as tmp:
-        work = args.keep or Path(tmp)
-        tuned = tune_both(model_dir / "model.onnx", work, args)
+        work = args.reuse or args.keep or Path(tmp)
+        tuned = reused(work) if args.reuse else tune_both(model_dir / "model.onnx", work, args)
         results = alternate(model_dir, {o: work / o for o in tuned}, args)
     text = markdown(args, tuned, results) + (f"\n(`python benchmarks/tune_decoder.py {' '.join(argv)}`, "
                                              f"{time.time() - t0:.0f} s)\n")
