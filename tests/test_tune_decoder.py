@@ -112,3 +112,17 @@ def test_cli_says_which_flag_does_not_apply_to_a_decoder(tmp_path):
     assert r.returncode == 2
     assert "--rate does not apply" in r.stderr and "--sequences" in r.stderr, r.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_cli_tunes_a_decoder_in_tokens(tmp_path):
+    model = decoder_model_or_skip("gpt2")
+    md = tmp_path / "results.md"
+    r = _cli("tune", str(model), "-o", str(tmp_path / "t"), "-n", "2", "--objective", "latency", "--seconds", "0.05",
+             "--prompt-tokens", "6", "--new-tokens", "4", "--max-length", "32", "--max-candidates", "1",
+             "--no-peers", "-e", "onnxruntime", "--markdown", str(md))
+    assert r.returncode == 0, r.stderr
+    assert "tok/s" in r.stdout and "time to first token" in r.stdout and "between tokens" in r.stdout, r.stdout
+    assert "chosen: 1r x 1s x 2t" in r.stdout  # latency keeps the plan with the most threads first
+    text = md.read_text()
+    assert "| token/s |" in text and "--prompt-tokens 6 --new-tokens 4" in text
+    assert corepipe.CompiledModel.open(tmp_path / "t").plan.deployment.unit == "token"

@@ -207,7 +207,7 @@ def tune_cmd(
     new_tokens: Annotated[int, typer.Option(
         "--new-tokens", min=2, metavar="N", help="A decoder: tokens each sequence generates.")] = 64,
     max_length: Annotated[int | None, typer.Option(
-        "--max-length", min=1, metavar="N",
+        "--max-length", min=1, metavar="TOKENS",
         help="A decoder: tokens per sequence the plans hold (as compile's; default from the model).",
         show_default=False)] = None,
 ) -> None:
@@ -238,7 +238,7 @@ def tune_cmd(
     corepipe tune bert.onnx -o bt/ -n 2 --inputs feeds.npz --lengths "~24:128"
     corepipe tune resnet_dyn.onnx -o rn_tuned/ -n 2 --max-batch 8
     corepipe tune gpt2/model.onnx -o gpt2_tuned/ -n 2 --objective latency
-    corepipe tune gpt2/model.onnx -o gpt2_tuned/ -n 2 --sequences 16 --new-tokens 64
+    corepipe tune gpt2/model.onnx -o gpt2_tuned/ -n 2 --sequences 16
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores), "latency_budget": "--latency-budget",
