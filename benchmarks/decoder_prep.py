@@ -19,6 +19,7 @@ from tests import decoders
 OVGENAI = Path(os.environ.get("COREPIPE_OVGENAI_VENV", "/tmp/corepipe-ovgenai"))
 ORTGENAI = Path(os.environ.get("COREPIPE_ORTGENAI_VENV", "/tmp/corepipe-ortgenai"))
 PYTHONS = {"ort": sys.executable, "ov": sys.executable, "corepipe": sys.executable, "corepipe-1x2": sys.executable,
+           "corepipe-tuned": sys.executable,
            "corepipe-ov": sys.executable, "corepipe-before": sys.executable,
            "ortgenai": str(ORTGENAI / "bin" / "python"), "ovgenai": str(OVGENAI / "bin" / "python")}
 

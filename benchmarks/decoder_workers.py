@@ -10,7 +10,9 @@ Peers (greedy, fp32, EOS ignored so every sequence makes ``new`` tokens):
 - ``ortgenai``: onnxruntime-genai 0.18 on the same ONNX with a hand-written genai_config.json
   (batch_size = the number of prompts, prompts right-padded with the pad id);
 - ``ovgenai``: openvino-genai 2026.4 ``LLMPipeline`` on optimum-intel's fp32 export of the same
-  weights (MODEL_DIR/openvino), all prompts in one ``generate`` call.
+  weights (MODEL_DIR/openvino), all prompts in one ``generate`` call;
+- ``corepipe-tuned``: ``corepipe.load(MODEL_DIR)`` where MODEL_DIR is an artifact `corepipe tune`
+  wrote (its deployment), one thread per sequence (`benchmarks/tune_decoder.py`).
 
 A result: ``ttft`` (s, per sequence), ``itl`` (s, the inter-token gaps), ``wall`` (s, the first
 call to the last token), ``tokens`` (new tokens made), ``out`` (the new tokens of each sequence),
@@ -249,7 +251,20 @@ class Corepipe:
         return me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
 
 
+class CorepipeTuned(Corepipe):
+    """``corepipe.load(ART)`` with the deployment `corepipe tune` wrote into ART (the MODEL_DIR
+    argument), then as `Corepipe`."""
+
+    def __init__(self, art: Path) -> None:  # no compile: the artifact is tune's
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import corepipe
+
+        self.pipe = corepipe.load(art, backend="local")
+
+
 def make(peer: str, model_dir: Path, threads: int, stages: int) -> Any:
+    if peer == "corepipe-tuned":  # MODEL_DIR is an artifact written by corepipe tune
+        return CorepipeTuned(model_dir)
     if peer == "corepipe":  # S stages x 1 thread
         return Corepipe(model_dir, 1, stages)
     if peer == "corepipe-ov":  # as corepipe, every stage on OpenVINO (the choice before decode steps were timed)

@@ -182,14 +182,3 @@ def test_balance_load_over_dynamic_dims_writes_a_plan_on_the_library_and_the_cli
     tuned = corepipe.CompiledModel.open(tmp_path / "tuned").plan
     assert tuned.shapes is not None and tuned.deployment is not None and (tmp_path / "tuned" / "tune.png").exists()
 
-
-def test_tune_refuses_a_decoder_saying_why(tmp_path):
-    """tune's search covers one-shot models: on a decoder it says so before measuring, instead of
-    asking for example inputs a decoder does not need (issue 25)."""
-    from decoders import decoder_model_or_skip
-
-    from corepipe.errors import DeploymentError
-
-    with pytest.raises(DeploymentError, match=r"decoder \(\d+ state pairs.*corepipe generate"):
-        corepipe.tune(str(decoder_model_or_skip("gpt2")), tmp_path / "t", num_cores=2, seconds=0.1)
-    assert not (tmp_path / "t").exists()

@@ -46,6 +46,8 @@ class Deployment:
         objective: ``"throughput"``, ``"latency"``, or ``""`` (given by hand).
         throughput, latency_p50_s, latency_p99_s: what was measured under load when it was
             chosen (``None`` when not measured).
+        unit: what ``throughput`` counts per second and the latencies time: ``None`` (requests),
+            or ``"token"`` for a decoder (tokens/s; latencies between tokens).
     """
 
     replicas: int = 1
@@ -56,6 +58,7 @@ class Deployment:
     throughput: float | None = None
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    unit: str | None = None
 
     def cores_needed(self, stages: int) -> int:
         """R x S x T: the cores ``stages`` stages need in this deployment."""
@@ -75,6 +78,8 @@ class Deployment:
             )
         if self.objective not in ("", *OBJECTIVES):
             raise ValueError(f"deployment objective {self.objective!r} is not one of {list(OBJECTIVES)}")
+        if self.unit not in (None, "token"):
+            raise ValueError(f"deployment unit {self.unit!r} is not 'token' (or absent: requests)")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -99,4 +104,11 @@ class Deployment:
             throughput=_optional_float(data, "throughput"),
             latency_p50_s=_optional_float(data, "latency_p50_s"),
             latency_p99_s=_optional_float(data, "latency_p99_s"),
+            unit=_unit(data.get("unit")),
         )
+
+
+def _unit(value: Any) -> str | None:
+    if value not in (None, "token"):
+        raise ValueError(f"deployment 'unit' must be 'token' or absent, got {value!r}")
+    return value  # type: ignore[no-any-return]

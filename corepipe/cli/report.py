@@ -231,8 +231,10 @@ def plan_summary(plan: Plan, path: Path | str | None = None) -> Text:
         lines.append("measured per engine: " + "; ".join(n.replace(" on one core", "") for n in timed))
     dep = plan.deployment
     if dep is not None:
+        per = "between tokens" if dep.unit == "token" else ""
         figures = "" if dep.throughput is None else (
-            f"; measured {dep.throughput:,.4g} req/s, p50 {(dep.latency_p50_s or 0) * 1e3:.4g} ms")
+            f"; measured {dep.throughput:,.4g} {dep.unit or 'req'}/s, p50 {(dep.latency_p50_s or 0) * 1e3:.4g} ms"
+            + (f" {per}" if per else ""))
         lines.append(f"deployment: {dep.describe(plan.num_cores)} of {dep.cores}"
                      f"{' (tuned for ' + dep.objective + ')' if dep.objective else ''}{figures}")
     measured = [s.measured_s for s in plan.stages]

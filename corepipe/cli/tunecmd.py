@@ -40,9 +40,10 @@ _COLUMNS = ("setup", "precision", "req/s", "x best peer", "p50 ms", "p99 ms", "P
 
 
 def points_table(points: list[Point], *, chosen: Point | None = None, title: str | None = None,
-                 width: int | None = None) -> Table:
+                 width: int | None = None, unit: str = "req") -> Table:
     """One row per measured point: setup (R x S x T), precision, req/s, x best peer, p50, p99,
-    Pareto front, predicted, others' CPU. Fits ``width`` (see `report.fit`)."""
+    Pareto front, predicted, others' CPU. Fits ``width`` (see `report.fit`). ``unit="token"``:
+    a decoder's (tok/s; p50/p99 between tokens; TTFT in the column of predictions)."""
     from ..tune import pareto_front
 
     peers = [p for p in points if p.kind == "peer"]
@@ -52,8 +53,9 @@ def points_table(points: list[Point], *, chosen: Point | None = None, title: str
     def build(hidden: Sequence[str]) -> Table:
         table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
         columns = [c for c in _COLUMNS if c not in hidden]
+        heads = {"req/s": "tok/s", "predicted req/s, ms": "TTFT ms"} if unit == "token" else {}
         for col in columns:
-            table.add_column(col, justify="left" if col in ("setup", "precision", "Pareto") else "right",
+            table.add_column(heads.get(col, col), justify="left" if col in ("setup", "precision", "Pareto") else "right",
                              no_wrap=True)
         for p in ordered(points):
             name = p.name if p.candidate is None else f"corepipe {p.name}"
@@ -62,7 +64,8 @@ def points_table(points: list[Point], *, chosen: Point | None = None, title: str
                 "req/s": num(p.req_per_s), "x best peer": f"{p.req_per_s / best:.2f}" if best else "-",
                 "p50 ms": num(p.p50_s * 1e3), "p99 ms": "-" if p.p99_s is None else num(p.p99_s * 1e3),
                 "Pareto": "●" if id(p) in front else "",
-                "predicted req/s, ms": "" if p.predicted is None else f"{num(p.predicted[0])}, {num(p.predicted[1] * 1e3)}",
+                "predicted req/s, ms": (num(p.ttft_s * 1e3) if p.ttft_s is not None else "") if unit == "token" else
+                ("" if p.predicted is None else f"{num(p.predicted[0])}, {num(p.predicted[1] * 1e3)}"),
                 "others' CPU": "" if p.foreign_cpu is None else f"{p.foreign_cpu:.0%}",
             }
             table.add_row(*[cells[c] for c in columns], style="bold" if p is chosen else None)
@@ -85,7 +88,8 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
 
     if not enabled:
         def on_point_plain(p: Point) -> None:
-            err.print(Text(f"measured {p.name}: {p.req_per_s:,.4g} req/s, p50 {p.p50_s * 1e3:.4g} ms"
+            rate = f"{p.req_per_s:,.4g} tok/s" if p.ttft_s is not None else f"{p.req_per_s:,.4g} req/s"
+            err.print(Text(f"measured {p.name}: {rate}, p50 {p.p50_s * 1e3:.4g} ms"
                            + (f" (best of {p.runs})" if p.runs > 1 else "")))
 
         yield (lambda *a: None), on_point_plain
@@ -93,19 +97,23 @@ def _display(enabled: bool) -> Iterator[tuple[object, object]]:
     with Live(Group(progress), console=err, transient=True, refresh_per_second=4) as live:
         def on_point(p: Point) -> None:
             points[:] = [q for q in points if q.name != p.name] + [p]
-            live.update(Group(points_table(points, title="measured so far", width=err.width), progress))
+            unit = "token" if any(q.ttft_s is not None for q in points) else "req"
+            live.update(Group(points_table(points, title="measured so far", width=err.width, unit=unit), progress))
 
         yield on_progress, on_point
 
 
 def _report(result: TuneResult) -> None:
-    out.print(points_table(result.points, chosen=result.chosen, width=out.width, title=(
+    out.print(points_table(result.points, chosen=result.chosen, width=out.width, unit=result.unit, title=(
         f"{result.model}: tuned for {result.objective} on {result.cores} cores ({result.host}; one run"
         + (f", each point the best of {result.repeats} measurements" if result.repeats > 1 else "")
+        + (f"; {result.workload}; p50/p99: between tokens" if result.workload else "")
         + "; ★ chosen, ● Pareto front; others' CPU: the share of the CPUs other processes used meanwhile)")))
     ch = result.chosen
-    lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.req_per_s:,.4g} req/s, "
-             f"p50 {ch.p50_s * 1e3:.4g} ms, p99 {(ch.p99_s or 0) * 1e3:.4g} ms"]
+    unit = "tok" if result.unit == "token" else "req"
+    lines = [f"chosen: {ch.name} (R replicas x S stages x T threads per stage): {ch.req_per_s:,.4g} {unit}/s, "
+             f"p50 {ch.p50_s * 1e3:.4g} ms, p99 {(ch.p99_s or 0) * 1e3:.4g} ms"
+             + ("" if ch.ttft_s is None else f", time to first token {ch.ttft_s * 1e3:.4g} ms")]
     lines += result.summary()
     lines.append(f"artifact: {result.path} (deployment in manifest.json; picture {result.path / 'tune.png'}; "
                  f"figures {result.path / 'tune.json'}); {result.seconds:.0f} s")
@@ -189,7 +197,19 @@ def tune_cmd(
         help="Clients in a closed loop for every candidate (default with --max-batch: 2 x N).",
         show_default=False)] = None,
     dynamic: Dynamic = None,
-    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the lengths drawn.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the lengths (a decoder's: prompts) drawn.")] = 0,
+    sequences: Annotated[int | None, typer.Option(
+        "--sequences", min=1, metavar="N",
+        help="A decoder: sequences at once under --objective throughput (default 16; latency runs one).",
+        show_default=False)] = None,
+    prompt_tokens: Annotated[int, typer.Option(
+        "--prompt-tokens", min=1, metavar="N", help="A decoder: prompt length of the workload.")] = 32,
+    new_tokens: Annotated[int, typer.Option(
+        "--new-tokens", min=2, metavar="N", help="A decoder: tokens each sequence generates.")] = 64,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", min=1, metavar="TOKENS",
+        help="A decoder: tokens per sequence the plans hold (as compile's; default from the model).",
+        show_default=False)] = None,
 ) -> None:
     """Measure candidate plans (R replicas x S stages x T threads per stage = K cores) under real
     load, against the peers, and write the best as an artifact with its deployment.
@@ -202,6 +222,12 @@ def tune_cmd(
     and tune.json (every figure), written whole at the end or not at all. From Python:
     corepipe.tune(...).
 
+    A decoder (an export with past/present pairs) is tuned in tokens: every plan runs
+    pipe.generate on --sequences sequences at once (--objective latency: one), prompts of
+    --prompt-tokens, --new-tokens each, against onnxruntime's whole-model loop with K threads;
+    tok/s, p50/p99 between tokens and time to first token. --rate/--p99, --lengths,
+    --max-batch, --concurrency, --inputs and --dynamic count requests and are refused for it.
+
     Examples:
 
     ```
@@ -211,12 +237,16 @@ def tune_cmd(
     corepipe tune zoo:resnet50 -o rn/ -n 16 --rate 500 --p99 100ms
     corepipe tune bert.onnx -o bt/ -n 2 --inputs feeds.npz --lengths "~24:128"
     corepipe tune resnet_dyn.onnx -o rn_tuned/ -n 2 --max-batch 8
+    corepipe tune gpt2/model.onnx -o gpt2_tuned/ -n 2 --objective latency
+    corepipe tune gpt2/model.onnx -o gpt2_tuned/ -n 2 --sequences 16
     ```
     """
     with cli_errors({"num_cores": core_flag(num_cores, cores), "latency_budget": "--latency-budget",
                      "load_rounds": "--load-rounds", "example_inputs": "--inputs", "rate": "--rate",
                      "p99": "--p99", "out": "--output", "max_batch": "--max-batch",
-                     "concurrency": "--concurrency"}):
+                     "concurrency": "--concurrency", "sequences": "--sequences",
+                     "prompt_tokens": "--prompt-tokens", "new_tokens": "--new-tokens", "max_length": "--max-length",
+                     "lengths": "--lengths", "dynamic_dims": "--dynamic"}):
         k, _ = core_count(num_cores, cores, available=len(usable_cores()))
         if objective not in ("throughput", "latency"):
             raise typer.BadParameter(f"--objective must be 'throughput' or 'latency', got {objective!r}")
@@ -240,7 +270,8 @@ def tune_cmd(
                 rate=rate, p99=p99_s, max_cores=max_cores, max_candidates=max_candidates, balance=balance,
                 load_rounds=load_rounds, seconds=seconds, repeats=repeats, tie=tie, precision=precision,
                 engine=engine, peers=not no_peers, example_inputs=feeds, lengths=profile, max_batch=max_batch,
-                batch_delay=batch_delay, concurrency=concurrency, seed=seed, **shaped,
+                batch_delay=batch_delay, concurrency=concurrency, seed=seed, sequences=sequences,
+                prompt_tokens=prompt_tokens, new_tokens=new_tokens, max_length=max_length, **shaped,
                 progress=on_progress, on_point=on_point,  # type: ignore[arg-type]
             )
         _report(result)
@@ -252,6 +283,9 @@ def tune_cmd(
                              + (["--rate", f"{rate:g}", "--p99", str(p99)] if rate is not None else [])
                              + (["--lengths", lengths, "--seed", str(seed)] if lengths is not None else [])
                              + (["--max-batch", str(max_batch), "--batch-delay", batch_delay] if max_batch else [])
-                             + (["--concurrency", str(concurrency)] if concurrency else []))
+                             + (["--concurrency", str(concurrency)] if concurrency else [])
+                             + (["--sequences", str(sequences)] if sequences else [])
+                             + (["--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens)]
+                                if result.unit == "token" else []))
             with open(md_out, "a") as f:
                 f.write(result.to_markdown(cmd))

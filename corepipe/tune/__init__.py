@@ -9,6 +9,8 @@ import the types from here, ``from corepipe.tune import TuneResult``).
 - `capacity`: cores and replicas for a request rate within a p99 budget;
 - `measure`: the peers (bench's harness) and the candidates, measured under load;
 - `search`: the loop that ties them together and writes the artifact; `result`: what it found;
+- `decoder`: the same search for a decoder, in tokens (`pipe.generate` under a workload);
+- `record`: the board of points measured and the tuned artifact written (both searches);
 - `plot`: the picture (``tune.png``).
 """
 

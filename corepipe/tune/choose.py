@@ -31,6 +31,9 @@ class Point:
         runs: how many times it was measured; the figures are those of its fastest run.
         foreign_cpu: share of the machine's CPU time other processes used during that run
             (``None``: not watched); a high one marks a figure taken on a busy machine.
+        ttft_s: a decoder's p50 time to first token (``None``: not a decoder). For a decoder
+            (`TuneResult.unit` ``"token"``) ``req_per_s`` counts tokens/s and ``p50_s`` /
+            ``p99_s`` are the times between tokens.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Point:
     runs: int = 1
     foreign_cpu: float | None = None
     precision: str = "fp32"
+    ttft_s: float | None = None
 
     @property
     def replicas(self) -> int | None:

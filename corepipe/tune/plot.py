@@ -13,21 +13,22 @@ from .choose import Point, pareto_front
 __all__ = ["render_png", "tune_figure"]
 
 
-def render_png(points: Sequence[Point], chosen: Point, *, title: str) -> bytes:
+def render_png(points: Sequence[Point], chosen: Point, *, title: str, unit: str = "req") -> bytes:
     """The picture as PNG bytes (the caller writes them, so a failure here writes nothing).
 
     Raises:
         CorepipeError: matplotlib is not installed (``pip install 'corepipe[plot]'``).
     """
     buf = io.BytesIO()
-    tune_figure(points, chosen, title=title).savefig(buf, format="png")
+    tune_figure(points, chosen, title=title, unit=unit).savefig(buf, format="png")
     return buf.getvalue()
 
 
-def tune_figure(points: Sequence[Point], chosen: Point, *, title: str) -> Any:
+def tune_figure(points: Sequence[Point], chosen: Point, *, title: str, unit: str = "req") -> Any:
     """Throughput against p50 latency: candidates, peers, the chosen plan, the Pareto front
     (rings, and a line where it has several points), every point named where its label
-    overlaps nothing else. A matplotlib ``Figure`` (no pyplot state).
+    overlaps nothing else. A matplotlib ``Figure`` (no pyplot state). ``unit="token"``: a
+    decoder's tokens/s against the p50 time between tokens.
 
     Raises:
         CorepipeError: matplotlib is not installed (``pip install 'corepipe[plot]'``).
@@ -58,8 +59,12 @@ def tune_figure(points: Sequence[Point], chosen: Point, *, title: str) -> Any:
                marker="s", s=46, color="tab:orange", label="peers", zorder=3)
     ax.scatter([chosen.p50_s * 1e3], [chosen.req_per_s], marker="*", s=320,
                color="tab:red", edgecolor="black", linewidth=0.6, label=f"chosen: {chosen.name}", zorder=4)
-    ax.set_xlabel("p50 latency per request under load (ms)")
-    ax.set_ylabel("throughput (requests/s)")
+    if unit == "token":
+        ax.set_xlabel("p50 time between tokens under the workload (ms)")
+        ax.set_ylabel("throughput (tokens/s)")
+    else:
+        ax.set_xlabel("p50 latency per request under load (ms)")
+        ax.set_ylabel("throughput (requests/s)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.set_ylim(bottom=0, top=max(p.req_per_s for p in points) * 1.12)

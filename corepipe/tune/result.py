@@ -36,6 +36,9 @@ class TuneResult:
         failed: candidates that could not be compiled or run, with why.
         path: the artifact directory written, with ``tune.png`` and ``tune.json`` in it.
         seconds: how long the whole run took.
+        unit: ``"req"``, or ``"token"`` for a decoder: then each point's ``req_per_s`` is
+            tokens/s and its ``p50_s``/``p99_s`` the times between tokens, under ``workload``
+            (what was run, in words).
     """
 
     model: str
@@ -53,6 +56,8 @@ class TuneResult:
     repeats: int = 1
     tie: float = 0.03
     precision: str = "fp32"
+    unit: str = "req"
+    workload: str = ""
 
     @property
     def peers(self) -> list[Point]:
@@ -93,7 +98,7 @@ class TuneResult:
         return {
             "model": self.model, "cores": self.cores, "objective": self.objective, "precision": self.precision,
             "latency_budget_s": self.latency_budget_s, "host": self.host, "seconds": self.seconds,
-            "repeats": self.repeats, "tie": self.tie,
+            "repeats": self.repeats, "tie": self.tie, "unit": self.unit, "workload": self.workload,
             "points": [p.to_dict() for p in self.points],
             "pruned": [{"candidate": dataclasses.asdict(c), "predicted": list(pred)} for c, pred in self.pruned],
             "failed": [{"name": n, "error": e} for n, e in self.failed],
@@ -141,11 +146,11 @@ class TuneResult:
         other = "latency" if self.objective == "throughput" else "throughput"
         alt = self.choice_for(other)
         if alt is not None and alt is not ch:
-            lines.append(f"--objective {other} would choose {alt.name}: {alt.req_per_s:,.4g} req/s, "
+            lines.append(f"--objective {other} would choose {alt.name}: {alt.req_per_s:,.4g} {self.unit}/s, "
                          f"p50 {alt.p50_s * 1e3:.4g} ms (same measurements).")
         if self.pruned:
             lines.append("Pruned by the cost model (predicted): " + "; ".join(
-                f"{c.label} {num(pred[0])} req/s {num(pred[1] * 1e3)} ms" for c, pred in self.pruned) + ".")
+                f"{c.label} {num(pred[0])} {self.unit}/s {num(pred[1] * 1e3)} ms" for c, pred in self.pruned) + ".")
         for name, error in self.failed:
             lines.append(f"Not measured: {name}: {error}")
         if self.capacity is not None:
@@ -158,13 +163,13 @@ class TuneResult:
         it, quoted under the heading."""
         best = max((p.req_per_s for p in self.peers), default=0.0)
         front = {p.name for p in self.pareto}
-        how = (f"{self.host}; {self.seconds:.0f} s"
+        how = (f"{self.host}; {self.seconds:.0f} s" + (f"; {self.workload}" if self.workload else "")
                + (f"; each point the best of {self.repeats} measurements" if self.repeats > 1 else ""))
         lines = [
             f"### tune {self.model}, {self.cores} cores, objective {self.objective}", "",
             (f"`{command}` ({how})" if command else f"({how})"), "",
-            "| setup | R x S x T | precision | req/s | x best peer | p50 ms | p99 ms | Pareto | predicted req/s, ms "
-            "| others' CPU |",
+            f"| setup | R x S x T | precision | {self.unit}/s | x best peer | p50 ms | p99 ms | Pareto "
+            f"| predicted {self.unit}/s, ms | others' CPU |",
             "|---|---|---|---:|---:|---:|---:|---|---|---:|",
         ]
         for p in ordered(self.points):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 import tempfile
 import time
@@ -29,8 +28,8 @@ import psutil
 
 from ..artifact.deployment import OBJECTIVES, Deployment
 from ..artifact.dims import ShapeProfile
-from ..artifact.manifest import open_artifact
-from ..artifact.writer import check_output_dir, republish_artifact
+from ..artifact.writer import check_output_dir
+from ..bench.generation import Workload
 from ..bench.mixed import batch_sizes, plan_mixed
 from ..bench.mixedrun import base_request
 from ..bench.traffic import ModelSource, Traffic, resolve_model
@@ -43,15 +42,13 @@ from ..errors import CorepipeError, DeploymentError
 from ..runtime.placement import resolve_cores
 from .capacity import answer, parse_duration
 from .choose import Point, choose
+from .decoder import DEFAULT_SEQUENCES, DecoderSearch, decoder_layers, refuse_request_options, tune_decoder
 from .measure import Peers, measure_candidate, watched
-from .plot import render_png
+from .record import Board, TuneProgress, write_tuned
 from .result import TuneResult
 from .space import Candidate, CostModel, SearchSpace, select, slowest_shares
 
 __all__ = ["tune", "TuneProgress"]
-
-#: ``progress(message, done, total)``: the search so far, as `corepipe.compile`'s progress.
-TuneProgress = Callable[[str, int, int], None]
 
 
 def tune(
@@ -82,6 +79,10 @@ def tune(
     concurrency: int | None = None,
     dynamic_dims: Mapping[str, tuple[int, int]] | None = None,
     seed: int = 0,
+    sequences: int | None = None,
+    prompt_tokens: int = 32,
+    new_tokens: int = 64,
+    max_length: int | None = None,
 ) -> TuneResult:
     """Measure plans of R replicas x S stages x T threads per stage (R x S x T = K cores) under
     load, against the peers, and write the best as an artifact with its deployment.
@@ -127,14 +128,28 @@ def tune(
         concurrency: clients in a closed loop for every measurement of a candidate.
         dynamic_dims: the range each dim is compiled for (default: the lengths' own, and the
             batch up to ``max_batch``).
+        sequences, prompt_tokens, new_tokens, max_length: a decoder's workload and bound (only for
+            a model with state pairs, see below): ``sequences`` at once under the throughput
+            objective (default 16; the latency objective runs one), prompts of ``prompt_tokens``
+            random ids, ``new_tokens`` generated each (greedy); ``max_length`` as `corepipe.compile`.
+
+    A decoder (a model with state pairs, `corepipe.compile`'s ``state``) is tuned in tokens
+    (`corepipe.tune.decoder`): each candidate compiled as a decoder plan and run with
+    ``pipe.generate`` under the objective's workload, against onnxruntime's whole-model loop
+    with K threads; the result's ``unit`` is ``"token"`` (``req_per_s`` is tokens/s, ``p50_s``
+    the p50 time between tokens, ``ttft_s`` the time to first token). ``rate``/``p99``,
+    ``lengths``, ``max_batch``, ``concurrency``, ``example_inputs`` and ``dynamic_dims`` count
+    requests and are refused for a decoder; ``balance`` and ``load_rounds`` do not apply.
 
     Returns:
         A `TuneResult`: ``.chosen``, ``.points``, ``.peers``, ``.pareto``, ``.capacity``,
         ``.path``; the artifact, ``tune.png`` and ``tune.json`` are in ``out``.
 
     Raises:
-        DeploymentError: K over the cores available, no plan within the latency budget, or a
-            rate no core count up to ``max_cores`` holds. Nothing is written then.
+        DeploymentError: K over the cores available, no plan within the latency budget, a
+            rate no core count up to ``max_cores`` holds, or an option that does not apply to
+            the model (a decoder's request options, or a one-shot model's decoder workload).
+            Nothing is written then.
         CompileError, ArtifactError: as `corepipe.compile`; ``out`` holds foreign files.
         CorepipeError: no matplotlib (``tune.png`` is part of what it writes).
     """
@@ -146,6 +161,8 @@ def tune(
         raise DeploymentError("the capacity question needs both a rate and a p99 latency: pass rate= and p99=")
     if balance not in BALANCES:
         raise CorepipeError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    asked = {"rate": rate, "lengths": lengths, "max_batch": max_batch, "concurrency": concurrency,
+             "example_inputs": example_inputs, "dynamic_dims": dynamic_dims or None}  # what a decoder refuses
     if concurrency is None and max_batch is not None:
         concurrency = 2 * max_batch
     traffic = Traffic(inputs=example_inputs, seconds=seconds, concurrency=concurrency, seed=seed)
@@ -155,11 +172,37 @@ def tune(
     check_output_dir(out)  # before minutes of measuring, not after
     if importlib.util.find_spec("matplotlib") is None:  # tune.png is part of the artifact it writes
         raise CorepipeError("tune draws tune.png with matplotlib: pip install 'corepipe[plot]'")
-    board = _Board(progress, on_point)
+    board = Board(progress, on_point)
+    decoder_options = {"sequences": sequences, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+                       "max_length": max_length}
     with tempfile.TemporaryDirectory(prefix="corepipe-tune-") as tmp:
         work = Path(tmp)
         board.say("analyse the model")
-        m = _prepare(model, work, traffic, len(use), lengths, max_batch, dynamic_dims)
+        path, zoo_feeds = resolve_model(model, work)
+        dm = detect_decoder(path, "auto", None, None, None)
+        if dm is not None:
+            refuse_request_options(asked)
+            if not (sequences is None or sequences >= 1) or prompt_tokens < 1 or new_tokens < 2:
+                raise DeploymentError(f"a decoder's workload needs sequences >= 1, prompt_tokens >= 1 and new_tokens "
+                                      f">= 2 (a time between tokens), got {sequences}, {prompt_tokens}, {new_tokens}")
+            n = 1 if objective == "latency" else (sequences or DEFAULT_SEQUENCES)
+            search = DecoderSearch(path, decoder_layers(dm.pairs), use, Workload(n, prompt_tokens, new_tokens, seconds, seed),
+                                   board, work, prec, engine, sequences or (None if objective == "latency" else n),
+                                   max_length)
+            result = tune_decoder(search, model=_name(model), objective=objective, latency_budget=latency_budget,
+                                  tie=tie, repeats=repeats, peers=peers, max_candidates=max_candidates, out=out,
+                                  host=_host())
+            board.say("write the artifact")
+            result.seconds = time.perf_counter() - started
+            write_tuned(result, search.artifacts[result.chosen.name][1],
+                        (f"tuned for {result.objective} in tokens: {result.workload}",))
+            return result
+        if any(v is not None for k, v in decoder_options.items() if k in ("sequences", "max_length")) \
+                or (prompt_tokens, new_tokens) != (32, 64):
+            raise DeploymentError("sequences=, prompt_tokens=, new_tokens= and max_length= describe a decoder's "
+                                  "workload, and this model has no state pairs (it is tuned in requests): leave them "
+                                  "out, or pass example_inputs=/lengths=/concurrency= for its requests")
+        m = _prepare(path, zoo_feeds, work, traffic, len(use), lengths, max_batch, dynamic_dims)
         harness = Peers(m.path, m.feeds, use, m.traffic, prec, work, ov_batches=m.ov_batches, ranges=m.ranges)
         peer_runs = harness.measurers() if peers else []
         board.total = repeats * (len(peer_runs) + min(max_candidates, len(m.pool)))
@@ -179,34 +222,8 @@ def tune(
                          question=None if rate is None or p99 is None else (rate, p99, max_cores))
         board.say("write the artifact")
         result.seconds = time.perf_counter() - started
-        _write(result, plans.artifacts[result.chosen.name][1])
+        write_tuned(result, plans.artifacts[result.chosen.name][1])
     return result
-
-
-class _Board:
-    """The points measured so far (each the best of its repeats: interference only slows), the
-    plans that failed to compile, and the progress told as they come."""
-
-    def __init__(self, progress: TuneProgress | None, on_point: Callable[[Point], None] | None) -> None:
-        self.progress, self.on_point = progress, on_point
-        self.best: dict[str, Point] = {}
-        self.failed: list[tuple[str, str]] = []
-        self.done, self.total = 0, 4
-
-    def say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message, self.done, self.total)
-
-    def add(self, point: Point) -> None:
-        self.done += 1
-        old = self.best.get(point.name)
-        if old is not None:
-            keep = point if point.req_per_s > old.req_per_s else old
-            point = dataclasses.replace(keep, runs=old.runs + 1)
-        self.best[point.name] = point
-        if self.on_point is not None:
-            self.on_point(point)
-        self.say(f"measured {point.name}")
 
 
 @dataclasses.dataclass
@@ -227,15 +244,13 @@ class _Model:
     ranges: Callable[[int], dict[str, Any]] | None
 
 
-def _prepare(model: ModelSource, work: Path, traffic: Traffic, k: int, lengths: Any, max_batch: int | None,
+def _prepare(path: Path, zoo_feeds: Any, work: Path, traffic: Traffic, k: int, lengths: Any, max_batch: int | None,
              dynamic_dims: Mapping[str, tuple[int, int]] | None) -> _Model:
     """Resolve and analyse the model, and the requests of mixed traffic where there is some.
 
     Raises:
         DeploymentError: no plan of R x S x T = K cores exists for the model.
     """
-    path, zoo_feeds = resolve_model(model, work)
-    _refuse_decoder(path)
     inputs = traffic.inputs or zoo_feeds
     mixed, base, ov_batches = None, None, [1]
     shaping: dict[str, Any] = {}
@@ -264,22 +279,7 @@ def _prepare(model: ModelSource, work: Path, traffic: Traffic, k: int, lengths: 
     return _Model(path, inputs, feeds, traffic, space, est, pool, shaping, ov_batches, ranges)
 
 
-def _refuse_decoder(path: Path) -> None:
-    """A decoder (a model with state pairs) is not a one-shot model: its plans are measured in
-    tokens, not requests, and tune's search does not cover them yet. Say so before measuring,
-    rather than ask for example inputs a decoder does not need."""
-    dm = detect_decoder(path, "auto", None, None, None)
-    if dm is not None:
-        pairs = dm.pairs
-        possible = ("compile it with num_cores= (corepipe compile MODEL -n S) and measure tokens/s with "
-                    "corepipe generate or benchmarks/decoders.py --stages S")
-        raise DeploymentError(
-            f"tune searches plans for one-shot models; this model is a decoder ({len(pairs)} state pairs, "
-            f"e.g. {pairs[0].past!r} -> {pairs[0].present!r}), whose plans it does not search yet; "
-            f"possible: {possible}", possible=possible)
-
-
-def _measure_peers(board: _Board, peer_runs: list[tuple[str, Callable[[], Point]]], again: str = "") -> None:
+def _measure_peers(board: Board, peer_runs: list[tuple[str, Callable[[], Point]]], again: str = "") -> None:
     """Each peer once, in order (the 1-thread session first: it sizes the others' runs)."""
     for what, measure in peer_runs:
         board.say(f"peer: {what}{again}")
@@ -298,7 +298,7 @@ class _Plans:
     """The candidates: each compiled (balanced under load in its own deployment when it has
     stages to balance) and measured, with its batching variants on the same artifact."""
 
-    def __init__(self, m: _Model, work: Path, use: list[int], costs: CostModel, board: _Board, *, prec: str,
+    def __init__(self, m: _Model, work: Path, use: list[int], costs: CostModel, board: Board, *, prec: str,
                  engine: str, balance: str, load_rounds: int, seconds: float, batch_delay: float | str,
                  repeats: int) -> None:
         self.m, self.work, self.use, self.costs, self.board = m, work, use, costs, board
@@ -343,7 +343,7 @@ class _Plans:
             self.board.add(self._measure(c, art))
 
 
-def _choose(board: _Board, model: ModelSource, k: int, objective: str, latency_budget: float | None, tie: float,
+def _choose(board: Board, model: ModelSource, k: int, objective: str, latency_budget: float | None, tie: float,
             repeats: int, prec: str, out: str | os.PathLike[str], *, pruned: list[Any],
             question: tuple[float, float, int] | None) -> TuneResult:
     """The plan chosen among the points measured, and the capacity question's answer if asked."""
@@ -355,7 +355,7 @@ def _choose(board: _Board, model: ModelSource, k: int, objective: str, latency_b
         capacity = answer(points, rate, p99, measured_cores=k, max_cores=max_cores)
     return TuneResult(
         model=_name(model), cores=k, objective=objective, latency_budget_s=latency_budget, points=points,
-        pruned=pruned, chosen=chosen, path=Path(out), host=f"{os.uname().machine}, {len(resolve_cores(None))} cores",
+        pruned=pruned, chosen=chosen, path=Path(out), host=_host(),
         seconds=0.0, capacity=capacity, failed=board.failed, repeats=repeats, tie=tie, precision=prec,
     )
 
@@ -368,28 +368,11 @@ def _seconds(value: float | str | None) -> float | None:
     return value
 
 
+def _host() -> str:
+    return f"{os.uname().machine}, {len(resolve_cores(None))} cores"
+
+
 def _name(model: ModelSource) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
     return "ModelProto"
-
-
-def _write(result: TuneResult, source: Path) -> None:
-    """The chosen artifact with its deployment, the picture and the figures, in one step."""
-    chosen, c = result.chosen, result.chosen.candidate
-    assert c is not None
-    art = open_artifact(source)
-    deployment = Deployment(
-        replicas=c.replicas, threads_per_stage=c.threads, cores=result.cores,
-        objective=result.objective, throughput=chosen.req_per_s, latency_p50_s=chosen.p50_s,
-        latency_p99_s=chosen.p99_s,
-    )
-    notes: tuple[str, ...] = (f"tuned for {result.objective} on {result.cores} cores",)
-    if c.max_batch > 1:
-        notes += (f"tuned with dynamic batching: load or serve it with max_batch={c.max_batch}",)
-    plan = dataclasses.replace(art.plan, deployment=deployment, notes=art.plan.notes + notes)
-    title = (f"{result.model}: {result.cores} cores, objective {result.objective} "
-             f"(chosen {chosen.name}: {chosen.req_per_s:,.4g} req/s, p50 {chosen.p50_s * 1e3:.4g} ms)")
-    png = render_png(result.points, chosen, title=title)
-    data = (json.dumps(result.to_dict(), indent=1, default=float) + "\n").encode()
-    republish_artifact(art, result.path, plan, extras={"tune.png": png, "tune.json": data})
