@@ -185,3 +185,27 @@ def test_sigterm_leaves_no_ray_process(llm):
     names = {p.pid: t for p, t in zip(procs, titles)}
     alive = wait_gone(list(names), timeout=30)
     assert alive == [], f"left running after SIGTERM: {[names[pid][:80] for pid in alive]}"
+
+
+def test_sigterm_to_the_whole_process_group_exits_0_and_leaves_nothing(tmp_path):
+    """As `timeout`, `kill -- -PGID` or a service manager stop it: Ray's daemons get the SIGTERM
+    too and the raylet dies at once (they block SIGINT only); the server still closes, exits 0
+    (not Ray's exit 1 after a minute waiting for it) and no actor outlives it."""
+    model = decoder_model_or_skip("gpt2")
+    art = corepipe.compile(model, tmp_path / "gpt2", num_cores=2, max_sequences=2).path
+    server = Server.start(art, "--backend", "ray", timeout=240)
+    try:
+        c = openai.OpenAI(base_url=f"http://{server.http}/v1", api_key="-", max_retries=0, timeout=60)
+        assert c.completions.create(model="gpt2", prompt=[4, 5], max_tokens=3, temperature=0).choices[0].token_ids == \
+            reference_generate(model, [[4, 5]], 3)[0]
+        procs = ray_processes(server)
+        names = {p.pid: _title(p) for p in procs}
+        assert sum(t.startswith("ray::DecoderActor") for t in names.values()) == 2
+        os.killpg(server.proc.pid, signal.SIGTERM)  # start_new_session: the group is the server's
+        assert server.proc.wait(timeout=60) == 0, "\n".join(server.lines[-20:])
+        alive = wait_gone(list(names), timeout=30)
+        assert alive == [], f"left running: {[names[pid][:80] for pid in alive]}"
+    finally:
+        for p in ray_processes(server):
+            p.kill()
+        server.kill()
