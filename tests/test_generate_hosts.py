@@ -3,7 +3,8 @@
 (weights + KV at its bounds) but not the whole, so its 2 stages land on 2 hosts, and the
 tokens `pipe.generate` streams equal one host's (`reference_generate`, one onnxruntime session);
 a host cut off mid-generation loses its stage, which Ray re-places on the spare host, its KV
-rebuilt by replaying the live sequences' tokens, and every stream goes on with the same tokens.
+rebuilt by replaying the live sequences' tokens, and every stream (16 at once, one KV row each)
+goes on with the same tokens.
 Host 0 runs the head and the driver and offers no CPU. Links capped at 10 Gbit/s.
 """
 
@@ -38,7 +39,7 @@ MIXED = [3, 9, 17, 5, 12, 1, 24, 7]
 def budget_of(plan: Any) -> int:
     """A host budget that holds the largest stage (weights + KV) but not the whole decoder."""
     sizes = [s.resident_bytes for s in plan.stages]
-    budget = int(max(sizes) * 1.25)
+    budget = int(max(sizes) * 1.1)  # 16 KV rows of 64 tokens make the cut uneven (~4:1)
     assert sum(sizes) > budget, f"stages of {sizes} bytes all fit in {budget}: not larger than one host"
     return budget
 
@@ -47,7 +48,7 @@ def budget_of(plan: Any) -> int:
 def rig(tmp_path_factory):
     model = decoder_model_or_skip("gpt2")
     cm = corepipe.compile(model, tmp_path_factory.mktemp("gpt2-hosts") / "a", num_cores=2,
-                          max_sequences=8, max_length=64)
+                          max_sequences=16, max_length=64)
     budget = budget_of(cm.plan)
     h = Hosts(4, cpus=[0, 1, 1, 1], memory=[None, budget, budget, budget], gbit=10)
     with h, h.driver():
@@ -89,7 +90,7 @@ def test_a_decoder_over_one_hosts_budget_streams_one_hosts_tokens(rig) -> None:
 
 def test_a_host_cut_off_mid_generation_replaces_its_stage_and_replays(rig) -> None:
     h, path, model = rig
-    batch = prompts(1000, 8, MIXED, seed=9)
+    batch = prompts(1000, 16, MIXED, seed=9)
     want = reference_generate(model, batch, 32)
     try:
         with corepipe.load(path, backend="ray", start_timeout=START_S, stage_timeout=30) as pipe:
@@ -109,7 +110,7 @@ def test_a_host_cut_off_mid_generation_replaces_its_stage_and_replays(rig) -> No
         _whole(h)
     assert got == want
     assert after[0] == before[0] and after[1] not in (0, *before) and restarts == 1
-    assert counts["replays"] >= 1 and counts["finished"] == 8
+    assert counts["replays"] >= 1 and counts["finished"] == 16
     print(f"\nhost {victim} cut: stage 1 re-placed on host {after[1]}, streams done {resumed_s:.1f} s later")
 
 
