@@ -194,12 +194,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vocab = decoders.RECIPES[args.model]["vocab"]
     loads = {c: decoders.prompts(vocab, c, args.prompt_len, seed=11 + c) for c in args.concurrency}
     pipe = corepipe.load(art)
+    pipe_ray = corepipe.load(art, backend="ray") if args.inproc_ray else None
     servers = {f"server-{b}": start_server(art, max(args.concurrency), b) for b in args.backend}
     first = next(iter(servers))
     name = art.name
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     peer = None
-    sides = ["inproc", *servers]
+    sides = ["inproc", *(["inproc-ray"] if pipe_ray is not None else []), *servers]
     try:
         if args.vllm:
             peer = start_vllm(args.vllm, decoders.decoder_dir(args.model) / "hf", max(args.concurrency),
@@ -209,6 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def side_run(side: str, c: int, new: int) -> dict[str, Any]:
             if side == "inproc":
                 return inproc(pipe, loads[c], new)
+            if side == "inproc-ray":
+                return inproc(pipe_ray, loads[c], new)
             if side in servers:
                 return server(servers[side][1], name, loads[c], new)
             assert peer is not None
@@ -231,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for c in args.concurrency:
             a = runs[(c, "inproc")]
             agg[c] = {"inproc": _figures(a), "servers": {}}
-            for side in servers:
+            for side in [x for x in sides if x.startswith("server-") or x == "inproc-ray"]:
                 tok, ttft = _ratio(a, runs[(c, side)])
                 agg[c]["servers"][side] = {**_figures(runs[(c, side)]), "tok_ratio": tok, "ttft_ratio": ttft}
             if "server-local" in servers and "server-ray" in servers:
@@ -250,6 +253,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.terminate()
             p.wait(timeout=60)
         pipe.close()
+        if pipe_ray is not None:
+            pipe_ray.close()
 
 
 def _figures(rs: list[dict[str, Any]]) -> dict[str, float]:
@@ -269,11 +274,13 @@ def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         ip = a["inproc"]
         rows.append(f"| {c} | in-process `pipe.generate` (local) | {ip['tok_s']:.1f} ({ip['lo']:.1f}-{ip['hi']:.1f}) "
                     f"| 1 | {ip['ttft_ms']:.1f} | 1 | |")
-        for i, (side, sv) in enumerate(a["servers"].items()):
-            ap = a.get("aiperf") if i == 0 else None
+        first = next(k for k in a["servers"] if k.startswith("server-"))
+        for side, sv in a["servers"].items():
+            ap = a.get("aiperf") if side == first else None
             aip = ("-" if ap is None else ap["error"].splitlines()[-1][:60] if "error" in ap
                    else f"{ap['tok_s']:.1f}, {ap['ttft_ms']:.1f}")
-            rows.append(f"| {c} | `serve --backend {side.split('-', 1)[1]}` | {sv['tok_s']:.1f} "
+            label = "in-process `pipe.generate` (ray)" if side == "inproc-ray" else f"`serve --backend {side[7:]}`"
+            rows.append(f"| {c} | {label} | {sv['tok_s']:.1f} "
                         f"({sv['lo']:.1f}-{sv['hi']:.1f}) | {_span(sv['tok_ratio'])} | {sv['ttft_ms']:.1f} | "
                         f"{_span(sv['ttft_ratio'])} | {aip} |")
     if any("ray_vs_local" in a for a in res["agg"].values()):
@@ -290,7 +297,8 @@ def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
             rows.append(f"| {c} | {v['tok_s']:.1f} ({v['lo']:.1f}-{v['hi']:.1f}) | {v['ttft_ms']:.1f} | {_span(r)} |")
     return (f"Model `{args.model}` compiled into {args.stages} stages, prompts of {args.prompt_len} tokens, "
             f"{args.new} new tokens each (greedy, ignore_eos), {args.rounds} rounds alternating the sides "
-            f"(in-process and {', '.join('serve --backend ' + b for b in args.backend)}).\n\n" + "\n".join(rows) + "\n")
+            f"(in-process{' on local and ray' if args.inproc_ray else ''}, "
+            f"{', '.join('serve --backend ' + b for b in args.backend)}).\n\n" + "\n".join(rows) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -303,6 +311,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--backend", nargs="+", choices=["local", "ray"], default=["local"],
                    help="one server per backend, each measured against in-process pipe.generate (local)")
+    p.add_argument("--inproc-ray", action="store_true", help="also pipe.generate in-process on the ray backend")
     p.add_argument("--aiperf", action="store_true", help="also run AIPerf 0.13 at each concurrency")
     p.add_argument("--vllm", metavar="PYTHON", help="also vLLM's CPU server (this venv's python) behind the same load")
     p.add_argument("--markdown", type=Path)
