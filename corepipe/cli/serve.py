@@ -151,7 +151,7 @@ def serve_cmd(
 
       corepipe serve gpt2_compiled/     # a decoder: OpenAI API at :8000/v1
 
-      corepipe serve gpt2_compiled/ --backend ray     # the same, one Ray actor per stage
+      corepipe serve gpt2_compiled/ --backend ray   # one Ray actor per stage
 
       curl -N localhost:8000/v1/completions -d '{"prompt": "hi", "stream": true}'
 
