@@ -1,7 +1,8 @@
 """`corepipe serve --backend ray` on a decoder artifact (issue 26): one real server process whose
 pipeline is one Ray actor per stage (a private Ray instance on the loopback), driven by the
-`openai` client: completions and a streamed chat equal to the onnxruntime whole-model loop
-(`tests/decoders.reference_generate`), a stream closed mid-way frees its KV row in every stage,
+`openai` client: completions (and KServe's generate) and a streamed chat equal to the
+onnxruntime whole-model loop (`tests/decoders.reference_generate`), a stream closed mid-way
+frees its KV row in every stage,
 an actor killed with kill -9 under 16 concurrent streams is re-placed and its KV rebuilt by
 replay (every stream ends with the undisturbed tokens), and SIGTERM leaves no Ray process (no
 actor, no raylet, no GCS) behind. One server serves the module: Ray's start-up costs seconds.
@@ -10,6 +11,7 @@ actor, no raylet, no GCS) behind. One server serves the module: Ray's start-up c
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -17,7 +19,7 @@ import psutil
 import pytest
 from conftest import wait_gone
 from decoders import decoder_model_or_skip, prompts, reference_generate, tokenizer
-from serving import TOKEN, Server
+from serving import TOKEN, Server, post
 from test_serve_llm import client, rows_in_use, series, settle
 
 import corepipe
@@ -89,6 +91,9 @@ def test_completions_equal_the_reference(llm):
     want = reference_generate(model, [prompt], 6)[0]
     assert [ch.token_ids for ch in out.choices] == [want] * 2
     assert out.choices[0].text == tokenizer(model).decode(want, skip_special_tokens=True)
+    status, _, data = post(server, "/v2/models/gpt2/generate",
+                           json.dumps({"text_input": text, "parameters": {"max_tokens": 6, "temperature": 0}}))
+    assert status == 200 and json.loads(data)["token_ids"] == want  # KServe v2's generate extension
 
 
 def test_chat_streams_one_chunk_per_token(llm):
