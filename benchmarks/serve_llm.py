@@ -2,8 +2,10 @@
 same artifact (issue 26): output tokens/s and time to first token p50 at concurrency 1, 8 and 16.
 
 - ``inproc``: `pipe.generate` from one thread per sequence, greedy, ``max_new_tokens`` each;
-- ``server``: the `openai` package's AsyncOpenAI client, one streaming ``/v1/completions`` per
-  sequence (prompt as token ids, ``ignore_eos``), TTFT = the first chunk carrying a token;
+- ``server`` (``server-local``, ``server-ray``: one per ``--backend``, each its own ``corepipe
+  serve --backend B`` process, ``ray`` on a private Ray instance): the `openai` package's
+  AsyncOpenAI client, one streaming ``/v1/completions`` per sequence (prompt as token ids,
+  ``ignore_eos``), TTFT = the first chunk carrying a token;
 - ``aiperf`` (``--aiperf``): NVIDIA AIPerf 0.13 against the same endpoint, with the model's local
   tokenizer (its save_pretrained directory: nothing from the hub), synthetic prompts of the same length; its own
   venv (``/tmp/corepipe-aiperf``, built by `aiperf_python` when missing; not part of CI);
@@ -19,6 +21,7 @@ The same prompts run on both sides; each configuration alternates the sides (A B
 ``--rounds`` rounds, and the ratios are per round. Run it alone on the machine::
 
     flock /tmp/corepipe-bench.lock python benchmarks/serve_llm.py --rounds 3 --markdown out.md
+    flock /tmp/corepipe-bench.lock python benchmarks/serve_llm.py --backend local ray --markdown out.md
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ def artifact(model: str, stages: int, rows: int, length: int) -> Path:
     return out
 
 
-def start_server(art: Path, queue: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(art: Path, queue: int, backend: str = "local") -> tuple[subprocess.Popen[str], str]:
     argv, env = module_command("corepipe", "serve", str(art), "--http-port", "0", "--grpc-port", "0",
-                               "--max-queue", str(queue))
+                               "--max-queue", str(queue), "--backend", backend)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -179,16 +182,25 @@ def aiperf(exe: Path, url: str, model: str, tokenizer_dir: Path, c: int, prompt_
             "itl_ms": stat("inter_token_latency", "p50"), "requests": stat("request_count", "avg")}
 
 
+def _ratio(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Per round: ``other``'s tokens/s over ``base``'s, and its TTFT p50 over ``base``'s."""
+    tok = [(y["tokens"] / y["wall"]) / (x["tokens"] / x["wall"]) for x, y in zip(base, other, strict=True)]
+    ttft = [float(np.median(y["ttft"])) / float(np.median(x["ttft"])) for x, y in zip(base, other, strict=True)]
+    return tok, ttft
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     art = artifact(args.model, args.stages, max(args.concurrency), args.prompt_len + args.new + 8)
     vocab = decoders.RECIPES[args.model]["vocab"]
     loads = {c: decoders.prompts(vocab, c, args.prompt_len, seed=11 + c) for c in args.concurrency}
     pipe = corepipe.load(art)
-    proc, url = start_server(art, queue=max(args.concurrency))
+    pipe_ray = corepipe.load(art, backend="ray") if args.inproc_ray else None
+    servers = {f"server-{b}": start_server(art, max(args.concurrency), b) for b in args.backend}
+    first = next(iter(servers))
     name = art.name
     runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
     peer = None
-    sides = ["inproc", "server"]
+    sides = ["inproc", *(["inproc-ray"] if pipe_ray is not None else []), *servers]
     try:
         if args.vllm:
             peer = start_vllm(args.vllm, decoders.decoder_dir(args.model) / "hf", max(args.concurrency),
@@ -198,8 +210,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def side_run(side: str, c: int, new: int) -> dict[str, Any]:
             if side == "inproc":
                 return inproc(pipe, loads[c], new)
-            if side == "server":
-                return server(url, name, loads[c], new)
+            if side == "inproc-ray":
+                return inproc(pipe_ray, loads[c], new)
+            if side in servers:
+                return server(servers[side][1], name, loads[c], new)
             assert peer is not None
             return server(peer[1], "peer", loads[c], new)
 
@@ -213,29 +227,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for side in order:
                     r = side_run(side, c, args.new)
                     runs.setdefault((c, side), []).append(r)
-                    print(f"round {rnd} x{c:<2} {side:>6}: {r['tokens'] / r['wall']:8.1f} tok/s  ttft p50 "
+                    print(f"round {rnd} x{c:<2} {side:>12}: {r['tokens'] / r['wall']:8.1f} tok/s  ttft p50 "
                           f"{1e3 * float(np.median(r['ttft'])):7.1f} ms", flush=True)
         agg: dict[int, dict[str, Any]] = {}
         exe = aiperf_python() if args.aiperf else None
         for c in args.concurrency:
-            a, s = runs[(c, "inproc")], runs[(c, "server")]
-            ratio = [(y["tokens"] / y["wall"]) / (x["tokens"] / x["wall"]) for x, y in zip(a, s, strict=True)]
-            ttft = [float(np.median(y["ttft"])) / float(np.median(x["ttft"])) for x, y in zip(a, s, strict=True)]
-            agg[c] = {"inproc": _figures(a), "server": _figures(s), "tok_ratio": ratio, "ttft_ratio": ttft}
+            a = runs[(c, "inproc")]
+            agg[c] = {"inproc": _figures(a), "servers": {}}
+            for side in [x for x in sides if x.startswith("server-") or x == "inproc-ray"]:
+                tok, ttft = _ratio(a, runs[(c, side)])
+                agg[c]["servers"][side] = {**_figures(runs[(c, side)]), "tok_ratio": tok, "ttft_ratio": ttft}
+            if "server-local" in servers and "server-ray" in servers:
+                agg[c]["ray_vs_local"] = _ratio(runs[(c, "server-local")], runs[(c, "server-ray")])
             if peer is not None:
                 v = runs[(c, "vllm")]
                 agg[c]["vllm"] = _figures(v)
-                agg[c]["vs_vllm"] = [(y["tokens"] / y["wall"]) / (x["tokens"] / x["wall"]) for x, y in zip(v, s, strict=True)]
+                agg[c]["vs_vllm"] = _ratio(v, runs[(c, first)])[0]
             if exe is not None:
-                agg[c]["aiperf"] = aiperf(exe, url, name, decoders.decoder_dir(args.model) / "hf", c,
+                agg[c]["aiperf"] = aiperf(exe, servers[first][1], name, decoders.decoder_dir(args.model) / "hf", c,
                                           args.prompt_len, args.new)
                 print(f"aiperf x{c}: {agg[c]['aiperf']}", flush=True)
         return {"agg": agg, "art": art}
     finally:
-        for p in [proc] + ([peer[0]] if peer is not None else []):
+        for p in [proc for proc, _ in servers.values()] + ([peer[0]] if peer is not None else []):
             p.terminate()
             p.wait(timeout=60)
         pipe.close()
+        if pipe_ray is not None:
+            pipe_ray.close()
 
 
 def _figures(rs: list[dict[str, Any]]) -> dict[str, float]:
@@ -244,30 +263,42 @@ def _figures(rs: list[dict[str, Any]]) -> dict[str, float]:
             "ttft_ms": 1e3 * float(np.median([t for r in rs for t in r["ttft"]]))}
 
 
+def _span(xs: list[float]) -> str:
+    return f"{float(np.median(xs)):.2f}x ({min(xs):.2f}-{max(xs):.2f})"
+
+
 def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
-    rows = ["| concurrency | in-process tok/s | server tok/s | server / in-process (per round) "
-            "| TTFT p50 in-process ms | TTFT p50 server ms | server / in-process TTFT (per round) | AIPerf tok/s, TTFT p50 ms |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| concurrency | side | tok/s (range) | / in-process (per round) | TTFT p50 ms | TTFT / in-process "
+            "(per round) | AIPerf tok/s, TTFT p50 ms |", "|---|---|---|---|---|---|---|"]
     for c, a in res["agg"].items():
-        ip, sv = a["inproc"], a["server"]
-        ap = a.get("aiperf")
-        aip = ("-" if ap is None else ap["error"].splitlines()[-1][:60] if "error" in ap
-               else f"{ap['tok_s']:.1f}, {ap['ttft_ms']:.1f}")
-        rows.append(f"| {c} | {ip['tok_s']:.1f} ({ip['lo']:.1f}-{ip['hi']:.1f}) | {sv['tok_s']:.1f} "
-                    f"({sv['lo']:.1f}-{sv['hi']:.1f}) | {float(np.median(a['tok_ratio'])):.2f}x "
-                    f"({min(a['tok_ratio']):.2f}-{max(a['tok_ratio']):.2f}) | {ip['ttft_ms']:.1f} | {sv['ttft_ms']:.1f} | "
-                    f"{float(np.median(a['ttft_ratio'])):.2f}x ({min(a['ttft_ratio']):.2f}-{max(a['ttft_ratio']):.2f}) "
-                    f"| {aip} |")
+        ip = a["inproc"]
+        rows.append(f"| {c} | in-process `pipe.generate` (local) | {ip['tok_s']:.1f} ({ip['lo']:.1f}-{ip['hi']:.1f}) "
+                    f"| 1 | {ip['ttft_ms']:.1f} | 1 | |")
+        first = next(k for k in a["servers"] if k.startswith("server-"))
+        for side, sv in a["servers"].items():
+            ap = a.get("aiperf") if side == first else None
+            aip = ("-" if ap is None else ap["error"].splitlines()[-1][:60] if "error" in ap
+                   else f"{ap['tok_s']:.1f}, {ap['ttft_ms']:.1f}")
+            label = "in-process `pipe.generate` (ray)" if side == "inproc-ray" else f"`serve --backend {side[7:]}`"
+            rows.append(f"| {c} | {label} | {sv['tok_s']:.1f} "
+                        f"({sv['lo']:.1f}-{sv['hi']:.1f}) | {_span(sv['tok_ratio'])} | {sv['ttft_ms']:.1f} | "
+                        f"{_span(sv['ttft_ratio'])} | {aip} |")
+    if any("ray_vs_local" in a for a in res["agg"].values()):
+        rows += ["", "| concurrency | ray server / local server tok/s (per round) | TTFT ray / local (per round) |",
+                 "|---|---|---|"]
+        for c, a in res["agg"].items():
+            tok, ttft = a["ray_vs_local"]
+            rows.append(f"| {c} | {_span(tok)} | {_span(ttft)} |")
     if any("vllm" in a for a in res["agg"].values()):
         rows += ["", "| concurrency | vLLM CPU 0.32 server tok/s | TTFT p50 ms | corepipe server / vLLM (per round) |",
                  "|---|---|---|---|"]
         for c, a in res["agg"].items():
             v, r = a["vllm"], a["vs_vllm"]
-            rows.append(f"| {c} | {v['tok_s']:.1f} ({v['lo']:.1f}-{v['hi']:.1f}) | {v['ttft_ms']:.1f} | "
-                        f"{float(np.median(r)):.2f}x ({min(r):.2f}-{max(r):.2f}) |")
-    return (f"Model `{args.model}` compiled into {args.stages} stages (local backend), prompts of "
-            f"{args.prompt_len} tokens, {args.new} new tokens each (greedy, ignore_eos), {args.rounds} rounds "
-            "alternating the sides.\n\n" + "\n".join(rows) + "\n")
+            rows.append(f"| {c} | {v['tok_s']:.1f} ({v['lo']:.1f}-{v['hi']:.1f}) | {v['ttft_ms']:.1f} | {_span(r)} |")
+    return (f"Model `{args.model}` compiled into {args.stages} stages, prompts of {args.prompt_len} tokens, "
+            f"{args.new} new tokens each (greedy, ignore_eos), {args.rounds} rounds alternating the sides "
+            f"(in-process{' on local and ray' if args.inproc_ray else ''}, "
+            f"{', '.join('serve --backend ' + b for b in args.backend)}).\n\n" + "\n".join(rows) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -278,6 +309,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new", type=int, default=64)
+    p.add_argument("--backend", nargs="+", choices=["local", "ray"], default=["local"],
+                   help="one server per backend, each measured against in-process pipe.generate (local)")
+    p.add_argument("--inproc-ray", action="store_true", help="also pipe.generate in-process on the ray backend")
     p.add_argument("--aiperf", action="store_true", help="also run AIPerf 0.13 at each concurrency")
     p.add_argument("--vllm", metavar="PYTHON", help="also vLLM's CPU server (this venv's python) behind the same load")
     p.add_argument("--markdown", type=Path)

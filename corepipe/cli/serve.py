@@ -151,6 +151,8 @@ def serve_cmd(
 
       corepipe serve gpt2_compiled/     # a decoder: OpenAI API at :8000/v1
 
+      corepipe serve gpt2_compiled/ --backend ray   # one Ray actor per stage
+
       curl -N localhost:8000/v1/completions -d '{"prompt": "hi", "stream": true}'
 
       perf_analyzer -m resnet_compiled -u 127.0.0.1:8001 -i grpc --concurrency-range 1:4

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...errors import CorepipeError
 
-__all__ = ["STRATEGIES", "import_ray", "connect", "disconnect", "bundles_for", "check_feasible",
+__all__ = ["STRATEGIES", "import_ray", "connect", "disconnect", "private_node_lost", "kill_local_actors", "bundles_for", "check_feasible",
            "create_placement", "corepipe_root", "placement_shortfall", "relaxed", "describe_nodes"]
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
@@ -127,6 +127,42 @@ def disconnect() -> None:
             import ray
 
             ray.shutdown()
+
+
+def private_node_lost() -> bool:
+    """Whether the private instance this process started has lost its GCS or raylet.
+
+    A SIGTERM sent to this process's whole process group (``timeout``, ``kill -- -PGID``, a
+    service manager stopping its unit) reaches Ray's daemons too: they block SIGINT, not SIGTERM.
+    Every Ray call then waits for the GCS until Ray ends this process (about 60 s, exit status 1).
+    """
+    with _lock:
+        if not _opened["owned"]:
+            return False
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return node is not None and any(kind in ("gcs_server", "raylet") for kind, _ in node.dead_processes())
+    except Exception:  # a Ray without these internals: assume the node lives (the old behaviour)
+        return False
+
+
+def kill_local_actors(pids: Sequence[int | None]) -> None:
+    """SIGKILL the actor processes ``pids`` on this host that are still Ray workers (their title
+    starts ``ray::``; a pid reused by another process is left alone): a private instance's actors
+    once its raylet, which would have ended them, is gone."""
+    import psutil
+
+    for pid in pids:
+        if not pid:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            if " ".join(proc.cmdline()).startswith("ray::"):
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 def bundles_for(threads: Sequence[int], memory: Sequence[int],

@@ -381,14 +381,7 @@ class RayPipeline(Recovery, Pipeline):
                 t.join(timeout=5)
         self._close_stream()
         if self._connected:
-            self._kill_actors(self._actors)
-            if self._pg is not None:
-                from ray.util.placement_group import remove_placement_group
-
-                try:
-                    remove_placement_group(self._pg)
-                except Exception:  # the cluster is gone already
-                    pass
+            self._release()
             self._connected = False
             disconnect()
         _LIVE.discard(self)

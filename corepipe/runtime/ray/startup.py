@@ -2,12 +2,14 @@
 import this corepipe, its stage loaded once (from the shared artifact directory, or from bytes the
 driver puts into the object store once and the actor verifies on arrival), and told where its
 results go; for the stream data path, the client's own ends. Also killing the actors, and waiting
-until Ray reports them dead.
+until Ray reports them dead; and, at close, releasing them and their placement group even when a
+private instance's daemons died first (a SIGTERM to the whole process group).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from ...artifact.plan import Plan, TensorSpec
 from ...artifact.transfer import stage_payload
 from ...errors import CorepipeError, PipelineClosedError, StageError
 from .actor import GROUPS, StageActor
+from .cluster import kill_local_actors, private_node_lost
 from .framing import Framing
 from .stream import ClockProbe, Inlet, Outlet
 
@@ -216,6 +219,33 @@ class StageActors:
             if why := self._outlet.connect(5.0):
                 lost.insert(0, (0, f"the client cannot reach stage 0: {why}"))
         return lost
+
+    def _release(self) -> None:
+        """(At close.) Kill the actors and remove the placement group. Where this process's
+        private instance loses its raylet meanwhile (a SIGTERM to the whole process group reaches
+        Ray's daemons: `private_node_lost`), those Ray calls would wait for it until Ray ends this
+        process (~60 s, exit status 1): the actors, this host's processes, are killed by pid and
+        the calls left behind on their thread."""
+        done = threading.Event()
+
+        def release() -> None:
+            try:
+                self._kill_actors(self._actors)
+                if self._pg is not None:
+                    from ray.util.placement_group import remove_placement_group
+
+                    try:
+                        remove_placement_group(self._pg)
+                    except Exception:  # the cluster is gone already
+                        pass
+            finally:
+                done.set()
+
+        threading.Thread(target=release, name="corepipe-ray-release", daemon=True).start()
+        while not done.wait(0.1):
+            if private_node_lost():
+                kill_local_actors([w.get("pid") for w in self._where])
+                return
 
     def _kill_actors(self, actors: list[Any]) -> None:
         """Kill ``actors`` and wait (a few seconds at most) until Ray reports each one dead."""
