@@ -64,7 +64,10 @@ def load(
             ``"ray://host:port"``), ``placement_strategy`` (PACK, SPREAD, STRICT_SPREAD,
             STRICT_PACK), ``stage_resources``, ``stage_source``, and the ``local`` ones that apply
             (see `corepipe.runtime.ray.RayPipeline`). With replicas, ``max_in_flight`` counts
-            across all of them.
+            across all of them. ``stage_batch`` (``local`` only): each stage's worker runs the
+            requests queued in its incoming ring as one engine call of up to this many rows
+            (``True``: the batch dim's max), for a plan with a dynamic batch dim
+            (`corepipe.runtime.stagebatch`); off by default.
 
     A decoder artifact (a plan with ``decoder``: state pairs kept in their stages) starts a
     decoder pipeline on ``local`` or ``inline``, one replica: run it with
@@ -83,6 +86,9 @@ def load(
     if backend not in BACKENDS:
         raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
     artifact = open_artifact(path)
+    rows = _stage_batch(artifact, backend, options.pop("stage_batch", None))
+    if rows:
+        options["stage_batch"] = rows  # the local backend's workers take it
     if artifact.plan.decoder is not None:
         from .sequences.load import load_decoder
 
@@ -126,6 +132,20 @@ def load(
                              threads_per_stage=placement.threads_per_stage, **options)
 
     return _replicated(artifact, start_local, placement.replicas, in_flight)
+
+
+def _stage_batch(artifact: Artifact, backend: str, stage_batch: Any) -> int:
+    """Rows per stage batch (0: off), refused where it cannot run: see
+    `corepipe.runtime.stagebatch.stage_batch_rows`."""
+    from .stagebatch import stage_batch_rows
+
+    rows = stage_batch_rows(artifact.plan, stage_batch)
+    if rows and backend != "local":
+        raise DeploymentError(
+            f"stage_batch={stage_batch!r} batches inside the local backend's stage workers; the {backend} "
+            "backend runs one request per stage call: use backend='local', or max_batch= (dynamic batching "
+            "before the pipeline, on every backend)")
+    return rows
 
 
 def _replicated(artifact: Artifact, start: Callable[[int], Pipeline], count: int,

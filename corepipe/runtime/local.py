@@ -36,6 +36,7 @@ from .phases import phases_from_env
 from .process import assign_cores
 from .segments import sweep_orphans
 from .shm import Control, Ring
+from .stagebatch import stage_batch_rows
 from .supervisor import Supervisor, Worker
 
 __all__ = ["LocalPipeline"]
@@ -85,6 +86,8 @@ class LocalPipeline(Supervisor, Pipeline):
             breaks; its requests fail with `StageError`. ``"backoff"``: never give up; wait
             ``backoff_s``, doubling with each further death up to ``backoff_max_s``, before each
             restart, with the stage reported down meanwhile (`readiness`). Servers use it.
+        stage_batch: each worker runs the requests queued in its incoming ring as one engine call
+            of up to this many rows (``True``: the batch dim's max; `corepipe.runtime.stagebatch`).
     """
 
     backend = "local"
@@ -104,6 +107,7 @@ class LocalPipeline(Supervisor, Pipeline):
         restart: str = "give-up",
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        stage_batch: int | bool | None = None,
     ) -> None:
         n = artifact.plan.num_cores
         variable = artifact.plan.shapes is not None
@@ -138,6 +142,8 @@ class LocalPipeline(Supervisor, Pipeline):
         self._slots = slots
         self._trace_slots = slots
         self._stage_timeout = stage_timeout
+        self._stage_batch = stage_batch_rows(artifact.plan, stage_batch)
+        self._alone = 0  # requests a restarted worker replays one at a time (supervisor.py)
         self._start_timeout = start_timeout
         self._init_intake(max_deaths=max_deaths, death_window=death_window, restart=restart,
                           backoff_s=backoff_s, backoff_max_s=backoff_max_s)
@@ -196,6 +202,7 @@ class LocalPipeline(Supervisor, Pipeline):
             stages.append(StageStats.measured(
                 k, pid, ",".join(str(c) for c in self._cores[k]), requests, busy, elapsed, depth,
                 restarts=self._workers[k].restarts if k < len(self._workers) else 0,
+                runs=int(control.get(k, Control.RUNS)) if control else 0,
             ))
         with self._cv:
             in_flight = len(self._inflight) + len(self._pending)

@@ -1,0 +1,244 @@
+"""Stage batching: a ``local`` worker runs the requests queued in its incoming ring as one batch.
+
+When a worker finds more than one request waiting (consecutive FULL slots of this epoch, each
+OK) and as many free slots in its outgoing ring, it stacks them along the model's batch dim
+into one prepared buffer per input (one copy), runs its engine once, and writes each request's
+rows of every output into that request's own outgoing slot; the worker then publishes them in
+order, each with its own request id and timestamps. Nothing waits for company: a batch is
+only what is already queued, so an idle pipeline answers as fast as before.
+
+It is on where `load` is given ``stage_batch`` (see `stage_batch_rows`) and the plan allows it:
+a one-shot plan (no decoder) with a dynamic batch dim (``dynamic_dims={"batch": (1, N)}``),
+whose every tensor entering and leaving the stage has that dim as axis 0. A group of requests
+is merged only when they agree in shape past axis 0 and their rows fit one of the shapes the
+stage's engine was compiled for (with buckets on the batch dim, the group shrinks to a sum
+that is a bucket). Like client-side dynamic batching (`corepipe.runtime.batcher`), it assumes
+what a batch dim means: each row's answer depends on that row alone.
+
+Results never change: a batch that fails (a fault of one request the engine found) is run
+again one request at a time, so only the request that causes it fails; after a worker died,
+its replacement runs the replayed requests one at a time, so a request that kills its worker
+is found alone and failed after its second death, as without batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..artifact.plan import Plan, TensorSpec
+from ..errors import DeploymentError
+from .phases import Phases
+from .shm import ERROR, OK, Ring, encode_error
+
+__all__ = ["StageBatcher", "run_batch", "stage_batch_rows"]
+
+
+def stage_batch_rows(plan: Plan, stage_batch: int | bool | None) -> int:
+    """Rows one engine call of a stage may take: ``stage_batch`` as given to `load`, checked.
+
+    ``None``, ``False``, 0 or 1: off (0). ``True``: the batch dim's max. An int N >= 2: N rows.
+
+    Raises:
+        DeploymentError: stage batching asked of a plan without a dynamic batch dim, a decoder
+            plan, or past the batch dim's max.
+    """
+    if stage_batch is None or stage_batch is False or (stage_batch is not True and stage_batch in (0, 1)):
+        return 0
+    shapes = plan.shapes
+    if plan.decoder is not None or shapes is None or shapes.batch is None:
+        why = "a decoder plan batches its steps itself" if plan.decoder is not None else "this artifact has none"
+        raise DeploymentError(
+            f"stage_batch={stage_batch!r} runs queued requests as one batch along a dynamic batch dim, and {why}; "
+            "compile with dynamic_dims={'batch': (1, 8)} naming the model's batch dim, or leave stage_batch out")
+    top = shapes.dims[shapes.batch][1]
+    if stage_batch is True:
+        return top
+    if type(stage_batch) is not int or not 2 <= stage_batch <= top:
+        raise DeploymentError(f"stage_batch={stage_batch!r} must be True or an int within 2..{top} (the batch dim "
+                              f"{shapes.batch!r} was compiled for up to {top} rows)")
+    return stage_batch
+
+
+def _batched_axis(specs: Sequence[TensorSpec], batch: str) -> bool:
+    """Whether every tensor of ``specs`` has the batch dim ``batch`` as its axis 0."""
+    return all(spec.dims and spec.dims[0] == batch for spec in specs)
+
+
+class StageBatcher:
+    """Stage ``index``'s batching, prepared once in its worker (see the module docstring).
+
+    Args:
+        runner: the stage's `corepipe.engines.StageRunner` (its engine and stage plan).
+        plan: the artifact's plan.
+        index: the stage.
+        rows: `stage_batch_rows`; 0 turns it off.
+        ring_in, ring_out: the worker's rings.
+
+    ``on`` tells whether this stage batches at all; `group` finds a batch at a position of the
+    rings, `run` computes it into the outgoing slots.
+    """
+
+    def __init__(self, runner: Any, plan: Plan, index: int, rows: int, ring_in: Ring, ring_out: Ring) -> None:
+        self.runner = runner
+        self.engine = runner.engine
+        self.rows = rows
+        self.ring_in, self.ring_out = ring_in, ring_out
+        shapes = plan.shapes
+        batch = shapes.batch if shapes is not None else None
+        self.on = bool(rows > 1 and batch is not None and runner.plan.inputs
+                       and _batched_axis(ring_in.specs, batch) and _batched_axis(ring_out.specs, batch))
+        self._inputs = list(runner.plan.inputs)
+        self._outputs = list(runner.plan.outputs)
+        self._carried = list(runner.plan.carried)
+        before = {t.name: t for t in ring_in.specs}
+        self._after = {t.name: t for t in ring_out.specs}
+        self._in_specs = [before[name] for name in self._inputs]
+        # One buffer per engine input and output, sized for the batch dim's max: the batch is
+        # copied in and computed into these, then each request's rows go to its own slot.
+        size = (lambda spec: max(spec.nbytes, 1)) if self.on else (lambda spec: 1)
+        self._bufs_in = [np.empty(size(spec), np.uint8) for spec in self._in_specs]
+        self._bufs_out = [np.empty(size(self._after[name]), np.uint8) for name in self._outputs]
+        self._variants = [v for v in getattr(self.engine, "variants", ())]
+        # An output the compiler could not size without the data: run, then check its shape.
+        self._checked = any(self._after[name].dynamic for name in self._outputs)
+        # (rows, shapes past axis 0) -> (binding, input views, output views), or None: not batchable
+        self._bindings: dict[tuple[Any, ...], tuple[Any, list[np.ndarray], list[np.ndarray]] | None] = {}
+        self.alone_until = 0  # requests of the first epoch to run alone (replays after a death)
+
+    # -- finding a batch ---------------------------------------------------------------------
+    def group(self, idx: int, epoch: int) -> int:
+        """How many requests from position ``idx`` of both rings to run as one batch (1: alone).
+
+        They are FULL slots of ``epoch``, each OK, with a free outgoing slot each, agreeing in
+        shape past axis 0, within ``rows`` rows and a shape the engine was compiled for."""
+        ring_in, ring_out = self.ring_in, self.ring_out
+        si, so = ring_in.slots, ring_out.slots
+        first = ring_in.read(idx % si)
+        rest = tuple(first[name].shape[1:] for name in self._inputs)
+        total = first[self._inputs[0]].shape[0] if self._inputs else 1
+        counts = [total]
+        j = 1
+        while j < si and j < so:
+            s = (idx + j) % si
+            if not ring_in.ready(s, epoch) or ring_in.status(s) != OK or ring_out.state((idx + j) % so) != 0:
+                break
+            views = ring_in.read(s)
+            if tuple(views[name].shape[1:] for name in self._inputs) != rest:
+                break
+            r = views[self._inputs[0]].shape[0] if self._inputs else 1
+            if total + r > self.rows:
+                break
+            total += r
+            counts.append(total)
+            j += 1
+        while j > 1 and self._binding(counts[j - 1], rest) is None:
+            j -= 1  # the engine takes no batch of these rows (a bucketed batch dim): fewer
+        return j
+
+    def _fits(self, shapes: list[tuple[int, ...]]) -> bool:
+        """Whether one of the engine's compiled input shapes takes inputs of ``shapes``."""
+        if not self._variants:
+            return True
+        return any(all(len(shape) == len(axes) and all(lo <= n <= hi for n, (lo, hi) in zip(shape, axes))
+                       for shape, axes in zip(shapes, ranges)) for ranges in self._variants)
+
+    def _binding(self, rows: int, rest: tuple[tuple[int, ...], ...]) -> tuple[Any, list[np.ndarray], list[np.ndarray]] | None:
+        """The engine bound to the batch buffers at ``rows`` rows (made once per shape)."""
+        key = (rows, rest)
+        if key in self._bindings:
+            return self._bindings[key]
+        shapes = [(rows, *r) for r in rest]
+        found = None
+        if self._fits(shapes):
+            ins = [buf[: int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize]
+                   .view(spec.dtype).reshape(shape) for buf, spec, shape in zip(self._bufs_in, self._in_specs, shapes)]
+            values: dict[str, int] = {}
+            for spec, shape in zip(self._in_specs, shapes):
+                for axis, dim in enumerate(spec.dims):
+                    if dim is not None:
+                        values[dim] = shape[axis]
+            out_shapes = [self._after[name].shape_for(values) for name in self._outputs]
+            if all(s is not None for s in out_shapes):
+                outs = []
+                for buf, name, shape in zip(self._bufs_out, self._outputs, out_shapes):
+                    assert shape is not None
+                    dtype = np.dtype(self._after[name].dtype)
+                    outs.append(buf[: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape))
+                if self._checked:  # run into fresh arrays, each checked against its shape
+                    found = (None, ins, outs)
+                else:
+                    binding = self.engine.bind(ins, outs)
+                    found = None if binding is None else (binding, ins, outs)
+        if len(self._bindings) >= 64:
+            del self._bindings[next(iter(self._bindings))]
+        self._bindings[key] = found
+        return found
+
+    # -- running it --------------------------------------------------------------------------
+    def run(self, idx: int, k: int) -> None:
+        """Run the ``k`` requests from position ``idx`` as one engine call and write each one's
+        outputs into its outgoing slot (with its carried tensors and shapes in the header).
+
+        Raises whatever the engine raised: the caller then runs them one at a time."""
+        ring_in, ring_out = self.ring_in, self.ring_out
+        si, so = ring_in.slots, ring_out.slots
+        members = [ring_in.read((idx + j) % si) for j in range(k)]
+        rows = [m[self._inputs[0]].shape[0] for m in members] if self._inputs else [1] * k
+        rest = tuple(members[0][name].shape[1:] for name in self._inputs)
+        found = self._binding(sum(rows), rest)
+        assert found is not None, "group() only forms batches the engine takes"
+        binding, ins, outs = found
+        for i, name in enumerate(self._inputs):
+            np.concatenate([m[name] for m in members], axis=0, out=ins[i])
+        if binding is not None:
+            self.engine.run_bound(binding)
+        else:
+            values = self.engine.run(dict(zip(self._inputs, ins)))
+            for name, got, want in zip(self._outputs, values, outs):
+                if got.shape != want.shape or got.dtype != want.dtype:
+                    raise ValueError(f"{name!r} came out {got.dtype}{list(got.shape)} for a batch, not "
+                                     f"{want.dtype}{list(want.shape)}")
+            outs = values
+        off = 0
+        for j, m in enumerate(members):
+            r = rows[j]
+            t = (idx + j) % so
+            shapes = {name: (r, *out.shape[1:]) for name, out in zip(self._outputs, outs)}
+            shapes.update({name: m[name].shape for name in self._carried})
+            views = ring_out.views(t, shapes)
+            for name, out in zip(self._outputs, outs):
+                views[name][...] = out[off:off + r]
+            for name in self._carried:
+                views[name][...] = m[name]
+            ring_out.mark(t, shapes)
+            off += r
+
+
+def run_batch(batcher: StageBatcher, idx: int, many: int, stage: int,
+              ph: Phases | None) -> tuple[list[tuple[int, str]], int]:
+    """The ``many`` requests from position ``idx`` run as one batch, or, if the batch fails,
+    one at a time (so only a request that fails alone fails). Returns each one's (status,
+    error) for its outgoing slot, and the engine calls made."""
+    if ph is not None:
+        ph.lap(1)
+    try:
+        batcher.run(idx, many)
+    except Exception:  # one request's fault fails the batch: find it by running them alone
+        ring_in, ring_out = batcher.ring_in, batcher.ring_out
+        outcomes: list[tuple[int, str]] = []
+        for j in range(many):
+            s, t = (idx + j) % ring_in.slots, (idx + j) % ring_out.slots
+            try:
+                batcher.runner.run_into(ring_in.read(s), ring_out, t, request_id=ring_in.request_id(s))
+                outcomes.append((OK, ""))
+            except Exception as exc:  # StageError, or a tensor over its compiled size
+                outcomes.append((ERROR, encode_error(exc, stage)))
+        if ph is not None:
+            ph.lap(4)
+        return outcomes, 1 + many
+    if ph is not None:
+        ph.lap(4)
+    return [(OK, "")] * many, 1
