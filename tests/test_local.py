@@ -243,7 +243,7 @@ def test_no_completion_waits_for_the_service_tick(chain):
     a listener, or the service thread woken for it), none found later by the service thread's
     one-second tick. A listener that stopped listening as a worker rang its doorbell used to
     leave the result to the tick (a p99 of 1 s in `tune --rate`)."""
-    path, feeds, refs = chain
+    path, feeds, _refs = chain
     done = threading.Semaphore(0)
     total = 0
     with corepipe.load(path, max_in_flight=4) as pipe:

@@ -96,16 +96,15 @@ class StageBatcher:
         before = {t.name: t for t in ring_in.specs}
         self._after = {t.name: t for t in ring_out.specs}
         self._in_specs = [before[name] for name in self._inputs]
-        # One buffer per engine input and output, sized for the batch dim's max: the batch is
-        # copied in and computed into these, then each request's rows go to its own slot.
-        size = (lambda spec: max(spec.nbytes, 1)) if self.on else (lambda spec: 1)
-        self._bufs_in = [np.empty(size(spec), np.uint8) for spec in self._in_specs]
-        self._bufs_out = [np.empty(size(self._after[name]), np.uint8) for name in self._outputs]
+        # One buffer per engine input, sized for the batch dim's max: the batch is copied in
+        # there, run, and each request's rows of the outputs copied to its own slot. (No output
+        # is bound in place: over dynamic dims the compiler marks every boundary tensor as sized
+        # by the data, so the engine returns fresh arrays and each is checked, as `StageRunner`
+        # does for one request.)
+        self._bufs = [np.empty(max(spec.nbytes, 1) if self.on else 1, np.uint8) for spec in self._in_specs]
         self._variants = [v for v in getattr(self.engine, "variants", ())]
-        # An output the compiler could not size without the data: run, then check its shape.
-        self._checked = any(self._after[name].dynamic for name in self._outputs)
-        # (rows, shapes past axis 0) -> (binding, input views, output views), or None: not batchable
-        self._bindings: dict[tuple[Any, ...], tuple[Any, list[np.ndarray], list[np.ndarray]] | None] = {}
+        # (rows, shapes past axis 0) -> (input views, output shapes), or None: the engine takes no such batch
+        self._shapes: dict[tuple[Any, ...], tuple[list[np.ndarray], list[tuple[int, ...]]] | None] = {}
         self.alone_until = 0  # requests of the first epoch to run alone (replays after a death)
 
     # -- finding a batch ---------------------------------------------------------------------
@@ -134,7 +133,7 @@ class StageBatcher:
             total += r
             counts.append(total)
             j += 1
-        while j > 1 and self._binding(counts[j - 1], rest) is None:
+        while j > 1 and self._batch(counts[j - 1], rest) is None:
             j -= 1  # the engine takes no batch of these rows (a bucketed batch dim): fewer
         return j
 
@@ -145,36 +144,28 @@ class StageBatcher:
         return any(all(len(shape) == len(axes) and all(lo <= n <= hi for n, (lo, hi) in zip(shape, axes))
                        for shape, axes in zip(shapes, ranges)) for ranges in self._variants)
 
-    def _binding(self, rows: int, rest: tuple[tuple[int, ...], ...]) -> tuple[Any, list[np.ndarray], list[np.ndarray]] | None:
-        """The engine bound to the batch buffers at ``rows`` rows (made once per shape)."""
+    def _batch(self, rows: int, rest: tuple[tuple[int, ...], ...]) -> tuple[list[np.ndarray], list[tuple[int, ...]]] | None:
+        """Views of the input buffers at ``rows`` rows, and the output shapes they give (made
+        once per shape); None where the engine was compiled for no such batch."""
         key = (rows, rest)
-        if key in self._bindings:
-            return self._bindings[key]
+        if key in self._shapes:
+            return self._shapes[key]
         shapes = [(rows, *r) for r in rest]
         found = None
         if self._fits(shapes):
             ins = [buf[: int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize]
-                   .view(spec.dtype).reshape(shape) for buf, spec, shape in zip(self._bufs_in, self._in_specs, shapes)]
+                   .view(spec.dtype).reshape(shape) for buf, spec, shape in zip(self._bufs, self._in_specs, shapes)]
             values: dict[str, int] = {}
             for spec, shape in zip(self._in_specs, shapes):
                 for axis, dim in enumerate(spec.dims):
                     if dim is not None:
                         values[dim] = shape[axis]
-            out_shapes = [self._after[name].shape_for(values) for name in self._outputs]
-            if all(s is not None for s in out_shapes):
-                outs = []
-                for buf, name, shape in zip(self._bufs_out, self._outputs, out_shapes):
-                    assert shape is not None
-                    dtype = np.dtype(self._after[name].dtype)
-                    outs.append(buf[: int(np.prod(shape, dtype=np.int64)) * dtype.itemsize].view(dtype).reshape(shape))
-                if self._checked:  # run into fresh arrays, each checked against its shape
-                    found = (None, ins, outs)
-                else:
-                    binding = self.engine.bind(ins, outs)
-                    found = None if binding is None else (binding, ins, outs)
-        if len(self._bindings) >= 64:
-            del self._bindings[next(iter(self._bindings))]
-        self._bindings[key] = found
+            outs = [self._after[name].shape_for(values) for name in self._outputs]
+            if all(s is not None for s in outs):
+                found = (ins, [s for s in outs if s is not None])
+        if len(self._shapes) >= 64:
+            del self._shapes[next(iter(self._shapes))]
+        self._shapes[key] = found
         return found
 
     # -- running it --------------------------------------------------------------------------
@@ -188,20 +179,17 @@ class StageBatcher:
         members = [ring_in.read((idx + j) % si) for j in range(k)]
         rows = [m[self._inputs[0]].shape[0] for m in members] if self._inputs else [1] * k
         rest = tuple(members[0][name].shape[1:] for name in self._inputs)
-        found = self._binding(sum(rows), rest)
+        found = self._batch(sum(rows), rest)
         assert found is not None, "group() only forms batches the engine takes"
-        binding, ins, outs = found
+        ins, want = found
         for i, name in enumerate(self._inputs):
             np.concatenate([m[name] for m in members], axis=0, out=ins[i])
-        if binding is not None:
-            self.engine.run_bound(binding)
-        else:
-            values = self.engine.run(dict(zip(self._inputs, ins)))
-            for name, got, want in zip(self._outputs, values, outs):
-                if got.shape != want.shape or got.dtype != want.dtype:
-                    raise ValueError(f"{name!r} came out {got.dtype}{list(got.shape)} for a batch, not "
-                                     f"{want.dtype}{list(want.shape)}")
-            outs = values
+        outs = self.engine.run(dict(zip(self._inputs, ins)))
+        for name, got, shape in zip(self._outputs, outs, want):
+            spec = self._after[name]
+            if got.shape != shape or str(got.dtype) != spec.dtype:
+                raise ValueError(f"{name!r} came out {got.dtype}{list(got.shape)} for a batch of {sum(rows)} rows, "
+                                 f"not {spec.dtype}{list(shape)}")  # then each request runs alone, checked
         off = 0
         for j, m in enumerate(members):
             r = rows[j]

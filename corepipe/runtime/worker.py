@@ -123,11 +123,12 @@ def worker_main(config_json: str) -> None:
     ph = phases_from_env(f"stage{k}", ("wait", "header", "bind", "engine", "after", "publish"), process_cpu=True)
     if ph is not None:
         ph.wrap(runner.engine, "run_bound", 2, 3)
+        ph.wrap(runner.engine, "run", 2, 3)  # a stage over dynamic dims runs, then copies
     # Stage batching (stagebatch.py): None where off. A restarted worker runs the requests it
     # replays (the first ``alone`` of its first epoch) one at a time, to find one that kills it.
-    batcher = StageBatcher(runner, artifact.plan, k, int(cfg.get("stage_batch", 0)), ring_in, ring_out)
-    batcher.alone_until = int(cfg.get("alone", 0))
-    batcher = batcher if batcher.on else None
+    made = StageBatcher(runner, artifact.plan, k, int(cfg.get("stage_batch", 0)), ring_in, ring_out)
+    made.alone_until = int(cfg.get("alone", 0))
+    batcher = made if made.on else None
     first_epoch = epoch
 
     def alive() -> bool:

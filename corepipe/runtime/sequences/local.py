@@ -50,8 +50,8 @@ class LocalDecoder(SupervisedDecoder, LocalPipeline):
     def _first_ring_slots(self, slots: int) -> int:
         return slots  # the scheduler keeps what a recovery replays, not the first ring
 
-    def _service_reap(self) -> None:
-        pass  # the collector thread reads the last ring (its messages are steps, not results)
+    def _service_reap(self) -> int:
+        return 0  # the collector thread reads the last ring (its messages are steps, not results)
 
     def _ring_specs(self, b: int) -> tuple[TensorSpec, ...]:
         return self._specs[b]
