@@ -65,6 +65,11 @@ def test_queued_requests_run_as_batches_in_order_with_the_reference_answers(mode
         for x, fut in zip(feeds, futs):
             assert_same(fut.result(timeout=60), reference(model, x))
         stats = pipe.stats()
+        traces = pipe.timeline().requests
+    assert [t.request_id for t in traces] == sorted(t.request_id for t in traces) and len(traces) == 15
+    for t in traces:  # each request's own path: fed, then stage 0, then stage 1, then done
+        (e0, l0), (e1, l1) = t.stages
+        assert t.fed <= e0 < l0 <= e1 < l1 <= t.completed, t
     assert [s.requests for s in stats.stages] == [15, 15]
     # 19 rows queued, at most 4 a batch: stage 0 ran them in a handful of calls, not 14
     assert stats.stages[0].runs <= 1 + 8, stats.stages

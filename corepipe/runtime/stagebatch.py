@@ -23,8 +23,8 @@ is found alone and failed after its second death, as without batching.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -169,64 +169,97 @@ class StageBatcher:
         return found
 
     # -- running it --------------------------------------------------------------------------
-    def run(self, idx: int, k: int) -> None:
-        """Run the ``k`` requests from position ``idx`` as one engine call and write each one's
-        outputs into its outgoing slot (with its carried tensors and shapes in the header).
-
-        Raises whatever the engine raised: the caller then runs them one at a time."""
+    def take(self, idx: int, k: int, enter: float, stage: int) -> _Taken:
+        """Copy the ``k`` requests from position ``idx`` into the batch buffers, and their
+        carried tensors and upstream timestamps into their outgoing slots: from then on their
+        incoming slots may be freed (the stage before fills them while this batch runs)."""
         ring_in, ring_out = self.ring_in, self.ring_out
         si, so = ring_in.slots, ring_out.slots
         members = [ring_in.read((idx + j) % si) for j in range(k)]
-        rows = [m[self._inputs[0]].shape[0] for m in members] if self._inputs else [1] * k
+        rows = [m[self._inputs[0]].shape[0] for m in members]
         rest = tuple(members[0][name].shape[1:] for name in self._inputs)
         found = self._batch(sum(rows), rest)
         assert found is not None, "group() only forms batches the engine takes"
         ins, want = found
         for i, name in enumerate(self._inputs):
             np.concatenate([m[name] for m in members], axis=0, out=ins[i])
-        outs = self.engine.run(dict(zip(self._inputs, ins)))
-        for name, got, shape in zip(self._outputs, outs, want):
+        views, shapes = [], []
+        for j, m in enumerate(members):
+            s, t = (idx + j) % si, (idx + j) % so
+            mine = {name: (rows[j], *shape[1:]) for name, shape in zip(self._outputs, want)}
+            mine.update({name: m[name].shape for name in self._carried})
+            views.append(ring_out.views(t, mine))
+            shapes.append(mine)
+            for name in self._carried:
+                views[j][name][...] = m[name]
+            ring_out.stamp(t, ring_in, stage, enter, enter, upstream_slot=s)
+        rids = [ring_in.request_id((idx + j) % si) for j in range(k)]
+        return _Taken(idx, rows, ins, want, views, shapes, rids)
+
+    def compute(self, taken: _Taken) -> None:
+        """Run a batch from `take` as one engine call and write each request's rows of the
+        outputs into its outgoing slot. Raises whatever the engine raised, or ValueError for an
+        output of the wrong shape: the caller then runs the requests one at a time."""
+        outs = self.engine.run(dict(zip(self._inputs, taken.ins)))
+        for name, got, shape in zip(self._outputs, outs, taken.want):
             spec = self._after[name]
             if got.shape != shape or str(got.dtype) != spec.dtype:
-                raise ValueError(f"{name!r} came out {got.dtype}{list(got.shape)} for a batch of {sum(rows)} rows, "
-                                 f"not {spec.dtype}{list(shape)}")  # then each request runs alone, checked
+                raise ValueError(f"{name!r} came out {got.dtype}{list(got.shape)} for a batch of "
+                                 f"{sum(taken.rows)} rows, not {spec.dtype}{list(shape)}")
         off = 0
-        for j, m in enumerate(members):
-            r = rows[j]
-            t = (idx + j) % so
-            shapes = {name: (r, *out.shape[1:]) for name, out in zip(self._outputs, outs)}
-            shapes.update({name: m[name].shape for name in self._carried})
-            views = ring_out.views(t, shapes)
+        for j, r in enumerate(taken.rows):
             for name, out in zip(self._outputs, outs):
-                views[name][...] = out[off:off + r]
-            for name in self._carried:
-                views[name][...] = m[name]
-            ring_out.mark(t, shapes)
+                taken.views[j][name][...] = out[off:off + r]
+            self.ring_out.mark((taken.idx + j) % self.ring_out.slots, taken.shapes[j])
             off += r
 
-
-def run_batch(batcher: StageBatcher, idx: int, many: int, stage: int,
-              ph: Phases | None) -> tuple[list[tuple[int, str]], int]:
-    """The ``many`` requests from position ``idx`` run as one batch, or, if the batch fails,
-    one at a time (so only a request that fails alone fails). Returns each one's (status,
-    error) for its outgoing slot, and the engine calls made."""
-    if ph is not None:
-        ph.lap(1)
-    try:
-        batcher.run(idx, many)
-    except Exception:  # one request's fault fails the batch: find it by running them alone
-        ring_in, ring_out = batcher.ring_in, batcher.ring_out
+    def alone(self, taken: _Taken, stage: int) -> list[tuple[int, str]]:
+        """Each request of a batch that failed, run by itself from the batch buffers (its
+        incoming slot may hold another request by now): (status, error) each."""
         outcomes: list[tuple[int, str]] = []
-        for j in range(many):
-            s, t = (idx + j) % ring_in.slots, (idx + j) % ring_out.slots
+        off = 0
+        for j, r in enumerate(taken.rows):
+            boundary = {name: buf[off:off + r] for name, buf in zip(self._inputs, taken.ins)}
+            boundary.update({name: taken.views[j][name] for name in self._carried})
             try:
-                batcher.runner.run_into(ring_in.read(s), ring_out, t, request_id=ring_in.request_id(s))
+                self.runner.run_into(boundary, self.ring_out, (taken.idx + j) % self.ring_out.slots,
+                                     request_id=taken.rids[j])
                 outcomes.append((OK, ""))
             except Exception as exc:  # StageError, or a tensor over its compiled size
                 outcomes.append((ERROR, encode_error(exc, stage)))
-        if ph is not None:
-            ph.lap(4)
-        return outcomes, 1 + many
+            off += r
+        return outcomes
+
+
+class _Taken(NamedTuple):
+    """A batch copied out of the incoming ring (`StageBatcher.take`)."""
+
+    idx: int
+    rows: list[int]
+    ins: list[np.ndarray]
+    want: list[tuple[int, ...]]
+    views: list[dict[str, np.ndarray]]
+    shapes: list[dict[str, tuple[int, ...]]]
+    rids: list[int]
+
+
+def run_batch(batcher: StageBatcher, idx: int, many: int, stage: int, enter: float, release: Callable[[], None],
+              ph: Phases | None) -> tuple[list[tuple[int, str]], int, list[int]]:
+    """The ``many`` requests from position ``idx`` run as one batch, or, if the batch fails,
+    one at a time (so only a request that fails alone fails). ``release`` frees their incoming
+    slots once they are copied, before the engine runs. Returns each one's (status, error) for
+    its outgoing slot, the engine calls made, and their request ids."""
+    if ph is not None:
+        ph.lap(1)
+    taken = batcher.take(idx, many, enter, stage)
+    release()
+    runs = 1
+    try:
+        batcher.compute(taken)
+        outcomes = [(OK, "")] * many
+    except Exception:  # one request's fault fails the batch: find it by running them alone
+        outcomes = batcher.alone(taken, stage)
+        runs += many
     if ph is not None:
         ph.lap(4)
-    return [(OK, "")] * many, 1
+    return outcomes, runs, taken.rids

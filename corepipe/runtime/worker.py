@@ -131,6 +131,15 @@ def worker_main(config_json: str) -> None:
     batcher = made if made.on else None
     first_epoch = epoch
 
+    def release(first: int, count: int) -> None:
+        """Free a batch's incoming slots as soon as it is copied out (stage batching), so the
+        stage before refills them while the batch runs; ring it only if it sleeps."""
+        for j in range(count):
+            ring_in.free((first + j) % slots_in)
+        fence()
+        if prev_sleeps < 0 or cw[prev_sleeps]:
+            in_free.ring()
+
     def alive() -> bool:
         cw[w_beat] = clock()  # an idle worker proves it is not stuck
         return not cw[2] and os.getppid() == parent  # words[2]: shutdown
@@ -177,9 +186,10 @@ def worker_main(config_json: str) -> None:
         enter = clock()
         cw[w_current] = rid
         cw[w_since] = enter
+        rids: list[int] | None = None  # a batch's: its incoming slots are free already
         if many > 1:
             assert batcher is not None
-            outcomes, runs = run_batch(batcher, idx, many, k, ph)
+            outcomes, runs, rids = run_batch(batcher, idx, many, k, enter, functools.partial(release, idx, many), ph)
         elif ring_in.status(s) == ERROR:
             outcomes, runs = [(ERROR, ring_in.error(s))], 0  # an upstream failure: pass it on
         else:
@@ -204,13 +214,18 @@ def worker_main(config_json: str) -> None:
         cw[w_since] = 0.0
         for j, (status, error) in enumerate(outcomes):
             sj, tj = (idx + j) % slots_in, (idx + j) % slots_out
-            ring_out.stamp(tj, ring_in, k, enter, leave, upstream_slot=sj)  # each request's path, for timelines
-            ring_out.publish(tj, epoch=epoch, seq=idx + j, request_id=ring_in.request_id(sj), status=status, error=error)
-            ring_in.free(sj)
+            if rids is None:
+                ring_out.stamp(tj, ring_in, k, enter, leave, upstream_slot=sj)  # each request's path, for timelines
+                ring_out.publish(tj, epoch=epoch, seq=idx + j, request_id=ring_in.request_id(sj), status=status,
+                                 error=error)
+                ring_in.free(sj)
+            else:  # the upstream stamps were copied as the batch was taken
+                ring_out.stamp(tj, ring_out, k, enter, leave, upstream_slot=tj)
+                ring_out.publish(tj, epoch=epoch, seq=idx + j, request_id=rids[j], status=status, error=error)
         fence()  # then ring only a neighbour that sleeps: a busy one costs no syscall
         if next_sleeps < 0 or cw[next_sleeps]:
             out_full.ring()
-        if prev_sleeps < 0 or cw[prev_sleeps]:
+        if rids is None and (prev_sleeps < 0 or cw[prev_sleeps]):
             in_free.ring()
         idx += many
         if ph is not None:
