@@ -2,9 +2,10 @@
 
 When a worker finds more than one request waiting (consecutive FULL slots of this epoch, each
 OK) and as many free slots in its outgoing ring, it stacks them along the model's batch dim
-into one prepared buffer per input (one copy), runs its engine once, and writes each request's
-rows of every output into that request's own outgoing slot; the worker then publishes them in
-order, each with its own request id and timestamps. Nothing waits for company: a batch is
+into one prepared buffer per input (one copy), frees their incoming slots (so the stage before
+refills them while the batch runs: holding them, two stages that batch took turns), runs its
+engine once, and writes each request's rows of every output into that request's own outgoing
+slot; the worker then publishes them in order, each with its own request id and timestamps. Nothing waits for company: a batch is
 only what is already queued, so an idle pipeline answers as fast as before.
 
 It is on where `load` is given ``stage_batch`` (see `stage_batch_rows`) and the plan allows it:
@@ -78,7 +79,8 @@ class StageBatcher:
         ring_in, ring_out: the worker's rings.
 
     ``on`` tells whether this stage batches at all; `group` finds a batch at a position of the
-    rings, `run` computes it into the outgoing slots.
+    rings; `run_batch` takes it (`take`), computes it into the outgoing slots (`compute`), or
+    runs its requests one at a time when it fails (`alone`).
     """
 
     def __init__(self, runner: Any, plan: Plan, index: int, rows: int, ring_in: Ring, ring_out: Ring) -> None:

@@ -4,8 +4,10 @@ Loop: wait for a FULL slot in the incoming ring and a free slot in the outgoing 
 stage on in-place views of the incoming tensors, write the outgoing tensors, publish, free the
 incoming slot. Per request it does only that: the slot's views and the engine's binding are made
 once per slot (and shape), the control words are written through one memoryview, and a wait
-spins for ``spin_s`` (a worker on cores of its own) before it sleeps on its eventfd doorbell. A failure of one request travels downstream as an ERROR slot with the stage-tagged
-message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
+spins for ``spin_s`` (a worker on cores of its own) before it sleeps on its eventfd doorbell.
+With stage batching on (``load(stage_batch=)``), the requests queued behind the next one run with
+it as one engine call (`corepipe.runtime.stagebatch`). A failure of one request travels
+downstream as an ERROR slot with the stage-tagged message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
 the worker drops what it holds, acknowledges, and waits for the client's go.
 """
 
