@@ -76,8 +76,9 @@ def load(
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
         DeploymentError: R x S x T exceeds the cores given (the message lists what fits),
-            ``cores`` given to the ``ray`` backend, or ``max_batch`` > 1 for an artifact without
-            a dynamic batch dim (or past its max).
+            ``cores`` given to the ``ray`` backend, or ``max_batch`` > 1 (or ``stage_batch``) for
+            an artifact without a dynamic batch dim (or past its max); ``stage_batch`` on a
+            backend other than ``local``.
 
     Example:
         >>> with corepipe.load("bert_compiled/", replicas=2, threads_per_stage=2) as pipe:  # doctest: +SKIP
