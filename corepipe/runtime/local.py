@@ -78,7 +78,8 @@ class LocalPipeline(Supervisor, Pipeline):
             treated as dead (killed, restarted, requests replayed).
         slots: slots per hand-off ring (2 = double buffering; a plan over dynamic dims:
             `VARIABLE_SLOTS`, so a short request queues behind a long one instead of leaving
-            the next stage idle: benchmarks/RESULTS.md, "Mixed traffic").
+            the next stage idle: benchmarks/RESULTS.md, "Mixed traffic"; with ``stage_batch``,
+            at least twice its rows, so a stage can take a full batch).
         start_timeout: seconds to wait for workers to load their stages.
         max_deaths, death_window: what counts as a stage that keeps dying: its worker died
             ``max_deaths`` times within ``death_window`` seconds.
@@ -111,7 +112,10 @@ class LocalPipeline(Supervisor, Pipeline):
     ) -> None:
         n = artifact.plan.num_cores
         variable = artifact.plan.shapes is not None
-        slots = slots if slots is not None else VARIABLE_SLOTS if variable else 2
+        rows = stage_batch_rows(artifact.plan, stage_batch)
+        # A stage batches what is queued at it: room for two batches per ring (and as many
+        # requests in flight) lets it take full ones (benchmarks/RESULTS.md, "stagebatch").
+        slots = slots if slots is not None else max(VARIABLE_SLOTS, 2 * rows) if variable else 2
         super().__init__(artifact.root, artifact.plan, max_in_flight or (slots * n if variable else 2 * n + 2))
         for b, boundary in enumerate(artifact.plan.boundaries):
             odd = [t.name for t in boundary if np.dtype(t.dtype).hasobject]
@@ -142,7 +146,7 @@ class LocalPipeline(Supervisor, Pipeline):
         self._slots = slots
         self._trace_slots = slots
         self._stage_timeout = stage_timeout
-        self._stage_batch = stage_batch_rows(artifact.plan, stage_batch)
+        self._stage_batch = rows
         self._alone = 0  # requests a restarted worker replays one at a time (supervisor.py)
         self._start_timeout = start_timeout
         self._init_intake(max_deaths=max_deaths, death_window=death_window, restart=restart,
