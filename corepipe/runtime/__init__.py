@@ -64,7 +64,10 @@ def load(
             ``"ray://host:port"``), ``placement_strategy`` (PACK, SPREAD, STRICT_SPREAD,
             STRICT_PACK), ``stage_resources``, ``stage_source``, and the ``local`` ones that apply
             (see `corepipe.runtime.ray.RayPipeline`). With replicas, ``max_in_flight`` counts
-            across all of them.
+            across all of them. ``stage_batch`` (``local`` only): each stage's worker runs the
+            requests queued in its incoming ring as one engine call of up to this many rows
+            (``True``: the batch dim's max), for a plan with a dynamic batch dim
+            (`corepipe.runtime.stagebatch`); off by default.
 
     A decoder artifact (a plan with ``decoder``: state pairs kept in their stages) starts a
     decoder pipeline on ``local`` or ``inline``, one replica: run it with
@@ -73,8 +76,9 @@ def load(
     Raises:
         ArtifactError: the artifact is missing, malformed or fails verification; nothing ran.
         DeploymentError: R x S x T exceeds the cores given (the message lists what fits),
-            ``cores`` given to the ``ray`` backend, or ``max_batch`` > 1 for an artifact without
-            a dynamic batch dim (or past its max).
+            ``cores`` given to the ``ray`` backend, or ``max_batch`` > 1 (or ``stage_batch``) for
+            an artifact without a dynamic batch dim (or past its max); ``stage_batch`` on a
+            backend other than ``local``.
 
     Example:
         >>> with corepipe.load("bert_compiled/", replicas=2, threads_per_stage=2) as pipe:  # doctest: +SKIP
@@ -83,6 +87,9 @@ def load(
     if backend not in BACKENDS:
         raise CorepipeError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
     artifact = open_artifact(path)
+    rows = _stage_batch(artifact, backend, options.pop("stage_batch", None))
+    if rows:
+        options["stage_batch"] = rows  # the local backend's workers take it
     if artifact.plan.decoder is not None:
         from .sequences.load import load_decoder
 
@@ -126,6 +133,20 @@ def load(
                              threads_per_stage=placement.threads_per_stage, **options)
 
     return _replicated(artifact, start_local, placement.replicas, in_flight)
+
+
+def _stage_batch(artifact: Artifact, backend: str, stage_batch: Any) -> int:
+    """Rows per stage batch (0: off), refused where it cannot run: see
+    `corepipe.runtime.stagebatch.stage_batch_rows`."""
+    from .stagebatch import stage_batch_rows
+
+    rows = stage_batch_rows(artifact.plan, stage_batch)
+    if rows and backend != "local":
+        raise DeploymentError(
+            f"stage_batch={stage_batch!r} batches inside the local backend's stage workers; the {backend} "
+            "backend runs one request per stage call: use backend='local', or max_batch= (dynamic batching "
+            "before the pipeline, on every backend)")
+    return rows
 
 
 def _replicated(artifact: Artifact, start: Callable[[int], Pipeline], count: int,

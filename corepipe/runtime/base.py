@@ -26,7 +26,8 @@ __all__ = ["Pipeline", "StageStats", "BoundaryStats", "PipelineStats"]
 @dataclass(frozen=True)
 class StageStats:
     """One stage's figures. ``core``: the core ids it is pinned to (``"0,1"``); ``replica``: which
-    copy of the pipeline it belongs to (0 without replicas)."""
+    copy of the pipeline it belongs to (0 without replicas); ``runs``: the engine calls it made
+    (fewer than ``requests`` where it ran queued requests as one batch: ``load(stage_batch=)``)."""
 
     index: int
     pid: int | None
@@ -38,16 +39,17 @@ class StageStats:
     queue_depth: int
     restarts: int = 0
     replica: int = 0
+    runs: int = 0
 
     @classmethod
     def measured(cls, index: int, pid: int | None, core: str, requests: int, busy_s: float, elapsed_s: float,
-                 queue_depth: int = 0, restarts: int = 0) -> StageStats:
+                 queue_depth: int = 0, restarts: int = 0, runs: int | None = None) -> StageStats:
         """A stage's figures from what it counted: its busy share of ``elapsed_s`` and its mean
         service time are derived here, once for every backend."""
         return cls(index=index, pid=pid, core=core, requests=requests, busy_s=busy_s,
                    busy_pct=100.0 * busy_s / elapsed_s if elapsed_s else 0.0,
                    mean_service_s=busy_s / requests if requests else 0.0, queue_depth=queue_depth,
-                   restarts=restarts)
+                   restarts=restarts, runs=requests if runs is None else runs)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from .phases import phases_from_env
 from .process import assign_cores
 from .segments import sweep_orphans
 from .shm import Control, Ring
+from .stagebatch import stage_batch_rows
 from .supervisor import Supervisor, Worker
 
 __all__ = ["LocalPipeline"]
@@ -77,7 +78,8 @@ class LocalPipeline(Supervisor, Pipeline):
             treated as dead (killed, restarted, requests replayed).
         slots: slots per hand-off ring (2 = double buffering; a plan over dynamic dims:
             `VARIABLE_SLOTS`, so a short request queues behind a long one instead of leaving
-            the next stage idle: benchmarks/RESULTS.md, "Mixed traffic").
+            the next stage idle: benchmarks/RESULTS.md, "Mixed traffic"; with ``stage_batch``,
+            at least twice its rows, so a stage can take a full batch).
         start_timeout: seconds to wait for workers to load their stages.
         max_deaths, death_window: what counts as a stage that keeps dying: its worker died
             ``max_deaths`` times within ``death_window`` seconds.
@@ -85,6 +87,8 @@ class LocalPipeline(Supervisor, Pipeline):
             breaks; its requests fail with `StageError`. ``"backoff"``: never give up; wait
             ``backoff_s``, doubling with each further death up to ``backoff_max_s``, before each
             restart, with the stage reported down meanwhile (`readiness`). Servers use it.
+        stage_batch: each worker runs the requests queued in its incoming ring as one engine call
+            of up to this many rows (``True``: the batch dim's max; `corepipe.runtime.stagebatch`).
     """
 
     backend = "local"
@@ -104,10 +108,14 @@ class LocalPipeline(Supervisor, Pipeline):
         restart: str = "give-up",
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        stage_batch: int | bool | None = None,
     ) -> None:
         n = artifact.plan.num_cores
         variable = artifact.plan.shapes is not None
-        slots = slots if slots is not None else VARIABLE_SLOTS if variable else 2
+        rows = stage_batch_rows(artifact.plan, stage_batch)
+        # A stage batches what is queued at it: room for two batches per ring (and as many
+        # requests in flight) lets it take full ones (benchmarks/RESULTS.md, "stagebatch").
+        slots = slots if slots is not None else max(VARIABLE_SLOTS, 2 * rows) if variable else 2
         super().__init__(artifact.root, artifact.plan, max_in_flight or (slots * n if variable else 2 * n + 2))
         for b, boundary in enumerate(artifact.plan.boundaries):
             odd = [t.name for t in boundary if np.dtype(t.dtype).hasobject]
@@ -138,6 +146,8 @@ class LocalPipeline(Supervisor, Pipeline):
         self._slots = slots
         self._trace_slots = slots
         self._stage_timeout = stage_timeout
+        self._stage_batch = rows
+        self._alone = 0  # requests a restarted worker replays one at a time (supervisor.py)
         self._start_timeout = start_timeout
         self._init_intake(max_deaths=max_deaths, death_window=death_window, restart=restart,
                           backoff_s=backoff_s, backoff_max_s=backoff_max_s)
@@ -196,6 +206,7 @@ class LocalPipeline(Supervisor, Pipeline):
             stages.append(StageStats.measured(
                 k, pid, ",".join(str(c) for c in self._cores[k]), requests, busy, elapsed, depth,
                 restarts=self._workers[k].restarts if k < len(self._workers) else 0,
+                runs=int(control.get(k, Control.RUNS)) if control else 0,
             ))
         with self._cv:
             in_flight = len(self._inflight) + len(self._pending)

@@ -289,7 +289,8 @@ class Control:
 
     Layout (float64 words): [epoch, go_epoch, shutdown, listening, feed_wait, 3 reserved] then per
     stage [ack_epoch, ready, pid, requests, busy_s, busy_since, current_request, heartbeat,
-    sleep_in, sleep_out]. ``sleep_in`` / ``sleep_out``: the worker is about to sleep on its input
+    sleep_in, sleep_out, runs]. ``runs``: the engine calls the stage made (fewer than ``requests``
+    where it ran queued requests as one batch, `corepipe.runtime.stagebatch`). ``sleep_in`` / ``sleep_out``: the worker is about to sleep on its input
     bell (no full slot) / its output bell (no free slot); a peer rings that bell only then, so a
     busy worker costs its peers no syscall (an eventcount: each side stores its word, fences,
     then loads the other's; `corepipe.runtime.bell.fence`).
@@ -299,8 +300,8 @@ class Control:
     """
 
     GLOBAL = 8
-    PER_STAGE = 10
-    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, HEARTBEAT, SLEEP_IN, SLEEP_OUT = range(10)
+    PER_STAGE = 11
+    ACK, READY, PID, REQUESTS, BUSY_S, BUSY_SINCE, CURRENT, HEARTBEAT, SLEEP_IN, SLEEP_OUT, RUNS = range(11)
 
     def __init__(self, stages: int, shm: SharedMemory) -> None:
         self.stages = stages

@@ -73,6 +73,8 @@ class Supervisor(RingClient):
     _service: Bell
     _kick: Bell
     _spin_s: float
+    _stage_batch: int
+    _alone: int
 
     def _spawn(self, k: int) -> WorkerProcess:
         assert self._control is not None
@@ -95,6 +97,8 @@ class Supervisor(RingClient):
             "specs_out": [t.to_dict() for t in self._ring_specs(k + 1)],
             "parent_pid": os.getpid(),
             "stamps": self._n,
+            "stage_batch": self._stage_batch,
+            "alone": self._alone,
             **self._worker_extra(k),
         }
         report_r, report_w = os.pipe()
@@ -246,6 +250,10 @@ class Supervisor(RingClient):
                 return
         self._reset_rings()
         self._fail_poisoned(suspects, "worker")
+        # The replays come first in the new epoch: a restarted worker runs them one at a time
+        # (stage batching off for them), so a request that kills it is found alone.
+        with self._cv:
+            self._alone = len(self._inflight)
         for k in sorted(restart):
             while True:
                 w = self._workers[k]

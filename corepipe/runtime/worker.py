@@ -4,8 +4,10 @@ Loop: wait for a FULL slot in the incoming ring and a free slot in the outgoing 
 stage on in-place views of the incoming tensors, write the outgoing tensors, publish, free the
 incoming slot. Per request it does only that: the slot's views and the engine's binding are made
 once per slot (and shape), the control words are written through one memoryview, and a wait
-spins for ``spin_s`` (a worker on cores of its own) before it sleeps on its eventfd doorbell. A failure of one request travels downstream as an ERROR slot with the stage-tagged
-message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
+spins for ``spin_s`` (a worker on cores of its own) before it sleeps on its eventfd doorbell.
+With stage batching on (``load(stage_batch=)``), the requests queued behind the next one run with
+it as one engine call (`corepipe.runtime.stagebatch`). A failure of one request travels
+downstream as an ERROR slot with the stage-tagged message; the worker goes on. On an epoch change (the client is recovering from a dead worker)
 the worker drops what it holds, acknowledges, and waits for the client's go.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 from .bell import Bell, SwitchBell, fence, spin_until, wait_any
 from .phases import phases_from_env
 from .shm import ERROR, OK, Control, Ring, encode_error
+from .stagebatch import StageBatcher, run_batch
 
 __all__ = ["worker_main"]
 
@@ -109,7 +112,7 @@ def worker_main(config_json: str) -> None:
     control.set(k, Control.READY, 1)
     # Prepared once: the control words this worker writes, the slot counts, the spin budget.
     cw, base = control.view, control.base(k)
-    w_requests, w_busy = base + Control.REQUESTS, base + Control.BUSY_S
+    w_requests, w_busy, w_runs = base + Control.REQUESTS, base + Control.BUSY_S, base + Control.RUNS
     w_since, w_current, w_beat = base + Control.BUSY_SINCE, base + Control.CURRENT, base + Control.HEARTBEAT
     slots_in, slots_out = int(cfg["slots_in"]), int(cfg["slots_out"])
     spin_s = float(cfg.get("spin_s", 0.0))
@@ -122,6 +125,22 @@ def worker_main(config_json: str) -> None:
     ph = phases_from_env(f"stage{k}", ("wait", "header", "bind", "engine", "after", "publish"), process_cpu=True)
     if ph is not None:
         ph.wrap(runner.engine, "run_bound", 2, 3)
+        ph.wrap(runner.engine, "run", 2, 3)  # a stage over dynamic dims runs, then copies
+    # Stage batching (stagebatch.py): None where off. A restarted worker runs the requests it
+    # replays (the first ``alone`` of its first epoch) one at a time, to find one that kills it.
+    made = StageBatcher(runner, artifact.plan, k, int(cfg.get("stage_batch", 0)), ring_in, ring_out)
+    made.alone_until = int(cfg.get("alone", 0))
+    batcher = made if made.on else None
+    first_epoch = epoch
+
+    def release(first: int, count: int) -> None:
+        """Free a batch's incoming slots as soon as it is copied out (stage batching), so the
+        stage before refills them while the batch runs; ring it only if it sleeps."""
+        for j in range(count):
+            ring_in.free((first + j) % slots_in)
+        fence()
+        if prev_sleeps < 0 or cw[prev_sleeps]:
+            in_free.ring()
 
     def alive() -> bool:
         cw[w_beat] = clock()  # an idle worker proves it is not stuck
@@ -159,42 +178,58 @@ def worker_main(config_json: str) -> None:
                 wait_any([out_free, wake], _POLL_S)
             cw[w_sleep_out] = 0.0
             continue
+        # Stage batching: the requests queued behind this one, as one engine call (1: alone).
+        many = 1
+        if batcher is not None and ring_in.status(s) == OK and (idx >= batcher.alone_until or epoch != first_epoch):
+            many = batcher.group(idx, epoch)
         if ph is not None:
             ph.lap(0)
         rid = ring_in.request_id(s)
         enter = clock()
         cw[w_current] = rid
         cw[w_since] = enter
-        status, error = OK, ""
-        if ring_in.status(s) == ERROR:
-            status, error = ERROR, ring_in.error(s)  # an upstream failure: pass it on
+        rids: list[int] | None = None  # a batch's: its incoming slots are free already
+        if many > 1:
+            assert batcher is not None
+            outcomes, runs, rids = run_batch(batcher, idx, many, k, enter, functools.partial(release, idx, many), ph)
+        elif ring_in.status(s) == ERROR:
+            outcomes, runs = [(ERROR, ring_in.error(s))], 0  # an upstream failure: pass it on
         else:
+            outcomes, runs = [(OK, "")], 1
             try:
                 views = ring_in.read(s)
                 if ph is not None:
                     ph.lap(1)
                 runner.run_into(views, ring_out, t, request_id=rid)
             except Exception as exc:  # StageError, or a tensor over its compiled size
-                status, error = ERROR, encode_error(exc, k)
+                outcomes = [(ERROR, encode_error(exc, k))]
             if ph is not None:
                 ph.lap(4)
         if cw[0] != epoch:
-            continue  # a recovery began while we ran: this result belongs to a dead epoch
-        # Count before publishing: once the result is visible the client may read stats(), and
+            continue  # a recovery began while we ran: these results belong to a dead epoch
+        # Count before publishing: once a result is visible the client may read stats(), and
         # they must already include this request.
         leave = clock()
         cw[w_busy] += leave - enter
-        cw[w_requests] += 1
+        cw[w_requests] += many
+        cw[w_runs] += runs
         cw[w_since] = 0.0
-        ring_out.stamp(t, ring_in, k, enter, leave, upstream_slot=s)  # this request's path, for timelines
-        ring_out.publish(t, epoch=epoch, seq=idx, request_id=rid, status=status, error=error)
-        ring_in.free(s)
+        for j, (status, error) in enumerate(outcomes):
+            sj, tj = (idx + j) % slots_in, (idx + j) % slots_out
+            if rids is None:
+                ring_out.stamp(tj, ring_in, k, enter, leave, upstream_slot=sj)  # each request's path, for timelines
+                ring_out.publish(tj, epoch=epoch, seq=idx + j, request_id=ring_in.request_id(sj), status=status,
+                                 error=error)
+                ring_in.free(sj)
+            else:  # the upstream stamps were copied as the batch was taken
+                ring_out.stamp(tj, ring_out, k, enter, leave, upstream_slot=tj)
+                ring_out.publish(tj, epoch=epoch, seq=idx + j, request_id=rids[j], status=status, error=error)
         fence()  # then ring only a neighbour that sleeps: a busy one costs no syscall
         if next_sleeps < 0 or cw[next_sleeps]:
             out_full.ring()
-        if prev_sleeps < 0 or cw[prev_sleeps]:
+        if rids is None and (prev_sleeps < 0 or cw[prev_sleeps]):
             in_free.ring()
-        idx += 1
+        idx += many
         if ph is not None:
             ph.lap(5)
     if ph is not None:

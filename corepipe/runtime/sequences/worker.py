@@ -123,6 +123,7 @@ def decoder_main(cfg: dict[str, Any]) -> None:
             ring_out.write(so, {HEADER: head, **_empty(ring_out, head)})
         control.set(k, Control.BUSY_S, control.get(k, Control.BUSY_S) + (clock() - start))
         control.set(k, Control.REQUESTS, control.get(k, Control.REQUESTS) + 1)
+        control.set(k, Control.RUNS, control.get(k, Control.RUNS) + 1)
         control.set(k, Control.BUSY_SINCE, 0.0)
         ring_out.publish(so, epoch=epoch, seq=put, request_id=int(head[0, 0]), status=status, error=error)
         out_full.ring()
