@@ -114,6 +114,10 @@ def serve_cmd(
     batch_delay: Annotated[str, typer.Option(
         "--batch-delay", metavar="DURATION", help="With --max-batch: how long the oldest waiting request waits "
         "for others to merge with it, e.g. 500us or 2ms.")] = "0",
+    stage_batch: Annotated[int | None, typer.Option(
+        "--stage-batch", min=1, metavar="N", help="--backend local, models with a dynamic batch dim: each stage "
+        "runs the requests waiting at it as one engine call of up to N rows (pays where a batch costs less than "
+        "its rows run alone; off by default).", show_default=False)] = None,
     input_format: Annotated[list[str] | None, typer.Option(
         "--input-format", metavar="NAME=NCHW|NHWC", help="Declare the layout of a model's image inputs (3 dims "
         "past the batch dim), shown as Triton's format in its model config, e.g. resnet=NCHW (repeatable).",
@@ -178,7 +182,8 @@ def serve_cmd(
             max_in_flight=max_in_flight, max_queue=max_queue,
             max_body_bytes=parse_size(max_body) if max_body else None, token=token, drain_s=drain,
             restart=restart, max_deaths=max_deaths, backoff_s=backoff, backoff_max_s=backoff_max,
-            address=address, max_batch=max_batch, batch_delay=batch_delay, input_formats=formats,
+            address=address, max_batch=max_batch, batch_delay=batch_delay, stage_batch=stage_batch,
+            input_formats=formats,
             labels=_per_model(labels, "--labels", "NAME=FILE, e.g. resnet=labels.txt"),
         )
 

@@ -44,6 +44,9 @@ class ServeConfig:
             requests merged up to it (at most the dim's max) along the batch dim.
         batch_delay: how long the oldest waiting request waits for others to merge with it
             (``"500us"``, ``"2ms"``; default 0: only what is already waiting).
+        stage_batch: ``local`` backend, models with a dynamic batch dim: each stage's worker
+            runs the requests queued in its incoming ring as one engine call of up to this many
+            rows (at most the dim's max; `corepipe.runtime.stagebatch`). None: off.
         input_formats: per model, the layout of its image inputs (``NCHW`` or ``NHWC``), shown
             as Triton's ``format`` in its model configuration (image clients read it).
         labels: per model, a label file (one class name a line) for classification answers.
@@ -69,6 +72,7 @@ class ServeConfig:
     address: str | None = None
     max_batch: int | None = None
     batch_delay: str | float = 0.0
+    stage_batch: int | None = None
     input_formats: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -94,6 +98,11 @@ class ServeConfig:
             raise CorepipeError(f"--max-body-bytes {self.max_body_bytes} is too small: allow at least 1 KiB")
         if self.max_batch is not None and self.max_batch < 1:
             raise CorepipeError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.stage_batch is not None and self.stage_batch < 1:
+            raise CorepipeError(f"--stage-batch must be >= 1, got {self.stage_batch}")
+        if self.stage_batch is not None and self.backend != "local":
+            raise CorepipeError(f"--stage-batch batches inside the local backend's stage workers; the "
+                                f"{self.backend} backend has none: drop it, or use --max-batch")
         try:
             parse_duration(self.batch_delay)
         except ValueError as exc:

@@ -10,7 +10,9 @@ Series (label ``model`` everywhere; ``protocol`` is http, grpc or tfserving):
 - ``corepipe_model_ready{model}``: 1 when the model serves, 0 while a stage is down or it failed;
 - per stage (label ``stage``): ``corepipe_stage_busy_ratio`` (busy fraction since the previous scrape,
   at most one second back), ``corepipe_stage_busy_seconds_total``, ``corepipe_stage_queue_depth``
-  (requests waiting in the hand-off ring before the stage), ``corepipe_stage_restarts_total``.
+  (requests waiting in the hand-off ring before the stage), ``corepipe_stage_restarts_total``,
+  ``corepipe_stage_requests_total`` and ``corepipe_stage_engine_runs_total`` (fewer runs than
+  requests: ``--stage-batch`` merged them).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class _Live(Collector):
                                   labels=["model", "replica", "stage"])
         restarts = CounterMetricFamily("corepipe_stage_restarts", "Restarts of the stage's worker",
                                        labels=["model", "replica", "stage"])
+        requests = CounterMetricFamily("corepipe_stage_requests", "Requests the stage ran",
+                                       labels=["model", "replica", "stage"])
+        runs = CounterMetricFamily("corepipe_stage_engine_runs", "Engine calls the stage made (fewer than its "
+                                   "requests where --stage-batch merged them)", labels=["model", "replica", "stage"])
         now = time.monotonic()
         for m in self.models:
             ready.add_metric([m.name], 1.0 if m.ready else 0.0)
@@ -64,7 +70,9 @@ class _Live(Collector):
                 busy_s.add_metric(label, st.busy_s)
                 depth.add_metric(label, st.queue_depth)
                 restarts.add_metric(label, st.restarts)
-        yield from (ready, running, waiting, busy, busy_s, depth, restarts)
+                requests.add_metric(label, st.requests)
+                runs.add_metric(label, st.runs)
+        yield from (ready, running, waiting, busy, busy_s, depth, restarts, requests, runs)
 
     def _ratio(self, key: tuple[str, int, int], now: float, busy_s: float, lifetime: float) -> float:
         with self._lock:

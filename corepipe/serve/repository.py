@@ -173,6 +173,12 @@ def load_models(path: str | Path, config: ServeConfig) -> list[ServedModel]:
             elif config.max_batch is not None and batching.max_batch_size == 0:
                 log.warning("model %s has no dynamic batch dim: --max-batch does not apply to it (a batch "
                             "along axis 0 runs as its items, streamed)", name)
+            if config.stage_batch is not None and config.stage_batch > 1:
+                if batching.max_batch_size and batching.rows and art.plan.decoder is None:
+                    options["stage_batch"] = min(config.stage_batch, batching.rows)
+                else:
+                    log.warning("model %s has no dynamic batch dim (or is a decoder): --stage-batch does not "
+                                "apply to it", name)
             log.info("model %s: %d stages on cores %s", name, art.plan.num_cores, cores[name])
             try:
                 pipe = load(art.root, backend=config.backend, **options)
