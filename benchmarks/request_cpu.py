@@ -50,11 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import corepipe
 from corepipe.bench.peers import run_parallel, run_serial
 from corepipe.bench.traffic import resolve_model
+from corepipe.runtime.phases import ENV
+
 try:
     from corepipe.compiler.cut.loadbalance import CpuWatch
 except ImportError:  # a tree before the compiler's rooms (hot_path.py --trees runs old checkouts too)
     from corepipe.compiler.loadbalance import CpuWatch  # type: ignore[no-redef]
-from corepipe.runtime.phases import ENV
 
 Shape = tuple[int, int, int]
 
