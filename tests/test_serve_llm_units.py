@@ -46,3 +46,57 @@ def test_shapes_clients_read():
     assert chat["delta"] == {"role": "assistant", "content": "x"} and chat["token_ids"] == [5]
     assert sse("[DONE]") == b"data: [DONE]\n\n"
     assert json.loads(sse({"a": 1})[6:]) == {"a": 1}
+
+
+def _trained(kind: str):
+    """A small tokenizer trained here: byte-level BPE (GPT-2's kind) or Metaspace BPE (Llama's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    if kind == "bytes":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    corpus = ["héllo wörld, naïve café", "日本語のテキスト", "emoji 🎉🎉 and more", "plain ascii words here"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet))
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["bytes", "metaspace"])
+def test_incremental_text_equals_one_decode_of_every_id(kind):
+    """Streamed pieces, joined, are the whole decode, for text whose characters span tokens; a
+    piece never ends inside a character. One decode of every id per token grew with the square
+    of the output; the window decodes a few."""
+    from corepipe.serve.llm import IncrementalText
+
+    tok = _trained(kind)
+    ids = tok.encode("héllo 日本語 🎉 wörld naïve café 🎉 plain").ids
+
+    def decode(part):
+        return tok.decode(part, skip_special_tokens=True)
+
+    inc, calls = IncrementalText(decode), []
+    pieces = []
+    for i, t in enumerate(ids):
+        piece = inc.add(t)
+        pieces.append(piece)
+        assert "\ufffd" not in piece
+        assert decode(ids[: i + 1]).startswith(inc.text), (i, inc.text)
+    assert "".join(pieces) == inc.text == decode(ids)
+    if kind == "bytes":  # a character split over byte tokens waits for its last byte
+        assert any(p == "" for p in pieces)
+    counting = IncrementalText(lambda part: (calls.append(len(part)), decode(part))[1])
+    for t in ids:
+        counting.add(t)
+    assert max(calls) < len(ids) / 2, "each token decodes a short window, not every id so far"
+
+
+def test_incremental_text_without_a_tokenizer_joins_ids_by_spaces():
+    from corepipe.serve.llm import IncrementalText
+
+    inc = IncrementalText(lambda part: " ".join(str(t) for t in part))
+    assert [inc.add(t) for t in (5, 17, 3)] == ["5", " 17", " 3"] and inc.text == "5 17 3"

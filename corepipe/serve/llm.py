@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +154,36 @@ class Decoder:
         return Generation(self, stream, index, params.stop)
 
 
+class IncrementalText:
+    """The text of a growing list of token ids, decoding a short window per token instead of
+    every id so far (which grows with the square of the output's length).
+
+    The window starts at the tokens before the last text given out, so a tokenizer that drops a
+    leading space at a decode's start, or merges bytes across tokens, sees the same context on
+    both sides of the difference; text that ends in an incomplete UTF-8 character (U+FFFD) waits
+    for the rest. ``text`` equals ``decode(ids)`` up to such a character still incomplete."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0  # the window: ids[_prefix:]; ids[_prefix:_read] decode to _before
+        self._read = 0
+        self._before = ""
+
+    def add(self, token: int) -> str:
+        """Append ``token``; the text it completes (empty while a character is incomplete)."""
+        self.ids.append(int(token))
+        after = self._decode(self.ids[self._prefix:])
+        if len(after) <= len(self._before) or after.endswith("\ufffd"):
+            return ""
+        piece = after[len(self._before):]
+        self._prefix, self._read = self._read, len(self.ids)
+        self._before = self._decode(self.ids[self._prefix:self._read])
+        self.text += piece
+        return piece
+
+
 class Generation:
     """One choice's tokens on the event loop: ``async for token, text in gen`` gives each token id
     with the text it adds (held back while it could begin a stop string; the text held back
@@ -168,6 +198,7 @@ class Generation:
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self._shown = ""  # text given out so far
+        self._text = IncrementalText(decoder.text)  # the tokens' text, a few decoded per token
         self._ended = False
         self._start = time.monotonic()
         self._last = 0.0
@@ -229,9 +260,10 @@ class Generation:
         return full if cut < 0 else full[:cut]
 
     def _advance(self) -> tuple[str, bool]:
-        """The new text to give out now, and whether a stop string ended the choice (one decode
-        of the tokens so far per token)."""
-        full = self.decoder.text(self.tokens)
+        """The new text to give out now, and whether a stop string ended the choice (the last
+        token's text decoded in a short window: `IncrementalText`)."""
+        self._text.add(self.tokens[-1])
+        full = self._text.text
         text = self._cut(full)
         if len(text) < len(full):  # a stop string came
             piece = text[len(self._shown):]
