@@ -55,8 +55,14 @@ def test_a_ray_client_driver_takes_the_object_store(tmp_path):
         "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False, "ray_client_server_port": port})
     try:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-        run = subprocess.run([sys.executable, "-c", DRIVER, f"ray://127.0.0.1:{port}", str(ROOT), str(tmp_path / "a")],
-                             env=env, capture_output=True, text=True, timeout=300)
+        for attempt in range(2):
+            run = subprocess.run([sys.executable, "-c", DRIVER, f"ray://127.0.0.1:{port}", str(ROOT),
+                                  str(tmp_path / f"a{attempt}")], env=env, capture_output=True, text=True, timeout=300)
+            # Ray's client proxy once aborted starting the per-client server (gRPC's epoll "Check
+            # failed: next_worker->state == KICKED", in Ray's own process): that is Ray's, so once
+            # more; any other failure fails the test at once.
+            if "Starting Ray client server failed" not in run.stderr:
+                break
     finally:
         c.shutdown()
     out = run.stdout + run.stderr[-3000:]
