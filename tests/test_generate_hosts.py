@@ -175,10 +175,11 @@ def test_serve_on_ray_across_hosts_streams_through_a_host_cut(rig) -> None:
     server = Server(proc)
     threading.Thread(target=server._pump, daemon=True).start()
     try:
-        deadline = time.monotonic() + START_S + 60
-        while not server.grpc:
-            assert proc.poll() is None and time.monotonic() < deadline, "\n".join(server.lines)
+        for _ in range(int((START_S + 60) / 0.1)):  # bounded: the server says it is ready, or dies
+            if server.grpc or proc.poll() is not None:
+                break
             time.sleep(0.1)
+        assert server.grpc and proc.poll() is None, "the server did not get ready:\n" + "\n".join(server.lines)
         actors = [p for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith(
             "ray::DecoderActor")]
         hosts = sorted(i for i in (_host_of_pid(h, p.pid) for p in actors) if i is not None)  # not others' Ray

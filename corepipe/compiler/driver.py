@@ -236,34 +236,17 @@ def compile(
 
         dm = detect_decoder(src.model, state, max_sequences, max_length, src.dynamic_dims or dynamic_dims)
         if dm is not None:
-            return _compile_decoder(dm, output_dir, balance=balance, buckets=buckets, shape_profile=shape_profile,
-                                    source=model,
-                                    num_cores=num_cores, tgt=tgt, cuts=cuts, engine=engine, precision=resolved,
-                                    notes=notes, report=report, deployment=deployment)
+            from .decoder.decodeplan import compile_decoder_model
+
+            return CompiledModel(*compile_decoder_model(
+                dm, output_dir, balance=balance, buckets=buckets, shape_profile=shape_profile, source=model,
+                num_cores=num_cores, tgt=tgt, cuts=cuts, engine=engine, precision=resolved, notes=notes,
+                report=report, deployment=deployment))
         shaping = ShapeOptions.make(src.dynamic_dims or dynamic_dims, buckets, pad_values, shape_profile)
         return _compile(src.model, output_dir, src.examples, num_cores=num_cores, tgt=tgt, balance=balance,
                         cuts=cuts, engine=engine, precision=resolved, notes=notes, report=report,
                         deployment=deployment, load_rounds=load_rounds, load_seconds=load_seconds,
                         shaping=shaping)
-
-
-def _compile_decoder(dm: Any, output_dir: str | os.PathLike[str], *, balance: str, buckets: Any,
-                     shape_profile: Any, source: Any = None, **kw: Any) -> CompiledModel:
-    """`compile` of a model with state pairs (`corepipe.compiler.decoder.decodeplan`)."""
-    from .decoder.decodeplan import compile_decoder
-
-    if balance != "estimate":
-        raise CompileError(f"balance={balance!r} does not run decoders yet: compile a decoder with "
-                           "balance='estimate' (or state=None to compile it as a plain model)")
-    if buckets not in ("auto", None) or shape_profile is not None:
-        raise CompileError("a decoder plan runs every stage as one dynamic graph: drop buckets= and shape_profile= "
-                           "(or pass state=None to compile it as a plain model)")
-    path, plan = compile_decoder(dm, output_dir, **kw)
-    if isinstance(source, (str, os.PathLike)):  # the tokenizer beside the model goes with it
-        from ..artifact.tokenizer import add_tokenizer
-
-        add_tokenizer(path, Path(source).parent)
-    return CompiledModel(path, plan)
 
 
 def _compile(

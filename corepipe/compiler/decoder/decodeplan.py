@@ -15,6 +15,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ...artifact.decoder import DecoderSpec, StatePair
 from ...artifact.deployment import Deployment
@@ -32,7 +33,7 @@ from ..model.graph import ModelGraph
 from .decodeengines import decode_choices
 from .decoding import DecoderModel, analyze_decoder
 
-__all__ = ["compile_decoder", "DECODER_NOTE"]
+__all__ = ["compile_decoder", "compile_decoder_model", "DECODER_NOTE"]
 
 #: The plan note that says why a decoder plan has no buckets.
 DECODER_NOTE = ("decoder: {pairs} state pairs kept in their stages ({kv}); every stage runs one dynamic graph, no "
@@ -153,3 +154,22 @@ def _with_kv(exc: DoesNotFitError, kv_words: str) -> DoesNotFitError:
                           "or max_length=, or raise core_memory)", min_cores=exc.min_cores, capacity=exc.capacity,
                           needed=exc.needed)
     return out
+
+
+def compile_decoder_model(dm: DecoderModel, output_dir: str | os.PathLike[str], *, balance: str, buckets: Any,
+                          shape_profile: Any, source: Any = None, **kw: Any) -> tuple[Path, Plan]:
+    """`corepipe.compile`'s path for a model with state pairs: refuse the options a decoder plan
+    does not take, compile it (`compile_decoder`), and copy the tokenizer beside a model file
+    into the artifact."""
+    if balance != "estimate":
+        raise CompileError(f"balance={balance!r} does not run decoders yet: compile a decoder with "
+                           "balance='estimate' (or state=None to compile it as a plain model)")
+    if buckets not in ("auto", None) or shape_profile is not None:
+        raise CompileError("a decoder plan runs every stage as one dynamic graph: drop buckets= and shape_profile= "
+                           "(or pass state=None to compile it as a plain model)")
+    path, plan = compile_decoder(dm, output_dir, **kw)
+    if isinstance(source, (str, os.PathLike)):  # the tokenizer beside the model goes with it
+        from ...artifact.tokenizer import add_tokenizer
+
+        add_tokenizer(path, Path(source).parent)
+    return path, plan
